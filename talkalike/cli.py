@@ -1,0 +1,169 @@
+"""The `talkalike` command: one subcommand per pipeline stage.
+
+Run `talkalike --help`. Each subcommand's handler lives in its stage's module and is imported only when that
+subcommand runs, so `--help`, `parse` and `import` never pay for torch or transformers.
+"""
+
+import argparse
+import importlib
+import sys
+
+from talkalike import __version__
+from talkalike.errors import TalkalikeError
+
+# subcommand -> "module:function"; each function takes the parsed args and returns an exit code.
+HANDLERS = {
+    "parse": "talkalike.store:cmd_parse",
+    "import": "talkalike.store:cmd_import",
+    "chats": "talkalike.store:cmd_chats",
+    "people": "talkalike.store:cmd_people",
+    "dataset": "talkalike.dataset:cmd_dataset",
+    "inspect": "talkalike.dataset:cmd_inspect",
+    "plan": "talkalike.plan:cmd_plan",
+    "train": "talkalike.train:cmd_train",
+    "eval": "talkalike.evaluate:cmd_eval",
+    "tune-generation": "talkalike.tune:cmd_tune_generation",
+    "chat": "talkalike.chat:cmd_chat",
+    "serve": "talkalike.serve:cmd_serve",
+    "export": "talkalike.export:cmd_export",
+    "demo": "talkalike.demo:cmd_demo",
+}
+
+DATE_ORDERS = ("dmy", "mdy", "ymd")
+PRESETS = ("default", "original")
+
+
+def _sub(subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, every stage's options included."""
+    parser = argparse.ArgumentParser(
+        prog="talkalike",
+        description="Turn your own chat exports into a chatbot that texts like you.",
+        epilog="example:\n  talkalike import 'WhatsApp Chat with Maya.zip' && talkalike dataset --me Dana --out ds",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"talkalike {__version__}")
+    parser.add_argument("--home", help="data folder (default: $TALKALIKE_HOME, else $XDG_DATA_HOME/talkalike)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _sub(sub, "parse", "print each entry of an export as one JSON object per line; stores nothing",
+             "talkalike parse 'WhatsApp Chat with Maya.txt' | head")
+    p.add_argument("file", help="a WhatsApp .txt/.zip export or a Telegram result.json")
+    p.add_argument("--date-order", choices=DATE_ORDERS, help="override the day/month order inferred from the file")
+
+    p = _sub(sub, "import", "import exports into the local store, with a report per file",
+             "talkalike import 'WhatsApp Chat with Maya.zip' --chat Maya")
+    p.add_argument("files", nargs="+", metavar="FILE", help="WhatsApp .txt/.zip exports or Telegram result.json")
+    p.add_argument("--chat", help="chat name (default: the export's own name)")
+    p.add_argument("--date-order", choices=DATE_ORDERS, help="override the day/month order inferred from the file")
+
+    p = _sub(sub, "chats", "list imported chats with message counts and date ranges",
+             "talkalike chats --json")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--remove", metavar="NAME", help="remove this chat and its messages")
+
+    p = _sub(sub, "people", "list senders across all chats", "talkalike people --json")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _sub(sub, "dataset", "build the fine-tuning set where the persona is the assistant",
+             "talkalike dataset --me Dana --out ~/dana-ds")
+    p.add_argument("--me", required=True, metavar="NAME", help="the persona: the sender to imitate")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (train.jsonl, eval.jsonl, stats.json)")
+    p.add_argument("--chat", action="append", metavar="NAME", help="only these chats (repeatable; default all)")
+    p.add_argument("--gap-minutes", type=float, default=60.0, help="silence that starts a new conversation")
+    p.add_argument("--eval-share", type=float, default=0.2, help="latest share of conversations held out")
+    p.add_argument("--no-privacy", action="store_true", help="do not pseudonymise personal data (not advised)")
+    p.add_argument("--scrub-names", action="store_true", help="also pseudonymise third-party names")
+    p.add_argument("--region", help="default phone region, e.g. IL (default: inferred from the chat's numbers)")
+    p.add_argument("--template", choices=("chatml", "original"), default="chatml",
+                   help="sample layout: conversational messages (default) or the original <s><person1> layout")
+    p.add_argument("--max-tokens", type=int, default=1024, help="window length; longer conversations are cut")
+
+    p = _sub(sub, "inspect", "print rendered samples with the trained (persona) tokens highlighted",
+             "talkalike inspect ~/dana-ds -n 2")
+    p.add_argument("dir", help="a dataset folder")
+    p.add_argument("-n", type=int, default=3, help="how many samples")
+    p.add_argument("--base", help="render with this model's tokenizer and chat template")
+
+    p = _sub(sub, "plan", "estimate parameters and peak memory before training, from the config alone",
+             "talkalike plan --base yam-peleg/Hebrew-Mistral-7B --preset original --json")
+    p.add_argument("--base", help="model id or local folder (default: the embedded Gemma 3 270M)")
+    p.add_argument("--preset", choices=PRESETS, default=None, help="training recipe")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence")
+
+    p = _sub(sub, "train", "fine-tune a base model with LoRA (QLoRA on a CUDA GPU) into a run folder",
+             "talkalike train ~/dana-ds --name dana")
+    p.add_argument("dataset", nargs="?", help="a dataset folder from `talkalike dataset`")
+    p.add_argument("--base", help="model id or local folder (default: the embedded Gemma 3 270M)")
+    p.add_argument("--preset", choices=PRESETS, default=None, help="training recipe")
+    p.add_argument("--name", help="run name (default: derived from the dataset and time)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--epochs", type=float, help="override the preset's epochs")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--all-turns", action="store_true", help="take loss on every turn, as the original did")
+
+    p = _sub(sub, "eval", "measure how much the twin sounds like the persona; writes eval.json and report.html",
+             "talkalike eval dana")
+    p.add_argument("run", help="run name or folder")
+    p.add_argument("--limit", type=int, help="at most this many held-out turns")
+
+    p = _sub(sub, "tune-generation", "scan sampling settings on held-out conversations and save the best",
+             "talkalike tune-generation dana")
+    p.add_argument("run", help="run name or folder")
+    p.add_argument("--limit", type=int, help="at most this many held-out turns")
+
+    p = _sub(sub, "chat", "chat with the twin in the terminal", "talkalike chat dana --compare")
+    p.add_argument("run", nargs="?", help="run name or folder")
+    p.add_argument("--base", help="chat with a base model alone (no adapter), for comparison")
+    p.add_argument("--compare", action="store_true", help="show the base model's reply beside the tuned one")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: the run's, else 0.5)")
+    p.add_argument("--repetition-penalty", type=float, help="(default: the run's, else 1.025)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling (default: the run's, else 1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="longest reply")
+
+    p = _sub(sub, "serve", "serve a web chat, a blind A/B test and an OpenAI-compatible API",
+             "talkalike serve dana --port 8000")
+    p.add_argument("run", nargs="?", help="run name or folder")
+    p.add_argument("--base", help="serve a base model alone (no adapter)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs --api-key")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="bearer key required by the API (default: $TALKALIKE_API_KEY)")
+
+    p = _sub(sub, "export", "export the twin for local runners", "talkalike export dana --format ollama")
+    p.add_argument("run", help="run name or folder")
+    p.add_argument("--format", required=True, choices=("merged", "gguf", "ollama"))
+    p.add_argument("--out", help="output folder (default: RUN/export-FORMAT)")
+
+    p = _sub(sub, "demo", "the whole pipeline on the bundled sample chat with the embedded model",
+             "talkalike demo")
+    p.add_argument("--quick", action="store_true", help="fewer training steps and eval turns")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code instead of exiting, so tests call it in-process."""
+    args = build_parser().parse_args(argv)
+    module_name, function_name = HANDLERS[args.command].split(":")
+    try:
+        handler = getattr(importlib.import_module(module_name), function_name)
+        return int(handler(args) or 0)
+    except TalkalikeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was half-written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""The one exception type for expected, user-facing failures.
+
+The CLI prints it as a single `error: ...` line and exits with `exit_code`, never with a traceback.
+Programmer mistakes stay ordinary exceptions (and asserts)."""
+
+
+class TalkalikeError(Exception):
+    """An expected failure caused by the user's input or machine; the message says what to do."""
+
+    exit_code = 2

@@ -1,0 +1,48 @@
+"""The plain records that flow out of the import stage: `Message`, and what parsing one export yields."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+KINDS = ("text", "media", "deleted", "system")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One entry of a chat: a message or a system event, in the chat's local time."""
+
+    time: datetime  # naive local time, as the export shows it; seconds are 0 when the export has none
+    sender: str | None  # None for system events without an author
+    text: str  # exact body (multi-line kept); media/deleted/system entries keep their original text
+    kind: str = "text"  # one of KINDS
+    edited: bool = False  # the edited marker was present and has been removed from `text`
+
+    def to_json(self) -> dict:
+        """The `talkalike parse` shape: time, sender, text, kind, edited."""
+        return {
+            "time": self.time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "sender": self.sender,
+            "text": self.text,
+            "kind": self.kind,
+            "edited": self.edited,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Unparsed:
+    """An input line that is neither a header nor a continuation, with why."""
+
+    line_no: int  # 1-based, in the chat text file
+    line: str
+    reason: str
+
+
+@dataclass
+class ParsedExport:
+    """Everything read from one export file, before it is stored."""
+
+    name: str  # the chat's own name from the export ("WhatsApp Chat with Maya.txt" -> "Maya")
+    source: str  # a key of talkalike.sources.SOURCES
+    format: str  # the detected format, said in words ("android, d/m/y, 24h")
+    messages: list[Message] = field(default_factory=list)
+    unparsed: list[Unparsed] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. which day/month order was chosen and why
