@@ -1,0 +1,147 @@
+"""How a conversation becomes model text: the bubble separator, chat templates, and the loss mask.
+
+Shared by the dataset (inspect), train (what carries loss), generate (the prompt and where a turn stops) and evaluate
+(perplexity on persona tokens). Everything goes through the tokenizer's own `apply_chat_template`, so any base model
+with a chat template renders the way it was trained; a base without one gets PLAIN_TEMPLATE.
+
+Layouts:
+- "chat" (default): the base model's chat template; else Gemma's turn format for a tokenizer that has Gemma's turn
+  tokens; else PLAIN_TEMPLATE.
+- "original": the original project's layout, `<s><person1>…</s><person2>…</s>`, where <person2> is the persona.
+"""
+
+from dataclasses import dataclass
+
+# People send several short messages in a row; the twin must too. The messages of one turn are joined with this
+# separator in the dataset, and the chat stage splits the model's output on it back into separate messages.
+# It is plain text (no new special token), so any tokenizer can learn it, and it never occurs in real chats.
+BUBBLE_MARK = "<|msg|>"
+BUBBLE_SEP = f"\n{BUBBLE_MARK}\n"
+
+# Gemma's turn format. Gemma base checkpoints (the embedded model among them) ship <start_of_turn>/<end_of_turn> as
+# special tokens but, as GGUF files, no template; they get this one so a turn ends on one dedicated token.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+# For a base model without a chat template: speaker tags, and the tokenizer's end-of-sequence token to end a turn,
+# so generation stops at the end of the persona's turn with no extra vocabulary.
+PLAIN_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+# The original report's layout: person1 is the other side, person2 the persona, each turn closed by </s>.
+ORIGINAL_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}<person2>{% else %}<person1>{% endif %}"
+    "{{ message['content'] }}{{ eos_token }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<person2>{% endif %}"
+)
+
+LAYOUTS = ("chat", "original")
+
+
+def join_bubbles(messages: list[str]) -> str:
+    """One turn's messages as one content string."""
+    return BUBBLE_SEP.join(messages)
+
+
+def split_bubbles(text: str) -> list[str]:
+    """A turn's content back into its separate messages (empty pieces dropped)."""
+    pieces = (piece.strip() for piece in text.split(BUBBLE_MARK))
+    return [piece for piece in pieces if piece]
+
+
+def chat_template(tokenizer, layout: str = "chat") -> str:
+    """The Jinja chat template used for this tokenizer and layout."""
+    if layout == "original":
+        return ORIGINAL_TEMPLATE
+    assert layout == "chat", f"unknown layout {layout!r}"
+    if tokenizer.chat_template:
+        return tokenizer.chat_template
+    vocab = tokenizer.get_vocab()
+    if "<start_of_turn>" in vocab and "<end_of_turn>" in vocab:
+        return GEMMA_TEMPLATE
+    return PLAIN_TEMPLATE
+
+
+def _apply(tokenizer, messages: list[dict], template: str, add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered sample: its text, its token ids, and 1 on exactly the tokens that carry loss."""
+
+    text: str
+    input_ids: list[int]
+    mask: list[int]
+
+
+def render_sample(messages: list[dict], tokenizer, layout: str = "chat", all_turns: bool = False) -> Rendered:
+    """Render a conversation; the mask covers each assistant turn's content and its end-of-turn marker.
+
+    With `all_turns` every token carries loss, as in the original project.
+    """
+    template = chat_template(tokenizer, layout)
+    text = _apply(tokenizer, messages, template, add_generation_prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        # Rendering is prefix-stable for every template we use: the turn's span starts where the prompt for it
+        # ends and stops where the conversation up to it ends (content + end-of-turn marker).
+        start = len(_apply(tokenizer, messages[:i], template, add_generation_prompt=True)) if i else 0
+        end = len(_apply(tokenizer, messages[: i + 1], template, add_generation_prompt=False))
+        assert text.startswith(_apply(tokenizer, messages[: i + 1], template, False)), "template is not prefix-stable"
+        spans.append((start, end))
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoding["input_ids"])
+    if all_turns:
+        return Rendered(text, ids, [1] * len(ids))
+    mask = []
+    span_index = 0
+    for token_start, token_end in encoding["offset_mapping"]:
+        while span_index < len(spans) and token_start >= spans[span_index][1]:
+            span_index += 1
+        inside = span_index < len(spans) and spans[span_index][0] <= token_start < spans[span_index][1]
+        mask.append(1 if inside and token_end > token_start else 0)
+    return Rendered(text, ids, mask)
+
+
+def render_prompt(messages: list[dict], tokenizer, layout: str = "chat") -> list[int]:
+    """Token ids of the history followed by an opened assistant (persona) turn."""
+    text = _apply(tokenizer, messages, chat_template(tokenizer, layout), add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def stop_strings(tokenizer, layout: str = "chat") -> list[str]:
+    """The text that closes the persona's turn in this template, plus the end-of-sequence token."""
+    probe = "\u2063probe\u2063"
+    rendered = _apply(
+        tokenizer,
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}],
+        chat_template(tokenizer, layout),
+        add_generation_prompt=False,
+    )
+    closing = rendered.split(probe, 1)[1].strip()
+    stops = [closing] if closing else []
+    if tokenizer.eos_token and tokenizer.eos_token not in stops:
+        stops.append(tokenizer.eos_token)
+    return stops

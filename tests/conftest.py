@@ -1,0 +1,97 @@
+"""Shared test fixtures: a tiny tokenizer trained here, a tiny Gemma-shaped model built from a config, a temp data folder.
+
+Nothing is downloaded. The tiny model has the embedded model's architecture (Gemma 3) and a Gemma-style chat template,
+so the code paths match the real thing at a fraction of the cost.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from talkalike.template import GEMMA_TEMPLATE
+
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
+
+CORPUS = [
+    "hey what's up? haha ok 😂 see you at the beach",
+    "שלום מה קורה? חחח יאללה נתראה",
+    "I think we should meet at the café on Dizengoff at eight, if that suits you.",
+    "lol pita the cat broke my scooter again 🙈",
+    "Hello there, how are you today?",
+    "ok\n<|msg|>\nsure\n<|msg|>\ncoming 🏃‍♀️",
+    "user model Noa: Daniel: 0123456789 +972 50-123-4567 @ . , ! ?",
+]
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer with a few hundred tokens and a Gemma-style chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(CORPUS * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+    )
+    fast.chat_template = GEMMA_TEMPLATE
+    return fast
+
+
+def build_tiny_model(vocab_size: int, seed: int = 0):
+    """A 2-layer Gemma 3 causal LM with random weights."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=1024,
+        sliding_window=128,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    return Gemma3ForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A tiny fast tokenizer with a Gemma-style chat template (special ids: pad 0, eos 1, bos 2)."""
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A folder holding a tiny Gemma 3 model and its tokenizer, usable as `--base DIR`."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model = build_tiny_model(len(tiny_tokenizer))
+    model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An empty data folder; TALKALIKE_HOME points at it so nothing touches the user's real one."""
+    folder = tmp_path / "home"
+    folder.mkdir()
+    monkeypatch.setenv("TALKALIKE_HOME", str(folder))
+    return folder
