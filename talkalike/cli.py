@@ -84,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-privacy", action="store_true", help="do not pseudonymise personal data (not advised)")
     p.add_argument("--scrub-names", action="store_true", help="also pseudonymise third-party names")
     p.add_argument("--region", help="default phone region, e.g. IL (default: inferred from the chat's numbers)")
-    p.add_argument("--template", choices=("chatml", "original"), default="chatml",
-                   help="sample layout: conversational messages (default) or the original <s><person1> layout")
+    p.add_argument("--layout", "--template", dest="layout", choices=("chat", "original"), default="chat",
+                   help="how train renders samples: the base model's chat template (default) or the original "
+                        "<s><person1>…</s><person2>… layout")
     p.add_argument("--max-tokens", type=int, default=1024, help="window length; longer conversations are cut")
+    p.add_argument("--base", help="count tokens with this model's tokenizer (default: a len(text)/3 estimate)")
 
     p = _sub(sub, "inspect", "print rendered samples with the trained (persona) tokens highlighted",
              "talkalike inspect ~/dana-ds -n 2")

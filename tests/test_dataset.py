@@ -1,0 +1,320 @@
+"""The dataset stage: samples where the persona is the assistant, windows, the time-ordered split, stats and bad input."""
+
+import importlib
+import json
+import sys
+import types
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+import talkalike
+from talkalike import dataset
+from talkalike.dataset import (
+    LEADING_PERSONA_TURN,
+    DatasetConfig,
+    PlainTokenizer,
+    build_dataset,
+    build_messages,
+    highlight,
+    windows,
+)
+from talkalike.errors import TalkalikeError
+from talkalike.message import Message
+from talkalike.segment import segment
+from talkalike.template import BUBBLE_SEP, render_sample, split_bubbles
+
+T0 = datetime(2024, 3, 1, 9, 0)
+
+
+def msg(minutes: float, sender: str, text: str = "hi") -> Message:
+    return Message(T0 + timedelta(minutes=minutes), sender, text)
+
+
+def one_conversation(messages: list[Message], chat: str = "Noa"):
+    [conversation] = segment(messages, chat=chat)
+    return conversation
+
+
+# ---------------------------------------------------------------- samples
+
+
+def test_the_persona_is_only_ever_the_assistant():
+    conversation = one_conversation([
+        msg(0, "Daniel", "Good morning."), msg(1, "Noa", "morning!!"), msg(2, "Noa", "coffee?"),
+        msg(3, "Daniel", "Gladly."), msg(4, "Noa", "yay"),
+    ])
+    rows = build_messages(conversation, "Noa", group=False, dropped=dataset.Counter())
+    assert [r["role"] for r in rows] == ["user", "assistant", "user", "assistant"]
+    assistant = [split_bubbles(r["content"]) for r in rows if r["role"] == "assistant"]
+    assert assistant == [["morning!!", "coffee?"], ["yay"]]
+    user_text = " ".join(r["content"] for r in rows if r["role"] == "user")
+    assert "morning!!" not in user_text and "yay" not in user_text
+
+
+def test_bubble_boundaries_survive_a_round_trip():
+    bubbles = ["ok", "wait", "actually no 😂", "line one\nline two"]
+    conversation = one_conversation([msg(0, "Daniel", "Shall we?")] + [msg(1 + i, "Noa", b) for i, b in enumerate(bubbles)])
+    rows = build_messages(conversation, "Noa", group=False, dropped=dataset.Counter())
+    assert rows[1]["content"] == BUBBLE_SEP.join(bubbles)
+    assert split_bubbles(rows[1]["content"]) == bubbles
+
+
+def test_group_chats_keep_speaker_names_and_merge_other_speakers_into_one_user_turn():
+    conversation = one_conversation([
+        msg(0, "Dana", "hi all"), msg(1, "Dana", "who's in?"), msg(2, "Avi", "me"), msg(3, "Noa", "meee"),
+    ], chat="Beach crew")
+    rows = build_messages(conversation, "Noa", group=True, dropped=dataset.Counter())
+    assert [r["role"] for r in rows] == ["user", "assistant"]
+    assert split_bubbles(rows[0]["content"]) == ["Dana: hi all", "Dana: who's in?", "Avi: me"]
+    assert rows[1]["content"] == "meee"  # the persona's own lines carry no name: the twin should not learn to sign
+
+
+def test_two_person_chats_carry_no_name_prefix():
+    conversation = one_conversation([msg(0, "Daniel", "Hello."), msg(1, "Noa", "hii")])
+    rows = build_messages(conversation, "Noa", group=False, dropped=dataset.Counter())
+    assert rows[0]["content"] == "Hello."
+
+
+def test_a_conversation_the_persona_opens_starts_with_the_other_side():
+    dropped = dataset.Counter()
+    conversation = one_conversation([msg(0, "Noa", "u there?"), msg(5, "Daniel", "Yes."), msg(6, "Noa", "k")])
+    rows = build_messages(conversation, "Noa", group=False, dropped=dropped)
+    assert rows == [{"role": "user", "content": "Yes."}, {"role": "assistant", "content": "k"}]
+    assert dropped[LEADING_PERSONA_TURN] == 1
+
+
+def test_a_conversation_where_the_persona_only_opens_yields_no_sample():
+    dropped = dataset.Counter()
+    conversation = one_conversation([msg(0, "Noa", "u there?"), msg(5, "Daniel", "Yes.")])
+    assert build_messages(conversation, "Noa", group=False, dropped=dropped) == []
+    assert dropped[dataset.NO_PERSONA_REPLY] == 1
+
+
+def test_windows_carry_recent_history_and_each_ends_with_the_persona():
+    messages = []
+    for i in range(20):
+        messages += [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+    costs = [10] * len(messages)
+    parts = windows(messages, costs, max_tokens=100, carry=40)
+    assert len(parts) > 1
+    for part in parts:
+        assert part[0]["role"] == "user" and part[-1]["role"] == "assistant"
+        assert sum(10 for _ in part) <= 100
+    for before, after in zip(parts, parts[1:]):
+        carried = after[:4]  # 40 tokens of history = the last two (user, assistant) pairs
+        assert carried == before[-4:]
+    seen = {m["content"] for part in parts for m in part}
+    assert seen == {m["content"] for m in messages}  # every persona reply is trained somewhere
+
+
+def test_a_conversation_that_fits_is_one_window():
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert windows(messages, [5, 5], max_tokens=100, carry=25) == [messages]
+
+
+def test_a_single_pair_longer_than_the_budget_stays_whole():
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a" * 900},
+                {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+    parts = windows(messages, [5, 300, 5, 5], max_tokens=100, carry=25)
+    assert parts[0] == messages[:2] and parts[-1][-1]["content"] == "a2"
+
+
+# ---------------------------------------------------------------- the pipeline on a stand-in store
+
+
+class FakeStore:
+    """Stand-in for talkalike.store.Store: chats of messages in memory."""
+
+    def __init__(self, chats: dict[str, list[Message]]):
+        self._chats = chats
+
+    def chats(self):
+        return [types.SimpleNamespace(name=name, messages=len(ms)) for name, ms in self._chats.items()]
+
+    def people(self):
+        names = sorted({m.sender for ms in self._chats.values() for m in ms if m.sender})
+        return [types.SimpleNamespace(name=name) for name in names]
+
+    def messages(self, chats=None):
+        for name, ms in self._chats.items():
+            if chats is None or name in chats:
+                for m in sorted(ms, key=lambda m: m.time):
+                    yield name, m
+
+
+@pytest.fixture(autouse=True)
+def stand_in_clean_and_privacy(monkeypatch):
+    """Until the clean and privacy stages land: clean drops non-text, privacy masks digits runs as [PHONE_n]."""
+    import re
+
+    if "talkalike.clean" not in sys.modules:
+        try:
+            importlib.import_module("talkalike.clean")
+        except ImportError:
+            clean = types.ModuleType("talkalike.clean")
+
+            def clean_fn(messages):
+                kept = [m for m in messages if m.kind == "text"]
+                return kept, {"media": len(messages) - len(kept)} if len(kept) < len(messages) else {}
+
+            clean.clean = clean_fn
+            monkeypatch.setitem(sys.modules, "talkalike.clean", clean)
+            monkeypatch.setattr(talkalike, "clean", clean, raising=False)
+    if "talkalike.privacy" not in sys.modules:
+        try:
+            importlib.import_module("talkalike.privacy")
+        except ImportError:
+            privacy = types.ModuleType("talkalike.privacy")
+            phone = re.compile(r"\+?\d[\d -]{7,}\d")
+
+            def pseudonymise(messages, store, chat, region=None, scrub_names=False, keep=()):
+                out, count = [], 0
+                for m in messages:
+                    text, n = phone.subn("[PHONE_1]", m.text)
+                    count += n
+                    out.append(Message(m.time, m.sender, text, m.kind, m.edited))
+                return out, {"phone": count} if count else {}
+
+            privacy.pseudonymise = pseudonymise
+            monkeypatch.setitem(sys.modules, "talkalike.privacy", privacy)
+            monkeypatch.setattr(talkalike, "privacy", privacy, raising=False)
+
+
+def daily_chat(days: int, other: str = "Daniel", start: datetime = T0) -> list[Message]:
+    """One short conversation a day: the other person asks, the persona answers in two bubbles."""
+    out = []
+    for day in range(days):
+        t = start + timedelta(days=day)
+        out += [Message(t, other, f"Day {day}: how are you?"),
+                Message(t + timedelta(minutes=1), "Noa", f"good haha {day}"),
+                Message(t + timedelta(minutes=2), "Noa", "u?")]
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_split_is_time_ordered_with_no_leak(tmp_path):
+    store = FakeStore({"Noa": daily_chat(10), "Work": daily_chat(10, other="Boss", start=T0 + timedelta(hours=5))})
+    stats = build_dataset(store, DatasetConfig(persona="Noa"), tmp_path / "ds")
+    train, evaluation = read_jsonl(tmp_path / "ds" / "train.jsonl"), read_jsonl(tmp_path / "ds" / "eval.jsonl")
+    assert len(evaluation) == 4 and len(train) == 16  # 20 % of 20 conversations
+    assert max(r["start"] for r in train) < min(r["start"] for r in evaluation)
+    assert not {r["id"] for r in train} & {r["id"] for r in evaluation}
+    assert stats["conversations"] == {"total": 20, "train": 16, "eval": 4, "windowed": 0}
+
+
+def test_windows_of_one_conversation_all_go_to_the_same_side(tmp_path):
+    long_day = []
+    for i in range(40):
+        long_day += [msg(i * 2, "Daniel", f"Question number {i}, please?"), msg(i * 2 + 1, "Noa", f"answer {i} lol")]
+    store = FakeStore({"Noa": daily_chat(4) + [Message(m.time + timedelta(days=10), m.sender, m.text) for m in long_day]})
+    stats = build_dataset(store, DatasetConfig(persona="Noa", max_tokens=120, eval_share=0.2), tmp_path / "ds")
+    train, evaluation = read_jsonl(tmp_path / "ds" / "train.jsonl"), read_jsonl(tmp_path / "ds" / "eval.jsonl")
+    assert stats["conversations"]["windowed"] == 1
+    assert len(evaluation) > 1 and len({r["id"].split("#")[0] for r in evaluation}) == 1
+    assert not {r["id"].split("#")[0] for r in train} & {r["id"].split("#")[0] for r in evaluation}
+
+
+def test_building_twice_gives_identical_files(tmp_path):
+    store = FakeStore({"Noa": daily_chat(7)})
+    build_dataset(store, DatasetConfig(persona="Noa"), tmp_path / "a")
+    build_dataset(store, DatasetConfig(persona="Noa"), tmp_path / "b")
+    for name in ("train.jsonl", "eval.jsonl", "stats.json", "dataset.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_stats_report_style_per_speaker_and_drops(tmp_path):
+    chat = daily_chat(5) + [Message(T0 + timedelta(days=20), "Daniel", "Anyone?")]
+    chat.append(Message(T0 + timedelta(days=1, minutes=3), "Noa", "<Media omitted>", kind="media"))
+    stats = build_dataset(FakeStore({"Noa": chat}), DatasetConfig(persona="Noa"), tmp_path / "ds")
+    noa, daniel = stats["speakers"]["Noa"], stats["speakers"]["Daniel"]
+    assert noa["laughter_rate"] == 0.5 and daniel["laughter_rate"] == 0
+    assert noa["messages_per_turn"]["mean"] == 2 and daniel["messages_per_turn"]["mean"] == 1
+    assert noa["languages"] == {"english": 1.0}
+    assert stats["dropped"]["segment"] == {"no_persona_message": 1}
+    assert sum(stats["dropped"]["clean"].values()) == 1
+    # per day Noa writes "good haha N" + "u?" (13 characters), Daniel "Day N: how are you?" (19)
+    assert stats["persona_share"]["characters"] == round(13 / 32, 4)
+    # tokens are estimated on the content, separator included: (13 + 9) // 3 + 1 = 8 against 19 // 3 + 1 = 7
+    assert stats["persona_share"]["tokens"] == round(8 / 15, 4)
+    saved = json.loads((tmp_path / "ds" / "stats.json").read_text())
+    assert saved == stats
+    assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["persona"] == "Noa"
+
+
+def test_an_unknown_persona_lists_the_known_names(tmp_path):
+    store = FakeStore({"Noa": daily_chat(3)})
+    with pytest.raises(TalkalikeError, match="known names: Daniel, Noa"):
+        build_dataset(store, DatasetConfig(persona="Nao"), tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_an_empty_store_asks_for_an_import_first(tmp_path):
+    with pytest.raises(TalkalikeError, match="talkalike import"):
+        build_dataset(FakeStore({}), DatasetConfig(persona="Noa"), tmp_path / "ds")
+
+
+def test_nothing_left_says_which_step_removed_what(tmp_path):
+    # Noa only ever writes alone, hours apart: every conversation is a monologue.
+    store = FakeStore({"Noa": [msg(0, "Noa"), msg(300, "Noa"), msg(600, "Daniel", "hello?")]})
+    with pytest.raises(TalkalikeError) as error:
+        build_dataset(store, DatasetConfig(persona="Noa"), tmp_path / "ds")
+    assert "3 messages read" in str(error.value)
+    assert "2 conversations (fewer_than_2_turns)" in str(error.value)
+    assert "1 conversations (no_persona_message)" in str(error.value)
+
+
+def test_a_failed_write_leaves_no_half_written_dataset_and_keeps_the_old_one(tmp_path, monkeypatch):
+    store = FakeStore({"Noa": daily_chat(6)})
+    out = tmp_path / "ds"
+    build_dataset(store, DatasetConfig(persona="Noa"), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    real_dumps = json.dumps
+    calls = {"n": 0}
+
+    def failing_dumps(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError("disk full")
+        return real_dumps(*args, **kwargs)
+
+    monkeypatch.setattr(dataset.json, "dumps", failing_dumps)
+    with pytest.raises(OSError):
+        build_dataset(store, DatasetConfig(persona="Noa", gap_minutes=30), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary folder left behind
+
+
+def test_an_existing_folder_that_is_not_a_dataset_is_left_alone(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(TalkalikeError, match="not a dataset folder"):
+        build_dataset(FakeStore({"Noa": daily_chat(3)}), DatasetConfig(persona="Noa"), out)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+# ---------------------------------------------------------------- inspect
+
+
+def test_inspect_marks_exactly_the_persona_text_without_a_model():
+    messages = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "hii\n<|msg|>\nwhat's up"}]
+    tokenizer = PlainTokenizer()
+    rendered = render_sample(messages, tokenizer)
+    offsets = tokenizer(rendered.text, return_offsets_mapping=True)["offset_mapping"]
+    shown = highlight(rendered.text, offsets, rendered.mask, colour=False)
+    assert shown == "<s><|user|>\nHello.</s>\n<|assistant|>\n⟦hii\n<|msg|>\nwhat's up</s>\n⟧"
+
+
+def test_inspect_highlights_with_the_models_own_template(tiny_tokenizer):
+    messages = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "haha ok"}]
+    rendered = render_sample(messages, tiny_tokenizer)
+    offsets = tiny_tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    shown = highlight(rendered.text, offsets, rendered.mask, colour=False)
+    assert "⟦haha ok<end_of_turn>" in shown
+    assert "Hello there" in shown.split("⟦")[0]
