@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the run's, else 0.5)")
     p.add_argument("--repetition-penalty", type=float, help="(default: the run's, else 1.025)")
     p.add_argument("--top-p", type=float, help="nucleus sampling (default: the run's, else 1.0)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="longest reply")
+    p.add_argument("--max-new-tokens", type=int, help="longest reply in tokens (default: the run's, else 200)")
 
     p = _sub(sub, "serve", "serve a web chat, a blind A/B test and an OpenAI-compatible API",
              "talkalike serve dana --port 8000")
