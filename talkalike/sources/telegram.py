@@ -1,0 +1,160 @@
+"""Telegram Desktop JSON exports (`result.json`) read into the same records as WhatsApp.
+
+Telegram Desktop writes one chat ("Export chat history", JSON) as `{"name", "type", "messages": [...]}` and the whole
+account ("Export Telegram data") as `{"chats": {"list": [chat, ...]}}`. `parse` reads the first; `parse_all` reads both.
+Try it: `talkalike parse path/to/result.json | head`.
+"""
+
+import json
+from datetime import datetime
+
+from talkalike.errors import TalkalikeError
+from talkalike.message import Message, ParsedExport
+
+# Telegram shows a deleted account's messages under this name; keeping them as ordinary messages keeps the other
+# side of a conversation whose partner left Telegram.
+DELETED_ACCOUNT = "Deleted Account"
+
+# Keys whose presence marks a message as carrying media (Telegram leaves the placeholder or the file path in them).
+MEDIA_KEYS = ("photo", "file", "media_type", "poll", "location_information", "contact_information", "game_title",
+              "invoice_information", "place_name")
+
+# Service actions in readable words; an action not listed here is spelled out from its name (`join_group_by_link`).
+ACTIONS = {
+    "create_group": "created group",
+    "migrate_to_supergroup": "converted the group to a supergroup",
+    "migrate_from_group": "converted the group to a supergroup",
+    "invite_members": "added",
+    "remove_members": "removed",
+    "join_group_by_link": "joined the group via an invite link",
+    "edit_group_title": "changed the group name to",
+    "edit_group_photo": "changed the group photo",
+    "delete_group_photo": "removed the group photo",
+    "pin_message": "pinned a message",
+    "phone_call": "called",
+    "group_call": "started a video chat",
+    "clear_history": "cleared the history",
+    "set_messages_ttl": "changed the auto-delete timer",
+    "screenshot_taken": "took a screenshot",
+}
+
+
+def plain_text(text: str | list | None) -> str:
+    """Telegram's `text` as plain text: a string, or a list of strings and entities ({"type", "text"}) joined."""
+    if text is None:
+        return ""
+    if isinstance(text, str):
+        return text
+    return "".join(part if isinstance(part, str) else str(part.get("text", "")) for part in text)
+
+
+def _media_text(entry: dict, caption: str) -> str:
+    """A placeholder naming the media (a sticker keeps its emoji), followed by the caption on its own line."""
+    if "photo" in entry:
+        what = "photo"
+    elif entry.get("media_type"):
+        what = str(entry["media_type"])
+    elif "poll" in entry:
+        what = "poll: " + str(entry["poll"].get("question", "")) if isinstance(entry["poll"], dict) else "poll"
+    elif "location_information" in entry or "place_name" in entry:
+        what = "location"
+    elif "contact_information" in entry:
+        what = "contact"
+    else:
+        what = "file"
+    if entry.get("sticker_emoji"):
+        what += " " + entry["sticker_emoji"]
+    placeholder = f"<{what} omitted>"
+    return f"{placeholder}\n{caption}" if caption else placeholder
+
+
+def _service_text(entry: dict) -> str:
+    """A service event in words: "Dana added Maya, Noa"."""
+    actor = entry.get("actor") or entry.get("from") or ""
+    action = str(entry.get("action", "service"))
+    words = ACTIONS.get(action, action.replace("_", " "))
+    details = []
+    if action == "phone_call" and entry.get("discard_reason") == "missed":
+        words = "called (missed)"
+    if entry.get("title"):
+        details.append(f"«{entry['title']}»")
+    if entry.get("members"):
+        members = ", ".join(str(m) for m in entry["members"] if m)
+        details.append(f"with {members}" if action == "create_group" else members)
+    if "duration_seconds" in entry:
+        details.append(f"({entry['duration_seconds']} s)")
+    caption = plain_text(entry.get("text"))
+    return " ".join(part for part in (actor, words, *details, caption) if part)
+
+
+def _message(entry: dict, where: str) -> Message:
+    """One entry of `messages` as a Message; a malformed entry is a clear error naming its place."""
+    try:
+        time = datetime.fromisoformat(entry["date"]).replace(tzinfo=None)
+    except (KeyError, TypeError, ValueError) as error:
+        raise TalkalikeError(f"{where} has no readable date ({error}); is this an unmodified Telegram export?") from None
+    edited = bool(entry.get("edited"))
+    if entry.get("type") == "service":
+        return Message(time, None, _service_text(entry), "system", edited)
+    text = plain_text(entry.get("text"))
+    sender = entry.get("from")
+    if sender is None:
+        sender = DELETED_ACCOUNT if entry.get("from_id") else None
+    if sender is None:
+        return Message(time, None, text, "system", edited)
+    if any(key in entry for key in MEDIA_KEYS):
+        return Message(time, str(sender), _media_text(entry, text), "media", edited)
+    return Message(time, str(sender), text, "text", edited)
+
+
+def _chat(chat: dict, name: str, where: str) -> ParsedExport:
+    """One chat object ({"name", "type", "messages"}) as a ParsedExport."""
+    entries = chat.get("messages")
+    if not isinstance(entries, list):
+        raise TalkalikeError(f"{where} has no message list; export the chat from Telegram Desktop as JSON.")
+    chat_type = str(chat.get("type", "chat"))
+    chat_name = chat.get("name") or ("Saved Messages" if chat_type == "saved_messages" else name)
+    messages = [_message(entry, f"{where}, message {entry.get('id', i + 1)}") for i, entry in enumerate(entries)
+                if isinstance(entry, dict)]
+    notes = []
+    skipped = len(entries) - len(messages)
+    if skipped:
+        notes.append(f"{skipped} entries of the message list were not objects and were left out")
+    return ParsedExport(name=str(chat_name), source="telegram", format=f"telegram desktop json, {chat_type}",
+                        messages=messages, unparsed=[], notes=notes)
+
+
+def _load(text: str) -> dict:
+    """The export's JSON object, or a clear error saying why it is not one."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise TalkalikeError(f"this is not valid JSON (line {error.lineno}: {error.msg}); "
+                             "expected a Telegram Desktop `result.json`.") from None
+    if not isinstance(data, dict) or not ("messages" in data or "chats" in data):
+        raise TalkalikeError("this JSON is not a Telegram Desktop export (no `messages` or `chats`); "
+                             "export it from Telegram Desktop with Format: Machine-readable JSON.")
+    return data
+
+
+def parse_all(text: str, name: str, date_order: str | None = None) -> list[ParsedExport]:
+    """Every chat in a `result.json`: one for a chat export, one per chat for a whole-account export."""
+    data = _load(text)
+    if "messages" in data:
+        return [_chat(data, name, "the chat")]
+    chats = data["chats"].get("list") if isinstance(data["chats"], dict) else None
+    if not isinstance(chats, list):
+        raise TalkalikeError("this Telegram export has no `chats.list`; export chats with message history.")
+    parsed = [_chat(chat, f"{name} {i + 1}", f"chat {i + 1}") for i, chat in enumerate(chats) if isinstance(chat, dict)]
+    if not parsed:
+        raise TalkalikeError("this Telegram export holds no chats; tick 'Personal chats' or groups when exporting.")
+    return parsed
+
+
+def parse(text: str, name: str, date_order: str | None = None) -> ParsedExport:
+    """One chat's `result.json` as a ParsedExport; `date_order` is unused (Telegram writes ISO dates)."""
+    chats = parse_all(text, name, date_order)
+    if len(chats) > 1:
+        raise TalkalikeError(f"this Telegram export holds {len(chats)} chats; `talkalike import` takes them all, "
+                             "each as its own chat.")
+    return chats[0]
