@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run name or folder")
     p.add_argument("--format", required=True, choices=("merged", "gguf", "ollama"))
     p.add_argument("--out", help="output folder (default: RUN/export-FORMAT)")
+    p.add_argument("--gguf-type", choices=("f32", "f16", "bf16", "q8_0"), default="f16",
+                   help="GGUF weight type for gguf/ollama (default f16; norms always stay f32)")
 
     p = _sub(sub, "demo", "the whole pipeline on the bundled sample chat with the embedded model",
              "talkalike demo")

@@ -1,0 +1,207 @@
+"""Export round trips on a tiny run: merged safetensors, GGUF read back, and an Ollama Modelfile.
+
+The run is built here from the shared tiny Gemma 3 model (tests/conftest.py) plus a LoRA adapter with random, non-zero
+weights, in the run-folder layout that `talkalike train` writes (run.json, adapter/, tokenizer/).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from talkalike.cli import main
+from talkalike.errors import TalkalikeError
+
+
+def make_run(folder: Path, base_dir: Path, tokenizer, seed: int = 0, **run_extra) -> Path:
+    """A run folder: run.json naming `base_dir`, a non-zero LoRA adapter on every linear layer, and the tokenizer."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(base, lora)
+    folder.mkdir(parents=True)
+    model.save_pretrained(folder / "adapter")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    info = {"base": {"id": str(base_dir), "revision": None, "source": "local"}, "layout": "chat", "quantized": False}
+    (folder / "run.json").write_text(json.dumps(info | run_extra))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_base(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny Gemma 3 model with the one setting llama.cpp's gemma3 hard-codes (attention scale 1/sqrt(head_dim))."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    model.config.query_pre_attn_scalar = model.config.head_dim
+    folder = tmp_path_factory.mktemp("tiny-base")
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def run_dir(home, llama_cpp_base, tiny_tokenizer) -> Path:
+    return make_run(home / "runs" / "dana", llama_cpp_base, tiny_tokenizer)
+
+
+def adapter_reply(run: Path, home: Path) -> list[int]:
+    from talkalike.export import check_prompt, greedy_ids, load_adapter_model
+
+    model, tokenizer, info = load_adapter_model(run, home)
+    return greedy_ids(model, check_prompt(tokenizer, info))
+
+
+def test_merged_export_gives_the_adapters_greedy_reply_and_carries_the_template(home, run_dir, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from talkalike.export import check_prompt, greedy_ids
+
+    assert main(["--home", str(home), "export", "dana", "--format", "merged"]) == 0
+    out = run_dir / "export-merged"
+    assert (out / "model.safetensors").is_file()
+    assert "export-merged" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert "<start_of_turn>" in tokenizer.chat_template
+    expected = adapter_reply(run_dir, home)
+    assert greedy_ids(model, check_prompt(tokenizer, {"layout": "chat"})) == expected
+    # The adapter really changes the model, so equality above is not the base agreeing with itself.
+    base = AutoModelForCausalLM.from_pretrained(json.loads((run_dir / "run.json").read_text())["base"]["id"])
+    assert greedy_ids(base, check_prompt(tokenizer, {"layout": "chat"})) != expected
+    assert not any(name.startswith("base_model") for name in model.state_dict())
+    report = json.loads((out / "export.json").read_text())
+    assert report["check"]["equal"] is True and report["dtype"] == "float32"
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".export")], "temp folders left behind"
+
+
+def test_gguf_export_reads_back_with_the_merged_models_tensors_and_metadata(home, run_dir):
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from talkalike.export import load_adapter_model, merge
+
+    assert main(["--home", str(home), "export", "dana", "--format", "gguf", "--gguf-type", "f32"]) == 0
+    path = run_dir / "export-gguf" / "model.gguf"
+    reader = gguf.GGUFReader(str(path))
+    merged = merge(load_adapter_model(run_dir, home)[0])
+    config = merged.config
+    assert reader.get_field("general.architecture").contents() == "gemma3"
+    assert reader.get_field("gemma3.block_count").contents() == config.num_hidden_layers
+    assert reader.get_field("gemma3.embedding_length").contents() == config.hidden_size
+    assert reader.get_field("gemma3.attention.head_count_kv").contents() == config.num_key_value_heads
+    assert reader.get_field("gemma3.attention.sliding_window").contents() == config.sliding_window
+    assert len(reader.get_field("tokenizer.ggml.tokens").contents()) == config.vocab_size
+    assert reader.get_field("tokenizer.ggml.model").contents() == "gpt2"
+    assert "<end_of_turn>" in reader.get_field("tokenizer.chat_template").contents()
+    tensors = {t.name: t for t in reader.tensors}
+    # Tied embeddings: no output tensor; every layer has its 13 tensors, plus token_embd and output_norm.
+    assert "output.weight" not in tensors
+    assert len(tensors) == 2 + 13 * config.num_hidden_layers
+    embd = tensors["token_embd.weight"]
+    assert list(embd.shape) == [config.hidden_size, config.vocab_size]
+    np.testing.assert_array_equal(
+        np.asarray(embd.data).reshape(config.vocab_size, config.hidden_size),
+        merged.model.embed_tokens.weight.detach().numpy())
+    # Gemma's norms are stored as 1 + w, as llama.cpp's converter writes them.
+    norm = np.asarray(tensors["blk.0.attn_norm.weight"].data)
+    np.testing.assert_allclose(norm, merged.model.layers[0].input_layernorm.weight.detach().numpy() + 1.0)
+    # The merged LoRA delta is in the GGUF's q projection, not the base's weight.
+    base = AutoModelForCausalLM.from_pretrained(json.loads((run_dir / "run.json").read_text())["base"]["id"],
+                                                dtype=torch.float32)
+    q = np.asarray(tensors["blk.0.attn_q.weight"].data)
+    np.testing.assert_allclose(q, merged.model.layers[0].self_attn.q_proj.weight.detach().numpy(), rtol=0, atol=0)
+    assert not np.allclose(q, base.model.layers[0].self_attn.q_proj.weight.detach().numpy())
+    report = json.loads((run_dir / "export-gguf" / "export.json").read_text())
+    assert report["transformers"]["greedy_equal"] is True
+    assert report["transformers"]["logit_relative_error"] < 1e-4
+
+
+def test_gguf_loaded_by_transformers_replies_like_the_adapter(home, run_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from talkalike.export import check_prompt, greedy_ids, load_adapter_model
+
+    assert main(["--home", str(home), "export", "dana", "--format", "gguf"]) == 0  # default f16
+    out = run_dir / "export-gguf"
+    model = AutoModelForCausalLM.from_pretrained(str(out), gguf_file="model.gguf", dtype=torch.float32,
+                                                 query_pre_attn_scalar=32)
+    _, tokenizer, info = load_adapter_model(run_dir, home)
+    prompt = check_prompt(tokenizer, info)
+    got, expected = greedy_ids(model, prompt), adapter_reply(run_dir, home)
+    # f16 rounding may flip a near-tie late in a random model's reply, but not the opening tokens.
+    assert got[:8] == expected[:8]
+    report = json.loads((out / "export.json").read_text())
+    assert report["gguf_type"] == "f16" and report["transformers"]["logit_relative_error"] < 0.01
+
+
+def test_ollama_export_writes_a_modelfile_with_the_template_stops_and_tuned_sampling(home, run_dir, capsys):
+    from talkalike.generate import GenerationConfig, save_generation_config
+
+    save_generation_config(run_dir, GenerationConfig(temperature=0.7, repetition_penalty=1.1, top_p=0.9))
+    assert main(["--home", str(home), "export", "dana", "--format", "ollama", "--gguf-type", "q8_0"]) == 0
+    out = run_dir / "export-ollama"
+    assert (out / "model.gguf").is_file()
+    text = (out / "Modelfile").read_text()
+    assert "FROM ./model.gguf" in text
+    assert '<start_of_turn>user\n{{ $m.Content }}<end_of_turn>\n<start_of_turn>model\n' in text
+    assert '{{ $m.Content }}<end_of_turn>\n{{- end }}' in text
+    assert 'PARAMETER stop "<end_of_turn>"' in text
+    assert 'PARAMETER stop "<eos>"' in text
+    assert "PARAMETER temperature 0.7" in text and "PARAMETER repeat_penalty 1.1" in text
+    assert "PARAMETER top_p 0.9" in text
+    assert "ollama create dana" in capsys.readouterr().out
+
+
+def test_go_template_reproduces_the_jinja_rendering_of_a_conversation(tiny_tokenizer):
+    from talkalike.export import _template_pieces
+    from talkalike.template import GEMMA_TEMPLATE, PLAIN_TEMPLATE
+
+    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo\n<|msg|>\nsup"},
+                    {"role": "user", "content": "nm"}]
+    for template in (GEMMA_TEMPLATE, PLAIN_TEMPLATE):
+        pieces = _template_pieces(template, tiny_tokenizer)
+        # What the Go template renders: each user turn opens the reply, each assistant turn closes it.
+        go = "".join(pieces["user_open"] + m["content"] + pieces["open_reply"] if m["role"] == "user"
+                     else m["content"] + pieces["close_reply"] for m in conversation)
+        jinja = tiny_tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False,
+                                                   add_generation_prompt=True)
+        assert tiny_tokenizer.bos_token + go == jinja
+
+
+def test_a_gemma_config_llama_cpp_cannot_express_is_refused(home, tiny_model_dir, tiny_tokenizer):
+    run = make_run(home / "runs" / "odd", tiny_model_dir, tiny_tokenizer)  # query_pre_attn_scalar 256 != head_dim 32
+    assert main(["--home", str(home), "export", "odd", "--format", "gguf"]) == 2
+    assert not (run / "export-gguf").exists()
+
+
+def test_export_of_a_missing_run_is_a_one_line_error(home, capsys):
+    assert main(["--home", str(home), "export", "nobody", "--format", "merged"]) == 2
+    assert capsys.readouterr().err.startswith("error: no run folder")
+
+
+def test_a_failed_check_leaves_the_previous_export_in_place(home, run_dir, monkeypatch):
+    import talkalike.export as export
+
+    assert main(["--home", str(home), "export", "dana", "--format", "merged"]) == 0
+    before = (run_dir / "export-merged" / "model.safetensors").read_bytes()
+
+    def broken_merge(model):
+        merged = model.merge_and_unload()
+        merged.model.embed_tokens.weight.data.mul_(-1.0)  # a conversion bug the check must catch
+        return merged
+
+    monkeypatch.setattr(export, "merge", broken_merge)
+    with pytest.raises(TalkalikeError, match="greedy reply differs"):
+        export.export_merged(run_dir, home, run_dir / "export-merged")
+    assert (run_dir / "export-merged" / "model.safetensors").read_bytes() == before
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".export")]
