@@ -12,8 +12,8 @@ They keep coming back to the same places (café Nechama on Dizengoff, Gordon bea
 templated variation. Conversations are separated by hours of silence, so a one-hour gap splitter finds ~300 of them.
 
 The export also holds what real exports hold: the encryption notice, a few system lines, `<Media omitted>`,
-deleted and edited messages, links and multi-line messages, plus a little *invented* personal data in Noa's
-messages (see PLANTED_PII) for the privacy pass and the canary tests. No real person's messages are in it.
+deleted and edited messages, links and multi-line messages, plus a little *invented* personal data, mostly in
+Noa's messages (see PLANTED_PII) for the privacy pass and the canary tests. No real person's messages are in it.
 
 Run:  python examples/make_sample_chat.py            # rewrites the file next to this script
       python examples/make_sample_chat.py --out X.txt
@@ -42,6 +42,7 @@ PLANTED_PII = {
     "email": ["noa.levi.design@example.com"],
     "iban": ["IL29 0123 4500 0001 2345 678"],  # valid checksum, invented account
     "il_id": ["123456782"],  # valid Teudat Zehut check digit, the textbook example number
+    "phone_il_landline": ["+972 4-693-1234"],  # the one planted in a Daniel message (the zimmer's owner)
 }
 
 LAUGH = ["haha", "hahaha", "hahahah", "חחח", "חחחח", "חחחחחח", "lol", "lmao"]
@@ -490,6 +491,9 @@ def generate(seed: int = SEED) -> str:
             if n_conv == 90:
                 w.wait(60, 90)
                 w.system("Your security code with Noa changed. Tap to learn more.")
+            if n_conv == 160:
+                w.say(DANIEL, "The owner of the zimmer is called Yossi, and his number is "
+                              f"{PLANTED_PII['phone_il_landline'][0]}, in case we arrive after ten.")
             if n_conv == 180:
                 w.say(DANIEL, "You deleted this message")
             if n_conv == 210:

@@ -12,7 +12,7 @@ Rules, each counted under its own reason in `dropped`:
 - `link_only`: a message that is nothing but one or more links.
 - `code`: pasted code. A message counts as code when it has a ``` fence, or has at least `code_min_lines` non-empty
   lines of which at least half look like code (end in `;` `{` `}`, start with `def`/`import`/`class`/`return`/`#include`
-  /`function`/`const`..., or are HTML/XML tags). Bulleted lists and ordinary multi-line texts are not code.
+  /`function`/`const`..., open a Python block, assign, are indented, or are HTML/XML tags). Bulleted lists and ordinary multi-line texts are not code.
 - `long_paste`: a message longer than max(`long_min_chars`, `long_factor` x that sender's median text-message length
   within the messages given). 500 chars / 10x keeps Daniel's 900-character stories and drops a pasted article.
 Links inside a kept message are replaced with `link_placeholder` ("[LINK]"); everything else of a kept message (emoji,
@@ -41,6 +41,8 @@ _CODE_LINE = re.compile(
         (?:def|class|import|from\s+\S+\s+import|return|function|const|let|var|public|private|static|package|
            \#include|\#!|for\s*\(|if\s*\(|while\s*\(|else\b|try\s*[:{]|except\b|catch\s*\(|SELECT\s|INSERT\s|
            CREATE\s|@\w+|console\.|print\(|System\.out)\S*
+      | (?:for|if|elif|while|with|else|try|except|finally)\b.*:\s*$   # a Python block opens
+      | [\w.\[\]]+\s*[-+*/%|&]?=\s*\S             # an assignment
       | </?[a-zA-Z][\w-]*(?:\s[^>]*)?/?>        # an HTML/XML tag
       | .*[;{}]\s*$                             # a statement or a block ends here
       | .*\)\s*(?:=>|->)\s*.*                   # arrow functions, annotated defs
@@ -89,7 +91,13 @@ def looks_like_code(text: str, min_lines: int = 3) -> bool:
     lines = [line for line in text.split("\n") if line.strip()]
     if len(lines) < min_lines:
         return False
-    return sum(1 for line in lines if _CODE_LINE.match(line)) * 2 >= len(lines)
+    code = sum(1 for line in lines if _CODE_LINE.match(line) or _indented_code(line))
+    return code * 2 >= len(lines)
+
+
+def _indented_code(line: str) -> bool:
+    # People rarely indent chat messages and editors always indent code; an indented list of words is still no code.
+    return line.startswith(("\t", "  ")) and any(c in line for c in "=();{}[]<>")
 
 
 def median_lengths(messages: Iterable[Message]) -> dict[str | None, float]:

@@ -117,8 +117,8 @@ def infer_region(messages: Iterable[Message]) -> str | None:
             if "+" not in text or digit_count(text) < 7:
                 continue
             for match in phonenumbers.PhoneNumberMatcher(text.translate(_BIDI), None):
-                region = phonenumbers.region_code_for_number(match.number)
-                if region and region != "001":
+                region = phonenumbers.region_code_for_country_code(match.number.country_code)  # 44 -> GB, not GG
+                if region not in ("ZZ", "001"):  # unknown or non-geographic codes say nothing of a place
                     regions[region] += 1
     return regions.most_common(1)[0][0] if regions else None
 
