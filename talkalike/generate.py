@@ -95,6 +95,12 @@ def cpu_decode_dtype():
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @dataclass
 class Twin:
     """A loaded model and everything needed to prompt it: tokenizer, layout, run name, tuned defaults."""
@@ -132,8 +138,11 @@ class Twin:
         """A base model alone (no adapter), with the conversational layout."""
         from talkalike.model import EMBEDDED, load_base, load_tokenizer
 
-        twin = cls(model=load_base(base, home), tokenizer=load_tokenizer(base, home), name=base or EMBEDDED,
-                   persona=base or EMBEDDED)
+        name = Path(base).name if base and Path(base).is_dir() else (base or EMBEDDED)
+        if dtype is None and not _cuda():
+            dtype = cpu_decode_dtype()  # loading straight into the decode dtype skips an fp32 copy
+        twin = cls(model=load_base(base, home, dtype=dtype), tokenizer=load_tokenizer(base, home), name=name,
+                   persona=name)
         twin.prepare(dtype)
         return twin
 
@@ -152,6 +161,19 @@ class Twin:
     def device(self):
         """Where the model's weights live."""
         return next(self.model.parameters()).device
+
+
+def load_twin(run: str | None, base: str | None, home: Path) -> Twin:
+    """The twin the chat and serve commands talk to: a run folder (tuned, adapter switchable) or a base model alone."""
+    from talkalike.home import resolve_run
+
+    if run and base:
+        raise TalkalikeError("give a run or --base MODEL, not both (a run already names its base in run.json)")
+    if run:
+        return Twin.from_run(resolve_run(home, run), home)
+    if base:
+        return Twin.from_base(base, home)
+    raise TalkalikeError("name a run to talk to (e.g. `talkalike chat dana`), or a base model with --base MODEL")
 
 
 def normalize_history(history: list[dict]) -> list[dict]:
