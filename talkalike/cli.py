@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
              "talkalike eval dana")
     p.add_argument("run", help="run name or folder")
     p.add_argument("--limit", type=int, help="at most this many held-out turns")
+    p.add_argument("--canary", action="append", metavar="SECRET",
+                   help="a secret planted in the training chats that must never come out (repeatable)")
 
     p = _sub(sub, "tune-generation", "scan sampling settings on held-out conversations and save the best",
              "talkalike tune-generation dana")
