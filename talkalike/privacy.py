@@ -8,8 +8,9 @@ Runs after `clean` inside `talkalike dataset` (on by default; `--no-privacy` tur
 What is replaced, and how it is recognised (placeholders are numbered per kind, `[PHONE_1]`, `[PHONE_2]`, ...):
 - PHONE: `phonenumbers.PhoneNumberMatcher` (valid numbers only) in international and national formats. National formats
   need a region: `PrivacyConfig.region`, else the most common region of the +CC numbers in the chat's own bodies and
-  phone-number sender names (ties: the first seen). With no +CC number at all there is no region, and only numbers
-  written with +CC are found; pass `--region` then. The same number in any spelling is one placeholder (keyed by E.164).
+  phone-number sender names (ties: the first seen), else the same vote over the whole store. With no +CC number
+  anywhere there is no region, and only numbers written with +CC are found; pass `--region` then (the result's
+  `region` says which one was used). The same number in any spelling is one placeholder (keyed by E.164).
   Sender names that are phone numbers become the same placeholders.
 - EMAIL, URL (links that survived `clean`).
 - CARD: 13-19 digit runs that pass the Luhn check (`stdnum.luhn`).
@@ -109,17 +110,31 @@ def _name_forms(name: str) -> list[str]:
     return [full, full.split()[0]] if full else []
 
 
+def _regions(texts: Iterable[str]) -> Counter:
+    regions: Counter = Counter()
+    for text in texts:
+        if "+" not in text or digit_count(text) < 7:
+            continue
+        for match in phonenumbers.PhoneNumberMatcher(text.translate(_BIDI), None):
+            region = phonenumbers.region_code_for_country_code(match.number.country_code)  # 44 -> GB, not GG
+            if region not in ("ZZ", "001"):  # unknown or non-geographic codes say nothing of a place
+                regions[region] += 1
+    return regions
+
+
 def infer_region(messages: Iterable[Message]) -> str | None:
     """The most common region of +CC phone numbers in the bodies and sender names (first seen wins ties), else None."""
-    regions: Counter = Counter()
-    for m in messages:
-        for text in (m.text, m.sender or ""):
-            if "+" not in text or digit_count(text) < 7:
-                continue
-            for match in phonenumbers.PhoneNumberMatcher(text.translate(_BIDI), None):
-                region = phonenumbers.region_code_for_country_code(match.number.country_code)  # 44 -> GB, not GG
-                if region not in ("ZZ", "001"):  # unknown or non-geographic codes say nothing of a place
-                    regions[region] += 1
+    regions = _regions(text for m in messages for text in (m.text, m.sender or ""))
+    return regions.most_common(1)[0][0] if regions else None
+
+
+def infer_store_region(connection: sqlite3.Connection, sample: int = 5000) -> str | None:
+    """The same vote over the whole store (up to `sample` entries that hold a '+'), for chats without +CC numbers."""
+    # Reads the store's messages table directly: one indexed-free scan that stops after `sample` hits, instead of
+    # building a Message for every stored row.
+    rows = connection.execute("SELECT ifnull(sender, ''), text FROM messages WHERE kind != 'system' AND "
+                              "(instr(text, '+') > 0 OR instr(ifnull(sender, ''), '+') > 0) LIMIT ?", (sample,))
+    regions = _regions(text for row in rows for text in row)
     return regions.most_common(1)[0][0] if regions else None
 
 
@@ -250,20 +265,27 @@ class Pseudonymiser:
 
 
 def pseudonymise(messages: Iterable[Message], store=None, chat: str = "", region: str | None = None,
-                 scrub_names: bool | None = None, keep: Iterable[str] = (),
+                 scrub_names: bool | None = None, keep: Iterable[str] = (), names: Iterable[str] | None = None,
                  config: PrivacyConfig | None = None) -> PrivacyResult:
-    """Pseudonymise one chat's messages (mapping kept in `store`, a Store or sqlite3 connection, or None)."""
+    """Pseudonymise one chat's messages (mapping kept in `store`, a Store or sqlite3 connection, or None).
+
+    `keep`: names never scrubbed or changed (the persona); the chat's own senders are kept too. `names`: every sender
+    in the store, for `scrub_names` (None: read from the store, one scan per call; pass it when calling per chat).
+    """
     config = config or PrivacyConfig()
     messages = list(messages)
     if not config.enabled:
         return PrivacyResult(messages, Counter(), None)
     connection = store if isinstance(store, sqlite3.Connection) or store is None else store.connection
     region = region or config.region or infer_region(messages)
+    if region is None and connection is not None:
+        region = infer_store_region(connection)
     participants = {m.sender for m in messages if m.sender is not None} | set(keep)
     third_parties: list[str] = []
     if config.scrub_names if scrub_names is None else scrub_names:
-        known = [p.name for p in store.people()] if connection is not None and store is not connection else []
-        third_parties = [n for n in [*known, *config.names] if n not in participants]
+        if names is None and connection is not None:
+            names = [row[0] for row in connection.execute("SELECT DISTINCT sender FROM messages WHERE sender IS NOT NULL")]
+        third_parties = [n for n in [*(names or ()), *config.names] if n not in participants]
     pseudo = Pseudonymiser(connection, region, third_parties)
     keep_lower = {word for name in participants for word in _name_forms(name)}
     out: list[Message] = []

@@ -147,6 +147,16 @@ def _import(store: Store, chat: str, lines: list[tuple[str, str]]) -> None:
     store.import_export(ParsedExport(name=chat, source="whatsapp", format="test", messages=messages), chat)
 
 
+def test_a_chat_without_plus_numbers_takes_its_region_from_the_rest_of_the_store(tmp_path):
+    store = Store(tmp_path / "store.db")
+    _import(store, "Group", [("\u202a+972 54-321-7788\u202c", "shalom"), ("Noa", "hi")])
+    _import(store, "Daniel", [("Noa", "call me 050-234-5678")])
+    result = pseudonymise([m for _, m in store.messages(["Daniel"])], store, chat="Daniel")
+    assert result.region == "IL"
+    assert result.messages[0].text == "call me [PHONE_1]"
+    store.close()
+
+
 def test_scrub_names_replaces_third_parties_but_not_the_persona_or_the_chats_participants(tmp_path):
     store = Store(tmp_path / "store.db")
     _import(store, "Daniel", [("Noa", "maya says hi"), ("Daniel", "Tell Maya Cohen and Noa that I said hello."),
