@@ -25,10 +25,11 @@ from talkalike.segment import Conversation, keep_usable, segment
 from talkalike.template import BUBBLE_MARK, join_bubbles
 
 # Why a conversation yields no sample after segmenting; counted in stats.json under dropped.samples.
-LEADING_PERSONA_TURN = "leading_persona_turn"  # Gemma-style templates need the user first (see build_messages)
+LEADING_PERSONA_TURN = "leading_persona_turn"  # with openers=False: templates need the user first (build_messages)
 TRAILING_USER_TURN = "trailing_user_turn"  # nothing answers it, so it would only cost tokens
 NO_PERSONA_REPLY = "no_persona_reply"  # the persona only opened the conversation
 
+OPENER = ""  # the user message before a conversation the persona opens (see build_messages)
 TURN_OVERHEAD = 4  # tokens a chat template spends around each message (role tags, end-of-turn)
 
 
@@ -42,6 +43,7 @@ class DatasetConfig:
     eval_share: float = 0.2  # the original used 80/20
     layout: str = "chat"  # "chat": the base model's chat template; "original": <s><person1>…</s><person2>…</s>
     max_tokens: int = 1024  # longer conversations are cut into windows; fits the embedded model's training length
+    openers: bool = True  # keep conversations the persona opens, after an empty user message (see build_messages)
     carry_share: float = 0.25  # share of a window's budget given to history carried over from the previous window
     privacy: bool = True  # personal data is pseudonymised before it reaches any model
     scrub_names: bool = False  # third-party names too, only on request (names carry style and context)
@@ -62,13 +64,16 @@ def estimate_tokens(text: str) -> int:
 # ---------------------------------------------------------------- samples
 
 
-def build_messages(conversation: Conversation, persona: str, group: bool, dropped: Counter) -> list[dict]:
+def build_messages(conversation: Conversation, persona: str, group: bool, dropped: Counter,
+                   openers: bool = True) -> list[dict]:
     """A conversation as alternating user/assistant messages, persona = assistant; [] when nothing is left to learn.
 
     Consecutive turns of other people merge into one user message. In group chats every user message line starts with
-    "Name: ", e.g. "Dana: hi<sep>Avi: what's up", so the twin sees who said what. A conversation the persona opens
-    loses that first turn: Gemma-style templates reject an assistant turn before any user turn, and keeping it as
-    user-side context would teach nothing. A trailing user turn is dropped too, since nothing answers it.
+    "Name: ", e.g. "Dana: hi<sep>Avi: what's up", so the twin sees who said what. Chat templates such as Gemma's
+    reject an assistant turn before any user turn, so a conversation the persona opens starts with an empty user
+    message (OPENER): the persona's openers are often a fifth of what they write, and the twin learns to start a
+    conversation from an empty prompt. With `openers=False` that first turn is dropped instead. A trailing user turn
+    is dropped, since nothing answers it.
     """
     rows: list[tuple[str, list[str]]] = []
     for turn in conversation.turns:
@@ -79,8 +84,11 @@ def build_messages(conversation: Conversation, persona: str, group: bool, droppe
         else:
             rows.append((role, list(bubbles)))
     if rows and rows[0][0] == "assistant":
-        rows.pop(0)
-        dropped[LEADING_PERSONA_TURN] += 1
+        if openers:
+            rows.insert(0, ("user", [OPENER]))
+        else:
+            rows.pop(0)
+            dropped[LEADING_PERSONA_TURN] += 1
     if rows and rows[-1][0] == "user":
         rows.pop()
         dropped[TRAILING_USER_TURN] += 1
@@ -217,13 +225,21 @@ def summary_lines(stats: dict, speakers: int = 6) -> list[str]:
     lines = [
         f"persona: {stats['persona']}",
         f"messages: {stats['messages_read']} read, {stats['messages_after_clean']} after cleaning",
-        f"conversations: {conv['total']} ({conv['train']} train, {conv['eval']} eval, {conv['windowed']} cut into windows)",
+        f"conversations: {conv['total']} ({conv['train']} train, {conv['eval']} eval, {conv['windowed']} cut into windows, "
+        f"{conv['opened_by_persona']} opened by the persona)",
         f"samples: {samples['train']} train, {samples['eval']} eval; turns: {stats['turns']}",
         f"persona share: {share['tokens']:.0%} of tokens, {share['characters']:.0%} of characters",
     ]
     for step, counts in stats["dropped"].items():
         if counts:
-            lines.append(f"{step}: " + ", ".join(f"{why} {n}" for why, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+            lines.append(f"dropped by {step}: "
+                         + ", ".join(f"{why} {n}" for why, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+    privacy = stats.get("privacy", {})
+    if privacy.get("enabled"):
+        kinds = ", ".join(f"{kind} {n}" for kind, n in privacy["replaced"].items()) or "nothing found"
+        lines.append(f"pseudonymised: {kinds}; links replaced by clean: {stats['links_replaced']}")
+    else:
+        lines.append("privacy pass: OFF (--no-privacy); personal data goes into the dataset as written")
     lines.append(f"{'speaker':<16} {'msgs':>7} {'p50 len':>7} {'p90 len':>7} {'msg/turn':>8} {'emoji':>6} "
                  f"{'laugh':>6}  languages")
     for name, s in list(stats["speakers"].items())[:speakers]:
@@ -272,7 +288,9 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
     count_tokens = _token_counter(config, home)
 
     counts = Counter()
-    dropped = {"clean": Counter(), "privacy": Counter(), "segment": Counter(), "samples": Counter()}
+    dropped = {"clean": Counter(), "segment": Counter(), "samples": Counter()}
+    replaced = Counter()  # personal data pseudonymised, per kind
+    regions: dict[str, str | None] = {}  # the phone region the privacy pass used, per chat
     conversations: list[Conversation] = []
     samples: list[Sample] = []
     speakers: dict[str, SpeakerStats] = {}
@@ -290,20 +308,25 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
         counts["messages"] += len(messages)
         group = len({m.sender for m in messages if m.sender is not None}) > 2
         counts["group_chats" if group else "two_person_chats"] += 1
-        messages, clean_counts = clean.clean(messages)
-        dropped["clean"].update(clean_counts)
+        cleaned = clean.clean(messages)
+        messages = cleaned.messages
+        dropped["clean"].update(cleaned.dropped)
+        counts["links_replaced"] += cleaned.links_replaced
         if config.privacy:
-            messages, pii_counts = privacy.pseudonymise(
+            private = privacy.pseudonymise(
                 messages, store, chat=chat, region=config.region, scrub_names=config.scrub_names, keep={config.persona}
             )
-            dropped["privacy"].update(pii_counts)
+            messages = private.messages
+            replaced.update(private.counts)
+            regions[chat] = private.region
         counts["messages_after_clean"] += len(messages)
         kept, segment_drops = keep_usable(segment(messages, chat, config.gap), config.persona)
         dropped["segment"].update(segment_drops)
         for conversation in kept:
-            rows_out = build_messages(conversation, config.persona, group, dropped["samples"])
+            rows_out = build_messages(conversation, config.persona, group, dropped["samples"], config.openers)
             if not rows_out:
                 continue
+            counts["opened_by_persona"] += rows_out[0]["content"] == OPENER
             index = len(conversations)
             conversations.append(conversation)
             counts["turns"] += len(conversation.turns)
@@ -329,6 +352,7 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
 
     train, evaluation = split(samples, conversations, config.eval_share)
     stats = _stats(config, counts, dropped, conversations, train, evaluation, speakers, tokens)
+    stats["privacy"] = {"enabled": config.privacy, "replaced": dict(sorted(replaced.items())), "regions": regions}
     _write(out_dir, config, train, evaluation, stats)
     return stats
 
@@ -354,12 +378,14 @@ def _stats(config, counts, dropped, conversations, train, evaluation, speakers, 
         "persona": config.persona,
         "messages_read": counts["messages"],
         "messages_after_clean": counts["messages_after_clean"],
+        "links_replaced": counts["links_replaced"],
         "chats": {"two_person": counts["two_person_chats"], "group": counts["group_chats"]},
         "conversations": {
             "total": len(conversations),
             "train": len({r["id"].split("#")[0] for r in train}),
             "eval": len({r["id"].split("#")[0] for r in evaluation}),
             "windowed": counts["windowed_conversations"],
+            "opened_by_persona": counts["opened_by_persona"],
         },
         "samples": {"train": len(train), "eval": len(evaluation)},
         "turns": counts["turns"],
@@ -481,7 +507,8 @@ def inspect_dataset(folder: Path, n: int, base: str | None, home: str | None) ->
             rendered = render_sample(row["messages"], tokenizer, layout=layout)
             offsets = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
             trained = sum(rendered.mask)
-            print(f"── sample {i + 1}: {row['id']}  ({len(rendered.input_ids)} tokens, {trained} trained)")
+            unit = "characters" if base is None else "tokens"
+            print(f"── sample {i + 1}: {row['id']}  ({len(rendered.input_ids)} {unit}, {trained} trained)")
             print(highlight(rendered.text, offsets, rendered.mask, colour))
     return 0
 

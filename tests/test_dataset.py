@@ -1,15 +1,11 @@
 """The dataset stage: samples where the persona is the assistant, windows, the time-ordered split, stats and bad input."""
 
-import importlib
 import json
-import sys
-import types
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-import talkalike
 from talkalike import dataset
 from talkalike.dataset import (
     LEADING_PERSONA_TURN,
@@ -21,7 +17,8 @@ from talkalike.dataset import (
     windows,
 )
 from talkalike.errors import TalkalikeError
-from talkalike.message import Message
+from talkalike.message import Message, ParsedExport
+from talkalike.store import Store
 from talkalike.segment import segment
 from talkalike.template import BUBBLE_SEP, render_sample, split_bubbles
 
@@ -77,19 +74,32 @@ def test_two_person_chats_carry_no_name_prefix():
     assert rows[0]["content"] == "Hello."
 
 
-def test_a_conversation_the_persona_opens_starts_with_the_other_side():
+def test_a_conversation_the_persona_opens_starts_with_an_empty_user_message():
     dropped = dataset.Counter()
     conversation = one_conversation([msg(0, "Noa", "u there?"), msg(5, "Daniel", "Yes."), msg(6, "Noa", "k")])
     rows = build_messages(conversation, "Noa", group=False, dropped=dropped)
+    assert rows == [{"role": "user", "content": ""}, {"role": "assistant", "content": "u there?"},
+                    {"role": "user", "content": "Yes."}, {"role": "assistant", "content": "k"}]
+    assert not dropped
+
+
+def test_without_openers_the_persona_s_first_turn_is_dropped_and_counted():
+    dropped = dataset.Counter()
+    conversation = one_conversation([msg(0, "Noa", "u there?"), msg(5, "Daniel", "Yes."), msg(6, "Noa", "k")])
+    rows = build_messages(conversation, "Noa", group=False, dropped=dropped, openers=False)
     assert rows == [{"role": "user", "content": "Yes."}, {"role": "assistant", "content": "k"}]
     assert dropped[LEADING_PERSONA_TURN] == 1
 
 
-def test_a_conversation_where_the_persona_only_opens_yields_no_sample():
+def test_a_conversation_where_the_persona_only_opens_yields_no_sample_without_openers():
     dropped = dataset.Counter()
     conversation = one_conversation([msg(0, "Noa", "u there?"), msg(5, "Daniel", "Yes.")])
-    assert build_messages(conversation, "Noa", group=False, dropped=dropped) == []
+    assert build_messages(conversation, "Noa", group=False, dropped=dropped, openers=False) == []
     assert dropped[dataset.NO_PERSONA_REPLY] == 1
+    # with openers the persona's opener is the sample, and Daniel's unanswered reply is dropped
+    rows = build_messages(conversation, "Noa", group=False, dropped=dropped)
+    assert rows == [{"role": "user", "content": ""}, {"role": "assistant", "content": "u there?"}]
+    assert dropped[dataset.TRAILING_USER_TURN] == 2
 
 
 def test_windows_carry_recent_history_and_each_ends_with_the_persona():
@@ -124,62 +134,12 @@ def test_a_single_pair_longer_than_the_budget_stays_whole():
 # ---------------------------------------------------------------- the pipeline on a stand-in store
 
 
-class FakeStore:
-    """Stand-in for talkalike.store.Store: chats of messages in memory."""
-
-    def __init__(self, chats: dict[str, list[Message]]):
-        self._chats = chats
-
-    def chats(self):
-        return [types.SimpleNamespace(name=name, messages=len(ms)) for name, ms in self._chats.items()]
-
-    def people(self):
-        names = sorted({m.sender for ms in self._chats.values() for m in ms if m.sender})
-        return [types.SimpleNamespace(name=name) for name in names]
-
-    def messages(self, chats=None):
-        for name, ms in self._chats.items():
-            if chats is None or name in chats:
-                for m in sorted(ms, key=lambda m: m.time):
-                    yield name, m
-
-
-@pytest.fixture(autouse=True)
-def stand_in_clean_and_privacy(monkeypatch):
-    """Until the clean and privacy stages land: clean drops non-text, privacy masks digits runs as [PHONE_n]."""
-    import re
-
-    if "talkalike.clean" not in sys.modules:
-        try:
-            importlib.import_module("talkalike.clean")
-        except ImportError:
-            clean = types.ModuleType("talkalike.clean")
-
-            def clean_fn(messages):
-                kept = [m for m in messages if m.kind == "text"]
-                return kept, {"media": len(messages) - len(kept)} if len(kept) < len(messages) else {}
-
-            clean.clean = clean_fn
-            monkeypatch.setitem(sys.modules, "talkalike.clean", clean)
-            monkeypatch.setattr(talkalike, "clean", clean, raising=False)
-    if "talkalike.privacy" not in sys.modules:
-        try:
-            importlib.import_module("talkalike.privacy")
-        except ImportError:
-            privacy = types.ModuleType("talkalike.privacy")
-            phone = re.compile(r"\+?\d[\d -]{7,}\d")
-
-            def pseudonymise(messages, store, chat, region=None, scrub_names=False, keep=()):
-                out, count = [], 0
-                for m in messages:
-                    text, n = phone.subn("[PHONE_1]", m.text)
-                    count += n
-                    out.append(Message(m.time, m.sender, text, m.kind, m.edited))
-                return out, {"phone": count} if count else {}
-
-            privacy.pseudonymise = pseudonymise
-            monkeypatch.setitem(sys.modules, "talkalike.privacy", privacy)
-            monkeypatch.setattr(talkalike, "privacy", privacy, raising=False)
+def make_store(tmp_path: Path, chats: dict[str, list[Message]]) -> Store:
+    """A real store in a temp folder holding these chats."""
+    store = Store(tmp_path / "talkalike.db")
+    if chats:
+        store.import_exports([(ParsedExport(name, "whatsapp", "test", ms), name) for name, ms in chats.items()])
+    return store
 
 
 def daily_chat(days: int, other: str = "Daniel", start: datetime = T0) -> list[Message]:
@@ -198,20 +158,20 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_the_split_is_time_ordered_with_no_leak(tmp_path):
-    store = FakeStore({"Noa": daily_chat(10), "Work": daily_chat(10, other="Boss", start=T0 + timedelta(hours=5))})
+    store = make_store(tmp_path, {"Noa": daily_chat(10), "Work": daily_chat(10, other="Boss", start=T0 + timedelta(hours=5))})
     stats = build_dataset(store, DatasetConfig(persona="Noa"), tmp_path / "ds")
     train, evaluation = read_jsonl(tmp_path / "ds" / "train.jsonl"), read_jsonl(tmp_path / "ds" / "eval.jsonl")
     assert len(evaluation) == 4 and len(train) == 16  # 20 % of 20 conversations
     assert max(r["start"] for r in train) < min(r["start"] for r in evaluation)
     assert not {r["id"] for r in train} & {r["id"] for r in evaluation}
-    assert stats["conversations"] == {"total": 20, "train": 16, "eval": 4, "windowed": 0}
+    assert stats["conversations"] == {"total": 20, "train": 16, "eval": 4, "windowed": 0, "opened_by_persona": 0}
 
 
 def test_windows_of_one_conversation_all_go_to_the_same_side(tmp_path):
     long_day = []
     for i in range(40):
         long_day += [msg(i * 2, "Daniel", f"Question number {i}, please?"), msg(i * 2 + 1, "Noa", f"answer {i} lol")]
-    store = FakeStore({"Noa": daily_chat(4) + [Message(m.time + timedelta(days=10), m.sender, m.text) for m in long_day]})
+    store = make_store(tmp_path, {"Noa": daily_chat(4) + [Message(m.time + timedelta(days=10), m.sender, m.text) for m in long_day]})
     stats = build_dataset(store, DatasetConfig(persona="Noa", max_tokens=120, eval_share=0.2), tmp_path / "ds")
     train, evaluation = read_jsonl(tmp_path / "ds" / "train.jsonl"), read_jsonl(tmp_path / "ds" / "eval.jsonl")
     assert stats["conversations"]["windowed"] == 1
@@ -220,7 +180,7 @@ def test_windows_of_one_conversation_all_go_to_the_same_side(tmp_path):
 
 
 def test_building_twice_gives_identical_files(tmp_path):
-    store = FakeStore({"Noa": daily_chat(7)})
+    store = make_store(tmp_path, {"Noa": daily_chat(7)})
     build_dataset(store, DatasetConfig(persona="Noa"), tmp_path / "a")
     build_dataset(store, DatasetConfig(persona="Noa"), tmp_path / "b")
     for name in ("train.jsonl", "eval.jsonl", "stats.json", "dataset.json"):
@@ -230,7 +190,7 @@ def test_building_twice_gives_identical_files(tmp_path):
 def test_stats_report_style_per_speaker_and_drops(tmp_path):
     chat = daily_chat(5) + [Message(T0 + timedelta(days=20), "Daniel", "Anyone?")]
     chat.append(Message(T0 + timedelta(days=1, minutes=3), "Noa", "<Media omitted>", kind="media"))
-    stats = build_dataset(FakeStore({"Noa": chat}), DatasetConfig(persona="Noa"), tmp_path / "ds")
+    stats = build_dataset(make_store(tmp_path, {"Noa": chat}), DatasetConfig(persona="Noa"), tmp_path / "ds")
     noa, daniel = stats["speakers"]["Noa"], stats["speakers"]["Daniel"]
     assert noa["laughter_rate"] == 0.5 and daniel["laughter_rate"] == 0
     assert noa["messages_per_turn"]["mean"] == 2 and daniel["messages_per_turn"]["mean"] == 1
@@ -247,7 +207,7 @@ def test_stats_report_style_per_speaker_and_drops(tmp_path):
 
 
 def test_an_unknown_persona_lists_the_known_names(tmp_path):
-    store = FakeStore({"Noa": daily_chat(3)})
+    store = make_store(tmp_path, {"Noa": daily_chat(3)})
     with pytest.raises(TalkalikeError, match="known names: Daniel, Noa"):
         build_dataset(store, DatasetConfig(persona="Nao"), tmp_path / "ds")
     assert not (tmp_path / "ds").exists()
@@ -255,12 +215,12 @@ def test_an_unknown_persona_lists_the_known_names(tmp_path):
 
 def test_an_empty_store_asks_for_an_import_first(tmp_path):
     with pytest.raises(TalkalikeError, match="talkalike import"):
-        build_dataset(FakeStore({}), DatasetConfig(persona="Noa"), tmp_path / "ds")
+        build_dataset(make_store(tmp_path, {}), DatasetConfig(persona="Noa"), tmp_path / "ds")
 
 
 def test_nothing_left_says_which_step_removed_what(tmp_path):
     # Noa only ever writes alone, hours apart: every conversation is a monologue.
-    store = FakeStore({"Noa": [msg(0, "Noa"), msg(300, "Noa"), msg(600, "Daniel", "hello?")]})
+    store = make_store(tmp_path, {"Noa": [msg(0, "Noa"), msg(300, "Noa"), msg(600, "Daniel", "hello?")]})
     with pytest.raises(TalkalikeError) as error:
         build_dataset(store, DatasetConfig(persona="Noa"), tmp_path / "ds")
     assert "3 messages read" in str(error.value)
@@ -269,7 +229,7 @@ def test_nothing_left_says_which_step_removed_what(tmp_path):
 
 
 def test_a_failed_write_leaves_no_half_written_dataset_and_keeps_the_old_one(tmp_path, monkeypatch):
-    store = FakeStore({"Noa": daily_chat(6)})
+    store = make_store(tmp_path, {"Noa": daily_chat(6)})
     out = tmp_path / "ds"
     build_dataset(store, DatasetConfig(persona="Noa"), out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -287,7 +247,7 @@ def test_a_failed_write_leaves_no_half_written_dataset_and_keeps_the_old_one(tmp
     with pytest.raises(OSError):
         build_dataset(store, DatasetConfig(persona="Noa", gap_minutes=30), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary folder left behind
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["ds"]  # no temporary folder left behind
 
 
 def test_an_existing_folder_that_is_not_a_dataset_is_left_alone(tmp_path):
@@ -295,7 +255,7 @@ def test_an_existing_folder_that_is_not_a_dataset_is_left_alone(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     with pytest.raises(TalkalikeError, match="not a dataset folder"):
-        build_dataset(FakeStore({"Noa": daily_chat(3)}), DatasetConfig(persona="Noa"), out)
+        build_dataset(make_store(tmp_path, {"Noa": daily_chat(3)}), DatasetConfig(persona="Noa"), out)
     assert (out / "notes.txt").read_text() == "keep me"
 
 
