@@ -253,7 +253,7 @@ def summary_lines(stats: dict, speakers: int = 6) -> list[str]:
 # ---------------------------------------------------------------- the pipeline
 
 
-def _check_persona(store, config: DatasetConfig) -> None:
+def _check_persona(store, config: DatasetConfig) -> list[str]:
     if not store.chats():
         raise TalkalikeError("the store is empty: import a chat first, e.g. `talkalike import 'WhatsApp Chat with Noa.txt'`")
     names = sorted(person.name for person in store.people())
@@ -266,6 +266,7 @@ def _check_persona(store, config: DatasetConfig) -> None:
         missing = [name for name in config.chats if name not in known]
         if missing:
             raise TalkalikeError(f"no chat named {', '.join(map(repr, missing))}; known chats: {', '.join(sorted(known))}")
+    return names
 
 
 def _token_counter(config: DatasetConfig, home: Path | None):
@@ -281,7 +282,7 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
     """Build train.jsonl, eval.jsonl, stats.json and dataset.json in `out_dir`; return the stats."""
     from talkalike import clean, privacy
 
-    _check_persona(store, config)
+    senders = _check_persona(store, config)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "dataset.json").is_file():
         raise TalkalikeError(f"{out_dir} exists and is not a dataset folder; choose another --out")
@@ -314,7 +315,8 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
         counts["links_replaced"] += cleaned.links_replaced
         if config.privacy:
             private = privacy.pseudonymise(
-                messages, store, chat=chat, region=config.region, scrub_names=config.scrub_names, keep={config.persona}
+                messages, store, chat=chat, region=config.region, scrub_names=config.scrub_names, keep={config.persona},
+                names=senders,
             )
             messages = private.messages
             replaced.update(private.counts)

@@ -278,3 +278,86 @@ def test_inspect_highlights_with_the_models_own_template(tiny_tokenizer):
     shown = highlight(rendered.text, offsets, rendered.mask, colour=False)
     assert "⟦haha ok<end_of_turn>" in shown
     assert "Hello there" in shown.split("⟦")[0]
+
+
+# ---------------------------------------------------------------- end to end through the CLI
+
+PHONES = {  # as written in the chat -> its digits in international form
+    "+972 52-345-6789": "972523456789",
+    "054-765-4321": "972547654321",  # national Israeli format: the region comes from the chat's +972 numbers
+    "+1 415 555 0132": "14155550132",
+    "+44 20 7946 0958": "442079460958",
+    "+49 30 901820": "4930901820",
+}
+
+
+def write_export(path: Path, days: int = 10) -> None:
+    """A small two-person WhatsApp export in which Daniel shares phone numbers from several countries, twice each."""
+    lines = ["05/01/2025, 09:00 - Messages and calls are end-to-end encrypted. Only people in this chat can read, "
+             "listen to, or share them. Learn more."]
+    numbers = list(PHONES) * 2
+    for day in range(days):
+        date = f"{5 + day:02d}/01/2025"
+        number = numbers[day % len(numbers)]
+        lines += [f"{date}, 10:00 - Daniel: Good morning. My new number is {number}, call me.",
+                  f"{date}, 10:01 - Noa: ok saved haha",
+                  f"{date}, 10:01 - Noa: 👍",
+                  f"{date}, 10:05 - Daniel: Thank you."]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run_cli(home: Path, *args: str) -> int:
+    from talkalike.cli import main
+
+    return main(["--home", str(home), *args])
+
+
+def test_phone_numbers_from_several_countries_never_reach_the_dataset(tmp_path, capsys):
+    export = tmp_path / "WhatsApp Chat with Noa.txt"
+    write_export(export)
+    assert run_cli(tmp_path / "home", "import", str(export)) == 0
+    out = tmp_path / "ds"
+    assert run_cli(tmp_path / "home", "dataset", "--me", "Noa", "--out", str(out), "--eval-share", "0.3") == 0
+    text = (out / "train.jsonl").read_text(encoding="utf-8") + (out / "eval.jsonl").read_text(encoding="utf-8")
+    digits = "".join(c for c in text if c.isdigit())
+    for written, international in PHONES.items():
+        assert written not in text
+        assert international[-7:] not in digits  # not even the subscriber part, in any spelling
+    # consistent: each number is written twice, and both mentions get the same placeholder
+    mentions = [m["content"] for line in text.splitlines() for m in json.loads(line)["messages"] if "number" in m["content"]]
+    placeholders = [c.split("number is ")[1].split(",")[0] for c in mentions]
+    assert len(placeholders) == 10 and len(set(placeholders)) == 5
+    assert all(p.startswith("[PHONE_") for p in placeholders)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["privacy"]["replaced"]["PHONE"] == 10
+    assert "pseudonymised: " in capsys.readouterr().out
+
+
+def test_the_cli_names_the_known_people_for_an_unknown_persona(tmp_path, capsys):
+    export = tmp_path / "WhatsApp Chat with Noa.txt"
+    write_export(export)
+    run_cli(tmp_path / "home", "import", str(export))
+    capsys.readouterr()
+    assert run_cli(tmp_path / "home", "dataset", "--me", "noa", "--out", str(tmp_path / "ds")) == 2
+    error = capsys.readouterr().err
+    last = error.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "known names: Daniel, Noa" in last and "Traceback" not in error
+    assert not (tmp_path / "ds").exists()
+
+
+def test_the_cli_asks_for_an_import_on_an_empty_store(tmp_path, capsys):
+    assert run_cli(tmp_path / "home", "dataset", "--me", "Noa", "--out", str(tmp_path / "ds")) == 2
+    assert "talkalike import" in capsys.readouterr().err
+
+
+def test_inspect_prints_samples_with_the_persona_marked(tmp_path, capsys):
+    export = tmp_path / "WhatsApp Chat with Noa.txt"
+    write_export(export)
+    run_cli(tmp_path / "home", "import", str(export))
+    run_cli(tmp_path / "home", "dataset", "--me", "Noa", "--out", str(tmp_path / "ds"))
+    capsys.readouterr()
+    assert run_cli(tmp_path / "home", "inspect", str(tmp_path / "ds"), "-n", "2") == 0
+    shown = capsys.readouterr().out
+    assert shown.count("── sample") == 2
+    assert "⟦ok saved haha\n<|msg|>\n👍</s>\n⟧" in shown
+    assert "⟦" not in shown.split("Good morning")[0].split("── sample 1")[1]  # the user side is never marked
