@@ -1,0 +1,214 @@
+"""`talkalike parse`, `import`, `chats` and `people` run in-process, with the data folder in a temp dir."""
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from talkalike.cli import main
+from talkalike.home import store_path
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MAYA = FIXTURES / "import" / "WhatsApp Chat with Maya.txt"
+TELEGRAM = FIXTURES / "telegram"
+MAYA_ENTRIES = 9  # entries in MAYA: 1 system, 7 text (one multi-line), 1 media
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def ios_text(android: str) -> str:
+    """MAYA rewritten in the iOS shape: `[d/m/y, H:M:S] Name: text`."""
+    return re.sub(r"^(\d\d/\d\d/\d{4}), (\d\d:\d\d) - ", r"[\1, \2:00] ", android, flags=re.M)
+
+
+def test_parse_prints_one_json_object_per_entry_in_file_order_and_stores_nothing(tmp_path, capsys):
+    code, out, err = run(capsys, "--home", tmp_path, "parse", MAYA)
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == MAYA_ENTRIES
+    assert all(set(row) == {"time", "sender", "text", "kind", "edited"} for row in rows)
+    assert rows[0]["kind"] == "system" and rows[0]["time"] == "2023-03-15T09:14:00"
+    assert rows[3]["text"] == "did you see the email\nabout friday?\n\nit's at 8"
+    assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
+    assert "מה קורה? 🙂" in out  # ensure_ascii=False: text is readable, not \u escapes
+    assert not store_path(tmp_path).exists()
+
+
+def test_parse_of_a_whole_account_telegram_export_names_each_entrys_chat(tmp_path, capsys):
+    code, out, _ = run(capsys, "--home", tmp_path, "parse", TELEGRAM / "account" / "result.json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(rows) == 17
+    assert {r["chat"] for r in rows} == {"Maya Levi", "Hiking Crew"}
+
+
+def test_import_reports_kinds_senders_dates_format_and_counts(tmp_path, capsys):
+    code, out, err = run(capsys, "--home", tmp_path, "import", MAYA)
+    assert code == 0
+    assert "chat 'Maya'" in out
+    assert f"entries: {MAYA_ENTRIES}" in out
+    assert re.search(r"text 7, media 1, system 1", out)
+    assert re.search(r"senders: (Maya 5, Dana 3|Dana 3, Maya 5)", out) or "Maya 5" in out and "Dana 3" in out
+    assert "2023-03-15 09:14 to 2023-03-16 18:05" in out
+    assert "unparsed lines: 0" in out
+    assert f"added {MAYA_ENTRIES} new, skipped 0 already stored" in out
+    assert store_path(tmp_path).exists()
+
+
+def test_importing_the_same_file_twice_adds_nothing_the_second_time(tmp_path, capsys):
+    run(capsys, "--home", tmp_path, "import", MAYA)
+    code, out, _ = run(capsys, "--home", tmp_path, "import", MAYA)
+    assert code == 0 and f"added 0 new, skipped {MAYA_ENTRIES} already stored" in out
+
+
+def test_a_later_overlapping_export_adds_only_its_new_messages(tmp_path, capsys):
+    lines = MAYA.read_text(encoding="utf-8").splitlines(keepends=True)
+    early, later = tmp_path / "early", tmp_path / "later"
+    early.mkdir(), later.mkdir()
+    (early / MAYA.name).write_text("".join(lines[:9]), encoding="utf-8")  # up to the first "ok"
+    (later / MAYA.name).write_text("".join(lines[7:]) + "17/03/2023, 07:00 - Dana: new one\n", encoding="utf-8")
+    run(capsys, "--home", tmp_path, "import", early / MAYA.name)
+    code, out, _ = run(capsys, "--home", tmp_path, "import", later / MAYA.name)
+    assert code == 0
+    # new: the second "ok", the Hebrew, "all good", "new one"; already stored: the media and the first "ok"
+    assert "added 4 new, skipped 2 already stored" in out
+    code, out, _ = run(capsys, "--home", tmp_path, "chats", "--json")
+    assert json.loads(out)[0]["messages"] == MAYA_ENTRIES + 1
+
+
+def test_import_takes_a_chat_name(tmp_path, capsys):
+    run(capsys, "--home", tmp_path, "import", MAYA, "--chat", "Sister")
+    _, out, _ = run(capsys, "--home", tmp_path, "chats", "--json")
+    assert [c["name"] for c in json.loads(out)] == ["Sister"]
+
+
+def test_an_ios_zip_with_media_is_read_from_its_chat_txt_and_named_after_the_zip(tmp_path, capsys):
+    archive = tmp_path / "WhatsApp Chat - Maya.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("_chat.txt", ios_text(MAYA.read_text(encoding="utf-8")))
+        z.writestr("00000012-PHOTO-2023-03-15-09-20-00.jpg", b"\xff\xd8\xff\xe0binary")
+    code, out, _ = run(capsys, "--home", tmp_path, "parse", archive)
+    assert code == 0 and len(out.splitlines()) == MAYA_ENTRIES
+    code, out, _ = run(capsys, "--home", tmp_path, "import", archive)
+    assert code == 0 and "chat 'Maya'" in out
+
+
+def test_an_android_zip_is_read_from_its_named_txt_even_beside_a_shared_text_document(tmp_path, capsys):
+    archive = tmp_path / "WhatsApp Chat with Maya.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(MAYA.name, MAYA.read_bytes())
+        z.writestr("shopping list.txt", "milk\neggs\n")
+        z.writestr("IMG-20230315-WA0001.jpg", b"\xff\xd8\xff\xe0binary")
+    code, out, _ = run(capsys, "--home", tmp_path, "import", archive)
+    assert code == 0 and "chat 'Maya'" in out and f"added {MAYA_ENTRIES} new" in out
+
+
+def test_a_byte_order_mark_and_crlf_endings_read_the_same(tmp_path, capsys):
+    odd = tmp_path / MAYA.name
+    odd.write_bytes(b"\xef\xbb\xbf" + MAYA.read_bytes().replace(b"\n", b"\r\n"))
+    _, plain, _ = run(capsys, "--home", tmp_path, "parse", MAYA)
+    _, same, _ = run(capsys, "--home", tmp_path, "parse", odd)
+    assert same == plain
+
+
+def test_the_date_order_flag_reaches_the_parser(tmp_path, capsys):
+    ambiguous = tmp_path / "WhatsApp Chat with Ana.txt"
+    ambiguous.write_text("03/04/2023, 09:15 - Ana: hi\n05/04/2023, 10:00 - Ana: bye\n", encoding="utf-8")
+    _, dmy, _ = run(capsys, "--home", tmp_path, "parse", ambiguous, "--date-order", "dmy")
+    _, mdy, _ = run(capsys, "--home", tmp_path, "parse", ambiguous, "--date-order", "mdy")
+    assert json.loads(dmy.splitlines()[0])["time"] == "2023-04-03T09:15:00"
+    assert json.loads(mdy.splitlines()[0])["time"] == "2023-03-04T09:15:00"
+
+
+def test_a_whole_telegram_account_imports_as_one_chat_each(tmp_path, capsys):
+    code, out, _ = run(capsys, "--home", tmp_path, "import", TELEGRAM / "account" / "result.json")
+    assert code == 0 and "added 9 new" in out and "added 8 new" in out
+    _, out, _ = run(capsys, "--home", tmp_path, "chats", "--json")
+    chats = {c["name"]: c for c in json.loads(out)}
+    assert set(chats) == {"Maya Levi", "Hiking Crew"}
+    assert chats["Hiking Crew"] == {"name": "Hiking Crew", "source": "telegram", "messages": 8,
+                                    "first": "2022-07-01T18:00:00", "last": "2022-07-03T12:00:00"}
+    code, _, err = run(capsys, "--home", tmp_path, "import", TELEGRAM / "account" / "result.json", "--chat", "X")
+    assert code == 2 and "--chat" in err
+
+
+def test_chats_lists_and_removes_chats(tmp_path, capsys):
+    run(capsys, "--home", tmp_path, "import", MAYA, TELEGRAM / "group" / "result.json")
+    code, out, _ = run(capsys, "--home", tmp_path, "chats")
+    assert code == 0 and "Maya" in out and "Hiking Crew" in out and "2023-03-15 to 2023-03-16" in out
+    code, out, _ = run(capsys, "--home", tmp_path, "chats", "--remove", "Maya")
+    assert code == 0 and f"{MAYA_ENTRIES} messages" in out
+    _, out, _ = run(capsys, "--home", tmp_path, "chats", "--json")
+    assert [c["name"] for c in json.loads(out)] == ["Hiking Crew"]
+    code, _, err = run(capsys, "--home", tmp_path, "chats", "--remove", "Maya")
+    assert code == 2 and err.startswith("error: no chat named 'Maya'")
+
+
+def test_people_lists_senders_across_chats(tmp_path, capsys):
+    run(capsys, "--home", tmp_path, "import", MAYA, TELEGRAM / "personal" / "result.json")
+    code, out, _ = run(capsys, "--home", tmp_path, "people", "--json")
+    people = {p["name"]: p for p in json.loads(out)}
+    assert code == 0
+    assert people["Dana"]["chats"] == ["Maya", "Maya Levi"]
+    assert people["Dana"]["messages"] == 3 + 4
+    code, out, _ = run(capsys, "--home", tmp_path, "people")
+    assert code == 0 and out.splitlines()[0].startswith("Dana")
+
+
+def test_listing_an_empty_data_folder_creates_no_store(tmp_path, capsys):
+    assert run(capsys, "--home", tmp_path, "chats", "--json")[1].strip() == "[]"
+    assert run(capsys, "--home", tmp_path, "people", "--json")[1].strip() == "[]"
+    assert not store_path(tmp_path).exists()
+
+
+BAD_FILES = {
+    "missing.txt": None,
+    "empty.txt": b"",
+    "blank.txt": b"\xef\xbb\xbf\r\n  \n",
+    "photo.jpg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01binary",
+    "latin1.txt": "15/03/2023, 09:15 - José: olá, ça va?\n".encode("latin-1"),
+    "notes.txt": b"shopping list\nmilk\neggs\n",
+    "package.json": b'{"name": "left-pad", "version": "1.0.0"}',
+    "messages.html": b"<!DOCTYPE html>\n<html><body>Telegram</body></html>",
+    "broken.zip": b"PK\x03\x04not really a zip",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_a_file_that_is_not_a_chat_export_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys, name):
+    path = tmp_path / name
+    if BAD_FILES[name] is not None:
+        path.write_bytes(BAD_FILES[name])
+    home = tmp_path / "home"
+    for command in ("parse", "import"):
+        code, out, err = run(capsys, "--home", home, command, path)
+        assert code == 2
+        assert out == ""
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+    assert not store_path(home).exists()
+
+
+def test_a_zip_without_a_chat_file_is_an_error(tmp_path, capsys):
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("IMG-1.jpg", b"\xff\xd8")
+    code, _, err = run(capsys, "--home", tmp_path, "import", archive)
+    assert code == 2 and "no chat text file" in err
+
+
+def test_one_bad_file_among_several_imports_nothing(tmp_path, capsys):
+    bad = tmp_path / "empty.txt"
+    bad.write_bytes(b"")
+    code, _, err = run(capsys, "--home", tmp_path, "import", MAYA, bad)
+    assert code == 2 and "empty" in err
+    assert not store_path(tmp_path).exists()
+    run(capsys, "--home", tmp_path, "import", TELEGRAM / "group" / "result.json")
+    code, _, _ = run(capsys, "--home", tmp_path, "import", MAYA, bad)
+    _, out, _ = run(capsys, "--home", tmp_path, "chats", "--json")
+    assert code == 2 and [c["name"] for c in json.loads(out)] == ["Hiking Crew"]
