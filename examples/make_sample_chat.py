@@ -90,6 +90,11 @@ TOPICS = {
             "I am stuck at the crossing on Frishman, the traffic light seems to have stopped working entirely.",
             "If the barista with the moustache asks about me again, please tell him I am still thinking about it.",
             "I brought my laptop, but I promise I will not open it unless it is an actual emergency at work.",
+            "The new waitress asked whether we were the couple who always argue about the cheesecake. I said no, "
+            "obviously.",
+            "I tried the oat milk today, as you suggested, and I regret to inform you that it tastes like wet "
+            "cardboard.",
+            "They have put the prices up again. Eighteen shekels for a coffee is, in my opinion, a small tragedy.",
         ],
         "noa_close": ["ok see u there {e}", "כבר מגיעה", "yalla coming", "bring the charger pls"],
         "daniel_close": [
@@ -115,6 +120,9 @@ TOPICS = {
             "I read that there were jellyfish near Frishman yesterday, so maybe we should stay closer to Gordon.",
             "I can leave the office at five and be at the beach by half past, if the bus cooperates.",
             "I refuse to play matkot with you again until you admit that you were cheating last time.",
+            "The sea looked very rough from my window this morning, so please swim close to the lifeguard today.",
+            "I forgot my sunglasses at home, so if I squint at you all evening, please do not take it personally.",
+            "There is a man with a speaker playing very loud music next to us, and I am seriously considering moving.",
         ],
         "noa_close": ["ok come fast {e}", "yalla bye {e}", "see u at the lifeguard tower", "מחכה לך"],
         "daniel_close": [
@@ -123,7 +131,8 @@ TOPICS = {
         ],
     },
     "haifa": {
-        "noa_open": ["going to haifa this weekend", "my mom says hi {e}", "im on the train to haifa", "אמא שלי שואלת עליך",
+        "noa_open": ["going to haifa this weekend", "my mom says hi {e}", "im on the train to haifa",
+                     "אמא שלי שואלת עליך",
                      "shabbat dinner at my parents?"],
         "daniel_open": [
             "Are you still going up to Haifa this weekend? Please say hello to your parents from me.",
@@ -140,6 +149,12 @@ TOPICS = {
             "The train schedule on Friday is quite limited, so make sure you catch the one before three o'clock.",
             "Say hello to your grandmother from me, and tell her I am still practising my Hebrew, slowly.",
             "If your mother packed food for a week, then I expect you to share at least some of it with me.",
+            "How is your father's back? Last time you said he was still climbing ladders in the garden, against all "
+            "advice.",
+            "I looked at the photos from the Carmel. The view is wonderful, and the cat in the corner looks "
+            "suspiciously like Pita.",
+            "Please remind your mother that I still have her casserole dish. I will bring it back the next time I "
+            "come.",
         ],
         "noa_close": ["ok going to eat {e}", "ttyl {e}", "love u bye", "נדבר מחר"],
         "daniel_close": [
@@ -166,6 +181,10 @@ TOPICS = {
             "I am going to the supermarket now. Do you need anything, apart from the usual chocolate?",
             "Please do not bring the red wine from last time. I still have a headache when I think of it.",
             "I ordered {dish}. The app says forty minutes, which means at least an hour in reality.",
+            "I burnt the onions while I was reading your messages, so dinner will be slightly more rustic than "
+            "planned.",
+            "The place on Levinsky has a new menu. The waiter recommended the {dish}, and I trust waiters too much.",
+            "I have bought far too much food again, so please come hungry and take some of it home with you.",
         ],
         "noa_close": ["ok see u at 8 {e}", "coming {e}", "yalla", "בדרך"],
         "daniel_close": [
@@ -191,6 +210,11 @@ TOPICS = {
             "I checked the trail at Nahal Amud. It is about four hours, and the last part is quite steep.",
             "We can take my car, as long as you are in charge of the music and I am in charge of the map.",
             "My mother lent us her tent, and she asked me to remind you that we must return it dry this time.",
+            "The forecast for the Golan says there might be a little rain on Saturday, so let us pack the rain "
+            "jackets too.",
+            "I downloaded the offline maps, because last time we lost the signal in the middle of the trail.",
+            "The owner of the zimmer says there is a very good breakfast, with local cheese and fresh bread from the "
+            "village.",
         ],
         "noa_close": ["ok book it {e}", "yalla!!", "best trip ever already", "סגור"],
         "daniel_close": [
@@ -213,6 +237,10 @@ TOPICS = {
             "I bought standing tickets, since you will not sit down anyway once they play the first song.",
             "I have been listening to the new album on the way to work, and I have to admit it is very good.",
             "If we want to get close to the stage, we should arrive early, and eat something before we go.",
+            "I read that they might play the whole first album, which would make you very happy and me reasonably "
+            "happy.",
+            "The last bus home is at half past midnight, so either we leave early or we take a taxi, which I expect "
+            "we will.",
         ],
         "noa_close": ["best day ever {e}", "ok bye im listening to them now", "love uuu", "🎶🎶"],
         "daniel_close": [
@@ -238,6 +266,10 @@ TOPICS = {
             "I came home and she had opened the cupboard and eaten half a bag of her own food.",
             "She has decided that my laptop is the warmest place in the flat, and I cannot really argue with her.",
             "Please do not give her tuna again. She refused her own food for two days after the last time.",
+            "She has started sleeping in the laundry basket, on the clean clothes, of course, never on the dirty ones.",
+            "I bought her a new toy mouse for forty shekels, and she has been playing with the receipt for an hour.",
+            "The neighbour says Pita sits on the windowsill and stares at her every morning. I did not know what to "
+            "say.",
         ],
         "noa_close": ["kiss her for me {e}", "bye pita", "ok she's asleep {lol}", "פיתה ❤️"],
         "daniel_close": [
@@ -250,7 +282,8 @@ TOPICS = {
                      "scooter update: dead", "avi says 2 more days {e}"],
         "daniel_open": [
             "How is the scooter doing? Did Avi manage to fix the battery, or is it still in his shop?",
-            "I saw a very good second-hand bicycle on Facebook today. Please consider it before you fix the scooter again.",
+            "I saw a very good second-hand bicycle on Facebook today. Please consider it before you fix the scooter "
+            "again.",
         ],
         "noa": ["the battery again {e}", "flat tire {lol}", "avi is my best friend now", "walking to work {e}",
                 "im not buying a bike", "its a vintage scooter", "אבי אמר עוד יומיים", "it made a weird noise",
@@ -262,6 +295,8 @@ TOPICS = {
             "Avi told me last time that the battery was old. I suspect he will tell you the same thing again.",
             "A bicycle has no battery, which means it cannot die in the middle of Ibn Gabirol. Just saying.",
             "I am sorry, but I am laughing at the idea of you pushing that scooter all the way to the shop.",
+            "I have calculated that you have spent more on repairs this year than the scooter cost in the first place.",
+            "If it dies again on the way to work, send me your location and I will come and rescue you, as usual.",
         ],
         "noa_close": ["rip scooter {e}", "ok picking it up tomorrow", "אל תגיד כלום", "it will live {lol}"],
         "daniel_close": [
@@ -285,6 +320,9 @@ TOPICS = {
             "I have had six meetings today, and I still do not understand what the project is supposed to do.",
             "Try to take a short walk after lunch, it always helps me when I am stuck on something.",
             "I will be at the office until at least eight, so please do not wait for me for dinner.",
+            "The client called me three times today to ask the same question, and I answered it patiently three times.",
+            "My team finally finished the report. It is forty pages long and I suspect nobody will read beyond page "
+            "two.",
         ],
         "noa_close": ["ok back to work {e}", "ttyl", "נדבר בערב", "bye {e}"],
         "daniel_close": [
@@ -298,13 +336,16 @@ TOPICS = {
             "Did you see the forecast? They are saying {weather_d}",
             "I just got completely soaked on the way from the bus stop, so I hope you are staying inside today.",
         ],
-        "noa": ["{weather}", "im not leaving the house", "<Media omitted>", "my hair {e}", "the ayalon is a river {lol}",
+        "noa": ["{weather}", "im not leaving the house", "<Media omitted>", "my hair {e}",
+                "the ayalon is a river {lol}",
                 "i love it actually", "pita is scared of the thunder", "שרב", "חורף סוף סוף", "sandals season {e}"],
         "daniel": [
             "I have been saying for weeks that we need a proper umbrella, and now I am finally proven right.",
             "The Ayalon is flooded again, so I am working from home today, which suits me perfectly.",
             "It is forty degrees and my air conditioner has decided to make a new and very worrying noise.",
             "I have closed all the shutters and I am lying on the floor, which is the coolest place in the flat.",
+            "The weather app says it will improve by the weekend, but the weather app has lied to me before.",
+            "I saw a man on Dizengoff walking his dog with an umbrella over the dog. I think that says everything.",
         ],
         "noa_close": ["stay dry {e}", "stay cool {e}", "ok bye", "שמור על עצמך"],
         "daniel_close": ["Stay inside and stay dry. I will call you in the evening.",
@@ -324,6 +365,10 @@ TOPICS = {
             "I will not spoil it, but I will say that the last episode surprised me more than I expected.",
             "We could watch the next episode together on Friday, if you promise not to talk through all of it.",
             "I still think the second season is better, but I am prepared to discuss it over dinner.",
+            "I fell asleep in the middle of the episode, so you will have to tell me what happened without spoiling "
+            "the end.",
+            "My brother recommended a new series, but he also recommended that terrible film last month, so I am "
+            "careful.",
         ],
         "noa_close": ["ok watching now {e}", "bye {lol}", "tonight!!", "לילה טוב"],
         "daniel_close": ["Good night. I am going to sleep before I start another episode.",
@@ -404,10 +449,10 @@ def noa_decorate(text: str, rng: random.Random) -> str:
     return text
 
 
-def pick(pool: list[str], used: set[str], rng: random.Random) -> str:
-    """A line from the pool not yet used in this conversation (if any is left)."""
-    fresh = [p for p in pool if p not in used]
-    choice = rng.choice(fresh or pool)
+def pick(pool: list[str], used: set[str], rng: random.Random, fallback: list[str]) -> str:
+    """A line from the pool not yet used in this conversation; when all are used, small talk from `fallback`."""
+    fresh = [p for p in pool if p not in used] or [p for p in fallback if p not in used] or pool
+    choice = rng.choice(fresh)
     used.add(choice)
     return choice
 
@@ -431,7 +476,7 @@ def conversation(w: Writer, topic: str, day: date, extra: list[tuple[str, str]])
                     pool = t["noa_open"] if first else (t["noa_close"] if closing else t["noa"])
                 else:
                     pool = NOA_GENERIC if rng.random() < 0.35 else t["noa"]
-                line = noa_decorate(fill(pick(pool, used, rng), rng, day, s), rng)
+                line = noa_decorate(fill(pick(pool, used, rng, NOA_GENERIC), rng, day, s), rng)
                 if extra and i == 1:
                     line = extra.pop(0)[1]
                 w.say(NOA, line)
@@ -442,7 +487,7 @@ def conversation(w: Writer, topic: str, day: date, extra: list[tuple[str, str]])
         else:
             pool = t["daniel_open"] if first else (t["daniel_close"] if closing else
                                                     (DANIEL_GENERIC if rng.random() < 0.15 else t["daniel"]))
-            w.say(DANIEL, fill(pick(pool, used, rng), rng, day, s))
+            w.say(DANIEL, fill(pick(pool, used, rng, DANIEL_GENERIC), rng, day, s))
             count += 1
             w.wait(2, 14)
             speaker = NOA

@@ -12,7 +12,8 @@ Rules, each counted under its own reason in `dropped`:
 - `link_only`: a message that is nothing but one or more links.
 - `code`: pasted code. A message counts as code when it has a ``` fence, or has at least `code_min_lines` non-empty
   lines of which at least half look like code (end in `;` `{` `}`, start with `def`/`import`/`class`/`return`/`#include`
-  /`function`/`const`..., open a Python block, assign, are indented, or are HTML/XML tags). Bulleted lists and ordinary multi-line texts are not code.
+  /`function`/`const`..., open a Python block, assign, are indented, or are HTML/XML tags). Bulleted lists and
+  ordinary multi-line texts are not code.
 - `long_paste`: a message longer than max(`long_min_chars`, `long_factor` x that sender's median text-message length
   within the messages given). 500 chars / 10x keeps Daniel's 900-character stories and drops a pasted article.
 Links inside a kept message are replaced with `link_placeholder` ("[LINK]"); everything else of a kept message (emoji,

@@ -48,7 +48,7 @@ PHONE, EMAIL, URL, CARD, IBAN, ID, NAME = "PHONE", "EMAIL", "URL", "CARD", "IBAN
 PII_TABLE = """
 CREATE TABLE IF NOT EXISTS pii_map (
     kind TEXT NOT NULL,         -- PHONE, EMAIL, URL, CARD, IBAN, ID, NAME
-    original TEXT NOT NULL,     -- normalised: E.164 for phones, lower-case e-mail, compact IBAN/card/ID, lower-case name
+    original TEXT NOT NULL,     -- normalised: E.164 phone, lower-case e-mail or name, compact IBAN/card/ID
     placeholder TEXT NOT NULL,  -- [PHONE_1] ...
     PRIMARY KEY (kind, original)
 )
@@ -153,7 +153,8 @@ class Pseudonymiser:
         self._new: list[tuple[str, str, str]] = []
         if self.connection is not None:
             self.connection.execute(PII_TABLE)
-            for kind, original, placeholder in self.connection.execute("SELECT kind, original, placeholder FROM pii_map"):
+            rows = self.connection.execute("SELECT kind, original, placeholder FROM pii_map")
+            for kind, original, placeholder in rows:
                 self._remember(kind, original, placeholder)
         self.set_names(self.third_parties)
 
@@ -285,7 +286,8 @@ def pseudonymise(messages: Iterable[Message], store=None, chat: str = "", region
     third_parties: list[str] = []
     if config.scrub_names if scrub_names is None else scrub_names:
         if names is None and connection is not None:
-            names = [row[0] for row in connection.execute("SELECT DISTINCT sender FROM messages WHERE sender IS NOT NULL")]
+            rows = connection.execute("SELECT DISTINCT sender FROM messages WHERE sender IS NOT NULL")
+            names = [row[0] for row in rows]
         third_parties = [n for n in [*(names or ()), *config.names] if n not in participants]
     pseudo = Pseudonymiser(connection, region, third_parties)
     keep_lower = {word for name in participants for word in _name_forms(name)}
