@@ -559,4 +559,9 @@ def cmd_dataset(args) -> int:
 
 def cmd_inspect(args) -> int:
     """`talkalike inspect`: rendered samples with the persona's trained tokens highlighted."""
-    return inspect_dataset(Path(args.dir).expanduser(), args.n, args.base, args.home)
+    try:
+        return inspect_dataset(Path(args.dir).expanduser(), args.n, args.base, args.home)
+    except BrokenPipeError:
+        # `talkalike inspect DIR | head` closed the pipe: that is the reader's choice, not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
