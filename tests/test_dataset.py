@@ -361,3 +361,20 @@ def test_inspect_prints_samples_with_the_persona_marked(tmp_path, capsys):
     assert shown.count("── sample") == 2
     assert "⟦ok saved haha\n<|msg|>\n👍</s>\n⟧" in shown
     assert "⟦" not in shown.split("Good morning")[0].split("── sample 1")[1]  # the user side is never marked
+
+
+def test_inspect_and_dataset_use_a_models_tokenizer_with_base(tmp_path, capsys, tiny_model_dir, tiny_tokenizer):
+    export = tmp_path / "WhatsApp Chat with Noa.txt"
+    write_export(export)
+    home = tmp_path / "home"
+    run_cli(home, "import", str(export))
+    assert run_cli(home, "dataset", "--me", "Noa", "--out", str(tmp_path / "ds"), "--base", str(tiny_model_dir)) == 0
+    stats = json.loads((tmp_path / "ds" / "stats.json").read_text())
+    assert stats["tokens"]["counted_with"] == str(tiny_model_dir)
+    first = json.loads((tmp_path / "ds" / "train.jsonl").read_text().splitlines()[0])
+    assistant = [m["content"] for m in first["messages"] if m["role"] == "assistant"]
+    assert stats["tokens"]["assistant"] >= len(tiny_tokenizer(assistant[0], add_special_tokens=False)["input_ids"])
+    capsys.readouterr()
+    assert run_cli(home, "inspect", str(tmp_path / "ds"), "-n", "1", "--base", str(tiny_model_dir)) == 0
+    shown = capsys.readouterr().out
+    assert "tokens," in shown and "<start_of_turn>model\n⟦ok saved haha\n<|msg|>\n👍<end_of_turn>" in shown
