@@ -199,3 +199,10 @@ def test_a_dataset_holds_placeholders_and_never_the_data_or_the_mapping(tmp_path
     assert "[PHONE_1]" in written and "[EMAIL_1]" in written and "[IBAN_1]" in written and "[ID_1]" in written
     with Store(store_path(tmp_path)) as store:
         assert store.connection.execute("SELECT count(*) FROM pii_map").fetchone()[0] == 5
+
+
+def test_extra_names_from_the_config_are_scrubbed_too():
+    config = PrivacyConfig(scrub_names=True, names=("Yossi", "Avi Ben-David"))
+    kept, counts = pseudonymise([msg("yossi said avi ben-david fixed it, ask Avi")], config=config, keep={"Noa"})
+    assert kept[0].text == "[NAME_1] said [NAME_2] fixed it, ask [NAME_2]"
+    assert counts["NAME"] == 3
