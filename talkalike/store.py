@@ -78,18 +78,19 @@ class ImportCounts:
 
 def _rows(chat_id: int, messages: Iterable[Message]) -> Iterator[tuple]:
     """Each message as an INSERT row, with its position within its minute and its count among identical entries."""
-    dups: Counter = Counter()
-    seqs: Counter = Counter()
+    dups: dict = {}
+    seqs: dict = {}
     for message in messages:
         yield _row(chat_id, message, dups, seqs)
 
 
-def _row(chat_id: int, message: Message, dups: Counter, seqs: Counter) -> tuple:
+def _row(chat_id: int, message: Message, dups: dict, seqs: dict) -> tuple:
+    # Plain dicts with .get: a Counter's missing-key path runs Python code, which a million rows notice.
     time = message.time.isoformat(timespec="seconds")
     key = (time, message.sender, message.text, message.kind)
-    dup = dups[key]
+    dup = dups.get(key, 0)
     dups[key] = dup + 1
-    seq = seqs[time]
+    seq = seqs.get(time, 0)
     seqs[time] = seq + 1
     return (chat_id, time, message.sender, message.text, message.kind, int(message.edited), seq, dup)
 
@@ -101,6 +102,14 @@ class Store:
         self.path = Path(path)
         # Autocommit mode: every write below opens and closes its own transaction explicitly.
         self.connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            self._prepare()
+        except sqlite3.DatabaseError as error:
+            self.connection.close()
+            raise TalkalikeError(f"{self.path} is not a readable talkalike store ({error}); move it aside and "
+                                 "import your chats again.") from None
+
+    def _prepare(self) -> None:
         self.connection.execute("PRAGMA foreign_keys = ON")  # makes ON DELETE CASCADE remove a chat's messages
         # WAL + synchronous=NORMAL: a commit is still atomic and survives a crash of the program, and bulk imports
         # avoid an fsync per page; only a power cut can lose the very last commit.
@@ -109,6 +118,7 @@ class Store:
         self.connection.execute("PRAGMA cache_size = -65536")  # 64 MiB: the identity index stays in memory on import
         version = self.connection.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
+            self.connection.close()
             raise TalkalikeError(f"{self.path} was written by a newer talkalike (schema {version}); upgrade talkalike.")
         self.connection.executescript(SCHEMA)
         self.connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

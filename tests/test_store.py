@@ -209,3 +209,16 @@ def test_other_stages_can_keep_their_own_tables_through_the_connection(tmp_path)
         store.connection.execute("INSERT INTO privacy_map VALUES ('Maya', 'Person A')")
     with Store.open(tmp_path) as reopened:
         assert reopened.connection.execute("SELECT alias FROM privacy_map").fetchone() == ("Person A",)
+
+
+def test_a_file_that_is_not_a_store_is_one_clear_error(tmp_path):
+    store_path(tmp_path).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(TalkalikeError, match="not a readable talkalike store"):
+        Store.open(tmp_path)
+
+
+def test_a_store_from_a_newer_talkalike_is_refused_rather_than_misread(tmp_path):
+    with Store.open(tmp_path) as store:
+        store.connection.execute("PRAGMA user_version = 99")
+    with pytest.raises(TalkalikeError, match="newer talkalike"):
+        Store.open(tmp_path)
