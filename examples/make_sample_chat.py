@@ -533,6 +533,8 @@ def generate(seed: int = SEED) -> str:
             extra = list(SPECIALS.get(n_conv, []))
             conversation(w, topic, day, extra)
             n_conv += 1
+            if n_conv == 32:  # right after the conversation where Noa gives her new number
+                w.system("Noa changed their phone number to a new number. Tap to message or add the new number.")
             if n_conv == 90:
                 w.wait(60, 90)
                 w.system("Your security code with Noa changed. Tap to learn more.")
