@@ -212,3 +212,24 @@ def test_one_bad_file_among_several_imports_nothing(tmp_path, capsys):
     code, _, _ = run(capsys, "--home", tmp_path, "import", MAYA, bad)
     _, out, _ = run(capsys, "--home", tmp_path, "chats", "--json")
     assert code == 2 and [c["name"] for c in json.loads(out)] == ["Hiking Crew"]
+
+
+def readme_block(command: str) -> list[str]:
+    """The output lines the README's Import section shows under `$ COMMAND`."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    after = readme.split(f"$ {command}\n", 1)[1]
+    return after.split("```", 1)[0].rstrip("\n").split("\n$ ", 1)[0].splitlines()
+
+
+def test_the_readme_import_and_chats_examples_are_what_the_commands_print(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with zipfile.ZipFile("WhatsApp Chat with Maya.zip", "w") as z:
+        z.writestr(MAYA.name, MAYA.read_bytes())
+    _, out, _ = run(capsys, "--home", "home", "import", "WhatsApp Chat with Maya.zip")
+    assert out.splitlines() == readme_block("talkalike import 'WhatsApp Chat with Maya.zip'")
+    _, out, _ = run(capsys, "--home", "home", "chats")
+    assert out.splitlines() == readme_block("talkalike chats")
+    _, out, _ = run(capsys, "--home", "home", "parse", MAYA)
+    shown = readme_block("talkalike parse 'WhatsApp Chat with Maya.txt' | head -2")
+    assert out.splitlines()[1] == shown[1]
+    assert json.loads(out.splitlines()[0])["text"].startswith(json.loads(shown[0])["text"].rstrip(" …"))
