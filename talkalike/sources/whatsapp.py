@@ -35,7 +35,7 @@ MARKS = "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufef
 _MC = "\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff"  # the same, as a regex class body
 _S = "[ \u00a0\u202f]"  # a space in a timestamp; WhatsApp writes NBSP/NNBSP around AM/PM since about 2023
 _DROP_MARKS = str.maketrans("", "", MARKS)
-_SAMPLE_CHARS = 400_000  # detection reads this much from the head (and a quarter of it from the tail): many lines
+_SAMPLE_CHARS = 150_000  # detection reads this much from the head (and a quarter of it from the tail): ~2000 lines
 ORDERS = {"dmy": "d/m/y", "mdy": "m/d/y", "ymd": "y/m/d"}
 
 
@@ -51,6 +51,8 @@ class _Tables:
     ampm_regex: str
     time_words: tuple
     filename_prefixes: tuple
+    suffixes: tuple  # a body's first line ends with one of these -> it may be media or deleted: check it
+    prefixes: tuple  # likewise for how a body starts
 
 
 def _alternation(patterns: list[str]) -> str:
@@ -68,6 +70,7 @@ def tables() -> _Tables:
             for s in lang.get(f"{kind}_exact", []):
                 exact[s] = kind
     joined = lambda key: [p for lang in langs for p in lang.get(key, [])]  # noqa: E731
+    hinted = joined("media_patterns") + joined("deleted_patterns")
     ampm = {}
     for lang in langs:
         for offset, key in ((0, "am"), (12, "pm")):
@@ -95,7 +98,45 @@ def tables() -> _Tables:
         ampm_regex=ampm_regex,
         time_words=tuple(sorted({w for lang in langs for w in lang.get("time_words", [])}, key=len, reverse=True)),
         filename_prefixes=tuple(sorted(set(prefixes), key=len, reverse=True)),
+        suffixes=_minimal({">", ")"} | {s.rsplit(" ", 1)[-1] for k in ("media_exact", "deleted_exact")
+                                        for s in joined(k)} | {_literal_ends(p)[1] for p in hinted}, str.endswith),
+        prefixes=_minimal({_literal_ends(p)[0] for p in hinted}, str.startswith),
     )
+
+
+def _minimal(hints: set[str], covers) -> tuple[str, ...]:
+    """Drop hints that a shorter hint already covers: fewer strings to test on every body."""
+    hints = sorted(hints - {""}, key=len)
+    kept: list[str] = []
+    for h in hints:
+        if not any(covers(h, k) for k in kept):
+            kept.append(h)
+    return tuple(kept)
+
+
+def _literal_ends(pattern: str) -> tuple[str, str]:
+    """The literal text a regex must start and end with ("" where it has none), for a cheap first check."""
+    tokens = []  # (char, is_literal)
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            tokens.append((nxt, not nxt.isalnum()))
+            i += 2
+            continue
+        if c in "?*+{" and tokens:
+            tokens[-1] = (tokens[-1][0], False)  # a quantified character is optional
+        tokens.append((c, c not in ".^$*+?{}[]|()"))
+        i += 1
+    def run(seq):
+        out = []
+        for ch, literal in seq:
+            if not literal:
+                break
+            out.append(ch)
+        return "".join(out)
+    return run(tokens), run(reversed(tokens))[::-1]
 
 
 def _norm_ampm(s: str) -> str:
@@ -154,37 +195,31 @@ def _sample_lines(text: str) -> list[str]:
     return lines
 
 
-def _detect(text: str) -> tuple[Shape, list[tuple[int, int, int]], int]:
-    """The file's header shape by majority vote, the sample's (d1, d2, d3) dates, and lines in other shapes."""
+def _detect(text: str) -> tuple[Shape, list[tuple[int, int, int]], int, bool]:
+    """The header shape by majority vote, the sample's (d1, d2, d3) dates, lines in other shapes, and whether
+    bodies are opened with U+200E (modern iOS marks its media and system lines so)."""
     probe = _probe().match
     votes: Counter = Counter()
-    dates: dict[Shape, list] = {}
+    marked = False
+    dates: dict[tuple, list] = {}
     for line in _sample_lines(text):
         m = probe(line)
         if m is None:
             continue
-        close = m["close"]
-        shape = Shape(
-            bracket=m["open"] is not None,
-            date_sep=m["ds"],
-            year_first=len(m["d1"]) == 4,
-            date_dot=m["ddot"] is not None,
-            word=m["word"] or "",
-            time_sep=m["ts"],
-            twelve_hour=m["ampm"] is not None,
-            time_dot=m["tdot"] is not None,
-            close="]" if close is None else close.strip(" \u00a0\u202f") or " ",
-        )
-        votes[shape] += 1
-        dates.setdefault(shape, []).append((int(m["d1"]), int(m["d2"]), int(m["d3"])))
+        open_, d1, ds, d2, d3, ddot, word, _, ts, ampm, tdot, close = m.groups()
+        key = (open_ is not None, ds, len(d1) == 4, ddot is not None, word or "", ts, ampm is not None,
+               tdot is not None, "]" if close is None else close.strip(" \u00a0\u202f") or " ")
+        votes[key] += 1
+        marked = marked or ": \u200e" in line
+        dates.setdefault(key, []).append((int(d1), int(d2), int(d3)))
     if not votes:
         raise _NoHeader
-    shape, count = votes.most_common(1)[0]
-    return shape, dates[shape], sum(votes.values()) - count
+    key, count = votes.most_common(1)[0]
+    return Shape(*key), dates[key], sum(votes.values()) - count, marked
 
 
-def _message_regex(shape: Shape, leading_newline: bool) -> re.Pattern:
-    """One regex for the file: header groups (date, time), the first line, and the continuation lines."""
+def _header_regex(shape: Shape, leading_newline: bool) -> re.Pattern:
+    """One regex for the file's headers: groups date, time, author (None when there is none) and the first line."""
     ds, ts = re.escape(shape.date_sep), re.escape(shape.time_sep)
     if shape.year_first:
         date = rf"\d{{4}}{ds}{_S}?\d{{1,2}}{ds}{_S}?\d{{1,2}}"
@@ -199,13 +234,33 @@ def _message_regex(shape: Shape, leading_newline: bool) -> re.Pattern:
     close = {"]": rf"\]{_S}", "-": rf"{_S}-{_S}", ":": rf":{_S}", " ": _S}[shape.close]
     tail = (r"\." if shape.time_dot else "") + close
     opener = rf"[{_MC}]*" + (r"\[" if shape.bracket else "")
-    header = f"{opener}{date}{mid}{time}{tail}"
-    pattern = f"{opener}({date}){mid}({time}){tail}([^\\n]*)((?:\\n(?!{header})[^\\n]*)*)"
+    # the author runs to the first ": " of the line; a line without one has no author
+    author = r"(?:([^\n:]*(?::(?! )[^\n:]*)*): )?"
+    pattern = f"{opener}({date}){mid}({time}){tail}{author}([^\\n]*)"
     return re.compile(("\\n" if leading_newline else "") + pattern)
+
+
+class _End:
+    """A stand-in match after the last header, so the loop below finishes the last message like any other."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def start(self) -> int:
+        return self.at
+
+    end = start
+
+    def groups(self) -> tuple:
+        return None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Dates, times, names, kinds
+
+
+_NUMBER = re.compile(r"\d+")
+_TIME = re.compile(r"(\d{1,2})[:.](\d{2})(?:[:.](\d{2}))?(.*)", re.S)
 
 
 class _Clock:
@@ -213,13 +268,13 @@ class _Clock:
 
     def __init__(self, order: str, ampm: dict):
         self.order = order
-        self.ampm = ampm
+        self.ampm = dict(ampm)  # also remembers each raw spelling met
         self.days: dict[str, datetime | None] = {}
         self.times: dict[str, timedelta] = {}
         self.first_over_12 = self.second_over_12 = False
 
     def day(self, s: str) -> datetime | None:
-        a, b, c = (int(x) for x in re.findall(r"\d+", s))
+        a, b, c = map(int, _NUMBER.findall(s))
         self.first_over_12 |= a > 12
         self.second_over_12 |= b > 12
         y, m, d = (a, b, c) if self.order == "ymd" else (c, b, a) if self.order == "dmy" else (c, a, b)
@@ -233,15 +288,18 @@ class _Clock:
         return value
 
     def time(self, s: str) -> timedelta:
-        m = re.match(r"(\d{1,2})[:.](\d{2})(?:[:.](\d{2}))?(.*)", s, re.S)
-        h, mi, sec = int(m[1]), int(m[2]), int(m[3] or 0)
-        if m[4]:
-            offset = self.ampm.get(_norm_ampm(m[4]), 0)
+        hh, mm, ss, suffix = _TIME.match(s).groups()
+        h, mi, sec = int(hh), int(mm), int(ss or 0)
+        if suffix:
+            try:
+                offset = self.ampm[suffix]
+            except KeyError:
+                offset = self.ampm[suffix] = self.ampm.get(_norm_ampm(suffix), 0)
             if h == 12:
                 h = offset  # 12 AM is midnight, 12 PM noon
             elif h < 12:
                 h += offset  # an impossible "13:37 p.m." keeps its 13
-        value = self.times[s] = timedelta(hours=h, minutes=mi, seconds=sec)
+        value = self.times[s] = timedelta(0, h * 3600 + mi * 60 + sec)
         return value
 
 
@@ -276,18 +334,24 @@ def classify(body: str, authored: bool = True, opened_with_mark: bool = False) -
 
 
 def _unedit(body: str) -> tuple[str, bool]:
-    for marker in tables().edited:
-        if body.endswith(marker):
-            body = body[: -len(marker)].rstrip(MARKS)
-            if body.endswith(" "):
-                body = body[:-1]
-            return body.rstrip(MARKS), True
+    """The body without its edited marker, and whether it had one."""
+    if body.endswith(">"):
+        for marker in tables().edited:
+            if body.endswith(marker):
+                body = body[: -len(marker)].rstrip(MARKS)
+                if body.endswith(" "):
+                    body = body[:-1]
+                return body.rstrip(MARKS), True
     return body, False
 
 
-def _suspicious_author(raw: str) -> bool:
+def _system_line(raw: str, rest: str) -> bool:
     # An Android system line with ": " in it ("... in the community: X", a subject "Trip: Eilat") looks authored;
-    # real names are short and unquoted, so only long or quoted "names" are checked against the system table.
+    # real names are short and unquoted, so only long or quoted "names" come here.
+    return tables().strong.fullmatch((raw + ": " + rest).translate(_DROP_MARKS)) is not None
+
+
+def _suspicious(raw: str) -> bool:
     return len(raw) > 24 or any(q in raw for q in "\"“”«»„")
 
 
@@ -336,7 +400,7 @@ class _NoHeader(Exception):
 
 
 def _parse(text: str, name: str, date_order: str | None) -> ParsedExport:
-    shape, sample_dates, other = _detect(text)
+    shape, sample_dates, other, marked = _detect(text)
     notes = []
     if date_order is not None:
         order = date_order.replace("/", "").lower()
@@ -348,7 +412,7 @@ def _parse(text: str, name: str, date_order: str | None) -> ParsedExport:
     else:
         sure, guess = _order_from(sample_dates)
         order, decided = sure or guess, sure is not None
-    messages, unparsed, clock = _parse_with(text, shape, order)
+    messages, unparsed, clock = _parse_with(text, shape, order, marked)
     if not decided:
         # The sample could not decide: the whole file's distinct dates can.
         triples = [tuple(int(x) for x in re.findall(r"\d+", s)) for s in clock.days]
@@ -356,7 +420,7 @@ def _parse(text: str, name: str, date_order: str | None) -> ParsedExport:
         best = sure or guess
         if best != order:
             order = best
-            messages, unparsed, clock = _parse_with(text, shape, order)
+            messages, unparsed, clock = _parse_with(text, shape, order, marked)
         if sure is None:
             other_order = "mdy" if order == "dmy" else "dmy"
             notes.append(f"Day and month order is ambiguous (no date has a day above 12): read as {ORDERS[order]}, "
@@ -368,84 +432,83 @@ def _parse(text: str, name: str, date_order: str | None) -> ParsedExport:
                         unparsed=unparsed, notes=notes)
 
 
-def _parse_with(text: str, shape: Shape, order: str) -> tuple[list[Message], list[Unparsed], "_Clock"]:
+def _parse_with(text: str, shape: Shape, order: str, marked: bool) -> tuple[list[Message], list[Unparsed], "_Clock"]:
+    """One pass over the text; `marked`: the file opens system bodies with U+200E, so only those can be system."""
     t = tables()
     clock = _Clock(order, t.ampm)
-    days, times, names = clock.days, clock.times, {}
-    exact, edited_markers = t.exact, t.edited
+    days, times, names, suspicious = clock.days, clock.times, {}, set()
+    exact = t.exact
+    suffixes, prefixes = t.suffixes, t.prefixes
+    check_all = shape.close == "]" and not marked  # an old iOS export: any authored body may be a system line
     messages: list[Message] = []
     append = messages.append
-    bad: list[tuple[int, str, str]] = []  # (position, matched text, reason)
+    bad: list[tuple[int, int, str]] = []  # (start, end, reason) of headers whose date does not exist
 
-    first_match = _message_regex(shape, leading_newline=False).match(text)
-    rest = _message_regex(shape, leading_newline=True).finditer(text, first_match.end() if first_match else 0)
+    first = _header_regex(shape, leading_newline=False).match(text)
+    matches = _header_regex(shape, leading_newline=True).finditer(text, first.end() if first else 0)
+    matches = chain((first,) if first else (), matches, (_End(len(text)),))
     head_end = None  # where the first message starts; lines before it are unparsed
-    if first_match:
-        head_end, rest = 0, chain([first_match], rest)
-
-    for m in rest:
-        if head_end is None:
-            head_end = m.start()
-        d, tm, first, cont = m.groups()
-        day = days.get(d, 0)
-        if day == 0:
-            day = clock.day(d)
-        if day is None:
-            bad.append((m.start(), m.group(0), f"the date {d!r} does not exist read as {ORDERS[order]}"))
-            continue
-        delta = times.get(tm)
-        if delta is None:
-            delta = clock.time(tm)
-        i = first.find(": ")
-        if i > 0:
-            raw = first[:i]
-            sender = names.get(raw)
-            if sender is None:
-                sender = names[raw] = (None if _suspicious_author(raw) else clean_name(raw))
-            if sender is None and t.strong.fullmatch(first.translate(_DROP_MARKS)):
-                body = first + cont
+    d = None
+    for m in matches:
+        s = m.start()
+        if d is None:
+            head_end = s
+        else:  # finish the previous message: its continuation lines run up to this header
+            cont = text[e:s]
+            try:
+                day = days[d]
+            except KeyError:
+                day = clock.day(d)
+            try:
+                delta = times[tm]
+            except KeyError:
+                delta = clock.time(tm)
+            if raw:
+                try:
+                    sender = names[raw]
+                except KeyError:
+                    sender = names[raw] = clean_name(raw)
+                    if _suspicious(raw):
+                        suspicious.add(raw)
+                if raw in suspicious and _system_line(raw, b):
+                    sender, b = None, raw + ": " + b  # an author-less notice with ": " in it
+            elif b.endswith(":") and len(b) > 1:
+                sender, b = clean_name(b[:-1]), ""  # an empty body ("Amazon EG:")
+            elif b.endswith(":.") and len(b) > 2:
+                sender, b = clean_name(b[:-2]), "."  # the disappearing-message shape "Name:."
             else:
-                if sender is None:
-                    sender = clean_name(raw)
-                body = first[i + 2:] + cont if cont else first[i + 2:]
-        elif first.endswith(":") and len(first) > 1:
-            sender, body = clean_name(first[:-1]), cont  # an empty body ("Amazon EG:")
-        elif first.endswith(":.") and len(first) > 2:
-            sender, body = clean_name(first[:-2]), "." + cont  # the disappearing-message shape "Name:."
-        else:
-            sender, body = None, first + cont
-        stripped = body.strip(MARKS)
-        opened = stripped is not body and body[:1] in MARKS
-        edited = False
-        if stripped.endswith(">"):
-            for marker in edited_markers:
-                if stripped.endswith(marker):
-                    stripped, edited = _unedit(stripped)
-                    break
-        kind = exact.get(stripped)
-        if kind is None:
-            kind = classify(stripped, sender is not None, opened)
-        if kind == "system":
-            sender = None  # the same event reads the same from Android (no author) and iOS (group or actor)
-        append(Message(day + delta, sender, stripped, kind, edited))
+                sender = None
+            body = b + cont
+            stripped = body.strip(MARKS)
+            if (sender is None or stripped is not body or check_all or b.endswith(suffixes)
+                    or body.startswith(prefixes) or "maps.google" in body or (cont and body.endswith(suffixes))):
+                opened = stripped is not body and body[0] in MARKS
+                stripped, edited = _unedit(stripped)
+                kind = exact.get(stripped) or classify(stripped, sender is not None, opened)
+                if kind == "system":
+                    sender = None  # the same event reads the same from Android (no author) and iOS (group or actor)
+            else:
+                kind, edited = "text", False
+            if day is None:
+                bad.append((p, s, f"the date {d!r} does not exist read as {ORDERS[order]}"))
+            else:
+                append(Message(day + delta, sender, stripped, kind, edited))
+        d, tm, raw, b = m.groups()
+        p, e = s, m.end()
 
-    if head_end is None:
+    if head_end == len(text):
         raise _NoHeader
     unparsed = [Unparsed(no, line, "before the first message header")
                 for no, line in enumerate(text[:head_end].split("\n"), 1)] if head_end else []
     if bad:
         line_no, pos = 1, 0
-        for at, chunk, reason in bad:
-            line_no += text.count("\n", pos, at)
-            pos = at
-            lines = chunk.split("\n")
-            if lines[0] == "":  # the match began at the newline that ends the previous line
-                lines = lines[1:]
-                offset = 1
-            else:
-                offset = 0
-            for k, line in enumerate(lines):
-                unparsed.append(Unparsed(line_no + offset + k, line, reason if k == 0 else "continues an unparsed line"))
+        for start, end, reason in bad:
+            line_no += text.count("\n", pos, start)
+            pos = start
+            lines = text[start:end].split("\n")
+            skip = 1 if lines[0] == "" else 0  # the match began at the newline that ends the line before
+            for k, line in enumerate(lines[skip:]):
+                unparsed.append(Unparsed(line_no + skip + k, line, reason if k == 0 else "continues an unparsed line"))
         unparsed.sort(key=lambda u: u.line_no)
     return messages, unparsed, clock
 
