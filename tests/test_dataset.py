@@ -378,3 +378,52 @@ def test_inspect_and_dataset_use_a_models_tokenizer_with_base(tmp_path, capsys, 
     assert run_cli(home, "inspect", str(tmp_path / "ds"), "-n", "1", "--base", str(tiny_model_dir)) == 0
     shown = capsys.readouterr().out
     assert "tokens," in shown and "<start_of_turn>model\n⟦ok saved haha\n<|msg|>\n👍<end_of_turn>" in shown
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "WhatsApp Chat with Noa.txt"
+
+
+def test_in_the_sample_chat_every_assistant_message_is_the_personas_and_every_user_message_is_not(tmp_path):
+    home = tmp_path / "home"
+    assert run_cli(home, "import", str(SAMPLE)) == 0
+    assert run_cli(home, "dataset", "--me", "Noa", "--out", str(tmp_path / "ds")) == 0
+    with Store(home / "talkalike.db") as store:
+        written_by = {}
+        for _, m in store.messages():
+            written_by.setdefault(m.text.strip(), set()).add(m.sender)
+    checked = 0
+    for name in ("train.jsonl", "eval.jsonl"):
+        for row in read_jsonl(tmp_path / "ds" / name):
+            roles = [m["role"] for m in row["messages"]]
+            assert roles == ["user", "assistant"] * (len(roles) // 2)
+            for m in row["messages"]:
+                for bubble in split_bubbles(m["content"]):
+                    if bubble in written_by:  # unchanged by clean and privacy
+                        checked += 1
+                        expected = {"Noa"} if m["role"] == "assistant" else {"Daniel"}
+                        assert written_by[bubble] & expected, (m["role"], bubble)
+                        assert m["role"] == "user" or "Daniel" not in written_by[bubble]
+    assert checked > 4000
+
+
+def test_a_group_chat_keeps_speaker_names_beside_a_two_person_chat(tmp_path):
+    group = []
+    for day in range(5):
+        t = T0 + timedelta(days=day)
+        group += [Message(t, "Dana", "beach today?"), Message(t + timedelta(minutes=1), "Avi", "I'm in"),
+                  Message(t + timedelta(minutes=2), "Noa", "yesss"), Message(t + timedelta(minutes=3), "Dana", "Noa 10am?"),
+                  Message(t + timedelta(minutes=4), "Noa", "ok")]
+    store = make_store(tmp_path, {"Beach crew": group, "Noa": daily_chat(5)})
+    stats = build_dataset(store, DatasetConfig(persona="Noa", eval_share=0), tmp_path / "ds")
+    rows = read_jsonl(tmp_path / "ds" / "train.jsonl")
+    beach = [r for r in rows if r["chat"] == "Beach crew"]
+    assert len(beach) == 5
+    assert beach[0]["messages"] == [
+        {"role": "user", "content": "Dana: beach today?" + BUBBLE_SEP + "Avi: I'm in"},
+        {"role": "assistant", "content": "yesss"},
+        {"role": "user", "content": "Dana: Noa 10am?"},
+        {"role": "assistant", "content": "ok"},
+    ]
+    two_person = [r for r in rows if r["chat"] == "Noa"]
+    assert all(not m["content"].startswith("Daniel: ") for r in two_person for m in r["messages"])
+    assert stats["chats"] == {"two_person": 1, "group": 1}
