@@ -158,6 +158,15 @@ class Twin:
             self.model.to(dtype)
 
     @property
+    def cache_kwarg(self) -> str:
+        """The forward() argument that takes the KV cache: `cache` in recent transformers, `past_key_values` before
+        (the old name still works there, with a deprecation warning on every chat start)."""
+        import inspect
+
+        core = self.model.get_base_model() if self.has_adapter else self.model
+        return "cache" if "cache" in inspect.signature(type(core).forward).parameters else "past_key_values"
+
+    @property
     def device(self):
         """Where the model's weights live."""
         return next(self.model.parameters()).device
@@ -339,9 +348,9 @@ def _token_stream(twin: Twin, prompt_ids: list[int], config: GenerationConfig, s
         ids = torch.tensor([prompt_ids], device=device)
         seen = torch.zeros(1, model.config.vocab_size, dtype=torch.bool, device=device)
         seen[0, ids[0]] = True
-        cache = DynamicCache(config=model.config)
+        cache, kv = DynamicCache(config=model.config), twin.cache_kwarg
         # logits_to_keep=1: the prefill needs only the last position's logits, not prompt x 262k vocabulary.
-        out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{kv: cache})
         for _ in range(config.max_new_tokens):
             token = _sample(out.logits[:, -1], seen, config, generator)
             token_id = int(token)
@@ -349,7 +358,7 @@ def _token_stream(twin: Twin, prompt_ids: list[int], config: GenerationConfig, s
                 return
             yield token_id
             seen[0, token_id] = True
-            out = model(input_ids=token.view(1, 1), cache=cache, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=token.view(1, 1), use_cache=True, logits_to_keep=1, **{kv: cache})
 
 
 def _adapter_switch(twin: Twin, use_adapter: bool):
@@ -453,9 +462,9 @@ def _decode_batch(twin: Twin, prompts: list[list[int]], config: GenerationConfig
     with torch.inference_mode():
         seen = torch.zeros(rows, model.config.vocab_size, dtype=torch.bool, device=device)
         seen.scatter_(1, ids, mask.bool())
-        cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                    use_cache=True, logits_to_keep=1)
+        cache, kv = DynamicCache(config=model.config), twin.cache_kwarg
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                    **{kv: cache})
         for _ in range(config.max_new_tokens):
             tokens = _sample(out.logits[:, -1], seen, config, generator)
             for row, token_id in enumerate(tokens.tolist()):
@@ -474,5 +483,5 @@ def _decode_batch(twin: Twin, prompts: list[list[int]], config: GenerationConfig
             mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype, device=device)], dim=1)
             positions = positions[:, -1:] + 1
             out = model(input_ids=tokens.view(rows, 1), attention_mask=mask, position_ids=positions,
-                        cache=cache, use_cache=True, logits_to_keep=1)
+                        use_cache=True, logits_to_keep=1, **{kv: cache})
     return out_tokens
