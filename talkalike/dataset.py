@@ -102,8 +102,8 @@ def windows(messages: list[dict], costs: list[int], max_tokens: int, carry: int)
     """Cut alternating user/assistant messages into windows of at most `max_tokens`, each ending with the persona.
 
     A window after the first starts with the most recent (user, assistant) pairs of the one before, up to `carry`
-    tokens, so the persona's replies keep their context. One pair longer than `max_tokens` stays whole (the trainer
-    truncates it).
+    tokens, so the persona's replies keep their context (those carried replies are trained once more, a small price).
+    One pair longer than `max_tokens` stays whole (the trainer truncates it).
     """
     assert len(messages) % 2 == 0 and len(messages) == len(costs)
     if sum(costs) <= max_tokens:
@@ -320,6 +320,12 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
             )
             messages = private.messages
             replaced.update(private.counts)
+            if privacy.phone_sender(chat):
+                # An unsaved contact's chat is named by its number, which must not reach the dataset either.
+                pseudo = privacy.Pseudonymiser(store.connection, private.region)
+                chat = pseudo.sender(chat)
+                pseudo.save()
+                replaced.update(pseudo.counts)
             regions[chat] = private.region
         counts["messages_after_clean"] += len(messages)
         kept, segment_drops = keep_usable(segment(messages, chat, config.gap), config.persona)

@@ -316,20 +316,26 @@ def test_phone_numbers_from_several_countries_never_reach_the_dataset(tmp_path, 
     export = tmp_path / "WhatsApp Chat with Noa.txt"
     write_export(export)
     assert run_cli(tmp_path / "home", "import", str(export)) == 0
+    unsaved = tmp_path / "WhatsApp Chat with +49 1512 3456789.txt"  # an unsaved contact: the chat is named by number
+    write_export(unsaved, days=2)
+    assert run_cli(tmp_path / "home", "import", str(unsaved)) == 0
     out = tmp_path / "ds"
     assert run_cli(tmp_path / "home", "dataset", "--me", "Noa", "--out", str(out), "--eval-share", "0.3") == 0
     text = (out / "train.jsonl").read_text(encoding="utf-8") + (out / "eval.jsonl").read_text(encoding="utf-8")
     digits = "".join(c for c in text if c.isdigit())
-    for written, international in PHONES.items():
+    for written, international in PHONES.items() | {"+49 1512 3456789": "4915123456789"}.items():
         assert written not in text
         assert international[-7:] not in digits  # not even the subscriber part, in any spelling
     # consistent: each number is written twice, and both mentions get the same placeholder
     mentions = [m["content"] for line in text.splitlines() for m in json.loads(line)["messages"] if "number" in m["content"]]
     placeholders = [c.split("number is ")[1].split(",")[0] for c in mentions]
-    assert len(placeholders) == 10 and len(set(placeholders)) == 5
+    assert len(placeholders) == 12 and len(set(placeholders)) == 5
     assert all(p.startswith("[PHONE_") for p in placeholders)
+    [label] = {json.loads(line)["chat"] for line in text.splitlines()} - {"Noa"}
+    assert label.startswith("[PHONE_") and label not in placeholders  # a sixth number, its own placeholder
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["privacy"]["replaced"]["PHONE"] == 10
+    assert stats["privacy"]["replaced"]["PHONE"] == 13  # 12 in messages, 1 chat name
+    assert "1512" not in (out / "stats.json").read_text()
     assert "pseudonymised: " in capsys.readouterr().out
 
 
