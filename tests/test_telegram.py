@@ -86,18 +86,19 @@ def test_a_message_with_no_sender_at_all_is_a_system_event():
     assert (message.sender, message.kind) == (None, "system")
 
 
-def test_the_whole_account_export_yields_every_chat_under_its_own_name():
+def test_the_whole_account_export_yields_every_chat_under_its_own_name_including_left_groups():
     chats = telegram.parse_all(load("account"), "x")
-    assert [c.name for c in chats] == ["Maya Levi", "Hiking Crew"]
-    assert [len(c.messages) for c in chats] == [9, 8]
-    with pytest.raises(TalkalikeError, match="holds 2 chats"):
+    assert [c.name for c in chats] == ["Maya Levi", "Hiking Crew", "Old Flatmates"]
+    assert [len(c.messages) for c in chats] == [9, 8, 2]
+    assert chats[2].messages[1].text == "Dana left the group"
+    with pytest.raises(TalkalikeError, match="holds 3 chats"):
         telegram.parse(load("account"), "x")
 
 
 def test_read_export_recognises_result_json_by_its_content():
     parsed = read_export(FIXTURES / "group" / "result.json")
     assert (parsed.name, parsed.source, len(parsed.messages)) == ("Hiking Crew", "telegram", 8)
-    assert len(read_exports(FIXTURES / "account" / "result.json")) == 2
+    assert len(read_exports(FIXTURES / "account" / "result.json")) == 3
 
 
 def test_a_chat_without_a_name_takes_the_name_of_its_folder(tmp_path):

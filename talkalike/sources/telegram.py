@@ -1,7 +1,8 @@
 """Telegram Desktop JSON exports (`result.json`) read into the same records as WhatsApp.
 
 Telegram Desktop writes one chat ("Export chat history", JSON) as `{"name", "type", "messages": [...]}` and the whole
-account ("Export Telegram data") as `{"chats": {"list": [chat, ...]}}`. `parse` reads the first; `parse_all` reads both.
+account ("Export Telegram data") as `{"chats": {"list": [chat, ...]}, "left_chats": {"list": [...]}}`.
+`parse` reads the first; `parse_all` reads both.
 Try it: `talkalike parse path/to/result.json | head`.
 """
 
@@ -78,6 +79,8 @@ def _service_text(entry: dict) -> str:
         words = "called (missed)"
     if entry.get("title"):
         details.append(f"«{entry['title']}»")
+    if action == "remove_members" and entry.get("members") == [actor]:
+        return f"{actor} left the group"  # Telegram writes leaving as removing oneself
     if entry.get("members"):
         members = ", ".join(str(m) for m in entry["members"] if m)
         details.append(f"with {members}" if action == "create_group" else members)
@@ -145,6 +148,10 @@ def parse_all(text: str, name: str, date_order: str | None = None) -> list[Parse
     chats = data["chats"].get("list") if isinstance(data["chats"], dict) else None
     if not isinstance(chats, list):
         raise TalkalikeError("this Telegram export has no `chats.list`; export chats with message history.")
+    # Groups the user has since left are still their own history, written under `left_chats`.
+    left = data.get("left_chats")
+    if isinstance(left, dict) and isinstance(left.get("list"), list):
+        chats = chats + left["list"]
     parsed = [_chat(chat, f"{name} {i + 1}", f"chat {i + 1}") for i, chat in enumerate(chats) if isinstance(chat, dict)]
     if not parsed:
         raise TalkalikeError("this Telegram export holds no chats; tick 'Personal chats' or groups when exporting.")
