@@ -147,11 +147,11 @@ class Store:
         connection = self.connection
         counts = []
         bar = None
-        if progress:
+        if progress and sys.stderr.isatty():  # tqdm would hide itself off a terminal anyway; skip its import cost
             from tqdm import tqdm
 
             total = sum(len(parsed.messages) for parsed, _ in items)
-            bar = tqdm(total=total, unit="msg", desc="import", file=sys.stderr, disable=None, mininterval=0.5)
+            bar = tqdm(total=total, unit="msg", desc="import", file=sys.stderr, mininterval=0.5)
         connection.execute("BEGIN IMMEDIATE")
         try:
             for parsed, chat in items:
