@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how train renders samples: the base model's chat template (default) or the original "
                         "<s><person1>…</s><person2>… layout")
     p.add_argument("--max-tokens", type=int, default=1024, help="window length; longer conversations are cut")
-    p.add_argument("--base", help="count tokens with this model's tokenizer (default: a len(text)/3 estimate)")
+    p.add_argument("--base", help="count tokens with this model's tokenizer (default: a len(text)/2.5 estimate)")
 
     p = _sub(sub, "inspect", "print rendered samples with the trained (persona) tokens highlighted",
              "talkalike inspect ~/dana-ds -n 2")
