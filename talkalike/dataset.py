@@ -30,6 +30,7 @@ TRAILING_USER_TURN = "trailing_user_turn"  # nothing answers it, so it would onl
 NO_PERSONA_REPLY = "no_persona_reply"  # the persona only opened the conversation
 
 OPENER = ""  # the user message before a conversation the persona opens (see build_messages)
+KNOWN_NAMES_SHOWN = 20  # an unknown --me lists this many names, most active first
 TURN_OVERHEAD = 4  # tokens a chat template spends around each message (role tags, end-of-turn)
 
 
@@ -261,11 +262,17 @@ def summary_lines(stats: dict, speakers: int = 6) -> list[str]:
 def _check_persona(store, config: DatasetConfig) -> list[str]:
     if not store.chats():
         raise TalkalikeError("the store is empty: import a chat first, e.g. `talkalike import 'WhatsApp Chat with Noa.txt'`")
-    names = sorted(person.name for person in store.people())
+    people = store.people()  # most messages first: the likely personas lead the list
+    names = sorted(person.name for person in people)
+    shown = ", ".join(person.name for person in people[:KNOWN_NAMES_SHOWN])
+    if len(people) > KNOWN_NAMES_SHOWN:
+        shown += f" and {len(people) - KNOWN_NAMES_SHOWN} more (see `talkalike people`)"
     if not config.persona:
-        raise TalkalikeError(f"say who to imitate with --me NAME; known names: {', '.join(names)}")
+        raise TalkalikeError(f"say who to imitate with --me NAME; known names: {shown}")
     if config.persona not in names:
-        raise TalkalikeError(f"no sender named {config.persona!r} in the imported chats; known names: {', '.join(names)}")
+        close = [name for name in names if name.casefold() == config.persona.casefold()]
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise TalkalikeError(f"no sender named {config.persona!r} in the imported chats; {hint}known names: {shown}")
     if config.chats:
         known = {chat.name for chat in store.chats()}
         missing = [name for name in config.chats if name not in known]
@@ -308,7 +315,7 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
         from tqdm import tqdm
 
         stream = tqdm(stream, total=sum(c.messages for c in store.chats() if not config.chats or c.name in config.chats),
-                      desc="messages", unit="msg", file=sys.stderr, mininterval=0.5)
+                      desc="messages", unit="msg", file=sys.stderr, mininterval=0.5, disable=None)
     for chat, rows in groupby(stream, key=lambda pair: pair[0]):
         messages = [message for _, message in rows]
         counts["messages"] += len(messages)

@@ -208,7 +208,7 @@ def test_stats_report_style_per_speaker_and_drops(tmp_path):
 
 def test_an_unknown_persona_lists_the_known_names(tmp_path):
     store = make_store(tmp_path, {"Noa": daily_chat(3)})
-    with pytest.raises(TalkalikeError, match="known names: Daniel, Noa"):
+    with pytest.raises(TalkalikeError, match="known names: Noa, Daniel$"):
         build_dataset(store, DatasetConfig(persona="Nao"), tmp_path / "ds")
     assert not (tmp_path / "ds").exists()
 
@@ -347,7 +347,8 @@ def test_the_cli_names_the_known_people_for_an_unknown_persona(tmp_path, capsys)
     assert run_cli(tmp_path / "home", "dataset", "--me", "noa", "--out", str(tmp_path / "ds")) == 2
     error = capsys.readouterr().err
     last = error.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "known names: Daniel, Noa" in last and "Traceback" not in error
+    assert last.startswith("error: ") and "Traceback" not in error
+    assert "did you mean 'Noa'?" in last and "known names: Daniel, Noa" in last  # as many messages each
     assert not (tmp_path / "ds").exists()
 
 
