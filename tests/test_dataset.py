@@ -434,3 +434,33 @@ def test_a_group_chat_keeps_speaker_names_beside_a_two_person_chat(tmp_path):
     two_person = [r for r in rows if r["chat"] == "Noa"]
     assert all(not m["content"].startswith("Daniel: ") for r in two_person for m in r["messages"])
     assert stats["chats"] == {"two_person": 1, "group": 1}
+
+
+def test_windows_keep_their_promises_for_any_conversation():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(1, 60), min_size=1, max_size=30).map(lambda xs: xs[: len(xs) // 2 * 2] or [1, 1]),
+           st.integers(20, 120), st.floats(0, 0.5))
+    def check(costs, max_tokens, carry_share):
+        messages = [{"role": ("user", "assistant")[i % 2], "content": str(i)} for i in range(len(costs))]
+        carry = int(max_tokens * carry_share)
+        parts = windows(messages, costs, max_tokens, carry)
+        covered = set()
+        for part in parts:
+            first = int(part[0]["content"])
+            assert part[0]["role"] == "user" and part[-1]["role"] == "assistant"
+            assert [int(m["content"]) for m in part] == list(range(first, first + len(part)))  # contiguous
+            new = [i for i in range(first, first + len(part)) if i not in covered]
+            # over budget only when the one new (user, persona) pair is itself too long for what is left
+            assert sum(costs[first:first + len(part)]) <= max_tokens or len(new) == 2
+            covered.update(range(first, first + len(part)))
+        assert covered == set(range(len(messages)))
+        for before, after in zip(parts, parts[1:]):
+            new_start = int(after[0]["content"])
+            old_end = int(before[-1]["content"]) + 1
+            assert new_start <= old_end and sum(costs[new_start:old_end]) <= carry  # carried history fits its budget
+            assert int(after[-1]["content"]) >= old_end  # every window trains something new
+
+    check()
