@@ -464,3 +464,15 @@ def test_windows_keep_their_promises_for_any_conversation():
             assert int(after[-1]["content"]) >= old_end  # every window trains something new
 
     check()
+
+
+def test_the_original_layout_is_recorded_and_inspect_renders_it(tmp_path, capsys):
+    export = tmp_path / "WhatsApp Chat with Noa.txt"
+    write_export(export)
+    run_cli(tmp_path / "home", "import", str(export))
+    assert run_cli(tmp_path / "home", "dataset", "--me", "Noa", "--out", str(tmp_path / "ds"), "--layout", "original") == 0
+    assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["layout"] == "original"
+    capsys.readouterr()
+    run_cli(tmp_path / "home", "inspect", str(tmp_path / "ds"), "-n", "1")
+    shown = capsys.readouterr().out
+    assert "<s><person1>Good morning. My new number is [PHONE_1], call me.</s><person2>⟦ok saved haha\n<|msg|>\n👍</s>⟧\n" in shown
