@@ -248,7 +248,8 @@ def summary_lines(stats: dict, speakers: int = 6) -> list[str]:
         lines.append("privacy pass: OFF (--no-privacy); personal data goes into the dataset as written")
     lines.append(f"{'speaker':<16} {'msgs':>7} {'p50 len':>7} {'p90 len':>7} {'msg/turn':>8} {'emoji':>6} "
                  f"{'laugh':>6}  languages")
-    for name, s in list(stats["speakers"].items())[:speakers]:
+    persona_first = sorted(stats["speakers"].items(), key=lambda kv: kv[0] != stats["persona"])  # stable otherwise
+    for name, s in persona_first[:speakers]:
         languages = " ".join(f"{k} {v:.0%}" for k, v in list(s["languages"].items())[:3])
         label = (name + (" *" if name == stats["persona"] else ""))[:16]
         lines.append(f"{label:<16} {s['messages']:>7} {s['message_length']['p50']:>7} {s['message_length']['p90']:>7} "
