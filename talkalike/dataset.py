@@ -253,7 +253,7 @@ def summary_lines(stats: dict, speakers: int = 6) -> list[str]:
         languages = " ".join(f"{k} {v:.0%}" for k, v in list(s["languages"].items())[:3])
         label = (name + (" *" if name == stats["persona"] else ""))[:16]
         lines.append(f"{label:<16} {s['messages']:>7} {s['message_length']['p50']:>7} {s['message_length']['p90']:>7} "
-                     f"{s['messages_per_turn']['mean']:>8} {s['emoji_rate']:>6.1%} {s['laughter_rate']:>6.1%}  {languages}")
+                     f"{s['messages_per_turn']['mean']:>8.2f} {s['emoji_rate']:>6.1%} {s['laughter_rate']:>6.1%}  {languages}")
     return lines
 
 

@@ -476,3 +476,24 @@ def test_the_original_layout_is_recorded_and_inspect_renders_it(tmp_path, capsys
     run_cli(tmp_path / "home", "inspect", str(tmp_path / "ds"), "-n", "1")
     shown = capsys.readouterr().out
     assert "<s><person1>Good morning. My new number is [PHONE_1], call me.</s><person2>⟦ok saved haha\n<|msg|>\n👍</s>⟧\n" in shown
+
+
+def test_the_readme_dataset_examples_are_what_the_commands_print(tmp_path, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Dataset\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```console\n")[1:]]
+    home = tmp_path / "home"
+    run_cli(home, "import", str(SAMPLE))
+    capsys.readouterr()
+    dataset_block, inspect_block = blocks
+    command, expected = dataset_block.split("\n", 1)
+    assert command == "$ talkalike dataset --me Noa --out noa-ds"
+    run_cli(home, "dataset", "--me", "Noa", "--out", str(tmp_path / "noa-ds"))
+    assert capsys.readouterr().out.replace(str(tmp_path) + "/", "") == expected
+    shown_row = section.split("```json\n", 1)[1].split("```", 1)[0]
+    first_row = read_jsonl(tmp_path / "noa-ds" / "train.jsonl")[0]
+    assert json.loads(shown_row.replace(",\n                 …]", "]")) == first_row | {"messages": first_row["messages"][:3]}
+    command, expected = inspect_block.split("\n", 1)
+    assert command == "$ talkalike inspect noa-ds -n 1 | head -12"
+    run_cli(home, "inspect", str(tmp_path / "noa-ds"), "-n", "1")
+    assert capsys.readouterr().out.splitlines()[:12] == expected.splitlines()
