@@ -92,6 +92,7 @@ def test_an_ios_zip_with_media_is_read_from_its_chat_txt_and_named_after_the_zip
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("_chat.txt", ios_text(MAYA.read_text(encoding="utf-8")))
         z.writestr("00000012-PHOTO-2023-03-15-09-20-00.jpg", b"\xff\xd8\xff\xe0binary")
+        z.writestr("__MACOSX/._chat.txt", b"\x00\x05\x16\x07 macOS resource fork")  # added when re-zipped on a Mac
     code, out, _ = run(capsys, "--home", tmp_path, "parse", archive)
     assert code == 0 and len(out.splitlines()) == MAYA_ENTRIES
     code, out, _ = run(capsys, "--home", tmp_path, "import", archive)
@@ -233,3 +234,22 @@ def test_the_readme_import_and_chats_examples_are_what_the_commands_print(tmp_pa
     shown = readme_block("talkalike parse 'WhatsApp Chat with Maya.txt' | head -2")
     assert out.splitlines()[1] == shown[1]
     assert json.loads(out.splitlines()[0])["text"].startswith(json.loads(shown[0])["text"].rstrip(" …"))
+
+
+def test_import_and_parse_report_every_unparsed_line_with_its_number_and_reason(tmp_path, capsys):
+    chat = tmp_path / "WhatsApp Chat with Pre.txt"
+    chat.write_text("some preamble\n15/03/2023, 09:15 - Maya: hi\n16/03/2023, 10:00 - Dana: yo\n", encoding="utf-8")
+    code, out, err = run(capsys, "--home", tmp_path, "parse", chat)
+    assert code == 0 and len(out.splitlines()) == 2
+    assert err.count("unparsed") == 1 and ":1: unparsed (" in err and "'some preamble'" in err
+    code, out, _ = run(capsys, "--home", tmp_path, "import", chat)
+    assert code == 0 and "unparsed lines: 1" in out
+    assert re.search(r"^    line 1: .+: 'some preamble'$", out, flags=re.M)
+
+
+def test_import_says_which_day_month_order_it_chose_when_the_file_leaves_it_open(tmp_path, capsys):
+    ambiguous = tmp_path / "WhatsApp Chat with Ana.txt"
+    ambiguous.write_text("03/04/2023, 09:15 - Ana: hi\n05/04/2023, 10:00 - Ana: bye\n", encoding="utf-8")
+    code, out, _ = run(capsys, "--home", tmp_path, "import", ambiguous)
+    assert code == 0
+    assert re.search(r"^  note: .*--date-order", out, flags=re.M)
