@@ -101,6 +101,12 @@ def test_read_export_recognises_result_json_by_its_content():
     assert len(read_exports(FIXTURES / "account" / "result.json")) == 3
 
 
+def test_telegram_desktops_export_folder_can_be_given_instead_of_its_result_json(tmp_path):
+    assert read_export(FIXTURES / "group").name == "Hiking Crew"
+    with pytest.raises(TalkalikeError, match="is a folder"):
+        read_export(tmp_path)
+
+
 def test_a_chat_without_a_name_takes_the_name_of_its_folder(tmp_path):
     data = json.loads(load("personal"))
     del data["name"]

@@ -25,7 +25,9 @@ def read_exports(path: str | Path, date_order: str | None = None) -> list[Parsed
     path = Path(path)
     if not path.exists():
         raise TalkalikeError(f"{path}: no such file.")
-    if path.is_dir():
+    if path.is_dir() and (path / "result.json").is_file():
+        path = path / "result.json"  # Telegram Desktop's export folder
+    elif path.is_dir():
         raise TalkalikeError(f"{path} is a folder; give the export file inside it (the .txt, .zip or result.json).")
     data = path.read_bytes()
     if data.startswith(ZIP_MAGIC):
