@@ -4,6 +4,8 @@ import sqlite3
 from datetime import datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import talkalike.store as store_module
 from talkalike.errors import TalkalikeError
@@ -222,3 +224,40 @@ def test_a_store_from_a_newer_talkalike_is_refused_rather_than_misread(tmp_path)
         store.connection.execute("PRAGMA user_version = 99")
     with pytest.raises(TalkalikeError, match="newer talkalike"):
         Store.open(tmp_path)
+
+
+# Property: WhatsApp exports are overlapping windows of one history. Whatever the history (with runs of identical
+# messages inside a minute) and wherever the windows are cut, importing them in order stores the history exactly once,
+# in order, as long as each window overlaps the previous one past the minute it starts in.
+entry = st.tuples(st.integers(0, 2), st.sampled_from(["Dana", "Maya", None]), st.sampled_from(["ok", "ok", "haha", "🙂"]))
+
+
+@st.composite
+def history_and_windows(draw):
+    steps = draw(st.lists(entry, min_size=1, max_size=60))
+    minute, history = 0, []
+    for gap, sender, text in steps:
+        minute += gap
+        kind = "system" if sender is None else "text"
+        history.append(Message(T0 + timedelta(minutes=minute), sender, text, kind))
+    windows, start, end = [], 0, draw(st.integers(1, len(history)))
+    windows.append((start, end))
+    while end < len(history):
+        # the next window starts inside the previous one, in a minute before the previous one's last message
+        last_minute = history[end - 1].time
+        starts = [i for i in range(start, end) if history[i].time < last_minute] or [start]
+        start = draw(st.sampled_from(starts))
+        end = draw(st.integers(end + 1, len(history)))
+        windows.append((start, end))
+    return history, windows
+
+
+@settings(max_examples=150, deadline=None)
+@given(history_and_windows())
+def test_overlapping_exports_imported_in_order_store_the_history_exactly_once(tmp_path_factory, case):
+    history, windows = case
+    with Store.open(tmp_path_factory.mktemp("home")) as store:
+        added = sum(store.import_export(export(history[a:b])).added for a, b in windows)
+        assert added == len(history)
+        assert [m for _, m in store.messages()] == history
+        assert store.import_export(export(history)).added == 0
