@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 -- The identity of a message. WhatsApp exports are overlapping snapshots with no message ids, so an entry is known by
 -- what it says and when, plus `dup`: two identical "ok" in one minute are two messages, and a later export that holds
--- both again matches both. ifnull() because UNIQUE treats NULLs as all different.
+-- both again matches both. The one case this cannot tell apart: a later export that starts inside the very minute
+-- the earlier one ends in, cut between identical messages of that minute. ifnull() because UNIQUE treats NULLs as
+-- all different.
 CREATE UNIQUE INDEX IF NOT EXISTS messages_identity ON messages(chat_id, time, ifnull(sender, ''), text, kind, dup);
 CREATE INDEX IF NOT EXISTS messages_order ON messages(chat_id, time, seq);
 """
