@@ -125,3 +125,11 @@ def test_a_chat_without_a_name_takes_the_name_of_its_folder(tmp_path):
 def test_json_that_is_not_a_telegram_export_is_one_clear_error(text, message):
     with pytest.raises(TalkalikeError, match=message):
         telegram.parse(text, "x")
+
+
+def test_two_chats_with_the_same_name_in_one_account_export_stay_apart():
+    data = json.loads(load("account"))
+    data["chats"]["list"][1]["name"] = "Maya Levi"
+    first, second, _ = telegram.parse_all(json.dumps(data), "x")
+    assert first.name == "Maya Levi #4410001" and second.name == "Maya Levi #1877001"
+    assert any("also called 'Maya Levi'" in note for note in second.notes)

@@ -7,6 +7,7 @@ Try it: `talkalike parse path/to/result.json | head`.
 """
 
 import json
+from collections import Counter
 from datetime import datetime
 
 from talkalike.errors import TalkalikeError
@@ -152,9 +153,16 @@ def parse_all(text: str, name: str, date_order: str | None = None) -> list[Parse
     left = data.get("left_chats")
     if isinstance(left, dict) and isinstance(left.get("list"), list):
         chats = chats + left["list"]
-    parsed = [_chat(chat, f"{name} {i + 1}", f"chat {i + 1}") for i, chat in enumerate(chats) if isinstance(chat, dict)]
+    chats = [chat for chat in chats if isinstance(chat, dict)]
+    parsed = [_chat(chat, f"{name} {i + 1}", f"chat {i + 1}") for i, chat in enumerate(chats)]
     if not parsed:
         raise TalkalikeError("this Telegram export holds no chats; tick 'Personal chats' or groups when exporting.")
+    # Two contacts may share a display name; their chats must not merge into one in the store.
+    seen = Counter(p.name for p in parsed)
+    for chat, p in zip(chats, parsed):
+        if seen[p.name] > 1:
+            p.notes.append(f"another chat in this export is also called {p.name!r}; this one is stored by its id")
+            p.name = f"{p.name} #{chat.get('id', '?')}"
     return parsed
 
 
