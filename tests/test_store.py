@@ -254,9 +254,9 @@ def history_and_windows(draw):
 
 @settings(max_examples=150, deadline=None)
 @given(history_and_windows())
-def test_overlapping_exports_imported_in_order_store_the_history_exactly_once(tmp_path_factory, case):
+def test_overlapping_exports_imported_in_order_store_the_history_exactly_once(case):
     history, windows = case
-    with Store.open(tmp_path_factory.mktemp("home")) as store:
+    with Store(":memory:") as store:
         added = sum(store.import_export(export(history[a:b])).added for a, b in windows)
         assert added == len(history)
         assert [m for _, m in store.messages()] == history
