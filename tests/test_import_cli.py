@@ -192,7 +192,7 @@ def test_a_file_that_is_not_a_chat_export_is_one_error_line_exit_2_and_nothing_w
         assert out == ""
         assert err.startswith("error: ") and err.count("\n") == 1, err
         assert "Traceback" not in err
-    assert not store_path(home).exists()
+    assert not home.exists()  # not even the data folder was created
 
 
 def test_a_zip_without_a_chat_file_is_an_error(tmp_path, capsys):
