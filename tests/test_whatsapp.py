@@ -208,9 +208,11 @@ def test_a_file_that_is_not_a_chat_export_gets_one_clear_error(text, why):
     assert why in str(err.value) and "\n" not in str(err.value)
 
 
-def test_an_unknown_date_order_flag_is_a_clear_error():
+def test_an_unknown_or_unfitting_date_order_flag_is_a_clear_error():
     with pytest.raises(TalkalikeError, match="date order"):
         parse("12/01/2024, 09:14 - Dana: hi\n", "x", date_order="dym")
+    with pytest.raises(TalkalikeError, match="do not start with the year"):
+        parse("12/01/2024, 09:14 - Dana: hi\n", "x", date_order="ymd")
 
 
 @pytest.mark.parametrize("filename,name", [

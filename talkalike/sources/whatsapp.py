@@ -4,9 +4,10 @@ How it reads a file:
 1. The header shape (`[date, time] ` on iOS, `date, time - ` on Android, the old `date, time: `, `date time `, with
    `klo`/`à` words, dotted times, 12h clocks in their local spellings) is detected ONCE per file, by a vote over a
    sample of lines (`_detect`).
-2. One regular expression specialised for that shape runs over the whole text; each match is a whole message: its
-   header, its first line and its continuation lines. A header-shaped line is always a header, even when its time runs
-   backwards (a transcript pasted into a message in the file's own format splits it; nothing is lost either way).
+2. One regular expression specialised for that shape splits the whole text (in chunks) at the headers; what lies
+   between two headers is the first message's continuation lines. A header-shaped line is always a header, even when
+   its time runs backwards (a transcript pasted into a message in the file's own format splits it; nothing is lost
+   either way). Lines in another shape than the file's stay as message text, and a note counts them.
 3. Dates and times are parsed once per distinct string. Day/month order comes from the file's own dates (a value above
    12 decides; else the order under which the dates run forward), a year-first date is always y/m/d, and the caller can
    force it (`date_order`).
@@ -17,130 +18,22 @@ Every input line lands in exactly one place: a message header, a continuation li
 entry. Try it: `talkalike parse 'WhatsApp Chat with Maya.txt' | head`.
 """
 
-import json
+import gc
 import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from itertools import chain
-from importlib import resources
 from pathlib import PurePath
 
 from talkalike.errors import TalkalikeError
 from talkalike.message import Message, ParsedExport, Unparsed
+from talkalike.sources.whatsapp_kinds import (MARKS, _S, _norm_ampm, _suspicious, _system_line, _unedit, classify,
+                                              clean_name, tables)
 
-# Invisible direction marks and the BOM: never part of structure, names or body edges.
-MARKS = "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
-_MC = "\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff"  # the same, as a regex class body
-_S = "[ \u00a0\u202f]"  # a space in a timestamp; WhatsApp writes NBSP/NNBSP around AM/PM since about 2023
-_DROP_MARKS = str.maketrans("", "", MARKS)
+_MC = "\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff"  # MARKS as a regex class body
 _SAMPLE_CHARS = 150_000  # detection reads this much from the head (and a quarter of it from the tail): ~2000 lines
 ORDERS = {"dmy": "d/m/y", "mdy": "m/d/y", "ymd": "y/m/d"}
-
-
-@dataclass(frozen=True)
-class _Tables:
-    exact: dict  # whole body -> kind
-    media: re.Pattern
-    deleted: re.Pattern
-    strong: re.Pattern  # system notices nobody types
-    weak: re.Pattern  # system notices a person could type; only for author-less or mark-opened bodies
-    edited: tuple
-    ampm: dict  # normalised spelling -> 0 (am) or 12 (pm)
-    ampm_regex: str
-    time_words: tuple
-    filename_prefixes: tuple
-    suffixes: tuple  # a body's first line ends with one of these -> it may be media or deleted: check it
-    prefixes: tuple  # likewise for how a body starts
-
-
-def _alternation(patterns: list[str]) -> str:
-    return "|".join(f"(?:{p})" for p in patterns) or "(?!)"
-
-
-@lru_cache(maxsize=1)
-def tables() -> _Tables:
-    """The locale tables, loaded once from talkalike/data/whatsapp_locales.json."""
-    raw = json.loads(resources.files("talkalike").joinpath("data/whatsapp_locales.json").read_text("utf-8"))
-    langs = raw["languages"].values()
-    exact: dict[str, str] = {}
-    for kind in ("system", "deleted", "media"):  # media wins on a clash, then deleted
-        for lang in langs:
-            for s in lang.get(f"{kind}_exact", []):
-                exact[s] = kind
-    joined = lambda key: [p for lang in langs for p in lang.get(key, [])]  # noqa: E731
-    hinted = joined("media_patterns") + joined("deleted_patterns")
-    ampm = {}
-    for lang in langs:
-        for offset, key in ((0, "am"), (12, "pm")):
-            for s in lang.get(key, []):
-                ampm[_norm_ampm(s)] = offset
-    spellings = {s for lang in langs for key in ("am", "pm") for s in lang.get(key, [])}
-    # latin a.m./p.m. in every spacing, then the local words; longest first so "p. m." wins over "p"
-    local = sorted((s for s in spellings if not re.fullmatch(r"[apAP]\.? ?[mM]\.?", s)), key=len, reverse=True)
-    local_re = [re.escape(s).replace(r"\ ", _S) for s in local]
-    ampm_regex = "|".join([rf"[AaPp]\.?{_S}?[Mm]\.?"] + local_re)
-    prefixes = []
-    for lang in langs:
-        for template in lang.get("filename", []):
-            prefix = template.split("{name}")[0]
-            prefixes += [prefix, prefix.replace(" ", "_")]
-    return _Tables(
-        exact=exact,
-        # media/deleted placeholders decide from the first line; continuation lines (an Android caption) may follow
-        media=re.compile(rf"(?:{_alternation(joined('media_patterns'))})(?:\n[\s\S]*)?\Z"),
-        deleted=re.compile(_alternation(joined("deleted_patterns"))),
-        strong=re.compile(_alternation(joined("system_strong"))),
-        weak=re.compile(_alternation(joined("system_weak"))),
-        edited=tuple(sorted({s for lang in langs for s in lang.get("edited", [])}, key=len, reverse=True)),
-        ampm=ampm,
-        ampm_regex=ampm_regex,
-        time_words=tuple(sorted({w for lang in langs for w in lang.get("time_words", [])}, key=len, reverse=True)),
-        filename_prefixes=tuple(sorted(set(prefixes), key=len, reverse=True)),
-        suffixes=_minimal({">", ")"} | {s.rsplit(" ", 1)[-1] for k in ("media_exact", "deleted_exact")
-                                        for s in joined(k)} | {_literal_ends(p)[1] for p in hinted}, str.endswith),
-        prefixes=_minimal({_literal_ends(p)[0] for p in hinted}, str.startswith),
-    )
-
-
-def _minimal(hints: set[str], covers) -> tuple[str, ...]:
-    """Drop hints that a shorter hint already covers: fewer strings to test on every body."""
-    hints = sorted(hints - {""}, key=len)
-    kept: list[str] = []
-    for h in hints:
-        if not any(covers(h, k) for k in kept):
-            kept.append(h)
-    return tuple(kept)
-
-
-def _literal_ends(pattern: str) -> tuple[str, str]:
-    """The literal text a regex must start and end with ("" where it has none), for a cheap first check."""
-    tokens = []  # (char, is_literal)
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            nxt = pattern[i + 1]
-            tokens.append((nxt, not nxt.isalnum()))
-            i += 2
-            continue
-        if c in "?*+{" and tokens:
-            tokens[-1] = (tokens[-1][0], False)  # a quantified character is optional
-        tokens.append((c, c not in ".^$*+?{}[]|()"))
-        i += 1
-    def run(seq):
-        out = []
-        for ch, literal in seq:
-            if not literal:
-                break
-            out.append(ch)
-        return "".join(out)
-    return run(tokens), run(reversed(tokens))[::-1]
-
-
-def _norm_ampm(s: str) -> str:
-    return re.sub(r"[\s.\u00a0\u202f]", "", s).lower()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,23 +129,10 @@ def _header_regex(shape: Shape, leading_newline: bool) -> re.Pattern:
     opener = rf"[{_MC}]*" + (r"\[" if shape.bracket else "")
     # the author runs to the first ": " of the line; a line without one has no author
     author = r"(?:([^\n:]*(?::(?! )[^\n:]*)*): )?"
-    pattern = f"{opener}({date}){mid}({time}){tail}{author}([^\\n]*)"
+    # Two empty groups flag first lines that may be placeholders (media, deleted): plain text then costs nothing more.
+    t = tables()
+    pattern = f"{opener}({date}){mid}({time}){tail}{author}({t.flag_start})?([^\\n]*)({t.flag_end})?"
     return re.compile(("\\n" if leading_newline else "") + pattern)
-
-
-class _End:
-    """A stand-in match after the last header, so the loop below finishes the last message like any other."""
-
-    def __init__(self, at: int):
-        self.at = at
-
-    def start(self) -> int:
-        return self.at
-
-    end = start
-
-    def groups(self) -> tuple:
-        return None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -303,58 +183,6 @@ class _Clock:
         return value
 
 
-def clean_name(raw: str) -> str:
-    """A sender as the person is known: no invisible marks, no `~ ` prefix of non-contacts, plain hyphens and spaces."""
-    name = raw.translate(_DROP_MARKS).replace("\u2011", "-").replace("\u00a0", " ").replace("\u202f", " ").strip()
-    if name.startswith("~") and len(name) > 1:
-        name = name[1:].lstrip()
-    return name or raw
-
-
-def classify(body: str, authored: bool = True, opened_with_mark: bool = False) -> str:
-    """The kind of a body whose edges are already clean: text, media, deleted or system."""
-    t = tables()
-    kind = t.exact.get(body)
-    if kind is not None:
-        return kind
-    if "\u200e" in body or "\u200f" in body or "\u202a" in body or "\u202c" in body:
-        body = body.translate(_DROP_MARKS)
-        kind = t.exact.get(body)
-        if kind is not None:
-            return kind
-    if t.media.match(body):
-        return "media"
-    if t.deleted.fullmatch(body):
-        return "deleted"
-    if t.strong.fullmatch(body):
-        return "system"
-    if (not authored or opened_with_mark) and t.weak.fullmatch(body):
-        return "system"
-    return "text" if authored else "system"
-
-
-def _unedit(body: str) -> tuple[str, bool]:
-    """The body without its edited marker, and whether it had one."""
-    if body.endswith(">"):
-        for marker in tables().edited:
-            if body.endswith(marker):
-                body = body[: -len(marker)].rstrip(MARKS)
-                if body.endswith(" "):
-                    body = body[:-1]
-                return body.rstrip(MARKS), True
-    return body, False
-
-
-def _system_line(raw: str, rest: str) -> bool:
-    # An Android system line with ": " in it ("... in the community: X", a subject "Trip: Eilat") looks authored;
-    # real names are short and unquoted, so only long or quoted "names" come here.
-    return tables().strong.fullmatch((raw + ": " + rest).translate(_DROP_MARKS)) is not None
-
-
-def _suspicious(raw: str) -> bool:
-    return len(raw) > 24 or any(q in raw for q in "\"“”«»„")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Parse
 
@@ -380,39 +208,46 @@ def parse(text: str, name: str, date_order: str | None = None) -> ParsedExport:
     """Parse the text of a WhatsApp chat export; `date_order` ("dmy", "mdy", "ymd") overrides the inferred order."""
     if "\x00" in text:
         raise TalkalikeError(f"{name} holds binary data, not a WhatsApp chat export; give the .txt or .zip from 'Export chat'.")
-    if text.startswith("\ufeff"):
-        text = text[1:]
     if "\r" in text:
         text = text.replace("\r\n", "\n")
-    if text.endswith("\n"):
-        text = text[:-1]  # the final newline ends the last line; it does not start an empty one
-    if not text.strip():
+    # Offsets instead of slices: a copy of a large export would double the peak memory.
+    start = 1 if text.startswith("\ufeff") else 0
+    end = len(text) - 1 if text.endswith("\n") else len(text)  # the final newline ends the last line
+    if end <= start or text.isspace() or text[start:].isspace():
         raise TalkalikeError(f"{name} is empty; export the chat again with 'Export chat' and give that file.")
+    collecting = gc.isenabled()
+    gc.disable()  # a million new messages hold no reference cycles; the collector would only rescan them, again and again
     try:
-        return _parse(text, name, date_order)
+        return _parse(text, start, end, name, date_order)
     except _NoHeader:
         raise TalkalikeError(f"{name} is not a WhatsApp chat export: no line starts with a message date and time "
                              "like '30/12/2020, 13:00 - ' or '[30/12/2020, 13:00:00] '.") from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 class _NoHeader(Exception):
     """No line of the text is a message header."""
 
 
-def _parse(text: str, name: str, date_order: str | None) -> ParsedExport:
+def _parse(text: str, start: int, end: int, name: str, date_order: str | None) -> ParsedExport:
     shape, sample_dates, other, marked = _detect(text)
     notes = []
     if date_order is not None:
         order = date_order.replace("/", "").lower()
         if order not in ORDERS:
             raise TalkalikeError(f"unknown date order {date_order!r}; use one of {', '.join(ORDERS)}.")
+        if (order == "ymd") != shape.year_first:
+            raise TalkalikeError(f"--date-order {order} does not fit {name}: its dates "
+                                 f"{'start' if shape.year_first else 'do not start'} with the year.")
         decided = True
     elif shape.year_first:
         order, decided = "ymd", True
     else:
         sure, guess = _order_from(sample_dates)
         order, decided = sure or guess, sure is not None
-    messages, unparsed, clock = _parse_with(text, shape, order, marked)
+    messages, unparsed, clock = _parse_with(text, start, end, shape, order, marked)
     if not decided:
         # The sample could not decide: the whole file's distinct dates can.
         triples = [tuple(int(x) for x in re.findall(r"\d+", s)) for s in clock.days]
@@ -420,7 +255,7 @@ def _parse(text: str, name: str, date_order: str | None) -> ParsedExport:
         best = sure or guess
         if best != order:
             order = best
-            messages, unparsed, clock = _parse_with(text, shape, order, marked)
+            messages, unparsed, clock = _parse_with(text, start, end, shape, order, marked)
         if sure is None:
             other_order = "mdy" if order == "dmy" else "dmy"
             notes.append(f"Day and month order is ambiguous (no date has a day above 12): read as {ORDERS[order]}, "
@@ -432,85 +267,118 @@ def _parse(text: str, name: str, date_order: str | None) -> ParsedExport:
                         unparsed=unparsed, notes=notes)
 
 
-def _parse_with(text: str, shape: Shape, order: str, marked: bool) -> tuple[list[Message], list[Unparsed], "_Clock"]:
-    """One pass over the text; `marked`: the file opens system bodies with U+200E, so only those can be system."""
+_CHUNK = 1 << 20  # characters split at once: big enough to amortise, small enough to keep the peak memory flat
+
+
+def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
+                marked: bool) -> tuple[list[Message], list[Unparsed], "_Clock"]:
+    """One pass over text[start:end]; `marked`: the file opens system bodies with U+200E, so only those can be system."""
     t = tables()
     clock = _Clock(order, t.ampm)
-    days, times, names, suspicious = clock.days, clock.times, {}, set()
-    exact = t.exact
-    suffixes, prefixes = t.suffixes, t.prefixes
+    days, times, names = clock.days, clock.times, {}
+    exact_get = t.exact.get
     check_all = shape.close == "]" and not marked  # an old iOS export: any authored body may be a system line
     messages: list[Message] = []
     append = messages.append
-    bad: list[tuple[int, int, str]] = []  # (start, end, reason) of headers whose date does not exist
-
-    first = _header_regex(shape, leading_newline=False).match(text)
-    matches = _header_regex(shape, leading_newline=True).finditer(text, first.end() if first else 0)
-    matches = chain((first,) if first else (), matches, (_End(len(text)),))
-    head_end = None  # where the first message starts; lines before it are unparsed
-    d = None
-    for m in matches:
-        s = m.start()
-        if d is None:
-            head_end = s
-        else:  # finish the previous message: its continuation lines run up to this header
-            cont = text[e:s]
+    bad: set[str] = set()  # date strings that do not exist under `order`
+    header = _header_regex(shape, leading_newline=True)
+    split, search = header.split, header.search
+    head: list[str] = []  # the text before the first header
+    seen = False
+    pos = start
+    while pos < end:
+        stop = pos + _CHUNK
+        if stop >= end:
+            stop = end
+        else:  # cut the text just before a header, so no message straddles two chunks
+            m = search(text, stop, end)
+            stop = m.start() if m else end
+        # Each header is preceded by "\n"; so is the very first line, for the split's sake.
+        parts = split("\n" + text[pos:stop] if pos == start else text[pos:stop])
+        it = iter(parts)
+        pre = next(it)
+        if not seen:
+            head.append(pre[1:] if pos == start else pre)
+            seen = len(parts) > 1
+        # split yields, per header: date, time, author (None without one), a flag on how the first line starts,
+        # the first line, a flag on how it ends (a flag is None when plain), and the continuation lines
+        for d, tm, raw, flag_start, b, flag_end, cont in zip(it, it, it, it, it, it, it):
             try:
                 day = days[d]
             except KeyError:
                 day = clock.day(d)
-            try:
-                delta = times[tm]
-            except KeyError:
+            delta = times.get(tm)  # not try/except: with seconds, a tenth of the lines may miss, and raising is slow
+            if delta is None:
                 delta = clock.time(tm)
             if raw:
                 try:
                     sender = names[raw]
                 except KeyError:
-                    sender = names[raw] = clean_name(raw)
-                    if _suspicious(raw):
-                        suspicious.add(raw)
-                if raw in suspicious and _system_line(raw, b):
-                    sender, b = None, raw + ": " + b  # an author-less notice with ": " in it
-            elif b.endswith(":") and len(b) > 1:
-                sender, b = clean_name(b[:-1]), ""  # an empty body ("Amazon EG:")
-            elif b.endswith(":.") and len(b) > 2:
-                sender, b = clean_name(b[:-2]), "."  # the disappearing-message shape "Name:."
+                    sender, b = _author(raw, b, names)
             else:
-                sender = None
+                sender, b = _no_author(b)
             body = b + cont
             stripped = body.strip(MARKS)
-            if (sender is None or stripped is not body or check_all or b.endswith(suffixes)
-                    or body.startswith(prefixes) or "maps.google" in body or (cont and body.endswith(suffixes))):
+            if (flag_end is not None or flag_start is not None or sender is None or stripped is not body or check_all
+                    or "maps.google" in body or cont and cont.endswith(">")):
                 opened = stripped is not body and body[0] in MARKS
                 stripped, edited = _unedit(stripped)
-                kind = exact.get(stripped) or classify(stripped, sender is not None, opened)
+                kind = exact_get(stripped) or classify(stripped, sender is not None, opened)
                 if kind == "system":
                     sender = None  # the same event reads the same from Android (no author) and iOS (group or actor)
             else:
                 kind, edited = "text", False
             if day is None:
-                bad.append((p, s, f"the date {d!r} does not exist read as {ORDERS[order]}"))
+                bad.add(d)
             else:
                 append(Message(day + delta, sender, stripped, kind, edited))
-        d, tm, raw, b = m.groups()
-        p, e = s, m.end()
-
-    if head_end == len(text):
+        pos = stop
+    if not seen:
         raise _NoHeader
+    head_text = "".join(head)
     unparsed = [Unparsed(no, line, "before the first message header")
-                for no, line in enumerate(text[:head_end].split("\n"), 1)] if head_end else []
+                for no, line in enumerate(head_text.split("\n"), 1)] if head_text else []
     if bad:
-        line_no, pos = 1, 0
-        for start, end, reason in bad:
-            line_no += text.count("\n", pos, start)
-            pos = start
-            lines = text[start:end].split("\n")
-            skip = 1 if lines[0] == "" else 0  # the match began at the newline that ends the line before
-            for k, line in enumerate(lines[skip:]):
-                unparsed.append(Unparsed(line_no + skip + k, line, reason if k == 0 else "continues an unparsed line"))
+        unparsed += _bad_dates(text, start, end, header, bad, f"does not exist read as {ORDERS[order]}")
         unparsed.sort(key=lambda u: u.line_no)
     return messages, unparsed, clock
+
+
+def _author(raw: str, b: str, names: dict) -> tuple[str | None, str]:
+    """The sender for a raw author field met for the first time (or a suspicious one, every time)."""
+    if _suspicious(raw):
+        if _system_line(raw, b):
+            return None, raw + ": " + b  # an author-less notice with ": " in it
+        return clean_name(raw), b  # not cached: the next line from this "name" is checked again
+    name = names[raw] = clean_name(raw)
+    return name, b
+
+
+def _no_author(b: str) -> tuple[str | None, str]:
+    """A header line without "name: ": a system line, or a name with an empty or "." body."""
+    if b.endswith(":") and len(b) > 1:
+        return clean_name(b[:-1]), ""  # an empty body ("Amazon EG:")
+    if b.endswith(":.") and len(b) > 2:
+        return clean_name(b[:-2]), "."  # the disappearing-message shape "Name:."
+    return None, b
+
+
+def _bad_dates(text: str, start: int, end: int, header: re.Pattern, bad: set, why: str) -> list[Unparsed]:
+    """Unparsed entries for the lines of every message whose date does not exist (rare: a second pass is fine)."""
+    view = "\n" + text[start:end]  # the main pass's view of the text: line k starts after the k-th newline
+    matches = list(header.finditer(view))
+    out = []
+    line_no, pos = 0, 0
+    for i, m in enumerate(matches):
+        if m.group(1) not in bad:
+            continue
+        line_no += view.count("\n", pos, m.start() + 1)
+        pos = m.start() + 1
+        stop = matches[i + 1].start() if i + 1 < len(matches) else len(view)
+        for k, line in enumerate(view[m.start() + 1:stop].split("\n")):
+            reason = f"the date {m.group(1)!r} {why}" if k == 0 else "continues an unparsed line"
+            out.append(Unparsed(line_no + k, line, reason))
+    return out
 
 
 def chat_name_from_filename(filename: str) -> str:
