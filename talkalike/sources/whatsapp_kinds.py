@@ -29,7 +29,7 @@ class _Tables:
     ampm_regex: str
     time_words: tuple
     filename_prefixes: tuple
-    flag_start: str  # regex lookahead: a first line that may be media or deleted by how it starts
+    flag_start: str  # regex lookahead: a first line that may be media or deleted by how it starts (not exact ones)
     flag_end: str  # regex lookbehinds: likewise by how it ends
 
 
@@ -77,9 +77,7 @@ def tables() -> _Tables:
         time_words=tuple(sorted({w for lang in langs for w in lang.get("time_words", [])}, key=len, reverse=True)),
         filename_prefixes=tuple(sorted(set(prefixes), key=len, reverse=True)),
         flag_start=_lookahead(_minimal({_literal_ends(p)[0] for p in hinted} - {"<"}, str.startswith)),
-        flag_end=_lookbehinds(_minimal({">", ")"} | {s.rsplit(" ", 1)[-1] for k in ("media_exact", "deleted_exact")
-                                                      for s in joined(k)} | {_literal_ends(p)[1] for p in hinted},
-                                       str.endswith)),
+        flag_end=_lookbehinds(_minimal({">", ")"} | {_literal_ends(p)[1] for p in hinted}, str.endswith)),
     )
 
 
