@@ -166,7 +166,9 @@ class Store:
                 counts.append(ImportCounts(name, added, len(parsed.messages) - added))
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            # A Ctrl-C that lands just after COMMIT returns finds the import complete: nothing to undo then.
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
         finally:
             if bar is not None:
@@ -292,6 +294,8 @@ def cmd_import(args) -> int:
                                  "import it without --chat to keep each chat's own name.")
         items.extend((file, parsed) for parsed in exports)
     # Only now, with every file read without error, is the store opened (and created on first use).
+    total = sum(len(parsed.messages) for _, parsed in items)
+    print(f"storing {total:,} entries from {len(args.files)} file(s) in one transaction", file=sys.stderr)
     with Store.open(resolve_home(args.home)) as store:
         counts = store.import_exports([(parsed, args.chat) for _, parsed in items], progress=True)
     for (file, parsed), count in zip(items, counts):

@@ -253,3 +253,37 @@ def test_import_says_which_day_month_order_it_chose_when_the_file_leaves_it_open
     code, out, _ = run(capsys, "--home", tmp_path, "import", ambiguous)
     assert code == 0
     assert re.search(r"^  note: .*--date-order", out, flags=re.M)
+
+
+def big_export(path: Path, n: int) -> None:
+    """An Android export of `n` distinct messages, big enough that storing it takes a noticeable moment."""
+    lines = [f"{1 + i // 1440 % 28:02d}/{1 + i // 40320 % 12:02d}/20{10 + i // 483840}, "
+             f"{i // 60 % 24:02d}:{i % 60:02d} - {'Dana' if i % 2 else 'Maya'}: message number {i} 🙂" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_ctrl_c_or_a_crash_during_a_real_import_leaves_the_store_as_it_was(tmp_path, capsys, signal_name):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "import", str(MAYA)]) == 0
+    capsys.readouterr()
+    big = tmp_path / "WhatsApp Chat with Big.txt"
+    big_export(big, 300_000)
+    process = subprocess.Popen([sys.executable, "-m", "talkalike", "--home", str(home), "import", str(big)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The import says on stderr when its transaction starts, after the slower reading and parsing.
+    assert process.stderr.readline().startswith("storing 300,000 entries")
+    process.send_signal(getattr(signal, signal_name))
+    out, err = process.communicate(timeout=120)
+    if signal_name == "SIGINT":
+        assert process.returncode == 130 and err.startswith("error: interrupted") and "Traceback" not in err
+    connection = sqlite3.connect(store_path(home))
+    assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert connection.execute("SELECT count(*) FROM messages").fetchone() == (MAYA_ENTRIES,)
+    assert connection.execute("SELECT name FROM chats").fetchall() == [("Maya",)]
+    connection.close()
