@@ -224,3 +224,12 @@ def test_an_unknown_or_unfitting_date_order_flag_is_a_clear_error():
 ])
 def test_the_chat_name_comes_from_the_export_file_name_in_any_language(filename, name):
     assert chat_name_from_filename(filename) == name
+
+
+def test_hebrew_twelve_hour_marks_and_arabic_indic_digits_are_read():
+    hebrew = "1.10.2026, 4:46 אחה״צ - דנה: שלום\n13.10.2026, 12:05 לפנה״צ - עדי: לילה\n"
+    assert [m.time for m in parse(hebrew, "x").messages] == [datetime(2026, 10, 1, 16, 46), datetime(2026, 10, 13, 0, 5)]
+    arabic = "[١٧/٠١/٢٠٢٣, ١٠:١٤:٠١ ص] محمد: مرحبا\n[١٧/٠١/٢٠٢٣, ١٠:١٥:٠١ م] سارة: أهلاً\n"
+    messages = parse(arabic, "x").messages
+    assert [m.time for m in messages] == [datetime(2023, 1, 17, 10, 14, 1), datetime(2023, 1, 17, 22, 15, 1)]
+    assert [m.sender for m in messages] == ["محمد", "سارة"]

@@ -152,12 +152,9 @@ class _Clock:
         self.ampm = dict(ampm)  # also remembers each raw spelling met
         self.days: dict[str, datetime | None] = {}
         self.times: dict[str, timedelta] = {}
-        self.first_over_12 = self.second_over_12 = False
 
     def day(self, s: str) -> datetime | None:
-        a, b, c = map(int, _NUMBER.findall(s))
-        self.first_over_12 |= a > 12
-        self.second_over_12 |= b > 12
+        a, b, c = map(int, _NUMBER.findall(s))  # \d also reads Arabic-Indic digits
         y, m, d = (a, b, c) if self.order == "ymd" else (c, b, a) if self.order == "dmy" else (c, a, b)
         if y < 100:
             y += 2000  # WhatsApp exists since 2009
@@ -440,7 +437,9 @@ STYLES = {
     "ios12": Style("[{m}/{d}/{y:02}, {h}:{M:02}:{S:02}\u202f{P}] ", "mdy", True, ios=True),
     "iso": Style("{Y}-{m:02}-{d:02} {H:02}:{M:02} - ", "ymd", False),  # sv-FI
     "legacy": Style("{d}/{m}/{y:02}, {H:02}:{M:02}:{S:02}: ", "dmy", True),
-    "klo": Style("{d}.{m}.{Y} klo {H}.{M:02}.{S:02} - ", "dmy", True),
+    "klo": Style("{d}.{m}.{Y} klo {H}.{M:02}.{S:02} - ", "dmy", True),  # fi
+    "plain": Style("{d}. {m}. {Y}. {H:02}:{M:02}:{S:02} ", "dmy", True),  # hr, sr: spaces in the date, no separator
+    "ios_ymd": Style("[{Y}/{m}/{d} {H:02}:{M:02}:{S:02}] ", "ymd", True, ios=True),  # zh, ja: year first, no comma
 }
 
 
