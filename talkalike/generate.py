@@ -146,8 +146,8 @@ class Twin:
         twin.prepare(dtype)
         return twin
 
-    def prepare(self, dtype: Any = None) -> None:
-        """Eval mode, decode dtype and thread count; call once after loading."""
+    def prepare(self, dtype: Any = None, gemv: bool = True) -> None:
+        """Eval mode, decode dtype, thread count and (on CPU) the single-token matrix-vector path; call once."""
         import torch
 
         self.model.eval()
@@ -156,6 +156,8 @@ class Twin:
             dtype = dtype or cpu_decode_dtype()
         if dtype is not None:
             self.model.to(dtype)
+        if self.device.type == "cpu" and gemv:
+            use_gemv(self.model)
 
     @property
     def cache_kwarg(self) -> str:
@@ -183,6 +185,35 @@ def load_twin(run: str | None, base: str | None, home: Path) -> Twin:
     if base:
         return Twin.from_base(base, home)
     raise TalkalikeError("name a run to talk to (e.g. `talkalike chat dana`), or a base model with --base MODEL")
+
+
+def _gemv_forward(self, x):
+    """nn.Linear.forward, but a single token goes through torch.mv: on CPU in bf16 it reads the weight at memory
+    speed, where F.linear's GEMM path is ~1.4x slower for one row (benchmarks/decode_cpu.py). Decode reads every
+    weight once per token, so this is most of the time per token."""
+    import torch
+
+    if x.numel() == x.shape[-1] and x.dtype == self.weight.dtype:
+        out = torch.mv(self.weight, x.reshape(-1))
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], out.shape[-1])
+    return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def use_gemv(model) -> int:
+    """Route the single-token forward of every plain nn.Linear (LM head, projections, LoRA's frozen base layers)
+    through torch.mv; returns how many layers. Weights and state_dict are untouched."""
+    import types
+
+    import torch
+
+    count = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:  # exactly Linear: LoRA wrappers and quantized layers keep their own
+            module.forward = types.MethodType(_gemv_forward, module)
+            count += 1
+    return count
 
 
 def normalize_history(history: list[dict]) -> list[dict]:

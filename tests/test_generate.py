@@ -221,3 +221,42 @@ def test_a_runs_generation_json_overrides_the_defaults_and_flags_override_both(t
     assert (tuned.temperature, tuned.top_p, tuned.repetition_penalty) == (0.8, 0.95, 1.025)
     flagged = with_overrides(tuned, temperature=0.3, top_p=None)
     assert (flagged.temperature, flagged.top_p) == (0.3, 0.95)
+
+
+@pytest.mark.slow
+def test_the_embedded_model_streams_a_reply_as_messages_and_stops(tmp_path, monkeypatch, capsys):
+    """End to end on the real embedded Gemma 3 270M: a run folder (an untrained adapter), the terminal chat
+    streaming a reply, and the reply ending by itself or at max_new_tokens without any markup shown."""
+    import io
+    import sys
+
+    from peft import LoraConfig, get_peft_model
+
+    from talkalike.cli import main
+    from talkalike.model import load_base, load_tokenizer
+
+    home = tmp_path / "home"
+    base = load_base(None, home)
+    run = home / "runs" / "emb"
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(run / "adapter")
+    load_tokenizer(None, home).save_pretrained(run / "tokenizer")
+    (run / "run.json").write_text(json.dumps({"base": base.talkalike_base, "layout": "chat", "persona": "Noa"}))
+    del base
+
+    twin = Twin.from_run(run, home)
+    assert twin.model.dtype in (torch.bfloat16, torch.float32) and twin.has_adapter
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"},
+               {"role": "user", "content": "how are you?"}]
+    config = GenerationConfig(temperature=0, max_new_tokens=30)
+    events = list(stream_reply(twin, history, config))
+    shown = "".join(e[1] for e in events if e[0] == "text")
+    assert shown.strip() and events[-1] == ("end_message",)
+    assert not any(mark in shown for mark in ("<end_of_turn>", "<start_of_turn>", "<|msg|>", "<eos>"))
+    assert len([e for e in events if e[0] == "text"]) > 1  # streamed, not delivered at the end
+    assert len(twin.tokenizer.encode(shown, add_special_tokens=False)) <= 30 + 2
+    assert reply(twin, history, config, use_adapter=False) == collect_messages(events)  # untrained adapter: same
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("how are you?\n/quit\n"))
+    assert main(["--home", str(home), "chat", "emb", "--temperature", "0", "--max-new-tokens", "20"]) == 0
+    assert capsys.readouterr().out.startswith("Noa: ")
+    assert "you: how are you?" in next((run / "chats").glob("*.txt")).read_text(encoding="utf-8")
