@@ -113,6 +113,7 @@ class Twin:
     run_dir: Path | None = None
     has_adapter: bool = False  # a PEFT adapter that `use_adapter=False` switches off, for base-vs-tuned
     defaults: GenerationConfig = field(default_factory=GenerationConfig)
+    _graph_decoder: Any = field(default=None, repr=False)  # built on the first CUDA reply
 
     @classmethod
     def from_run(cls, run_dir: Path, home: Path, dtype: Any = None) -> "Twin":
@@ -158,6 +159,14 @@ class Twin:
             self.model.to(dtype)
         if self.device.type == "cpu" and gemv:
             use_gemv(self.model)
+
+    def graph_decoder(self, length: int):
+        """The GPU decoder (talkalike/fastdecode.py) with a cache of at least `length` tokens; built once, reused."""
+        from talkalike.fastdecode import GraphDecoder
+
+        if self._graph_decoder is None or self._graph_decoder.max_cache_len < length:
+            self._graph_decoder = GraphDecoder(self.model, max_cache_len=max(length, self.defaults.max_context_tokens))
+        return self._graph_decoder
 
     @property
     def cache_kwarg(self) -> str:
@@ -367,14 +376,20 @@ def _generator(config: GenerationConfig, device):
     return torch.Generator(device=device).manual_seed(config.seed)
 
 
-def _token_stream(twin: Twin, prompt_ids: list[int], config: GenerationConfig, stops: set[int]) -> Iterator[int]:
+def _token_stream(twin: Twin, prompt_ids: list[int], config: GenerationConfig, stops: set[int],
+                  graphs: bool = True) -> Iterator[int]:
     """The persona's tokens one at a time, until a stop token or max_new_tokens: prefill once, then decode with a
-    KV cache. This is the one place a faster decoder would plug in (the GPU path, talkalike/fastdecode.py, on CUDA)."""
+    KV cache. On CUDA this is where the GPU path takes over (static cache + CUDA graphs, talkalike/fastdecode.py)."""
     import torch
     from transformers import DynamicCache
 
     model, device = twin.model, twin.device
     generator = _generator(config, device)
+    if graphs and device.type == "cuda":
+        decoder = twin.graph_decoder(len(prompt_ids) + config.max_new_tokens)
+        yield from decoder.tokens(prompt_ids, config.max_new_tokens,
+                                  lambda logits, seen: _sample(logits, seen, config, generator), stops)
+        return
     with torch.inference_mode():
         ids = torch.tensor([prompt_ids], device=device)
         seen = torch.zeros(1, model.config.vocab_size, dtype=torch.bool, device=device)
@@ -410,8 +425,10 @@ def stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | Non
     stops = stop_token_ids(twin)
     tokens: list[int] = []
     text = ""
+    # A captured CUDA graph would replay whichever adapter state it was captured with: the base path runs eagerly.
+    graphs = use_adapter or not twin.has_adapter
     with _adapter_switch(twin, use_adapter):
-        for token_id in _token_stream(twin, prompt_ids, config, stops):
+        for token_id in _token_stream(twin, prompt_ids, config, stops, graphs):
             tokens.append(token_id)
             # Decode the whole reply each step: byte-level tokens can split a character (an emoji, a Hebrew
             # letter); a trailing U+FFFD means "wait for the next token".
