@@ -195,6 +195,13 @@ def test_a_file_that_is_not_a_chat_export_is_one_error_line_exit_2_and_nothing_w
     assert not home.exists()  # not even the data folder was created
 
 
+def test_an_error_in_one_of_several_files_names_that_file(tmp_path, capsys):
+    other = tmp_path / "export.json"
+    other.write_text('{"name": "x", "messages": [', encoding="utf-8")
+    code, _, err = run(capsys, "--home", tmp_path, "import", MAYA, other)
+    assert code == 2 and err.startswith("error: export.json: this is not valid JSON")
+
+
 def test_a_zip_without_a_chat_file_is_an_error(tmp_path, capsys):
     archive = tmp_path / "photos.zip"
     with zipfile.ZipFile(archive, "w") as z:

@@ -29,7 +29,10 @@ def read_exports(path: str | Path, date_order: str | None = None) -> list[Parsed
         path = path / "result.json"  # Telegram Desktop's export folder
     elif path.is_dir():
         raise TalkalikeError(f"{path} is a folder; give the export file inside it (the .txt, .zip or result.json).")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise TalkalikeError(f"{path}: cannot read it ({error.strerror}).") from None
     if data.startswith(ZIP_MAGIC):
         member, data = _chat_member(path, data)
         name = whatsapp.chat_name_from_filename(path.name)
@@ -41,7 +44,10 @@ def read_exports(path: str | Path, date_order: str | None = None) -> list[Parsed
         label = path.name
     text = _decode(data, label)
     if text.lstrip().startswith("{"):  # iOS WhatsApp lines start with "[", so only an object means JSON
-        exports = telegram.parse_all(text, name, date_order)
+        try:
+            exports = telegram.parse_all(text, name, date_order)
+        except TalkalikeError as error:  # its sentences say "this export ..."; name the file
+            raise TalkalikeError(f"{label}: {error}") from None
     elif text.lstrip()[:200].lower().startswith(("<!doctype html", "<html")):
         raise TalkalikeError(f"{label} is an HTML page, perhaps Telegram's HTML export; export again with "
                              "Format: Machine-readable JSON and import result.json.")
