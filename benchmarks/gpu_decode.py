@@ -1,0 +1,142 @@
+"""Single-stream decode on one CUDA GPU for a 7B model in bf16: plain `generate` against talkalike's GraphDecoder.
+
+    python benchmarks/gpu_decode.py [--tokens 256] [--prompt 512]
+
+The model has Mistral-7B's shapes with random weights (a merged twin has the same shapes). The limit is the weight
+bytes read per token divided by the card's bandwidth, given both from the card's datasheet figure and from a
+device-to-device copy measured here. Prints a table and writes gpu_decode.json under $OUT.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DATASHEET_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
+
+
+def measured_bandwidth() -> float:
+    """Bytes read + written per second by a large device-to-device copy."""
+    src = torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 2 * src.numel() * 10 / (time.perf_counter() - t0)
+
+
+def build_model(layers: int = 32):
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    config = MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers,
+                           num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
+                           sliding_window=None)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+    return model.eval()
+
+
+def greedy(logits, seen):
+    return logits.argmax(dim=-1)
+
+
+def teacher_forced_agreement(model, decoder, prompt_ids: list[int], reference: list[int]) -> float:
+    """Share of positions where the graph step's argmax equals an eager full forward's, both fed `reference`.
+
+    With random weights the logits are nearly flat, so free-running greedy paths part ways after a bf16 rounding
+    difference; feeding both the same tokens compares the maths position by position instead.
+    """
+    forced = iter(reference)
+    picked = []
+
+    def follow(logits, seen):
+        picked.append(int(logits.argmax(dim=-1)))
+        return torch.tensor([next(forced, 0)], device=logits.device)
+
+    list(decoder.tokens(prompt_ids, len(reference) - 1, follow, stops=set()))
+    with torch.inference_mode():
+        full = torch.tensor([prompt_ids + reference], device="cuda")
+        eager = model(full).logits[0, len(prompt_ids) - 1 : -1].argmax(dim=-1).tolist()
+    return sum(a == b for a, b in zip(picked, eager)) / len(picked)
+
+
+def time_tokens(fn, n_tokens: int) -> tuple[float, list[int]]:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    tokens = fn()
+    torch.cuda.synchronize()
+    return len(tokens) / (time.perf_counter() - t0), tokens
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--prompt", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=32, help="fewer layers for a quick check of the mechanics")
+    parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu-decode"))
+    args = parser.parse_args()
+    from talkalike.fastdecode import GraphDecoder
+
+    name = torch.cuda.get_device_name()
+    card = next((k for k in DATASHEET_BANDWIDTH if k in name), name)
+    model = build_model(args.layers)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes -= model.model.embed_tokens.weight.numel() * 2  # decode reads one embedding row, not the table
+    bandwidth = measured_bandwidth()  # HBM traffic of a copy, read + write: what the memory system sustains
+    limit_datasheet = DATASHEET_BANDWIDTH.get(card, float("nan")) / weight_bytes
+    limit_measured = bandwidth / weight_bytes
+    prompt = torch.randint(1000, 32000, (1, args.prompt), device="cuda")
+    rows = []
+
+    def plain_generate(**kwargs):
+        with torch.inference_mode():
+            out = model.generate(prompt, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False,
+                                 pad_token_id=0, **kwargs)
+        return out[0, args.prompt:].tolist()
+
+    time_tokens(lambda: plain_generate()[:8], 8)  # warm-up
+    speed, reference = time_tokens(plain_generate, args.tokens)
+    rows.append({"variant": "generate (eager, dynamic cache)", "tok_s": speed})
+
+    ids = prompt[0].tolist()
+    for tune in (False, True):
+        torch._dynamo.reset()
+        decoder = GraphDecoder(model, max_cache_len=args.prompt + args.tokens + 16, tune_kernels=tune)
+        t0 = time.perf_counter()
+        list(decoder.tokens(ids, 16, greedy, stops=set()))  # compile + capture
+        compile_s = time.perf_counter() - t0
+        speed, ours = time_tokens(lambda: list(decoder.tokens(ids, args.tokens, greedy, stops=set())), args.tokens)
+        agree = teacher_forced_agreement(model, decoder, ids, reference)
+        label = "GraphDecoder, tuned kernels (default)" if tune else "GraphDecoder, untuned kernels"
+        rows.append({"variant": f"talkalike {label}", "tok_s": speed, "compile_s": compile_s,
+                     "argmax_agreement_teacher_forced": agree})
+
+    for row in rows:
+        row.update(card=name, weight_gb=weight_bytes / 1e9, limit_datasheet=limit_datasheet,
+                   limit_measured=limit_measured, measured_read_tb_s=bandwidth / 1e12,
+                   pct_of_datasheet_limit=row["tok_s"] / limit_datasheet)
+        print(json.dumps(row), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_decode.json").write_text(json.dumps(rows, indent=1))
+    print(f"\n{name}: {weight_bytes / 1e9:.1f} GB read per token; limit {limit_datasheet:.0f} tok/s (datasheet), "
+          f"{limit_measured:.0f} tok/s (measured {bandwidth / 1e12:.2f} TB/s read)")
+    print(f"{'variant':52} {'tok/s':>7} {'% of limit':>10}")
+    for row in rows:
+        print(f"{row['variant']:52} {row['tok_s']:7.1f} {row['pct_of_datasheet_limit']:10.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

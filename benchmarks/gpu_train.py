@@ -1,0 +1,291 @@
+"""QLoRA training throughput and memory on one CUDA GPU: the original recipe against talkalike's GPU path.
+
+Runs every variant in one process on the same card and prints a table (also written as JSON under --out):
+
+    python benchmarks/gpu_train.py --out /tmp/gpu-bench [--models mistral-7b,gemma-1b-256k] [--variants ...]
+
+Models are built from a config with random weights and quantized to NF4 in memory: nothing is downloaded, and
+writing a 7B checkpoint to disk would take longer than the benchmark. Samples have the per-turn token lengths of the
+bundled sample chat (benchmarks/data/chat_turn_tokens.json, made by benchmarks/chat_lengths.py), laid out as the
+dataset stage renders them (Gemma-style turn markers around each turn).
+
+Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical NF4 double-quant weights):
+- baseline: the original recipe exactly as its report shows it: transformers.Trainer, DataCollatorForLanguageModeling
+  with padding, batch 2 x accumulation 4, gradient checkpointing, paged_adamw_8bit, bf16; loss on every token.
+- ours: talkalike's default GPU training path (talkalike.train), with loss on every token too, so the maths is the
+  original's and the losses must agree.
+- ours-persona: the same path with its default loss on the persona's turns only (fewer trained tokens per sample).
+"""
+
+import argparse
+import gc
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DENSE_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+
+MODELS = {
+    # Mistral-7B v0.1 shapes, vocab 32k (the issue's architecture)
+    "mistral-7b": dict(
+        kind="mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768, rope_theta=10000.0,
+        sliding_window=None,
+    ),
+    # Gemma 3 1B shapes with Gemma's 262k-token vocabulary: the big-vocabulary case
+    "gemma-1b-256k": dict(
+        kind="gemma3_text", vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=256, max_position_embeddings=32768,
+        sliding_window=512,
+    ),
+}
+
+
+def card_name() -> str:
+    name = torch.cuda.get_device_name()
+    return next((key for key in DENSE_BF16_PEAK if key in name), name)
+
+
+def build_config(name: str):
+    from transformers import Gemma3TextConfig, MistralConfig
+
+    spec = dict(MODELS[name])
+    kind = spec.pop("kind")
+    config = MistralConfig(**spec) if kind == "mistral" else Gemma3TextConfig(**spec)
+    config.use_cache = False
+    return config
+
+
+def build_quantized_model(name: str, seed: int = 0):
+    """A random-weight model with every projection in NF4 (double quant, bf16 compute), built in GPU memory."""
+    import bitsandbytes as bnb
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    config = build_config(name)
+    torch.manual_seed(seed)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+    matmul_params = 0
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear):
+                continue
+            matmul_params += child.weight.numel()
+            if child_name == "lm_head":
+                continue
+            quantized = bnb.nn.Linear4bit(
+                child.in_features, child.out_features, bias=child.bias is not None,
+                compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4", device="cuda",
+            )
+            quantized.weight = bnb.nn.Params4bit(
+                child.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True
+            ).to("cuda")
+            setattr(parent, child_name, quantized)
+            del child
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    model.is_loaded_in_4bit = True  # what peft.prepare_model_for_kbit_training looks for
+    gc.collect()
+    torch.cuda.empty_cache()
+    return model, matmul_params
+
+
+def load_turn_lengths() -> list[list[tuple[str, int]]]:
+    """Per-sample turn token counts from the sample chat; else a documented synthetic stand-in."""
+    path = Path(__file__).resolve().parent / "data" / "chat_turn_tokens.json"
+    if path.is_file():
+        return [[(role, n) for role, n in sample] for sample in json.loads(path.read_text())]
+    rng = random.Random(0)
+    samples = []
+    for _ in range(2000):  # lognormal turns, median ~300 tokens a sample, as the issue's first look measured
+        turns = rng.randint(4, 16)
+        samples.append([("user" if i % 2 == 0 else "assistant", max(3, int(rng.lognormvariate(3.0, 0.8))))
+                        for i in range(turns)])
+    return samples
+
+
+def make_rows(vocab_size: int, n_samples: int, seed: int = 0) -> list[dict]:
+    """Token rows: input_ids plus the persona mask, with Gemma-like turn markers around each turn."""
+    rng = random.Random(seed)
+    lengths = load_turn_lengths()
+    bos, start, end, newline = 2, 105, 106, 107  # fixed ids standing in for <bos>, turn markers and "\n"
+    rows = []
+    for i in range(n_samples):
+        ids, mask = [bos], [0]
+        for role, n in lengths[i % len(lengths)]:
+            header = [start, 200 + (role == "assistant"), newline]
+            body = [rng.randrange(1000, vocab_size) for _ in range(n)] + [end, newline]
+            ids += header + body
+            mask += [0] * len(header) + [int(role == "assistant")] * len(body)
+        rows.append({"input_ids": ids[:4096], "mask": mask[:4096]})
+    return rows
+
+
+def peak_flops() -> float:
+    return DENSE_BF16_PEAK.get(card_name(), float("nan"))
+
+
+class StepTimer:
+    """Trainer callback: time and non-padding tokens of the optimizer steps after warm-up, and loss per step.
+
+    `tokens(state)` reads the running count of non-padding tokens trained so far."""
+
+    def __init__(self, tokens, warmup: int = 2):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                torch.cuda.synchronize()
+                outer.begin, outer.begin_tokens = time.perf_counter(), tokens(state)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                torch.cuda.synchronize()
+                if state.global_step > warmup:
+                    outer.seconds += time.perf_counter() - outer.begin
+                    outer.timed_tokens += tokens(state) - outer.begin_tokens
+                outer.tokens_at_step.append(tokens(state))
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    outer.losses.append(logs["loss"])
+
+        self.callback = _Callback()
+        self.seconds = 0.0
+        self.timed_tokens = 0
+        self.tokens_at_step: list[int] = []
+        self.losses: list[float] = []
+
+    def loss_after(self, tokens: int) -> float:
+        """The logged loss of the first step by which `tokens` tokens had been trained."""
+        for seen, loss in zip(self.tokens_at_step, self.losses):
+            if seen >= tokens:
+                return loss
+        return self.losses[-1] if self.losses else float("nan")
+
+    def result(self) -> dict:
+        return {"tokens_per_s": self.timed_tokens / self.seconds, "losses": self.losses,
+                "tokens_at_step": self.tokens_at_step, "trained_tokens": self.tokens_at_step[-1],
+                "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
+                "reserved_gb": torch.cuda.max_memory_reserved() / 2**30}
+
+
+def word_tokenizer(vocab_size: int):
+    """A tokenizer over the model's ids, for the collators' padding (the rows are already token ids)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
+                                   pad_token="t0", unk_token="t3", eos_token="t1")
+
+
+def run_baseline(model, rows: list[dict], steps: int, vocab_size: int) -> StepTimer:
+    """The original recipe: HF Trainer + PEFT, padding collator, 2 x 4, checkpointing, paged 8-bit AdamW."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    lora = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.07, bias="none", task_type="CAUSAL_LM",
+                      target_modules=TARGETS)
+    model = get_peft_model(model, lora)
+    timer = StepTimer(lambda state: state.num_input_tokens_seen)
+    args = TrainingArguments(
+        output_dir="/tmp/bench-baseline", per_device_train_batch_size=2, gradient_accumulation_steps=4,
+        gradient_checkpointing=True, optim="paged_adamw_8bit", bf16=True, learning_rate=2.5e-5, warmup_steps=2,
+        weight_decay=0.001, max_steps=steps, logging_steps=1, save_strategy="no", report_to=[],
+        dataloader_drop_last=True, remove_unused_columns=False, include_num_input_tokens_seen="non_padding",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=[{"input_ids": r["input_ids"]} for r in rows],
+                      data_collator=DataCollatorForLanguageModeling(word_tokenizer(vocab_size), mlm=False),
+                      callbacks=[timer.callback])
+    trainer.train()
+    return timer
+
+
+def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool) -> StepTimer:
+    """talkalike's GPU path (talkalike.train.make_trainer with the CUDA default recipe), on the same rows."""
+    from talkalike.recipe import resolve_recipe
+    from talkalike.train import make_trainer
+
+    recipe, _ = resolve_recipe(None, cuda=True, epochs=1.0, early_stopping_patience=0)
+    records = [{"input_ids": r["input_ids"],
+                "assistant_masks": [1] * len(r["mask"]) if all_turns else r["mask"]} for r in rows]
+    counts = {"tokens": 0, "trained_tokens": 0}
+    timer = StepTimer(lambda state: counts["tokens"])
+    trainer = make_trainer(model, word_tokenizer(vocab_size), records, [], recipe, Path("/tmp/bench-ours"),
+                           callbacks=[timer.callback], token_counts=counts)
+    trainer.args.save_strategy = "no"
+    trainer.train()
+    timer.trained = counts["trained_tokens"]
+    return timer
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu-bench"))
+    parser.add_argument("--models", default="mistral-7b,gemma-1b-256k")
+    parser.add_argument("--variants", default="baseline,ours,ours-persona")
+    parser.add_argument("--steps", type=int, default=12, help="baseline optimizer steps (8 samples each)")
+    parser.add_argument("--ours-factor", type=int, default=6, help="ours gets this many times the baseline's samples")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    baseline_tokens: dict[str, int] = {}
+    for model_name in args.models.split(","):
+        for variant in args.variants.split(","):
+            model, matmul_params = build_quantized_model(model_name)
+            vocab = model.config.vocab_size
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            try:
+                if variant == "baseline":
+                    timer = run_baseline(model, make_rows(vocab, 8 * args.steps), args.steps, vocab)
+                    baseline_tokens[model_name] = timer.tokens_at_step[-1]
+                    row = timer.result()
+                else:
+                    # Packed rows hold ~16k tokens per optimizer step: give ours enough samples for timed steps.
+                    timer = run_ours(model, make_rows(vocab, 8 * args.steps * args.ours_factor), vocab,
+                                     all_turns=(variant == "ours"))
+                    row = timer.result()
+                    row["persona_tokens"] = timer.trained
+                row["loss_at_baseline_tokens"] = timer.loss_after(baseline_tokens.get(model_name, 0))
+            except Exception as error:  # one variant failing must not lose the others' numbers
+                import traceback
+
+                traceback.print_exc()
+                row = {"error": f"{type(error).__name__}: {error}"}
+            row.update(model=model_name, variant=variant, wall_s=time.perf_counter() - t0,
+                       card=torch.cuda.get_device_name(), matmul_params=matmul_params)
+            if "tokens_per_s" in row:
+                row["mfu"] = row["tokens_per_s"] * 4 * matmul_params / peak_flops()
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            del model
+            gc.collect()
+            torch.cuda.empty_cache()
+    (out / "gpu_train.json").write_text(json.dumps(results, indent=1))
+    print(f"\n{'model':14} {'variant':13} {'tok/s':>9} {'MFU':>6} {'peak GB':>8} {'loss @ baseline tokens':>22}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['model']:14} {r['variant']:13} ERROR {r['error'][:90]}")
+            continue
+        print(f"{r['model']:14} {r['variant']:13} {r['tokens_per_s']:9.0f} {r['mfu']:6.1%} {r['peak_gb']:8.2f} "
+              f"{r['loss_at_baseline_tokens']:22.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
