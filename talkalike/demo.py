@@ -1,0 +1,67 @@
+"""`talkalike demo`: the whole pipeline on the bundled sample chat with the embedded model, offline.
+
+    talkalike demo            # import -> dataset -> train -> eval, then how to chat with the result
+    talkalike demo --quick    # fewer training steps and held-out turns, for a first look
+
+Each step is the command a user would type, run in-process, so the demo shows exactly what the manual describes.
+The sample chat (examples/) is synthetic: two invented people, Noa (the persona) and Daniel.
+"""
+
+import sys
+from pathlib import Path
+
+from talkalike.errors import TalkalikeError
+from talkalike.home import resolve_home, runs_dir
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "WhatsApp Chat with Noa.txt"
+PERSONA = "Noa"
+RUN = "noa-demo"
+QUICK_STEPS = 30  # enough optimizer steps for the style to move, in a couple of minutes
+QUICK_TURNS = 60  # held-out turns evaluated in --quick mode
+TURNS = 200  # held-out turns in the full demo: the whole eval split is ~250 persona turns
+
+
+def _step(title: str, argv: list[str]) -> None:
+    from talkalike.cli import main
+
+    print(f"\n== {title}: talkalike {' '.join(argv)}", file=sys.stderr, flush=True)
+    code = main(argv)
+    if code:
+        raise TalkalikeError(f"the demo stopped at `talkalike {' '.join(argv)}` (exit {code})")
+
+
+def cmd_demo(args) -> int:
+    """Run the pipeline on the sample chat and print the evaluation's headline numbers."""
+    if not SAMPLE.is_file():
+        raise TalkalikeError(f"the bundled sample chat is missing ({SAMPLE}); run the demo from a source checkout.")
+    home = resolve_home(args.home)
+    common = ["--home", str(home)]
+    dataset = home / "datasets" / "noa-demo"
+    _step("1/4 import the sample chat", common + ["import", str(SAMPLE)])
+    _step("2/4 build the training set with Noa as the persona", common + ["dataset", "--me", PERSONA, "--out", str(dataset)])
+    if (runs_dir(home) / RUN / "run.json").is_file():
+        print(f"\n== 3/4 train: run {RUN!r} already exists in {runs_dir(home)}; delete it to train again",
+              file=sys.stderr)
+    else:
+        train = ["train", str(dataset), "--name", RUN]
+        if args.quick:
+            train += ["--max-steps", str(QUICK_STEPS)]
+        _step("3/4 fine-tune the embedded Gemma 3 270M with LoRA", common + train)
+    limit = QUICK_TURNS if args.quick else TURNS
+    _step("4/4 evaluate tuned vs base on held-out conversations", common + ["eval", RUN, "--limit", str(limit)])
+    import json
+
+    from talkalike.evaluate import EVAL_FILE, headline_lines, mechanics_ok
+
+    result = json.loads((runs_dir(home) / RUN / EVAL_FILE).read_text())
+    failures = mechanics_ok(result)
+    print("\n== what the sample shows (held-out conversations, tuned vs its own base model)")
+    for line in headline_lines(result):
+        print(f"  {line}")
+    print("  the tuned twin beats the base on all three" if not failures else
+          "  not yet on every measure: " + "; ".join(failures))
+    print(f"\nThe twin is in {runs_dir(home) / RUN}. Talk to it:\n"
+          f"  talkalike chat {RUN}            # in the terminal (--compare shows the base model beside it)\n"
+          f"  talkalike serve {RUN}           # web chat, blind A/B test and an OpenAI-compatible API\n"
+          f"  open {runs_dir(home) / RUN / 'report.html'}")
+    return 0
