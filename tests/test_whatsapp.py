@@ -233,3 +233,17 @@ def test_hebrew_twelve_hour_marks_and_arabic_indic_digits_are_read():
     messages = parse(arabic, "x").messages
     assert [m.time for m in messages] == [datetime(2023, 1, 17, 10, 14, 1), datetime(2023, 1, 17, 22, 15, 1)]
     assert [m.sender for m in messages] == ["محمد", "سارة"]
+
+
+def test_exports_larger_than_one_chunk_parse_whole_across_chunk_boundaries():
+    from talkalike.message import Message
+
+    base = datetime(2021, 3, 14, 9, 0)
+    messages = [Message(base.replace(minute=i % 60, hour=9 + i % 12), ("Maya", "דנה", "Tom")[i % 3],
+                        f"line {i}: {'x' * (i % 50)}" + ("\nsecond line\n\nfourth" if i % 7 == 0 else ""), "text", False)
+                for i in range(40_000)]
+    text = whatsapp.render(messages, "android")
+    assert len(text) > 2 * whatsapp._CHUNK
+    parsed = parse("preamble line\n" * 200_000 + text, "x", date_order="dmy")  # the preamble alone spans chunks
+    assert parsed.messages == messages
+    assert len(parsed.unparsed) == 200_000 and parsed.unparsed[-1].line_no == 200_000
