@@ -118,15 +118,29 @@ class Twin:
     @classmethod
     def from_run(cls, run_dir: Path, home: Path, dtype: Any = None) -> "Twin":
         """A run folder's base model with its adapter, tokenizer, layout and tuned sampling defaults."""
-        from talkalike.model import load_run
+        import torch
+        from peft import PeftModel
+        from transformers import AutoTokenizer
 
-        model, tokenizer, run_info = load_run(Path(run_dir), home, adapter=True)
+        from talkalike.model import load_base
+
+        # model.load_run's steps, but the base loads straight into the decode dtype: on CPU that reads the
+        # weights once instead of loading fp32 and converting (about a second of `talkalike chat`'s cold start).
+        run_dir = Path(run_dir)
+        run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        quantized = bool(run_info.get("quantized")) and torch.cuda.is_available()
+        if dtype is None and not torch.cuda.is_available():
+            dtype = cpu_decode_dtype()
+        base = load_base(run_info["base"]["id"], home, quantize_4bit=quantized, dtype=dtype)
+        model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+        tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
         twin = cls(
             model=model,
             tokenizer=tokenizer,
             layout=run_info.get("layout", "chat"),
             name=Path(run_dir).name,
-            persona=run_info.get("persona") or run_info.get("me") or Path(run_dir).name,
+            # The persona's name as the dataset stage recorded it (dataset.json, copied into run.json).
+            persona=(run_info.get("dataset_info") or {}).get("persona") or run_info.get("persona") or run_dir.name,
             run_dir=Path(run_dir),
             has_adapter=True,
             defaults=load_generation_config(run_dir),

@@ -194,7 +194,7 @@ async def _generate(stream: Callable, twin: Twin, history: list[dict], config: G
 def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callable = stream_reply):
     """The FastAPI app: the chat page, its /api, and the OpenAI-compatible /v1 endpoints."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
@@ -215,20 +215,7 @@ def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callab
         return JSONResponse(ApiError(error.status_code, str(error.detail), type=kind).body(),
                             status_code=error.status_code)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if request.url.path.startswith(PROTECTED) and settings.api_key:
-            supplied = request.headers.get("authorization", "")
-            expected = f"Bearer {settings.api_key}"
-            if not hmac.compare_digest(supplied.encode(), expected.encode()):
-                return JSONResponse(ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                             type="authentication_error", code="invalid_api_key").body(),
-                                    status_code=401)
-        if request.method == "POST":
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-                return JSONResponse(_too_large(settings).body(), status_code=413)
-        return await call_next(request)
+    app.add_middleware(_Guard, settings=settings)
 
     async def read_json(request: Request) -> dict:
         body = b""
@@ -265,8 +252,7 @@ def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callab
         events = await _events(stream, twin, history, config, use_adapter, queue)
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body["model"]}
         if body.get("stream"):
-            return StreamingResponse(_openai_chunks(events, base), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return _stream(_openai_chunks(events, base))
         messages = collect_messages([event async for event in events])
         return base | {
             "object": "chat.completion",
@@ -286,8 +272,7 @@ def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callab
         use_adapter = pick_model(body.get("model"))
         history = parse_history(body.get("messages"), settings)
         events = await _events(stream, twin, history, twin.defaults, use_adapter, queue)
-        return StreamingResponse(_page_events(events), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return _stream(_page_events(events))
 
     @app.get("/")
     async def page():
@@ -296,6 +281,33 @@ def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callab
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _include_abtest(app, twin)
     return app
+
+
+class _Guard:
+    """The API key and the body-size limit, checked before any route runs. A plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware would hide a client's hang-up from a streaming reply, which then ran on for nobody."""
+
+    def __init__(self, app, settings: ServeSettings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send) -> None:
+        from fastapi.responses import JSONResponse
+
+        if scope["type"] == "http":
+            headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+            error = None
+            if scope["path"].startswith(PROTECTED) and self.settings.api_key:
+                expected = f"Bearer {self.settings.api_key}"
+                if not hmac.compare_digest(headers.get("authorization", "").encode(), expected.encode()):
+                    error = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                     type="authentication_error", code="invalid_api_key")
+            length = headers.get("content-length", "")
+            if error is None and length.isdigit() and int(length) > self.settings.max_body_bytes:
+                error = _too_large(self.settings)
+            if error is not None:
+                await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _include_abtest(app, twin: Twin) -> None:
@@ -315,29 +327,45 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+def _stream(body):
+    """An SSE response whose body is closed however the response ends, so the reply's generator releases the model
+    even if the client hangs up while a chunk is being sent."""
+    from fastapi.responses import StreamingResponse
+    from starlette.background import BackgroundTask
+
+    return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                             background=BackgroundTask(body.aclose))
+
+
 async def _openai_chunks(events, base: dict):
     """OpenAI's streaming shape: a role delta, content deltas (messages joined by "\\n"), a stop chunk, [DONE]."""
     def chunk(delta: dict, finish: str | None = None) -> str:
         return _sse(base | {"object": "chat.completion.chunk",
                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
-    yield chunk({"role": "assistant", "content": ""})
-    index, between = 0, False
-    async for event in events:
-        if event[0] == "text":
-            text = ("\n" if between else "") + event[1]
-            between = False
-            yield chunk({"content": text, "talkalike_message_index": index})
-        elif event[0] == "end_message":
-            index, between = index + 1, True
-    yield chunk({}, "stop")
-    yield _sse("[DONE]")
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        index, between = 0, False
+        async for event in events:
+            if event[0] == "text":
+                text = ("\n" if between else "") + event[1]
+                between = False
+                yield chunk({"content": text, "talkalike_message_index": index})
+            elif event[0] == "end_message":
+                index, between = index + 1, True
+        yield chunk({}, "stop")
+        yield _sse("[DONE]")
+    finally:
+        await events.aclose()
 
 
 async def _page_events(events):
-    async for event in events:
-        yield _sse({"text": event[1]} if event[0] == "text" else {"end_message": True})
-    yield _sse({"done": True})
+    try:
+        async for event in events:
+            yield _sse({"text": event[1]} if event[0] == "text" else {"end_message": True})
+        yield _sse({"done": True})
+    finally:
+        await events.aclose()
 
 
 def cmd_serve(args) -> int:

@@ -31,6 +31,7 @@ class FakeTwin:
     calls: list = field(default_factory=list)  # (history, config, use_adapter) per reply
     active: int = 0
     most_active: int = 0  # the most replies ever generated at the same time
+    completed: list = field(default_factory=list)  # per reply: True if it ran to the end, False if it was closed
 
 
 def fake_stream(twin: FakeTwin, history: list[dict], config: GenerationConfig, use_adapter: bool = True):
@@ -40,13 +41,16 @@ def fake_stream(twin: FakeTwin, history: list[dict], config: GenerationConfig, u
         raise TalkalikeError("the last message alone is 9999 tokens; send a shorter message")
     twin.active += 1
     twin.most_active = max(twin.most_active, twin.active)
+    done = False
     try:
         for message in twin.tuned if use_adapter else twin.base:
             for start in range(0, len(message), twin.chunk):
                 time.sleep(twin.delay)
                 yield ("text", message[start: start + twin.chunk])
             yield ("end_message",)
+        done = True
     finally:
+        twin.completed.append(done)
         twin.active -= 1
 
 

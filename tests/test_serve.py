@@ -3,6 +3,7 @@ models, streaming and not, the API-key rule, limits, bad requests and the one-at
 
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -184,3 +185,19 @@ def test_the_blind_ab_test_is_served_once_the_run_has_pairs(tmp_path):
     with live_server(create_app(twin, ServeSettings(), stream=fake_stream)) as url:
         assert httpx.get(f"{url}/ab").status_code == 200
         assert httpx.get(f"{url}/ab/next").status_code == 200
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_the_reply_and_frees_the_model():
+    twin = FakeTwin(delay=0.02, tuned=["a long reply " * 20] * 3)  # about 5 s of streaming
+    _, server = serve(twin, queue_timeout_s=3)
+    with server as url:
+        with httpx.stream("POST", f"{url}/v1/chat/completions",
+                          json={"model": "noa", "messages": HEY, "stream": True}) as response:
+            next(response.iter_lines())
+        started = time.monotonic()
+        while not twin.completed and time.monotonic() - started < 3:
+            time.sleep(0.02)
+        assert twin.completed == [False]  # closed early, not generated to the end for nobody
+        twin.delay = 0
+        assert client(url).chat.completions.create(model="noa", messages=HEY).choices[0].message.content
+    assert twin.active == 0
