@@ -49,6 +49,7 @@ class GGUFSummary:
     tensor_types: dict  # gguf name -> GGMLQuantizationType name
     vocab_size: int
     metadata: dict  # the scalar hyper-parameters written, by key
+    rounding: dict  # transformers parameter name -> GGMLQuantizationType name it was stored as
 
 
 def _ggml_type(kind: str):
@@ -99,6 +100,9 @@ def llama_cpp_mismatches(config) -> list[str]:
                            for i in range(config.num_hidden_layers)]
         if list(config.layer_types) != expected_layers:
             problems.append("layer_types differ from llama.cpp's fixed 5 sliding : 1 global pattern")
+        if config.num_hidden_layers < 6:
+            # Seen with llama.cpp (b6xxx, llama-cpp-python 0.3.16): a model with no global layer crashes on decode.
+            problems.append(f"{config.num_hidden_layers} layers, so no global-attention layer (llama.cpp needs one)")
         local = config.rope_parameters.get("sliding_attention", {})
         if local.get("rope_theta", 10000.0) != 10000.0 or local.get("rope_type", "default") != "default":
             problems.append(f"sliding-window rope {local} (llama.cpp uses theta 10000, no scaling)")
@@ -316,7 +320,8 @@ def _write_vocab(writer, vocab: dict, chat_template: str) -> None:
 
 
 def gguf_tensors(model, arch: str, permute_qk: bool, kind: str):
-    """(gguf name, numpy array, ggml type) for every weight llama.cpp needs, values transformed as it expects."""
+    """(transformers name, gguf name, numpy array, ggml type) for every weight llama.cpp needs, values transformed as
+    it expects."""
     import gguf
     import numpy as np
 
@@ -340,7 +345,7 @@ def gguf_tensors(model, arch: str, permute_qk: bool, kind: str):
         target = "f32" if data.ndim == 1 else kind
         if target == "q8_0" and data.shape[-1] % 32:
             target = "f16"
-        yield name, np.ascontiguousarray(data, dtype=np.float32), _ggml_type(target)
+        yield hf_name, name, np.ascontiguousarray(data, dtype=np.float32), _ggml_type(target)
 
 
 def write_gguf(model, tokenizer, chat_template: str, path: Path, kind: str = DEFAULT_GGUF_TYPE, *, name: str,
@@ -368,10 +373,10 @@ def write_gguf(model, tokenizer, chat_template: str, path: Path, kind: str = DEF
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     metadata = _hyperparameters(writer, config, arch, context_length or config.max_position_embeddings)
     _write_vocab(writer, vocab, chat_template)
-    shapes, types = {}, {}
-    for tensor_name, data, ggml_type in gguf_tensors(model, arch, permute_qk, kind):
+    shapes, types, rounding = {}, {}, {}
+    for hf_name, tensor_name, data, ggml_type in gguf_tensors(model, arch, permute_qk, kind):
         shapes[tensor_name] = tuple(data.shape)
-        types[tensor_name] = ggml_type.name
+        types[tensor_name] = rounding[hf_name] = ggml_type.name
         if ggml_type == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(tensor_name, data)
         elif ggml_type == gguf.GGMLQuantizationType.F16:
@@ -383,7 +388,23 @@ def write_gguf(model, tokenizer, chat_template: str, path: Path, kind: str = DEF
     writer.write_tensors_to_file()
     writer.close()
     return GGUFSummary(path=path, architecture=arch, tensors=shapes, tensor_types=types, vocab_size=rows,
-                       metadata=metadata)
+                       metadata=metadata, rounding=rounding)
+
+
+def round_like_gguf(model, rounding: dict) -> None:
+    """Pass `model`'s weights, in place, through the rounding each got in the GGUF (f16, bf16 or q8_0 and back)."""
+    import gguf
+    import torch
+
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            kind = rounding.get(name)
+            if kind is None or kind == "F32":
+                continue
+            ggml_type = gguf.GGMLQuantizationType[kind]
+            values = tensor.detach().to("cpu").float().numpy()
+            back = gguf.quants.dequantize(gguf.quants.quantize(values, ggml_type), ggml_type).reshape(values.shape)
+            tensor.copy_(torch.from_numpy(back).to(tensor.dtype))
 
 
 def _field(reader, key: str):

