@@ -188,8 +188,9 @@ def bnb_config():
     import torch
     from transformers import BitsAndBytesConfig
 
+    # bf16 storage containers (not uint8) let FSDP shard the 4-bit weights (FSDP-QLoRA); single-GPU runs don't mind
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+                              bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
 
 
 def load_base(base: str | None, home: Path | None, *, quantize_4bit: bool = False, dtype=None,
@@ -207,7 +208,9 @@ def load_base(base: str | None, home: Path | None, *, quantize_4bit: bool = Fals
             raise TalkalikeError("4-bit loading needs a CUDA GPU (bitsandbytes); train without --preset original "
                                  "or on a machine with a GPU.")
         kwargs["quantization_config"] = bnb_config()
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        # Under `accelerate launch` each process loads onto its own GPU (LOCAL_RANK); FSDP places weights itself.
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("true", "1"):
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))}
     model = _from_pretrained(AutoModelForCausalLM, target, info, **kwargs)
     model.talkalike_base = info  # run.json records where the weights came from
     return model

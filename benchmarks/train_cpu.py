@@ -1,0 +1,144 @@
+"""CPU training speed: talkalike's path against a plain transformers Trainer + PEFT run, side by side.
+
+    .venv/bin/python benchmarks/train_cpu.py                 # both variants on 32 sample-chat conversations
+    .venv/bin/python benchmarks/train_cpu.py --samples 64 --demo   # also time the demo's full training step
+
+Both variants train the embedded Gemma 3 270M with the same LoRA (the `default` preset's), the same learning rate and
+the same persona-only labels on the same conversations, one epoch, each in its own process (so peak memory is its own):
+- baseline: `transformers.Trainer`, batch 2 x accumulation 4 padded to the longest sample, gradient checkpointing (the
+  original recipe's shape), full-vocabulary logits and the model's own loss;
+- ours: `talkalike.train.make_trainer`: BFD packing with per-sample position ids, LM head only on labelled positions.
+Tokens/s counts real (non-padding) tokens. The final loss must agree within noise: a speed-up that changes the maths
+does not count. `--demo` runs `talkalike train` on the whole sample chat with the defaults and reports its wall time.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "WhatsApp Chat with Noa.txt"
+
+
+def build_dataset(home: Path) -> Path:
+    """The sample chat imported and turned into a dataset (persona Noa), cached under the bench home."""
+    from talkalike.cli import main
+
+    folder = home / "noa-ds"
+    if not (folder / "train.jsonl").is_file():
+        assert main(["--home", str(home), "import", str(SAMPLE)]) == 0
+        assert main(["--home", str(home), "dataset", "--me", "Noa", "--out", str(folder)]) == 0
+    return folder
+
+
+def records(home: Path, count: int) -> tuple[list[dict], object]:
+    """The first `count` training samples rendered for the embedded model, with persona masks."""
+    from talkalike.model import load_tokenizer
+    from talkalike.recipe import PRESETS
+    from talkalike.template import chat_template
+    from talkalike.train import read_dataset, render_rows
+
+    train_rows, _, _ = read_dataset(build_dataset(home))
+    tokenizer = load_tokenizer(None, home)
+    tokenizer.chat_template = chat_template(tokenizer, "chat")
+    rendered, _ = render_rows(train_rows[:count], tokenizer, "chat", False, PRESETS["default"].max_length)
+    return rendered, tokenizer
+
+
+def run_variant(variant: str, home: Path, count: int) -> dict:
+    """Train one epoch over the samples with one variant; returns its numbers."""
+    import resource
+    from dataclasses import replace
+
+    import torch
+    from talkalike.model import load_base
+    from talkalike.recipe import PRESETS
+    from talkalike.train import apply_lora, make_trainer
+
+    samples, tokenizer = records(home, count)
+    recipe = replace(PRESETS["default"], epochs=1.0, early_stopping_patience=0)
+    model = load_base(None, home)
+    tokens = sum(len(s["input_ids"]) for s in samples)
+    trained = sum(sum(s["assistant_masks"]) for s in samples)
+    out = Path(tempfile.mkdtemp(prefix=f"bench-{variant}-"))
+    if variant == "ours":
+        trainer = make_trainer(model, tokenizer, samples, [], recipe, out)
+    else:
+        from datasets import Dataset
+        from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+        rows = [{"input_ids": s["input_ids"], "attention_mask": [1] * len(s["input_ids"]),
+                 "labels": [t if m else -100 for t, m in zip(s["input_ids"], s["assistant_masks"])]} for s in samples]
+        args = TrainingArguments(
+            output_dir=str(out), num_train_epochs=1, per_device_train_batch_size=2, gradient_accumulation_steps=4,
+            gradient_checkpointing=variant == "baseline", learning_rate=recipe.learning_rate,
+            warmup_steps=recipe.warmup_steps, weight_decay=recipe.weight_decay, optim="adamw_torch",
+            logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=recipe.seed,
+            dataloader_pin_memory=False)
+        trainer = Trainer(model=apply_lora(model, recipe), args=args, train_dataset=Dataset.from_list(rows),
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    return {"variant": variant, "samples": len(samples), "tokens": tokens, "trained_tokens": trained,
+            "steps": trainer.state.global_step, "seconds": round(seconds, 1),
+            "tokens_per_s": round(tokens / seconds, 1), "trained_tokens_per_s": round(trained / seconds, 1),
+            "train_loss": round(result.training_loss, 4), "last_loss": round(losses[-1], 4) if losses else None,
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def run_demo(home: Path) -> dict:
+    """`talkalike train` on the whole sample chat with the defaults, timed end to end (model load included)."""
+    dataset = build_dataset(home)
+    name = f"bench-demo-{int(time.time())}"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "talkalike", "--home", str(home), "train", str(dataset), "--name", name],
+                   check=True)
+    seconds = time.perf_counter() - start
+    info = json.loads((home / "runs" / name / "run.json").read_text())
+    return {"variant": "demo train (full sample chat)", "seconds": round(seconds, 1), "steps": info["steps"],
+            "epochs": info["epochs_done"], "train_loss": info["train_loss"], "best_eval_loss": info["best_eval_loss"],
+            "tokens_trained": info["tokens_trained"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=32, help="conversations per variant")
+    parser.add_argument("--variants", default="baseline,ours", help="comma list of baseline, baseline-nockpt, ours")
+    parser.add_argument("--home", default=str(ROOT / ".bench" / "train-home"), help="cache of model and dataset")
+    parser.add_argument("--demo", action="store_true", help="also time the demo's whole training step")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
+    args = parser.parse_args()
+    home = Path(args.home)
+    home.mkdir(parents=True, exist_ok=True)
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, home, args.samples)))
+        return
+    build_dataset(home)
+    results = []
+    for variant in args.variants.split(","):
+        line = subprocess.run([sys.executable, __file__, "--variant", variant, "--samples", str(args.samples),
+                               "--home", str(home)], check=True, stdout=subprocess.PIPE, text=True).stdout
+        results.append(json.loads(line.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), file=sys.stderr)
+    base = next((r for r in results if r["variant"] == "baseline"), results[0])
+    print(f"machine: {os.cpu_count()} CPUs, torch threads default; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print("| variant | samples | tokens | steps | seconds | tokens/s | persona tokens/s | speed-up | train loss | peak RSS GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['variant']} | {r['samples']} | {r['tokens']} | {r['steps']} | {r['seconds']} | {r['tokens_per_s']} "
+              f"| {r['trained_tokens_per_s']} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | {r['train_loss']} "
+              f"| {r['peak_rss_gb']} |")
+    if args.demo:
+        print(json.dumps(run_demo(home)))
+
+
+if __name__ == "__main__":
+    main()
