@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from talkalike.errors import TalkalikeError
-from talkalike.template import BUBBLE_MARK, BUBBLE_SEP, render_prompt, stop_strings
+from talkalike.template import BUBBLE_MARK, BUBBLE_SEP, chat_template, render_prompt, stop_strings
 
 Event = tuple  # ("text", chunk) or ("end_message",)
 
@@ -344,6 +344,21 @@ class _Splitter:
             self.open = False
 
 
+def turn_stops(tokenizer, layout: str = "chat") -> list[str]:
+    """The text that ends the persona's turn: template.stop_strings, plus the opening of the other side's next turn
+    (a model that skips the end-of-turn marker and starts writing the other person's part has still finished)."""
+    stops = stop_strings(tokenizer, layout)
+    mine, theirs = "\u2063a\u2063", "\u2063b\u2063"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mine}, {"role": "user", "content": theirs}],
+        chat_template=chat_template(tokenizer, layout), tokenize=False)
+    between = text.split(mine, 1)[1].split(theirs, 1)[0]
+    for stop in stops:
+        between = between.replace(stop, "")
+    opener = between.strip()
+    return stops + [opener] if opener else stops
+
+
 def stop_token_ids(twin: Twin) -> set[int]:
     """Token ids that end the persona's turn: end-of-sequence and single-token stop strings (<end_of_turn>)."""
     tokenizer = twin.tokenizer
@@ -435,7 +450,7 @@ def stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | Non
     """The persona's next turn as events: ("text", chunk) while a message grows, ("end_message",) after each one."""
     config = config or twin.defaults
     prompt_ids = fit_prompt(twin, history, config)
-    splitter = _Splitter(stop_strings(twin.tokenizer, twin.layout))
+    splitter = _Splitter(turn_stops(twin.tokenizer, twin.layout))
     stops = stop_token_ids(twin)
     tokens: list[int] = []
     text = ""
@@ -492,7 +507,7 @@ def generate_batch(twin: Twin, histories: list[list[dict]], config: GenerationCo
     # Similar lengths together waste the least padding; results go back in the caller's order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[str]] = [[] for _ in prompts]
-    text_stops = stop_strings(twin.tokenizer, twin.layout)
+    text_stops = turn_stops(twin.tokenizer, twin.layout)
     stops = stop_token_ids(twin)
     with _adapter_switch(twin, use_adapter):
         for start in range(0, len(order), batch_size):

@@ -87,6 +87,11 @@ def test_the_end_of_sequence_token_also_ends_the_turn(tiny_model, tiny_tokenizer
     assert reply(twin, HELLO, GREEDY) == ["haha ok"]
 
 
+def test_a_model_that_starts_writing_the_other_persons_turn_has_ended_its_own(tiny_model, tiny_tokenizer):
+    twin = scripted_twin(tiny_model, tiny_tokenizer, "sure<start_of_turn>user\nwhat about you", [])
+    assert reply(twin, HELLO, GREEDY) == ["sure"]
+
+
 def test_a_reply_cut_by_max_new_tokens_never_shows_a_half_written_separator(tiny_model, tiny_tokenizer):
     text = "ok\n<|msg|>\nsure\n<|m"
     twin = scripted_twin(tiny_model, tiny_tokenizer, text + "sg|>\nlater", [])
