@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, TextIO
 
+from talkalike.errors import TalkalikeError
 from talkalike.generate import GenerationConfig, Twin, load_twin, stream_reply, with_overrides
 from talkalike.home import resolve_home
 
@@ -49,20 +50,26 @@ class Transcript:
 
 def _print_reply(twin: Twin, history: list[dict], config: GenerationConfig, use_adapter: bool, label: str,
                  out: TextIO, stream: Callable) -> list[str]:
-    """Stream one turn to `out`, one line per message; returns the messages."""
+    """Stream one turn to `out`, one line per message; returns the messages. Ctrl-C stops the reply early."""
     messages, current = [], ""
-    for event in stream(twin, history, config, use_adapter=use_adapter):
-        if event[0] == "text":
-            if not current:
-                out.write(f"{label}: ")
-            current += event[1]
-            out.write(event[1])
-            out.flush()
-        elif event[0] == "end_message":
+    try:
+        for event in stream(twin, history, config, use_adapter=use_adapter):
+            if event[0] == "text":
+                if not current:
+                    out.write(f"{label}: ")
+                current += event[1]
+                out.write(event[1])
+                out.flush()
+            elif event[0] == "end_message":
+                out.write("\n")
+                out.flush()
+                messages.append(current)
+                current = ""
+    except KeyboardInterrupt:
+        if current:
             out.write("\n")
-            out.flush()
             messages.append(current)
-            current = ""
+        print("(stopped)", file=sys.stderr)
     if not messages:
         out.write(f"{label}: (no reply)\n")
         out.flush()
@@ -71,37 +78,45 @@ def _print_reply(twin: Twin, history: list[dict], config: GenerationConfig, use_
 
 def run_chat(twin: Twin, config: GenerationConfig, lines: Callable[[], str | None], out: TextIO,
              transcript: Transcript, compare: bool = False, stream: Callable = stream_reply) -> None:
-    """The chat loop: read a line, stream the persona's messages, until /quit or the end of input."""
+    """The chat loop: read a line, stream the persona's messages, until /quit or the end of input; the transcript
+    is saved however the loop ends."""
     history: list[dict] = []
-    while True:
-        line = lines()
-        if line is None or line.strip() == "/quit":
-            break
-        text = line.strip()
-        if not text:
-            continue
-        if text == "/reset":
-            history = []
-            transcript.add("--- /reset ---")
-            print("(conversation forgotten)", file=sys.stderr)
-            continue
-        if text == "/save":
-            print(f"(transcript saved to {transcript.save()})", file=sys.stderr)
-            continue
-        if text.startswith("/"):
-            print(f"(unknown command {text.split()[0]}; {COMMANDS})", file=sys.stderr)
-            continue
-        history.append({"role": "user", "content": text})
-        transcript.add(f"{YOU}: {text}")
-        messages = _print_reply(twin, history, config, True, twin.persona, out, stream)
-        transcript.lines += [f"{twin.persona}: {m}" for m in messages]
-        if compare:
-            # Same history, adapter off; only the tuned reply goes on into the conversation.
-            base_label = f"{twin.persona} (base)"
-            base_messages = _print_reply(twin, history, config, False, base_label, out, stream)
-            transcript.lines += [f"{base_label}: {m}" for m in base_messages]
-        history += [{"role": "assistant", "content": m} for m in messages]
-    transcript.save()
+    try:
+        while True:
+            line = lines()
+            if line is None or line.strip() == "/quit":
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if text == "/reset":
+                history = []
+                transcript.add("--- /reset ---")
+                print("(conversation forgotten)", file=sys.stderr)
+                continue
+            if text == "/save":
+                print(f"(transcript saved to {transcript.save()})", file=sys.stderr)
+                continue
+            if text.startswith("/"):
+                print(f"(unknown command {text.split()[0]}; {COMMANDS})", file=sys.stderr)
+                continue
+            history.append({"role": "user", "content": text})
+            try:
+                messages = _print_reply(twin, history, config, True, twin.persona, out, stream)
+            except TalkalikeError as error:  # e.g. a message longer than the context window: say so, go on
+                history.pop()
+                print(f"error: {error}", file=sys.stderr)
+                continue
+            transcript.add(f"{YOU}: {text}")
+            transcript.lines += [f"{twin.persona}: {m}" for m in messages]
+            if compare:
+                # Same history, adapter off; only the tuned reply goes on into the conversation.
+                base_label = f"{twin.persona} (base)"
+                base_messages = _print_reply(twin, history, config, False, base_label, out, stream)
+                transcript.lines += [f"{base_label}: {m}" for m in base_messages]
+            history += [{"role": "assistant", "content": m} for m in messages]
+    finally:
+        transcript.save()
 
 
 def _reader(stdin: TextIO) -> Callable[[], str | None]:
@@ -125,8 +140,6 @@ def cmd_chat(args) -> int:
     home = resolve_home(args.home)
     twin = load_twin(args.run, args.base, home)
     if args.compare and not twin.has_adapter:
-        from talkalike.errors import TalkalikeError
-
         raise TalkalikeError("--compare needs a run (the base reply is the run's model with its adapter off)")
     config = with_overrides(twin.defaults, temperature=args.temperature, repetition_penalty=args.repetition_penalty,
                             top_p=args.top_p, max_new_tokens=args.max_new_tokens)

@@ -119,3 +119,23 @@ def test_chat_with_a_tiny_base_model_streams_and_stops(tmp_path, tiny_model_dir,
     assert shown.startswith(f"{tiny_model_dir.name}: ")
     (log,) = (tmp_path / "chats").glob("*.txt")
     assert "you: hey" in log.read_text(encoding="utf-8")
+
+
+def test_a_message_the_model_cannot_take_is_an_error_line_and_the_chat_goes_on(tmp_path, capsys):
+    twin, shown, log = chat_once(tmp_path, "too long", "hey")
+    assert "shorter message" in capsys.readouterr().err
+    assert shown.splitlines() == [f"Noa: {m}" for m in TUNED]
+    assert twin.calls[1][0] == [{"role": "user", "content": "hey"}]  # the refused message left no trace
+    assert "too long" not in log
+
+
+def test_the_transcript_is_saved_even_when_the_session_is_interrupted(tmp_path):
+    def lines():
+        yield "hey"
+        raise KeyboardInterrupt
+
+    feed = lines()
+    transcript = Transcript(tmp_path / "chats", "noa")
+    with pytest.raises(KeyboardInterrupt):
+        run_chat(FakeTwin(), GenerationConfig(), lambda: next(feed), io.StringIO(), transcript, stream=fake_stream)
+    assert "Noa: sure" in transcript.path.read_text(encoding="utf-8")
