@@ -24,7 +24,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from functools import lru_cache
-from itertools import repeat
+from itertools import count, repeat
+from operator import add
 from pathlib import PurePath
 
 from talkalike.errors import TalkalikeError
@@ -150,8 +151,8 @@ class _Clock:
     def __init__(self, order: str, ampm: dict):
         self.order = order
         self.ampm = dict(ampm)  # also remembers each raw spelling met
-        self.days: dict[str, datetime | None] = {}
-        self.times: dict[str, timedelta] = {}
+        self.days: dict[str, datetime | None] = _Memo(self.day)
+        self.times: dict[str, timedelta] = _Memo(self.time)
 
     def day(self, s: str) -> datetime | None:
         a, b, c = map(int, _NUMBER.findall(s))  # \d also reads Arabic-Indic digits
@@ -159,11 +160,9 @@ class _Clock:
         if y < 100:
             y += 2000  # WhatsApp exists since 2009
         try:
-            value = datetime(y, m, d)
+            return datetime(y, m, d)
         except ValueError:
-            value = None
-        self.days[s] = value
-        return value
+            return None
 
     def time(self, s: str) -> timedelta:
         hh, mm, ss, suffix = _TIME.match(s).groups()
@@ -177,8 +176,7 @@ class _Clock:
                 h = offset  # 12 AM is midnight, 12 PM noon
             elif h < 12:
                 h += offset  # an impossible "13:37 p.m." keeps its 13
-        value = self.times[s] = timedelta(0, h * 3600 + mi * 60 + sec)
-        return value
+        return timedelta(0, h * 3600 + mi * 60 + sec)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -266,15 +264,32 @@ def _parse(text: str, start: int, end: int, name: str, date_order: str | None) -
 
 
 _CHUNK = 1 << 20  # characters split at once: big enough to amortise, small enough to keep the peak memory flat
+_SUSPECT = object()  # the names memo's answer for an author field that may be a system line's first words
+
+
+class _Memo(dict):
+    """A dict that computes each missing value once; map() over its __getitem__ then runs in C."""
+
+    def __init__(self, compute):
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, key):
+        value = self[key] = self.compute(key)
+        return value
+
+
+def _name(raw: str | None) -> object:
+    if raw is None:
+        return None
+    return _SUSPECT if _suspicious(raw) else clean_name(raw)
 
 
 def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
                 marked: bool) -> tuple[list[Message], list[Unparsed], "_Clock"]:
     """One pass over text[start:end]; `marked`: the file opens system bodies with U+200E, so only those can be system."""
-    t = tables()
-    clock = _Clock(order, t.ampm)
-    days, times, names = clock.days, clock.times, {}
-    exact_get = t.exact.get
+    clock = _Clock(order, tables().ampm)
+    names = _Memo(_name)
     check_all = shape.close == "]" and not marked  # an old iOS export: any authored body may be a system line
     messages: list[Message] = []
     bad: set[str] = set()  # date strings that do not exist under `order`
@@ -292,52 +307,11 @@ def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
             stop = m.start() if m else end
         # Each header is preceded by "\n"; so is the very first line, for the split's sake.
         parts = split("\n" + text[pos:stop] if pos == start else text[pos:stop])
-        it = iter(parts)
-        pre = next(it)
         if not seen:
-            head.append(pre[1:] if pos == start else pre)
+            head.append(parts[0][1:] if pos == start else parts[0])
             seen = len(parts) > 1
-        rows: list[tuple] = []
-        append = rows.append
-        # split yields, per header: date, time, author (None without one), a flag on how the first line starts,
-        # the first line, a flag on how it ends (a flag is None when plain), and the continuation lines
-        for d, tm, raw, flag_start, b, flag_end, cont in zip(it, it, it, it, it, it, it):
-            try:
-                day = days[d]
-            except KeyError:
-                day = clock.day(d)
-            delta = times.get(tm)  # not try/except: with seconds, a tenth of the lines may miss, and raising is slow
-            if delta is None:
-                delta = clock.time(tm)
-            if raw:
-                try:
-                    sender = names[raw]
-                except KeyError:
-                    sender, b = _author(raw, b, names)
-            else:
-                sender, b = _no_author(b)
-            body = b + cont
-            stripped = body.strip(MARKS)
-            kind = exact_get(stripped)
-            if kind is not None:
-                edited = False
-                if kind == "system":
-                    sender = None
-            elif (flag_end is not None or flag_start is not None or sender is None or stripped is not body or check_all
-                    or "maps.google" in body or cont and cont.endswith(">")):
-                opened = stripped is not body and body[0] in MARKS
-                stripped, edited = _unedit(stripped)
-                kind = exact_get(stripped) or classify(stripped, sender is not None, opened)
-                if kind == "system":
-                    sender = None  # the same event reads the same from Android (no author) and iOS (group or actor)
-            else:
-                kind, edited = "text", False
-            if day is None:
-                bad.add(d)
-            else:
-                append((day + delta, sender, stripped, kind, edited))
-        if rows:
-            messages += _messages(rows)
+        if len(parts) > 1:
+            messages += _entries(parts, clock, names, check_all, bad)
         pos = stop
     if not seen:
         raise _NoHeader
@@ -350,28 +324,72 @@ def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
     return messages, unparsed, clock
 
 
+def _entries(parts: list, clock: "_Clock", names: _Memo, check_all: bool, bad: set) -> list[Message]:
+    """The messages of one split chunk, column by column: most steps are map() calls that run in C."""
+    # split yields, per header: date, time, author (None without one), a flag on how the first line starts, the first
+    # line, a flag on how it ends (a flag is None when the line is plain), and the continuation lines
+    dates, clocks, raws, starts, firsts, ends, conts = (parts[i::7] for i in range(1, 8))
+    n = len(dates)
+    exact_get = tables().exact.get
+    days = list(map(clock.days.__getitem__, dates))
+    deltas = list(map(clock.times.__getitem__, clocks))
+    senders = list(map(names.__getitem__, raws))
+    bodies = list(map(add, firsts, conts))
+    texts = list(map(str.strip, bodies, repeat(MARKS, n)))
+    exact = list(map(exact_get, texts))
+    kinds, edited = ["text"] * n, [False] * n
+    # Only these entries need a closer look; plain text (nine in ten) is done.
+    suspect = _SUSPECT
+    closer = range(n) if check_all else [
+        i for i, fs, fe, s, tx, bo, ex in zip(count(), starts, ends, senders, texts, bodies, exact)
+        if fs is not None or fe is not None or ex is not None or tx is not bo or s is None or s is suspect
+        or "maps.google" in bo or bo[-1:] == ">"]
+    for i in closer:
+        sender, text, raw = senders[i], texts[i], raws[i]
+        if exact[i] is not None and sender is not None and sender is not suspect and text is bodies[i]:
+            kinds[i] = exact[i]
+            if exact[i] == "system":
+                senders[i] = None
+            continue
+        b = firsts[i]
+        if raw is None:
+            sender, b = _no_author(b)
+        elif sender is suspect:
+            sender, b = _author(raw, b)
+        body = b + conts[i]
+        text = body.strip(MARKS)
+        opened = text is not body and body[0] in MARKS
+        text, edited[i] = _unedit(text)
+        kind = exact_get(text) or classify(text, sender is not None, opened)
+        senders[i], texts[i], kinds[i] = (None if kind == "system" else sender), text, kind
+    if None in days:  # dates that do not exist under the chosen order: reported as unparsed lines
+        keep = [i for i, day in enumerate(days) if day is not None]
+        bad.update(dates[i] for i, day in enumerate(days) if day is None)
+        days, deltas, senders, texts, kinds, edited = ([col[i] for i in keep]
+                                                       for col in (days, deltas, senders, texts, kinds, edited))
+    return _messages(list(map(add, days, deltas)), senders, texts, kinds, edited)
+
+
 # Message(...) called a million times is a third of the parse; object.__new__ plus the slot setters, driven by map()
 # in C, build the very same frozen objects at a fraction of the cost. It relies on Message having no __post_init__.
 assert not hasattr(Message, "__post_init__")
+assert [f.name for f in fields(Message)] == ["time", "sender", "text", "kind", "edited"]
 _SETTERS = tuple(getattr(Message, f.name).__set__ for f in fields(Message))
 
 
-def _messages(rows: list[tuple]) -> list[Message]:
-    """Message objects from (time, sender, text, kind, edited) rows, equal to calling Message(*row) on each."""
-    objs = list(map(object.__new__, repeat(Message, len(rows))))
-    for setter, column in zip(_SETTERS, zip(*rows)):
+def _messages(*columns: list) -> list[Message]:
+    """Message objects from columns (time, sender, text, kind, edited), equal to Message(*row) for each row."""
+    objs = list(map(object.__new__, repeat(Message, len(columns[0]))))
+    for setter, column in zip(_SETTERS, columns):
         deque(map(setter, objs, column), maxlen=0)
     return objs
 
 
-def _author(raw: str, b: str, names: dict) -> tuple[str | None, str]:
-    """The sender for a raw author field met for the first time (or a suspicious one, every time)."""
-    if _suspicious(raw):
-        if _system_line(raw, b):
-            return None, raw + ": " + b  # an author-less notice with ": " in it
-        return clean_name(raw), b  # not cached: the next line from this "name" is checked again
-    name = names[raw] = clean_name(raw)
-    return name, b
+def _author(raw: str, b: str) -> tuple[str | None, str]:
+    """A suspicious author field: the first words of an author-less notice with ": " in it, or a long name."""
+    if _system_line(raw, b):
+        return None, raw + ": " + b
+    return clean_name(raw), b
 
 
 def _no_author(b: str) -> tuple[str | None, str]:
