@@ -36,6 +36,7 @@ from talkalike.sources.whatsapp_kinds import (MARKS, _S, _norm_ampm, _suspicious
 _MC = "\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff"  # MARKS as a regex class body
 _SAMPLE_CHARS = 150_000  # detection reads this much from the head (and a quarter of it from the tail): ~2000 lines
 ORDERS = {"dmy": "d/m/y", "mdy": "m/d/y", "ymd": "y/m/d"}
+_VISIBLE = re.compile(r"\S")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -109,12 +110,13 @@ def _detect(text: str) -> tuple[Shape, list[tuple[int, int, int]], int, bool]:
         dates.setdefault(key, []).append((int(d1), int(d2), int(d3)))
     if not votes:
         raise _NoHeader
-    key, count = votes.most_common(1)[0]
-    return Shape(*key), dates[key], sum(votes.values()) - count, marked
+    key, majority = votes.most_common(1)[0]
+    return Shape(*key), dates[key], sum(votes.values()) - majority, marked
 
 
 def _header_regex(shape: Shape, leading_newline: bool) -> re.Pattern:
-    """One regex for the file's headers: groups date, time, author (None when there is none) and the first line."""
+    """One regex for the file's headers. Groups: date, time, author (None when there is none), a start flag, the first
+    line, an end flag (see `_entries`)."""
     ds, ts = re.escape(shape.date_sep), re.escape(shape.time_sep)
     if shape.year_first:
         date = rf"\d{{4}}{ds}{_S}?\d{{1,2}}{ds}{_S}?\d{{1,2}}"
@@ -209,7 +211,7 @@ def parse(text: str, name: str, date_order: str | None = None) -> ParsedExport:
     # Offsets instead of slices: a copy of a large export would double the peak memory.
     start = 1 if text.startswith("\ufeff") else 0
     end = len(text) - 1 if text.endswith("\n") else len(text)  # the final newline ends the last line
-    if end <= start or text.isspace() or text[start:].isspace():
+    if _VISIBLE.search(text, start, end) is None:
         raise TalkalikeError(f"{name} is empty; export the chat again with 'Export chat' and give that file.")
     collecting = gc.isenabled()
     gc.disable()  # a million new messages hold no reference cycles; the collector would only rescan them, again and again
