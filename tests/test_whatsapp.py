@@ -247,3 +247,10 @@ def test_exports_larger_than_one_chunk_parse_whole_across_chunk_boundaries():
     parsed = parse("preamble line\n" * 200_000 + text, "x", date_order="dmy")  # the preamble alone spans chunks
     assert parsed.messages == messages
     assert len(parsed.unparsed) == 200_000 and parsed.unparsed[-1].line_no == 200_000
+
+
+def test_every_header_grammar_listed_in_the_locale_data_parses_its_example():
+    grammars = json.loads((Path(whatsapp.__file__).parents[1] / "data" / "whatsapp_locales.json").read_text())
+    for grammar in grammars["header_grammars"]:
+        (m,) = parse(grammar["example"] + "\n", "x").messages
+        assert (m.sender, m.text, m.kind) == ("Maya", "hi", "text"), grammar["name"]
