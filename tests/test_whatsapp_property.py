@@ -75,3 +75,20 @@ def test_without_the_flag_the_inferred_order_is_right_whenever_the_dates_decide_
     decisive = order == "ymd" or any(m.time.day > 12 and m.time.day != m.time.month for m in messages)
     assume(decisive)
     assert parse(render(messages, style), "x").messages == messages
+
+
+header_bits = st.sampled_from(["12/01/2024, 09:00 - ", "[12/01/2024, 09:00:00] ", "\u200e", "Ann: ", ": ", "\n", "\r\n",
+                               "31/02/2024, 09:00 - ", "1/2/24, 9:00\u202fPM - ", "<Media omitted>", " <This message was edited>",
+                               "\ufeff", "~\u202f", "2024/12/01 ", "klo ", "POLL:", "x", "דנה", "😂"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(header_bits, max_size=30).map("".join))
+def test_any_text_either_parses_with_every_line_accounted_for_or_gets_a_clear_error(text):
+    try:
+        parsed = parse(text, "x")
+    except whatsapp.TalkalikeError as err:
+        assert str(err) and "\n" not in str(err)
+        return
+    lines = text.replace("\r\n", "\n").removeprefix("\ufeff").removesuffix("\n").split("\n")
+    assert sum(m.text.count("\n") + 1 for m in parsed.messages) + len(parsed.unparsed) == len(lines)

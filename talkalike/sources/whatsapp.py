@@ -297,7 +297,7 @@ def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
     bad: set[str] = set()  # date strings that do not exist under `order`
     header = _header_regex(shape, leading_newline=True)
     split, search = header.split, header.search
-    head: list[str] = []  # the text before the first header
+    head: list[str] = []  # "\n" + the lines before the first header, or nothing when the text opens with a header
     seen = False
     pos = start
     while pos < end:
@@ -310,7 +310,7 @@ def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
         # Each header is preceded by "\n"; so is the very first line, for the split's sake.
         parts = split("\n" + text[pos:stop] if pos == start else text[pos:stop])
         if not seen:
-            head.append(parts[0][1:] if pos == start else parts[0])
+            head.append(parts[0])
             seen = len(parts) > 1
         if len(parts) > 1:
             messages += _entries(parts, clock, names, check_all, bad)
@@ -319,7 +319,7 @@ def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
         raise _NoHeader
     head_text = "".join(head)
     unparsed = [Unparsed(no, line, "before the first message header")
-                for no, line in enumerate(head_text.split("\n"), 1)] if head_text else []
+                for no, line in enumerate(head_text[1:].split("\n"), 1)] if head_text else []
     if bad:
         unparsed += _bad_dates(text, start, end, header, bad, f"does not exist read as {ORDERS[order]}")
         unparsed.sort(key=lambda u: u.line_no)
