@@ -176,6 +176,7 @@ class StepTimer:
 
     def result(self) -> dict:
         return {"tokens_per_s": self.timed_tokens / self.seconds, "losses": self.losses,
+                "first_step_loss": self.losses[0] if self.losses else float("nan"),
                 "tokens_at_step": self.tokens_at_step, "trained_tokens": self.tokens_at_step[-1],
                 "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
                 "reserved_gb": torch.cuda.max_memory_reserved() / 2**30}
@@ -277,13 +278,14 @@ def main() -> int:
             gc.collect()
             torch.cuda.empty_cache()
     (out / "gpu_train.json").write_text(json.dumps(results, indent=1))
-    print(f"\n{'model':14} {'variant':13} {'tok/s':>9} {'MFU':>6} {'peak GB':>8} {'loss @ baseline tokens':>22}")
+    print(f"\n{'model':14} {'variant':13} {'tok/s':>9} {'MFU':>6} {'peak GB':>8} {'first-step loss':>15} "
+          f"{'loss @ baseline tokens':>22}")
     for r in results:
         if "error" in r:
             print(f"{r['model']:14} {r['variant']:13} ERROR {r['error'][:90]}")
             continue
         print(f"{r['model']:14} {r['variant']:13} {r['tokens_per_s']:9.0f} {r['mfu']:6.1%} {r['peak_gb']:8.2f} "
-              f"{r['loss_at_baseline_tokens']:22.3f}")
+              f"{r['first_step_loss']:15.3f} {r['loss_at_baseline_tokens']:22.3f}")
     return 0
 
 

@@ -15,6 +15,7 @@ Three details make it work:
 `generate`. Run that benchmark on a GPU machine: `python benchmarks/gpu_decode.py`.
 """
 
+import copy
 from collections.abc import Callable, Iterator
 
 
@@ -35,7 +36,12 @@ class GraphDecoder:
         assert next(model.parameters()).is_cuda, "GraphDecoder needs the model on a CUDA device"
         self.model = model
         self.max_cache_len = max_cache_len
-        self.cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
+        # Every layer gets a full-length static cache, sliding-window layers included: a sliding cache layer keeps a
+        # Python-side fill counter that changes every token, which makes torch.compile recompile each step. The
+        # attention masks still apply the model's own sliding window.
+        cache_config = copy.deepcopy(model.config.get_text_config(decoder=True))
+        cache_config.layer_types = ["full_attention"] * cache_config.num_hidden_layers
+        self.cache = StaticCache(config=cache_config, max_cache_len=max_cache_len)
         self._step = torch.compile(self._forward, mode="reduce-overhead", fullgraph=True, dynamic=False)
 
     def _forward(self, input_ids, cache_position):

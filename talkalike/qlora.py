@@ -53,8 +53,10 @@ def head_loss_sum(head, hidden, targets, chunk_rows: int | None = None):
     from torch.nn.functional import cross_entropy
     from torch.utils.checkpoint import checkpoint
 
+    dtype = head.weight.dtype  # accelerate hands mixed-precision outputs back in fp32; the head runs in its own dtype
+
     def chunk_loss(h, y):
-        return cross_entropy(head(h).float(), y, reduction="sum")
+        return cross_entropy(head(h.to(dtype)).float(), y, reduction="sum")
 
     rows = chunk_rows or _chunk_rows(head.weight.shape[0])
     total = hidden.new_zeros((), dtype=torch.float32)

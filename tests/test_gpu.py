@@ -1,0 +1,80 @@
+"""QLoRA on a CUDA GPU: the original recipe in 4-bit NF4 through `talkalike train`, and CUDA-graph decoding.
+
+These run only on a machine with a CUDA GPU and bitsandbytes (`pytest -m gpu tests/test_gpu.py`); they are deselected
+by default and never imitated on the CPU.
+"""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+torch = pytest.importorskip("torch")
+
+
+def make_dataset(folder, n: int = 24):
+    folder.mkdir()
+    rows = []
+    for i in range(n):
+        rows.append({"messages": [
+            {"role": "user", "content": f"are you coming to the beach at {i % 12 + 1}?"},
+            {"role": "assistant", "content": "yesss\n<|msg|>\nhaha 😂 see you there"},
+            {"role": "user", "content": "Great, bring the frisbee."},
+            {"role": "assistant", "content": "ok 🙈"},
+        ]})
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    (folder / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
+    (folder / "stats.json").write_text("{}")
+    (folder / "dataset.json").write_text(json.dumps({"persona": "Noa", "layout": "chat"}))
+    return folder
+
+
+def test_qlora_trains_the_adapter_in_4bit_and_leaves_the_quantized_base_alone(tmp_path, tiny_model_dir, home):
+    from safetensors.torch import load_file
+
+    from talkalike.cli import main
+    from talkalike.model import load_run
+
+    assert torch.cuda.is_available()
+    dataset = make_dataset(tmp_path / "ds")
+    assert main(["--home", str(home), "train", str(dataset), "--base", str(tiny_model_dir), "--name", "q",
+                 "--preset", "original", "--max-steps", "4"]) == 0
+    run = home / "runs" / "q"
+    info = json.loads((run / "run.json").read_text())
+    assert info["quantized"] is True and info["device"] == "cuda"
+    adapter = load_file(run / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: non-zero means it trained
+    assert any("lm_head" in k for k in adapter)  # the original recipe adapts lm_head too
+
+    model, tokenizer, _ = load_run(run, home)
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    from safetensors.torch import load_file as load_base_weights
+
+    base = load_base_weights(tiny_model_dir / "model.safetensors")
+    reloaded = {k.replace("base_model.model.", ""): v for k, v in model.state_dict().items()}
+    # the frozen, non-quantized weights came back unchanged (up to the bf16 they are held in)
+    name = "model.embed_tokens.weight"
+    assert torch.equal(reloaded[name].cpu(), base[name].to(reloaded[name].dtype))
+
+
+def test_graph_decoding_matches_eager_greedy_decoding(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from talkalike.fastdecode import GraphDecoder
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).cuda().eval()
+    prompt = [2, 5, 17, 33, 9, 41]
+    with torch.inference_mode():
+        eager = model.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=12, min_new_tokens=12,
+                               do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    decoder = GraphDecoder(model, max_cache_len=64, tune_kernels=False)
+    graph = list(decoder.tokens(prompt, 12, lambda logits, seen: logits.argmax(dim=-1), stops=set()))
+    assert graph == eager
+    again = list(decoder.tokens(prompt, 12, lambda logits, seen: logits.argmax(dim=-1), stops=set()))
+    assert again == eager  # the cache is reset between replies
+    stopped = list(decoder.tokens(prompt, 12, lambda logits, seen: logits.argmax(dim=-1), stops={eager[3]}))
+    assert stopped == eager[: eager.index(eager[3])]
