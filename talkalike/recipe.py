@@ -36,7 +36,9 @@ class Recipe:
     # Our improvements, each switchable and on by default (see README "Training"):
     persona_only_loss: bool = True  # loss on the persona's turns; False = every turn, as the original
     packing: bool = True  # BFD packing, position ids restart per sample (no cross-sample attention)
-    max_length: int = 2048  # tokens per packed row (and the longest sample kept)
+    # Tokens per packed row (and the longest sample kept). 2 rows x 1,024 tokens keep a 7B QLoRA micro-batch
+    # within the original recipe's peak memory (BENCHMARKS.md, "GPU training").
+    max_length: int = 1024
     masked_head: bool = True  # LM head only where a label is taken
     early_stopping_patience: int = 1  # evaluations without a better eval loss before stopping; 0 = off
     seed: int = 42
