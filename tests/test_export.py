@@ -269,3 +269,36 @@ def test_embedded_model_gguf_matches_llama_cpps_own_conversion_of_the_base(tmp_p
     assert {t.name: list(t.shape) for t in ours.tensors} == {t.name: list(t.shape) for t in theirs.tensors}
     modelfile = (run / "export-ollama" / "Modelfile").read_text()
     assert 'PARAMETER stop "<end_of_turn>"' in modelfile and "<start_of_turn>model\n" in modelfile
+
+
+def test_a_llama_run_exports_with_q_and_k_permuted_for_llama_cpp(home, tiny_model_dir, tiny_tokenizer, tmp_path):
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from talkalike.export_gguf import _permute
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False, bos_token_id=2, eos_token_id=1, pad_token_id=0)
+    base = tmp_path / "tiny-llama"
+    LlamaForCausalLM(config).save_pretrained(base)
+    tiny_tokenizer.save_pretrained(base)
+    run = make_run(home / "runs" / "llama", base, tiny_tokenizer)
+    # The export itself loads the GGUF back through transformers (which undoes llama.cpp's permutation) and insists
+    # on the merged model's greedy reply, so a wrong permutation fails here.
+    assert main(["--home", str(home), "export", "llama", "--format", "gguf", "--gguf-type", "f32"]) == 0
+    reader = gguf.GGUFReader(str(run / "export-gguf" / "model.gguf"))
+    tensors = {t.name: t for t in reader.tensors}
+    assert reader.get_field("general.architecture").contents() == "llama"
+    assert reader.get_field("llama.rope.dimension_count").contents() == 16
+    assert "output.weight" in tensors  # untied: llama.cpp needs its own output matrix
+    from talkalike.export import load_adapter_model, merge
+
+    merged = merge(load_adapter_model(run, home)[0])
+    k = merged.model.layers[1].self_attn.k_proj.weight.detach().numpy()
+    stored = np.asarray(tensors["blk.1.attn_k.weight"].data)
+    np.testing.assert_array_equal(stored, _permute(k, 4, 2))
+    assert not np.array_equal(stored, k)
