@@ -68,7 +68,7 @@ def estimate(config, recipe: Recipe, device: str, seq_len: int | None = None) ->
     intermediate = getattr(text, "intermediate_size", 4 * hidden)
     heads = text.num_attention_heads
 
-    weight_bytes = 2 if recipe.bf16 and device == "cuda" else 4
+    weight_bytes = 2 if recipe.bf16 else 4
     if recipe.quantize_4bit:
         # bitsandbytes quantizes the decoder's linear layers; embeddings, lm_head and norms stay 16-bit
         base_gb = ((frozen - kept_16bit) * NF4_BITS / 8 + kept_16bit * 2) / 1e9
@@ -82,7 +82,7 @@ def estimate(config, recipe: Recipe, device: str, seq_len: int | None = None) ->
 
     seq = seq_len or recipe.max_length
     tokens = seq * recipe.batch_size  # one micro-batch (packed rows of seq tokens)
-    act_bytes = 2 if recipe.bf16 and device == "cuda" else 4
+    act_bytes = 2 if recipe.bf16 else 4
     per_layer_token = 12 * hidden + 5 * intermediate  # saved tensors of one decoder layer (LoRA inputs included)
     if recipe.gradient_checkpointing:
         activations = tokens * hidden * act_bytes * layers + tokens * per_layer_token * act_bytes

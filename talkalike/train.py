@@ -213,7 +213,7 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         weight_decay=recipe.weight_decay,
         lr_scheduler_type=recipe.lr_scheduler,
         optim=recipe.optim,
-        bf16=recipe.bf16 and torch.cuda.is_available(),
+        bf16=recipe.bf16,  # autocast; on a CPU resolve_recipe allows it only with native bf16 instructions
         eval_strategy="epoch" if has_eval else "no",
         save_strategy="epoch",
         save_total_limit=recipe.save_total_limit,
@@ -232,6 +232,7 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         max_length=recipe.max_length,
         completion_only_loss=False,  # our assistant_masks already hold the persona mask
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # transformers only accepts bf16 without a GPU when told so
     )
     set_seed(recipe.seed)  # LoRA's A matrices are drawn at random: seed them so reruns and resumes agree
     model = apply_lora(model, recipe)
@@ -410,7 +411,9 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     if not train_records:
         raise TalkalikeError("no training sample has a persona turn left after rendering; check --me in the dataset.")
 
-    model = load_base(request["base"], home, quantize_4bit=recipe.quantize_4bit)
+    # Frozen weights in bf16 when computing in bf16: half the memory, and autocast need not cast them every step
+    model = load_base(request["base"], home, quantize_4bit=recipe.quantize_4bit,
+                      dtype=torch.bfloat16 if recipe.bf16 else None)
     base_info = model.talkalike_base
     work.mkdir(parents=True, exist_ok=True)
     _say(f"run {request['name']}: training in {work} (continue an interrupted run with --resume {request['name']})")
