@@ -325,11 +325,12 @@ def ollama_template(template: str, tokenizer) -> str:
     because the twin never saw one in training)."""
     pieces = _template_pieces(template, tokenizer)
     user_open, open_reply, close_reply = (_go_literal(pieces[k]) for k in ("user_open", "open_reply", "close_reply"))
+    # No "{{-" after literal text: Go would trim the newlines that belong to the turn format.
     return (
-        "{{- range $i, $m := .Messages }}"
-        '{{- if eq $m.Role "user" }}' + user_open + "{{ $m.Content }}" + open_reply
-        + '{{- else if eq $m.Role "assistant" }}{{ $m.Content }}' + close_reply
-        + "{{- end }}{{- end }}"
+        "{{- range .Messages }}"
+        '{{ if eq .Role "user" }}' + user_open + "{{ .Content }}" + open_reply
+        + '{{ else if eq .Role "assistant" }}{{ .Content }}' + close_reply
+        + "{{ end }}{{ end }}"
     )
 
 

@@ -5,6 +5,8 @@ weights, in the run-folder layout that `talkalike train` writes (run.json, adapt
 """
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -177,8 +179,11 @@ def test_ollama_export_writes_a_modelfile_with_the_template_stops_and_tuned_samp
     assert (out / "model.gguf").is_file()
     text = (out / "Modelfile").read_text()
     assert "FROM ./model.gguf" in text
-    assert '<start_of_turn>user\n{{ $m.Content }}<end_of_turn>\n<start_of_turn>model\n' in text
-    assert '{{ $m.Content }}<end_of_turn>\n{{- end }}' in text
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert '{{ if eq .Role "user" }}<start_of_turn>user\n{{ .Content }}<end_of_turn>\n<start_of_turn>model\n{{ else' in template
+    assert '{{ else if eq .Role "assistant" }}{{ .Content }}<end_of_turn>\n{{ end }}' in template
+    # Go's "{{-" trims the whitespace before it; only the opening action may carry it, or turn newlines vanish.
+    assert template.count("{{-") == 1 and template.startswith("{{- range")
     assert 'PARAMETER stop "<end_of_turn>"' in text
     assert 'PARAMETER stop "<eos>"' in text
     assert "PARAMETER temperature 0.7" in text and "PARAMETER repeat_penalty 1.1" in text
@@ -302,3 +307,27 @@ def test_a_llama_run_exports_with_q_and_k_permuted_for_llama_cpp(home, tiny_mode
     stored = np.asarray(tensors["blk.1.attn_k.weight"].data)
     np.testing.assert_array_equal(stored, _permute(k, 4, 2))
     assert not np.array_equal(stored, k)
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain (apt-get install golang-go)")
+@pytest.mark.parametrize("layout", ["GEMMA_TEMPLATE", "PLAIN_TEMPLATE", "ORIGINAL_TEMPLATE"])
+def test_go_renders_the_modelfile_template_like_the_jinja_template(tiny_tokenizer, tmp_path, layout):
+    """Ollama renders TEMPLATE with Go's text/template; real Go must produce the run's Jinja rendering (minus BOS,
+    which the runner adds from the GGUF's add_bos_token)."""
+    import subprocess
+
+    import talkalike.template as templates
+    from talkalike.export import build_modelfile
+    from talkalike.generate import GenerationConfig
+
+    template = getattr(templates, layout)
+    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo\n<|msg|>\nsup"},
+                    {"role": "user", "content": "nm, u?"}]
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(build_modelfile(template, tiny_tokenizer, ["<eos>"], GenerationConfig()))
+    renderer = Path(__file__).parent / "fixtures" / "render_go_template.go"
+    go = subprocess.run(["go", "run", str(renderer), str(modelfile), json.dumps(conversation)], capture_output=True,
+                        text=True, timeout=120, check=True, env=os.environ | {"GOCACHE": str(tmp_path / "gocache")})
+    jinja = tiny_tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False,
+                                              add_generation_prompt=True)
+    assert tiny_tokenizer.bos_token + go.stdout == jinja
