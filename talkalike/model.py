@@ -208,9 +208,13 @@ def load_base(base: str | None, home: Path | None, *, quantize_4bit: bool = Fals
             raise TalkalikeError("4-bit loading needs a CUDA GPU (bitsandbytes); train without --preset original "
                                  "or on a machine with a GPU.")
         kwargs["quantization_config"] = bnb_config()
-        # Under `accelerate launch` each process loads onto its own GPU (LOCAL_RANK); FSDP places weights itself.
+        # Under `accelerate launch` each process loads onto its own GPU (LOCAL_RANK); FSDP places weights itself,
+        # but bitsandbytes quantizes on the current device, so that must be this process's GPU before loading
+        # (on a 2-GPU machine rank 1 otherwise quantized onto cuda:0 and FSDP refused the mismatch).
+        local_rank = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+        torch.cuda.set_device(local_rank)
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("true", "1"):
-            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))}
+            kwargs["device_map"] = {"": local_rank}
     model = _from_pretrained(AutoModelForCausalLM, target, info, **kwargs)
     model.talkalike_base = info  # run.json records where the weights came from
     return model

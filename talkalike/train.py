@@ -129,7 +129,10 @@ def _trainer_class():
                 with deferred_head(self.accelerator.unwrap_model(model)) as head:
                     outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
                 hidden = outputs.logits.reshape(-1, outputs.logits.size(-1))
-                loss_sum = head_loss_sum(head, hidden, chosen)
+                # DDP marks each parameter's gradient ready once per step: with several processes the head runs
+                # as one chunk (seen on 2 GPUs: "Expected to mark a variable ready only once").
+                rows = max(1, hidden.shape[0]) if self.accelerator.num_processes > 1 else None
+                loss_sum = head_loss_sum(head, hidden, chosen, chunk_rows=rows)
             count = chosen.numel() if num_items_in_batch is None else num_items_in_batch
             loss = loss_sum / torch.as_tensor(count, device=loss_sum.device).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
