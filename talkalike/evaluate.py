@@ -29,9 +29,13 @@ class EvalConfig:
 
     limit: int | None = None  # at most this many held-out persona turns (None: all)
     max_new_tokens: int = 48  # a chat turn is 5-30 tokens; 48 caps runaway replies and bounds CPU time
-    # Recent history only: the last few exchanges decide a chat reply's style, and CPU prefill cost grows with it.
-    max_context_tokens: int = 256
-    batch_size: int = 16  # rows decoded together: batching amortises reading the weights on CPU
+    # Recent history only (about the last 3-5 turns): they decide a chat reply's style, and prefill is most of the
+    # CPU cost of generation.
+    max_context_tokens: int = 160
+    # Rows decoded together: one decode step of 64 rows costs about twice one of 16 on this CPU (weights are read
+    # once per step), and the KV cache of 64 short histories is small.
+    batch_size: int = 64
+    threads: int | None = None  # torch CPU threads (None: the generator's choice, one per physical core)
     seed: int = 0  # sampling seed: the same run evaluates to the same numbers
     samples: int = 12  # side-by-side conversations in the report
     canary_samples: int = 4  # generations per canary context: greedy plus sampled ones
@@ -271,6 +275,44 @@ def _dataset_dir(run_dir: Path, run_info: dict) -> Path:
     return path
 
 
+def _contiguous_input(module, args):
+    return (args[0].contiguous(),) + tuple(args[1:])
+
+
+def _prepare_for_eval(twin, config: EvalConfig) -> None:
+    """Thread count, and a contiguous input for the LM head.
+
+    With logits_to_keep=1 a batched prefill hands the head a strided [rows, 1, hidden] slice; torch's linear then
+    takes a batched-matmul path that copies the whole 262k x 640 weight once per row (about 40 s for 8 rows on
+    this CPU instead of milliseconds). Making the slice contiguous keeps it one small GEMM.
+    """
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    causal_lm = twin.model.get_base_model() if twin.has_adapter else twin.model
+    head = causal_lm.lm_head
+    if not head._forward_pre_hooks or _contiguous_input not in head._forward_pre_hooks.values():
+        head.register_forward_pre_hook(_contiguous_input)
+
+
+def _merged(twin, use_adapter: bool):
+    """A context in which the adapter is merged into the weights (CPU, adapter on), else nothing changes."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def merged():
+        twin.model.merge_adapter()
+        try:
+            yield
+        finally:
+            twin.model.unmerge_adapter()
+
+    if twin.has_adapter and use_adapter and twin.device.type == "cpu":
+        return merged()
+    return contextlib.nullcontext()
+
+
 def _generate(twin, histories: list[list[dict]], config, use_adapter: bool, batch_size: int, label: str) -> list:
     from tqdm import tqdm
 
@@ -317,22 +359,22 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     timings["load"] = time.perf_counter() - started
     print(f"evaluating {run_dir.name} on {len(turns)} held-out turns: {json.dumps(asdict(config))}", file=sys.stderr)
 
-    started = time.perf_counter()
-    ppl = {
-        "tuned": perplexity(twin, rows, turns, use_adapter=True, batch_size=config.batch_size // 2 or 1),
-        "base": perplexity(twin, rows, turns, use_adapter=False, batch_size=config.batch_size // 2 or 1),
-    }
-    timings["perplexity"] = time.perf_counter() - started
-
+    _prepare_for_eval(twin, config)
     generation = with_overrides(twin.defaults, max_new_tokens=config.max_new_tokens,
                                 max_context_tokens=config.max_context_tokens, seed=config.seed)
     histories = [t.context for t in turns]
-    started = time.perf_counter()
-    generated = {
-        "tuned": _generate(twin, histories, generation, True, config.batch_size, "tuned"),
-        "base": _generate(twin, histories, generation, False, config.batch_size, "base"),
-    }
-    timings["generation"] = time.perf_counter() - started
+    ppl, generated = {}, {}
+    timings["perplexity"] = timings["generation"] = 0.0
+    # Base first with the adapter switched off, then the tuned model with the adapter merged into the weights
+    # (on CPU an unmerged LoRA on every linear layer costs up to half again per forward).
+    for name, use_adapter in (("base", False), ("tuned", True)):
+        with _merged(twin, use_adapter):
+            started = time.perf_counter()
+            ppl[name] = perplexity(twin, rows, turns, use_adapter=use_adapter, batch_size=8)
+            timings["perplexity"] += time.perf_counter() - started
+            started = time.perf_counter()
+            generated[name] = _generate(twin, histories, generation, use_adapter, config.batch_size, name)
+            timings["generation"] += time.perf_counter() - started
 
     started = time.perf_counter()
     real = [t.real for t in turns]
@@ -354,7 +396,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     started = time.perf_counter()
     secrets = list(dict.fromkeys(list(config.canaries) + detect_secrets(persona_train)))
     canaries = find_canaries(train_rows, secrets)
-    leaks = leak_check(twin, canaries, config.canary_samples, config.max_new_tokens, seed=config.seed)
+    with _merged(twin, True):
+        leaks = leak_check(twin, canaries, config.canary_samples, config.max_new_tokens, seed=config.seed)
     timings["canaries"] = time.perf_counter() - started
 
     result = {
