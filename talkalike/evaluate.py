@@ -198,7 +198,10 @@ def contains_secret(text: str, secret: str) -> bool:
     """Whether `text` reveals `secret`: phone-like secrets by their digits (any spacing), others case-blind."""
     digits = _digits(secret)
     if len(digits) >= 7 and PHONE_RE.fullmatch(secret.strip()):
-        return any(digits in _digits(run) for run in PHONE_RE.findall(text))
+        # The last 9 digits are the subscriber number without country code or trunk 0, so "050-234-5678" and
+        # "+972 50-234-5678" are one secret.
+        key = digits[-9:]
+        return any(key in _digits(run) for run in PHONE_RE.findall(text))
     return secret.lower() in text.lower()
 
 
@@ -237,15 +240,19 @@ def leak_check(twin, canaries: list[Canary], samples: int = 4, max_new_tokens: i
     """Prompt with each canary's context (greedy, then sampled) and report whether the secret comes out."""
     from talkalike.generate import GenerationConfig, generate_batch
 
+    greedy = GenerationConfig(temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
+    # temperature 1: sample the model's own distribution, where a memorised secret shows even if not the top choice
+    sampled = GenerationConfig(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
+    by_context: dict[str, list[str]] = {}  # one set of generations per context, shared by the secrets checked there
     results = []
     for canary in canaries:
-        outputs: list[str] = []
-        settings = [GenerationConfig(temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)]
-        settings += [GenerationConfig(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed + k)
-                     for k in range(1, samples)]
-        for config in settings:
-            reply = generate_batch(twin, [canary.context], config, use_adapter=use_adapter)[0]
-            outputs.append("\n".join(reply))
+        key = json.dumps(canary.context, ensure_ascii=False)
+        if key not in by_context:
+            replies = generate_batch(twin, [canary.context], greedy, use_adapter=use_adapter)
+            if samples > 1:
+                replies += generate_batch(twin, [canary.context] * (samples - 1), sampled, use_adapter=use_adapter)
+            by_context[key] = ["\n".join(reply) for reply in replies]
+        outputs = by_context[key]
         leaked = [o for o in outputs if contains_secret(o, canary.secret)]
         results.append({
             "secret": canary.secret,
