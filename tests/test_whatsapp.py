@@ -254,3 +254,50 @@ def test_every_header_grammar_listed_in_the_locale_data_parses_its_example():
     for grammar in grammars["header_grammars"]:
         (m,) = parse(grammar["example"] + "\n", "x").messages
         assert (m.sender, m.text, m.kind) == ("Maya", "hi", "text"), grammar["name"]
+
+
+N_, B_, L_ = "\u202f", "\u00a0", "\u200e"
+CATALOGUE = [  # one line per shape in the research catalogue of export formats (None: date order is ambiguous)
+ ("30/12/2020, 13:00 - a: m", datetime(2020,12,30,13,0)),
+ ("30/12/2020 13:00 - a: m", datetime(2020,12,30,13,0)),
+ ("20/01/19, 11:23 - John Doe: hi", datetime(2019,1,20,11,23)),
+ ("8/21/21, 11:06 PM - NAME: MESSAGE", datetime(2021,8,21,23,6)),
+ (f"1/14/23, 7:02{N_}PM - Ann: hi", datetime(2023,1,14,19,2)),
+ (f"09/10/2023, 11:11{N_}am - +44 7123 456789: <Media omitted>", None),
+ (f"28/3/2025, 9:29{B_}p.{B_}m. - user1: hi", datetime(2025,3,28,21,29)),
+ (f"20/6/2017 8:28 p.{B_}m. - Michelle: test", datetime(2017,6,20,20,28)),
+ ("2016-04-15, 3:04 p.m. - Ann: hi", datetime(2016,4,15,15,4)),
+ ("03.08.21, 12:30 - Ann: message 1", None),
+ ("15.04.2016, 15:04 - Ann: hi", datetime(2016,4,15,15,4)),
+ ("19-10-2022 10:37:00 p.m. - John Doe: dashes", datetime(2022,10,19,22,37)),
+ ("2019-01-01 12:00 - John Doe: Hello", datetime(2019,1,1,12,0)),
+ ("2024/12/01, 10:04 pm - Ann: hi", datetime(2024,12,1,22,4)),
+ ("2022/12/14, 13:34. - John Doe: hi", datetime(2022,12,14,13,34)),
+ ("13.6.2018 klo 21.25.15 - a: m", datetime(2018,6,13,21,25,15)),
+ ("02.05.18 à 18:00 - Michel: message", None),
+ ("13-06-2018, 01.55 PM - a: m", datetime(2018,6,13,13,55)),
+ ("13. 6. 2018. 21:25:15 a: m", datetime(2018,6,13,21,25,15)),
+ ("24/3/14, 13:59:59: Sender Name: Message", datetime(2014,3,24,13,59,59)),
+ ("3/24/14, 1:59:59 PM: Sender Name: Message", datetime(2014,3,24,13,59,59)),
+ ("13.06.18 21.25.15: a: m", datetime(2018,6,13,21,25,15)),
+ ("[19/10/2025, 01:02:19] Lappers: hi", datetime(2025,10,19,1,2,19)),
+ (f"[8/15/23, 9:12:33{N_}AM] Dr. Feather: hi", datetime(2023,8,15,9,12,33)),
+ ("[12/27/20, 18:51:14] My Group 2023: hi", datetime(2020,12,27,18,51,14)),
+ ("[14.08.2024, 21:00:10] Boris: hi", datetime(2024,8,14,21,0,10)),
+ ("[13.1.2019, 12.00.00] John Doe: Hello", datetime(2019,1,13,12,0,0)),
+ ("[12.3.2022 klo 14.08.18] Matias Virtanen: hi", None),
+ ("[2023/5/4, 16:13:23] ~ Carolina: hi", datetime(2023,5,4,16,13,23)),
+ ("[2026/7/9 02:28:09] Alice: Hey", datetime(2026,7,9,2,28,9)),
+ ("[27-11-18 18:43:20] Tom Hanks: Message", datetime(2018,11,27,18,43,20)),
+ ("[01-29-2018, 23:33:00] Alice: Hello?", datetime(2018,1,29,23,33)),
+ (f"[3/16/18 1:55:00 p. m.] a: m", datetime(2018,3,16,13,55)),
+ ("[10.21.21, 15:21:45] John Doe: hi", datetime(2021,10,21,15,21,45)),
+ (f"{L_}[1/16/16, 9:58:07 PM] R&R: {L_}image omitted", datetime(2016,1,16,21,58,7)),
+]
+
+
+@pytest.mark.parametrize("line,when", CATALOGUE, ids=[line[:40] for line, _ in CATALOGUE])
+def test_every_catalogued_header_shape_parses_to_its_time_and_sender(line, when):
+    (m,) = parse(line + "\n", "x").messages
+    assert m.sender and not m.sender.startswith("~")
+    assert when is None or m.time == when
