@@ -301,3 +301,12 @@ def test_every_catalogued_header_shape_parses_to_its_time_and_sender(line, when)
     (m,) = parse(line + "\n", "x").messages
     assert m.sender and not m.sender.startswith("~")
     assert when is None or m.time == when
+
+
+def test_a_twelve_hour_mark_before_the_time_is_read_in_chinese_korean_and_japanese():
+    chinese = "2023/5/4 下午4:13 - 小明: 你好\n2023/5/4 上午12:05 - 小红: 早\n"
+    korean = "2020. 3. 17. 오후 7:42 - 철수: 안녕\n2020. 3. 17. 오전 12:30 - 영희: 네\n"
+    japanese = "[2023/05/04 午後4:13:23] 太郎: こんにちは\n"
+    assert [m.time for m in parse(chinese, "x").messages] == [datetime(2023, 5, 4, 16, 13), datetime(2023, 5, 4, 0, 5)]
+    assert [m.time for m in parse(korean, "x").messages] == [datetime(2020, 3, 17, 19, 42), datetime(2020, 3, 17, 0, 30)]
+    assert [(m.time, m.sender) for m in parse(japanese, "x").messages] == [(datetime(2023, 5, 4, 16, 13, 23), "太郎")]

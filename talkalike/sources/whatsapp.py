@@ -56,6 +56,7 @@ class Shape:
     twelve_hour: bool
     time_dot: bool  # `13:34. - `
     close: str  # "]" (iOS), "-" (Android), ":" (legacy), " " (nothing)
+    ampm_first: bool = False  # the 12h mark comes before the time, as in Chinese and Korean (`下午4:13`, `오후 4:13`)
 
     def describe(self, order: str) -> str:
         """The shape in words, for the import report."""
@@ -68,6 +69,8 @@ class Shape:
             parts.append(f"'{self.word}' before the time")
         if self.time_dot:
             parts.append("dot after the time")
+        if self.ampm_first:
+            parts.append("12h mark before the time")
         return ", ".join(parts)
 
 
@@ -77,7 +80,7 @@ def _probe() -> re.Pattern:
     return re.compile(
         rf"[{_MC}]*(?P<open>\[)?"
         rf"(?P<d1>\d{{1,4}})(?P<ds>[./-]){_S}?(?P<d2>\d{{1,2}})(?P=ds){_S}?(?P<d3>\d{{1,4}})(?P<ddot>\.)?"
-        rf",?{_S}(?:(?P<word>{words}){_S})?"
+        rf",?{_S}(?:(?P<word>{words}){_S})?(?:(?P<pre>{tables().ampm_regex}){_S}?)?"
         rf"(?P<h>\d{{1,2}})(?P<ts>[:.])\d{{2}}(?:(?P=ts)\d{{2}})?"
         rf"(?:{_S}?(?P<ampm>{tables().ampm_regex}))?(?P<tdot>\.)?"
         rf"(?(open)\]{_S}|(?P<close>{_S}-{_S}|:{_S}|{_S}))"
@@ -102,9 +105,9 @@ def _detect(text: str) -> tuple[Shape, list[tuple[int, int, int]], int, bool]:
         m = probe(line)
         if m is None:
             continue
-        open_, d1, ds, d2, d3, ddot, word, _, ts, ampm, tdot, close = m.groups()
-        key = (open_ is not None, ds, len(d1) == 4, ddot is not None, word or "", ts, ampm is not None,
-               tdot is not None, "]" if close is None else close.strip(" \u00a0\u202f") or " ")
+        open_, d1, ds, d2, d3, ddot, word, pre, _, ts, ampm, tdot, close = m.groups()
+        key = (open_ is not None, ds, len(d1) == 4, ddot is not None, word or "", ts, ampm is not None or pre is not None,
+               tdot is not None, "]" if close is None else close.strip(" \u00a0\u202f") or " ", pre is not None)
         votes[key] += 1
         marked = marked or ": \u200e" in line
         dates.setdefault(key, []).append((int(d1), int(d2), int(d3)))
@@ -126,7 +129,9 @@ def _header_regex(shape: Shape, leading_newline: bool) -> re.Pattern:
         date += r"\."
     mid = rf",?{_S}" + (re.escape(shape.word).replace(r"\ ", _S) + _S if shape.word else "")
     time = rf"\d{{1,2}}{ts}\d{{2}}(?:{ts}\d{{2}})?"
-    if shape.twelve_hour:
+    if shape.ampm_first:
+        time = rf"(?:{tables().ampm_regex}){_S}?" + time
+    elif shape.twelve_hour:
         time += rf"{_S}?(?:{tables().ampm_regex})"
     close = {"]": rf"\]{_S}", "-": rf"{_S}-{_S}", ":": rf":{_S}", " ": _S}[shape.close]
     tail = (r"\." if shape.time_dot else "") + close
@@ -144,7 +149,7 @@ def _header_regex(shape: Shape, leading_newline: bool) -> re.Pattern:
 
 
 _NUMBER = re.compile(r"\d+")
-_TIME = re.compile(r"(\d{1,2})[:.](\d{2})(?:[:.](\d{2}))?(.*)", re.S)
+_TIME = re.compile(r"(\D*?)(\d{1,2})[:.](\d{2})(?:[:.](\d{2}))?(.*)", re.S)  # [mark] h:mm[:ss] [mark]
 
 
 class _Clock:
@@ -167,8 +172,9 @@ class _Clock:
             return None
 
     def time(self, s: str) -> timedelta:
-        hh, mm, ss, suffix = _TIME.match(s).groups()
+        prefix, hh, mm, ss, suffix = _TIME.match(s).groups()
         h, mi, sec = int(hh), int(mm), int(ss or 0)
+        suffix = suffix or prefix
         if suffix:
             try:
                 offset = self.ampm[suffix]
