@@ -310,3 +310,10 @@ def test_a_twelve_hour_mark_before_the_time_is_read_in_chinese_korean_and_japane
     assert [m.time for m in parse(chinese, "x").messages] == [datetime(2023, 5, 4, 16, 13), datetime(2023, 5, 4, 0, 5)]
     assert [m.time for m in parse(korean, "x").messages] == [datetime(2020, 3, 17, 19, 42), datetime(2020, 3, 17, 0, 30)]
     assert [(m.time, m.sender) for m in parse(japanese, "x").messages] == [(datetime(2023, 5, 4, 16, 13, 23), "太郎")]
+
+
+def test_a_long_named_sender_typing_notice_like_words_keeps_the_message():
+    text = ("12/01/2024, 09:00 - Alexandra Konstantinopoulou-Smith: I created this group\n"
+            "12/01/2024, 09:01 - Sarah added you to a group in the community: Hiking Club\n")
+    messages = parse(text, "x").messages
+    assert [(m.sender, m.kind) for m in messages] == [("Alexandra Konstantinopoulou-Smith", "text"), (None, "system")]

@@ -368,7 +368,7 @@ def _entries(parts: list, clock: "_Clock", names: _Memo, check_all: bool, bad: s
         text = body.strip(MARKS)
         opened = text is not body and body[0] in MARKS
         text, edited[i] = _unedit(text)
-        kind = exact_get(text) or classify(text, sender is not None, opened)
+        kind = exact_get(text) or classify(text, sender is not None, opened, notices=opened or check_all)
         senders[i], texts[i], kinds[i] = (None if kind == "system" else sender), text, kind
     if None in days:  # dates that do not exist under the chosen order: reported as unparsed lines
         keep = [i for i, day in enumerate(days) if day is not None]

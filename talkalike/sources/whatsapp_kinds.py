@@ -145,8 +145,11 @@ def clean_name(raw: str) -> str:
     return name or raw
 
 
-def classify(body: str, authored: bool = True, opened_with_mark: bool = False) -> str:
-    """The kind of a body whose edges are already clean: text, media, deleted or system."""
+def classify(body: str, authored: bool = True, opened_with_mark: bool = False, notices: bool = True) -> str:
+    """The kind of a body whose edges are already clean: text, media, deleted or system.
+
+    `notices=False` rules system notices out for an authored body: Android never attributes them, and an iOS export
+    that marks its notices with U+200E did not mark this one."""
     t = tables()
     kind = t.exact.get(body)
     if kind is not None:
@@ -160,7 +163,7 @@ def classify(body: str, authored: bool = True, opened_with_mark: bool = False) -
         return "media"
     if t.deleted.fullmatch(body):
         return "deleted"
-    if t.strong.fullmatch(body):
+    if (notices or not authored) and t.strong.fullmatch(body):
         return "system"
     if (not authored or opened_with_mark) and t.weak.fullmatch(body):
         return "system"
@@ -181,8 +184,11 @@ def _unedit(body: str) -> tuple[str, bool]:
 
 def _system_line(raw: str, rest: str) -> bool:
     # An Android system line with ": " in it ("... in the community: X", a subject "Trip: Eilat") looks authored;
-    # real names are short and unquoted, so only long or quoted "names" come here.
-    return tables().strong.fullmatch((raw + ": " + rest).translate(_DROP_MARKS)) is not None
+    # real names are short and unquoted, so only long or quoted "names" come here. A body that reads as a notice on its
+    # own ("I created this group") has a real author in front of it.
+    strong = tables().strong
+    return (strong.fullmatch((raw + ": " + rest).translate(_DROP_MARKS)) is not None
+            and strong.fullmatch(rest.translate(_DROP_MARKS)) is None)
 
 
 def _suspicious(raw: str) -> bool:
