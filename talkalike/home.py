@@ -29,8 +29,11 @@ def runs_dir(home: Path) -> Path:
 
 
 def models_dir(home: Path) -> Path:
-    """Converted base models (the embedded GGUF as safetensors) are cached here."""
-    return home / "models"
+    """Converted base models (the embedded GGUF as safetensors): `models/` in the data folder, or $TALKALIKE_MODELS.
+
+    The variable lets several data folders share one converted copy (the test suite converts once per session)."""
+    shared = os.environ.get("TALKALIKE_MODELS")
+    return Path(shared) if shared else home / "models"
 
 
 def resolve_run(home: Path, run: str | os.PathLike) -> Path:

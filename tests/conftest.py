@@ -72,6 +72,22 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
     return Gemma3ForCausalLM(config)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_model_cache():
+    """Every data folder in the suite shares one converted embedded model, so it is converted once per checkout
+    instead of once per test (about a minute each); tests of the conversion itself pass their own folder."""
+    import os
+
+    cache = Path(__file__).resolve().parents[1] / ".cache" / "models"
+    previous = os.environ.get("TALKALIKE_MODELS")
+    os.environ["TALKALIKE_MODELS"] = str(cache)
+    yield cache
+    if previous is None:
+        del os.environ["TALKALIKE_MODELS"]
+    else:
+        os.environ["TALKALIKE_MODELS"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A tiny fast tokenizer with a Gemma-style chat template (special ids: pad 0, eos 1, bos 2)."""
