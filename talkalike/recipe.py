@@ -63,12 +63,12 @@ PRESETS = {
         learning_rate=2e-4,  # small data, few steps: 2.5e-5 barely moves a 270M model in a CPU-sized budget
         warmup_steps=2,
         weight_decay=0.001,
-        epochs=2.0,  # eval loss bottoms out around 2 epochs (the original saw it rise after ~2)
+        epochs=1.0,  # one pass costs ~13 min for the 300-conversation sample chat on 2 cores; --epochs for more
         batch_size=1,  # one packed row of `max_length` tokens per step ...
         grad_accum=2,  # ... times 2: ~2k tokens per optimizer step
         gradient_checkpointing=False,  # memory is plentiful for 270M; recomputing costs a third more compute
         optim="adamw_torch",
-        bf16=True,  # bf16 autocast; on a CPU only where it has AMX or AVX512-BF16 (3-10x fp32 matmuls), else fp32
+        bf16=True,  # on a CUDA GPU; CPUs train in fp32 (see resolve_recipe)
         max_length=1024,  # short rows keep CPU attention (dense, masked per sample) cheap
     ),
 }
@@ -77,15 +77,6 @@ PRESETS = {
 def default_preset(cuda: bool) -> str:
     """The original recipe on a CUDA GPU, ours elsewhere."""
     return "original" if cuda else "default"
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slower."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_recipe(preset: str | None, cuda: bool, **overrides) -> tuple[Recipe, list[str]]:
@@ -97,11 +88,11 @@ def resolve_recipe(preset: str | None, cuda: bool, **overrides) -> tuple[Recipe,
         if recipe.quantize_4bit:
             notes.append("no CUDA GPU: training without 4-bit quantization (bitsandbytes 4-bit needs CUDA)")
             recipe = replace(recipe, quantize_4bit=False)
-        if recipe.bf16 and not cpu_has_bf16():
-            notes.append("no CUDA GPU and no bf16 instructions on this CPU: training in fp32")
+        if recipe.bf16:
+            # Measured here (BENCHMARKS.md): even on a CPU with AMX, bf16 autocast made a training step ~2.5x slower
+            # than fp32, as the element-wise ops and casts outweigh the faster matmuls.
+            notes.append("no CUDA GPU: fp32 instead of bf16 (bf16 training steps measured slower on CPU)")
             recipe = replace(recipe, bf16=False)
-        elif recipe.bf16:
-            notes.append("no CUDA GPU: bf16 autocast on the CPU (it has AMX/AVX512-BF16); LoRA weights stay fp32")
         if recipe.optim.startswith("paged_") or "8bit" in recipe.optim:
             notes.append(f"no CUDA GPU: optimizer adamw_torch instead of {recipe.optim} (bitsandbytes needs CUDA)")
             recipe = replace(recipe, optim="adamw_torch")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from talkalike.cli import main
-from talkalike.recipe import PRESETS, cpu_has_bf16
+from talkalike.recipe import PRESETS
 from talkalike.train import RUN_FILES, make_trainer, render_rows, train
 
 PERSONA_LINES = ["haha ok 😂 see you at the beach", "lol pita the cat", "ok\n<|msg|>\nsure", "חחח יאללה נתראה"]
@@ -194,8 +194,7 @@ def test_the_run_folder_holds_exactly_the_expected_files(tiny_model_dir, dataset
     assert info["base"]["id"] == str(tiny_model_dir) and info["base"]["revision"]
     assert info["layout"] == "chat" and info["preset"] == "default" and info["quantized"] is False
     assert info["device"] == "cpu" and info["config"]["lora_r"] == 16
-    assert info["dtype"] == ("bf16" if cpu_has_bf16() else "fp32")  # bf16 only with native CPU support, and said
-    assert any("bf16" in note or "fp32" in note for note in info["notes"])
+    assert info["dtype"] == "fp32" and any("fp32" in note for note in info["notes"])  # said, not silent
     assert info["dataset"] == str(dataset.resolve())
     assert (run / "eval.jsonl").read_text() == (dataset / "eval.jsonl").read_text()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
