@@ -122,9 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a secret planted in the training chats that must never come out (repeatable)")
 
     p = _sub(sub, "tune-generation", "scan sampling settings on held-out conversations and save the best",
-             "talkalike tune-generation dana")
+             "talkalike tune-generation dana --limit 8 --top-p 1.0")
     p.add_argument("run", help="run name or folder")
-    p.add_argument("--limit", type=int, help="at most this many held-out turns")
+    p.add_argument("--limit", type=int, help="at most this many held-out turns (default 12)")
+    p.add_argument("--temperature", type=float, nargs="+", metavar="T", help="temperatures to try (default 0.3 0.5 0.8)")
+    p.add_argument("--repetition-penalty", type=float, nargs="+", metavar="P",
+                   help="repetition penalties to try (default 1.0 1.025 1.1)")
+    p.add_argument("--top-p", type=float, nargs="+", metavar="P", help="top-p values to try (default 1.0 0.9)")
 
     p = _sub(sub, "chat", "chat with the twin in the terminal", "talkalike chat dana --compare")
     p.add_argument("run", nargs="?", help="run name or folder")

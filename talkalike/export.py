@@ -362,7 +362,7 @@ def cmd_export(args) -> int:
     home = resolve_home(args.home)
     run_dir = resolve_run(home, args.run)
     out = Path(args.out).expanduser() if args.out else run_dir / f"export-{args.format}"
-    kind = getattr(args, "gguf_type", None) or "f16"
+    kind = args.gguf_type
     if args.format == "merged":
         report = export_merged(run_dir, home, out)
         print(f"merged model ({report['dtype']}, {report['parameters']:,} parameters) -> {out}")

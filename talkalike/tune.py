@@ -12,7 +12,7 @@ The score is the mean of the style distance and (1 - persona rate); lower is bet
 same seed, so settings differ only by their values. The best becomes the run's defaults in RUN/generation.json, which
 chat, serve and eval read; the whole table is printed and kept in that file.
 
-    talkalike tune-generation dana --limit 16
+    talkalike tune-generation dana --limit 8 --top-p 1.0   # 9 settings, 8 held-out turns each
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ Generator = Callable[[list[list[dict]], object], list[Reply]]
 class TuneConfig:
     """The grid and the budget of one scan; works with no arguments."""
 
-    temperatures: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)  # around the original's hand-picked 0.5
+    temperatures: tuple[float, ...] = (0.3, 0.5, 0.8)  # around the original's hand-picked 0.5
     repetition_penalties: tuple[float, ...] = (1.0, 1.025, 1.1)  # none, the original's, a strong one
     top_ps: tuple[float, ...] = (1.0, 0.9)  # the original's (no cut) and a common nucleus
-    # Held-out turns per setting: 24 settings x 16 short replies take a few minutes with the embedded model on a CPU.
-    limit: int | None = 16
+    # Held-out turns per setting: 18 settings x 12 short replies, decoded 12 at a time, is one batch per setting.
+    limit: int | None = 12
     max_new_tokens: int = 48  # as in eval: a chat turn is 5-30 tokens; the cap bounds CPU time
     max_context_tokens: int = 256  # as in eval: recent history decides a reply's style, and prefill cost grows with it
     batch_size: int = 16  # replies decoded together
@@ -161,7 +161,9 @@ def cmd_tune_generation(args) -> int:
     """`talkalike tune-generation RUN [--limit N]`: scan, print the table, save the best to RUN/generation.json."""
     home = resolve_home(args.home)
     run_dir = resolve_run(home, args.run)
-    config = TuneConfig(limit=args.limit) if args.limit is not None else TuneConfig()
+    chosen = {"limit": args.limit, "temperatures": args.temperature, "repetition_penalties": args.repetition_penalty,
+              "top_ps": args.top_p}
+    config = TuneConfig(**{key: tuple(v) if isinstance(v, list) else v for key, v in chosen.items() if v is not None})
     print(f"tuning {run_dir.name}: {len(config.grid())} settings x up to {config.limit} held-out turns",
           file=sys.stderr)
     rows, best, turns = tune(run_dir, home, config)

@@ -13,7 +13,7 @@ OTHERS = ["Good evening, are you joining us for dinner tomorrow?", "Could you se
           "I will arrive at the station at eight o'clock.", "Did you finish the report for Monday?",
           "Thank you for your help yesterday.", "Please remember to bring the keys.",
           "The meeting has been moved to Thursday afternoon.", "Would you like to come to the concert?"]
-BEST = (0.7, 1.1, 0.9)  # the only setting whose fake replies are the persona's real ones
+BEST = (0.8, 1.1, 0.9)  # the only setting whose fake replies are the persona's real ones
 
 
 def rows(persona: list[str], others: list[str]) -> list[dict]:
@@ -70,14 +70,14 @@ def test_the_setting_known_to_match_the_persona_is_saved_and_read_back(home, run
 
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["temperature", "rep_penalty", "top_p", "style_dist", "persona", "score"]
-    assert out[1].startswith("*") and out[1].split()[1:4] == ["0.70", "1.100", "0.90"]
-    assert len(out) == 1 + len(calls) + 1 and out[-1].startswith("best: temperature 0.7")
+    assert out[1].startswith("*") and out[1].split()[1:4] == ["0.80", "1.100", "0.90"]
+    assert len(out) == 1 + len(calls) + 1 and out[-1].startswith("best: temperature 0.8")
 
 
 def test_scores_rank_the_persona_like_setting_first_with_both_metrics(home, run_dir):
     from talkalike.tune import TuneConfig, tune
 
-    config = TuneConfig(temperatures=(0.5, 0.7), repetition_penalties=(1.1,), top_ps=(0.9,), limit=None)
+    config = TuneConfig(temperatures=(0.5, 0.8), repetition_penalties=(1.1,), top_ps=(0.9,), limit=None)
     rows, best, turns = tune(run_dir, home, config, generate=fake_generator([]))
     assert turns == len(OTHERS)
     assert (best.temperature, best.repetition_penalty, best.top_p) == BEST
@@ -92,11 +92,23 @@ def test_without_the_training_set_the_scan_uses_style_distance_alone(home, run_d
 
     info = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps(info | {"dataset": {"path": str(home / "gone")}}))
-    config = TuneConfig(temperatures=(0.5, 0.7), repetition_penalties=(1.1,), top_ps=(0.9,))
+    config = TuneConfig(temperatures=(0.5, 0.8), repetition_penalties=(1.1,), top_ps=(0.9,))
     rows, best, _ = tune(run_dir, home, config, generate=fake_generator([]))
     assert all(row.persona_rate is None and row.score == row.style_distance for row in rows)
-    assert best.temperature == 0.7
+    assert best.temperature == 0.8
     assert "style distance only" in capsys.readouterr().err
+
+
+def test_the_grid_comes_from_the_command_line(home, run_dir, monkeypatch):
+    import talkalike.tune as tune
+
+    calls = []
+    monkeypatch.setattr(tune, "twin_generator", lambda run, home, batch: fake_generator(calls))
+    assert main(["--home", str(home), "tune-generation", "dana", "--temperature", "0.5", "0.8",
+                 "--repetition-penalty", "1.1", "--top-p", "0.9", "--limit", "3"]) == 0
+    assert sorted(c.temperature for c in calls) == [0.5, 0.8]
+    saved = json.loads((run_dir / "generation.json").read_text())
+    assert saved["temperature"] == 0.8 and saved["tuning"]["held_out_turns"] == 3
 
 
 def test_a_run_without_held_out_conversations_is_a_one_line_error(home, run_dir, capsys):
