@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--home", default=str(ROOT / ".bench" / "home"))
     parser.add_argument("--skip-cold-start", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is reported")
     parser.add_argument("--config", help="a folder with the model's config.json: random weights of the same shapes "
                                          "(decode speed does not depend on the values), for machines without the "
                                          "embedded model; implies --skip-cold-start")
@@ -125,7 +126,7 @@ def main() -> None:
 
     import torch
 
-    from talkalike.generate import Twin, fit_prompt, physical_cores
+    from talkalike.generate import Twin, fit_prompt, physical_cores, use_gemv
     from talkalike.model import ensure_embedded, load_base, load_tokenizer
 
     if args.config:
@@ -156,13 +157,23 @@ def main() -> None:
         # Random weights have no tokenizer: a fixed prompt of the usual length stands in.
         prompt = fit_prompt(twin, HISTORY, twin.defaults) if tokenizer else list(range(1000, 1046))
         size = weight_bytes(model)
-        limit = read_bw * 1e9 / size
         name = str(dtype).removeprefix("torch.")
-        rows.append((f"transformers generate, {name}", hf_generate_rate(model, prompt, args.tokens, torch), limit, size))
-        rows.append((f"talkalike loop, {name}", our_rate(twin, prompt, args.tokens), limit, size))
-        twin.prepare(dtype, gemv=True)
-        rows.append((f"talkalike loop + mv, {name}", our_rate(twin, prompt, args.tokens), limit, size))
+        best = {}
+        # Best of a few interleaved rounds: on a shared machine the slowest rounds measure the neighbours.
+        for _ in range(args.rounds):
+            use_gemv(model, False)
+            for label, measure in ((f"transformers generate, {name}", lambda: hf_generate_rate(model, prompt, args.tokens, torch)),
+                                   (f"talkalike loop, {name}", lambda: our_rate(twin, prompt, args.tokens))):
+                best[label] = max(best.get(label, 0.0), measure())
+                print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)
+            use_gemv(model, True)
+            label = f"talkalike loop + mv, {name}"
+            best[label] = max(best.get(label, 0.0), our_rate(twin, prompt, args.tokens))
+            print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)
+        rows += [(label, rate, size) for label, rate in best.items()]
         del model, twin
+    read_bw = max(read_bw, bandwidth_gbs(torch)[0])
+    rows = [(label, rate, read_bw * 1e9 / size, size) for label, rate, size in rows]
 
     print(f"\nmemory bandwidth: read {read_bw:.1f} GB/s (reduction), copy {copy_bw:.1f} GB/s (read+write)")
     print(f"prompt: {len(prompt)} tokens, {args.tokens} tokens decoded (greedy), batch 1\n")

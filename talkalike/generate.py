@@ -171,8 +171,8 @@ class Twin:
             dtype = dtype or cpu_decode_dtype()
         if dtype is not None:
             self.model.to(dtype)
-        if self.device.type == "cpu" and gemv:
-            use_gemv(self.model)
+        if self.device.type == "cpu":
+            use_gemv(self.model, gemv)
 
     def graph_decoder(self, length: int):
         """The GPU decoder (talkalike/fastdecode.py) with a cache of at least `length` tokens; built once, reused."""
@@ -224,9 +224,9 @@ def _gemv_forward(self, x):
     return torch.nn.functional.linear(x, self.weight, self.bias)
 
 
-def use_gemv(model) -> int:
+def use_gemv(model, enabled: bool = True) -> int:
     """Route the single-token forward of every plain nn.Linear (LM head, projections, LoRA's frozen base layers)
-    through torch.mv; returns how many layers. Weights and state_dict are untouched."""
+    through torch.mv, or back (enabled=False); returns how many layers. Weights and state_dict are untouched."""
     import types
 
     import torch
@@ -234,7 +234,10 @@ def use_gemv(model) -> int:
     count = 0
     for module in model.modules():
         if type(module) is torch.nn.Linear:  # exactly Linear: LoRA wrappers and quantized layers keep their own
-            module.forward = types.MethodType(_gemv_forward, module)
+            if enabled:
+                module.forward = types.MethodType(_gemv_forward, module)
+            else:
+                module.__dict__.pop("forward", None)
             count += 1
     return count
 
