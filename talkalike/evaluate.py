@@ -59,18 +59,27 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def held_out_turns(rows: list[dict], limit: int | None = None) -> list[HeldOutTurn]:
-    """The persona's turns that answer someone (history ends with a user turn), in file order, at most `limit`."""
-    turns = []
+    """The persona's turns that answer someone (history ends with a user turn), at most `limit`.
+
+    With a limit, whole conversations are taken, evenly spread over the held-out set (not just its first ones), and
+    only the last one may be cut short: so the selected turns of every row are its first ones, and perplexity scores
+    each row rendered once, up to its last selected turn.
+    """
+    by_row = []
     for r, row in enumerate(rows):
         messages = row["messages"]
-        for i, message in enumerate(messages):
-            if message["role"] == "assistant" and i > 0 and messages[i - 1]["role"] == "user":
-                turns.append(HeldOutTurn(r, i, messages[:i], split_bubbles(message["content"])))
-    if limit is not None and limit < len(turns):
-        # evenly spread over the held-out set rather than its first conversations only
-        step = len(turns) / limit
-        turns = [turns[int(k * step)] for k in range(limit)]
-    return turns
+        by_row.append([HeldOutTurn(r, i, messages[:i], split_bubbles(m["content"])) for i, m in enumerate(messages)
+                       if m["role"] == "assistant" and i > 0 and messages[i - 1]["role"] == "user"])
+    total = sum(map(len, by_row))
+    if limit is None or limit >= total:
+        return [t for turns in by_row for t in turns]
+    picks = max(1, limit * len(rows) // max(total, 1))
+    while True:
+        chosen = sorted({int(k * len(rows) / picks) for k in range(picks)})
+        if sum(len(by_row[r]) for r in chosen) >= limit or picks >= len(rows):
+            break
+        picks += 1
+    return [t for r in chosen for t in by_row[r]][:limit]
 
 
 SPEAKER_PREFIX = re.compile(r"^[^:\n]{1,40}: ")
@@ -114,16 +123,15 @@ def perplexity(twin, rows: list[dict], turns: list[HeldOutTurn], use_adapter: bo
     from talkalike.generate import _adapter_switch
     from talkalike.template import render_sample
 
-    wanted: dict[int, set[int]] = {}
+    last: dict[int, int] = {}
     for turn in turns:
-        wanted.setdefault(turn.row, set()).add(turn.index)
+        last[turn.row] = max(last.get(turn.row, 0), turn.index)
     samples = []
-    for r, indices in wanted.items():
-        messages = rows[r]["messages"][: max(indices) + 1]
+    for r, index in last.items():
+        # held_out_turns selects the first turns of a row, so the row up to its last selected turn is scored whole
+        messages = rows[r]["messages"][: index + 1]
         rendered = render_sample(messages, twin.tokenizer, twin.layout)
-        # Only the selected turns count: unselected persona turns in the same window stay unmasked context.
-        ids, mask = rendered.input_ids, _mask_selected(messages, rendered, twin, indices)
-        samples.append((ids, mask))
+        samples.append((rendered.input_ids, rendered.mask))
     samples.sort(key=lambda s: len(s[0]))
     model, device = twin.model, twin.device
     pad = twin.tokenizer.pad_token_id if twin.tokenizer.pad_token_id is not None else 0
@@ -153,24 +161,6 @@ def perplexity(twin, rows: list[dict], turns: list[HeldOutTurn], use_adapter: bo
             total_tokens += int(scored.sum())
     mean = total_nll / max(total_tokens, 1)
     return {"tokens": total_tokens, "nll per token": mean, "perplexity": math.exp(mean)}
-
-
-def _mask_selected(messages: list[dict], rendered, twin, indices: set[int]) -> list[int]:
-    """The render's loss mask restricted to the assistant turns at `indices`."""
-    from talkalike.template import render_sample
-
-    if all(i in indices for i, m in enumerate(messages) if m["role"] == "assistant"):
-        return rendered.mask
-    # The mask of turns before the first unselected one is a prefix: subtract the spans of unselected turns by
-    # rendering the conversation up to just before each of them (rendering is prefix-stable).
-    mask = list(rendered.mask)
-    for i, message in enumerate(messages):
-        if message["role"] == "assistant" and i not in indices:
-            before = len(render_sample(messages[:i], twin.tokenizer, twin.layout).input_ids) if i else 0
-            upto = len(render_sample(messages[: i + 1], twin.tokenizer, twin.layout).input_ids)
-            for t in range(before, min(upto, len(mask))):
-                mask[t] = 0
-    return mask
 
 
 # --- canaries -----------------------------------------------------------------------------------------------------
@@ -295,8 +285,14 @@ def _prepare_for_eval(twin, config: EvalConfig) -> None:
     """
     import torch
 
+    from talkalike.template import chat_template
+
     if config.threads:
         torch.set_num_threads(config.threads)
+    if twin.layout == "chat" and not twin.tokenizer.chat_template:
+        # resolve the template once: without one set, every render would rebuild the 262k-entry vocabulary to look
+        # for Gemma's turn tokens (0.4 s a time)
+        twin.tokenizer.chat_template = chat_template(twin.tokenizer, "chat")
     causal_lm = twin.model.get_base_model() if twin.has_adapter else twin.model
     head = causal_lm.lm_head
     if not head._forward_pre_hooks or _contiguous_input not in head._forward_pre_hooks.values():

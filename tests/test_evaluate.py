@@ -81,8 +81,12 @@ def test_held_out_turns_are_the_persona_turns_with_their_history():
     assert len(turns) == 6
     assert all(t.context[-1]["role"] == "user" and len(t.context) == t.index for t in turns)
     assert turns[0].real == PERSONA_REPLIES[0]
-    limited = evaluate.held_out_turns(rows, limit=3)
-    assert len(limited) == 3 and {t.row for t in limited} == {0, 1}  # spread over the set, not the first rows
+    # whole conversations spread over the set (not just the first ones); a row's selected turns are its first ones
+    limited = evaluate.held_out_turns(_rows(4), limit=6)
+    assert len(limited) == 6 and {t.row for t in limited} == {0, 2}
+    assert [t.index for t in limited] == [1, 3, 5, 1, 3, 5]
+    cut = evaluate.held_out_turns(_rows(4), limit=5)
+    assert len(cut) == 5 and [t.index for t in cut if t.row == cut[-1].row] == [1, 3]
 
 
 def test_group_chat_speaker_prefixes_are_stripped_for_the_classifier():
