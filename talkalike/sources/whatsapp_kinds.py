@@ -64,6 +64,9 @@ def tables() -> _Tables:
         for template in lang.get("filename", []):
             prefix = template.split("{name}")[0]
             prefixes += [prefix, prefix.replace(" ", "_")]
+    edited = tuple(sorted({s for lang in langs for s in lang.get("edited", [])}, key=len, reverse=True))
+    # the parser takes an exact placeholder as final without looking for an edited marker on it
+    assert not any(s.endswith(edited) for s in exact), "a placeholder in whatsapp_locales.json ends with an edited marker"
     return _Tables(
         exact=exact,
         # media/deleted placeholders decide from the first line; continuation lines (an Android caption) may follow
@@ -71,7 +74,7 @@ def tables() -> _Tables:
         deleted=re.compile(_alternation(joined("deleted_patterns"))),
         strong=re.compile(_alternation(joined("system_strong"))),
         weak=re.compile(_alternation(joined("system_weak"))),
-        edited=tuple(sorted({s for lang in langs for s in lang.get("edited", [])}, key=len, reverse=True)),
+        edited=edited,
         ampm=ampm,
         ampm_regex=ampm_regex,
         time_words=tuple(sorted({w for lang in langs for w in lang.get("time_words", [])}, key=len, reverse=True)),
