@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--home", default=str(ROOT / ".bench" / "home"))
     parser.add_argument("--skip-cold-start", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch threads (default: physical cores, as `talkalike chat`)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is reported")
     parser.add_argument("--config", help="a folder with the model's config.json: random weights of the same shapes "
                                          "(decode speed does not depend on the values), for machines without the "
@@ -144,7 +145,7 @@ def main() -> None:
 
         def load(dtype):
             return load_base(None, home, dtype=dtype)
-    threads = physical_cores()
+    threads = args.threads or physical_cores()
     torch.set_num_threads(threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {threads}, "
           f"load average before {os.getloadavg()[0]:.1f}, torch {torch.__version__}", file=sys.stderr)
@@ -154,6 +155,7 @@ def main() -> None:
         model = load(dtype)
         twin = Twin(model=model, tokenizer=tokenizer)
         twin.prepare(dtype, gemv=False)
+        torch.set_num_threads(threads)  # prepare() picks the physical cores; --threads overrides for the benchmark
         # Random weights have no tokenizer: a fixed prompt of the usual length stands in.
         prompt = fit_prompt(twin, HISTORY, twin.defaults) if tokenizer else list(range(1000, 1046))
         size = weight_bytes(model)

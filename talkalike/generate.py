@@ -172,7 +172,8 @@ class Twin:
         if dtype is not None:
             self.model.to(dtype)
         if self.device.type == "cpu":
-            use_gemv(self.model, gemv)
+            # mv pays off in bf16 only: fp32 F.linear already reaches MKL's matrix-vector kernel.
+            use_gemv(self.model, gemv and self.model.dtype == torch.bfloat16)
 
     def graph_decoder(self, length: int):
         """The GPU decoder (talkalike/fastdecode.py) with a cache of at least `length` tokens; built once, reused."""
