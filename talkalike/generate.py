@@ -173,7 +173,7 @@ class Twin:
             self.model.to(dtype)
         if self.device.type == "cpu":
             # mv pays off in bf16 only: fp32 F.linear already reaches MKL's matrix-vector kernel.
-            use_gemv(self.model, gemv and self.model.dtype == torch.bfloat16)
+            use_gemv(self.model, gemv and dtype == torch.bfloat16)
 
     def graph_decoder(self, length: int):
         """The GPU decoder (talkalike/fastdecode.py) with a cache of at least `length` tokens; built once, reused."""
