@@ -14,7 +14,6 @@ import os
 import sys
 from pathlib import Path
 
-from talkalike.errors import TalkalikeError
 from talkalike.recipe import Recipe, resolve_recipe
 
 NF4_BITS = 4.127  # NF4 with double quantization: 4 bits + 64-weight blocks of 8-bit scales, themselves quantized
