@@ -267,3 +267,18 @@ def test_the_embedded_model_trains_a_few_steps_end_to_end(tmp_path):
     info = json.loads((home / "runs" / "e2e" / "run.json").read_text())
     assert info["base"]["id"] == "gemma-3-270m" and info["steps"] == 2
     assert info["trainable_params"] > 1_000_000
+
+
+def test_the_original_preset_trains_a_lora_on_lm_head_without_a_gpu(tiny_model_dir, dataset, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    home = tmp_path / "home"
+    code = main(["--home", str(home), "train", str(dataset), "--base", str(tiny_model_dir), "--name", "orig",
+                 "--preset", "original", "--max-steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "without 4-bit quantization" in err and "adamw_torch instead of paged_adamw_8bit" in err  # said, not silent
+    info = json.loads((home / "runs" / "orig" / "run.json").read_text())
+    assert info["preset"] == "original" and info["quantized"] is False and info["config"]["lora_r"] == 32
+    weights = load_file(str(home / "runs" / "orig" / "adapter" / "adapter_model.safetensors"))
+    assert any("lm_head.lora_A" in name for name in weights)
