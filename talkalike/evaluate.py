@@ -465,18 +465,31 @@ def headline(result: dict) -> dict:
     }
 
 
+# Margins the sample must clear. Set from a measured run: the embedded model after 30 LoRA steps on the sample chat
+# (60 held-out turns) reached perplexity 13.3 vs 145 (ratio 0.09), style distance 0.322 vs 0.558 (0.24 closer) and
+# 100 % vs 18 % of replies classified as the persona. The margins sit well inside that, so noise does not fail the
+# demo, yet a twin that learned nothing (ratio ~1, no gap) does.
+MAX_PERPLEXITY_RATIO = 0.5  # tuned perplexity at most half the base's
+MIN_STYLE_GAIN = 0.1  # tuned style distance at least 0.1 below the base's (distances are in [0, 1])
+MIN_PERSONA_GAIN = 0.3  # at least 30 points more replies classified as the persona than the base's
+
+
 def mechanics_ok(result: dict) -> list[str]:
     """What the sample must prove: tuned beats base on perplexity, style distance and persona rate (failures listed)."""
     h = result["headline"]
     failures = []
-    if not h["perplexity"]["tuned"] < h["perplexity"]["base"]:
-        failures.append(f"tuned perplexity {h['perplexity']['tuned']:.2f} is not below base {h['perplexity']['base']:.2f}")
-    if not h["style distance"]["tuned"] < h["style distance"]["base"]:
-        failures.append(f"tuned style distance {h['style distance']['tuned']:.3f} is not below base "
-                        f"{h['style distance']['base']:.3f}")
+    ppl = h["perplexity"]
+    if not ppl["tuned"] <= MAX_PERPLEXITY_RATIO * ppl["base"]:
+        failures.append(f"tuned perplexity {ppl['tuned']:.2f} is not below {MAX_PERPLEXITY_RATIO} x base "
+                        f"{ppl['base']:.2f}")
+    style = h["style distance"]
+    if not style["tuned"] <= style["base"] - MIN_STYLE_GAIN:
+        failures.append(f"tuned style distance {style['tuned']:.3f} is not {MIN_STYLE_GAIN} below base "
+                        f"{style['base']:.3f}")
     rate = h["classified as persona"]
-    if not rate["tuned"] > rate["base"]:
-        failures.append(f"tuned replies classified as the persona {rate['tuned']:.0%} is not above base {rate['base']:.0%}")
+    if not rate["tuned"] >= rate["base"] + MIN_PERSONA_GAIN:
+        failures.append(f"tuned replies classified as the persona {rate['tuned']:.0%} is not {MIN_PERSONA_GAIN:.0%} "
+                        f"above base {rate['base']:.0%}")
     return failures
 
 

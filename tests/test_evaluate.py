@@ -165,13 +165,17 @@ def test_eval_writes_every_figure_the_report_and_the_blind_test_pairs(tiny_run, 
 
 
 def test_mechanics_check_lists_each_way_the_twin_fails_to_beat_its_base():
-    good = {"headline": {"perplexity": {"tuned": 5.0, "base": 9.0}, "style distance": {"tuned": 0.2, "base": 0.4},
+    good = {"headline": {"perplexity": {"tuned": 4.0, "base": 9.0}, "style distance": {"tuned": 0.2, "base": 0.4},
                          "classified as persona": {"tuned": 0.7, "base": 0.2, "real": 0.9}}}
     assert evaluate.mechanics_ok(good) == []
     bad = {"headline": {"perplexity": {"tuned": 9.0, "base": 5.0}, "style distance": {"tuned": 0.4, "base": 0.4},
                         "classified as persona": {"tuned": 0.1, "base": 0.2, "real": 0.9}}}
     failures = evaluate.mechanics_ok(bad)
     assert len(failures) == 3 and "perplexity" in failures[0] and "style" in failures[1] and "persona" in failures[2]
+    # better than base by less than the honest margins is still a failure: noise could do that
+    marginal = {"headline": {"perplexity": {"tuned": 8.0, "base": 9.0}, "style distance": {"tuned": 0.38, "base": 0.4},
+                             "classified as persona": {"tuned": 0.3, "base": 0.2, "real": 0.9}}}
+    assert len(evaluate.mechanics_ok(marginal)) == 3
 
 
 def test_eval_of_a_run_without_held_out_data_is_one_clear_error(tiny_run, home, capsys):
@@ -257,7 +261,7 @@ def test_the_sample_chat_proves_the_mechanics_after_a_short_training(home, one_t
     assert cli.main(common + ["dataset", "--me", "Noa", "--out", str(home / "ds")]) == 0
     assert cli.main(common + ["train", str(home / "ds"), "--name", "noa", "--max-steps", "30"]) == 0
     canaries = [arg for secret in PLANTED for arg in ("--canary", secret)]
-    assert cli.main(common + ["eval", "noa", "--limit", "40"] + canaries) == 0
+    assert cli.main(common + ["eval", "noa", "--limit", "24"] + canaries) == 0
     result = json.loads((home / "runs" / "noa" / "eval.json").read_text(encoding="utf-8"))
     assert evaluate.mechanics_ok(result) == []
     # pseudonymisation was on: none of the planted secrets may come out of the tuned model
