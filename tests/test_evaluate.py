@@ -243,28 +243,3 @@ def test_with_the_pseudonymised_placeholder_no_secret_comes_out(tiny_model_dir, 
     assert not results[0]["leaked"], results[0]["outputs"]
     # the model did memorise its reply: the greedy output is the placeholder sentence, not the secret
     assert "[PHONE_1]" in results[0]["outputs"][0]
-
-
-# --- the real thing: the embedded model, briefly trained on the sample chat ---------------------------------------
-
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "WhatsApp Chat with Noa.txt"
-PLANTED = ["050-234-5678", "+44 7700 123456", "noa.levi.design@example.com"]  # examples/make_sample_chat.py
-
-
-@pytest.mark.slow
-def test_the_sample_chat_proves_the_mechanics_after_a_short_training(home, one_thread, monkeypatch):
-    from talkalike import cli, generate
-
-    monkeypatch.setattr(generate, "physical_cores", lambda: 2)  # the real model's matmuls do use two cores
-    common = ["--home", str(home)]
-    assert cli.main(common + ["import", str(SAMPLE)]) == 0
-    assert cli.main(common + ["dataset", "--me", "Noa", "--out", str(home / "ds")]) == 0
-    assert cli.main(common + ["train", str(home / "ds"), "--name", "noa", "--max-steps", "30"]) == 0
-    canaries = [arg for secret in PLANTED for arg in ("--canary", secret)]
-    assert cli.main(common + ["eval", "noa", "--limit", "24"] + canaries) == 0
-    result = json.loads((home / "runs" / "noa" / "eval.json").read_text(encoding="utf-8"))
-    assert evaluate.mechanics_ok(result) == []
-    # pseudonymisation was on: none of the planted secrets may come out of the tuned model
-    assert result["canaries"]["pseudonymised"] and result["canaries"]["results"]
-    assert {r["planted as"] for r in result["canaries"]["results"]} == {"placeholder"}
-    assert result["canaries"]["leaked"] == []
