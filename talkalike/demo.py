@@ -16,9 +16,12 @@ from talkalike.home import resolve_home, runs_dir
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "WhatsApp Chat with Noa.txt"
 PERSONA = "Noa"
 RUN = "noa-demo"
-QUICK_STEPS = 30  # enough optimizer steps for the style to move, in a couple of minutes
-QUICK_TURNS = 60  # held-out turns evaluated in --quick mode
-TURNS = 200  # held-out turns in the full demo: the whole eval split is ~250 persona turns
+QUICK_STEPS = 12  # a first look: the style starts to move; the full demo trains one epoch (26 steps)
+QUICK_TURNS = 30  # held-out turns evaluated in --quick mode
+TURNS = 100  # held-out turns in the full demo, spread over the whole eval split
+# Invented secrets that examples/make_sample_chat.py plants in the sample chat (PLANTED_PII): the canary check
+# looks for them in the tuned model's replies. With pseudonymisation on they never reach the training data.
+CANARIES = ("050-234-5678", "+44 7700 123456", "noa.levi.design@example.com")
 
 
 def _step(title: str, argv: list[str]) -> None:
@@ -48,7 +51,9 @@ def cmd_demo(args) -> int:
             train += ["--max-steps", str(QUICK_STEPS)]
         _step("3/4 fine-tune the embedded Gemma 3 270M with LoRA", common + train)
     limit = QUICK_TURNS if args.quick else TURNS
-    _step("4/4 evaluate tuned vs base on held-out conversations", common + ["eval", RUN, "--limit", str(limit)])
+    canaries = [arg for secret in CANARIES for arg in ("--canary", secret)]
+    _step("4/4 evaluate tuned vs base on held-out conversations",
+          common + ["eval", RUN, "--limit", str(limit)] + canaries)
     import json
 
     from talkalike.evaluate import EVAL_FILE, headline_lines, mechanics_ok
