@@ -14,9 +14,13 @@ else
   extras='.[dev]'
 fi
 $pip install -q -e "$extras"
-# The browser tests drive Debian's Chromium through Playwright (no browser download).
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
-  echo "setup: installing Debian's chromium for the browser tests" >&2
+# Test tools from Debian: the browser tests drive Chromium through Playwright (no browser download), and the
+# Ollama Modelfile test renders its template with Go's own text/template.
+missing=""
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+command -v go >/dev/null 2>&1 || missing="$missing golang-go"
+if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing Debian's$missing for the tests" >&2
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq $missing >/dev/null
 fi
