@@ -456,7 +456,8 @@ def _write(out_dir: Path, config: DatasetConfig, train: list, evaluation: list, 
 class PlainTokenizer:
     """One token per character, for `inspect` without --base: shows the documented plain template with no model.
 
-    It offers just what talkalike.template uses: apply_chat_template, get_vocab, __call__ with offsets, bos/eos tokens.
+    It offers just what talkalike.template uses: apply_chat_template, convert_tokens_to_ids, __call__ with offsets,
+    bos/eos tokens.
     """
 
     bos_token = "<s>"  # the original project's markers, so the "original" layout reads as in its report
@@ -473,9 +474,11 @@ class PlainTokenizer:
             add_generation_prompt=add_generation_prompt,
         )
 
-    def get_vocab(self) -> dict:
-        """No vocabulary: any character is a token."""
-        return {}
+    unk_token_id = None
+
+    def convert_tokens_to_ids(self, tokens: list[str]) -> list[None]:
+        """No vocabulary: any character is a token, and no whole token such as <start_of_turn> exists."""
+        return [None for _ in tokens]
 
     def __call__(self, text: str, add_special_tokens=False, return_offsets_mapping=False) -> dict:
         """Characters as ids, with their offsets."""
