@@ -285,14 +285,8 @@ def _prepare_for_eval(twin, config: EvalConfig) -> None:
     """
     import torch
 
-    from talkalike.template import chat_template
-
     if config.threads:
         torch.set_num_threads(config.threads)
-    if twin.layout == "chat" and not twin.tokenizer.chat_template:
-        # resolve the template once: without one set, every render would rebuild the 262k-entry vocabulary to look
-        # for Gemma's turn tokens (0.4 s a time)
-        twin.tokenizer.chat_template = chat_template(twin.tokenizer, "chat")
     causal_lm = twin.model.get_base_model() if twin.has_adapter else twin.model
     head = causal_lm.lm_head
     if not head._forward_pre_hooks or _contiguous_input not in head._forward_pre_hooks.values():
