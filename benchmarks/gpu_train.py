@@ -31,6 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from talkalike.qlora import release_optimizer_overrides  # noqa: E402
+
 DENSE_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 
@@ -247,8 +249,11 @@ def main() -> int:
     baseline_tokens: dict[str, int] = {}
     for model_name in args.models.split(","):
         for variant in args.variants.split(","):
+            # What an earlier variant left allocated would count in this one's peak: it must be ~0.
+            leftover_gb = torch.cuda.memory_allocated() / 2**30
             model, matmul_params = build_quantized_model(model_name)
             vocab = model.config.vocab_size
+            model_gb = torch.cuda.memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             try:
@@ -269,23 +274,30 @@ def main() -> int:
                 traceback.print_exc()
                 row = {"error": f"{type(error).__name__}: {error}"}
             row.update(model=model_name, variant=variant, wall_s=time.perf_counter() - t0,
-                       card=torch.cuda.get_device_name(), matmul_params=matmul_params)
+                       card=torch.cuda.get_device_name(), matmul_params=matmul_params, leftover_gb=leftover_gb,
+                       model_gb=model_gb)
             if "tokens_per_s" in row:
                 row["mfu"] = row["tokens_per_s"] * 4 * matmul_params / peak_flops()
             results.append(row)
             print(json.dumps(row), flush=True)
             del model
+            # Trainer registers the embedding with bitsandbytes' process-wide 8-bit optimizer manager, which would
+            # keep it alive into the next variant (seen: each later variant's peak grew by one embedding).
+            release_optimizer_overrides()
             gc.collect()
             torch.cuda.empty_cache()
     (out / "gpu_train.json").write_text(json.dumps(results, indent=1))
-    print(f"\n{'model':14} {'variant':13} {'tok/s':>9} {'MFU':>6} {'peak GB':>8} {'first-step loss':>15} "
-          f"{'loss @ baseline tokens':>22}")
+    print(f"\n{'model':14} {'variant':13} {'tok/s':>9} {'x base':>6} {'MFU':>6} {'peak GB':>8} {'model GB':>8} "
+          f"{'leftover':>8} {'first-step loss':>15} {'loss @ baseline tokens':>22}")
+    base_speed = {r["model"]: r["tokens_per_s"] for r in results if r["variant"] == "baseline" and "error" not in r}
     for r in results:
         if "error" in r:
             print(f"{r['model']:14} {r['variant']:13} ERROR {r['error'][:90]}")
             continue
-        print(f"{r['model']:14} {r['variant']:13} {r['tokens_per_s']:9.0f} {r['mfu']:6.1%} {r['peak_gb']:8.2f} "
-              f"{r['first_step_loss']:15.3f} {r['loss_at_baseline_tokens']:22.3f}")
+        ratio = r["tokens_per_s"] / base_speed.get(r["model"], float("nan"))
+        print(f"{r['model']:14} {r['variant']:13} {r['tokens_per_s']:9.0f} {ratio:6.2f} {r['mfu']:6.1%} "
+              f"{r['peak_gb']:8.2f} {r['model_gb']:8.2f} {r['leftover_gb']:8.2f} {r['first_step_loss']:15.3f} "
+              f"{r['loss_at_baseline_tokens']:22.3f}")
     return 0
 
 

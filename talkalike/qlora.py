@@ -64,3 +64,18 @@ def head_loss_sum(head, hidden, targets, chunk_rows: int | None = None):
         total = total + checkpoint(chunk_loss, hidden[start : start + rows], targets[start : start + rows],
                                    use_reentrant=False)
     return total
+
+
+def release_optimizer_overrides() -> None:
+    """Forget the embedding modules that transformers registered with bitsandbytes' global 8-bit optimizer manager.
+
+    Trainer registers every nn.Embedding with that process-wide singleton whenever it builds an 8-bit optimizer, and
+    nothing unregisters them, so each training run in one process keeps its model's embedding alive on the GPU
+    (0.24 GB for Mistral-7B, 0.56 GB for Gemma's 262k vocabulary in bf16). Call between trainings in one process.
+    """
+    import sys
+
+    if "bitsandbytes" in sys.modules:
+        from bitsandbytes.optim import GlobalOptimManager
+
+        GlobalOptimManager.get_instance().module_weight_config_triple.clear()

@@ -129,10 +129,7 @@ def _trainer_class():
                 with deferred_head(self.accelerator.unwrap_model(model)) as head:
                     outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
                 hidden = outputs.logits.reshape(-1, outputs.logits.size(-1))
-                # DDP marks each parameter's gradient ready once per step: with several processes the head runs
-                # as one chunk (seen on 2 GPUs: "Expected to mark a variable ready only once").
-                rows = max(1, hidden.shape[0]) if self.accelerator.num_processes > 1 else None
-                loss_sum = head_loss_sum(head, hidden, chosen, chunk_rows=rows)
+                loss_sum = head_loss_sum(head, hidden, chosen)
             count = chosen.numel() if num_items_in_batch is None else num_items_in_batch
             loss = loss_sum / torch.as_tensor(count, device=loss_sum.device).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -236,6 +233,10 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         completion_only_loss=False,  # our assistant_masks already hold the persona mask
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # transformers only accepts bf16 without a GPU when told so
+        # Every LoRA weight gets a gradient every step, but the LM head's runs after the model's forward (the
+        # masked head above), so DDP's search for unused parameters would mark them ready twice (seen on 2 GPUs:
+        # "Expected to mark a variable ready only once"); Trainer turns the search on for any PeftModel.
+        ddp_find_unused_parameters=False,
     )
     set_seed(recipe.seed)  # LoRA's A matrices are drawn at random: seed them so reruns and resumes agree
     model = apply_lora(model, recipe)

@@ -78,3 +78,28 @@ def test_graph_decoding_matches_eager_greedy_decoding(tiny_model_dir):
     assert again == eager  # the cache is reset between replies
     stopped = list(decoder.tokens(prompt, 12, lambda logits, seen: logits.argmax(dim=-1), stops={eager[3]}))
     assert stopped == eager[: eager.index(eager[3])]
+
+
+def test_fused_graph_decoding_of_a_mistral_shaped_model_matches_eager_greedy_decoding():
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    from talkalike.fastdecode import GraphDecoder
+
+    config = MistralConfig(vocab_size=320, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+                           num_attention_heads=8, num_key_value_heads=2, sliding_window=None)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).cuda().eval()
+    prompt = [2, 5, 17, 33, 9, 41, 7, 100]
+    with torch.inference_mode():
+        eager = model.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=20, min_new_tokens=20,
+                               do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    decoder = GraphDecoder(model, max_cache_len=64, tune_kernels=False)
+    assert decoder.fused is not None  # the fused step, not the model's own forward
+    greedy = lambda logits, seen: logits.argmax(dim=-1)  # noqa: E731
+    assert list(decoder.tokens(prompt, 20, greedy, stops=set())) == eager
+    shorter = prompt[:5]
+    with torch.inference_mode():
+        eager_short = model.generate(torch.tensor([shorter], device="cuda"), max_new_tokens=20, min_new_tokens=20,
+                                     do_sample=False, pad_token_id=0)[0, len(shorter):].tolist()
+    # a shorter prompt after a longer one: the stale cache beyond it must stay masked out
+    assert list(decoder.tokens(shorter, 20, greedy, stops=set())) == eager_short
