@@ -35,6 +35,48 @@ def measured_bandwidth() -> float:
     return 2 * src.numel() * 10 / (time.perf_counter() - t0)
 
 
+def gemv_probe() -> list[dict]:
+    """Bandwidth of one-token matrix-vector products at the 7B model's shapes: cuBLAS vs an inductor reduction.
+
+    Each product is timed inside a CUDA graph over enough distinct weight copies (512 MB) that the L2 cache can't
+    serve them, so GB/s is weight bytes streamed from HBM per second.
+    """
+    import math
+
+    import torch._inductor.config as inductor_config
+    import torch.nn.functional as F
+    import triton.testing
+
+    inductor_config.coordinate_descent_tuning = True
+    shapes = {"q,k,v fused": (6144, 4096), "q or o": (4096, 4096), "k or v": (1024, 4096),
+              "gate,up fused": (28672, 4096), "gate or up": (14336, 4096), "down": (4096, 14336),
+              "lm_head": (32000, 4096)}
+
+    def reduce(x, w):
+        return (x.unsqueeze(-2) * w).float().sum(-1).to(x.dtype)
+
+    reduce = torch.compile(reduce, dynamic=False)
+    out = []
+    for name, (n, k) in shapes.items():
+        copies = max(2, math.ceil(512e6 / (n * k * 2)))
+        weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
+        x = torch.randn(1, 1, k, device="cuda", dtype=torch.bfloat16)
+        row = {"shape": name, "n": n, "k": k}
+        for label, fn in (("cublas", F.linear), ("reduce", reduce)):
+            def run(fn=fn):
+                for w in weights:
+                    fn(x, w)
+            run()
+            ms = triton.testing.do_bench_cudagraph(run, rep=50, return_mode="median") / copies
+            row[f"{label}_us"] = ms * 1e3
+            row[f"{label}_gb_s"] = n * k * 2 / (ms * 1e-3) / 1e9
+        out.append(row)
+        print(json.dumps(row), flush=True)
+        del weights
+    torch.cuda.empty_cache()
+    return out
+
+
 def build_model(layers: int = 32):
     from transformers import AutoModelForCausalLM, MistralConfig
 
@@ -85,12 +127,14 @@ def main() -> int:
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--layers", type=int, default=32, help="fewer layers for a quick check of the mechanics")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu-decode"))
-    parser.add_argument("--variants", default="0,1,2", help="graph decoders to run, by index (see main)")
+    parser.add_argument("--variants", default="0,1,2,3", help="graph decoders to run, by index (see main)")
+    parser.add_argument("--probe", action="store_true", help="first time single matrix-vector products")
     args = parser.parse_args()
     from talkalike.fastdecode import GraphDecoder
 
     name = torch.cuda.get_device_name()
     card = next((k for k in DATASHEET_BANDWIDTH if k in name), name)
+    probe = gemv_probe() if args.probe else []
     model = build_model(args.layers)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     weight_bytes -= model.model.embed_tokens.weight.numel() * 2  # decode reads one embedding row, not the table
@@ -115,6 +159,7 @@ def main() -> int:
     variants = [  # (label, GraphDecoder arguments)
         ("GraphDecoder, model's own forward + StaticCache (last default)", dict(fuse=False)),
         ("GraphDecoder, fused qkv/gate-up + grouped attention (default)", dict()),
+        ("GraphDecoder, fused, matrix-vector as inductor reductions", dict(matvec="reduce")),
         ("GraphDecoder, fused, compile mode max-autotune", dict(mode="max-autotune")),
     ]
     chosen = [v for i, v in enumerate(variants) if str(i) in args.variants.split(",")]
@@ -148,7 +193,12 @@ def main() -> int:
         print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_decode.json").write_text(json.dumps(rows, indent=1))
+    (out / "gpu_decode.json").write_text(json.dumps({"decoders": rows, "matvec_probe": probe}, indent=1))
+    if probe:
+        print(f"{'matrix-vector shape':16} {'N x K':>12} {'cuBLAS us':>9} {'GB/s':>6} {'reduce us':>9} {'GB/s':>6}")
+        for r in probe:
+            print(f"{r['shape']:16} {r['n']:>5} x {r['k']:<5} {r['cublas_us']:9.1f} {r['cublas_gb_s']:6.0f} "
+                  f"{r['reduce_us']:9.1f} {r['reduce_gb_s']:6.0f}")
     print(f"\n{name}: {weight_bytes / 1e9:.1f} GB read per token; limit {limit_datasheet:.0f} tok/s (datasheet), "
           f"{limit_measured:.0f} tok/s (measured {bandwidth / 1e12:.2f} TB/s read)")
     print(f"{'variant':76} {'tok/s':>7} {'% of limit':>10} {'% measured':>10} {'compile s':>9} {'agree':>6}")

@@ -32,7 +32,7 @@ class GraphDecoder:
     """Single-stream decoding with a static cache; build once per model and reuse across replies."""
 
     def __init__(self, model, max_cache_len: int = 4096, tune_kernels: bool = True, fuse: bool = True,
-                 mode: str = "reduce-overhead"):
+                 mode: str = "reduce-overhead", matvec: str = "linear"):
         import torch
 
         if tune_kernels:
@@ -45,7 +45,8 @@ class GraphDecoder:
         assert next(model.parameters()).is_cuda, "GraphDecoder needs the model on a CUDA device"
         self.model = model
         self.max_cache_len = max_cache_len
-        self.fused = FusedStep(model, max_cache_len) if fuse and FusedStep.supports(model, max_cache_len) else None
+        self.fused = (FusedStep(model, max_cache_len, matvec) if fuse and FusedStep.supports(model, max_cache_len)
+                      else None)
         if self.fused is not None:
             self._step = torch.compile(self.fused.step, mode=mode, fullgraph=True, dynamic=False)
             return
@@ -166,8 +167,11 @@ class FusedStep:
                 return False  # fused biases are all or none
         return type(model.lm_head) is torch.nn.Linear
 
-    def __init__(self, model, max_cache_len: int):
+    def __init__(self, model, max_cache_len: int, matvec: str = "linear"):
         import torch
+
+        assert matvec in ("linear", "reduce")
+        self.matvec = matvec  # "linear": cuBLAS matrix-vector products; "reduce": inductor's own kernels
 
         config = model.config
         inner = model.model
@@ -202,11 +206,20 @@ class FusedStep:
             if bias is not None:
                 torch._dynamo.mark_static_address(bias)
 
-    def _qkv(self, i: int, h):
-        """One matrix product for the layer's q [1, len, heads, d], k and v [1, len, kv_heads, d]."""
+    def _linear(self, h, weight, bias=None):
+        """h @ weight.T (+ bias); for one token optionally as a multiply-and-sum that inductor writes as one kernel."""
         import torch.nn.functional as F
 
-        out = F.linear(h, self.qkv[i], self.qkv_bias[i])
+        if self.matvec == "reduce" and h.shape[1] == 1:
+            # A reduction over K with fp32 accumulation, like the matrix unit's: inductor generates (and tunes) a
+            # Triton kernel that streams the weight once, and can fuse the producer of h (a norm, an activation).
+            out = (h.unsqueeze(-2) * weight).float().sum(-1).to(h.dtype)
+            return out if bias is None else out + bias
+        return F.linear(h, weight, bias)
+
+    def _qkv(self, i: int, h):
+        """One matrix product for the layer's q [1, len, heads, d], k and v [1, len, kv_heads, d]."""
+        out = self._linear(h, self.qkv[i], self.qkv_bias[i])
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         length = h.shape[1]
         q = out[..., :q_size].view(1, length, self.heads, self.head_dim)
@@ -215,15 +228,15 @@ class FusedStep:
         return q, k, v
 
     def _mlp(self, i: int, x):
-        import torch.nn.functional as F
-
         layer = self.layers[i]
         h = layer.post_attention_layernorm(x)
-        gate, up = F.linear(h, self.gate_up[i], self.gate_up_bias[i]).split(self.intermediate, dim=-1)
-        return x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+        gate, up = self._linear(h, self.gate_up[i], self.gate_up_bias[i]).split(self.intermediate, dim=-1)
+        down = layer.mlp.down_proj
+        return x + self._linear(layer.mlp.act_fn(gate) * up, down.weight, down.bias)
 
     def _logits(self, x):
-        return self.model.lm_head(self.model.model.norm(x[:, -1:]))[:, -1, :]
+        head = self.model.lm_head
+        return self._linear(self.model.model.norm(x[:, -1:]), head.weight, head.bias)[:, -1, :]
 
     def prefill(self, ids):
         """Run the prompt `ids` [1, n] causally, writing its keys and values at positions 0..n-1; last logits."""
@@ -263,7 +276,8 @@ class FusedStep:
             q = q.view(1, self.kv_heads, group, self.head_dim)
             out = F.scaled_dot_product_attention(q, self.keys[i], self.values[i], attn_mask=visible,
                                                  scale=self.scaling)
-            x = x + layer.self_attn.o_proj(out.reshape(1, 1, -1))
+            o_proj = layer.self_attn.o_proj
+            x = x + self._linear(out.reshape(1, 1, -1), o_proj.weight, o_proj.bias)
             x = self._mlp(i, x)
         return self._logits(x)
 
