@@ -3,11 +3,16 @@
 Decode is memory-bound: each token reads every weight once (the tied 262k x 640 LM head is ~60 % of it). So the
 limit is bytes read per token / measured memory bandwidth, and we report each decoder as a share of the limit for
 its dtype. The bandwidth is measured here, in the same run, with a large torch copy and a large reduction.
+Rows: plain `generate()` and talkalike's loop over the transformers model (what `serve` and `chat --compare` run) in
+fp32 and bf16 (+ the single-token torch.mv path in bf16), and talkalike.cpudecode's merged decoder (what `chat`
+runs) in fp32, its default, and bf16.
 Cold start is `talkalike chat RUN` in a fresh process, from launch to the first token on stdout, with cached weights
-(a run folder with a LoRA adapter over the embedded model is made for it).
+(a run folder with a LoRA adapter over the embedded model is made for it): the first start, which merges the adapter
+and caches it in the run folder, then the median of --starts later ones. --phases also times each phase of a start
+in a fresh process, for the merged path and for the transformers + peft path it replaced.
 
 Run when the machine is quiet (the load average is printed; two busy cores make two-thread numbers meaningless):
-    .venv/bin/python benchmarks/decode_cpu.py [--tokens 64] [--home .bench/home]
+    .venv/bin/python benchmarks/decode_cpu.py [--tokens 64] [--home .bench/home] [--phases]
 """
 
 import argparse
@@ -79,6 +84,55 @@ def our_rate(twin, prompt, tokens: int) -> float:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
+def merged_rate(decoder, prompt, tokens: int) -> float:
+    """Decode tok/s of talkalike.cpudecode's decoder (greedy, no stop), timed from the first token to the last."""
+    from talkalike.generate import Twin
+
+    return our_rate(Twin(model=decoder, tokenizer=None), prompt, tokens) if decoder else 0.0
+
+
+PHASES = r"""
+import sys, time
+t0 = last = time.perf_counter()
+def mark(name):
+    global last
+    now = time.perf_counter(); print(f"{name}\t{now - last:.3f}", flush=True); last = now
+from pathlib import Path
+home, run, path = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+import talkalike.cli, talkalike.chat; mark("python + talkalike")
+import torch; mark("import torch")
+from talkalike.generate import Twin, stream_reply, cpu_decode_dtype
+if path == "merged":
+    from talkalike import cpudecode
+    decoder = cpudecode.load_merged(run, home); mark("map merged weights (mmap)")
+    import transformers.tokenization_utils_tokenizers; mark("import transformers' tokenizer classes")
+    tokenizer = cpudecode.load_tokenizer(run / "tokenizer"); mark("tokenizer (tokenizers.from_file)")
+    twin = Twin(model=decoder, tokenizer=tokenizer, run_dir=run); twin.prepare()
+else:
+    import transformers; from transformers import AutoModelForCausalLM, AutoTokenizer; mark("import transformers")
+    from transformers import Gemma3ForCausalLM; mark("import Gemma 3 modelling")
+    from peft import PeftModel; mark("import peft")
+    from talkalike.model import load_base
+    dtype = getattr(torch, path)
+    base = load_base("gemma-3-270m", home, dtype=dtype); mark(f"load base ({path})")
+    model = PeftModel.from_pretrained(base, str(run / "adapter")); mark("attach adapter")
+    tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer")); mark("tokenizer (AutoTokenizer)")
+    twin = Twin(model=model, tokenizer=tokenizer, run_dir=run, has_adapter=True); twin.prepare(dtype)
+for event in stream_reply(twin, [{"role": "user", "content": "hey! beach tonight?"}]):
+    if event[0] == "text":
+        break
+mark("prompt, prefill, first text")
+print(f"total\t{time.perf_counter() - t0:.3f}")
+"""
+
+
+def phases(home: Path, run: Path, path: str) -> list[tuple[str, float]]:
+    """Seconds per phase of one start in a fresh process: path "merged" (chat) or a dtype name (transformers+peft)."""
+    out = subprocess.run([sys.executable, "-c", PHASES, str(home), str(run), path], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return [(name, float(value)) for name, value in (line.split("\t") for line in out.splitlines() if "\t" in line)]
+
+
 def make_run(home: Path) -> Path:
     """A run folder over the embedded model with a fresh LoRA adapter, for the cold-start measurement."""
     run = home / "runs" / "bench"
@@ -95,13 +149,14 @@ def make_run(home: Path) -> Path:
     return run
 
 
-def cold_start(home: Path, run: Path, repeats: int = 3) -> list[float]:
+def cold_start(home: Path, run: Path, repeats: int = 3, compare: bool = False) -> list[float]:
     """Seconds from launching `talkalike chat RUN` to the first character of the reply on stdout."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-m", "talkalike", "--home", str(home), "chat", str(run),
-                                    "--max-new-tokens", "5"], cwd=ROOT, stdin=subprocess.PIPE,
+                                    "--max-new-tokens", "5"] + (["--compare"] if compare else []),
+                                   cwd=ROOT, stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         process.stdin.write(b"hey! beach tonight?\n")
         process.stdin.flush()
@@ -119,6 +174,8 @@ def main() -> None:
     parser.add_argument("--skip-cold-start", action="store_true")
     parser.add_argument("--threads", type=int, help="torch threads (default: physical cores, as `talkalike chat`)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is reported")
+    parser.add_argument("--starts", type=int, default=5, help="cold starts with the merged cache (median reported)")
+    parser.add_argument("--phases", action="store_true", help="also time each phase of a start, old and new path")
     parser.add_argument("--config", help="a folder with the model's config.json: random weights of the same shapes "
                                          "(decode speed does not depend on the values), for machines without the "
                                          "embedded model; implies --skip-cold-start")
@@ -127,6 +184,7 @@ def main() -> None:
 
     import torch
 
+    from talkalike.cpudecode import decoder_from_model, supported
     from talkalike.generate import Twin, fit_prompt, physical_cores, use_gemv
     from talkalike.model import ensure_embedded, load_base, load_tokenizer
 
@@ -158,6 +216,8 @@ def main() -> None:
         torch.set_num_threads(threads)  # prepare() picks the physical cores; --threads overrides for the benchmark
         # Random weights have no tokenizer: a fixed prompt of the usual length stands in.
         prompt = fit_prompt(twin, HISTORY, twin.defaults) if tokenizer else list(range(1000, 1046))
+        # The chat's decoder over the same weights (fused copies of the layer matrices; the embedding is shared).
+        decoder = decoder_from_model(model) if supported(model.config.to_dict()) else None
         size = weight_bytes(model)
         name = str(dtype).removeprefix("torch.")
         best = {}
@@ -168,12 +228,17 @@ def main() -> None:
                                    (f"talkalike loop, {name}", lambda: our_rate(twin, prompt, args.tokens))):
                 best[label] = max(best.get(label, 0.0), measure())
                 print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)
-            use_gemv(model, True)
-            label = f"talkalike loop + mv, {name}"
-            best[label] = max(best.get(label, 0.0), our_rate(twin, prompt, args.tokens))
+            if dtype == torch.bfloat16:  # mv pays off in bf16 only (fp32 linear already is a gemv kernel)
+                use_gemv(model, True)
+                label = f"talkalike loop + mv, {name}"
+                best[label] = max(best.get(label, 0.0), our_rate(twin, prompt, args.tokens))
+                print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)
+                use_gemv(model, False)
+            label = f"talkalike merged decoder (cpudecode), {name}"
+            best[label] = max(best.get(label, 0.0), merged_rate(decoder, prompt, args.tokens))
             print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)
         rows += [(label, rate, size) for label, rate in best.items()]
-        del model, twin
+        del model, twin, decoder
     read_bw = max(read_bw, bandwidth_gbs(torch)[0])
     rows = [(label, rate, read_bw * 1e9 / size, size) for label, rate, size in rows]
 
@@ -181,14 +246,35 @@ def main() -> None:
     print(f"prompt: {len(prompt)} tokens, {args.tokens} tokens decoded (greedy), batch 1\n")
     print("| decoder | MB read/token | limit tok/s | tok/s | share of limit |")
     print("|---|---|---|---|---|")
+    uses = {"talkalike merged decoder (cpudecode), float32": " (`chat`)",
+            "talkalike loop, float32": " (`serve`, `chat --compare`)"}
     for name, rate, limit, size in rows:
-        print(f"| {name} | {size / 1e6:.0f} | {limit:.1f} | {rate:.1f} | {rate / limit:.0%} |")
+        print(f"| {name}{uses.get(name, '')} | {size / 1e6:.0f} | {limit:.1f} | {rate:.1f} | {rate / limit:.0%} |")
 
     if not args.skip_cold_start:
+        from talkalike.cpudecode import CACHE_DIR
+
         run = make_run(home)
-        times = cold_start(home, run)
-        print(f"\ncold start, `talkalike chat RUN` to the first token (cached weights): "
-              f"{min(times):.2f} s best, {sorted(times)[len(times) // 2]:.2f} s median of {len(times)}")
+        import shutil
+
+        shutil.rmtree(run / CACHE_DIR, ignore_errors=True)
+        first = cold_start(home, run, repeats=1)[0]
+        times = cold_start(home, run, repeats=args.starts)
+        compare = cold_start(home, run, repeats=1, compare=True)[0]
+        print(f"\ncold start, `talkalike chat RUN` to the first token (cached base weights, threads {physical_cores()}):"
+              f"\n  first start (merges the adapter into {CACHE_DIR}/): {first:.2f} s"
+              f"\n  later starts: {sorted(times)[len(times) // 2]:.2f} s median of {len(times)} "
+              f"(best {min(times):.2f}, worst {max(times):.2f})"
+              f"\n  `chat RUN --compare` (transformers + peft, fp32): {compare:.2f} s")
+        if args.phases:
+            old, new = phases(home, run, "bfloat16"), phases(home, run, "merged")
+            print("\n| phase: before (transformers + peft, bf16) | s | phase: after (merged, fp32) | s |")
+            print("|---|---|---|---|")
+            for i in range(max(len(old), len(new))):
+                a = old[i] if i < len(old) else ("", None)
+                b = new[i] if i < len(new) else ("", None)
+                print(f"| {a[0]} | {'' if a[1] is None else f'{a[1]:.2f}'} | {b[0]} | "
+                      f"{'' if b[1] is None else f'{b[1]:.2f}'} |")
     print(f"load average after: {os.getloadavg()[0]:.1f}", file=sys.stderr)
 
 

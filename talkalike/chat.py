@@ -138,7 +138,8 @@ def _reader(stdin: TextIO) -> Callable[[], str | None]:
 def cmd_chat(args) -> int:
     """Chat with a run's twin (or a base model) in the terminal."""
     home = resolve_home(args.home)
-    twin = load_twin(args.run, args.base, home)
+    # Without --compare no base switch is needed: on CPU the adapter is merged once and cached (fast start).
+    twin = load_twin(args.run, args.base, home, switchable=args.compare)
     if args.compare and not twin.has_adapter:
         raise TalkalikeError("--compare needs a run (the base reply is the run's model with its adapter off)")
     config = with_overrides(twin.defaults, temperature=args.temperature, repetition_penalty=args.repetition_penalty,

@@ -16,12 +16,12 @@ benchmarks/decode_cpu.py measures it against plain `generate()`.
 
 import dataclasses
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from talkalike.cpudecode import cpu_decode_dtype, physical_cores, use_gemv  # noqa: F401 (re-exported)
 from talkalike.errors import TalkalikeError
 from talkalike.template import BUBBLE_MARK, BUBBLE_SEP, chat_template, render_prompt, stop_strings
 
@@ -74,27 +74,6 @@ def with_overrides(config: GenerationConfig, **overrides: Any) -> GenerationConf
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def physical_cores() -> int:
-    """Physical cores available to this process: decode is memory-bound, so hyper-threads only add contention."""
-    cpus = os.sched_getaffinity(0)
-    cores = set()
-    for cpu in cpus:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
-        except OSError:
-            return len(cpus)  # no sysfs topology (containers, macOS): count logical CPUs
-    return len(cores)
-
-
-def cpu_decode_dtype():
-    """bfloat16 where the CPU computes it natively (AVX512-BF16 / AMX): half the bytes per token; else float32."""
-    import torch
-
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
-
-
 def _cuda() -> bool:
     import torch
 
@@ -117,7 +96,10 @@ class Twin:
 
     @classmethod
     def from_run(cls, run_dir: Path, home: Path, dtype: Any = None) -> "Twin":
-        """A run folder's base model with its adapter, tokenizer, layout and tuned sampling defaults."""
+        """A run folder's base model with its adapter, tokenizer, layout and tuned sampling defaults.
+
+        `dtype` None: bf16 on a CPU with native bf16 (the batched evaluation's choice), else fp32; the chat and
+        serve commands ask for fp32 on CPU (`load_twin`)."""
         import torch
         from peft import PeftModel
         from transformers import AutoTokenizer
@@ -125,27 +107,34 @@ class Twin:
         from talkalike.model import load_base
 
         # model.load_run's steps, but the base loads straight into the decode dtype: on CPU that reads the
-        # weights once instead of loading fp32 and converting (about a second of `talkalike chat`'s cold start).
+        # weights once instead of loading fp32 and converting.
         run_dir = Path(run_dir)
         run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
         quantized = bool(run_info.get("quantized")) and torch.cuda.is_available()
         if dtype is None and not torch.cuda.is_available():
-            dtype = cpu_decode_dtype()
+            dtype = cpu_decode_dtype(batched=True)
         base = load_base(run_info["base"]["id"], home, quantize_4bit=quantized, dtype=dtype)
         model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
-        twin = cls(
-            model=model,
-            tokenizer=tokenizer,
-            layout=run_info.get("layout", "chat"),
-            name=Path(run_dir).name,
-            # The persona's name as the dataset stage recorded it (dataset.json, copied into run.json).
-            persona=(run_info.get("dataset_info") or {}).get("persona") or run_info.get("persona") or run_dir.name,
-            run_dir=Path(run_dir),
-            has_adapter=True,
-            defaults=load_generation_config(run_dir),
-        )
+        twin = cls(model=model, tokenizer=tokenizer, has_adapter=True, **_run_fields(run_dir, run_info))
         twin.prepare(dtype)
+        return twin
+
+    @classmethod
+    def merged(cls, run_dir: Path, home: Path) -> "Twin | None":
+        """The CPU chat's fast twin: the adapter merged once and cached in the run folder, memory-mapped fp32
+        weights decoded by talkalike.cpudecode (no transformers model, no peft); no base switch. None when the
+        base is not a Gemma 3 text model (the caller then loads the usual way)."""
+        from talkalike import cpudecode
+
+        run_dir = Path(run_dir)
+        run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        decoder = cpudecode.load_merged(run_dir, home)
+        if decoder is None:
+            return None
+        twin = cls(model=decoder, tokenizer=cpudecode.load_tokenizer(run_dir / "tokenizer"),
+                   **_run_fields(run_dir, run_info))
+        twin.prepare()
         return twin
 
     @classmethod
@@ -155,7 +144,7 @@ class Twin:
 
         name = Path(base).name if base and Path(base).is_dir() else (base or EMBEDDED)
         if dtype is None and not _cuda():
-            dtype = cpu_decode_dtype()  # loading straight into the decode dtype skips an fp32 copy
+            dtype = cpu_decode_dtype()  # fp32: the embedded weights' own dtype, so nothing is converted
         twin = cls(model=load_base(base, home, dtype=dtype), tokenizer=load_tokenizer(base, home), name=name,
                    persona=name)
         twin.prepare(dtype)
@@ -165,6 +154,9 @@ class Twin:
         """Eval mode, decode dtype, thread count and (on CPU) the single-token matrix-vector path; call once."""
         import torch
 
+        if getattr(self.model, "own_decoder", False) is True:  # talkalike.cpudecode: nothing to convert
+            torch.set_num_threads(physical_cores())
+            return
         self.model.eval()
         if self.device.type == "cpu":
             torch.set_num_threads(physical_cores())
@@ -198,49 +190,33 @@ class Twin:
         return next(self.model.parameters()).device
 
 
-def load_twin(run: str | None, base: str | None, home: Path) -> Twin:
-    """The twin the chat and serve commands talk to: a run folder (tuned, adapter switchable) or a base model alone."""
+def _run_fields(run_dir: Path, run_info: dict) -> dict:
+    """A run's Twin fields besides the model: layout, names and tuned sampling defaults."""
+    return {"layout": run_info.get("layout", "chat"), "name": run_dir.name,
+            # The persona's name as the dataset stage recorded it (dataset.json, copied into run.json).
+            "persona": (run_info.get("dataset_info") or {}).get("persona") or run_info.get("persona") or run_dir.name,
+            "run_dir": run_dir, "defaults": load_generation_config(run_dir)}
+
+
+def load_twin(run: str | None, base: str | None, home: Path, switchable: bool = True) -> Twin:
+    """The twin the chat and serve commands talk to: a run folder (tuned, adapter switchable) or a base model alone.
+
+    `switchable=False` (the chat without --compare) takes the fast path on CPU: the adapter merged and cached once,
+    decoded without transformers or peft (Twin.merged), which is most of a second-start's cold start."""
     from talkalike.home import resolve_run
 
     if run and base:
         raise TalkalikeError("give a run or --base MODEL, not both (a run already names its base in run.json)")
     if run:
-        return Twin.from_run(resolve_run(home, run), home)
+        run_dir = resolve_run(home, run)
+        if not switchable and not _cuda():
+            twin = Twin.merged(run_dir, home)
+            if twin is not None:
+                return twin
+        return Twin.from_run(run_dir, home, dtype=None if _cuda() else cpu_decode_dtype())
     if base:
         return Twin.from_base(base, home)
     raise TalkalikeError("name a run to talk to (e.g. `talkalike chat dana`), or a base model with --base MODEL")
-
-
-def _gemv_forward(self, x):
-    """nn.Linear.forward, but a single token goes through torch.mv: on CPU in bf16 it reads the weight at memory
-    speed, where F.linear's GEMM path is ~1.4x slower for one row (benchmarks/decode_cpu.py). Decode reads every
-    weight once per token, so this is most of the time per token."""
-    import torch
-
-    if x.numel() == x.shape[-1] and x.dtype == self.weight.dtype:
-        out = torch.mv(self.weight, x.reshape(-1))
-        if self.bias is not None:
-            out = out + self.bias
-        return out.view(*x.shape[:-1], out.shape[-1])
-    return torch.nn.functional.linear(x, self.weight, self.bias)
-
-
-def use_gemv(model, enabled: bool = True) -> int:
-    """Route the single-token forward of every plain nn.Linear (LM head, projections, LoRA's frozen base layers)
-    through torch.mv, or back (enabled=False); returns how many layers. Weights and state_dict are untouched."""
-    import types
-
-    import torch
-
-    count = 0
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:  # exactly Linear: LoRA wrappers and quantized layers keep their own
-            if enabled:
-                module.forward = types.MethodType(_gemv_forward, module)
-            else:
-                module.__dict__.pop("forward", None)
-            count += 1
-    return count
 
 
 def normalize_history(history: list[dict]) -> list[dict]:
@@ -418,6 +394,10 @@ def _token_stream(twin: Twin, prompt_ids: list[int], config: GenerationConfig, s
 
     model, device = twin.model, twin.device
     generator = _generator(config, device)
+    if getattr(model, "own_decoder", False) is True:  # talkalike.cpudecode's merged Gemma decoder
+        yield from model.tokens(prompt_ids, config.max_new_tokens,
+                                lambda logits, seen: _sample(logits, seen, config, generator), stops)
+        return
     if graphs and device.type == "cuda":
         decoder = twin.graph_decoder(len(prompt_ids) + config.max_new_tokens)
         yield from decoder.tokens(prompt_ids, config.max_new_tokens,
@@ -516,7 +496,10 @@ def generate_batch(twin: Twin, histories: list[list[dict]], config: GenerationCo
     with _adapter_switch(twin, use_adapter):
         for start in range(0, len(order), batch_size):
             chunk = order[start: start + batch_size]
-            tokens = _decode_batch(twin, [prompts[i] for i in chunk], config, stops, text_stops)
+            if getattr(twin.model, "own_decoder", False) is True:  # one conversation at a time by design
+                tokens = [list(_token_stream(twin, prompts[i], config, stops)) for i in chunk]
+            else:
+                tokens = _decode_batch(twin, [prompts[i] for i in chunk], config, stops, text_stops)
             for i, row in zip(chunk, tokens):
                 text = twin.tokenizer.decode(row, skip_special_tokens=False)
                 results[i] = split_reply(text, text_stops)

@@ -83,7 +83,7 @@ def test_compare_shows_the_base_reply_to_the_same_history_and_continues_with_the
 
 def test_the_cli_reads_piped_lines_and_logs_in_the_run_folder(tmp_path, monkeypatch, capsys):
     twin = FakeTwin(run_dir=tmp_path / "noa")
-    monkeypatch.setattr(chat, "load_twin", lambda run, base, home: twin)
+    monkeypatch.setattr(chat, "load_twin", lambda run, base, home, **_: twin)
     monkeypatch.setattr(chat, "stream_reply", fake_stream)
     monkeypatch.setattr(sys, "stdin", io.StringIO("hey\n/quit\n"))
     assert main(["--home", str(tmp_path), "chat", "noa", "--temperature", "0.9"]) == 0
@@ -97,7 +97,7 @@ def test_the_cli_reads_piped_lines_and_logs_in_the_run_folder(tmp_path, monkeypa
 
 
 def test_compare_without_a_run_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(chat, "load_twin", lambda run, base, home: FakeTwin(has_adapter=False))
+    monkeypatch.setattr(chat, "load_twin", lambda run, base, home, **_: FakeTwin(has_adapter=False))
     assert main(["--home", str(tmp_path), "chat", "--base", "some-model", "--compare"]) == 2
     assert capsys.readouterr().err.startswith("error: --compare needs a run")
 
