@@ -13,6 +13,11 @@ How it reads a file:
    force it (`date_order`).
 4. Kinds (media, deleted, system) and the edited marker come from per-language tables in
    `talkalike/data/whatsapp_locales.json`.
+5. Steps 2 and 3 run in C (`_whatsapp_scan.c`, built by `pip install -e .`): it recognises the same headers line by
+   line and builds the plain entries; the rest (author-less, placeholders, edited, marks at a body's edge, dates that
+   do not exist) come back to `_finish` here. Without a C compiler the pure-Python pass (`_split`) gives the same
+   result, about 3x slower, and says nothing: tests/test_whatsapp_scan.py fails where the extension is not built, so
+   development and CI always test the C pass, and it checks that both passes agree on every fixture and random export.
 
 Every input line lands in exactly one place: a message header, a continuation line of a message, or an `Unparsed`
 entry. Try it: `talkalike parse 'WhatsApp Chat with Maya.txt' | head`.
@@ -30,6 +35,10 @@ from pathlib import PurePath
 
 from talkalike.errors import TalkalikeError
 from talkalike.message import Message, ParsedExport, Unparsed
+try:  # the hot loop in C, built at install; without a compiler the pure-Python pass gives the same result, slower
+    from talkalike.sources import _whatsapp_scan
+except ImportError:  # tests/test_whatsapp_scan.py fails where the extension is missing, so CI always tests it
+    _whatsapp_scan = None
 from talkalike.sources.whatsapp_kinds import (MARKS, _S, _norm_ampm, _suspicious, _system_line, _unedit, classify,
                                               clean_name, tables)
 
@@ -299,10 +308,26 @@ def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
     clock = _Clock(order, tables().ampm)
     names = _Memo(_name)
     check_all = shape.close == "]" and not marked  # an old iOS export: any authored body may be a system line
-    messages: list[Message] = []
     bad: set[str] = set()  # date strings that do not exist under `order`
     header = _header_regex(shape, leading_newline=True)
+    if _whatsapp_scan is not None and not check_all:
+        first, messages = _scan_fast(text, start, end, shape, clock, names, bad)
+        head_text = "\n" + text[start:first - 1] if first > start else ""
+    else:
+        messages, head_text = _split(text, start, end, header, clock, names, check_all, bad)
+    unparsed = [Unparsed(no, line, "before the first message header")
+                for no, line in enumerate(head_text[1:].split("\n"), 1)] if head_text else []
+    if bad:
+        unparsed += _bad_dates(text, start, end, header, bad, f"does not exist read as {ORDERS[order]}")
+        unparsed.sort(key=lambda u: u.line_no)
+    return messages, unparsed, clock
+
+
+def _split(text: str, start: int, end: int, header: re.Pattern, clock: "_Clock", names: _Memo, check_all: bool,
+           bad: set) -> tuple[list[Message], str]:
+    """The pure-Python pass: the messages, and the text before the first header ("\n" + it, or "" when none)."""
     split, search = header.split, header.search
+    messages: list[Message] = []
     head: list[str] = []  # "\n" + the lines before the first header, or nothing when the text opens with a header
     seen = False
     pos = start
@@ -323,13 +348,30 @@ def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
         pos = stop
     if not seen:
         raise _NoHeader
-    head_text = "".join(head)
-    unparsed = [Unparsed(no, line, "before the first message header")
-                for no, line in enumerate(head_text[1:].split("\n"), 1)] if head_text else []
+    return messages, "".join(head)
+
+
+def _scan_fast(text: str, start: int, end: int, shape: Shape, clock: "_Clock", names: _Memo,
+               bad: set) -> tuple[int, list[Message]]:
+    """The same pass through the C scanner: the offset of the first header line, and the messages. The scanner builds
+    the plain entries; the rest come back with their parts and get `_finish`, the closer look `_entries` gives them."""
+    t = tables()
+    first, messages, closer = _whatsapp_scan.scan(
+        text, start, end, (shape.bracket, shape.date_sep, shape.year_first, shape.date_dot, shape.word, shape.time_sep,
+                           shape.twelve_hour, shape.ampm_first, shape.time_dot, shape.close),
+        t.ampm_local, t.start_hints, t.end_hints, t.exact, clock.days, clock.times, names, _SUSPECT, Message, "text")
+    if first < 0:
+        raise _NoHeader
+    exact_get = t.exact.get
+    for i, when, date, raw, sender, line, rest in closer:
+        if when is None:  # a date that does not exist under the chosen order: reported as unparsed lines
+            bad.add(date)
+            continue
+        body = (line + rest).strip(MARKS)
+        messages[i] = Message(when, *_finish(sender, raw, line, rest, body, exact_get(body), False))
     if bad:
-        unparsed += _bad_dates(text, start, end, header, bad, f"does not exist read as {ORDERS[order]}")
-        unparsed.sort(key=lambda u: u.line_no)
-    return messages, unparsed, clock
+        messages = [m for m in messages if m is not None]
+    return first, messages
 
 
 def _entries(parts: list, clock: "_Clock", names: _Memo, check_all: bool, bad: set) -> list[Message]:
@@ -353,25 +395,8 @@ def _entries(parts: list, clock: "_Clock", names: _Memo, check_all: bool, bad: s
         if fs is not None or fe is not None or ex is not None or tx is not bo or s is None or s is suspect
         or "maps.google" in bo or bo[-1:] == ">"]
     for i in closer:
-        sender, text, raw = senders[i], texts[i], raws[i]
-        # A whole body that is a placeholder once its edge marks are gone (iOS writes "\u200eimage omitted") needs no
-        # more: no placeholder ends with an edited marker (`tables` checks), so the slow path would give the same.
-        if exact[i] is not None and sender is not None and sender is not suspect:
-            kinds[i] = exact[i]
-            if exact[i] == "system":
-                senders[i] = None
-            continue
-        b = firsts[i]
-        if raw is None:
-            sender, b = _no_author(b)
-        elif sender is suspect:
-            sender, b = _author(raw, b)
-        body = b + conts[i]
-        text = body.strip(MARKS)
-        opened = text is not body and body[0] in MARKS
-        text, edited[i] = _unedit(text)
-        kind = exact_get(text) or classify(text, sender is not None, opened, notices=opened or check_all)
-        senders[i], texts[i], kinds[i] = (None if kind == "system" else sender), text, kind
+        senders[i], texts[i], kinds[i], edited[i] = _finish(senders[i], raws[i], firsts[i], conts[i], texts[i], exact[i],
+                                                            check_all)
     if None in days:  # dates that do not exist under the chosen order: reported as unparsed lines
         keep = [i for i, day in enumerate(days) if day is not None]
         bad.update(dates[i] for i, day in enumerate(days) if day is None)
@@ -393,6 +418,27 @@ def _messages(*columns: list) -> list[Message]:
     for setter, column in zip(_SETTERS, columns):
         deque(map(setter, objs, column), maxlen=0)
     return objs
+
+
+def _finish(sender: object, raw: str | None, first: str, cont: str, text: str, exact: str | None,
+            check_all: bool) -> tuple[str | None, str, str, bool]:
+    """The closer look at one entry: its sender, text, kind and edited flag. `text` is first + cont without edge marks,
+    `exact` its kind when the whole text is a known placeholder or notice."""
+    # A whole body that is a placeholder once its edge marks are gone (iOS writes "\u200eimage omitted") needs no
+    # more: no placeholder ends with an edited marker (`tables` checks), so the slow path would give the same.
+    if exact is not None and sender is not None and sender is not _SUSPECT:
+        return (None if exact == "system" else sender), text, exact, False
+    b = first
+    if raw is None:
+        sender, b = _no_author(b)
+    elif sender is _SUSPECT:
+        sender, b = _author(raw, b)
+    body = b + cont
+    text = body.strip(MARKS)
+    opened = text is not body and body[0] in MARKS
+    text, edited = _unedit(text)
+    kind = tables().exact.get(text) or classify(text, sender is not None, opened, notices=opened or check_all)
+    return (None if kind == "system" else sender), text, kind, edited
 
 
 def _author(raw: str, b: str) -> tuple[str | None, str]:

@@ -31,6 +31,9 @@ class _Tables:
     filename_prefixes: tuple
     flag_start: str  # regex lookahead: a first line that may be media or deleted by how it starts (not exact ones)
     flag_end: str  # regex lookbehinds: likewise by how it ends
+    ampm_local: tuple  # the 12h spellings of ampm_regex after its latin a.m./p.m., in its order (for the C scanner)
+    start_hints: tuple  # the literal prefixes flag_start looks for
+    end_hints: tuple  # the literal suffixes flag_end looks for
 
 
 def _alternation(patterns: list[str]) -> str:
@@ -59,6 +62,9 @@ def tables() -> _Tables:
     local = sorted((s for s in spellings if not re.fullmatch(r"[apAP]\.? ?[mM]\.?", s)), key=len, reverse=True)
     local_re = [re.escape(s).replace(r"\ ", _S) for s in local]
     ampm_regex = "|".join([rf"[AaPp]\.?{_S}?[Mm]\.?"] + local_re)
+    start_hints = _minimal({_literal_ends(p)[0] for p in hinted} - {"<"}, str.startswith)
+    end_hints = _minimal({">", ")"} | {_literal_ends(p)[1] for p in hinted}, str.endswith)
+    assert not any("\n" in h for h in start_hints + end_hints), "a placeholder hint spans lines"
     prefixes = []
     for lang in langs:
         for template in lang.get("filename", []):
@@ -79,8 +85,11 @@ def tables() -> _Tables:
         ampm_regex=ampm_regex,
         time_words=tuple(sorted({w for lang in langs for w in lang.get("time_words", [])}, key=len, reverse=True)),
         filename_prefixes=tuple(sorted(set(prefixes), key=len, reverse=True)),
-        flag_start=_lookahead(_minimal({_literal_ends(p)[0] for p in hinted} - {"<"}, str.startswith)),
-        flag_end=_lookbehinds(_minimal({">", ")"} | {_literal_ends(p)[1] for p in hinted}, str.endswith)),
+        flag_start=_lookahead(start_hints),
+        flag_end=_lookbehinds(end_hints),
+        ampm_local=tuple(local),
+        start_hints=start_hints,
+        end_hints=end_hints,
     )
 
 
