@@ -6,6 +6,7 @@ Try it: `talkalike parse 'WhatsApp Chat with Maya.zip' | head`.
 """
 
 import io
+import re
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -18,6 +19,7 @@ SOURCES = {"whatsapp": whatsapp.parse, "telegram": telegram.parse}
 ZIP_MAGIC = b"PK\x03\x04"
 # The start of a file is enough to tell text from binary: text exports never hold NUL bytes.
 SNIFF_BYTES = 8192
+_VISIBLE = re.compile("[^\ufeff \t\r\n]")
 
 
 def read_exports(path: str | Path, date_order: str | None = None) -> list[ParsedExport]:
@@ -43,6 +45,7 @@ def read_exports(path: str | Path, date_order: str | None = None) -> list[Parsed
         name = _name_from_path(path)
         label = path.name
     text = _decode(data, label)
+    del data  # a large export's bytes need not stay beside its text while it is parsed
     if text.lstrip().startswith("{"):  # iOS WhatsApp lines start with "[", so only an object means JSON
         try:
             exports = telegram.parse_all(text, name, date_order)
@@ -104,7 +107,7 @@ def _chat_member(path: Path, data: bytes) -> tuple[str, bytes]:
 
 def _decode(data: bytes, label: str) -> str:
     """UTF-8 text (a leading BOM dropped), or one clear error for empty, binary or non-UTF-8 bytes."""
-    if not data.strip():
+    if not data or data.isspace():  # as `not data.strip()`, without copying a large file
         raise TalkalikeError(f"{label} is empty; export the chat again.")
     if b"\x00" in data[:SNIFF_BYTES]:
         raise TalkalikeError(f"{label} is binary data, not a chat export; give the .txt, .zip or result.json.")
@@ -113,6 +116,6 @@ def _decode(data: bytes, label: str) -> str:
     except UnicodeDecodeError as error:
         raise TalkalikeError(f"{label} is not UTF-8 text (byte {error.start} is invalid); WhatsApp and Telegram export "
                              "UTF-8, so this is likely not an export, or it was re-saved in another encoding.") from None
-    if not text.strip("\ufeff \t\r\n"):
+    if _VISIBLE.search(text) is None:  # as `not text.strip(...)`, without copying a large text
         raise TalkalikeError(f"{label} is empty; export the chat again.")
     return text

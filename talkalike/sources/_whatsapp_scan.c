@@ -5,7 +5,7 @@ module recognises header lines of exactly that shape (the same grammar, backtrac
 `whatsapp._header_regex`), splits date, time, author and body, and builds the plain entries (nine in ten) as
 `Message` objects. Every entry that needs a closer look (author-less, a suspicious author, placeholder or edited
 candidates, invisible marks at the edges of its body, a date that does not exist) comes back as a tuple for the
-Python code to finish, so kinds, names and dates keep one implementation. Dates, times and names are converted by the
+Python code to finish, so kinds, names and dates keep one implementation. Dates, 12h marks and names are converted by the
 caller's memos, called once per distinct string; this module caches their answers by the raw characters.
 
 Built by setuptools at `pip install -e .`; tests/test_whatsapp_scan.py proves C == Python on every input.
@@ -37,7 +37,7 @@ typedef struct {
 } Shape;
 
 typedef struct {
-    Py_ssize_t date_s, date_e, time_s, time_e, author_s, author_e, first_s, eol, line;
+    Py_ssize_t date_s, date_e, time_s, time_e, clock_s, clock_e, author_s, author_e, first_s, eol, line;
     int flagged; /* the first line starts or ends like a placeholder */
 } Head;
 
@@ -159,8 +159,10 @@ HOT int clock_at(int kind, const void *data, const Shape *sh, Py_ssize_t p, Py_s
     if (q + 2 < eol && RD(q) == sh->time_sep && is_digit(RD(q + 1)) && is_digit(RD(q + 2)))
         opts[no++] = q + 3;
     opts[no++] = q;
+    h->clock_s = p;
     for (int i = 0; i < no; i++) {
         Py_ssize_t o = opts[i];
+        h->clock_e = o;
         if (!trailing) {
             Py_ssize_t t = tail_at(kind, data, sh, o, eol);
             if (t >= 0) {
@@ -280,7 +282,6 @@ typedef struct {
     Py_uhash_t hash;
     PyObject *key; /* the span as a str, as the memo saw it */
     PyObject *val;
-    long long num; /* times: the seconds of the timedelta */
 } Slot;
 
 typedef struct {
@@ -380,7 +381,6 @@ static Slot *cache_get(Cache *c, PyObject *memo, PyObject *text, int kind, const
     slot->hash = hash;
     slot->key = key;
     slot->val = val;
-    slot->num = 0;
     c->used++;
     return slot;
 }
@@ -389,10 +389,10 @@ static Slot *cache_get(Cache *c, PyObject *memo, PyObject *text, int kind, const
 /* The scan */
 
 typedef struct {
-    PyObject *text, *exact, *days, *times, *names, *suspect, *text_kind;
+    PyObject *text, *exact, *days, *offsets, *names, *suspect, *text_kind;
     PyTypeObject *message;
-    Py_ssize_t offsets[5]; /* Message's slots: time, sender, text, kind, edited */
-    Cache dates, clocks, people;
+    Py_ssize_t slots[5]; /* Message's slots: time, sender, text, kind, edited */
+    Cache dates, marks, people;
     PyObject *messages, *closer;
     Py_ssize_t count;
     PyObject *last_day, *last_dt; /* consecutive entries often share a minute: one datetime for them */
@@ -408,7 +408,7 @@ static PyObject *new_message(Scan *sc, PyObject *when, PyObject *sender, PyObjec
     PyObject *vals[5] = {when, sender, body, kind_, Py_False};
     for (int i = 0; i < 5; i++) {
         Py_INCREF(vals[i]);
-        *(PyObject **)((char *)obj + sc->offsets[i]) = vals[i];
+        *(PyObject **)((char *)obj + sc->slots[i]) = vals[i];
     }
     return obj;
 }
@@ -450,6 +450,35 @@ static int append_steal(PyObject *list, PyObject *item)
     return r;
 }
 
+HOT long long digit_at(int kind, const void *data, Py_ssize_t p) { return Py_UNICODE_TODECIMAL(RD(p)); }
+
+/* The time of day in seconds, read as whatsapp._Clock.time reads the time string: h, mm, optional ss, and the 12h
+   mark's offset (the text before the hour or after the digits), which the marks memo gives once per spelling. */
+HOT long long seconds_of(int kind, const void *data, Scan *sc, const Shape *sh, const Head *h)
+{
+    Py_ssize_t p = h->clock_s;
+    long long hour = 0, minute, second = 0;
+    for (; RD(p) != sh->time_sep; p++) /* one or two digits, then the separator (header_at checked) */
+        hour = hour * 10 + digit_at(kind, data, p);
+    minute = digit_at(kind, data, p + 1) * 10 + digit_at(kind, data, p + 2);
+    if (p + 3 < h->clock_e)
+        second = digit_at(kind, data, p + 4) * 10 + digit_at(kind, data, p + 5);
+    Py_ssize_t ms = sh->ampm_first ? h->time_s : h->clock_e, me = sh->ampm_first ? h->clock_s : h->time_e;
+    if (ms < me) {
+        Slot *mark = cache_get(&sc->marks, sc->offsets, sc->text, kind, data, ms, me);
+        if (!mark)
+            return -1;
+        long offset = PyLong_AsLong(mark->val);
+        if (offset == -1 && PyErr_Occurred())
+            return -1;
+        if (hour == 12)
+            hour = offset; /* 12 AM is midnight, 12 PM noon */
+        else if (hour < 12)
+            hour += offset;
+    }
+    return hour * 3600 + minute * 60 + second;
+}
+
 /* One entry: the header h and its body text[h.first_s:body_e] (continuation lines included). */
 HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *h, Py_ssize_t body_e)
 {
@@ -460,17 +489,9 @@ HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *
         PyErr_SetString(PyExc_TypeError, "the days memo must answer datetime or None");
         return -1;
     }
-    Slot *clock = cache_get(&sc->clocks, sc->times, sc->text, kind, data, h->time_s, h->time_e);
-    if (!clock)
+    long long secs = seconds_of(kind, data, sc, sh, h);
+    if (secs < 0)
         return -1;
-    if (!clock->num) {
-        if (!PyDelta_Check(clock->val)) {
-            PyErr_SetString(PyExc_TypeError, "the times memo must answer timedelta");
-            return -1;
-        }
-        clock->num = (long long)PyDateTime_DELTA_GET_DAYS(clock->val) * 86400 +
-                     PyDateTime_DELTA_GET_SECONDS(clock->val) + 1; /* +1: 0 means "not read yet" */
-    }
     PyObject *raw = Py_None, *sender = Py_None;
     if (h->author_s >= 0) {
         Slot *who = cache_get(&sc->people, sc->names, sc->text, kind, data, h->author_s, h->author_e);
@@ -483,7 +504,7 @@ HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *
     PyObject *when = NULL, *body = NULL;
     int authored = raw != Py_None && sender != sc->suspect;
     if (date->val != Py_None && authored) {
-        when = when_of(sc, date->val, clock->num - 1);
+        when = when_of(sc, date->val, secs);
         if (!when)
             return -1;
         Py_ssize_t s = h->first_s, e = body_e;
@@ -530,7 +551,7 @@ HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *
         }
         Py_CLEAR(body);
     } else if (date->val != Py_None) {
-        when = when_of(sc, date->val, clock->num - 1);
+        when = when_of(sc, date->val, secs);
         if (!when)
             return -1;
     }
@@ -659,7 +680,7 @@ static int slot_offsets(PyTypeObject *type, Py_ssize_t *offsets)
 }
 
 PyDoc_STRVAR(scan_doc,
-             "scan(text, start, end, shape, ampm, starts, ends, exact, days, times, names, suspect, message, text_kind)\n"
+             "scan(text, start, end, shape, ampm, starts, ends, exact, days, offsets, names, suspect, message, text_kind)\n"
              "-> (offset of the first header line or -1, messages with None where the closer list has the entry, "
              "closer)\n\nSee talkalike.sources.whatsapp._scan_fast.");
 
@@ -672,7 +693,7 @@ static PyObject *scan(PyObject *self, PyObject *args)
     if (!sh)
         return PyErr_NoMemory();
     if (!PyArg_ParseTuple(args, "UnnO!OOOO!O!O!O!OO!U", &sc.text, &start, &end, &PyTuple_Type, &shape, &ampm, &starts,
-                          &ends, &PyDict_Type, &sc.exact, &PyDict_Type, &sc.days, &PyDict_Type, &sc.times,
+                          &ends, &PyDict_Type, &sc.exact, &PyDict_Type, &sc.days, &PyDict_Type, &sc.offsets,
                           &PyDict_Type, &sc.names, &sc.suspect, &PyType_Type, &sc.message, &sc.text_kind))
         goto done;
     if (!PyArg_ParseTuple(shape, "pUppUUpppU", &sh->bracket, &ds, &sh->year_first, &sh->date_dot, &word, &ts,
@@ -703,9 +724,9 @@ static PyObject *scan(PyObject *self, PyObject *args)
         if (n > 0)
             sh->exact_mask[n < 63 ? n : 63] |= 1ull << (PyUnicode_READ_CHAR(key, 0) & 63);
     }
-    if (slot_offsets(sc.message, sc.offsets) < 0)
+    if (slot_offsets(sc.message, sc.slots) < 0)
         goto done;
-    if (cache_init(&sc.dates, 1024) < 0 || cache_init(&sc.clocks, 4096) < 0 || cache_init(&sc.people, 256) < 0)
+    if (cache_init(&sc.dates, 1024) < 0 || cache_init(&sc.marks, 64) < 0 || cache_init(&sc.people, 256) < 0)
         goto done;
     if (!(sc.messages = PyList_New(0)) || !(sc.closer = PyList_New(0)))
         goto done;
@@ -722,7 +743,7 @@ done:
     Py_XDECREF(sc.closer);
     Py_XDECREF(sc.last_dt);
     cache_free(&sc.dates);
-    cache_free(&sc.clocks);
+    cache_free(&sc.marks);
     cache_free(&sc.people);
     PyMem_Free(sh->word.s);
     free_lits(sh->ampm, sh->n_ampm);

@@ -185,15 +185,20 @@ class _Clock:
         h, mi, sec = int(hh), int(mm), int(ss or 0)
         suffix = suffix or prefix
         if suffix:
-            try:
-                offset = self.ampm[suffix]
-            except KeyError:
-                offset = self.ampm[suffix] = self.ampm.get(_norm_ampm(suffix), 0)
+            offset = self.offset(suffix)
             if h == 12:
                 h = offset  # 12 AM is midnight, 12 PM noon
             elif h < 12:
                 h += offset  # an impossible "13:37 p.m." keeps its 13
         return timedelta(0, h * 3600 + mi * 60 + sec)
+
+    def offset(self, mark: str) -> int:
+        """0 or 12 (hours) for a 12h mark as the file writes it ("\u202fPM", " p. m.", "下午")."""
+        try:
+            return self.ampm[mark]
+        except KeyError:
+            offset = self.ampm[mark] = self.ampm.get(_norm_ampm(mark), 0)
+            return offset
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -359,7 +364,7 @@ def _scan_fast(text: str, start: int, end: int, shape: Shape, clock: "_Clock", n
     first, messages, closer = _whatsapp_scan.scan(
         text, start, end, (shape.bracket, shape.date_sep, shape.year_first, shape.date_dot, shape.word, shape.time_sep,
                            shape.twelve_hour, shape.ampm_first, shape.time_dot, shape.close),
-        t.ampm_local, t.start_hints, t.end_hints, t.exact, clock.days, clock.times, names, _SUSPECT, Message, "text")
+        t.ampm_local, t.start_hints, t.end_hints, t.exact, clock.days, _Memo(clock.offset), names, _SUSPECT, Message, "text")
     if first < 0:
         raise _NoHeader
     exact_get = t.exact.get
