@@ -306,9 +306,12 @@ def decoder_from_model(model, dtype=None) -> GemmaDecoder:
     return GemmaDecoder(config, {name: t.to(dtype).contiguous() for name, t in tensors.items()})
 
 
-def fingerprint(run_dir: Path, run_info: dict, dtype_name: str) -> str:
-    """What the cached merge depends on: the adapter's bytes, the base's revision, the dtype and this format."""
-    digest = hashlib.sha256(f"{FORMAT}\n{dtype_name}\n{json.dumps(run_info.get('base'), sort_keys=True)}\n".encode())
+def fingerprint(run_dir: Path, run_info: dict, dtype_name: str, base_file: Path) -> str:
+    """What the cached merge depends on: the adapter's bytes, the base (revision, and its weights file's size and
+    modification time), the dtype and this format."""
+    stat = base_file.stat() if base_file.is_file() else None
+    digest = hashlib.sha256(f"{FORMAT}\n{dtype_name}\n{json.dumps(run_info.get('base'), sort_keys=True)}\n"
+                            f"{stat and (stat.st_size, stat.st_mtime_ns)}\n".encode())
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         path = run_dir / "adapter" / name
         if path.is_file():
@@ -358,7 +361,7 @@ def build_merged(run_dir: Path, home: Path, dtype_name: str = "float32") -> Path
     work = Path(tempfile.mkdtemp(prefix=f".{CACHE_DIR}.tmp-", dir=run_dir))
     try:
         save_file(tensors, str(work / "model.safetensors"))
-        meta = {"fingerprint": fingerprint(run_dir, run_info, dtype_name), "dtype": dtype_name,
+        meta = {"fingerprint": fingerprint(run_dir, run_info, dtype_name, base_path), "dtype": dtype_name,
                 "embedding_from_base": embed_key, "config": config}
         (work / "cache.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         if folder.exists():
@@ -392,19 +395,32 @@ def _shared_embedding(base_path: Path, embed, dtype) -> str | None:
 
 def load_merged(run_dir: Path, home: Path, dtype_name: str = "float32") -> GemmaDecoder | None:
     """The run's merged decoder, building the cache when missing or stale; None if the base is not Gemma 3 text."""
+    import fcntl
+
     run_dir = Path(run_dir)
     run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    base_path = _base_file(home, run_info)
     meta_path = run_dir / CACHE_DIR / "cache.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
-    if meta is None or meta.get("fingerprint") != fingerprint(run_dir, run_info, dtype_name):
+
+    def current() -> dict | None:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
+        return meta if meta and meta.get("fingerprint") == fingerprint(run_dir, run_info, dtype_name, base_path) \
+            else None
+
+    meta = current()
+    if meta is None:
         if not _base_supported(home, run_info):
             return None
-        build_merged(run_dir, home, dtype_name)
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        # One process merges; a second chat started meanwhile waits and then uses its result.
+        with open(run_dir / f".{CACHE_DIR}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            meta = current()
+            if meta is None:
+                build_merged(run_dir, home, dtype_name)
+                meta = current()
     tensors = map_safetensors(run_dir / CACHE_DIR / "model.safetensors")
     if meta["embedding_from_base"]:
-        base = map_safetensors(_base_file(home, run_info))
-        tensors["embed"] = base[meta["embedding_from_base"]]
+        tensors["embed"] = map_safetensors(base_path)[meta["embedding_from_base"]]
     return GemmaDecoder(meta["config"], tensors)
 
 

@@ -16,6 +16,7 @@ benchmarks/decode_cpu.py measures it against plain `generate()`.
 
 import dataclasses
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,12 @@ class Twin:
 
         run_dir = Path(run_dir)
         run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-        decoder = cpudecode.load_merged(run_dir, home)
+        try:
+            decoder = cpudecode.load_merged(run_dir, home)
+        except OSError as error:  # e.g. a read-only run folder: no cache, so the usual (slower) start
+            print(f"note: cannot cache the merged weights in {run_dir} ({error}); loading the adapter instead",
+                  file=sys.stderr)
+            return None
         if decoder is None:
             return None
         twin = cls(model=decoder, tokenizer=cpudecode.load_tokenizer(run_dir / "tokenizer"),
