@@ -41,6 +41,9 @@ def _both(text: str, date_order: str | None = None):
 def test_the_c_scanner_is_built_in_this_environment_so_the_tests_exercise_it():
     # Without a compiler the parser still works through the pure-Python pass; development and CI must not.
     assert whatsapp._whatsapp_scan is not None, "run `pip install -e .` with a C compiler to build the WhatsApp scanner"
+    source = Path(whatsapp.__file__).with_name("_whatsapp_scan.c")
+    built = Path(whatsapp._whatsapp_scan.__file__)
+    assert built.stat().st_mtime >= source.stat().st_mtime, f"{built.name} is older than its source: run `pip install -e .`"
 
 
 def test_the_scanner_compiles_in_the_same_invisible_marks_and_timestamp_spaces():
@@ -63,7 +66,8 @@ def test_every_fixture_parses_the_same_through_c_and_python_also_with_crlf_and_a
 def test_a_large_rendered_chat_in_every_style_parses_the_same_through_c_and_python():
     base = datetime(2021, 3, 14, 9, 0)
     bodies = ["hi", "<Media omitted>", "image omitted", "This message was deleted", "see maps.google.com/x",
-              "edited <This message was edited>", "two\n\nlines: here", "שלום 👨\u200d👩\u200d👧", "a: b: c", ""]
+              "edited <This message was edited>", "two\n\nlines: here", "שלום 👨\u200d👩\u200d👧", "a: b: c", "",
+              "x <This message was edited>\u200f", "\u200fopened", "closed\u200e", "\u200e\u200f"]
     names = ["Maya", "דנה", "+972 50-123-4567", "a:", "Someone With A Very Long Name Indeed", 'Q "quoted"']
     messages = [Message(base.replace(hour=i % 24, minute=i % 60, second=i % 60), names[i % len(names)],
                         bodies[i % len(bodies)], "text", False) for i in range(3000)]

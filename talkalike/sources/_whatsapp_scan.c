@@ -18,21 +18,13 @@ Built by setuptools at `pip install -e .`; tests/test_whatsapp_scan.py proves C 
 #define MAX_LOCAL_AMPM 64 /* local 12h spellings; the locale data has about 30 */
 #define MAX_HINTS 64      /* placeholder start/end hints; about 15 */
 
-typedef struct {
-    Py_UCS4 *s;
-    Py_ssize_t n;
-} Lit;
+typedef struct { Py_UCS4 *s; Py_ssize_t n; } Lit;
 
 typedef struct {
     int bracket, year_first, date_dot, twelve_hour, ampm_first, time_dot;
     Py_UCS4 date_sep, time_sep, close;
-    Lit word;
-    Lit ampm[MAX_LOCAL_AMPM];
-    int n_ampm;
-    Lit fstart[MAX_HINTS];
-    int n_fstart;
-    Lit fend[MAX_HINTS];
-    int n_fend;
+    Lit word, ampm[MAX_LOCAL_AMPM], fstart[MAX_HINTS], fend[MAX_HINTS];
+    int n_ampm, n_fstart, n_fend;
     uint64_t exact_mask[64]; /* by body length (63: longer): first characters of exact placeholders, mod 64 */
 } Shape;
 
@@ -61,31 +53,26 @@ static inline int is_digit(Py_UCS4 c) /* the regex module's \d on str patterns *
 HOT Py_ssize_t digit_run(int kind, const void *data, Py_ssize_t p, Py_ssize_t eol, Py_ssize_t cap)
 {
     Py_ssize_t n = 0;
-    while (p + n < eol && n < cap && is_digit(RD(p + n)))
-        n++;
+    while (p + n < eol && n < cap && is_digit(RD(p + n))) n++;
     return n;
 }
 
 /* A literal whose spaces stand for any timestamp space, as the regex writes re.escape(s).replace("\\ ", _S). */
 HOT int spaced_at(int kind, const void *data, Py_ssize_t p, Py_ssize_t eol, const Lit *l)
 {
-    if (l->n > eol - p)
-        return 0;
+    if (l->n > eol - p) return 0;
     for (Py_ssize_t i = 0; i < l->n; i++) {
         Py_UCS4 c = RD(p + i), w = l->s[i];
-        if (w == ' ' ? !is_space(c) : c != w)
-            return 0;
+        if (w == ' ' ? !is_space(c) : c != w) return 0;
     }
     return 1;
 }
 
 HOT int exact_at(int kind, const void *data, Py_ssize_t p, Py_ssize_t lo, Py_ssize_t hi, const Lit *l)
 {
-    if (p < lo || p + l->n > hi)
-        return 0;
+    if (p < lo || p + l->n > hi) return 0;
     for (Py_ssize_t i = 0; i < l->n; i++)
-        if (RD(p + i) != l->s[i])
-            return 0;
+        if (RD(p + i) != l->s[i]) return 0;
     return 1;
 }
 
@@ -99,19 +86,16 @@ HOT int ampm_ends(int kind, const void *data, const Shape *sh, Py_ssize_t p, Py_
         if (c == 'A' || c == 'a' || c == 'P' || c == 'p') {
             Py_ssize_t a[2], b[2];
             int na = 0;
-            if (p + 1 < eol && RD(p + 1) == '.')
-                a[na++] = p + 2;
+            if (p + 1 < eol && RD(p + 1) == '.') a[na++] = p + 2;
             a[na++] = p + 1;
             for (int i = 0; i < na; i++) {
                 int nb = 0;
-                if (a[i] < eol && is_space(RD(a[i])))
-                    b[nb++] = a[i] + 1;
+                if (a[i] < eol && is_space(RD(a[i]))) b[nb++] = a[i] + 1;
                 b[nb++] = a[i];
                 for (int j = 0; j < nb; j++) {
                     Py_ssize_t q = b[j];
                     if (q < eol && (RD(q) == 'M' || RD(q) == 'm')) {
-                        if (q + 1 < eol && RD(q + 1) == '.')
-                            ends[n++] = q + 2;
+                        if (q + 1 < eol && RD(q + 1) == '.') ends[n++] = q + 2;
                         ends[n++] = q + 1;
                     }
                 }
@@ -119,8 +103,7 @@ HOT int ampm_ends(int kind, const void *data, const Shape *sh, Py_ssize_t p, Py_
         }
     }
     for (int i = 0; i < sh->n_ampm; i++)
-        if (spaced_at(kind, data, p, eol, &sh->ampm[i]))
-            ends[n++] = p + sh->ampm[i].n;
+        if (spaced_at(kind, data, p, eol, &sh->ampm[i])) ends[n++] = p + sh->ampm[i].n;
     return n;
 }
 
@@ -128,8 +111,7 @@ HOT int ampm_ends(int kind, const void *data, const Shape *sh, Py_ssize_t p, Py_
 HOT Py_ssize_t tail_at(int kind, const void *data, const Shape *sh, Py_ssize_t p, Py_ssize_t eol)
 {
     if (sh->time_dot) {
-        if (p >= eol || RD(p) != '.')
-            return -1;
+        if (p >= eol || RD(p) != '.') return -1;
         p++;
     }
     switch (sh->close) {
@@ -149,15 +131,12 @@ HOT int clock_at(int kind, const void *data, const Shape *sh, Py_ssize_t p, Py_s
                  Py_ssize_t *head_end)
 {
     Py_ssize_t n = digit_run(kind, data, p, eol, 3), ends[8 + MAX_LOCAL_AMPM], opts[2];
-    if (n < 1 || n > 2)
-        return 0;
+    if (n < 1 || n > 2) return 0;
     Py_ssize_t q = p + n;
-    if (q + 2 >= eol || RD(q) != sh->time_sep || !is_digit(RD(q + 1)) || !is_digit(RD(q + 2)))
-        return 0;
+    if (q + 2 >= eol || RD(q) != sh->time_sep || !is_digit(RD(q + 1)) || !is_digit(RD(q + 2))) return 0;
     q += 3;
     int no = 0;
-    if (q + 2 < eol && RD(q) == sh->time_sep && is_digit(RD(q + 1)) && is_digit(RD(q + 2)))
-        opts[no++] = q + 3;
+    if (q + 2 < eol && RD(q) == sh->time_sep && is_digit(RD(q + 1)) && is_digit(RD(q + 2))) opts[no++] = q + 3;
     opts[no++] = q;
     h->clock_s = p;
     for (int i = 0; i < no; i++) {
@@ -165,27 +144,18 @@ HOT int clock_at(int kind, const void *data, const Shape *sh, Py_ssize_t p, Py_s
         h->clock_e = o;
         if (!trailing) {
             Py_ssize_t t = tail_at(kind, data, sh, o, eol);
-            if (t >= 0) {
-                h->time_e = o;
-                *head_end = t;
-                return 1;
-            }
+            if (t >= 0) { h->time_e = o; *head_end = t; return 1; }
             continue;
         }
         Py_ssize_t sp[2];
         int ns = 0;
-        if (o < eol && is_space(RD(o)))
-            sp[ns++] = o + 1;
+        if (o < eol && is_space(RD(o))) sp[ns++] = o + 1;
         sp[ns++] = o;
         for (int j = 0; j < ns; j++) {
             int ne = ampm_ends(kind, data, sh, sp[j], eol, ends);
             for (int k = 0; k < ne; k++) {
                 Py_ssize_t t = tail_at(kind, data, sh, ends[k], eol);
-                if (t >= 0) {
-                    h->time_e = ends[k];
-                    *head_end = t;
-                    return 1;
-                }
+                if (t >= 0) { h->time_e = ends[k]; *head_end = t; return 1; }
             }
         }
     }
@@ -196,11 +166,9 @@ HOT int clock_at(int kind, const void *data, const Shape *sh, Py_ssize_t p, Py_s
 HOT int header_at(int kind, const void *data, const Shape *sh, Py_ssize_t line, Py_ssize_t eol, Head *h)
 {
     Py_ssize_t p = line, n, he;
-    while (p < eol && is_mark(RD(p)))
-        p++;
+    while (p < eol && is_mark(RD(p))) p++;
     if (sh->bracket) {
-        if (p >= eol || RD(p) != '[')
-            return 0;
+        if (p >= eol || RD(p) != '[') return 0;
         p++;
     }
     if (p >= eol || !is_digit(RD(p)))
@@ -213,30 +181,23 @@ HOT int header_at(int kind, const void *data, const Shape *sh, Py_ssize_t line, 
             return 0;
         p += n;
         if (part < 2) {
-            if (p >= eol || RD(p) != sh->date_sep)
-                return 0;
+            if (p >= eol || RD(p) != sh->date_sep) return 0;
             p++;
-            if (p < eol && is_space(RD(p)))
-                p++;
+            if (p < eol && is_space(RD(p))) p++;
         }
     }
     if (sh->date_dot) {
-        if (p >= eol || RD(p) != '.')
-            return 0;
+        if (p >= eol || RD(p) != '.') return 0;
         p++;
     }
     h->date_e = p;
-    if (p < eol && RD(p) == ',')
-        p++;
-    if (p >= eol || !is_space(RD(p)))
-        return 0;
+    if (p < eol && RD(p) == ',') p++;
+    if (p >= eol || !is_space(RD(p))) return 0;
     p++;
     if (sh->word.n) {
-        if (!spaced_at(kind, data, p, eol, &sh->word))
-            return 0;
+        if (!spaced_at(kind, data, p, eol, &sh->word)) return 0;
         p += sh->word.n;
-        if (p >= eol || !is_space(RD(p)))
-            return 0;
+        if (p >= eol || !is_space(RD(p))) return 0;
         p++;
     }
     h->time_s = p;
@@ -245,15 +206,11 @@ HOT int header_at(int kind, const void *data, const Shape *sh, Py_ssize_t line, 
         int ne = ampm_ends(kind, data, sh, p, eol, ends), found = 0;
         for (int k = 0; k < ne && !found; k++) {
             Py_ssize_t q = ends[k];
-            if (q < eol && is_space(RD(q)))
-                q++;
+            if (q < eol && is_space(RD(q))) q++;
             found = clock_at(kind, data, sh, q, eol, 0, h, &he);
         }
-        if (!found)
-            return 0;
-    } else if (!clock_at(kind, data, sh, p, eol, sh->twelve_hour, h, &he)) {
-        return 0;
-    }
+        if (!found) return 0;
+    } else if (!clock_at(kind, data, sh, p, eol, sh->twelve_hour, h, &he)) { return 0; }
     /* the author runs to the first ": " of the line; a line without one has no author */
     h->author_s = h->author_e = -1;
     h->first_s = he;
@@ -284,19 +241,12 @@ typedef struct {
     PyObject *val;
 } Slot;
 
-typedef struct {
-    Slot *slots;
-    size_t mask, used;
-} Cache;
+typedef struct { Slot *slots; size_t mask, used; } Cache;
 
 static void cache_free(Cache *c)
 {
-    if (!c->slots)
-        return;
-    for (size_t i = 0; i <= c->mask; i++) {
-        Py_XDECREF(c->slots[i].key);
-        Py_XDECREF(c->slots[i].val);
-    }
+    if (!c->slots) return;
+    for (size_t i = 0; i <= c->mask; i++) { Py_XDECREF(c->slots[i].key); Py_XDECREF(c->slots[i].val); }
     PyMem_Free(c->slots);
     c->slots = NULL;
 }
@@ -306,10 +256,7 @@ static int cache_init(Cache *c, size_t size)
     c->slots = PyMem_Calloc(size, sizeof(Slot));
     c->mask = size - 1;
     c->used = 0;
-    if (!c->slots) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    if (!c->slots) { PyErr_NoMemory(); return -1; }
     return 0;
 }
 
@@ -318,17 +265,13 @@ static Slot *cache_probe(Slot *slots, size_t mask, Py_uhash_t hash, int kind, co
 {
     for (size_t i = hash & mask;; i = (i + 1) & mask) {
         Slot *slot = &slots[i];
-        if (!slot->key)
-            return slot;
-        if (slot->hash != hash || PyUnicode_GET_LENGTH(slot->key) != e - s)
-            continue;
+        if (!slot->key) return slot;
+        if (slot->hash != hash || PyUnicode_GET_LENGTH(slot->key) != e - s) continue;
         int kk = PyUnicode_KIND(slot->key);
         const void *kd = PyUnicode_DATA(slot->key);
         Py_ssize_t j = 0;
-        while (j < e - s && PyUnicode_READ(kk, kd, j) == RD(s + j))
-            j++;
-        if (j == e - s)
-            return slot;
+        while (j < e - s && PyUnicode_READ(kk, kd, j) == RD(s + j)) j++;
+        if (j == e - s) return slot;
     }
 }
 
@@ -336,17 +279,12 @@ static int cache_grow(Cache *c)
 {
     size_t size = (c->mask + 1) * 2;
     Slot *slots = PyMem_Calloc(size, sizeof(Slot));
-    if (!slots) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    if (!slots) { PyErr_NoMemory(); return -1; }
     for (size_t i = 0; i <= c->mask; i++) {
         Slot *old = &c->slots[i];
-        if (!old->key)
-            continue;
+        if (!old->key) continue;
         size_t j = old->hash & (size - 1);
-        while (slots[j].key)
-            j = (j + 1) & (size - 1);
+        while (slots[j].key) j = (j + 1) & (size - 1);
         slots[j] = *old;
     }
     PyMem_Free(c->slots);
@@ -360,24 +298,17 @@ static Slot *cache_get(Cache *c, PyObject *memo, PyObject *text, int kind, const
                        Py_ssize_t e)
 {
     Py_uhash_t hash = 2166136261u;
-    for (Py_ssize_t i = s; i < e; i++)
-        hash = (hash ^ RD(i)) * 16777619u;
+    for (Py_ssize_t i = s; i < e; i++) hash = (hash ^ RD(i)) * 16777619u;
     Slot *slot = cache_probe(c->slots, c->mask, hash, kind, data, s, e);
-    if (slot->key)
-        return slot;
+    if (slot->key) return slot;
     if (2 * (c->used + 1) > c->mask + 1) {
-        if (cache_grow(c) < 0)
-            return NULL;
+        if (cache_grow(c) < 0) return NULL;
         slot = cache_probe(c->slots, c->mask, hash, kind, data, s, e);
     }
     PyObject *key = PyUnicode_Substring(text, s, e);
-    if (!key)
-        return NULL;
+    if (!key) return NULL;
     PyObject *val = PyObject_GetItem(memo, key);
-    if (!val) {
-        Py_DECREF(key);
-        return NULL;
-    }
+    if (!val) { Py_DECREF(key); return NULL; }
     slot->hash = hash;
     slot->key = key;
     slot->val = val;
@@ -403,36 +334,27 @@ typedef struct {
 static PyObject *new_message(Scan *sc, PyObject *when, PyObject *sender, PyObject *body, PyObject *kind_)
 {
     PyObject *obj = sc->message->tp_alloc(sc->message, 0);
-    if (!obj)
-        return NULL;
+    if (!obj) return NULL;
     PyObject *vals[5] = {when, sender, body, kind_, Py_False};
-    for (int i = 0; i < 5; i++) {
-        Py_INCREF(vals[i]);
-        *(PyObject **)((char *)obj + sc->slots[i]) = vals[i];
-    }
+    for (int i = 0; i < 5; i++) { Py_INCREF(vals[i]); *(PyObject **)((char *)obj + sc->slots[i]) = vals[i]; }
     return obj;
 }
 
 /* day + timedelta(seconds=secs), as the Python code adds them. A new reference. */
 static PyObject *when_of(Scan *sc, PyObject *day, long long secs)
 {
-    if (day == sc->last_day && secs == sc->last_secs) {
-        Py_INCREF(sc->last_dt);
-        return sc->last_dt;
-    }
+    if (day == sc->last_day && secs == sc->last_secs) { Py_INCREF(sc->last_dt); return sc->last_dt; }
     PyObject *dt;
     if (secs >= 0 && secs < 86400) {
         dt = PyDateTime_FromDateAndTime(PyDateTime_GET_YEAR(day), PyDateTime_GET_MONTH(day), PyDateTime_GET_DAY(day),
                                         (int)(secs / 3600), (int)(secs / 60 % 60), (int)(secs % 60), 0);
     } else { /* "25:10" rolls over into the next day, as in Python */
         PyObject *delta = PyDelta_FromDSU(0, (int)secs, 0);
-        if (!delta)
-            return NULL;
+        if (!delta) return NULL;
         dt = PyNumber_Add(day, delta);
         Py_DECREF(delta);
     }
-    if (!dt)
-        return NULL;
+    if (!dt) return NULL;
     Py_XDECREF(sc->last_dt);
     Py_INCREF(dt);
     sc->last_dt = dt;
@@ -443,8 +365,7 @@ static PyObject *when_of(Scan *sc, PyObject *day, long long secs)
 
 static int append_steal(PyObject *list, PyObject *item)
 {
-    if (!item)
-        return -1;
+    if (!item) return -1;
     int r = PyList_Append(list, item);
     Py_DECREF(item);
     return r;
@@ -461,20 +382,15 @@ HOT long long seconds_of(int kind, const void *data, Scan *sc, const Shape *sh, 
     for (; RD(p) != sh->time_sep; p++) /* one or two digits, then the separator (header_at checked) */
         hour = hour * 10 + digit_at(kind, data, p);
     minute = digit_at(kind, data, p + 1) * 10 + digit_at(kind, data, p + 2);
-    if (p + 3 < h->clock_e)
-        second = digit_at(kind, data, p + 4) * 10 + digit_at(kind, data, p + 5);
+    if (p + 3 < h->clock_e) second = digit_at(kind, data, p + 4) * 10 + digit_at(kind, data, p + 5);
     Py_ssize_t ms = sh->ampm_first ? h->time_s : h->clock_e, me = sh->ampm_first ? h->clock_s : h->time_e;
     if (ms < me) {
         Slot *mark = cache_get(&sc->marks, sc->offsets, sc->text, kind, data, ms, me);
-        if (!mark)
-            return -1;
+        if (!mark) return -1;
         long offset = PyLong_AsLong(mark->val);
-        if (offset == -1 && PyErr_Occurred())
-            return -1;
-        if (hour == 12)
-            hour = offset; /* 12 AM is midnight, 12 PM noon */
-        else if (hour < 12)
-            hour += offset;
+        if (offset == -1 && PyErr_Occurred()) return -1;
+        if (hour == 12) hour = offset; /* 12 AM is midnight, 12 PM noon */
+        else if (hour < 12) hour += offset;
     }
     return hour * 3600 + minute * 60 + second;
 }
@@ -483,20 +399,17 @@ HOT long long seconds_of(int kind, const void *data, Scan *sc, const Shape *sh, 
 HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *h, Py_ssize_t body_e)
 {
     Slot *date = cache_get(&sc->dates, sc->days, sc->text, kind, data, h->date_s, h->date_e);
-    if (!date)
-        return -1;
+    if (!date) return -1;
     if (date->val != Py_None && !PyDateTime_Check(date->val)) {
         PyErr_SetString(PyExc_TypeError, "the days memo must answer datetime or None");
         return -1;
     }
     long long secs = seconds_of(kind, data, sc, sh, h);
-    if (secs < 0)
-        return -1;
+    if (secs < 0) return -1;
     PyObject *raw = Py_None, *sender = Py_None;
     if (h->author_s >= 0) {
         Slot *who = cache_get(&sc->people, sc->names, sc->text, kind, data, h->author_s, h->author_e);
-        if (!who)
-            return -1;
+        if (!who) return -1;
         raw = who->key;
         sender = who->val;
     }
@@ -505,19 +418,15 @@ HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *
     int authored = raw != Py_None && sender != sc->suspect;
     if (date->val != Py_None && authored) {
         when = when_of(sc, date->val, secs);
-        if (!when)
-            return -1;
+        if (!when) return -1;
         Py_ssize_t s = h->first_s, e = body_e;
-        while (s < e && is_mark(RD(s)))
-            s++;
-        while (e > s && is_mark(RD(e - 1)))
-            e--;
+        while (s < e && is_mark(RD(s))) s++;
+        while (e > s && is_mark(RD(e - 1))) e--;
         int edges = s != h->first_s || e != body_e;
         Py_ssize_t len = e - s;
         if (len > 0 && (sh->exact_mask[len < 63 ? len : 63] >> (RD(s) & 63) & 1)) {
             body = PyUnicode_Substring(sc->text, s, e);
-            if (!body)
-                goto error;
+            if (!body) goto error;
             PyObject *found = PyDict_GetItemWithError(sc->exact, body);
             if (found) { /* an exact placeholder or notice: as whatsapp._entries' first closer step */
                 int system = PyUnicode_CompareWithASCIIString(found, "system") == 0;
@@ -526,24 +435,20 @@ HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *
                 Py_DECREF(body);
                 return append_steal(sc->messages, m);
             }
-            if (PyErr_Occurred())
-                goto error;
+            if (PyErr_Occurred()) goto error;
         }
         int plain = !h->flagged && !edges && !(body_e > h->first_s && RD(body_e - 1) == '>');
         if (plain && len >= 11) {
             static const char needle[] = "maps.google";
             for (Py_ssize_t i = s; i + 11 <= e && plain; i++) {
-                if (RD(i) != 'm')
-                    continue;
+                if (RD(i) != 'm') continue;
                 int k = 1;
-                while (k < 11 && RD(i + k) == (Py_UCS4)needle[k])
-                    k++;
+                while (k < 11 && RD(i + k) == (Py_UCS4)needle[k]) k++;
                 plain = k < 11;
             }
         }
         if (plain) {
-            if (!body && !(body = PyUnicode_Substring(sc->text, s, e)))
-                goto error;
+            if (!body && !(body = PyUnicode_Substring(sc->text, s, e))) goto error;
             PyObject *m = new_message(sc, when, sender, body, sc->text_kind);
             Py_DECREF(when);
             Py_DECREF(body);
@@ -552,12 +457,10 @@ HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *
         Py_CLEAR(body);
     } else if (date->val != Py_None) {
         when = when_of(sc, date->val, secs);
-        if (!when)
-            return -1;
+        if (!when) return -1;
     }
     /* the closer look, in Python: (index, when or None, date, raw author or None, sender, first line, the rest) */
-    if (PyList_Append(sc->messages, Py_None) < 0)
-        goto error;
+    if (PyList_Append(sc->messages, Py_None) < 0) goto error;
     PyObject *first = PyUnicode_Substring(sc->text, h->first_s, h->eol);
     PyObject *rest = first ? PyUnicode_Substring(sc->text, h->eol, body_e) : NULL;
     PyObject *at = rest ? PyLong_FromSsize_t(index) : NULL;
@@ -565,8 +468,7 @@ HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *
     Py_XDECREF(first);
     Py_XDECREF(rest);
     Py_XDECREF(at);
-    if (!entry)
-        goto error;
+    if (!entry) goto error;
     Py_XDECREF(when);
     return append_steal(sc->closer, entry);
 error:
@@ -586,37 +488,19 @@ HOT Py_ssize_t scan_text(int kind, const void *data, Scan *sc, const Shape *sh, 
             const char *nl = memchr((const char *)data + line, '\n', end - line);
             eol = nl ? nl - (const char *)data : end;
         } else {
-            while (eol < end && RD(eol) != '\n')
-                eol++;
+            while (eol < end && RD(eol) != '\n') eol++;
         }
         if (header_at(kind, data, sh, line, eol, &next)) {
-            if (open && emit(kind, data, sc, sh, &cur, line - 1) < 0)
-                return -2;
-            if (first < 0)
-                first = line;
+            if (open && emit(kind, data, sc, sh, &cur, line - 1) < 0) return -2;
+            if (first < 0) first = line;
             cur = next;
             open = 1;
         }
-        if (eol >= end)
-            break;
+        if (eol >= end) break;
         line = eol + 1;
     }
-    if (open && emit(kind, data, sc, sh, &cur, end) < 0)
-        return -2;
+    if (open && emit(kind, data, sc, sh, &cur, end) < 0) return -2;
     return first;
-}
-
-static Py_ssize_t scan_1(const void *data, Scan *sc, const Shape *sh, Py_ssize_t a, Py_ssize_t b)
-{
-    return scan_text(PyUnicode_1BYTE_KIND, data, sc, sh, a, b);
-}
-static Py_ssize_t scan_2(const void *data, Scan *sc, const Shape *sh, Py_ssize_t a, Py_ssize_t b)
-{
-    return scan_text(PyUnicode_2BYTE_KIND, data, sc, sh, a, b);
-}
-static Py_ssize_t scan_4(const void *data, Scan *sc, const Shape *sh, Py_ssize_t a, Py_ssize_t b)
-{
-    return scan_text(PyUnicode_4BYTE_KIND, data, sc, sh, a, b);
 }
 
 /* ------------------------------------------------------------------------------------------------------------ */
@@ -625,8 +509,7 @@ static Py_ssize_t scan_4(const void *data, Scan *sc, const Shape *sh, Py_ssize_t
 static int to_lits(PyObject *seq, Lit *out, int cap, int *n, const char *what)
 {
     PyObject *fast = PySequence_Fast(seq, what);
-    if (!fast)
-        return -1;
+    if (!fast) return -1;
     Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
     if (len > cap) {
         Py_DECREF(fast);
@@ -636,8 +519,7 @@ static int to_lits(PyObject *seq, Lit *out, int cap, int *n, const char *what)
     for (Py_ssize_t i = 0; i < len; i++) {
         PyObject *s = PySequence_Fast_GET_ITEM(fast, i);
         if (!PyUnicode_Check(s) || !(out[i].s = PyUnicode_AsUCS4Copy(s))) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_TypeError, "%s: strings expected", what);
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "%s: strings expected", what);
             *n = (int)i;
             Py_DECREF(fast);
             return -1;
@@ -651,16 +533,12 @@ static int to_lits(PyObject *seq, Lit *out, int cap, int *n, const char *what)
 
 static void free_lits(Lit *l, int n)
 {
-    for (int i = 0; i < n; i++)
-        PyMem_Free(l[i].s);
+    for (int i = 0; i < n; i++) PyMem_Free(l[i].s);
 }
 
 static Py_UCS4 one_char(PyObject *s, const char *what)
 {
-    if (PyUnicode_GET_LENGTH(s) != 1) {
-        PyErr_Format(PyExc_ValueError, "%s must be one character", what);
-        return 0;
-    }
+    if (PyUnicode_GET_LENGTH(s) != 1) { PyErr_Format(PyExc_ValueError, "%s must be one character", what); return 0; }
     return PyUnicode_READ_CHAR(s, 0);
 }
 
@@ -690,8 +568,7 @@ static PyObject *scan(PyObject *self, PyObject *args)
     Shape *sh = PyMem_Calloc(1, sizeof(Shape));
     PyObject *shape, *ampm, *starts, *ends, *word, *ds, *ts, *close, *result = NULL;
     Py_ssize_t start, end;
-    if (!sh)
-        return PyErr_NoMemory();
+    if (!sh) return PyErr_NoMemory();
     if (!PyArg_ParseTuple(args, "UnnO!OOOO!O!O!O!OO!U", &sc.text, &start, &end, &PyTuple_Type, &shape, &ampm, &starts,
                           &ends, &PyDict_Type, &sc.exact, &PyDict_Type, &sc.days, &PyDict_Type, &sc.offsets,
                           &PyDict_Type, &sc.names, &sc.suspect, &PyType_Type, &sc.message, &sc.text_kind))
@@ -706,8 +583,7 @@ static PyObject *scan(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "start and end must lie within the text");
         goto done;
     }
-    if (!(sh->word.s = PyUnicode_AsUCS4Copy(word)))
-        goto done;
+    if (!(sh->word.s = PyUnicode_AsUCS4Copy(word))) goto done;
     sh->word.n = PyUnicode_GET_LENGTH(word);
     if (to_lits(ampm, sh->ampm, MAX_LOCAL_AMPM, &sh->n_ampm, "ampm") < 0 ||
         to_lits(starts, sh->fstart, MAX_HINTS, &sh->n_fstart, "starts") < 0 ||
@@ -721,22 +597,17 @@ static PyObject *scan(PyObject *self, PyObject *args)
             goto done;
         }
         Py_ssize_t n = PyUnicode_GET_LENGTH(key);
-        if (n > 0)
-            sh->exact_mask[n < 63 ? n : 63] |= 1ull << (PyUnicode_READ_CHAR(key, 0) & 63);
+        if (n > 0) sh->exact_mask[n < 63 ? n : 63] |= 1ull << (PyUnicode_READ_CHAR(key, 0) & 63);
     }
-    if (slot_offsets(sc.message, sc.slots) < 0)
-        goto done;
-    if (cache_init(&sc.dates, 1024) < 0 || cache_init(&sc.marks, 64) < 0 || cache_init(&sc.people, 256) < 0)
-        goto done;
-    if (!(sc.messages = PyList_New(0)) || !(sc.closer = PyList_New(0)))
-        goto done;
+    if (slot_offsets(sc.message, sc.slots) < 0) goto done;
+    if (cache_init(&sc.dates, 1024) < 0 || cache_init(&sc.marks, 64) < 0 || cache_init(&sc.people, 256) < 0) goto done;
+    if (!(sc.messages = PyList_New(0)) || !(sc.closer = PyList_New(0))) goto done;
     int kind = PyUnicode_KIND(sc.text);
     const void *data = PyUnicode_DATA(sc.text);
-    Py_ssize_t first = kind == PyUnicode_1BYTE_KIND   ? scan_1(data, &sc, sh, start, end)
-                       : kind == PyUnicode_2BYTE_KIND ? scan_2(data, &sc, sh, start, end)
-                                                      : scan_4(data, &sc, sh, start, end);
-    if (first == -2)
-        goto done;
+    Py_ssize_t first = kind == PyUnicode_1BYTE_KIND   ? scan_text(PyUnicode_1BYTE_KIND, data, &sc, sh, start, end)
+                       : kind == PyUnicode_2BYTE_KIND ? scan_text(PyUnicode_2BYTE_KIND, data, &sc, sh, start, end)
+                                                      : scan_text(PyUnicode_4BYTE_KIND, data, &sc, sh, start, end);
+    if (first == -2) goto done;
     result = Py_BuildValue("(nOO)", first, sc.messages, sc.closer);
 done:
     Py_XDECREF(sc.messages);
@@ -762,11 +633,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_whatsapp_scan",
 PyMODINIT_FUNC PyInit__whatsapp_scan(void)
 {
     PyDateTime_IMPORT;
-    if (!PyDateTimeAPI)
-        return NULL;
+    if (!PyDateTimeAPI) return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (!m)
-        return NULL;
+    if (!m) return NULL;
     /* the character classes compiled in, for the test that checks them against whatsapp_kinds */
     if (PyModule_AddStringConstant(m, "MARKS", "\xe2\x80\x8e\xe2\x80\x8f\xe2\x80\xaa\xe2\x80\xab\xe2\x80\xac\xe2\x80\xad"
                                               "\xe2\x80\xae\xe2\x81\xa6\xe2\x81\xa7\xe2\x81\xa8\xe2\x81\xa9\xef\xbb\xbf") < 0 ||
