@@ -77,6 +77,24 @@ def gemv_probe() -> list[dict]:
     return out
 
 
+def profile_step(decoder, ids: list[int], path: Path, label: str, steps: int = 32) -> None:
+    """GPU kernel time per decoded token, by kernel, written to `path` (the CUDA-graph replays included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        list(decoder.tokens(ids, steps, greedy, stops=set()))
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events.sort(key=lambda e: -e.self_device_time_total)
+    total = sum(e.self_device_time_total for e in events)
+    lines = [f"{label}: {total / steps:.0f} us of kernel time per token, {sum(e.count for e in events) / steps:.0f} "
+             f"kernels per token", f"{'us/token':>9} {'calls/token':>11}  kernel"]
+    for e in events[:30]:
+        lines.append(f"{e.self_device_time_total / steps:9.1f} {e.count / steps:11.1f}  {e.key[:110]}")
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:14]), flush=True)
+
+
 def build_model(layers: int = 32):
     from transformers import AutoModelForCausalLM, MistralConfig
 
@@ -129,6 +147,7 @@ def main() -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu-decode"))
     parser.add_argument("--variants", default="0,1,2,3", help="graph decoders to run, by index (see main)")
     parser.add_argument("--probe", action="store_true", help="first time single matrix-vector products")
+    parser.add_argument("--profile", action="store_true", help="kernel time table of 32 steps per decoder")
     args = parser.parse_args()
     from talkalike.fastdecode import GraphDecoder
 
@@ -161,6 +180,8 @@ def main() -> int:
         ("GraphDecoder, fused qkv/gate-up + grouped attention (default)", dict()),
         ("GraphDecoder, fused, matrix-vector as inductor reductions", dict(matvec="reduce")),
         ("GraphDecoder, fused, compile mode max-autotune", dict(mode="max-autotune")),
+        ("GraphDecoder, fused, attention as inductor reductions", dict(attention="reduce")),
+        ("GraphDecoder, fused, attention and matrix-vector as reductions", dict(attention="reduce", matvec="reduce")),
     ]
     chosen = [v for i, v in enumerate(variants) if str(i) in args.variants.split(",")]
     for label, kwargs in chosen:
@@ -184,6 +205,13 @@ def main() -> int:
                      "compile_s": compile_s, "fused": decoder.fused is not None,
                      "argmax_agreement_teacher_forced": agree})
         print(json.dumps(rows[-1]), flush=True)  # partial results survive a time limit
+        if args.profile:
+            try:
+                profile_step(decoder, ids, Path(args.out) / f"profile-{variants.index((label, kwargs))}.txt", label)
+            except Exception:  # a diagnostic; the timings above stand without it
+                import traceback
+
+                traceback.print_exc()
         del decoder
 
     for row in rows:

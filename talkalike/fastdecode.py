@@ -32,7 +32,7 @@ class GraphDecoder:
     """Single-stream decoding with a static cache; build once per model and reuse across replies."""
 
     def __init__(self, model, max_cache_len: int = 4096, tune_kernels: bool = True, fuse: bool = True,
-                 mode: str = "reduce-overhead", matvec: str = "linear"):
+                 mode: str = "reduce-overhead", matvec: str = "linear", attention: str = "sdpa"):
         import torch
 
         if tune_kernels:
@@ -45,8 +45,8 @@ class GraphDecoder:
         assert next(model.parameters()).is_cuda, "GraphDecoder needs the model on a CUDA device"
         self.model = model
         self.max_cache_len = max_cache_len
-        self.fused = (FusedStep(model, max_cache_len, matvec) if fuse and FusedStep.supports(model, max_cache_len)
-                      else None)
+        self.fused = (FusedStep(model, max_cache_len, matvec, attention)
+                      if fuse and FusedStep.supports(model, max_cache_len) else None)
         if self.fused is not None:
             self._step = torch.compile(self.fused.step, mode=mode, fullgraph=True, dynamic=False)
             return
@@ -167,11 +167,12 @@ class FusedStep:
                 return False  # fused biases are all or none
         return type(model.lm_head) is torch.nn.Linear
 
-    def __init__(self, model, max_cache_len: int, matvec: str = "linear"):
+    def __init__(self, model, max_cache_len: int, matvec: str = "linear", attention: str = "sdpa"):
         import torch
 
-        assert matvec in ("linear", "reduce")
+        assert matvec in ("linear", "reduce") and attention in ("sdpa", "reduce")
         self.matvec = matvec  # "linear": cuBLAS matrix-vector products; "reduce": inductor's own kernels
+        self.attention = attention  # one-token attention: "sdpa" (a fused kernel) or "reduce" (inductor's)
 
         config = model.config
         inner = model.model
@@ -216,6 +217,17 @@ class FusedStep:
             out = (h.unsqueeze(-2) * weight).float().sum(-1).to(h.dtype)
             return out if bias is None else out + bias
         return F.linear(h, weight, bias)
+
+    def _attend(self, q, keys, values, visible):
+        """Attention of q [1, kv, group, d] over the whole cache as two reductions and a softmax, in fp32.
+
+        A fused attention kernel gives each (key/value head, query block) one thread block: 8 blocks for a 7B
+        model's one-token step, on a GPU with 132 multiprocessors. Written as reductions, inductor spreads the
+        work over every (head, position) instead."""
+        scores = (q.unsqueeze(-2) * keys.unsqueeze(-3)).float().sum(-1) * self.scaling  # [1, kv, group, cache]
+        weights = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+        out = (weights.unsqueeze(-1) * values.unsqueeze(-3).float()).sum(-2)  # [1, kv, group, d]
+        return out.to(q.dtype)
 
     def _qkv(self, i: int, h):
         """One matrix product for the layer's q [1, len, heads, d], k and v [1, len, kv_heads, d]."""
@@ -274,8 +286,11 @@ class FusedStep:
             # Each key/value head serves `group` query heads: laid out as `group` query rows of that head, one
             # attention call reads the cache once, with no copy of it per query head.
             q = q.view(1, self.kv_heads, group, self.head_dim)
-            out = F.scaled_dot_product_attention(q, self.keys[i], self.values[i], attn_mask=visible,
-                                                 scale=self.scaling)
+            if self.attention == "reduce":
+                out = self._attend(q, self.keys[i], self.values[i], visible)
+            else:
+                out = F.scaled_dot_product_attention(q, self.keys[i], self.values[i], attn_mask=visible,
+                                                     scale=self.scaling)
             o_proj = layer.self_attn.o_proj
             x = x + self._linear(out.reshape(1, 1, -1), o_proj.weight, o_proj.bias)
             x = self._mlp(i, x)

@@ -19,10 +19,10 @@ def tiny(model_type: str, **extra):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
-def fused_greedy(model, prompt: list[int], n: int, matvec: str = "linear") -> list[int]:
+def fused_greedy(model, prompt: list[int], n: int, **options) -> list[int]:
     from talkalike.fastdecode import FusedStep
 
-    step = FusedStep(model, max_cache_len=64, matvec=matvec)
+    step = FusedStep(model, max_cache_len=64, **options)
     out = []
     with torch.inference_mode():
         logits = step.prefill(torch.tensor([prompt]))
@@ -50,19 +50,20 @@ def test_fused_decoding_gives_the_models_own_greedy_tokens(model_type, extra):
         before = model(torch.tensor([prompt])).logits
     assert fused_greedy(model, prompt, 16) == eager
     assert fused_greedy(model, prompt, 16, matvec="reduce") == eager  # matrix-vector products as reductions
+    assert fused_greedy(model, prompt, 16, attention="reduce") == eager  # attention as reductions
     with torch.inference_mode():  # the model's weights are views of the fused ones now, with the same values
         assert torch.equal(model(torch.tensor([prompt])).logits, before)
     assert model.model.layers[0].self_attn.k_proj.weight.untyped_storage().data_ptr() == \
         model.model.layers[0].self_attn.q_proj.weight.untyped_storage().data_ptr()
 
 
-@pytest.mark.parametrize("matvec", ["linear", "reduce"])
-def test_fused_logits_match_a_full_forward_position_by_position(matvec):
+@pytest.mark.parametrize("matvec,attention", [("linear", "sdpa"), ("reduce", "sdpa"), ("linear", "reduce")])
+def test_fused_logits_match_a_full_forward_position_by_position(matvec, attention):
     model = tiny("mistral", sliding_window=None)
     sequence = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38]
     from talkalike.fastdecode import FusedStep
 
-    step = FusedStep(model, max_cache_len=32, matvec=matvec)
+    step = FusedStep(model, max_cache_len=32, matvec=matvec, attention=attention)
     with torch.inference_mode():
         full = model(torch.tensor([sequence])).logits[0]
         step.prefill(torch.tensor([sequence[:4]]))
