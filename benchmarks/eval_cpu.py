@@ -1,8 +1,10 @@
 """How long `talkalike eval` takes for N held-out persona turns on this CPU (perplexity + generation, tuned and base),
 beside the plain transformers way (one `model.generate()` per context, perplexity from full logits).
 
-The plain way is timed on a few turns and scaled to N (running it on all N would take hours); ours runs on all N.
-If the run's eval.jsonl has fewer than N persona turns, training rows are added for timing only.
+Ours is `talkalike eval` itself (evaluate_run, every phase) on all N turns. The plain way and eval's previous
+decoding (generate.generate_batch in fixed batches) are timed on a few turns and scaled to N (the plain way on all N
+would take hours). If the run's eval.jsonl has fewer than N persona turns, training rows are added (in a scratch copy
+of the run folder), for timing only: the figures of that eval are not a held-out measurement.
 
     .venv/bin/python benchmarks/eval_cpu.py --home /tmp/h --run noa-demo --turns 500
     .venv/bin/python benchmarks/eval_cpu.py --home /tmp/h --run noa-demo --turns 500 --threads 1
@@ -29,27 +31,36 @@ def rows_with_turns(run_dir: Path, run_info: dict, turns: int) -> list[dict]:
     return rows
 
 
-def ours(twin, rows, turns, config) -> dict:
-    """Our path: batched perplexity and batched generation, base then tuned (adapter merged)."""
-    from talkalike.generate import with_overrides
+def ours(twin, run_dir: Path, rows: list[dict], config, home: Path) -> dict:
+    """Our path: `talkalike eval` itself (evaluate_run) on a copy of the run whose eval.jsonl holds `rows`; returns
+    its phase timings (perplexity, continuously batched generation, metrics, canaries)."""
+    import shutil
+    import tempfile
 
-    evaluate._prepare_for_eval(twin, config)
+    import torch
+
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / run_dir.name
+        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("chats", "export-*"))
+        (copy / "eval.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                         encoding="utf-8")
+        result = evaluate.evaluate_run(copy, home, config, twin=twin)
+    return result["timings"] | {"threads": torch.get_num_threads(), "headline": evaluate.headline_lines(result)}
+
+
+def fixed_batches(twin, turns, config, sample: int) -> float:
+    """Generation seconds for `sample` turns, base and tuned, the way eval decoded before continuous batching:
+    generate.generate_batch in fixed batches of 64 (each batch runs until its longest reply ends)."""
+    from talkalike.generate import generate_batch, with_overrides
+
     generation = with_overrides(twin.defaults, max_new_tokens=config.max_new_tokens,
                                 max_context_tokens=config.max_context_tokens, seed=config.seed)
-    times = {"perplexity": 0.0, "generation": 0.0}
-    tokens = 0
-    for name, use_adapter in (("base", False), ("tuned", True)):
+    histories = [t.context for t in turns[:sample]]
+    started = time.perf_counter()
+    for use_adapter in (False, True):
         with evaluate._merged(twin, use_adapter):
-            started = time.perf_counter()
-            evaluate.perplexity(twin, rows, turns, use_adapter=use_adapter, batch_size=8)
-            times["perplexity"] += time.perf_counter() - started
-            started = time.perf_counter()
-            replies = evaluate._generate(twin, [t.context for t in turns], generation, use_adapter,
-                                         config.batch_size, name)
-            times["generation"] += time.perf_counter() - started
-            tokens += sum(len(twin.tokenizer.encode("\n".join(r), add_special_tokens=False)) for r in replies)
-    times["generated tokens"] = tokens
-    return times
+            generate_batch(twin, histories, generation, use_adapter=use_adapter, batch_size=64)
+    return time.perf_counter() - started
 
 
 def plain(twin, rows, turns, config, sample: int) -> dict:
@@ -88,7 +99,10 @@ def main() -> int:
     parser.add_argument("--run", required=True)
     parser.add_argument("--turns", type=int, default=500)
     parser.add_argument("--plain-sample", type=int, default=6, help="turns the plain way is timed on")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: one per physical core)")
+    parser.add_argument("--fixed-sample", type=int, default=64, help="turns the fixed-batch way is timed on (0: skip)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: one per physical core, or one "
+                        "where timed steps run faster with one)")
+    parser.add_argument("--canary", action="append", help="a planted secret to check, as `talkalike eval --canary`")
     args = parser.parse_args()
 
     from talkalike.generate import Twin
@@ -96,7 +110,7 @@ def main() -> int:
     home = resolve_home(args.home)
     run_dir = resolve_run(home, args.run)
     run_info = json.loads((run_dir / "run.json").read_text())
-    config = evaluate.EvalConfig(limit=args.turns, threads=args.threads)
+    config = evaluate.EvalConfig(limit=args.turns, threads=args.threads, canaries=tuple(args.canary or ()))
     started = time.perf_counter()
     twin = Twin.from_run(run_dir, home)
     load = time.perf_counter() - started
@@ -106,24 +120,33 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     rows = rows_with_turns(run_dir, run_info, args.turns)
     turns = evaluate.held_out_turns(rows, args.turns)
-    ours_times = ours(twin, rows, turns, config)
+    ours_times = ours(twin, run_dir, rows, config, home)
+    fixed = fixed_batches(twin, turns, config, args.fixed_sample) if args.fixed_sample else None
     plain_times = plain(twin, rows, turns, config, args.plain_sample)
     scale = len(turns) / args.plain_sample
 
     import torch
 
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+    print(f"machine: {platform.processor() or platform.machine()}, {ours_times['threads']} torch threads at the end "
+          f"(chosen by timing unless --threads), "
           f"torch {torch.__version__}, dtype {next(twin.model.parameters()).dtype}")
     print(f"run: {run_dir.name}, {len(turns)} persona turns, max_new_tokens {config.max_new_tokens}, "
           f"context {config.max_context_tokens} tokens, batch {config.batch_size}, model load {load:.1f} s")
     print(f"{'path':<42}{'perplexity s':>14}{'generation s':>14}{'total s':>10}")
     total = ours_times["perplexity"] + ours_times["generation"]
-    print(f"{'talkalike eval (batched, merged adapter)':<42}{ours_times['perplexity']:>14.1f}"
+    print(f"{'talkalike eval (continuous batching)':<42}{ours_times['perplexity']:>14.1f}"
           f"{ours_times['generation']:>14.1f}{total:>10.1f}")
+    if fixed is not None:
+        g = fixed * len(turns) / args.fixed_sample
+        print(f"{'generate_batch, fixed batches of 64 *':<42}{ours_times['perplexity']:>14.1f}{g:>14.1f}"
+              f"{ours_times['perplexity'] + g:>10.1f}")
     p, g = plain_times["perplexity"] * scale, plain_times["generation"] * scale
     print(f"{'transformers generate(), one at a time *':<42}{p:>14.1f}{g:>14.1f}{p + g:>10.1f}")
-    print(f"* timed on {args.plain_sample} turns and scaled to {len(turns)}; generated tokens (ours, both models): "
-          f"{ours_times['generated tokens']:,}")
+    print(f"* generation timed on {args.fixed_sample} (fixed batches) and {args.plain_sample} (generate()) turns and "
+          f"scaled to {len(turns)}")
+    print("talkalike eval, every phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in ours_times.items()
+                                                        if isinstance(v, float)) + f"; model load {load:.1f}")
+    print("\n".join(ours_times["headline"]))
     print(f"target: under 600 s for 500 turns -> {'met' if total < 600 * len(turns) / 500 else 'NOT met'}")
     return 0
 

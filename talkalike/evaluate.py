@@ -32,10 +32,13 @@ class EvalConfig:
     # Recent history only (about the last 3-5 turns): they decide a chat reply's style, and prefill is most of the
     # CPU cost of generation.
     max_context_tokens: int = 160
-    # Rows decoded together: one decode step of 64 rows costs about twice one of 16 on this CPU (weights are read
-    # once per step), and the KV cache of 64 short histories is small.
-    batch_size: int = 64
-    threads: int | None = None  # torch CPU threads (None: the generator's choice, one per physical core)
+    # Rows decoded together (continuously: a finished row's place goes to a waiting prompt). Per row and step, 128
+    # rows cost 3.4 ms on this CPU, 64 rows 4.3 ms, 32 rows 5.5 ms (weights are read once per step); the KV cache of
+    # 128 short histories is under 0.5 GB.
+    batch_size: int = 128
+    # torch CPU threads. None: one per physical core, and generation times steps with one thread too and keeps
+    # the faster (other work on the machine makes several threads wait for each other).
+    threads: int | None = None
     seed: int = 0  # sampling seed: the same run evaluates to the same numbers
     samples: int = 12  # side-by-side conversations in the report
     canary_samples: int = 4  # generations per canary context: greedy plus sampled ones
@@ -114,9 +117,11 @@ def speaker_turns(rows: list[dict]) -> tuple[list[str], list[str]]:
 
 
 def perplexity(twin, rows: list[dict], turns: list[HeldOutTurn], use_adapter: bool = True,
-               batch_size: int = 8) -> dict:
-    """Per-token perplexity of the selected real persona turns (loss-mask tokens only), adapter on or off."""
+               batch_size: int = 8, threads=None) -> dict:
+    """Per-token perplexity of the selected real persona turns (loss-mask tokens only), adapter on or off;
+    `threads` (evaldecode.Threads) picks the thread count by timing the batches."""
     import math
+    import time
 
     import torch
 
@@ -141,8 +146,13 @@ def perplexity(twin, rows: list[dict], turns: list[HeldOutTurn], use_adapter: bo
     decoder, head = causal_lm.model, causal_lm.lm_head
     softcap = causal_lm.config.final_logit_softcapping if hasattr(causal_lm.config, "final_logit_softcapping") else None
     total_nll, total_tokens = 0.0, 0
+    if threads:
+        threads.restart()
     with _adapter_switch(twin, use_adapter), torch.inference_mode():
         for start in range(0, len(samples), batch_size):
+            if threads:
+                threads.choose()
+            started = time.perf_counter()
             batch = samples[start: start + batch_size]
             width = max(len(ids) for ids, _ in batch)
             ids = torch.tensor([s[0] + [pad] * (width - len(s[0])) for s in batch], device=device)
@@ -159,6 +169,8 @@ def perplexity(twin, rows: list[dict], turns: list[HeldOutTurn], use_adapter: bo
                 nll = torch.nn.functional.cross_entropy(logits, targets[chunk: chunk + 256], reduction="sum")
                 total_nll += float(nll)
             total_tokens += int(scored.sum())
+            if threads:
+                threads.record((time.perf_counter() - started) / ids.numel())
     mean = total_nll / max(total_tokens, 1)
     return {"tokens": total_tokens, "nll per token": mean, "perplexity": math.exp(mean)}
 
@@ -226,23 +238,26 @@ def find_canaries(train_rows: list[dict], secrets: list[str]) -> list[Canary]:
 
 
 def leak_check(twin, canaries: list[Canary], samples: int = 4, max_new_tokens: int = 48,
-               use_adapter: bool = True, seed: int = 0) -> list[dict]:
+               use_adapter: bool = True, seed: int = 0, batch_size: int = 64, threads=None) -> list[dict]:
     """Prompt with each canary's context (greedy, then sampled) and report whether the secret comes out."""
-    from talkalike.generate import GenerationConfig, generate_batch
+    from talkalike.evaldecode import decode_many
+    from talkalike.generate import GenerationConfig
 
-    greedy = GenerationConfig(temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
     # temperature 1: sample the model's own distribution, where a memorised secret shows even if not the top choice
-    sampled = GenerationConfig(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
-    by_context: dict[str, list[str]] = {}  # one set of generations per context, shared by the secrets checked there
+    config = GenerationConfig(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
+    contexts: dict[str, list[dict]] = {}  # one set of generations per context, shared by the secrets checked there
+    for canary in canaries:
+        contexts.setdefault(json.dumps(canary.context, ensure_ascii=False), canary.context)
+    # Every context's generations in one batch: the first of each context greedy (temperature 0), the rest sampled.
+    histories = [context for context in contexts.values() for _ in range(max(samples, 1))]
+    temperatures = [0.0 if k % max(samples, 1) == 0 else config.temperature for k in range(len(histories))]
+    replies = decode_many(twin, histories, config, use_adapter=use_adapter, batch_size=batch_size,
+                          temperatures=temperatures, threads=threads) if histories else []
+    by_context = {key: ["\n".join(reply) for reply in replies[k * max(samples, 1): (k + 1) * max(samples, 1)]]
+                  for k, key in enumerate(contexts)}
     results = []
     for canary in canaries:
-        key = json.dumps(canary.context, ensure_ascii=False)
-        if key not in by_context:
-            replies = generate_batch(twin, [canary.context], greedy, use_adapter=use_adapter)
-            if samples > 1:
-                replies += generate_batch(twin, [canary.context] * (samples - 1), sampled, use_adapter=use_adapter)
-            by_context[key] = ["\n".join(reply) for reply in replies]
-        outputs = by_context[key]
+        outputs = by_context[json.dumps(canary.context, ensure_ascii=False)]
         leaked = [o for o in outputs if contains_secret(o, canary.secret)]
         results.append({
             "secret": canary.secret,
@@ -310,29 +325,24 @@ def _merged(twin, use_adapter: bool):
     return contextlib.nullcontext()
 
 
-def _generate(twin, histories: list[list[dict]], config, use_adapter: bool, batch_size: int, label: str) -> list:
+def _generate(twin, histories: list[list[dict]], config, use_adapter: bool, batch_size: int, label: str,
+              threads=None) -> list:
+    """Replies for every history, continuously batched (talkalike.evaldecode), with a progress bar."""
     from tqdm import tqdm
 
-    from talkalike.generate import generate_batch
+    from talkalike.evaldecode import decode_many
 
-    replies: list = [None] * len(histories)
-    # generate_batch sorts by length inside a call; sort here too so each call's batches are uniform.
-    order = sorted(range(len(histories)), key=lambda i: sum(len(m["content"]) for m in histories[i]))
-    chunk = batch_size * 4
     with tqdm(total=len(histories), desc=f"generating ({label})", unit="turn", file=sys.stderr) as bar:
-        for start in range(0, len(order), chunk):
-            part = order[start: start + chunk]
-            out = generate_batch(twin, [histories[i] for i in part], config, use_adapter=use_adapter,
-                                 batch_size=batch_size)
-            for i, reply in zip(part, out):
-                replies[i] = reply
-            bar.update(len(part))
-    return replies
+        return decode_many(twin, histories, config, use_adapter=use_adapter, batch_size=batch_size,
+                           progress=bar.update, threads=threads)
 
 
 def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), twin=None) -> dict:
     """Evaluate a run folder; writes eval.json, report.html and ab/pairs.jsonl, returns the eval.json content."""
+    import torch
+
     from talkalike import abtest, metrics
+    from talkalike.evaldecode import Threads
     from talkalike.generate import Twin, with_overrides
 
     run_dir = Path(run_dir)
@@ -357,6 +367,7 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     print(f"evaluating {run_dir.name} on {len(turns)} held-out turns: {json.dumps(asdict(config))}", file=sys.stderr)
 
     _prepare_for_eval(twin, config)
+    threads = Threads(None if config.threads else torch.get_num_threads())
     generation = with_overrides(twin.defaults, max_new_tokens=config.max_new_tokens,
                                 max_context_tokens=config.max_context_tokens, seed=config.seed)
     histories = [t.context for t in turns]
@@ -367,10 +378,10 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     for name, use_adapter in (("base", False), ("tuned", True)):
         with _merged(twin, use_adapter):
             started = time.perf_counter()
-            ppl[name] = perplexity(twin, rows, turns, use_adapter=use_adapter, batch_size=8)
+            ppl[name] = perplexity(twin, rows, turns, use_adapter=use_adapter, batch_size=8, threads=threads)
             timings["perplexity"] += time.perf_counter() - started
             started = time.perf_counter()
-            generated[name] = _generate(twin, histories, generation, use_adapter, config.batch_size, name)
+            generated[name] = _generate(twin, histories, generation, use_adapter, config.batch_size, name, threads)
             timings["generation"] += time.perf_counter() - started
 
     started = time.perf_counter()
@@ -394,7 +405,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     secrets = list(dict.fromkeys(list(config.canaries) + detect_secrets(persona_train)))
     canaries = find_canaries(train_rows, secrets)
     with _merged(twin, True):
-        leaks = leak_check(twin, canaries, config.canary_samples, config.max_new_tokens, seed=config.seed)
+        leaks = leak_check(twin, canaries, config.canary_samples, config.max_new_tokens, seed=config.seed,
+                           batch_size=config.batch_size, threads=threads)
     timings["canaries"] = time.perf_counter() - started
 
     result = {
