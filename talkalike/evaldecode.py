@@ -103,11 +103,14 @@ class Threads:
         self.step = 0
         self.times: dict[int, float] = {}
         self.current: int | None = None
+        self.decided = False  # whether a probe has chosen yet
 
     def restart(self) -> None:
-        """Probe again from the next step: a new kind of step (decode after perplexity) has its own unit of work."""
-        self.step = 0
+        """A new kind of step (decode after perplexity) has its own unit of work, so timings are not compared across
+        the change: the next probe starts afresh, right away the first time, else after PROBE_EVERY steps of the
+        count chosen so far (a short phase then keeps the earlier choice instead of probing)."""
         self.times = {}
+        self.step = PROBE_STEPS * len(self.options) if self.decided else 0
 
     def choose(self) -> None:
         """Set the thread count for the next step."""
@@ -132,6 +135,7 @@ class Threads:
             if phase == PROBE_STEPS * len(self.options) - 1:
                 self.best = min(self.times, key=self.times.get)
                 self.times = {}
+                self.decided = True
         self.step += 1
 
 

@@ -70,13 +70,14 @@ def _score(style: float, persona: float | None) -> float:
 
 
 def twin_generator(run_dir: Path, home: Path, batch_size: int) -> Generator:
-    """Generate with the run's model (adapter on) through talkalike.generate.generate_batch."""
-    from talkalike.generate import Twin, generate_batch
+    """Generate with the run's model (adapter on) through eval's batched decoder (talkalike.evaldecode)."""
+    from talkalike.evaldecode import decode_many
+    from talkalike.generate import Twin
 
     twin = Twin.from_run(run_dir, home)
 
     def generate(histories: list[list[dict]], config) -> list[Reply]:
-        return generate_batch(twin, histories, config, use_adapter=True, batch_size=batch_size)
+        return decode_many(twin, histories, config, use_adapter=True, batch_size=batch_size)
 
     return generate
 

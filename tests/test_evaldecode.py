@@ -159,6 +159,10 @@ def test_the_thread_count_follows_whichever_timed_faster():
     assert set(first[2 * evaldecode.PROBE_STEPS:]) == {2}
     cost = {2: 4.0, 1: 1.0}  # other work takes a core: two threads wait for each other
     assert set(run(evaldecode.PROBE_EVERY)[2 * evaldecode.PROBE_STEPS:]) == {1}
+    threads.restart()  # a new phase starts with the choice made so far and probes later
+    assert run(evaldecode.PROBE_EVERY - 2 * evaldecode.PROBE_STEPS) == [1] * (evaldecode.PROBE_EVERY
+                                                                            - 2 * evaldecode.PROBE_STEPS)
+    assert run(1) == [2]
     torch.set_num_threads(2)
     fixed = evaldecode.Threads(None)
     fixed.choose()
