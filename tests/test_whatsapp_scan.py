@@ -121,3 +121,34 @@ def test_headers_followed_by_any_characters_parse_the_same_through_c_and_python(
     text = "".join(head + body + "\n" for _, body in rows)
     fast, slow = _both(text)
     assert fast == slow
+
+
+HEADER_CHARS = list("0123456789/.-:, []APMapm") + ["\u00a0", "\u202f", "\u200e", "klo", "下午", "오후 ", "p. m.", "٣"]
+
+
+@st.composite
+def near_headers(draw):
+    """A file in one style whose lines are its headers with a few characters inserted, dropped or replaced."""
+    style = draw(st.sampled_from(sorted(STYLES)))
+    when = datetime(2024, 1, draw(st.integers(1, 28)), draw(st.integers(0, 23)), 5, 7 * STYLES[style].seconds)
+    rendered = render([Message(when, "Ann", "x")], style)
+    head = rendered[:rendered.index("Ann")]
+    lines = [head + "Ann: hi"] * 3
+    for _ in range(draw(st.integers(1, 8))):
+        line = list(head)
+        for _ in range(draw(st.integers(1, 3))):
+            at = draw(st.integers(0, len(line)))
+            op = draw(st.sampled_from(["insert", "drop", "replace"]))
+            if op == "insert":
+                line.insert(at, draw(st.sampled_from(HEADER_CHARS)))
+            elif at < len(line):
+                line[at:at + 1] = [] if op == "drop" else [draw(st.sampled_from(HEADER_CHARS))]
+        lines.append("".join(line) + draw(st.sampled_from(["Ann: hi", "hi", ": x", "Ann:"])))
+    return "\n".join(draw(st.permutations(lines))) + "\n"
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(near_headers())
+def test_lines_that_almost_look_like_headers_parse_the_same_through_c_and_python(text):
+    fast, slow = _both(text)
+    assert fast == slow
