@@ -104,7 +104,7 @@ def export(draw):
     return "".join(pieces).lstrip("\n")
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(export(), st.sampled_from([None, "dmy", "mdy", "ymd"]))
 def test_random_exports_in_every_shape_parse_the_same_through_c_and_python(text, date_order):
     fast, slow = _both(text, date_order)
