@@ -59,13 +59,16 @@ def run_variant(variant: str, home: Path, count: int) -> dict:
 
     import torch
     from talkalike.model import load_base
-    from talkalike.recipe import PRESETS
+    from talkalike.recipe import PRESETS, resolve_recipe
     from talkalike.train import apply_lora, make_trainer
 
     samples, tokenizer = records(home, count)
-    # bf16 variants compute in bf16 (AMX here); the others in fp32, as a plain CPU run would
-    bf16 = variant in ("ours-bf16", "baseline-bf16")
-    recipe = replace(PRESETS["default"], epochs=1.0, early_stopping_patience=0, bf16=bf16)
+    if variant == "ours":  # exactly what `talkalike train` picks on this machine
+        recipe, _ = resolve_recipe("default", cuda=False, epochs=1.0, early_stopping_patience=0)
+        bf16 = recipe.bf16
+    else:  # attribution rows name their dtype; the baseline computes in fp32, as a plain CPU run does
+        bf16 = variant.endswith("-bf16")
+        recipe = replace(PRESETS["default"], epochs=1.0, early_stopping_patience=0, bf16=bf16)
     model = load_base(None, home, dtype=torch.bfloat16 if bf16 else torch.float32)
     tokens = sum(len(s["input_ids"]) for s in samples)
     trained = sum(sum(s["assistant_masks"]) for s in samples)
@@ -121,25 +124,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=32, help="conversations per variant")
     parser.add_argument("--variants", default="baseline,ours",
-                        help="comma list of baseline, baseline-nockpt, baseline-bf16, ours, ours-bf16")
+                        help="comma list of baseline, baseline-nockpt, baseline-bf16, ours, ours-fp32, ours-bf16")
     parser.add_argument("--home", default=str(ROOT / ".bench" / "train-home"), help="cache of model and dataset")
     parser.add_argument("--demo", action="store_true", help="also time the demo's whole training step")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per variant (0: torch's default); 1 keeps a shared machine's numbers steady")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     args = parser.parse_args()
     home = Path(args.home)
     home.mkdir(parents=True, exist_ok=True)
     if args.variant:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         print(json.dumps(run_variant(args.variant, home, args.samples)))
         return
     build_dataset(home)
     results = []
     for variant in args.variants.split(","):
-        line = subprocess.run([sys.executable, __file__, "--variant", variant, "--samples", str(args.samples),
+        line = subprocess.run([sys.executable, __file__, "--variant", variant, "--samples", str(args.samples), "--threads", str(args.threads),
                                "--home", str(home)], check=True, stdout=subprocess.PIPE, text=True).stdout
         results.append(json.loads(line.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr)
     base = next((r for r in results if r["variant"] == "baseline"), results[0])
-    print(f"machine: {os.cpu_count()} CPUs, torch threads default; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"machine: {os.cpu_count()} CPUs, torch threads {args.threads or 'default'}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| variant | samples | tokens | steps | wall s | tokens/s | CPU s | tokens/CPU-s | speed-up (wall / CPU) "
           "| train loss | peak RSS GB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

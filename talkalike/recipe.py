@@ -7,6 +7,7 @@
 """
 
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -63,15 +64,24 @@ PRESETS = {
         learning_rate=2e-4,  # small data, few steps: 2.5e-5 barely moves a 270M model in a CPU-sized budget
         warmup_steps=2,
         weight_decay=0.001,
-        epochs=1.0,  # one pass costs ~13 min for the 300-conversation sample chat on 2 cores; --epochs for more
+        epochs=1.0,  # one pass over the 300-conversation sample chat: ~5 min on 2 cores; --epochs for more
         batch_size=1,  # one packed row of `max_length` tokens per step ...
         grad_accum=2,  # ... times 2: ~2k tokens per optimizer step
         gradient_checkpointing=False,  # memory is plentiful for 270M; recomputing costs a third more compute
         optim="adamw_torch",
-        bf16=True,  # on a CUDA GPU; CPUs train in fp32 (see resolve_recipe)
+        bf16=True,  # on a CUDA GPU, and on CPUs that compute bf16 natively; others train in fp32 (resolve_recipe)
         max_length=1024,  # short rows keep CPU attention (dense, masked per sample) cheap
     ),
 }
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (Intel AMX or AVX512-BF16), as read from /proc/cpuinfo on Linux."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags to read, so fp32, which every CPU computes well
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def default_preset(cuda: bool) -> str:
@@ -88,10 +98,12 @@ def resolve_recipe(preset: str | None, cuda: bool, **overrides) -> tuple[Recipe,
         if recipe.quantize_4bit:
             notes.append("no CUDA GPU: training without 4-bit quantization (bitsandbytes 4-bit needs CUDA)")
             recipe = replace(recipe, quantize_4bit=False)
-        if recipe.bf16:
-            # Measured here (BENCHMARKS.md): even on a CPU with AMX, bf16 autocast made a training step ~2.5x slower
-            # than fp32, as the element-wise ops and casts outweigh the faster matmuls.
-            notes.append("no CUDA GPU: fp32 instead of bf16 (bf16 training steps measured slower on CPU)")
+        if recipe.bf16 and cpu_computes_bf16():
+            # AMX / AVX512-BF16 multiply bf16 ~8x faster than fp32 here; a whole training step of the embedded model
+            # costs ~1.6x fewer CPU-seconds than in fp32, at the same loss (BENCHMARKS.md, "CPU training").
+            notes.append("no CUDA GPU: bf16 on this CPU's native bf16 instructions (AMX / AVX512-BF16)")
+        elif recipe.bf16:
+            notes.append("no CUDA GPU: fp32 instead of bf16 (this CPU has no native bf16 instructions)")
             recipe = replace(recipe, bf16=False)
         if recipe.optim.startswith("paged_") or "8bit" in recipe.optim:
             notes.append(f"no CUDA GPU: optimizer adamw_torch instead of {recipe.optim} (bitsandbytes needs CUDA)")

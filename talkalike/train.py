@@ -93,6 +93,7 @@ def _trainer_class():
     import torch
     from trl import SFTTrainer
 
+    from talkalike.headloss import frozen_head_loss_sum
     from talkalike.qlora import deferred_head, head_loss_sum
 
     class PersonaTrainer(SFTTrainer):
@@ -117,16 +118,23 @@ def _trainer_class():
             # `logits_to_keep` as a boolean mask goes through the model's own forward (so DDP and a LoRA on lm_head
             # work) and keeps only the labelled positions, flattened.
             chosen = targets[keep[:, :-1]]
-            # FSDP gathers the head's shards only inside the model's forward; on a CPU (compute-bound, memory to
-            # spare) recomputing the head in chunks would cost a third more of the largest matmul.
-            if self.is_fsdp_enabled or not labels.is_cuda:
+            unwrapped = self.accelerator.unwrap_model(model)
+            if not labels.is_cuda and not self.is_fsdp_enabled and _frozen_plain_head(unwrapped):
+                # Nothing trains the head: its loss gradient is taken while the logits exist (talkalike/headloss.py).
+                # On a CPU (compute-bound, memory to spare) chunks recomputed in the backward would cost more.
+                with deferred_head(unwrapped) as head:
+                    outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
+                hidden = outputs.logits.reshape(-1, outputs.logits.size(-1))
+                loss_sum = frozen_head_loss_sum(hidden, head.weight, chosen)
+            elif self.is_fsdp_enabled or not labels.is_cuda:
+                # FSDP gathers the head's shards only inside the model's forward.
                 outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
                 logits = outputs.logits.reshape(-1, outputs.logits.size(-1)).float()
                 loss_sum = torch.nn.functional.cross_entropy(logits, chosen, reduction="sum")
             else:
                 # With the head deferred that forward returns hidden states, and the head (LoRA included) and the
                 # cross-entropy run in checkpointed chunks: no rows x vocabulary tensor is ever whole.
-                with deferred_head(self.accelerator.unwrap_model(model)) as head:
+                with deferred_head(unwrapped) as head:
                     outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
                 hidden = outputs.logits.reshape(-1, outputs.logits.size(-1))
                 loss_sum = head_loss_sum(head, hidden, chosen)
@@ -141,6 +149,16 @@ def _trainer_class():
             return (loss, {"loss": loss}) if return_outputs else loss
 
     return PersonaTrainer
+
+
+def _frozen_plain_head(model) -> bool:
+    """Whether the PEFT model's LM head is a plain frozen linear layer that may be deferred (no LoRA on it, no bias,
+    no soft-capping between head and loss)."""
+    import torch
+
+    head = model.get_base_model().get_output_embeddings()
+    return (type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
+            and getattr(model.get_base_model().config, "final_logit_softcapping", None) is None)
 
 
 def _head_adapter_accepted(model):

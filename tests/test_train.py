@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from talkalike.cli import main
-from talkalike.recipe import PRESETS
-from talkalike.train import RUN_FILES, make_trainer, render_rows, train
+from talkalike.recipe import PRESETS, cpu_computes_bf16, resolve_recipe
+from talkalike.train import RUN_FILES, _frozen_plain_head, make_trainer, render_rows, train
 
 PERSONA_LINES = ["haha ok 😂 see you at the beach", "lol pita the cat", "ok\n<|msg|>\nsure", "חחח יאללה נתראה"]
 USER_LINES = ["hey what's up?", "Hello there, how are you today?", "I think we should meet at the café on Dizengoff."]
@@ -134,6 +134,57 @@ def test_the_masked_head_loss_equals_the_full_vocabulary_loss(tiny_model_dir, ti
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_cpu_trains_in_bf16_only_with_native_bf16_instructions_and_says_so(native, monkeypatch):
+    import talkalike.recipe
+
+    monkeypatch.setattr(talkalike.recipe, "cpu_computes_bf16", lambda: native)
+    recipe, notes = resolve_recipe("default", cuda=False)
+    assert recipe.bf16 is native
+    assert any(("bf16 on this CPU" if native else "fp32 instead of bf16") in note for note in notes)
+    gpu, gpu_notes = resolve_recipe("default", cuda=True)
+    assert gpu.bf16 and not any("bf16" in note for note in gpu_notes)
+
+
+def test_the_frozen_head_loss_gives_the_plain_loss_and_gradient_chunk_by_chunk():
+    import torch
+
+    from talkalike.headloss import frozen_head_loss_sum
+
+    torch.manual_seed(0)
+    weight = torch.randn(50, 8)
+    hidden = torch.randn(7, 8, requires_grad=True)
+    targets = torch.randint(0, 50, (7,))
+    ours = frozen_head_loss_sum(hidden, weight, targets, chunk_rows=3)  # three chunks, the last one short
+    (ours * 0.5).backward()
+    ours_grad = hidden.grad.clone()
+    hidden.grad = None
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    (plain * 0.5).backward()
+    assert torch.allclose(ours, plain, atol=1e-5)
+    assert torch.allclose(ours_grad, hidden.grad, atol=1e-6)
+
+
+def test_training_gradients_through_the_deferred_head_equal_the_full_vocabulary_ones(tiny_model_dir, tiny_tokenizer,
+                                                                                    tmp_path):
+    import torch
+
+    trainer = tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, [conversation(i) for i in range(6)],
+                           lora_dropout=0.0)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model
+    assert _frozen_plain_head(model)  # the CPU path under test: the head's gradient taken in the forward
+    lora = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    trainer.compute_loss(model, dict(batch)).backward()
+    ours = {name: p.grad.clone() for name, p in lora.items()}
+    model.zero_grad()
+    full = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0, :-1]
+    torch.nn.functional.cross_entropy(full.float(), batch["labels"][0, 1:], ignore_index=-100).backward()
+    assert any(g.abs().sum() > 0 for g in ours.values())
+    for name, p in lora.items():
+        assert torch.allclose(ours[name], p.grad, atol=1e-6, rtol=1e-4), name
+
+
 class Interrupt:
     """A callback that kills training (like Ctrl-C) when a given optimizer step ends."""
 
@@ -194,7 +245,8 @@ def test_the_run_folder_holds_exactly_the_expected_files(tiny_model_dir, dataset
     assert info["base"]["id"] == str(tiny_model_dir) and info["base"]["revision"]
     assert info["layout"] == "chat" and info["preset"] == "default" and info["quantized"] is False
     assert info["device"] == "cpu" and info["config"]["lora_r"] == 16
-    assert info["dtype"] == "fp32" and any("fp32" in note for note in info["notes"])  # said, not silent
+    dtype = "bf16" if cpu_computes_bf16() else "fp32"  # this machine's choice, said in a note, never silently
+    assert info["dtype"] == dtype and any(dtype in note for note in info["notes"])
     assert info["dataset"] == str(dataset.resolve())
     assert (run / "eval.jsonl").read_text() == (dataset / "eval.jsonl").read_text()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
