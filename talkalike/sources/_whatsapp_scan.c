@@ -5,8 +5,8 @@ module recognises header lines of exactly that shape (the same grammar, backtrac
 `whatsapp._header_regex`), splits date, time, author and body, and builds the plain entries (nine in ten) as
 `Message` objects. Every entry that needs a closer look (author-less, a suspicious author, placeholder or edited
 candidates, invisible marks at the edges of its body, a date that does not exist) comes back as a tuple for the
-Python code to finish, so kinds, names and dates keep one implementation. Dates, 12h marks and names are converted by the
-caller's memos, called once per distinct string; this module caches their answers by the raw characters.
+Python code to finish, so kinds, names and dates keep one implementation. Dates, 12h marks and names are converted by
+the caller's memos, called once per distinct string; this module caches their answers by the raw characters.
 
 Built by setuptools at `pip install -e .`; tests/test_whatsapp_scan.py proves C == Python on every input.
 */
@@ -22,7 +22,7 @@ typedef struct { Py_UCS4 *s; Py_ssize_t n; } Lit;
 
 typedef struct {
     int bracket, year_first, date_dot, twelve_hour, ampm_first, time_dot;
-    Py_UCS4 date_sep, time_sep, close;
+    int date_sep, time_sep, close; /* characters */
     Lit word, ampm[MAX_LOCAL_AMPM], fstart[MAX_HINTS], fend[MAX_HINTS];
     int n_ampm, n_fstart, n_fend;
     uint64_t exact_mask[64]; /* by body length (63: longer): first characters of exact placeholders, mod 64 */
@@ -36,14 +36,10 @@ typedef struct {
 static inline int is_space(Py_UCS4 c) { return c == ' ' || c == 0xa0 || c == 0x202f; } /* whatsapp_kinds._S */
 
 static inline int is_mark(Py_UCS4 c) /* whatsapp_kinds.MARKS */
-{
-    return c == 0x200e || c == 0x200f || (c >= 0x202a && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069) || c == 0xfeff;
-}
+{ return c == 0x200e || c == 0x200f || (c >= 0x202a && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069) || c == 0xfeff; }
 
-static inline int is_digit(Py_UCS4 c) /* the regex module's \d on str patterns */
-{
-    return c < 128 ? (c >= '0' && c <= '9') : Py_UNICODE_ISDECIMAL(c);
-}
+/* the regex module's \d on str patterns */
+static inline int is_digit(Py_UCS4 c) { return c < 128 ? (c >= '0' && c <= '9') : Py_UNICODE_ISDECIMAL(c); }
 
 #define RD(i) PyUnicode_READ(kind, data, (i))
 
@@ -235,11 +231,7 @@ HOT int header_at(int kind, const void *data, const Shape *sh, Py_ssize_t line, 
 /* ------------------------------------------------------------------------------------------------------------ */
 /* Answers of the caller's memos, cached by the raw characters of the span they were asked for. */
 
-typedef struct {
-    Py_uhash_t hash;
-    PyObject *key; /* the span as a str, as the memo saw it */
-    PyObject *val;
-} Slot;
+typedef struct { Py_uhash_t hash; PyObject *key, *val; } Slot; /* key: the span as a str, as the memo saw it */
 
 typedef struct { Slot *slots; size_t mask, used; } Cache;
 
@@ -414,11 +406,9 @@ HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *
         sender = who->val;
     }
     Py_ssize_t index = sc->count++;
-    PyObject *when = NULL, *body = NULL;
-    int authored = raw != Py_None && sender != sc->suspect;
-    if (date->val != Py_None && authored) {
-        when = when_of(sc, date->val, secs);
-        if (!when) return -1;
+    PyObject *when = NULL, *body = NULL; /* when stays NULL for a date that does not exist */
+    if (date->val != Py_None && !(when = when_of(sc, date->val, secs))) return -1;
+    if (when && raw != Py_None && sender != sc->suspect) {
         Py_ssize_t s = h->first_s, e = body_e;
         while (s < e && is_mark(RD(s))) s++;
         while (e > s && is_mark(RD(e - 1))) e--;
@@ -455,9 +445,6 @@ HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *
             return append_steal(sc->messages, m);
         }
         Py_CLEAR(body);
-    } else if (date->val != Py_None) {
-        when = when_of(sc, date->val, secs);
-        if (!when) return -1;
     }
     /* the closer look, in Python: (index, when or None, date, raw author or None, sender, first line, the rest) */
     if (PyList_Append(sc->messages, Py_None) < 0) goto error;
@@ -506,40 +493,22 @@ HOT Py_ssize_t scan_text(int kind, const void *data, Scan *sc, const Shape *sh, 
 /* ------------------------------------------------------------------------------------------------------------ */
 /* Arguments */
 
-static int to_lits(PyObject *seq, Lit *out, int cap, int *n, const char *what)
+static int to_lits(PyObject *tuple, Lit *out, int cap, int *n, const char *what)
 {
-    PyObject *fast = PySequence_Fast(seq, what);
-    if (!fast) return -1;
-    Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
-    if (len > cap) {
-        Py_DECREF(fast);
-        PyErr_Format(PyExc_ValueError, "%s: more than %d strings", what, cap);
-        return -1;
+    if (PyTuple_GET_SIZE(tuple) > cap)
+        return PyErr_Format(PyExc_ValueError, "%s: more than %d strings", what, cap), -1;
+    for (*n = 0; *n < PyTuple_GET_SIZE(tuple); (*n)++) {
+        PyObject *s = PyTuple_GET_ITEM(tuple, *n);
+        if (!PyUnicode_Check(s)) { PyErr_Format(PyExc_TypeError, "%s: strings expected", what); return -1; }
+        if (!(out[*n].s = PyUnicode_AsUCS4Copy(s))) return -1;
+        out[*n].n = PyUnicode_GET_LENGTH(s);
     }
-    for (Py_ssize_t i = 0; i < len; i++) {
-        PyObject *s = PySequence_Fast_GET_ITEM(fast, i);
-        if (!PyUnicode_Check(s) || !(out[i].s = PyUnicode_AsUCS4Copy(s))) {
-            if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "%s: strings expected", what);
-            *n = (int)i;
-            Py_DECREF(fast);
-            return -1;
-        }
-        out[i].n = PyUnicode_GET_LENGTH(s);
-    }
-    *n = (int)len;
-    Py_DECREF(fast);
     return 0;
 }
 
 static void free_lits(Lit *l, int n)
 {
     for (int i = 0; i < n; i++) PyMem_Free(l[i].s);
-}
-
-static Py_UCS4 one_char(PyObject *s, const char *what)
-{
-    if (PyUnicode_GET_LENGTH(s) != 1) { PyErr_Format(PyExc_ValueError, "%s must be one character", what); return 0; }
-    return PyUnicode_READ_CHAR(s, 0);
 }
 
 /* Offsets of Message's five slots, read from its member descriptors. */
@@ -558,7 +527,8 @@ static int slot_offsets(PyTypeObject *type, Py_ssize_t *offsets)
 }
 
 PyDoc_STRVAR(scan_doc,
-             "scan(text, start, end, shape, ampm, starts, ends, exact, days, offsets, names, suspect, message, text_kind)\n"
+             "scan(text, start, end, shape, ampm, starts, ends, exact, days, offsets, names, suspect, message,\n"
+             "     text_kind)\n"
              "-> (offset of the first header line or -1, messages with None where the closer list has the entry, "
              "closer)\n\nSee talkalike.sources.whatsapp._scan_fast.");
 
@@ -566,18 +536,16 @@ static PyObject *scan(PyObject *self, PyObject *args)
 {
     Scan sc = {0};
     Shape *sh = PyMem_Calloc(1, sizeof(Shape));
-    PyObject *shape, *ampm, *starts, *ends, *word, *ds, *ts, *close, *result = NULL;
+    PyObject *shape, *ampm, *starts, *ends, *word, *result = NULL;
     Py_ssize_t start, end;
     if (!sh) return PyErr_NoMemory();
-    if (!PyArg_ParseTuple(args, "UnnO!OOOO!O!O!O!OO!U", &sc.text, &start, &end, &PyTuple_Type, &shape, &ampm, &starts,
-                          &ends, &PyDict_Type, &sc.exact, &PyDict_Type, &sc.days, &PyDict_Type, &sc.offsets,
-                          &PyDict_Type, &sc.names, &sc.suspect, &PyType_Type, &sc.message, &sc.text_kind))
+    PyTypeObject *T = &PyTuple_Type, *D = &PyDict_Type;
+    if (!PyArg_ParseTuple(args, "UnnO!O!O!O!O!O!O!O!OO!U", &sc.text, &start, &end, T, &shape, T, &ampm, T, &starts, T,
+                          &ends, D, &sc.exact, D, &sc.days, D, &sc.offsets, D, &sc.names, &sc.suspect, &PyType_Type,
+                          &sc.message, &sc.text_kind))
         goto done;
-    if (!PyArg_ParseTuple(shape, "pUppUUpppU", &sh->bracket, &ds, &sh->year_first, &sh->date_dot, &word, &ts,
-                          &sh->twelve_hour, &sh->ampm_first, &sh->time_dot, &close))
-        goto done;
-    if (!(sh->date_sep = one_char(ds, "date_sep")) || !(sh->time_sep = one_char(ts, "time_sep")) ||
-        !(sh->close = one_char(close, "close")))
+    if (!PyArg_ParseTuple(shape, "pCppUCpppC", &sh->bracket, &sh->date_sep, &sh->year_first, &sh->date_dot, &word,
+                          &sh->time_sep, &sh->twelve_hour, &sh->ampm_first, &sh->time_dot, &sh->close))
         goto done;
     if (start < 0 || end > PyUnicode_GET_LENGTH(sc.text) || start > end) {
         PyErr_SetString(PyExc_ValueError, "start and end must lie within the text");
@@ -613,13 +581,9 @@ done:
     Py_XDECREF(sc.messages);
     Py_XDECREF(sc.closer);
     Py_XDECREF(sc.last_dt);
-    cache_free(&sc.dates);
-    cache_free(&sc.marks);
-    cache_free(&sc.people);
+    cache_free(&sc.dates), cache_free(&sc.marks), cache_free(&sc.people);
     PyMem_Free(sh->word.s);
-    free_lits(sh->ampm, sh->n_ampm);
-    free_lits(sh->fstart, sh->n_fstart);
-    free_lits(sh->fend, sh->n_fend);
+    free_lits(sh->ampm, sh->n_ampm), free_lits(sh->fstart, sh->n_fstart), free_lits(sh->fend, sh->n_fend);
     PyMem_Free(sh);
     return result;
 }
@@ -637,8 +601,9 @@ PyMODINIT_FUNC PyInit__whatsapp_scan(void)
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     /* the character classes compiled in, for the test that checks them against whatsapp_kinds */
-    if (PyModule_AddStringConstant(m, "MARKS", "\xe2\x80\x8e\xe2\x80\x8f\xe2\x80\xaa\xe2\x80\xab\xe2\x80\xac\xe2\x80\xad"
-                                              "\xe2\x80\xae\xe2\x81\xa6\xe2\x81\xa7\xe2\x81\xa8\xe2\x81\xa9\xef\xbb\xbf") < 0 ||
+    if (PyModule_AddStringConstant(m, "MARKS",
+                                   "\xe2\x80\x8e\xe2\x80\x8f\xe2\x80\xaa\xe2\x80\xab\xe2\x80\xac\xe2\x80\xad"
+                                   "\xe2\x80\xae\xe2\x81\xa6\xe2\x81\xa7\xe2\x81\xa8\xe2\x81\xa9\xef\xbb\xbf") < 0 ||
         PyModule_AddStringConstant(m, "SPACES", " \xc2\xa0\xe2\x80\xaf") < 0) {
         Py_DECREF(m);
         return NULL;
