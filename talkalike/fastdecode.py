@@ -171,8 +171,11 @@ class FusedStep:
         import torch
 
         assert matvec in ("linear", "reduce") and attention in ("sdpa", "reduce")
-        self.matvec = matvec  # "linear": cuBLAS matrix-vector products; "reduce": inductor's own kernels
-        self.attention = attention  # one-token attention: "sdpa" (a fused kernel) or "reduce" (inductor's)
+        # The defaults measured fastest (BENCHMARKS.md, "GPU decode"); the alternatives stay for measuring on other
+        # cards. matvec "linear" is F.linear, "reduce" a multiply-and-sum; attention "sdpa" is one fused kernel,
+        # "reduce" inductor's reductions spread over every head and cache position.
+        self.matvec = matvec
+        self.attention = attention
 
         config = model.config
         inner = model.model
