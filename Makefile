@@ -6,7 +6,7 @@ STAMP := $(VENV)/.talkalike-installed
 
 .PHONY: demo test setup
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh talkalike/sources/_whatsapp_scan.c
 	scripts/setup.sh $(VENV)
 	touch $(STAMP)
 
