@@ -108,6 +108,29 @@ class Threads:
         self.current: int | None = None
         self.decided = False  # whether a probe has chosen yet
 
+    def calibrate(self, twin: Twin) -> None:
+        """A first choice before the real work, whose first units (perplexity batches of up to 8 x 1,024 tokens)
+        are too large to probe with: a 4 x 32-token forward, timed PROBE_STEPS times per option, interleaved."""
+        import time
+
+        import torch
+
+        if not self.options:
+            return
+        causal_lm = twin.model.get_base_model() if twin.has_adapter else twin.model
+        ids = torch.full((4, 32), twin.tokenizer.bos_token_id or 0, device=twin.device)
+        times: dict[int, float] = {}
+        with torch.inference_mode():
+            for _ in range(PROBE_STEPS):
+                for option in self.options:
+                    torch.set_num_threads(option)
+                    started = time.perf_counter()
+                    causal_lm.model(input_ids=ids)
+                    times[option] = min(times.get(option, float("inf")), time.perf_counter() - started)
+        self.best = min(times, key=times.get)
+        torch.set_num_threads(self.best)
+        self.decided = True
+
     def restart(self) -> None:
         """A new kind of step (decode after perplexity) has its own unit of work, so timings are not compared across
         the change: the next probe starts afresh, right away the first time, else after PROBE_EVERY steps of the

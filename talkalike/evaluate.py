@@ -385,6 +385,7 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
 
     _prepare_for_eval(twin, config)
     threads = Threads(None if config.threads else torch.get_num_threads())
+    threads.calibrate(twin)
     generation = with_overrides(twin.defaults, max_new_tokens=config.max_new_tokens,
                                 max_context_tokens=config.max_context_tokens, seed=config.seed)
     histories = [t.context for t in turns]

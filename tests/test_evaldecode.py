@@ -167,3 +167,15 @@ def test_the_thread_count_follows_whichever_timed_faster():
     fixed = evaldecode.Threads(None)
     fixed.choose()
     assert torch.get_num_threads() == 2  # None keeps torch's setting
+
+
+def test_calibration_makes_a_first_choice_that_later_phases_keep(twin, monkeypatch):
+    import torch
+
+    torch.set_num_threads(2)
+    threads = evaldecode.Threads(2)
+    threads.calibrate(twin)
+    assert threads.decided and torch.get_num_threads() == threads.best in (1, 2)
+    threads.restart()
+    threads.choose()
+    assert torch.get_num_threads() == threads.best  # no probe at the start of a phase once a choice exists
