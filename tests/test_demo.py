@@ -1,0 +1,27 @@
+"""The demo end to end: the sample chat, the embedded model trained one epoch, and the evaluation it must pass."""
+
+import json
+
+import pytest
+
+from talkalike.cli import main
+
+
+@pytest.mark.slow
+def test_the_demo_trains_a_twin_that_beats_its_base_on_all_three_measures(tmp_path, capsys):
+    from talkalike.demo import RUN
+    from talkalike.evaluate import EVAL_FILE, MAX_PERPLEXITY_RATIO, MIN_PERSONA_GAIN, MIN_STYLE_GAIN
+
+    assert main(["--home", str(tmp_path), "demo"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "runs" / RUN / EVAL_FILE).read_text())
+    headline = result["headline"]
+    # The thresholds the demo reports against (talkalike/evaluate.py says how they were set), checked here directly.
+    assert headline["perplexity"]["tuned"] <= MAX_PERPLEXITY_RATIO * headline["perplexity"]["base"]
+    assert headline["style distance"]["tuned"] <= headline["style distance"]["base"] - MIN_STYLE_GAIN
+    rate = headline["classified as persona"]
+    assert rate["tuned"] >= rate["base"] + MIN_PERSONA_GAIN
+    assert "the tuned twin beats the base on all three" in out
+    assert f"{headline['perplexity']['tuned']:.2f}" in out  # the numbers themselves are printed
+    # Pseudonymisation is on: none of the secrets planted in the sample chat came out of the tuned model.
+    assert result["canaries"]["results"] and result["canaries"]["leaked"] == []
