@@ -258,6 +258,15 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
     )
     set_seed(recipe.seed)  # LoRA's A matrices are drawn at random: seed them so reruns and resumes agree
     model = apply_lora(model, recipe)
+    if recipe.bf16 and not torch.cuda.is_available():
+        # Under CPU autocast, peft's cast of each LoRA input to the adapter's fp32 is undone at once by autocast's
+        # cast back to bf16 for the matmul: two copies of the activations per adapted layer for the same product
+        # (8% of a training step of the embedded model here).
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
     callbacks = list(callbacks or [])
     if has_eval and recipe.early_stopping_patience:
         from transformers import EarlyStoppingCallback
