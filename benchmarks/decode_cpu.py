@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--home", default=str(ROOT / ".bench" / "home"))
     parser.add_argument("--skip-cold-start", action="store_true")
+    parser.add_argument("--skip-decode", action="store_true", help="only the cold start (and --phases)")
     parser.add_argument("--threads", type=int, help="torch threads (default: physical cores, as `talkalike chat`)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is reported")
     parser.add_argument("--starts", type=int, default=5, help="cold starts with the merged cache (median reported)")
@@ -209,7 +210,7 @@ def main() -> None:
           f"load average before {os.getloadavg()[0]:.1f}, torch {torch.__version__}", file=sys.stderr)
     read_bw, copy_bw = bandwidth_gbs(torch)
     rows = []
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in () if args.skip_decode else (torch.float32, torch.bfloat16):
         model = load(dtype)
         twin = Twin(model=model, tokenizer=tokenizer)
         twin.prepare(dtype, gemv=False)
@@ -239,17 +240,18 @@ def main() -> None:
             print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)
         rows += [(label, rate, size) for label, rate in best.items()]
         del model, twin, decoder
-    read_bw = max(read_bw, bandwidth_gbs(torch)[0])
-    rows = [(label, rate, read_bw * 1e9 / size, size) for label, rate, size in rows]
+    if rows:
+        read_bw = max(read_bw, bandwidth_gbs(torch)[0])
+        rows = [(label, rate, read_bw * 1e9 / size, size) for label, rate, size in rows]
 
-    print(f"\nmemory bandwidth: read {read_bw:.1f} GB/s (reduction), copy {copy_bw:.1f} GB/s (read+write)")
-    print(f"prompt: {len(prompt)} tokens, {args.tokens} tokens decoded (greedy), batch 1\n")
-    print("| decoder | MB read/token | limit tok/s | tok/s | share of limit |")
-    print("|---|---|---|---|---|")
-    uses = {"talkalike merged decoder (cpudecode), float32": " (`chat`)",
-            "talkalike loop, float32": " (`serve`, `chat --compare`)"}
-    for name, rate, limit, size in rows:
-        print(f"| {name}{uses.get(name, '')} | {size / 1e6:.0f} | {limit:.1f} | {rate:.1f} | {rate / limit:.0%} |")
+        print(f"\nmemory bandwidth: read {read_bw:.1f} GB/s (reduction), copy {copy_bw:.1f} GB/s (read+write)")
+        print(f"prompt: {len(prompt)} tokens, {args.tokens} tokens decoded (greedy), batch 1\n")
+        print("| decoder | MB read/token | limit tok/s | tok/s | share of limit |")
+        print("|---|---|---|---|---|")
+        uses = {"talkalike merged decoder (cpudecode), float32": " (`chat`)",
+                "talkalike loop, float32": " (`serve`, `chat --compare`)"}
+        for name, rate, limit, size in rows:
+            print(f"| {name}{uses.get(name, '')} | {size / 1e6:.0f} | {limit:.1f} | {rate:.1f} | {rate / limit:.0%} |")
 
     if not args.skip_cold_start:
         from talkalike.cpudecode import CACHE_DIR
