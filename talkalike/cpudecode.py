@@ -194,7 +194,7 @@ class GemmaDecoder:
             cached = self._rope[theta] = (cos.to(self.dtype), sin.to(self.dtype))
         return cached
 
-    def forward(self, ids, start: int, cache: list) -> "object":
+    def forward(self, ids, start: int, cache: list):
         """Logits [1, vocab] of the last of `ids` (1-D), which sit at positions start.. ; fills `cache` in place."""
         import torch
         import torch.nn.functional as F
