@@ -146,3 +146,13 @@ def stop_strings(tokenizer, layout: str = "chat") -> list[str]:
     if tokenizer.eos_token and tokenizer.eos_token not in stops:
         stops.append(tokenizer.eos_token)
     return stops
+
+
+def turn_end_ids(tokenizer, layout: str = "chat") -> list[int]:
+    """The ids of the single tokens that close the persona's turn in this template (e.g. Gemma's <end_of_turn>)."""
+    ids = []
+    for stop in stop_strings(tokenizer, layout):
+        token_id = tokenizer.convert_tokens_to_ids(stop)
+        if token_id is not None and token_id != tokenizer.unk_token_id and token_id not in ids:
+            ids.append(token_id)
+    return ids

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from talkalike.errors import TalkalikeError
 from talkalike.recipe import Recipe, resolve_recipe
+from talkalike.template import turn_end_ids
 
 RUN_FILES = ("run.json", "adapter", "tokenizer", "dataset_stats.json", "eval.jsonl", "metrics.jsonl", "loss.png")
 
@@ -68,15 +69,18 @@ def render_rows(rows: list[dict], tokenizer, layout: str, all_turns: bool, max_l
     return records, stats
 
 
-def lora_config(recipe: Recipe):
-    """The PEFT LoRA config of a recipe (also applied to meta models by `plan`)."""
+def lora_config(recipe: Recipe, turn_end_ids: list[int] | None = None):
+    """The PEFT LoRA config of a recipe (also applied to meta models by `plan`); with `recipe.train_turn_end`, the
+    embedding rows of `turn_end_ids` train too (peft's trainable tokens; tied heads follow)."""
     from peft import LoraConfig
 
+    tokens = list(turn_end_ids or []) if recipe.train_turn_end else []
     return LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout, bias="none",
-                      target_modules=list(recipe.target_modules), task_type="CAUSAL_LM")
+                      target_modules=list(recipe.target_modules), task_type="CAUSAL_LM",
+                      trainable_token_indices=tokens or None)
 
 
-def apply_lora(model, recipe: Recipe):
+def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None):
     """Wrap a base model with the recipe's LoRA; a 4-bit model is prepared for k-bit training first."""
     from peft import get_peft_model
 
@@ -85,7 +89,10 @@ def apply_lora(model, recipe: Recipe):
     if getattr(model, "is_loaded_in_4bit", False):
         # Not peft's prepare_model_for_kbit_training: it up-casts the frozen embeddings and head to fp32.
         model = prepare_kbit(model, gradient_checkpointing=recipe.gradient_checkpointing)
-    return get_peft_model(model, lora_config(recipe))
+    return get_peft_model(model, lora_config(recipe, turn_end_ids))
+
+
+TURN_END_LR_SCALE = 10  # the turn-end token rows' learning rate, as a multiple of the adapters'
 
 
 def _trainer_class():
@@ -107,6 +114,19 @@ def _trainer_class():
             self.model_accepts_loss_kwargs = True
             self.loss_is_scaled_for_ga = True
 
+        def create_optimizer(self, *args, **kwargs):
+            optimizer = super().create_optimizer(*args, **kwargs)
+            # A trained token row starts where the base left it, tens of nats from being predicted; at the
+            # adapters' learning rate one epoch moved it a third of the way (BENCHMARKS.md, "CPU training").
+            tokens = [p for name, p in self.model.named_parameters() if p.requires_grad and "trainable_tokens" in name]
+            if tokens:
+                ids = {id(p) for p in tokens}
+                for group in optimizer.param_groups:
+                    group["params"] = [p for p in group["params"] if id(p) not in ids]
+                optimizer.add_param_group({"params": tokens, "weight_decay": 0.0,
+                                           "lr": self.args.learning_rate * TURN_END_LR_SCALE})
+            return optimizer
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
             # Position i predicts token i+1; with padding-free packing the collator already set the label of each
@@ -119,13 +139,14 @@ def _trainer_class():
             # work) and keeps only the labelled positions, flattened.
             chosen = targets[keep[:, :-1]]
             unwrapped = self.accelerator.unwrap_model(model)
-            if not labels.is_cuda and not self.is_fsdp_enabled and _frozen_plain_head(unwrapped):
-                # Nothing trains the head: its loss gradient is taken while the logits exist (talkalike/headloss.py).
-                # On a CPU (compute-bound, memory to spare) chunks recomputed in the backward would cost more.
-                with deferred_head(unwrapped) as head:
+            frozen = None if labels.is_cuda or self.is_fsdp_enabled else _frozen_plain_head(unwrapped)
+            if frozen is not None:
+                # Nothing trains the head but a few token rows: its loss gradient is taken while the logits exist
+                # (talkalike/headloss.py). On a CPU (compute-bound, memory to spare) recomputing chunks costs more.
+                with deferred_head(unwrapped):
                     outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
                 hidden = outputs.logits.reshape(-1, outputs.logits.size(-1))
-                loss_sum = frozen_head_loss_sum(hidden, head.weight, chosen)
+                loss_sum = frozen_head_loss_sum(hidden, targets=chosen, **frozen)
             elif self.is_fsdp_enabled or not labels.is_cuda:
                 # FSDP gathers the head's shards only inside the model's forward.
                 outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
@@ -151,14 +172,26 @@ def _trainer_class():
     return PersonaTrainer
 
 
-def _frozen_plain_head(model) -> bool:
-    """Whether the PEFT model's LM head is a plain frozen linear layer that may be deferred (no LoRA on it, no bias,
-    no soft-capping between head and loss)."""
+def _frozen_plain_head(model) -> dict | None:
+    """The LM head's frozen weight (and any trainable-token rows replacing some of its rows) when it may be deferred:
+    a plain linear layer with no LoRA, no bias and no soft-capping between head and loss; else None."""
     import torch
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    from peft.utils.other import TrainableTokensWrapper
 
     head = model.get_base_model().get_output_embeddings()
-    return (type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
-            and getattr(model.get_base_model().config, "final_logit_softcapping", None) is None)
+    if isinstance(head, TrainableTokensWrapper):
+        head = head.token_adapter
+    parts = {}
+    if isinstance(head, TrainableTokensLayer):
+        if head.disable_adapters or len(head.active_adapters) != 1:
+            return None
+        name = head.active_adapters[0]
+        parts = {"rows": head.trainable_tokens_delta[name], "row_ids": list(head.token_indices[name])}
+        head = head.base_layer
+    plain = (type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
+             and getattr(model.get_base_model().config, "final_logit_softcapping", None) is None)
+    return {"weight": head.weight, **parts} if plain else None
 
 
 def _head_adapter_accepted(model):
@@ -206,6 +239,7 @@ def _records_dataset(records: list[dict]):
 
 def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list[dict], recipe: Recipe,
                  output_dir: Path, *, max_steps: int | None = None, callbacks: list | None = None,
+                 turn_end_ids: list[int] | None = None,
                  token_counts: dict | None = None):
     """Our training path for a loaded base model: LoRA + SFTTrainer with packing and the masked LM head.
 
@@ -257,7 +291,7 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         ddp_find_unused_parameters=False,
     )
     set_seed(recipe.seed)  # LoRA's A matrices are drawn at random: seed them so reruns and resumes agree
-    model = apply_lora(model, recipe)
+    model = apply_lora(model, recipe, turn_end_ids)
     if recipe.bf16 and not torch.cuda.is_available():
         # Under CPU autocast, peft's cast of each LoRA input to the adapter's fp32 is undone at once by autocast's
         # cast back to bf16 for the matmul: two copies of the activations per adapted layer for the same product
@@ -454,7 +488,7 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     log = _run_log_callback(metrics_path, token_counts, progress)
     trainer = make_trainer(model, tokenizer, train_records, eval_records, recipe, work / "checkpoints",
                            max_steps=request["max_steps"], callbacks=[log, *(callbacks or [])],
-                           token_counts=token_counts)
+                           token_counts=token_counts, turn_end_ids=turn_end_ids(tokenizer, layout))
     trainable, total = count_parameters(trainer.model)
     device = "cuda" if cuda else "cpu"
     dtype = "bf16" if recipe.bf16 else "fp32"

@@ -41,10 +41,11 @@ def tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, rows, **recipe_change
 
     from talkalike.model import load_base
 
+    turn_end_ids = recipe_changes.pop("turn_end_ids", None)
     recipe = replace(PRESETS["default"], max_length=256, **recipe_changes)
     records, _ = render_rows(rows, tiny_tokenizer, "chat", not recipe.persona_only_loss, recipe.max_length)
     model = load_base(str(tiny_model_dir), tmp_path)
-    return make_trainer(model, tiny_tokenizer, records, [], recipe, tmp_path / "out")
+    return make_trainer(model, tiny_tokenizer, records, [], recipe, tmp_path / "out", turn_end_ids=turn_end_ids)
 
 
 def test_training_changes_the_lora_weights_and_leaves_the_base_weights_untouched(tiny_model_dir, tiny_tokenizer,
@@ -165,12 +166,39 @@ def test_the_frozen_head_loss_gives_the_plain_loss_and_gradient_chunk_by_chunk()
     assert torch.allclose(ours_grad, hidden.grad, atol=1e-6)
 
 
-def test_training_gradients_through_the_deferred_head_equal_the_full_vocabulary_ones(tiny_model_dir, tiny_tokenizer,
-                                                                                    tmp_path):
+def test_the_frozen_head_loss_trains_replaced_token_rows_as_the_merged_head_would():
     import torch
 
+    from talkalike.headloss import frozen_head_loss_sum
+
+    torch.manual_seed(1)
+    weight = torch.randn(50, 8)
+    row_ids = [3, 41]
+    rows = torch.randn(2, 8, requires_grad=True)
+    hidden = torch.randn(9, 8, requires_grad=True)
+    targets = torch.tensor([3, 41, 0, 7, 41, 3, 12, 49, 5])
+    ours = frozen_head_loss_sum(hidden, weight, targets, chunk_rows=4, rows=rows, row_ids=row_ids)
+    ours.backward()
+    ours_grads = hidden.grad.clone(), rows.grad.clone()
+    hidden.grad, rows.grad = None, None
+    merged = weight.index_copy(0, torch.tensor(row_ids), rows)  # what peft's trainable tokens compute
+    plain = torch.nn.functional.cross_entropy(hidden @ merged.T, targets, reduction="sum")
+    plain.backward()
+    assert torch.allclose(ours, plain, atol=1e-5)
+    assert torch.allclose(ours_grads[0], hidden.grad, atol=1e-5)
+    assert torch.allclose(ours_grads[1], rows.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("turn_end", [False, True])
+def test_training_gradients_through_the_deferred_head_equal_the_full_vocabulary_ones(turn_end, tiny_model_dir,
+                                                                                    tiny_tokenizer, tmp_path):
+    import torch
+
+    from talkalike.template import turn_end_ids
+
+    ids = turn_end_ids(tiny_tokenizer) if turn_end else None
     trainer = tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, [conversation(i) for i in range(6)],
-                           lora_dropout=0.0)
+                           lora_dropout=0.0, turn_end_ids=ids)
     batch = next(iter(trainer.get_train_dataloader()))
     model = trainer.model
     assert _frozen_plain_head(model)  # the CPU path under test: the head's gradient taken in the forward
@@ -181,6 +209,7 @@ def test_training_gradients_through_the_deferred_head_equal_the_full_vocabulary_
     full = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0, :-1]
     torch.nn.functional.cross_entropy(full.float(), batch["labels"][0, 1:], ignore_index=-100).backward()
     assert any(g.abs().sum() > 0 for g in ours.values())
+    assert turn_end == any("trainable_tokens" in name for name in lora)  # the turn-end rows train when asked
     for name, p in lora.items():
         assert torch.allclose(ours[name], p.grad, atol=1e-6, rtol=1e-4), name
 
