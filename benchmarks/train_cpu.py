@@ -74,7 +74,9 @@ def run_variant(variant: str, home: Path, count: int) -> dict:
     trained = sum(sum(s["assistant_masks"]) for s in samples)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{variant}-"))
     if variant.startswith("ours"):
-        trainer = make_trainer(model, tokenizer, samples, [], recipe, out)
+        from talkalike.template import turn_end_ids
+
+        trainer = make_trainer(model, tokenizer, samples, [], recipe, out, turn_end_ids=turn_end_ids(tokenizer))
     else:
         from datasets import Dataset
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -143,12 +145,14 @@ def main() -> None:
     build_dataset(home)
     results = []
     for variant in args.variants.split(","):
-        line = subprocess.run([sys.executable, __file__, "--variant", variant, "--samples", str(args.samples), "--threads", str(args.threads),
+        line = subprocess.run([sys.executable, __file__, "--variant", variant, "--samples", str(args.samples),
+                               "--threads", str(args.threads),
                                "--home", str(home)], check=True, stdout=subprocess.PIPE, text=True).stdout
         results.append(json.loads(line.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr)
     base = next((r for r in results if r["variant"] == "baseline"), results[0])
-    print(f"machine: {os.cpu_count()} CPUs, torch threads {args.threads or 'default'}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"machine: {os.cpu_count()} CPUs, torch threads {args.threads or 'default'}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| variant | samples | tokens | steps | wall s | tokens/s | CPU s | tokens/CPU-s | speed-up (wall / CPU) "
           "| train loss | peak RSS GB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
