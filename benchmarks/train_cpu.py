@@ -73,10 +73,11 @@ def run_variant(variant: str, home: Path, count: int) -> dict:
     tokens = sum(len(s["input_ids"]) for s in samples)
     trained = sum(sum(s["assistant_masks"]) for s in samples)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{variant}-"))
-    if variant.startswith("ours"):
-        from talkalike.template import turn_end_ids
+    from talkalike.template import turn_end_ids
 
-        trainer = make_trainer(model, tokenizer, samples, [], recipe, out, turn_end_ids=turn_end_ids(tokenizer))
+    ends = turn_end_ids(tokenizer)  # both variants train the same adapter, turn-end token rows included
+    if variant.startswith("ours"):
+        trainer = make_trainer(model, tokenizer, samples, [], recipe, out, turn_end_ids=ends)
     else:
         from datasets import Dataset
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -89,7 +90,7 @@ def run_variant(variant: str, home: Path, count: int) -> dict:
             warmup_steps=recipe.warmup_steps, weight_decay=recipe.weight_decay, optim="adamw_torch",
             logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=recipe.seed,
             dataloader_pin_memory=False, use_cpu=True)
-        trainer = Trainer(model=apply_lora(model, recipe), args=args, train_dataset=Dataset.from_list(rows),
+        trainer = Trainer(model=apply_lora(model, recipe, ends), args=args, train_dataset=Dataset.from_list(rows),
                           data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
     torch.manual_seed(0)
     cpu_start = resource.getrusage(resource.RUSAGE_SELF)
