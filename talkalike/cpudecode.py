@@ -96,10 +96,11 @@ def cpu_decode_dtype(batched: bool = False):
     it natively (AVX512-BF16 / AMX), since matrix-matrix products are compute-bound; else float32."""
     import torch
 
+    from talkalike.recipe import cpu_computes_bf16
+
     if not batched:
         return torch.float32
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+    return torch.bfloat16 if cpu_computes_bf16() else torch.float32
 
 
 def _gemv_forward(self, x):

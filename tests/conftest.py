@@ -111,3 +111,17 @@ def home(tmp_path, monkeypatch) -> Path:
     folder.mkdir()
     monkeypatch.setenv("TALKALIKE_HOME", str(folder))
     return folder
+
+
+@pytest.fixture
+def one_torch_thread(monkeypatch):
+    """The tiny model's ops are too small to split across threads; on a shared CI machine two threads only wait."""
+    import torch
+
+    from talkalike import generate
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(generate, "physical_cores", lambda: 1)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,16 +18,7 @@ HISTORIES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """The tiny model's ops are too small to split across threads; on a shared CI machine two threads only wait."""
-    import torch
-
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(generate, "physical_cores", lambda: 1)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

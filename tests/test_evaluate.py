@@ -15,18 +15,7 @@ OTHER_TURNS = ["Hello there, how are you today?", "I think we should meet at the
                "That is a good point, let me think about it.", "Are you coming to the beach tomorrow?"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """The tiny model's ops are too small to split across threads; on a shared CI machine two threads only wait."""
-    import torch
-
-    from talkalike import generate
-
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(generate, "physical_cores", lambda: 1)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rows(n: int, offset: int = 0) -> list[dict]:
