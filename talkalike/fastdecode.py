@@ -32,9 +32,25 @@ class GraphDecoder:
     """Single-stream decoding with a static cache; build once per model and reuse across replies."""
 
     def __init__(self, model, max_cache_len: int = 4096, tune_kernels: bool = True, fuse: bool = True,
-                 mode: str = "reduce-overhead", matvec: str = "linear", attention: str = "sdpa"):
+                 engine: str = "auto", mode: str = "reduce-overhead", matvec: str = "linear",
+                 attention: str = "sdpa"):
         import torch
 
+        assert engine in ("auto", "triton", "compile")
+        assert next(model.parameters()).is_cuda, "GraphDecoder needs the model on a CUDA device"
+        self.model = model
+        self.max_cache_len = max_cache_len
+        self.fused = (FusedStep(model, max_cache_len, matvec, attention)
+                      if fuse and FusedStep.supports(model, max_cache_len) else None)
+        self.triton = None
+        if engine != "compile" and self.fused is not None and triton_supports(model):
+            from talkalike.tritondecode import TritonStep
+
+            self.triton = TritonStep(self.fused, tune=tune_kernels)
+            return
+        if engine == "triton":
+            raise ValueError("the Triton step needs a plain Llama-family model (SiLU, head_dim a power of 2 >= 16) "
+                             "and the triton package")
         if tune_kernels:
             # Let inductor tune its generated kernels' launch parameters for these exact (batch 1) shapes: a slower
             # first compile for faster kernels on every later token.
@@ -42,11 +58,6 @@ class GraphDecoder:
 
             inductor_config.coordinate_descent_tuning = True
 
-        assert next(model.parameters()).is_cuda, "GraphDecoder needs the model on a CUDA device"
-        self.model = model
-        self.max_cache_len = max_cache_len
-        self.fused = (FusedStep(model, max_cache_len, matvec, attention)
-                      if fuse and FusedStep.supports(model, max_cache_len) else None)
         if self.fused is not None:
             self._step = torch.compile(self.fused.step, mode=mode, fullgraph=True, dynamic=False)
             return
@@ -75,6 +86,8 @@ class GraphDecoder:
         """Fill the cache with the prompt `ids` [1, n]; the last position's logits [1, vocab]."""
         import torch
 
+        if self.triton is not None:
+            return self.triton.prefill(ids)
         if self.fused is not None:
             return self.fused.prefill(ids)
         self.cache.reset()  # inside inference mode: the cache tensors were made there
@@ -116,9 +129,13 @@ class GraphDecoder:
                 host.copy_(token, non_blocking=True)
                 ready.record()
                 seen.scatter_(1, token.view(1, 1), True)
-                torch.compiler.cudagraph_mark_step_begin()
-                logits = self._step(token.view(1, 1), position).clone()
-                position += 1
+                if self.triton is not None:
+                    # One graph replay; its logits buffer is read by `sample` before the next replay, in stream order.
+                    logits = self.triton.step(token)
+                else:
+                    torch.compiler.cudagraph_mark_step_begin()
+                    logits = self._step(token.view(1, 1), position).clone()
+                    position += 1
                 next_token = sample(logits, seen).view(1)
                 ready.synchronize()
                 token_id = int(host[0])
@@ -126,6 +143,18 @@ class GraphDecoder:
                     return
                 yield token_id
                 token = next_token
+
+
+def triton_supports(model) -> bool:
+    """Whether talkalike.tritondecode can run `model`'s decode step: Triton installed, SiLU MLP, a head size its
+    attention tiles take (a power of 2, at least 16) and at most 16 query heads per key/value head."""
+    import importlib.util
+
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    group = config.num_attention_heads // config.num_key_value_heads
+    return (importlib.util.find_spec("triton") is not None and getattr(config, "hidden_act", None) == "silu"
+            and head_dim >= 16 and head_dim & (head_dim - 1) == 0 and group <= 16)
 
 
 def _rotate(x, cos, sin):
