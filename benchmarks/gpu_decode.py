@@ -96,9 +96,8 @@ def profile_step(decoder, ids: list[int], path: Path, label: str, steps: int = 3
 
 
 def shape_label(config) -> str:
-    """rows x K-block x warps, with "u" for an unrolled loop."""
-    rows, block_k, warps, unroll = config
-    return f"{rows}x{block_k}x{warps}{'u' if unroll else ''}"
+    """rows per program x columns per iteration x warps."""
+    return "x".join(map(str, config))
 
 
 def matvec_table(step) -> dict:

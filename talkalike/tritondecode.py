@@ -28,12 +28,11 @@ import triton.language as tl
 
 ATTENTION_BLOCK = 64  # cache positions per attention program: 8 heads x 13 programs already at a 784-token cache
 GROUP_PAD = 16  # query rows per attention program, padded to the matrix unit's smallest tile
-# (rows per program, K per iteration, warps, unrolled): the candidates each shape is timed with. An unrolled loop
-# lets the compiler issue a program's weight loads before its first multiply, more bytes in flight per thread.
+# (rows per program, K per iteration, warps): the candidates each shape is timed with. On an H200 two rows of 1,024
+# columns and 4 warps won the large products; unrolling the K loop lost everywhere (BENCHMARKS.md, "GPU decode").
 MATVEC_CONFIGS = (
-    (2, 1024, 4, False), (1, 2048, 4, False), (1, 4096, 8, False), (2, 2048, 8, False), (4, 512, 4, False),
-    (4, 1024, 8, False), (8, 512, 8, False), (16, 256, 8, False), (4, 1024, 16, False), (2, 2048, 16, False),
-    (2, 1024, 4, True), (4, 512, 4, True), (1, 2048, 4, True), (2, 2048, 8, True), (4, 1024, 8, True),
+    (2, 1024, 4), (1, 2048, 4), (1, 4096, 8), (2, 2048, 8), (4, 512, 4), (4, 1024, 8), (8, 512, 8), (16, 256, 8),
+    (4, 1024, 16), (2, 2048, 16),
 )
 
 
@@ -44,31 +43,9 @@ def _round(x, dtype: tl.constexpr):
 
 
 @triton.jit
-def _matvec_chunk(k0, x_ptr, w_ptr, norm_ptr, rows, row_ok, acc, acc_up, squares, N: tl.constexpr, K: tl.constexpr,
-                  NORM: tl.constexpr, GATED: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The products of columns k0..k0+BLOCK_K, added to the accumulators."""
-    cols = k0 + tl.arange(0, BLOCK_K)
-    col_ok = cols < K
-    x = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    if NORM:
-        # RMSNorm's scale 1/rms(x) is one number: applied after the sum, so x is streamed once.
-        squares += x * x
-        x = x * tl.load(norm_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    mask = row_ok[:, None] & col_ok[None, :]
-    # Weights are read once per token: evict them first so activations and the cache keep the L2.
-    w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
-    acc += w.to(tl.float32) * x[None, :]
-    if GATED:  # the up rows follow the gate rows in the fused weight
-        u = tl.load(w_ptr + (rows[:, None] + N) * K + cols[None, :], mask=mask, other=0.0,
-                    eviction_policy="evict_first")
-        acc_up += u.to(tl.float32) * x[None, :]
-    return acc, acc_up, squares
-
-
-@triton.jit
 def _matvec_kernel(x_ptr, w_ptr, out_ptr, res_ptr, norm_ptr, bias_ptr, eps,
                    N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr, BIAS: tl.constexpr,
-                   RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr):
+                   RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[rows] = W[rows] @ x, with the optional RMSNorm of x, bias, SiLU(gate) * up and residual around it."""
     dtype = x_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -76,14 +53,22 @@ def _matvec_kernel(x_ptr, w_ptr, out_ptr, res_ptr, norm_ptr, bias_ptr, eps,
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    if UNROLL:
-        for k0 in tl.static_range(0, K, BLOCK_K):
-            acc, acc_up, squares = _matvec_chunk(k0, x_ptr, w_ptr, norm_ptr, rows, row_ok, acc, acc_up, squares,
-                                                 N, K, NORM, GATED, BLOCK_K)
-    else:
-        for k0 in range(0, K, BLOCK_K):
-            acc, acc_up, squares = _matvec_chunk(k0, x_ptr, w_ptr, norm_ptr, rows, row_ok, acc, acc_up, squares,
-                                                 N, K, NORM, GATED, BLOCK_K)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        col_ok = cols < K
+        x = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if NORM:
+            # RMSNorm's scale 1/rms(x) is one number: applied after the sum, so x is streamed once.
+            squares += x * x
+            x = x * tl.load(norm_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        mask = row_ok[:, None] & col_ok[None, :]
+        # Weights are read once per token: evict them first so activations and the cache keep the L2.
+        w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
+        acc += w.to(tl.float32) * x[None, :]
+        if GATED:  # the up rows follow the gate rows in the fused weight
+            u = tl.load(w_ptr + (rows[:, None] + N) * K + cols[None, :], mask=mask, other=0.0,
+                        eviction_policy="evict_first")
+            acc_up += u.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)
     up = tl.sum(acc_up, axis=1)
     if NORM:
@@ -192,12 +177,12 @@ def matvec(x, weight, out, config, norm=None, eps: float = 0.0, bias=None, resid
     """Launch `_matvec_kernel`: out = W x (gated: rows of SiLU(gate) * up, W holding gate then up rows)."""
     n = weight.shape[0] // 2 if gated else weight.shape[0]
     k = weight.shape[1]
-    block_n, block_k, warps, unroll = config
+    block_n, block_k, warps = config
     block_k = min(block_k, triton.next_power_of_2(k))
     _matvec_kernel[(triton.cdiv(n, block_n),)](
         x, weight, out, x if residual is None else residual, x if norm is None else norm, x if bias is None else bias,
         eps, N=n, K=k, NORM=norm is not None, GATED=gated, BIAS=bias is not None, RESIDUAL=residual is not None,
-        BLOCK_N=block_n, BLOCK_K=block_k, UNROLL=unroll, num_warps=warps)
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
 
 
 class TritonStep:

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-BIG_BLOCKS = (16, 128, 4, False)  # fewer interpreted programs per product
+BIG_BLOCKS = (16, 128, 4)  # fewer interpreted programs per product
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +115,8 @@ def test_the_matvec_kernel_folds_rmsnorm_gating_bias_and_residual_into_one_produ
     h = norm * (x * torch.rsqrt(x.pow(2).mean() + eps))
     gate, up = (weight @ h + bias).split(n)
     out = torch.empty(n)
-    tritondecode.matvec(x, weight, out, (8, 16, 4, True), norm=norm, eps=eps, bias=bias, gated=True)
+    tritondecode.matvec(x, weight, out, (8, 16, 4), norm=norm, eps=eps, bias=bias, gated=True)
     torch.testing.assert_close(out, torch.nn.functional.silu(gate) * up, rtol=1e-5, atol=1e-5)
     plain = torch.empty(2 * n)
-    tritondecode.matvec(x, weight, plain, (4, 32, 4, False), residual=torch.cat([residual, residual]))
+    tritondecode.matvec(x, weight, plain, (4, 32, 4), residual=torch.cat([residual, residual]))
     torch.testing.assert_close(plain, weight @ x + torch.cat([residual, residual]), rtol=1e-5, atol=1e-5)
