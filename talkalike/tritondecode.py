@@ -130,15 +130,16 @@ def _attention_split_kernel(qkv_ptr, cos_ptr, sin_ptr, keys_ptr, values_ptr, pos
     start = split * BLOCK
     n = start + tl.arange(0, BLOCK)
     head = kv * CACHE * DIM
+    rows = head + n[:, None] * DIM + d[None, :]
     # The program whose positions hold `pos` writes the new key and value; it takes them from registers, and no other
-    # program reads that row in this step.
-    mine = (d < DIM) & (pos >= start) & (pos < start + BLOCK)
-    tl.store(keys_ptr + head + pos * DIM + d, k_new, mask=mine)
-    tl.store(values_ptr + head + pos * DIM + d, v_new, mask=mine)
+    # program reads that row in this step. (Masks are built from vectors only: Triton 3.9's interpreter rejects a
+    # vector mask combined with a scalar condition.)
+    here = (n[:, None] == pos) & (d[None, :] < DIM)
+    tl.store(keys_ptr + rows, tl.broadcast_to(k_new[None, :], (BLOCK, DIM)), mask=here)
+    tl.store(values_ptr + rows, tl.broadcast_to(v_new[None, :], (BLOCK, DIM)), mask=here)
     earlier = (n < pos)[:, None]
-    here = (n == pos)[:, None]
-    k = tl.load(keys_ptr + head + n[:, None] * DIM + d[None, :], mask=earlier, other=0.0)
-    v = tl.load(values_ptr + head + n[:, None] * DIM + d[None, :], mask=earlier, other=0.0)
+    k = tl.load(keys_ptr + rows, mask=earlier, other=0.0)
+    v = tl.load(values_ptr + rows, mask=earlier, other=0.0)
     k = tl.where(here, k_new[None, :], k)
     v = tl.where(here, v_new[None, :], v)
 
@@ -150,7 +151,7 @@ def _attention_split_kernel(qkv_ptr, cos_ptr, sin_ptr, keys_ptr, values_ptr, pos
     total = tl.sum(p, axis=1)
     out = _dot(p.to(dtype), v, EXACT)  # [GROUP_PAD, DIM]
     h = kv * GROUP + g
-    active = g_ok & (start <= pos)
+    active = g_ok & (start + tl.zeros((GROUP_PAD,), tl.int32) <= pos)  # this split saw a position
     tl.store(part_out_ptr + (h[:, None] * SPLITS + split) * DIM + d[None, :], out, mask=active[:, None])
     tl.store(part_stats_ptr + (h * SPLITS + split) * 2, top, mask=active)
     tl.store(part_stats_ptr + (h * SPLITS + split) * 2 + 1, total, mask=active)
