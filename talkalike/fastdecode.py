@@ -2,23 +2,29 @@
 
 Decoding one token reads every weight once, so the limit is weight bytes / memory bandwidth (about 340 tok/s for a
 7B model in bf16 on an H200). Eager PyTorch spends most of each step launching a few thousand small kernels from
-Python; a static cache gives every step identical shapes and addresses, so torch.compile's "reduce-overhead" mode
-can capture the whole step once and replay it as a CUDA graph per token.
+Python; a static cache gives every step identical shapes and addresses, so the whole step can be captured once and
+replayed as a CUDA graph per token.
 
 Details that make it work:
 - the prompt is prefilled eagerly (it has its own length);
-- CUDA-graph outputs live in a buffer that the next replay overwrites, so each step's logits are cloned before the
-  next call, and each call is marked as a new step (the "overwritten by a subsequent run" error otherwise);
+- CUDA-graph outputs live in a buffer that the next replay overwrites: `sample` reads it before the next replay (the
+  torch.compile engines clone it and mark each call as a new step, or cudagraph trees raise "overwritten by a
+  subsequent run");
 - the host reads each token one step late, so Python's per-token work overlaps the GPU's next step.
 
-Two step functions:
-- `FusedStep`, for plain (merged, unquantized) Llama-family models (Llama, Mistral, Qwen2): q/k/v and gate/up are
-  concatenated once into one weight each, so a layer runs 4 matrix-vector products instead of 7, and attention reads
-  each cached key/value head once for its group of query heads instead of repeating the cache per query head. The
-  model's own q/k/v/gate/up weights become views of the concatenated ones, so this costs no memory.
-- otherwise (other architectures, adapters, 4-bit weights) the model's own forward with transformers' StaticCache.
+Three step functions, the first that fits the model:
+- `tritondecode.TritonStep` (engine "triton", the default for plain merged Llama-family models: Llama, Mistral,
+  Qwen2): six Triton kernels a layer in one hand-captured CUDA graph, with the norms folded into the products and a
+  split-cache attention (talkalike/tritondecode.py). 241-248 tok/s for a 7B model on an H200, 72% of the limit;
+  no torch.compile, so it starts in seconds.
+- `FusedStep` compiled by torch.compile (engine "compile"): q/k/v and gate/up concatenated once into one weight
+  each, attention reading each cached key/value head once for its group of query heads. `FusedStep` also owns the
+  weights, cache and prefill that `TritonStep` uses; the model's own q/k/v/gate/up weights become views of the
+  concatenated ones, so this costs no memory.
+- otherwise (other architectures, adapters, 4-bit weights) the model's own forward with transformers' StaticCache,
+  compiled.
 
-`talkalike.generate` calls `GraphDecoder.tokens` on CUDA; benchmarks/gpu_decode.py measures it against plain
+`talkalike.generate` calls `GraphDecoder.tokens` on CUDA; benchmarks/gpu_decode.py measures the engines against plain
 `generate`. Run that benchmark on a GPU machine: `python benchmarks/gpu_decode.py`.
 """
 
