@@ -244,23 +244,26 @@ class TritonStep:
             if graph:
                 self._capture()
 
-    def _matvecs(self, role: str, config) -> None:
-        """Every layer's product of one role (or the LM head) with `config`, as the step runs them."""
-        if role == "head":
+    def _product(self, role: str, layer: dict | None, config) -> None:
+        """One matrix-vector product of the step: a layer's q/k/v, o, gate/up or down, or the LM head."""
+        if role == "qkv":
+            matvec(self.x, layer["qkv"], self.qkv, config, norm=layer["input_norm"], eps=layer["input_eps"],
+                   bias=layer["qkv_bias"])
+        elif role == "o":
+            matvec(self.attn, layer["o"], self.x2, config, bias=layer["o_bias"], residual=self.x)
+        elif role == "gate_up":
+            matvec(self.x2, layer["gate_up"], self.h, config, norm=layer["post_norm"], eps=layer["post_eps"],
+                   bias=layer["gate_up_bias"], gated=True)
+        elif role == "down":
+            matvec(self.h, layer["down"], self.x, config, bias=layer["down_bias"], residual=self.x2)
+        else:
             matvec(self.x, self.head, self.logits, config, norm=self.final_norm, eps=self.final_eps,
                    bias=self.head_bias)
-            return
-        for layer in self.layers:
-            if role == "qkv":
-                matvec(self.x, layer["qkv"], self.qkv, config, norm=layer["input_norm"], eps=layer["input_eps"],
-                       bias=layer["qkv_bias"])
-            elif role == "o":
-                matvec(self.attn, layer["o"], self.x2, config, bias=layer["o_bias"], residual=self.x)
-            elif role == "gate_up":
-                matvec(self.x2, layer["gate_up"], self.h, config, norm=layer["post_norm"], eps=layer["post_eps"],
-                       bias=layer["gate_up_bias"], gated=True)
-            else:
-                matvec(self.h, layer["down"], self.x, config, bias=layer["down_bias"], residual=self.x2)
+
+    def _matvecs(self, role: str, config) -> None:
+        """Every layer's product of one role (or the LM head) with `config`, as the step runs them."""
+        for layer in [None] if role == "head" else self.layers:
+            self._product(role, layer, config)
 
     def _tune(self) -> None:
         """For each role, the candidate block shape that streams all layers' weights fastest on this GPU.
@@ -298,8 +301,7 @@ class TritonStep:
         f = self.fused
         torch.index_select(self.embed, 0, self.token, out=self.x.view(1, -1))
         for i, layer in enumerate(self.layers):
-            matvec(self.x, layer["qkv"], self.qkv, self.configs["qkv"], norm=layer["input_norm"],
-                   eps=layer["input_eps"], bias=layer["qkv_bias"])
+            self._product("qkv", layer, self.configs["qkv"])
             _attention_split_kernel[(f.kv_heads, self.splits)](
                 self.qkv, f.cos, f.sin, f.keys[i], f.values[i], self.position, self.part_out, self.part_stats,
                 f.scaling, HEADS=f.heads, KV_HEADS=f.kv_heads, GROUP=self.group, GROUP_PAD=GROUP_PAD,
@@ -308,12 +310,9 @@ class TritonStep:
             _attention_combine_kernel[(f.heads,)](
                 self.part_out, self.part_stats, self.position, self.attn, DIM=f.head_dim, BLOCK=ATTENTION_BLOCK,
                 SPLITS=self.splits, SPLITS_PAD=max(2, triton.next_power_of_2(self.splits)), num_warps=4)
-            matvec(self.attn, layer["o"], self.x2, self.configs["o"], bias=layer["o_bias"], residual=self.x)
-            matvec(self.x2, layer["gate_up"], self.h, self.configs["gate_up"], norm=layer["post_norm"],
-                   eps=layer["post_eps"], bias=layer["gate_up_bias"], gated=True)
-            matvec(self.h, layer["down"], self.x, self.configs["down"], bias=layer["down_bias"], residual=self.x2)
-        matvec(self.x, self.head, self.logits, self.configs["head"], norm=self.final_norm, eps=self.final_eps,
-               bias=self.head_bias)
+            for role in ("o", "gate_up", "down"):
+                self._product(role, layer, self.configs[role])
+        self._product("head", None, self.configs["head"])
         self.position += 1
 
     def _capture(self) -> None:

@@ -15,15 +15,27 @@ torch = pytest.importorskip("torch")
 BIG_BLOCKS = (16, 128, 4)  # fewer interpreted programs per product
 
 
+def _python_triton_modules() -> list[str]:
+    """triton's Python modules (its compiled core, triton._C, can't be imported twice and needs no reload)."""
+    return [name for name in sys.modules if (name == "triton" or name.startswith("triton."))
+            and not name.startswith("triton._C")]
+
+
 @pytest.fixture(scope="module")
 def tritondecode():
-    """talkalike.tritondecode with its kernels defined under the interpreter, and forgotten afterwards."""
+    """talkalike.tritondecode with its kernels defined under the interpreter, and forgotten afterwards.
+
+    Triton decides at import whether its own library functions (tl.sum, tl.max...) are interpreted, so a triton
+    that another test's import brought in first is set aside here and given back afterwards."""
     patch = pytest.MonkeyPatch()
     patch.setenv("TRITON_INTERPRET", "1")
-    sys.modules.pop("talkalike.tritondecode", None)
+    saved = {name: sys.modules.pop(name) for name in [*_python_triton_modules(), "talkalike.tritondecode"]
+             if name in sys.modules}
     module = importlib.import_module("talkalike.tritondecode")
     yield module
-    sys.modules.pop("talkalike.tritondecode", None)
+    for name in [*_python_triton_modules(), "talkalike.tritondecode"]:
+        sys.modules.pop(name, None)
+    sys.modules.update(saved)
     patch.undo()
 
 
