@@ -49,7 +49,7 @@ class GraphDecoder:
         self.fused = (FusedStep(model, max_cache_len, matvec, attention)
                       if fuse and FusedStep.supports(model, max_cache_len) else None)
         self.triton = None
-        if engine != "compile" and self.fused is not None and triton_supports(model):
+        if engine != "compile" and self.fused is not None and triton_supports(self.fused):
             from talkalike.tritondecode import TritonStep
 
             self.triton = TritonStep(self.fused, tune=tune_kernels)
@@ -151,15 +151,14 @@ class GraphDecoder:
                 token = next_token
 
 
-def triton_supports(model) -> bool:
-    """Whether talkalike.tritondecode can run `model`'s decode step: Triton installed, SiLU MLP, a head size its
+def triton_supports(fused: "FusedStep") -> bool:
+    """Whether talkalike.tritondecode can run this fused step's decode: Triton installed, SiLU MLP, a head size its
     attention tiles take (a power of 2, at least 16) and at most 16 query heads per key/value head."""
     import importlib.util
 
-    config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    group = config.num_attention_heads // config.num_key_value_heads
-    return (importlib.util.find_spec("triton") is not None and getattr(config, "hidden_act", None) == "silu"
+    head_dim, group = fused.head_dim, fused.heads // fused.kv_heads
+    return (importlib.util.find_spec("triton") is not None
+            and getattr(fused.model.config, "hidden_act", None) == "silu"
             and head_dim >= 16 and head_dim & (head_dim - 1) == 0 and group <= 16)
 
 
