@@ -4,7 +4,7 @@ Decode is memory-bound: each token reads every weight once (the tied 262k x 640 
 limit is bytes read per token / measured memory bandwidth, and we report each decoder as a share of the limit for
 its dtype. The bandwidth is measured here, in the same run, with a large torch copy and a large reduction.
 Rows: plain `generate()` and talkalike's loop over the transformers model (what `serve` and `chat --compare` run) in
-fp32 and bf16 (+ the single-token torch.mv path in bf16), and talkalike.cpudecode's merged decoder (what `chat`
+fp32 and bf16 (+ the single-token torch.mv path in bf16), and talkalike.decode.engines.gemma_cpu's merged decoder (what `chat`
 runs) in fp32, its default, and bf16.
 Cold start is `talkalike chat RUN` in a fresh process, from launch to the first token on stdout, with cached weights
 (a run folder with a LoRA adapter over the embedded model is made for it): the first start, which merges the adapter
@@ -76,7 +76,7 @@ def hf_generate_rate(model, prompt, tokens: int, torch) -> float:
 
 def our_rate(twin, prompt, tokens: int) -> float:
     """Decode tok/s of talkalike's loop (greedy, no stop), timed from the first token to the last."""
-    from talkalike.generate import GenerationConfig, _token_stream
+    from talkalike.decode.generate import GenerationConfig, _token_stream
 
     config = GenerationConfig(temperature=0, max_new_tokens=tokens)
     list(_token_stream(twin, prompt, GenerationConfig(temperature=0, max_new_tokens=3), set()))  # warm-up
@@ -85,8 +85,8 @@ def our_rate(twin, prompt, tokens: int) -> float:
 
 
 def merged_rate(decoder, prompt, tokens: int) -> float:
-    """Decode tok/s of talkalike.cpudecode's decoder (greedy, no stop), timed from the first token to the last."""
-    from talkalike.generate import Twin
+    """Decode tok/s of talkalike.decode.engines.gemma_cpu's decoder (greedy, no stop), timed from the first token to the last."""
+    from talkalike.decode.generate import Twin
 
     return our_rate(Twin(model=decoder, tokenizer=None), prompt, tokens) if decoder else 0.0
 
@@ -99,11 +99,11 @@ def mark(name):
     now = time.perf_counter(); print(f"{name}\t{now - last:.3f}", flush=True); last = now
 from pathlib import Path
 home, run, path = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-import talkalike.cli, talkalike.chat; mark("python + talkalike")
+import talkalike.cli, talkalike.frontends.chat; mark("python + talkalike")
 import torch; mark("import torch")
-from talkalike.generate import Twin, stream_reply, cpu_decode_dtype
+from talkalike.decode.generate import Twin, stream_reply, cpu_decode_dtype
 if path == "merged":
-    from talkalike import cpudecode
+    from talkalike.decode.engines import gemma_cpu as cpudecode
     decoder = cpudecode.load_merged(run, home); mark("map merged weights (mmap)")
     import transformers.tokenization_utils_tokenizers; mark("import transformers' tokenizer classes")
     tokenizer = cpudecode.load_tokenizer(run / "tokenizer"); mark("tokenizer (tokenizers.from_file)")
@@ -185,8 +185,8 @@ def main() -> None:
 
     import torch
 
-    from talkalike.cpudecode import decoder_from_model, supported
-    from talkalike.generate import Twin, fit_prompt, physical_cores, use_gemv
+    from talkalike.decode.engines.gemma_cpu import decoder_from_model, supported
+    from talkalike.decode.generate import Twin, fit_prompt, physical_cores, use_gemv
     from talkalike.model import ensure_embedded, load_base, load_tokenizer
 
     if args.config:
@@ -254,7 +254,7 @@ def main() -> None:
             print(f"| {name}{uses.get(name, '')} | {size / 1e6:.0f} | {limit:.1f} | {rate:.1f} | {rate / limit:.0%} |")
 
     if not args.skip_cold_start:
-        from talkalike.cpudecode import CACHE_DIR
+        from talkalike.decode.engines.gemma_cpu import CACHE_DIR
 
         run = make_run(home)
         import shutil

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from talkalike import evaluate
+from talkalike.evaluate import evaluate
 from talkalike.home import resolve_home, resolve_run
 
 
@@ -51,7 +51,7 @@ def ours(twin, run_dir: Path, rows: list[dict], config, home: Path) -> dict:
 def fixed_batches(twin, turns, config, sample: int) -> float:
     """Generation seconds for `sample` turns, base and tuned, the way eval decoded before continuous batching:
     generate.generate_batch in fixed batches of 64 (each batch runs until its longest reply ends)."""
-    from talkalike.generate import generate_batch, with_overrides
+    from talkalike.decode.generate import generate_batch, with_overrides
 
     generation = with_overrides(twin.defaults, max_new_tokens=config.max_new_tokens,
                                 max_context_tokens=config.max_context_tokens, seed=config.seed)
@@ -67,7 +67,7 @@ def plain(twin, rows, turns, config, sample: int) -> dict:
     """The plain transformers way on `sample` turns: generate() per context, full-logits loss per conversation."""
     import torch
 
-    from talkalike.generate import fit_prompt, with_overrides
+    from talkalike.decode.generate import fit_prompt, with_overrides
     from talkalike.template import render_sample
 
     subset = turns[:sample]
@@ -105,7 +105,7 @@ def main() -> int:
     parser.add_argument("--canary", action="append", help="a planted secret to check, as `talkalike eval --canary`")
     args = parser.parse_args()
 
-    from talkalike.generate import Twin
+    from talkalike.decode.generate import Twin
 
     home = resolve_home(args.home)
     run_dir = resolve_run(home, args.run)

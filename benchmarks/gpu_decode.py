@@ -168,7 +168,7 @@ def main() -> int:
     parser.add_argument("--probe", action="store_true", help="first time single matrix-vector products")
     parser.add_argument("--profile", action="store_true", help="kernel time table of 32 steps per decoder")
     args = parser.parse_args()
-    from talkalike.fastdecode import GraphDecoder
+    from talkalike.decode.engines.cuda_graph import GraphDecoder
 
     name = torch.cuda.get_device_name()
     card = next((k for k in DATASHEET_BANDWIDTH if k in name), name)

@@ -12,7 +12,7 @@ dataset stage renders them (Gemma-style turn markers around each turn).
 Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical NF4 double-quant weights):
 - baseline: the original recipe exactly as its report shows it: transformers.Trainer, DataCollatorForLanguageModeling
   with padding, batch 2 x accumulation 4, gradient checkpointing, paged_adamw_8bit, bf16; loss on every token.
-- ours: talkalike's default GPU training path (talkalike.train), with loss on every token too, so the maths is the
+- ours: talkalike's default GPU training path (talkalike.train.trainer), with loss on every token too, so the maths is the
   original's and the losses must agree.
 - ours-persona: the same path with its default loss on the persona's turns only (fewer trained tokens per sample).
 """
@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from talkalike.qlora import release_optimizer_overrides  # noqa: E402
+from talkalike.train.qlora import release_optimizer_overrides  # noqa: E402
 
 DENSE_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
@@ -218,9 +218,9 @@ def run_baseline(model, rows: list[dict], steps: int, vocab_size: int) -> StepTi
 
 
 def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool) -> StepTimer:
-    """talkalike's GPU path (talkalike.train.make_trainer with the CUDA default recipe), on the same rows."""
-    from talkalike.recipe import resolve_recipe
-    from talkalike.train import make_trainer
+    """talkalike's GPU path (talkalike.train.trainer.make_trainer with the CUDA default recipe), on the same rows."""
+    from talkalike.train.recipe import resolve_recipe
+    from talkalike.train.trainer import make_trainer
 
     recipe, _ = resolve_recipe(None, cuda=True, epochs=1.0, early_stopping_patience=0)
     records = [{"input_ids": r["input_ids"],

@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 import phonenumbers  # noqa: E402
 
-from talkalike.clean import clean  # noqa: E402
+from talkalike.prepare.clean import clean  # noqa: E402
 from talkalike.message import Message  # noqa: E402
-from talkalike.privacy import pseudonymise  # noqa: E402
+from talkalike.prepare.privacy import pseudonymise  # noqa: E402
 
 HEADER = re.compile(r"^(\d\d/\d\d/\d{4}, \d\d:\d\d) - (?:(Noa|Daniel): )?(.*)$")
 PII = ["call me at +972 50-123-4567", "my number is 054-765-4321", "ring +1 415 555 0132 tomorrow",

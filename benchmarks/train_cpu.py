@@ -7,7 +7,7 @@ Both variants train the embedded Gemma 3 270M with the same LoRA (the `default` 
 the same persona-only labels on the same conversations, one epoch, each in its own process (so peak memory is its own):
 - baseline: `transformers.Trainer`, batch 2 x accumulation 4 padded to the longest sample, gradient checkpointing (the
   original recipe's shape), full-vocabulary logits and the model's own loss;
-- ours: `talkalike.train.make_trainer` with the `default` preset: BFD packing with per-sample position ids, the LM
+- ours: `talkalike.train.trainer.make_trainer` with the `default` preset: BFD packing with per-sample position ids, the LM
   head only on labelled positions, no gradient checkpointing, fp32.
 Attribution rows: baseline-nockpt (no checkpointing), baseline-bf16 and ours-bf16 (bf16 weights + autocast).
 Tokens/s counts real (non-padding) tokens. The final loss must agree within noise: a speed-up that changes the maths
@@ -41,9 +41,9 @@ def build_dataset(home: Path) -> Path:
 def records(home: Path, count: int) -> tuple[list[dict], object]:
     """The first `count` training samples rendered for the embedded model, with persona masks."""
     from talkalike.model import load_tokenizer
-    from talkalike.recipe import PRESETS
+    from talkalike.train.recipe import PRESETS
     from talkalike.template import chat_template
-    from talkalike.train import read_dataset, render_rows
+    from talkalike.train.trainer import read_dataset, render_rows
 
     train_rows, _, _ = read_dataset(build_dataset(home))
     tokenizer = load_tokenizer(None, home)
@@ -59,8 +59,8 @@ def run_variant(variant: str, home: Path, count: int) -> dict:
 
     import torch
     from talkalike.model import load_base
-    from talkalike.recipe import PRESETS, resolve_recipe
-    from talkalike.train import apply_lora, make_trainer
+    from talkalike.train.recipe import PRESETS, resolve_recipe
+    from talkalike.train.trainer import apply_lora, make_trainer
 
     samples, tokenizer = records(home, count)
     if variant == "ours":  # exactly what `talkalike train` picks on this machine

@@ -56,7 +56,7 @@ def cmd_demo(args) -> int:
           common + ["eval", RUN, "--limit", str(limit)] + canaries)
     import json
 
-    from talkalike.evaluate import EVAL_FILE, headline_lines, mechanics_ok
+    from talkalike.evaluate.evaluate import EVAL_FILE, headline_lines, mechanics_ok
 
     result = json.loads((runs_dir(home) / RUN / EVAL_FILE).read_text())
     failures = mechanics_ok(result)

@@ -118,7 +118,7 @@ def one_torch_thread(monkeypatch):
     """The tiny model's ops are too small to split across threads; on a shared CI machine two threads only wait."""
     import torch
 
-    from talkalike import generate
+    from talkalike.decode import generate
 
     threads = torch.get_num_threads()
     monkeypatch.setattr(generate, "physical_cores", lambda: 1)

@@ -10,7 +10,7 @@ from talkalike.cli import main
 @pytest.mark.slow
 def test_the_demo_trains_a_twin_that_beats_its_base_on_all_three_measures(tmp_path, capsys):
     from talkalike.demo import RUN
-    from talkalike.evaluate import EVAL_FILE, MAX_PERPLEXITY_RATIO, MIN_PERSONA_GAIN, MIN_STYLE_GAIN
+    from talkalike.evaluate.evaluate import EVAL_FILE, MAX_PERPLEXITY_RATIO, MIN_PERSONA_GAIN, MIN_STYLE_GAIN
 
     assert main(["--home", str(tmp_path), "demo"]) == 0
     out = capsys.readouterr().out

@@ -64,7 +64,7 @@ def test_qlora_trains_the_adapter_in_4bit_and_leaves_the_quantized_base_alone(tm
 def test_graph_decoding_matches_eager_greedy_decoding(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from talkalike.fastdecode import GraphDecoder
+    from talkalike.decode.engines.cuda_graph import GraphDecoder
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).cuda().eval()
     prompt = [2, 5, 17, 33, 9, 41]
@@ -84,7 +84,7 @@ def test_graph_decoding_matches_eager_greedy_decoding(tiny_model_dir):
 def test_fused_graph_decoding_of_a_mistral_shaped_model_matches_eager_greedy_decoding(engine):
     from transformers import AutoModelForCausalLM, MistralConfig
 
-    from talkalike.fastdecode import GraphDecoder
+    from talkalike.decode.engines.cuda_graph import GraphDecoder
 
     config = MistralConfig(vocab_size=320, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
                            num_attention_heads=8, num_key_value_heads=2, sliding_window=None)
@@ -110,7 +110,7 @@ def test_fused_graph_decoding_of_a_mistral_shaped_model_matches_eager_greedy_dec
 def test_triton_graph_decoding_with_biases_matches_eager_greedy_decoding():
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from talkalike.fastdecode import GraphDecoder
+    from talkalike.decode.engines.cuda_graph import GraphDecoder
 
     config = Qwen2Config(vocab_size=320, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, use_sliding_window=False)
@@ -129,7 +129,7 @@ def test_triton_bf16_decoding_of_a_7b_layer_agrees_with_the_compiled_step():
     """At Mistral-7B's layer shapes in bf16, the Triton step's logits stay within bf16 noise of torch's fused step."""
     from transformers import AutoModelForCausalLM, MistralConfig
 
-    from talkalike.fastdecode import FusedStep, GraphDecoder
+    from talkalike.decode.engines.cuda_graph import FusedStep, GraphDecoder
 
     config = MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=2,
                            num_attention_heads=32, num_key_value_heads=8, sliding_window=None)

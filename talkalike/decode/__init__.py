@@ -1,0 +1,1 @@
+"""Stage 7a: turn a model into the persona's replies; one streaming loop over interchangeable engines."""

@@ -1,0 +1,349 @@
+"""GPU decode for one stream: a static KV cache and the one-token step replayed as CUDA graphs.
+
+Decoding one token reads every weight once, so the limit is weight bytes / memory bandwidth (about 340 tok/s for a
+7B model in bf16 on an H200). Eager PyTorch spends most of each step launching a few thousand small kernels from
+Python; a static cache gives every step identical shapes and addresses, so the whole step can be captured once and
+replayed as a CUDA graph per token.
+
+Details that make it work:
+- the prompt is prefilled eagerly (it has its own length);
+- CUDA-graph outputs live in a buffer that the next replay overwrites: `sample` reads it before the next replay (the
+  torch.compile engines clone it and mark each call as a new step, or cudagraph trees raise "overwritten by a
+  subsequent run");
+- the host reads each token one step late, so Python's per-token work overlaps the GPU's next step.
+
+Three step functions, the first that fits the model:
+- `tritondecode.TritonStep` (engine "triton", the default for plain merged Llama-family models: Llama, Mistral,
+  Qwen2): six Triton kernels a layer in one hand-captured CUDA graph, with the norms folded into the products and a
+  split-cache attention (talkalike/tritondecode.py). 241-248 tok/s for a 7B model on an H200, 72% of the limit;
+  no torch.compile, so it starts in seconds.
+- `FusedStep` compiled by torch.compile (engine "compile"): q/k/v and gate/up concatenated once into one weight
+  each, attention reading each cached key/value head once for its group of query heads. `FusedStep` also owns the
+  weights, cache and prefill that `TritonStep` uses; the model's own q/k/v/gate/up weights become views of the
+  concatenated ones, so this costs no memory.
+- otherwise (other architectures, adapters, 4-bit weights) the model's own forward with transformers' StaticCache,
+  compiled.
+
+`talkalike.decode.generate` calls `GraphDecoder.tokens` on CUDA; benchmarks/gpu_decode.py measures the engines against plain
+`generate`. Run that benchmark on a GPU machine: `python benchmarks/gpu_decode.py`.
+"""
+
+import copy
+from collections.abc import Callable, Iterator
+
+FUSABLE = ("llama", "mistral", "qwen2")  # same layer maths: pre-norm, rotate-half RoPE, GQA, gated MLP
+
+
+class GraphDecoder:
+    """Single-stream decoding with a static cache; build once per model and reuse across replies."""
+
+    def __init__(self, model, max_cache_len: int = 4096, tune_kernels: bool = True, fuse: bool = True,
+                 engine: str = "auto", mode: str = "reduce-overhead", matvec: str = "linear",
+                 attention: str = "sdpa"):
+        import torch
+
+        assert engine in ("auto", "triton", "compile")
+        assert next(model.parameters()).is_cuda, "GraphDecoder needs the model on a CUDA device"
+        self.model = model
+        self.max_cache_len = max_cache_len
+        self.fused = (FusedStep(model, max_cache_len, matvec, attention)
+                      if fuse and FusedStep.supports(model, max_cache_len) else None)
+        self.triton = None
+        if engine != "compile" and self.fused is not None and triton_supports(self.fused):
+            from talkalike.decode.engines.triton_step import TritonStep
+
+            self.triton = TritonStep(self.fused, tune=tune_kernels)
+            return
+        if engine == "triton":
+            raise ValueError("the Triton step needs a plain Llama-family model (SiLU, head_dim a power of 2 >= 16) "
+                             "and the triton package")
+        if tune_kernels:
+            # Let inductor tune its generated kernels' launch parameters for these exact (batch 1) shapes: a slower
+            # first compile for faster kernels on every later token.
+            import torch._inductor.config as inductor_config
+
+            inductor_config.coordinate_descent_tuning = True
+
+        if self.fused is not None:
+            self._step = torch.compile(self.fused.step, mode=mode, fullgraph=True, dynamic=False)
+            return
+        from transformers import StaticCache
+
+        # Every layer gets a full-length static cache, sliding-window layers included: a sliding cache layer keeps a
+        # Python-side fill counter that changes every token, which makes torch.compile recompile each step. The
+        # attention masks still apply the model's own sliding window.
+        cache_config = copy.deepcopy(model.config.get_text_config(decoder=True))
+        cache_config.layer_types = ["full_attention"] * cache_config.num_hidden_layers
+        self.cache = StaticCache(config=cache_config, max_cache_len=max_cache_len)
+        self._step = torch.compile(self._forward, mode=mode, fullgraph=True, dynamic=False)
+
+    def _forward(self, input_ids, cache_position):
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=cache_position.unsqueeze(0),
+            cache_position=cache_position,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :]
+
+    def _prefill(self, ids):
+        """Fill the cache with the prompt `ids` [1, n]; the last position's logits [1, vocab]."""
+        import torch
+
+        if self.triton is not None:
+            return self.triton.prefill(ids)
+        if self.fused is not None:
+            return self.fused.prefill(ids)
+        self.cache.reset()  # inside inference mode: the cache tensors were made there
+        n = ids.shape[1]
+        return self.model(
+            input_ids=ids,
+            cache_position=torch.arange(n, device=ids.device),
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1, :]
+
+    def tokens(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        sample: Callable,
+        stops: set[int],
+    ) -> Iterator[int]:
+        """Token ids after the prompt until a stop id or max_new_tokens; `sample(logits, seen) -> token tensor`."""
+        import torch
+
+        n = len(prompt_ids)
+        if n + max_new_tokens > self.max_cache_len:
+            raise ValueError(f"prompt of {n} tokens + {max_new_tokens} new exceeds the cache of {self.max_cache_len}")
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            ids = torch.tensor([prompt_ids], device=device)
+            seen = torch.zeros(1, self.model.config.vocab_size, dtype=torch.bool, device=device)
+            seen[0, ids[0]] = True
+            logits = self._prefill(ids)
+            position = torch.tensor([n], device=device)
+            # The host learns token t through a pinned buffer and an event, while the GPU already runs step t+1:
+            # streaming and the stop check then cost no GPU idle time.
+            host = torch.empty(1, dtype=torch.long, pin_memory=True)
+            ready = torch.cuda.Event()
+            token = sample(logits, seen).view(1)
+            for _ in range(max_new_tokens):
+                host.copy_(token, non_blocking=True)
+                ready.record()
+                seen.scatter_(1, token.view(1, 1), True)
+                if self.triton is not None:
+                    # One graph replay; its logits buffer is read by `sample` before the next replay, in stream order.
+                    logits = self.triton.step(token)
+                else:
+                    torch.compiler.cudagraph_mark_step_begin()
+                    logits = self._step(token.view(1, 1), position).clone()
+                    position += 1
+                next_token = sample(logits, seen).view(1)
+                ready.synchronize()
+                token_id = int(host[0])
+                if token_id in stops:
+                    return
+                yield token_id
+                token = next_token
+
+
+def triton_supports(fused: "FusedStep") -> bool:
+    """Whether talkalike.decode.engines.triton_step can run this fused step's decode: Triton installed, SiLU MLP, a head size its
+    attention tiles take (a power of 2, at least 16) and at most 16 query heads per key/value head."""
+    import importlib.util
+
+    head_dim, group = fused.head_dim, fused.heads // fused.kv_heads
+    return (importlib.util.find_spec("triton") is not None
+            and getattr(fused.model.config, "hidden_act", None) == "silu"
+            and head_dim >= 16 and head_dim & (head_dim - 1) == 0 and group <= 16)
+
+
+def _rotate(x, cos, sin):
+    """Rotate-half RoPE, as the Llama family applies it."""
+    import torch
+
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+class FusedStep:
+    """The decode maths of a plain Llama-family model with fused q/k/v and gate/up weights and its own static cache.
+
+    Runs eagerly on any device (tests/test_fastdecode.py checks it on the CPU); GraphDecoder compiles `step`.
+    """
+
+    @staticmethod
+    def supports(model, max_cache_len: int) -> bool:
+        """Whether `model` is a plain Llama-family causal LM whose decode this class reproduces exactly."""
+        import torch
+
+        config = model.config
+        if getattr(config, "model_type", None) not in FUSABLE or hasattr(model, "peft_config"):
+            return False
+        inner = getattr(model, "model", None)
+        if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+            return False
+        if getattr(inner.rotary_emb, "rope_type", "default") in ("dynamic", "longrope"):
+            return False  # frequencies that depend on the sequence length, not on the position alone
+        window = getattr(config, "sliding_window", None)
+        if window and window < max_cache_len and (getattr(config, "use_sliding_window", True) is not False):
+            return False  # the windowed mask is the generic path's job
+        for layer in inner.layers:
+            linears = [getattr(layer.self_attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+            linears += [getattr(layer.mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+            if any(type(m) is not torch.nn.Linear for m in linears):  # adapters and 4-bit layers subclass or wrap
+                return False
+            if len({m.bias is None for m in linears[:3]}) > 1 or len({m.bias is None for m in linears[4:6]}) > 1:
+                return False  # fused biases are all or none
+        return type(model.lm_head) is torch.nn.Linear
+
+    def __init__(self, model, max_cache_len: int, matvec: str = "linear", attention: str = "sdpa"):
+        import torch
+
+        assert matvec in ("linear", "reduce") and attention in ("sdpa", "reduce")
+        # The defaults measured fastest (BENCHMARKS.md, "GPU decode"); the alternatives stay for measuring on other
+        # cards. matvec "linear" is F.linear, "reduce" a multiply-and-sum; attention "sdpa" is one fused kernel,
+        # "reduce" inductor's reductions spread over every head and cache position.
+        self.matvec = matvec
+        self.attention = attention
+
+        config = model.config
+        inner = model.model
+        attn = inner.layers[0].self_attn
+        self.model, self.max_cache_len = model, max_cache_len
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.scaling = attn.head_dim, attn.scaling
+        self.layers = list(inner.layers)
+        weight = inner.layers[0].self_attn.q_proj.weight
+        device, dtype = weight.device, weight.dtype
+        self.qkv, self.qkv_bias, self.gate_up, self.gate_up_bias = [], [], [], []
+        with torch.no_grad():
+            for layer in self.layers:
+                a, m = layer.self_attn, layer.mlp
+                self.qkv.append(_fuse([a.q_proj, a.k_proj, a.v_proj]))
+                self.qkv_bias.append(_fuse([a.q_proj, a.k_proj, a.v_proj], "bias"))
+                self.gate_up.append(_fuse([m.gate_proj, m.up_proj]))
+                self.gate_up_bias.append(_fuse([m.gate_proj, m.up_proj], "bias"))
+            self.intermediate = self.layers[0].mlp.gate_proj.out_features
+            positions = torch.arange(max_cache_len, device=device)
+            # The model's own rotary module gives the cos/sin table (any scaling it applies included), once.
+            cos, sin = inner.rotary_emb(torch.zeros(1, device=device, dtype=dtype), positions[None])
+        self.cos, self.sin = cos[0], sin[0]  # [positions, head_dim]
+        self.positions = positions
+        shape = (1, self.kv_heads, max_cache_len, self.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+        # Fixed addresses that CUDA graphs may write to and read from in place, as transformers' StaticCache does.
+        for tensor in [*self.keys, *self.values, *self.qkv, *self.gate_up, self.cos, self.sin, self.positions]:
+            torch._dynamo.mark_static_address(tensor)
+        for bias in self.qkv_bias + self.gate_up_bias:
+            if bias is not None:
+                torch._dynamo.mark_static_address(bias)
+
+    def _linear(self, h, weight, bias=None):
+        """h @ weight.T (+ bias); for one token optionally as a multiply-and-sum that inductor writes as one kernel."""
+        import torch.nn.functional as F
+
+        if self.matvec == "reduce" and h.shape[1] == 1:
+            # A reduction over K with fp32 accumulation, like the matrix unit's: inductor generates (and tunes) a
+            # Triton kernel that streams the weight once, and can fuse the producer of h (a norm, an activation).
+            out = (h.unsqueeze(-2) * weight).float().sum(-1).to(h.dtype)
+            return out if bias is None else out + bias
+        return F.linear(h, weight, bias)
+
+    def _attend(self, q, keys, values, visible):
+        """Attention of q [1, kv, group, d] over the whole cache as two reductions and a softmax, in fp32.
+
+        A fused attention kernel gives each (key/value head, query block) one thread block: 8 blocks for a 7B
+        model's one-token step, on a GPU with 132 multiprocessors. Written as reductions, inductor spreads the
+        work over every (head, position) instead."""
+        scores = (q.unsqueeze(-2) * keys.unsqueeze(-3)).float().sum(-1) * self.scaling  # [1, kv, group, cache]
+        weights = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+        out = (weights.unsqueeze(-1) * values.unsqueeze(-3).float()).sum(-2)  # [1, kv, group, d]
+        return out.to(q.dtype)
+
+    def _qkv(self, i: int, h):
+        """One matrix product for the layer's q [1, len, heads, d], k and v [1, len, kv_heads, d]."""
+        out = self._linear(h, self.qkv[i], self.qkv_bias[i])
+        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        length = h.shape[1]
+        q = out[..., :q_size].view(1, length, self.heads, self.head_dim)
+        k = out[..., q_size : q_size + kv_size].view(1, length, self.kv_heads, self.head_dim)
+        v = out[..., q_size + kv_size :].view(1, length, self.kv_heads, self.head_dim)
+        return q, k, v
+
+    def _mlp(self, i: int, x):
+        layer = self.layers[i]
+        h = layer.post_attention_layernorm(x)
+        gate, up = self._linear(h, self.gate_up[i], self.gate_up_bias[i]).split(self.intermediate, dim=-1)
+        down = layer.mlp.down_proj
+        return x + self._linear(layer.mlp.act_fn(gate) * up, down.weight, down.bias)
+
+    def _logits(self, x):
+        head = self.model.lm_head
+        return self._linear(self.model.model.norm(x[:, -1:]), head.weight, head.bias)[:, -1, :]
+
+    def prefill(self, ids):
+        """Run the prompt `ids` [1, n] causally, writing its keys and values at positions 0..n-1; last logits."""
+        import torch.nn.functional as F
+
+        n = ids.shape[1]
+        cos, sin = self.cos[:n][None, :, None, :], self.sin[:n][None, :, None, :]
+        x = self.model.model.embed_tokens(ids)
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(i, layer.input_layernorm(x))
+            q, k = _rotate(q, cos, sin).transpose(1, 2), _rotate(k, cos, sin).transpose(1, 2)
+            v = v.transpose(1, 2)
+            self.keys[i][:, :, :n] = k
+            self.values[i][:, :, :n] = v
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling,
+                                                 enable_gqa=self.heads != self.kv_heads)
+            x = x + layer.self_attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
+            x = self._mlp(i, x)
+        return self._logits(x)
+
+    def step(self, token, position):
+        """One token [1, 1] at `position` [1]: append its key/value to the cache and return the logits [1, vocab]."""
+        import torch.nn.functional as F
+
+        group = self.heads // self.kv_heads
+        cos, sin = self.cos[position][None, :, None, :], self.sin[position][None, :, None, :]
+        # Keys at or before this position; the cache beyond holds stale values from earlier replies.
+        visible = (self.positions <= position).view(1, 1, 1, -1)
+        x = self.model.model.embed_tokens(token)
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(i, layer.input_layernorm(x))
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            self.keys[i].index_copy_(2, position, k.transpose(1, 2))
+            self.values[i].index_copy_(2, position, v.transpose(1, 2))
+            # Each key/value head serves `group` query heads: laid out as `group` query rows of that head, one
+            # attention call reads the cache once, with no copy of it per query head.
+            q = q.view(1, self.kv_heads, group, self.head_dim)
+            if self.attention == "reduce":
+                out = self._attend(q, self.keys[i], self.values[i], visible)
+            else:
+                out = F.scaled_dot_product_attention(q, self.keys[i], self.values[i], attn_mask=visible,
+                                                     scale=self.scaling)
+            o_proj = layer.self_attn.o_proj
+            x = x + self._linear(out.reshape(1, 1, -1), o_proj.weight, o_proj.bias)
+            x = self._mlp(i, x)
+        return self._logits(x)
+
+
+def _fuse(linears: list, attribute: str = "weight"):
+    """One tensor holding the linears' weights (or biases) stacked by output rows; theirs become views of it."""
+    import torch
+
+    parts = [getattr(m, attribute) for m in linears]
+    if all(p is None for p in parts):
+        return None
+    fused = torch.cat([p.detach() for p in parts], dim=0)
+    start = 0
+    for p in parts:
+        p.data = fused[start : start + p.shape[0]]  # same values, shared storage: no second copy of the weights
+        start += p.shape[0]
+    return fused

@@ -1,0 +1,151 @@
+"""The blind A/B test: a friend sees a held-out context and two replies, the persona's real one and the twin's, and
+picks the real one. Served by `talkalike serve RUN` at /ab; needs no model.
+
+`talkalike eval RUN` pre-generates the pairs into RUN/ab/pairs.jsonl (one JSON object per line:
+{"id", "context": [{"role", "content"}], "real": [messages], "twin": [messages]}). Each answer is appended to
+RUN/ab/answers.jsonl, and `results(run_dir)` gives the "fooled" rate (the friend picked the twin as the real one)
+with a Wilson 95 % interval, which the report shows.
+
+    app.include_router(talkalike.evaluate.abtest.make_router(run_dir))
+"""
+
+import json
+import random
+import secrets
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from talkalike.evaluate.metrics import wilson_interval
+
+PAIRS = "pairs.jsonl"
+ANSWERS = "answers.jsonl"
+PAGE = Path(__file__).resolve().parents[1] / "frontends" / "static" / "ab.html"
+MAX_OPEN_QUESTIONS = 10_000  # questions shown but not answered yet; the oldest are forgotten beyond this
+
+
+def ab_dir(run_dir: Path) -> Path:
+    """Where a run's blind-test pairs and answers live."""
+    return Path(run_dir) / "ab"
+
+
+def write_pairs(run_dir: Path, pairs: list[dict]) -> Path:
+    """Write the blind-test pairs atomically (temp file, then rename), replacing earlier ones."""
+    folder = ab_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PAIRS
+    temp = path.with_suffix(".jsonl.tmp")
+    with temp.open("w", encoding="utf-8") as out:
+        for pair in pairs:
+            out.write(json.dumps(pair, ensure_ascii=False) + "\n")
+    temp.replace(path)
+    return path
+
+
+def read_pairs(run_dir: Path) -> list[dict]:
+    """The run's blind-test pairs; empty if `talkalike eval` has not made any."""
+    path = ab_dir(run_dir) / PAIRS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_answers(run_dir: Path) -> list[dict]:
+    """Every answer recorded so far."""
+    path = ab_dir(run_dir) / ANSWERS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def results(run_dir: Path) -> dict:
+    """The fooled rate with its Wilson 95 % interval, overall and per rater."""
+    answers = read_answers(run_dir)
+    fooled = sum(a["fooled"] for a in answers)
+    low, high = wilson_interval(fooled, len(answers))
+    raters: dict[str, list[int]] = {}
+    for answer in answers:
+        tally = raters.setdefault(answer.get("rater") or "anonymous", [0, 0])
+        tally[0] += answer["fooled"]
+        tally[1] += 1
+    return {
+        "answers": len(answers),
+        "fooled": fooled,
+        "fooled rate": fooled / len(answers) if answers else None,
+        "wilson 95%": [low, high],
+        "raters": {name: {"fooled": f, "answers": n} for name, (f, n) in sorted(raters.items())},
+        # WhatsApp-Llama's manual test fooled 2 friends of 20: the best published figure for a comparable tool
+        "reference": {"fooled": 2, "answers": 20, "source": "WhatsApp-Llama README"},
+    }
+
+
+def make_router(run_dir: Path, seed: int | None = None):
+    """A FastAPI router with GET /ab (the page), GET /ab/next (a question) and POST /ab/answer."""
+    from fastapi import APIRouter, HTTPException
+    from fastapi.responses import HTMLResponse
+    from pydantic import BaseModel, Field
+
+    run_dir = Path(run_dir)
+    router = APIRouter()
+    chooser = random.Random(seed)
+    # question id -> (pair id, which side is real); kept server-side so the page never learns the answer before
+    # the friend commits to one.
+    open_questions: dict[str, tuple[str, str]] = {}
+    lock = threading.Lock()
+
+    class Answer(BaseModel):
+        question: str = Field(max_length=64)
+        choice: str = Field(pattern="^[ab]$")
+        rater: str | None = Field(default=None, max_length=64)
+
+    @router.get("/ab", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @router.get("/ab/next")
+    def next_question() -> dict:
+        pairs = read_pairs(run_dir)
+        if not pairs:
+            raise HTTPException(404, f"no blind-test pairs in {ab_dir(run_dir)}; run `talkalike eval {run_dir}` first")
+        with lock:
+            answered = {a["pair"] for a in read_answers(run_dir)}
+            fresh = [p for p in pairs if p["id"] not in answered] or pairs  # unseen pairs first, then repeats
+            pair = chooser.choice(fresh)
+            real_side = chooser.choice("ab")
+            question = secrets.token_hex(8)
+            open_questions[question] = (pair["id"], real_side)
+            while len(open_questions) > MAX_OPEN_QUESTIONS:
+                open_questions.pop(next(iter(open_questions)))
+        twin_side = "b" if real_side == "a" else "a"
+        sides = {real_side: pair["real"], twin_side: pair["twin"]}
+        return {
+            "question": question,
+            "context": pair["context"],
+            "replies": [{"key": key, "messages": sides[key]} for key in "ab"],
+            "remaining": max(len(pairs) - len(answered), 0),
+        }
+
+    @router.post("/ab/answer")
+    def answer(body: Answer) -> dict:
+        with lock:
+            found = open_questions.pop(body.question, None)
+            if found is None:
+                raise HTTPException(404, "unknown or already answered question; fetch /ab/next again")
+            pair_id, real_side = found
+            fooled = body.choice != real_side
+            record = {
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "pair": pair_id,
+                "choice": body.choice,
+                "real": real_side,
+                "fooled": fooled,
+                "rater": body.rater or None,
+            }
+            folder = ab_dir(run_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            with (folder / ANSWERS).open("a", encoding="utf-8") as out:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        summary = results(run_dir)
+        return {"real": real_side, "fooled": fooled, "answers": summary["answers"], "fooled_total": summary["fooled"]}
+
+    return router

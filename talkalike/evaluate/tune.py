@@ -1,0 +1,175 @@
+"""`talkalike tune-generation RUN`: find the run's sampling settings on held-out conversations, and save the best.
+
+The original project picked its temperature and repetition penalty by hand. Here the twin answers the persona's
+held-out turns (RUN/eval.jsonl) under every setting of a small grid, temperature x repetition penalty x top-p, and
+each setting is scored with the evaluation's metrics (talkalike.evaluate.metrics):
+
+- style distance between the generated and the real replies (0 = same style), and
+- the persona classifier's rate: the share of generated replies it attributes to the persona (trained on the run's
+  train.jsonl, persona turns vs the other side's).
+
+The score is the mean of the style distance and (1 - persona rate); lower is better. Every setting samples with the
+same seed, so settings differ only by their values. The best becomes the run's defaults in RUN/generation.json, which
+chat, serve and eval read; the whole table is printed and kept in that file.
+
+    talkalike tune-generation dana --limit 8 --top-p 1.0   # 9 settings, 8 held-out turns each
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from talkalike.errors import TalkalikeError
+from talkalike.home import resolve_home, resolve_run
+
+Reply = list[str]  # one persona turn as its messages
+# (histories, sampling settings) -> one reply per history; the model in real use, a fake in tests
+Generator = Callable[[list[list[dict]], object], list[Reply]]
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The grid and the budget of one scan; works with no arguments."""
+
+    temperatures: tuple[float, ...] = (0.3, 0.5, 0.8)  # around the original's hand-picked 0.5
+    repetition_penalties: tuple[float, ...] = (1.0, 1.025, 1.1)  # none, the original's, a strong one
+    top_ps: tuple[float, ...] = (1.0, 0.9)  # the original's (no cut) and a common nucleus
+    # Held-out turns per setting: 18 settings x 12 short replies, decoded 12 at a time, is one batch per setting.
+    limit: int | None = 12
+    max_new_tokens: int = 48  # as in eval: a chat turn is 5-30 tokens; the cap bounds CPU time
+    max_context_tokens: int = 256  # as in eval: recent history decides a reply's style, and prefill cost grows with it
+    batch_size: int = 16  # replies decoded together
+    seed: int = 0  # one seed for every setting
+
+    def grid(self) -> list[tuple[float, float, float]]:
+        """Every (temperature, repetition_penalty, top_p) combination, in a fixed order."""
+        return list(itertools.product(self.temperatures, self.repetition_penalties, self.top_ps))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One setting's scores."""
+
+    temperature: float
+    repetition_penalty: float
+    top_p: float
+    style_distance: float
+    persona_rate: float | None  # None without a training set to fit the classifier on
+    score: float
+
+
+def _score(style: float, persona: float | None) -> float:
+    return style if persona is None else (style + (1.0 - persona)) / 2.0
+
+
+def twin_generator(run_dir: Path, home: Path, batch_size: int) -> Generator:
+    """Generate with the run's model (adapter on) through eval's batched decoder (talkalike.decode.batch)."""
+    from talkalike.decode.batch import decode_many
+    from talkalike.decode.generate import Twin
+
+    twin = Twin.from_run(run_dir, home)
+
+    def generate(histories: list[list[dict]], config) -> list[Reply]:
+        return decode_many(twin, histories, config, use_adapter=True, batch_size=batch_size)
+
+    return generate
+
+
+def _persona_classifier(run_dir: Path, run_info: dict):
+    """The evaluation's persona classifier fitted on the run's train.jsonl, or None (with a note) without one."""
+    from talkalike.evaluate import metrics
+    from talkalike.evaluate.evaluate import _dataset_dir, read_jsonl, speaker_turns
+
+    try:
+        dataset = _dataset_dir(run_dir, run_info)
+    except TalkalikeError as error:
+        print(f"note: scoring by style distance only: {error}", file=sys.stderr)
+        return None
+    persona, others = speaker_turns(read_jsonl(dataset / "train.jsonl"))
+    return metrics.train_persona_classifier(persona, others)
+
+
+def tune(run_dir: Path, home: Path, config: TuneConfig = TuneConfig(),
+         generate: Generator | None = None) -> tuple[list[Row], Row, int]:
+    """Score every setting of the grid on the held-out turns; returns (rows in grid order, best row, turns used)."""
+    from tqdm import tqdm
+
+    from talkalike.evaluate import metrics
+    from talkalike.evaluate.evaluate import held_out_turns, read_jsonl, turn_text
+    from talkalike.decode.generate import load_generation_config
+
+    eval_path = run_dir / "eval.jsonl"
+    if not eval_path.is_file():
+        raise TalkalikeError(f"{run_dir.name} has no eval.jsonl (held-out conversations); train it from a dataset "
+                             "with an evaluation share (talkalike dataset --eval-share 0.2)")
+    turns = held_out_turns(read_jsonl(eval_path), config.limit)
+    if len(turns) < 2:
+        raise TalkalikeError(f"{eval_path} holds {len(turns)} persona turns that answer someone; tuning needs at "
+                             "least 2 (import more chat history or raise --eval-share)")
+    run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    classifier = _persona_classifier(run_dir, run_info)
+    generate = generate or twin_generator(run_dir, home, config.batch_size)
+    base = load_generation_config(run_dir)
+    histories, real = [t.context for t in turns], [t.real for t in turns]
+    rows = []
+    for temperature, penalty, top_p in tqdm(config.grid(), desc="settings", unit="setting", file=sys.stderr):
+        settings = dataclasses.replace(base, temperature=temperature, repetition_penalty=penalty, top_p=top_p,
+                                       max_new_tokens=config.max_new_tokens,
+                                       max_context_tokens=config.max_context_tokens, seed=config.seed)
+        replies = generate(histories, settings)
+        style = metrics.style_distance(replies, real)
+        persona = None if classifier is None else metrics.persona_rate(classifier, [turn_text(r) for r in replies])
+        rows.append(Row(temperature, penalty, top_p, style, persona, _score(style, persona)))
+    best = min(rows, key=lambda row: row.score)  # ties keep the earliest setting in grid order
+    return rows, best, len(turns)
+
+
+def format_table(rows: list[Row], best: Row) -> str:
+    """The scan as an aligned text table, best first; the chosen setting is starred."""
+    lines = [f"  {'temperature':>11} {'rep_penalty':>11} {'top_p':>6} {'style_dist':>10} {'persona':>8} {'score':>7}"]
+    for row in sorted(rows, key=lambda r: r.score):
+        persona = "-" if row.persona_rate is None else f"{row.persona_rate:.2f}"
+        mark = "*" if row is best else " "
+        lines.append(f"{mark} {row.temperature:>11.2f} {row.repetition_penalty:>11.3f} {row.top_p:>6.2f} "
+                     f"{row.style_distance:>10.3f} {persona:>8} {row.score:>7.3f}")
+    return "\n".join(lines)
+
+
+def save_best(run_dir: Path, rows: list[Row], best: Row, config: TuneConfig, turns: int) -> Path:
+    """Write the best setting as the run's defaults (generation.json), the scan table beside it."""
+    from talkalike.decode.generate import load_generation_config, save_generation_config
+
+    chosen = dataclasses.replace(load_generation_config(run_dir), temperature=best.temperature,
+                                 repetition_penalty=best.repetition_penalty, top_p=best.top_p)
+    record = {"tuning": {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "score": "mean(style_distance, 1 - persona_rate); lower is better",
+        "held_out_turns": turns,
+        "config": dataclasses.asdict(config),
+        "table": [dataclasses.asdict(row) for row in rows],
+    }}
+    return save_generation_config(run_dir, chosen, extra=record)
+
+
+def cmd_tune_generation(args) -> int:
+    """`talkalike tune-generation RUN [--limit N]`: scan, print the table, save the best to RUN/generation.json."""
+    home = resolve_home(args.home)
+    run_dir = resolve_run(home, args.run)
+    chosen = {"limit": args.limit, "temperatures": args.temperature, "repetition_penalties": args.repetition_penalty,
+              "top_ps": args.top_p}
+    config = TuneConfig(**{key: tuple(v) if isinstance(v, list) else v for key, v in chosen.items() if v is not None})
+    print(f"tuning {run_dir.name}: {len(config.grid())} settings x up to {config.limit} held-out turns",
+          file=sys.stderr)
+    rows, best, turns = tune(run_dir, home, config)
+    path = save_best(run_dir, rows, best, config, turns)
+    print(format_table(rows, best))
+    print(f"best: temperature {best.temperature}, repetition_penalty {best.repetition_penalty}, top_p {best.top_p} "
+          f"(score {best.score:.3f}) -> {path}")
+    return 0

@@ -1,0 +1,1 @@
+"""Stage 5: plan and fine-tune (the `plan` and `train` commands)."""

@@ -1,0 +1,157 @@
+"""`talkalike plan`: parameters and peak memory of a training run, from the model's config alone.
+
+    talkalike plan                                        # the embedded model with this machine's default preset
+    talkalike plan --base yam-peleg/Hebrew-Mistral-7B --preset original --json
+
+The model is built on the meta device (no weights are read or downloaded; a folder holding only config.json is
+enough) and the recipe's LoRA is really applied to it, so the trainable count is PEFT's own. Memory is an estimate:
+weights at their training precision, LoRA weights + gradients + optimizer states, activations for one micro-batch
+(with or without gradient checkpointing) and the logits of the labelled positions.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from talkalike.train.recipe import Recipe, resolve_recipe
+
+NF4_BITS = 4.127  # NF4 with double quantization: 4 bits + 64-weight blocks of 8-bit scales, themselves quantized
+PERSONA_SHARE = 0.5  # labelled share of tokens assumed for the LM head (persona-only loss; ~37% on the sample chat)
+OVERHEAD_GB = {"cuda": 0.8, "cpu": 1.0}  # CUDA context and allocator slack / interpreter, torch and libraries
+USABLE = 0.9  # share of the device's memory a run can count on
+
+
+def load_config(base: str | None, home: Path | None):
+    """The model config of a base, without its weights (the embedded model's comes from its converted folder)."""
+    from transformers import AutoConfig
+
+    from talkalike.model import _from_pretrained, resolve_base
+
+    target, info = resolve_base(base, home)
+    return _from_pretrained(AutoConfig, target, info)
+
+
+def meta_model(config, recipe: Recipe):
+    """The model with the recipe's LoRA applied, every tensor on the meta device."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from talkalike.train.trainer import lora_config
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+        return get_peft_model(model, lora_config(recipe))
+
+
+def _head_and_embedding_names(model) -> set[str]:
+    names = set()
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        for name, p in model.named_parameters():
+            if any(p is q for q in module.parameters()):
+                names.add(name)
+    return names
+
+
+def estimate(config, recipe: Recipe, device: str, seq_len: int | None = None) -> dict:
+    """Parameter counts and a peak-memory estimate (GB) for training `config` with `recipe` on `device`."""
+    model = meta_model(config, recipe)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())  # tied weights are one parameter, counted once
+    frozen = total - trainable
+    kept_16bit = sum(p.numel() for n, p in model.named_parameters()
+                     if not p.requires_grad and (n in _head_and_embedding_names(model) or p.dim() < 2))
+    text = config.get_text_config()
+    hidden, layers, vocab = text.hidden_size, text.num_hidden_layers, text.vocab_size
+    intermediate = getattr(text, "intermediate_size", 4 * hidden)
+    heads = text.num_attention_heads
+
+    weight_bytes = 2 if recipe.bf16 else 4
+    if recipe.quantize_4bit:
+        # bitsandbytes quantizes the decoder's linear layers; embeddings, lm_head and norms stay 16-bit
+        base_gb = ((frozen - kept_16bit) * NF4_BITS / 8 + kept_16bit * 2) / 1e9
+        method = "QLoRA (NF4 4-bit base, bf16 compute)"
+    else:
+        base_gb = frozen * weight_bytes / 1e9
+        method = f"LoRA ({'bf16' if weight_bytes == 2 else 'fp32'} base)"
+    adapter_bytes = 2 if recipe.quantize_4bit else 4  # TRL keeps QLoRA adapters in bf16
+    optimizer_bytes = 2 if "8bit" in recipe.optim else 8  # two Adam moments, 8-bit or fp32
+    lora_gb = trainable * (2 * adapter_bytes + optimizer_bytes) / 1e9
+
+    seq = seq_len or recipe.max_length
+    tokens = seq * recipe.batch_size  # one micro-batch (packed rows of seq tokens)
+    act_bytes = 2 if recipe.bf16 else 4
+    per_layer_token = 12 * hidden + 5 * intermediate  # saved tensors of one decoder layer (LoRA inputs included)
+    if recipe.gradient_checkpointing:
+        activations = tokens * hidden * act_bytes * layers + tokens * per_layer_token * act_bytes
+    else:
+        activations = tokens * per_layer_token * act_bytes * layers
+    # attention scores of one layer when the kernel materializes them (CPU / masked SDPA); flash kernels do not
+    attention = heads * seq * seq * act_bytes * recipe.batch_size if device == "cpu" else 0
+    labelled = tokens * (PERSONA_SHARE if recipe.persona_only_loss else 1.0)
+    head_tokens = labelled if recipe.masked_head else tokens
+    logits = head_tokens * vocab * 4 * 3  # fp32 logits, their softmax and their gradient
+    activation_gb = (activations + attention + logits) / 1e9
+    peak = base_gb + lora_gb + activation_gb + OVERHEAD_GB[device]
+    return {"trainable_params": trainable, "total_params": total,
+            "trainable_percent": round(100 * trainable / total, 4), "method": method, "device": device,
+            "seq_len": seq, "batch_size": recipe.batch_size, "gradient_checkpointing": recipe.gradient_checkpointing,
+            "memory_gb": {"base_weights": round(base_gb, 3), "lora_weights_grads_optimizer": round(lora_gb, 3),
+                          "activations_and_logits": round(activation_gb, 3), "overhead": OVERHEAD_GB[device]},
+            "peak_memory_gb": round(peak, 2)}
+
+
+def detect_hardware() -> dict:
+    """The device training would use and how much memory it has (GB)."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return {"device": "cuda", "name": props.name, "count": torch.cuda.device_count(),
+                "memory_gb": round(props.total_memory / 1e9, 2)}
+    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return {"device": "cpu", "name": f"{os.cpu_count()} CPUs", "count": 1,
+            "memory_gb": round(pages * os.sysconf("SC_PAGE_SIZE") / 1e9, 2)}
+
+
+def plan(base: str | None, home: Path | None, preset: str | None = None, seq_len: int | None = None) -> dict:
+    """The whole plan: resolved recipe for this machine, counts, memory estimate and whether it fits."""
+    hardware = detect_hardware()
+    cuda = hardware["device"] == "cuda"
+    recipe, notes = resolve_recipe(preset, cuda)
+    config = load_config(base, home)
+    result = {"base": base or "gemma-3-270m", "preset": recipe.name, "notes": notes,
+              **estimate(config, recipe, hardware["device"], seq_len)}
+    if not cuda:  # what the same preset would need on a CUDA GPU, for planning a GPU run from a laptop
+        gpu_recipe, _ = resolve_recipe(preset or "original", True)
+        result["peak_memory_gb_on_cuda"] = estimate(config, gpu_recipe, "cuda", seq_len)["peak_memory_gb"]
+    result["hardware"] = hardware
+    result["fits"] = result["peak_memory_gb"] <= USABLE * hardware["memory_gb"]
+    return result
+
+
+def cmd_plan(args) -> int:
+    """`talkalike plan`: print the estimate (or JSON)."""
+    from talkalike.home import resolve_home
+
+    result = plan(args.base, resolve_home(args.home), args.preset, args.seq_len)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for note in result["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    memory, hw = result["memory_gb"], result["hardware"]
+    print(f"base: {result['base']}   preset: {result['preset']}   method: {result['method']}")
+    print(f"parameters: {result['total_params']:,} total, {result['trainable_params']:,} trainable "
+          f"({result['trainable_percent']:.2f}%)")
+    print(f"micro-batch: {result['batch_size']} x {result['seq_len']} tokens, gradient checkpointing "
+          f"{'on' if result['gradient_checkpointing'] else 'off'}")
+    print(f"peak memory: ~{result['peak_memory_gb']:.1f} GB (base weights {memory['base_weights']:.2f}, "
+          f"LoRA+grads+optimizer {memory['lora_weights_grads_optimizer']:.2f}, activations+logits "
+          f"{memory['activations_and_logits']:.2f}, overhead {memory['overhead']:.1f})")
+    if "peak_memory_gb_on_cuda" in result:
+        print(f"on a CUDA GPU (4-bit where the preset says so): ~{result['peak_memory_gb_on_cuda']:.1f} GB")
+    verdict = "fits" if result["fits"] else "does NOT fit: try --preset original on a GPU, a smaller --base or --seq-len"
+    print(f"hardware: {hw['name']} ({hw['device']}), {hw['memory_gb']:.1f} GB available: {verdict}")
+    return 0

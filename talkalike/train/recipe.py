@@ -1,0 +1,116 @@
+"""Training recipes as data: the original project's QLoRA recipe and our CPU-friendly default.
+
+    from talkalike.train.recipe import resolve_recipe
+    recipe, notes = resolve_recipe("original", cuda=False)   # notes say what changed for this machine
+
+`plan` and `train` read the same Recipe, so the parameter count and memory estimate describe what training runs.
+"""
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One fine-tuning recipe; the defaults are the original project's QLoRA recipe."""
+
+    name: str = "original"
+    quantize_4bit: bool = True  # NF4 + double quantization, bf16 compute (bitsandbytes; CUDA only)
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.07
+    target_modules: tuple[str, ...] = ATTENTION + MLP + ("lm_head",)
+    learning_rate: float = 2.5e-5
+    warmup_steps: int = 2
+    weight_decay: float = 0.001
+    epochs: float = 3.0
+    batch_size: int = 2  # per device; with packing, packed rows of `max_length` tokens rather than samples
+    grad_accum: int = 4
+    gradient_checkpointing: bool = True
+    optim: str = "paged_adamw_8bit"
+    bf16: bool = True
+    train_turn_end: bool = False  # also train the embedding row of the token that ends the persona's turn
+    lr_scheduler: str = "linear"  # transformers' default, which the original used
+    save_total_limit: int = 3
+    # Our improvements, each switchable and on by default (see README "Training"):
+    persona_only_loss: bool = True  # loss on the persona's turns; False = every turn, as the original
+    packing: bool = True  # BFD packing, position ids restart per sample (no cross-sample attention)
+    # Tokens per packed row (and the longest sample kept). 2 rows x 1,024 tokens keep a 7B QLoRA micro-batch
+    # within the original recipe's peak memory (BENCHMARKS.md, "GPU training").
+    max_length: int = 1024
+    masked_head: bool = True  # LM head only where a label is taken
+    early_stopping_patience: int = 1  # evaluations without a better eval loss before stopping; 0 = off
+    seed: int = 42
+
+    def as_dict(self) -> dict:
+        """The recipe as plain JSON-ready data."""
+        data = asdict(self)
+        data["target_modules"] = list(self.target_modules)
+        return data
+
+
+PRESETS = {
+    "original": Recipe(),
+    # Ours, tuned for the embedded 270M model on a 2-core CPU (BENCHMARKS.md "CPU training" has the measurements):
+    "default": Recipe(
+        name="default",
+        quantize_4bit=False,  # 270M fits anywhere; 4-bit would only slow it down
+        lora_r=16,  # r=16 on all projections matches r=32 in style shift on 300 conversations, at half the adapter
+        lora_alpha=32,
+        # A base model has rarely if ever produced a chat template's turn-end token (the embedded Gemma: 31 nats on
+        # the sample's persona turns). LoRA on the projections alone got that to 12 nats in one epoch, so the twin
+        # never closed its turn; training the token's own (tied) row lets it learn where the persona stops.
+        train_turn_end=True,
+        lora_dropout=0.0,  # one pass over the data leaves little to regularise; on a CPU dropout's masks were 15% of a step
+        target_modules=ATTENTION + MLP,  # no lm_head: Gemma ties it to the 262k-row embedding; its LoRA buys little
+        learning_rate=2e-4,  # small data, few steps: 2.5e-5 barely moves a 270M model in a CPU-sized budget
+        warmup_steps=2,
+        weight_decay=0.001,
+        epochs=1.0,  # one pass over the 300-conversation sample chat: ~5 min on 2 cores; --epochs for more
+        batch_size=1,  # one packed row of `max_length` tokens per step ...
+        grad_accum=2,  # ... times 2: ~2k tokens per optimizer step
+        gradient_checkpointing=False,  # memory is plentiful for 270M; recomputing costs a third more compute
+        optim="adamw_torch",
+        bf16=True,  # on a CUDA GPU, and on CPUs that compute bf16 natively; others train in fp32 (resolve_recipe)
+        max_length=1024,  # short rows keep CPU attention (dense, masked per sample) cheap
+    ),
+}
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (Intel AMX or AVX512-BF16), as read from /proc/cpuinfo on Linux."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags to read, so fp32, which every CPU computes well
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def default_preset(cuda: bool) -> str:
+    """The original recipe on a CUDA GPU, ours elsewhere."""
+    return "original" if cuda else "default"
+
+
+def resolve_recipe(preset: str | None, cuda: bool, **overrides) -> tuple[Recipe, list[str]]:
+    """The recipe for this machine, and one note per setting changed (or kept) because there is no CUDA GPU."""
+    name = preset or default_preset(cuda)
+    recipe = replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    notes = []
+    if not cuda:
+        if recipe.quantize_4bit:
+            notes.append("no CUDA GPU: training without 4-bit quantization (bitsandbytes 4-bit needs CUDA)")
+            recipe = replace(recipe, quantize_4bit=False)
+        if recipe.bf16 and cpu_computes_bf16():
+            # AMX / AVX512-BF16 multiply bf16 ~8x faster than fp32 here; a whole training step of the embedded model
+            # costs ~1.6x fewer CPU-seconds than in fp32, at the same loss (BENCHMARKS.md, "CPU training").
+            notes.append("no CUDA GPU: bf16 on this CPU's native bf16 instructions (AMX / AVX512-BF16)")
+        elif recipe.bf16:
+            notes.append("no CUDA GPU: fp32 instead of bf16 (this CPU has no native bf16 instructions)")
+            recipe = replace(recipe, bf16=False)
+        if recipe.optim.startswith("paged_") or "8bit" in recipe.optim:
+            notes.append(f"no CUDA GPU: optimizer adamw_torch instead of {recipe.optim} (bitsandbytes needs CUDA)")
+            recipe = replace(recipe, optim="adamw_torch")
+    return recipe, notes

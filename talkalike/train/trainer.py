@@ -1,0 +1,571 @@
+"""The train stage: LoRA (QLoRA on a CUDA GPU) on a dataset folder, into a self-describing run folder.
+
+    talkalike train ~/noa-ds --name noa                 # the embedded Gemma 3 270M, preset by machine
+    talkalike train ~/noa-ds --base yam-peleg/Hebrew-Mistral-7B --preset original
+    talkalike train --resume noa                        # continue after a crash or kill
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m talkalike train ~/noa-ds
+
+TRL's SFTTrainer does the BFD packing (position ids restart per sample, so samples never attend to each other) and
+turns our persona masks into labels. Our one addition is `compute_loss`: the LM head runs only where a label is
+taken, which for Gemma's 262k-token vocabulary is most of the work saved. A run is trained inside
+`runs/<name>.partial/` (checkpoints there make it resumable) and renamed to `runs/<name>/` only when complete.
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from talkalike.errors import TalkalikeError
+from talkalike.train.recipe import Recipe, resolve_recipe
+from talkalike.template import turn_end_ids
+
+RUN_FILES = ("run.json", "adapter", "tokenizer", "dataset_stats.json", "eval.jsonl", "metrics.jsonl", "loss.png")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def read_dataset(folder: Path) -> tuple[list[dict], list[dict], dict]:
+    """train rows, eval rows and dataset.json of a `talkalike dataset` folder; a clear error if there is nothing."""
+    if not folder.is_dir():
+        raise TalkalikeError(f"no dataset folder at {folder}; build one with `talkalike dataset --me NAME --out DIR`.")
+
+    def rows(name: str) -> list[dict]:
+        path = folder / name
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    train_rows = rows("train.jsonl")
+    if not train_rows:
+        raise TalkalikeError(f"{folder} has no training samples (train.jsonl is missing or empty); rebuild it "
+                             "with `talkalike dataset`, perhaps with more chats.")
+    info_path = folder / "dataset.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return train_rows, rows("eval.jsonl"), info
+
+
+def render_rows(rows: list[dict], tokenizer, layout: str, all_turns: bool, max_length: int) -> tuple[list[dict], dict]:
+    """Rows rendered with THIS tokenizer's template into {input_ids, assistant_masks}, and token counts."""
+    from talkalike.template import render_sample
+
+    records, stats = [], {"samples": 0, "tokens": 0, "trained_tokens": 0, "truncated": 0, "dropped_untrained": 0}
+    for row in rows:
+        rendered = render_sample(row["messages"], tokenizer, layout=layout, all_turns=all_turns)
+        ids, mask = rendered.input_ids[:max_length], rendered.mask[:max_length]
+        stats["truncated"] += len(rendered.input_ids) > max_length
+        if not any(mask):
+            stats["dropped_untrained"] += 1  # e.g. the persona's reply lay beyond max_length
+            continue
+        records.append({"input_ids": ids, "assistant_masks": mask})
+        stats["samples"] += 1
+        stats["tokens"] += len(ids)
+        stats["trained_tokens"] += sum(mask)
+    return records, stats
+
+
+def lora_config(recipe: Recipe, turn_end_ids: list[int] | None = None):
+    """The PEFT LoRA config of a recipe (also applied to meta models by `plan`); with `recipe.train_turn_end`, the
+    embedding rows of `turn_end_ids` train too (peft's trainable tokens; tied heads follow)."""
+    from peft import LoraConfig
+
+    tokens = list(turn_end_ids or []) if recipe.train_turn_end else []
+    return LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout, bias="none",
+                      target_modules=list(recipe.target_modules), task_type="CAUSAL_LM",
+                      trainable_token_indices=tokens or None)
+
+
+def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None):
+    """Wrap a base model with the recipe's LoRA; a 4-bit model is prepared for k-bit training first."""
+    from peft import get_peft_model
+
+    from talkalike.train.qlora import prepare_kbit
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        # Not peft's prepare_model_for_kbit_training: it up-casts the frozen embeddings and head to fp32.
+        model = prepare_kbit(model, gradient_checkpointing=recipe.gradient_checkpointing)
+    return get_peft_model(model, lora_config(recipe, turn_end_ids))
+
+
+TURN_END_LR_SCALE = 10  # the turn-end token rows' learning rate, as a multiple of the adapters'
+
+
+def _trainer_class():
+    """SFTTrainer whose loss projects only labelled positions through the LM head (defined lazily: TRL is heavy)."""
+    import torch
+    from trl import SFTTrainer
+
+    from talkalike.train.headloss import frozen_head_loss_sum
+    from talkalike.train.qlora import deferred_head, head_loss_sum
+
+    class PersonaTrainer(SFTTrainer):
+        """SFTTrainer with the LM head (and its LoRA, if targeted) applied only where a label is taken."""
+
+        def __init__(self, *args, token_counts: dict, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.token_counts = token_counts
+            # Our loss is a sum over labelled tokens divided by the whole accumulated batch's count, so the
+            # Trainer must count them and must not divide again by the accumulation steps.
+            self.model_accepts_loss_kwargs = True
+            self.loss_is_scaled_for_ga = True
+
+        def create_optimizer(self, *args, **kwargs):
+            optimizer = super().create_optimizer(*args, **kwargs)
+            # A trained token row starts where the base left it, tens of nats from being predicted; at the
+            # adapters' learning rate one epoch moved it a third of the way (BENCHMARKS.md, "CPU training").
+            tokens = [p for name, p in self.model.named_parameters() if p.requires_grad and "trainable_tokens" in name]
+            if tokens:
+                ids = {id(p) for p in tokens}
+                for group in optimizer.param_groups:
+                    group["params"] = [p for p in group["params"] if id(p) not in ids]
+                optimizer.add_param_group({"params": tokens, "weight_decay": 0.0,
+                                           "lr": self.args.learning_rate * TURN_END_LR_SCALE})
+            return optimizer
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            # Position i predicts token i+1; with padding-free packing the collator already set the label of each
+            # sample's first token to -100, so no position predicts across a sample boundary.
+            targets = labels[:, 1:]
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = targets != -100
+            model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+            # `logits_to_keep` as a boolean mask goes through the model's own forward (so DDP and a LoRA on lm_head
+            # work) and keeps only the labelled positions, flattened.
+            chosen = targets[keep[:, :-1]]
+            unwrapped = self.accelerator.unwrap_model(model)
+            frozen = None if labels.is_cuda or self.is_fsdp_enabled else _frozen_plain_head(unwrapped)
+            if frozen is not None:
+                # Nothing trains the head but a few token rows: its loss gradient is taken while the logits exist
+                # (talkalike/headloss.py). On a CPU (compute-bound, memory to spare) recomputing chunks costs more.
+                with deferred_head(unwrapped):
+                    outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
+                hidden = outputs.logits.reshape(-1, outputs.logits.size(-1))
+                loss_sum = frozen_head_loss_sum(hidden, targets=chosen, **frozen)
+            elif self.is_fsdp_enabled or not labels.is_cuda:
+                # FSDP gathers the head's shards only inside the model's forward.
+                outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
+                logits = outputs.logits.reshape(-1, outputs.logits.size(-1)).float()
+                loss_sum = torch.nn.functional.cross_entropy(logits, chosen, reduction="sum")
+            else:
+                # With the head deferred that forward returns hidden states, and the head (LoRA included) and the
+                # cross-entropy run in checkpointed chunks: no rows x vocabulary tensor is ever whole.
+                with deferred_head(unwrapped) as head:
+                    outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
+                hidden = outputs.logits.reshape(-1, outputs.logits.size(-1))
+                loss_sum = head_loss_sum(head, hidden, chosen)
+            count = chosen.numel() if num_items_in_batch is None else num_items_in_batch
+            loss = loss_sum / torch.as_tensor(count, device=loss_sum.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks
+            if model.training:
+                mask = inputs.get("attention_mask")
+                self.token_counts["tokens"] += int(mask.sum() if mask is not None else labels.numel())
+                self.token_counts["trained_tokens"] += int(chosen.numel())
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+    return PersonaTrainer
+
+
+def _frozen_plain_head(model) -> dict | None:
+    """The LM head's frozen weight (and any trainable-token rows replacing some of its rows) when it may be deferred:
+    a plain linear layer with no LoRA, no bias and no soft-capping between head and loss; else None."""
+    import torch
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    from peft.utils.other import TrainableTokensWrapper
+
+    head = model.get_base_model().get_output_embeddings()
+    if isinstance(head, TrainableTokensWrapper):
+        head = head.token_adapter
+    parts = {}
+    if isinstance(head, TrainableTokensLayer):
+        if head.disable_adapters or len(head.active_adapters) != 1:
+            return None
+        name = head.active_adapters[0]
+        parts = {"rows": head.trainable_tokens_delta[name], "row_ids": list(head.token_indices[name])}
+        head = head.base_layer
+    plain = (type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
+             and getattr(model.get_base_model().config, "final_logit_softcapping", None) is None)
+    return {"weight": head.weight, **parts} if plain else None
+
+
+def _head_adapter_accepted(model):
+    """A context in which TRL accepts a LoRA on lm_head.
+
+    TRL refuses one because its own fused head multiplies by `lm_head.weight` and would skip the adapter; our
+    compute_loss calls the lm_head module itself, adapter included, so the refusal does not apply here. TRL is shown
+    the base layer while it checks; nothing else changes.
+    """
+    from contextlib import contextmanager
+
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    @contextmanager
+    def accepted():
+        head = model.get_output_embeddings()
+        if not isinstance(head, BaseTunerLayer):
+            yield
+            return
+        base = model.get_base_model()
+        base.get_output_embeddings = head.get_base_layer
+        try:
+            yield
+        finally:
+            del base.get_output_embeddings
+
+    return accepted()
+
+
+def _records_dataset(records: list[dict]):
+    """A datasets.Dataset of token records, fingerprinted from the records themselves.
+
+    datasets otherwise fingerprints a new table by pickling it with dill, which fails on Python 3.12 with pyarrow 26
+    ("Can't pickle <class 'MonthDayNano'>"), seen on the GPU machine.
+    """
+    import hashlib
+    import json
+
+    import datasets
+    from datasets.table import InMemoryTable
+
+    digest = hashlib.sha256(json.dumps(records, separators=(",", ":")).encode()).hexdigest()[:16]
+    return datasets.Dataset(InMemoryTable.from_pylist(records), fingerprint=digest)
+
+
+def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list[dict], recipe: Recipe,
+                 output_dir: Path, *, max_steps: int | None = None, callbacks: list | None = None,
+                 turn_end_ids: list[int] | None = None,
+                 token_counts: dict | None = None):
+    """Our training path for a loaded base model: LoRA + SFTTrainer with packing and the masked LM head.
+
+    The GPU benchmark calls this with a model built in memory; `train` calls it with a loaded base.
+    """
+    import datasets
+    import torch
+    from transformers import PrinterCallback, set_seed
+    from trl import SFTConfig
+
+    datasets.disable_progress_bars()  # per-map bars drown the training bar; our summary line says what was built
+    has_eval = bool(eval_records)
+    config = SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=recipe.epochs,
+        max_steps=max_steps or -1,
+        per_device_train_batch_size=recipe.batch_size,
+        per_device_eval_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.grad_accum,
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        learning_rate=recipe.learning_rate,
+        warmup_steps=recipe.warmup_steps,
+        weight_decay=recipe.weight_decay,
+        lr_scheduler_type=recipe.lr_scheduler,
+        optim=recipe.optim,
+        bf16=recipe.bf16,  # autocast; on a CPU resolve_recipe allows it only with native bf16 instructions
+        eval_strategy="epoch" if has_eval else "no",
+        save_strategy="epoch",
+        save_total_limit=recipe.save_total_limit,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        prediction_loss_only=True,
+        logging_steps=1,
+        logging_first_step=True,
+        report_to="none",
+        disable_tqdm=True,  # our own bar shows tokens/s and ETA
+        seed=recipe.seed,
+        packing=recipe.packing,
+        packing_strategy="bfd",
+        padding_free=recipe.packing,
+        max_length=recipe.max_length,
+        completion_only_loss=False,  # our assistant_masks already hold the persona mask
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # transformers only accepts bf16 without a GPU when told so
+        # Every LoRA weight gets a gradient every step, but the LM head's runs after the model's forward (the
+        # masked head above), so DDP's search for unused parameters would mark them ready twice (seen on 2 GPUs:
+        # "Expected to mark a variable ready only once"); Trainer turns the search on for any PeftModel.
+        ddp_find_unused_parameters=False,
+    )
+    set_seed(recipe.seed)  # LoRA's A matrices are drawn at random: seed them so reruns and resumes agree
+    model = apply_lora(model, recipe, turn_end_ids)
+    if recipe.bf16 and not torch.cuda.is_available():
+        # Under CPU autocast, peft's cast of each LoRA input to the adapter's fp32 is undone at once by autocast's
+        # cast back to bf16 for the matmul: two copies of the activations per adapted layer for the same product
+        # (8% of a training step of the embedded model here).
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
+    callbacks = list(callbacks or [])
+    if has_eval and recipe.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.early_stopping_patience))
+    trainer_class = _trainer_class()
+    with _head_adapter_accepted(model):
+        trainer = trainer_class(
+            model=model,
+            args=config,
+            train_dataset=_records_dataset(train_records),
+            eval_dataset=_records_dataset(eval_records) if has_eval else None,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            token_counts=token_counts if token_counts is not None else {"tokens": 0, "trained_tokens": 0},
+        )
+    trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which is for results; see metrics.jsonl
+    return trainer
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit packed weights counted as the parameters they stand for."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = 0
+    for p in model.parameters():
+        total += p.numel() * 2 if p.__class__.__name__ == "Params4bit" else p.numel()
+    return trainable, total
+
+
+def _memory_gb() -> float:
+    """Peak memory so far: CUDA allocations on a GPU, else the process's peak resident size."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _run_log_callback(metrics_path: Path, token_counts: dict, progress: bool):
+    """A TrainerCallback writing metrics.jsonl at every log and drawing a progress bar with tokens/s and ETA."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class RunLog(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if metrics_path.is_file():  # resuming: drop what was logged after the checkpoint we continue from
+                lines = [line for line in metrics_path.read_text().splitlines()
+                         if json.loads(line)["step"] <= state.global_step]
+                metrics_path.write_text("".join(line + "\n" for line in lines))
+                if lines:  # and keep counting tokens from where that checkpoint was
+                    last = json.loads(lines[-1])
+                    token_counts.update(tokens=last["tokens"], trained_tokens=last["trained_tokens"])
+            self.start, self.tokens_at_start = time.perf_counter(), dict(token_counts)
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step", desc="training",
+                            file=sys.stderr, disable=not progress or not state.is_world_process_zero)
+
+        def rates(self) -> tuple[float, float]:
+            elapsed = max(time.perf_counter() - self.start, 1e-9)
+            return ((token_counts["tokens"] - self.tokens_at_start["tokens"]) / elapsed,
+                    (token_counts["trained_tokens"] - self.tokens_at_start["trained_tokens"]) / elapsed)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            tokens_per_s, _ = self.rates()
+            self.bar.set_postfix_str(f"{tokens_per_s:.0f} tok/s", refresh=False)
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            tokens_per_s, trained_per_s = self.rates()
+            record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **(logs or {}),
+                      "tokens_per_s": round(tokens_per_s, 2), "trained_tokens_per_s": round(trained_per_s, 2),
+                      "tokens": token_counts["tokens"], "trained_tokens": token_counts["trained_tokens"],
+                      "memory_gb": round(_memory_gb(), 3)}
+            if "loss" in record:
+                self.bar.set_postfix_str(f"loss {record['loss']:.3f}, {tokens_per_s:.0f} tok/s", refresh=False)
+            with metrics_path.open("a") as out:
+                out.write(json.dumps(record) + "\n")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return RunLog()
+
+
+def plot_loss(metrics_path: Path, png: Path) -> None:
+    """The loss curve (train, and eval where measured) of a metrics.jsonl as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (persona tokens)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def _oom_error(base: str | None, preset: str) -> TalkalikeError:
+    base_arg = f" --base {base}" if base else ""
+    return TalkalikeError(
+        f"out of memory while training. See what fits with `talkalike plan{base_arg} --preset {preset}`, then try "
+        "--preset original on a CUDA GPU (4-bit), a smaller --base, or a dataset with shorter windows "
+        "(`talkalike dataset --max-tokens 512`); resume with `talkalike train --resume NAME`."
+    )
+
+
+def _is_oom(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and ("out of memory" in str(error) or "can't allocate memory" in str(error)))
+
+
+def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = None, preset: str | None = None,
+          name: str | None = None, epochs: float | None = None, max_steps: int | None = None,
+          all_turns: bool = False, resume: str | None = None, callbacks: list | None = None,
+          progress: bool = True) -> Path:
+    """Train a run folder `runs/<name>/` from a dataset folder, or finish an interrupted run (`resume=name`)."""
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from talkalike.home import runs_dir
+    from talkalike.model import load_base, load_tokenizer
+    from talkalike.template import chat_template
+
+    runs = runs_dir(home)
+    if resume:
+        work = runs / f"{resume}.partial"
+        if not (work / "resume.json").is_file():
+            raise TalkalikeError(f"no interrupted run named {resume!r} (looked for {work}/resume.json).")
+        request = json.loads((work / "resume.json").read_text())
+    else:
+        if dataset is None:
+            raise TalkalikeError("give a dataset folder (`talkalike train DATASET_DIR`) or --resume RUN.")
+        dataset_path = Path(dataset).expanduser().resolve()
+        name = name or f"{dataset_path.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        request = {"dataset": str(dataset_path), "base": base, "preset": preset, "name": name, "epochs": epochs,
+                   "max_steps": max_steps, "all_turns": all_turns}
+        work = runs / f"{name}.partial"
+    final = runs / request["name"]
+    if final.exists():
+        raise TalkalikeError(f"a run named {request['name']!r} already exists at {final}; choose another --name.")
+    train_rows, eval_rows, dataset_info = read_dataset(Path(request["dataset"]))
+
+    cuda = torch.cuda.is_available()
+    recipe, notes = resolve_recipe(request["preset"], cuda, epochs=request["epochs"],
+                                   persona_only_loss=False if request["all_turns"] else None)
+    for note in notes:
+        _say(f"note: {note}")
+    if not eval_rows:
+        _say("note: the dataset has no eval.jsonl samples: no evaluation, no early stopping")
+
+    tokenizer = load_tokenizer(request["base"], home)
+    layout = dataset_info.get("layout", "chat")
+    # Re-render with THIS model's template, whatever base the dataset was built for; setting it on the tokenizer
+    # also saves it with the run and spares template lookups per sample.
+    tokenizer.chat_template = chat_template(tokenizer, layout)
+    all_turns = not recipe.persona_only_loss
+    train_records, train_stats = render_rows(train_rows, tokenizer, layout, all_turns, recipe.max_length)
+    eval_records, eval_stats = render_rows(eval_rows, tokenizer, layout, all_turns, recipe.max_length)
+    if not train_records:
+        raise TalkalikeError("no training sample has a persona turn left after rendering; check --me in the dataset.")
+
+    # Frozen weights in bf16 when computing in bf16: half the memory, and autocast need not cast them every step
+    model = load_base(request["base"], home, quantize_4bit=recipe.quantize_4bit,
+                      dtype=torch.bfloat16 if recipe.bf16 else None)
+    base_info = model.talkalike_base
+    work.mkdir(parents=True, exist_ok=True)
+    _say(f"run {request['name']}: training in {work} (continue an interrupted run with --resume {request['name']})")
+    (work / "resume.json").write_text(json.dumps(request, indent=2))
+    token_counts = {"tokens": 0, "trained_tokens": 0}
+    metrics_path = work / "metrics.jsonl"
+    log = _run_log_callback(metrics_path, token_counts, progress)
+    trainer = make_trainer(model, tokenizer, train_records, eval_records, recipe, work / "checkpoints",
+                           max_steps=request["max_steps"], callbacks=[log, *(callbacks or [])],
+                           token_counts=token_counts, turn_end_ids=turn_end_ids(tokenizer, layout))
+    trainable, total = count_parameters(trainer.model)
+    device = "cuda" if cuda else "cpu"
+    dtype = "bf16" if recipe.bf16 else "fp32"
+    resolved = {"preset": recipe.name, "layout": layout, "device": device, "dtype": dtype, **recipe.as_dict()}
+    _say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    _say("config: " + json.dumps(resolved))
+    _say(f"data: {train_stats['samples']} train samples, {train_stats['tokens']:,} tokens "
+         f"({train_stats['trained_tokens']:,} trained); {eval_stats['samples']} eval samples")
+
+    checkpoint = get_last_checkpoint(str(work / "checkpoints")) if resume and (work / "checkpoints").is_dir() else None
+    if resume:
+        _say(f"resuming from {checkpoint}" if checkpoint else "no checkpoint yet: starting over")
+    started = time.time()
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except (RuntimeError, MemoryError) as error:
+        if isinstance(error, MemoryError) or _is_oom(error):
+            raise _oom_error(request["base"], recipe.name) from None
+        raise
+
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_fsdp_enabled:  # the sharded adapter is gathered by all processes, written by the main one
+        trainer.save_model(str(work / "fsdp-adapter"))
+    if not trainer.is_world_process_zero():
+        return final  # under `accelerate launch` the main process alone writes the run folder
+    out = work / "run"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    if trainer.is_fsdp_enabled:
+        os.rename(work / "fsdp-adapter", out / "adapter")
+    else:
+        trainer.model.save_pretrained(str(out / "adapter"))  # the best eval-loss checkpoint when evaluating
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+    eval_src = Path(request["dataset"]) / "eval.jsonl"
+    if eval_src.is_file():
+        shutil.copyfile(eval_src, out / "eval.jsonl")
+    else:
+        (out / "eval.jsonl").write_text("")
+    source_stats = Path(request["dataset"]) / "stats.json"
+    (out / "dataset_stats.json").write_text(json.dumps({
+        "train": train_stats, "eval": eval_stats,
+        "dataset": json.loads(source_stats.read_text()) if source_stats.is_file() else None}, indent=2))
+    shutil.copyfile(metrics_path, out / "metrics.jsonl")
+    plot_loss(out / "metrics.jsonl", out / "loss.png")
+    run_info = {
+        "name": request["name"], "base": base_info, "layout": layout, "preset": recipe.name,
+        "all_turns": all_turns, "config": resolved, "dataset": request["dataset"], "dataset_info": dataset_info,
+        "device": device, "dtype": dtype, "quantized": recipe.quantize_4bit,
+        "trainable_params": trainable, "total_params": total, "notes": notes,
+        "steps": trainer.state.global_step, "epochs_done": round(trainer.state.epoch or 0.0, 4),
+        "train_loss": result.training_loss, "best_eval_loss": trainer.state.best_metric,
+        "best_checkpoint_step": _checkpoint_step(trainer.state.best_model_checkpoint),
+        "train_seconds": round(time.time() - started, 1), "tokens_trained": token_counts,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / "run.json").write_text(json.dumps(run_info, indent=2, ensure_ascii=False))
+    os.rename(out, final)
+    shutil.rmtree(work)  # checkpoints are only for resuming; the run folder holds the best adapter
+    return final
+
+
+def _checkpoint_step(path: str | None) -> int | None:
+    return int(path.rsplit("-", 1)[1]) if path else None
+
+
+def cmd_train(args) -> int:
+    """`talkalike train`: fine-tune and print the run folder."""
+    from talkalike.home import resolve_home
+
+    home = resolve_home(args.home)
+    try:
+        run = train(args.dataset, home, base=args.base, preset=args.preset, name=args.name, epochs=args.epochs,
+                    max_steps=args.max_steps, all_turns=args.all_turns, resume=args.resume)
+    except KeyboardInterrupt:
+        name = args.resume or args.name
+        hint = f"`talkalike train --resume {name}`" if name else "`talkalike train --resume NAME` (see runs/*.partial)"
+        _say(f"interrupted: continue from the last checkpoint with {hint}")
+        raise
+    print(run)
+    return 0

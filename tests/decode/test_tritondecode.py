@@ -1,0 +1,134 @@
+"""The Triton decode step (talkalike/tritondecode.py) computes what the model's own forward computes.
+
+On a GPU its kernels run compiled inside one CUDA graph (tests/test_gpu.py). Here they run under Triton's interpreter
+(TRITON_INTERPRET=1, numpy on the CPU) on tiny Llama-family models: the same indexing, masks and maths, slowly, so the
+sequences are short and the block shapes large.
+"""
+
+import importlib
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+BIG_BLOCKS = (16, 128, 4)  # fewer interpreted programs per product
+
+
+def _python_triton_modules() -> list[str]:
+    """triton's Python modules (its compiled core, triton._C, can't be imported twice and needs no reload)."""
+    return [name for name in sys.modules if (name == "triton" or name.startswith("triton."))
+            and not name.startswith("triton._C")]
+
+
+@pytest.fixture(scope="module")
+def tritondecode():
+    """talkalike.decode.engines.triton_step with its kernels defined under the interpreter, and forgotten afterwards.
+
+    Triton decides at import whether its own library functions (tl.sum, tl.max...) are interpreted, so a triton
+    that another test's import brought in first is set aside here and given back afterwards."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TRITON_INTERPRET", "1")
+    saved = {name: sys.modules.pop(name) for name in [*_python_triton_modules(), "talkalike.decode.engines.triton_step"]
+             if name in sys.modules}
+    module = importlib.import_module("talkalike.decode.engines.triton_step")
+    yield module
+    for name in [*_python_triton_modules(), "talkalike.decode.engines.triton_step"]:
+        sys.modules.pop(name, None)
+    sys.modules.update(saved)
+    patch.undo()
+
+
+def tiny(model_type: str, dtype=torch.float32, **extra):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    # head_dim 16 and 4 query heads per key/value head: the smallest shapes the attention tiles take
+    config = AutoConfig.for_model(model_type, vocab_size=211, hidden_size=128, intermediate_size=96,
+                                  num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                                  max_position_embeddings=512, **extra)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def triton_step(tritondecode, model, max_cache_len: int):
+    from talkalike.decode.engines.cuda_graph import FusedStep
+
+    step = tritondecode.TritonStep(FusedStep(model, max_cache_len), tune=False, graph=False)
+    step.configs = dict.fromkeys(step.configs, BIG_BLOCKS)
+    return step
+
+
+def test_triton_logits_match_a_full_forward_across_cache_splits_and_after_a_longer_reply(tritondecode):
+    model = tiny("mistral", sliding_window=None)
+    torch.manual_seed(1)
+    sequence = torch.randint(0, 211, (72,)).tolist()
+    step = triton_step(tritondecode, model, max_cache_len=192)  # 3 attention splits of 64 positions
+    with torch.inference_mode():
+        full = model(torch.tensor([sequence])).logits[0]
+        step.prefill(torch.tensor([sequence[:60]]))
+        for position in range(60, 72):  # crosses from the first split into the second
+            logits = step.step(torch.tensor([sequence[position]]))
+            torch.testing.assert_close(logits[0], full[position], rtol=1e-4, atol=1e-4)
+        assert int(step.position) == 72
+        # The cache now holds 72 positions; a shorter sequence must see only its own.
+        short = sequence[30:40]
+        full_short = model(torch.tensor([short])).logits[0]
+        step.prefill(torch.tensor([short[:6]]))
+        for position in range(6, 10):
+            logits = step.step(torch.tensor([short[position]]))
+            torch.testing.assert_close(logits[0], full_short[position], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type,extra", [
+    ("qwen2", {}),  # biases on q, k, v
+    ("llama", {"attention_bias": True, "mlp_bias": True}),  # biases on every product
+])
+def test_triton_decoding_gives_the_models_own_greedy_tokens(tritondecode, model_type, extra):
+    model = tiny(model_type, **extra)
+    prompt = [2, 5, 17, 33, 9, 41, 7]
+    with torch.inference_mode():
+        eager = model.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                               pad_token_id=0)[0, len(prompt):].tolist()
+        step = triton_step(tritondecode, model, max_cache_len=64)
+        logits = step.prefill(torch.tensor([prompt]))
+        out = []
+        for _ in range(8):
+            token = logits.argmax(dim=-1)
+            out.append(int(token))
+            logits = step.step(token)
+    assert out == eager
+
+
+def test_triton_bf16_step_rounds_where_the_models_own_bf16_step_does(tritondecode):
+    """In bf16 the kernels round at the model's own rounding points, so they land within bf16 noise of the eager
+    fused step (torch ops in bf16) and pick the same tokens."""
+    from talkalike.decode.engines.cuda_graph import FusedStep
+
+    model = tiny("mistral", dtype=torch.bfloat16, sliding_window=None)
+    sequence = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26]
+    reference = FusedStep(model, 64)
+    step = triton_step(tritondecode, model, max_cache_len=64)
+    with torch.inference_mode():
+        reference.prefill(torch.tensor([sequence[:6]]))
+        step.prefill(torch.tensor([sequence[:6]]))
+        for position in range(6, len(sequence)):
+            ours = step.step(torch.tensor([sequence[position]]))[0].float()
+            theirs = reference.step(torch.tensor([[sequence[position]]]), torch.tensor([position]))[0].float()
+            assert ours.dtype == theirs.dtype and step.logits.dtype == torch.bfloat16
+            assert (ours - theirs).abs().max() < 0.05 * theirs.abs().max()
+            assert int(ours.argmax()) == int(theirs.argmax())
+
+
+def test_the_matvec_kernel_folds_rmsnorm_gating_bias_and_residual_into_one_product(tritondecode):
+    torch.manual_seed(2)
+    n, k, eps = 24, 40, 1e-6  # neither a multiple of the block shape: the masks are exercised
+    x, residual = torch.randn(k), torch.randn(n)
+    norm, weight, bias = torch.rand(k) + 0.5, torch.randn(2 * n, k), torch.randn(2 * n)
+    h = norm * (x * torch.rsqrt(x.pow(2).mean() + eps))
+    gate, up = (weight @ h + bias).split(n)
+    out = torch.empty(n)
+    tritondecode.matvec(x, weight, out, (8, 16, 4), norm=norm, eps=eps, bias=bias, gated=True)
+    torch.testing.assert_close(out, torch.nn.functional.silu(gate) * up, rtol=1e-5, atol=1e-5)
+    plain = torch.empty(2 * n)
+    tritondecode.matvec(x, weight, plain, (4, 32, 4), residual=torch.cat([residual, residual]))
+    torch.testing.assert_close(plain, weight @ x + torch.cat([residual, residual]), rtol=1e-5, atol=1e-5)

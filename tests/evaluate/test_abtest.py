@@ -1,0 +1,170 @@
+"""The blind A/B test: the API through FastAPI's test client, and the page in real headless Chromium on loopback."""
+
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from talkalike.evaluate import abtest
+
+PAIRS = [
+    {
+        "id": "eval-3-5",
+        "context": [
+            {"role": "user", "content": "are you coming tonight?"},
+            {"role": "assistant", "content": "maybe\n<|msg|>\nwhere?"},
+            {"role": "user", "content": "Noa: at the beach"},
+        ],
+        "real": ["חחח יאללה", "coming 🏃‍♀️"],
+        "twin": ["haha ok", "see u there"],
+    },
+    {
+        "id": "eval-4-1",
+        "context": [{"role": "user", "content": "did you see the match?"}],
+        "real": ["lol yes"],
+        "twin": ["no 😂"],
+    },
+]
+
+
+def _app(run_dir: Path, seed: int | None = 0):
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    app.include_router(abtest.make_router(run_dir, seed=seed))
+    return app
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.json").write_text("{}")
+    abtest.write_pairs(folder, PAIRS)
+    return folder
+
+
+def test_next_serves_a_context_and_the_two_replies_without_saying_which_is_real(run_dir):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(_app(run_dir))
+    body = client.get("/ab/next").json()
+    assert set(body) == {"question", "context", "replies", "remaining"}
+    assert [r["key"] for r in body["replies"]] == ["a", "b"]
+    pair = next(p for p in PAIRS if p["context"] == body["context"])
+    assert sorted(map(tuple, (r["messages"] for r in body["replies"]))) == sorted([tuple(pair["real"]), tuple(pair["twin"])])
+    assert all(set(r) == {"key", "messages"} for r in body["replies"])  # nothing names the real side
+
+
+def test_both_orders_occur_so_the_real_reply_is_not_always_first(run_dir):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(_app(run_dir, seed=1))
+    first_is_real = set()
+    for _ in range(30):
+        body = client.get("/ab/next").json()
+        pair = next(p for p in PAIRS if p["context"] == body["context"])
+        first_is_real.add(body["replies"][0]["messages"] == pair["real"])
+    assert first_is_real == {True, False}
+
+
+def test_an_answer_is_saved_and_counted_as_fooled_when_the_twin_is_picked(run_dir):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(_app(run_dir))
+    body = client.get("/ab/next").json()
+    pair = next(p for p in PAIRS if p["context"] == body["context"])
+    twin_key = next(r["key"] for r in body["replies"] if r["messages"] == pair["twin"])
+    answer = client.post("/ab/answer", json={"question": body["question"], "choice": twin_key, "rater": "Maya"}).json()
+    assert answer["fooled"] is True and answer["real"] != twin_key and answer["answers"] == 1
+    saved = abtest.read_answers(run_dir)
+    assert len(saved) == 1 and saved[0]["pair"] == pair["id"] and saved[0]["fooled"] and saved[0]["rater"] == "Maya"
+    # the same question cannot be answered twice
+    assert client.post("/ab/answer", json={"question": body["question"], "choice": "a"}).status_code == 404
+
+
+def test_bad_answers_and_missing_pairs_get_clear_4xx(tmp_path, run_dir):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(_app(run_dir))
+    question = client.get("/ab/next").json()["question"]
+    assert client.post("/ab/answer", json={"question": question, "choice": "c"}).status_code == 422
+    assert client.post("/ab/answer", json={"question": "nope", "choice": "a"}).status_code == 404
+    empty = TestClient(_app(tmp_path))
+    response = empty.get("/ab/next")
+    assert response.status_code == 404 and "talkalike eval" in response.json()["detail"]
+
+
+def test_results_give_the_fooled_rate_with_a_wilson_interval(run_dir):
+    answers = [{"pair": "x", "fooled": i < 2, "rater": None} for i in range(20)]
+    (abtest.ab_dir(run_dir) / abtest.ANSWERS).write_text("".join(json.dumps(a) + "\n" for a in answers))
+    summary = abtest.results(run_dir)
+    assert summary["answers"] == 20 and summary["fooled"] == 2 and summary["fooled rate"] == pytest.approx(0.1)
+    assert [round(x, 4) for x in summary["wilson 95%"]] == [0.0279, 0.3010]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(run_dir):
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(_app(run_dir), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_a_friend_picks_a_reply_in_headless_chromium_and_the_answer_lands_in_the_run(live_server, run_dir):
+    from playwright.sync_api import sync_playwright
+
+    abtest.write_pairs(run_dir, PAIRS[:1])  # the Hebrew pair, so the right-to-left check always runs
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        page = browser.new_page()
+        page.goto(f"{live_server}/ab")
+        page.fill("#rater", "Maya")
+        page.dispatch_event("#rater", "change")
+        page.wait_for_selector("#choice-a .bubble")
+        context_text = page.inner_text("#context")
+        pair = PAIRS[0]
+        assert "where?" in context_text and "at the beach" in context_text
+        # the Hebrew reply renders right-to-left, the English ones left-to-right
+        direction = "el => getComputedStyle(el).direction"
+        assert page.locator(".choice .bubble", has_text="חחח יאללה").evaluate(direction) == "rtl"
+        assert page.locator(".choice .bubble", has_text="haha ok").evaluate(direction) == "ltr"
+        a_text = page.inner_text("#choice-a .replies")
+        twin_key = "a" if pair["twin"][0] in a_text else "b"
+        page.click(f"#pick-{twin_key}")
+        page.wait_for_selector("#next:not([hidden])")
+        assert "Fooled" in page.inner_text("#result")
+        assert "1 of 1" in page.inner_text("#tally")
+        assert "real" in page.get_attribute(f"#choice-{'b' if twin_key == 'a' else 'a'}", "class")
+        browser.close()
+    saved = abtest.read_answers(run_dir)
+    assert len(saved) == 1 and saved[0]["fooled"] is True and saved[0]["pair"] == pair["id"]
+    assert saved[0]["rater"] == "Maya"

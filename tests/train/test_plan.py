@@ -1,0 +1,58 @@
+"""`talkalike plan`: counts from the config alone on the meta device, and a memory estimate with a verdict."""
+
+import json
+
+from talkalike.cli import main
+
+# Mistral-7B's architecture with the 64,000-token vocabulary of yam-peleg/Hebrew-Mistral-7B (the original's base)
+MISTRAL_7B_64K = {
+    "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "vocab_size": 64000, "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+}
+
+
+def plan_json(capsys, home, *argv) -> dict:
+    assert main(["--home", str(home), "plan", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_original_recipe_on_mistral_7b_trains_86_065_152_parameters(tmp_path, capsys):
+    folder = tmp_path / "mistral"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(MISTRAL_7B_64K))  # only a config: no weights anywhere
+    result = plan_json(capsys, tmp_path, "--base", str(folder), "--preset", "original")
+    assert result["trainable_params"] == 86_065_152
+    # Mistral-7B has 7,241,732,096 parameters at 32k vocab; 32k more rows in embedding and head, plus the LoRA
+    assert result["total_params"] == 7_241_732_096 + 2 * 32_000 * 4096 + 86_065_152
+    assert result["peak_memory_gb"] > 5
+    # 4-bit weights make the GPU estimate far smaller than the fp32 CPU one
+    gpu = result.get("peak_memory_gb_on_cuda", result["peak_memory_gb"])
+    assert gpu < 16 and gpu < result["peak_memory_gb"] or result["hardware"]["device"] == "cuda"
+
+
+def test_plan_reports_counts_memory_and_a_verdict_for_a_local_model(tiny_model_dir, tmp_path, capsys):
+    result = plan_json(capsys, tmp_path, "--base", str(tiny_model_dir))
+    assert {"trainable_params", "total_params", "peak_memory_gb", "fits", "hardware"} <= result.keys()
+    assert 0 < result["trainable_params"] < result["total_params"]
+    assert result["fits"] is True and result["preset"] == "default"
+
+
+def test_gradient_checkpointing_and_longer_sequences_move_the_estimate(tiny_model_dir, tmp_path):
+    from dataclasses import replace
+
+    from talkalike.train.plan import estimate, load_config
+    from talkalike.train.recipe import PRESETS
+
+    config = load_config(str(tiny_model_dir), tmp_path)
+    recipe = PRESETS["default"]
+    short = estimate(config, recipe, "cpu", 256)["peak_memory_gb"]
+    long = estimate(config, recipe, "cpu", 1024)["peak_memory_gb"]
+    checkpointed = estimate(config, replace(recipe, gradient_checkpointing=True), "cpu", 1024)["peak_memory_gb"]
+    assert short < long and checkpointed <= long
+
+
+def test_an_unknown_base_is_one_error_line_with_exit_2(tmp_path, capsys):
+    assert main(["--home", str(tmp_path), "plan", "--base", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.startswith("error: no model folder")

@@ -1,0 +1,365 @@
+"""Training on a tiny Gemma 3 built from a config: LoRA, loss mask, packing, resume, the run folder, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from talkalike.cli import main
+from talkalike.train.recipe import PRESETS, cpu_computes_bf16, resolve_recipe
+from talkalike.train.trainer import RUN_FILES, _frozen_plain_head, make_trainer, render_rows, train
+
+PERSONA_LINES = ["haha ok 😂 see you at the beach", "lol pita the cat", "ok\n<|msg|>\nsure", "חחח יאללה נתראה"]
+USER_LINES = ["hey what's up?", "Hello there, how are you today?", "I think we should meet at the café on Dizengoff."]
+
+
+def conversation(i: int) -> dict:
+    """A short two-exchange conversation; varies with i so samples differ in length."""
+    messages = []
+    for turn in range(1 + i % 3):
+        messages.append({"role": "user", "content": USER_LINES[(i + turn) % len(USER_LINES)]})
+        messages.append({"role": "assistant", "content": PERSONA_LINES[(i + 2 * turn) % len(PERSONA_LINES)]})
+    return {"messages": messages, "chat": "Maya", "start": "2025-01-01T10:00:00"}
+
+
+def write_dataset(folder: Path, n_train: int = 12, n_eval: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.jsonl").write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(n_train)))
+    (folder / "eval.jsonl").write_text("".join(json.dumps(conversation(100 + i)) + "\n" for i in range(n_eval)))
+    (folder / "dataset.json").write_text(json.dumps({"persona": "Noa", "layout": "chat"}))
+    (folder / "stats.json").write_text(json.dumps({"samples": {"train": n_train, "eval": n_eval}}))
+    return folder
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    return write_dataset(tmp_path / "ds")
+
+
+def tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, rows, **recipe_changes):
+    from dataclasses import replace
+
+    from talkalike.model import load_base
+
+    turn_end_ids = recipe_changes.pop("turn_end_ids", None)
+    recipe = replace(PRESETS["default"], max_length=256, **recipe_changes)
+    records, _ = render_rows(rows, tiny_tokenizer, "chat", not recipe.persona_only_loss, recipe.max_length)
+    model = load_base(str(tiny_model_dir), tmp_path)
+    return make_trainer(model, tiny_tokenizer, records, [], recipe, tmp_path / "out", turn_end_ids=turn_end_ids)
+
+
+def test_training_changes_the_lora_weights_and_leaves_the_base_weights_untouched(tiny_model_dir, tiny_tokenizer,
+                                                                                tmp_path):
+    import torch
+
+    trainer = tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, [conversation(i) for i in range(8)],
+                           epochs=2.0, learning_rate=1e-2, early_stopping_patience=0)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    lora = [n for n in before if "lora_" in n]
+    base = [n for n in before if "lora_" not in n]
+    assert lora and base
+    assert all(after[n].requires_grad for n in lora) and not any(after[n].requires_grad for n in base)
+    assert all(torch.equal(before[n], after[n]) for n in base)
+    changed = [n for n in lora if "lora_B" in n and not torch.equal(before[n], after[n])]
+    assert len(changed) == len([n for n in lora if "lora_B" in n])
+
+
+def labelled_spans(batch) -> list[list[int]]:
+    """Runs of consecutive labelled positions of the (single, packed) row as lists of token ids."""
+    spans, current = [], []
+    for label in batch["labels"][0].tolist():
+        if label == -100:
+            if current:
+                spans.append(current)
+            current = []
+        else:
+            current.append(label)
+    return spans + ([current] if current else [])
+
+
+def test_the_loss_mask_covers_exactly_the_persona_tokens(tiny_model_dir, tiny_tokenizer, tmp_path):
+    rows = [conversation(i) for i in range(6)]
+    trainer = tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, rows, early_stopping_patience=0)
+    batches = list(trainer.get_train_dataloader())
+    got = sorted(tiny_tokenizer.decode(span) for batch in batches for span in labelled_spans(batch))
+    # each persona turn's content and the template's turn closing (Gemma's "<end_of_turn>" and its newline)
+    expected = sorted(m["content"] + "<end_of_turn>\n" for row in rows for m in row["messages"]
+                      if m["role"] == "assistant")
+    assert got == expected
+
+
+def test_all_turns_puts_loss_on_every_token_but_the_first_of_each_sample(tiny_model_dir, tiny_tokenizer, tmp_path):
+    rows = [conversation(i) for i in range(4)]
+    trainer = tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, rows, persona_only_loss=False)
+    batch = next(iter(trainer.get_train_dataloader()))
+    unlabelled = (batch["labels"][0] == -100).nonzero().flatten().tolist()
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert unlabelled == starts  # only each sample's first token (it has nothing before it to be predicted from)
+
+
+def test_packed_samples_do_not_attend_to_each_other(tiny_model_dir, tiny_tokenizer, tmp_path):
+    import torch
+
+    from talkalike.model import load_base
+    from talkalike.template import render_sample
+
+    model = load_base(str(tiny_model_dir), tmp_path).eval()
+    a = render_sample(conversation(0)["messages"], tiny_tokenizer).input_ids
+    b = render_sample(conversation(1)["messages"], tiny_tokenizer).input_ids
+    packed = torch.tensor([a + b])
+    restart = torch.tensor([list(range(len(a))) + list(range(len(b)))])
+    # use_cache=False as in training: transformers detects packed rows from position ids only without a cache
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([b]), use_cache=False).logits[0]
+        together = model(input_ids=packed, position_ids=restart, use_cache=False).logits[0, len(a):]
+        leaky = model(input_ids=packed, position_ids=torch.arange(len(a) + len(b))[None],
+                      use_cache=False).logits[0, len(a):]
+    assert torch.allclose(alone, together, atol=1e-5)
+    assert not torch.allclose(alone, leaky, atol=1e-3)  # the check can fail: plain concatenation leaks
+
+
+def test_the_masked_head_loss_equals_the_full_vocabulary_loss(tiny_model_dir, tiny_tokenizer, tmp_path):
+    import torch
+
+    trainer = tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, [conversation(i) for i in range(6)])
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    with torch.no_grad():
+        ours = trainer.compute_loss(trainer.model, dict(batch))
+        full = trainer.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                             use_cache=False).logits[0, :-1]
+        labels = batch["labels"][0, 1:]
+        reference = torch.nn.functional.cross_entropy(full.float(), labels, ignore_index=-100)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_cpu_trains_in_bf16_only_with_native_bf16_instructions_and_says_so(native, monkeypatch):
+    import talkalike.train.recipe
+
+    monkeypatch.setattr(talkalike.train.recipe, "cpu_computes_bf16", lambda: native)
+    recipe, notes = resolve_recipe("default", cuda=False)
+    assert recipe.bf16 is native
+    assert any(("bf16 on this CPU" if native else "fp32 instead of bf16") in note for note in notes)
+    gpu, gpu_notes = resolve_recipe("default", cuda=True)
+    assert gpu.bf16 and not any("bf16" in note for note in gpu_notes)
+
+
+def test_the_frozen_head_loss_gives_the_plain_loss_and_gradient_chunk_by_chunk():
+    import torch
+
+    from talkalike.train.headloss import frozen_head_loss_sum
+
+    torch.manual_seed(0)
+    weight = torch.randn(50, 8)
+    hidden = torch.randn(7, 8, requires_grad=True)
+    targets = torch.randint(0, 50, (7,))
+    ours = frozen_head_loss_sum(hidden, weight, targets, chunk_rows=3)  # three chunks, the last one short
+    (ours * 0.5).backward()
+    ours_grad = hidden.grad.clone()
+    hidden.grad = None
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    (plain * 0.5).backward()
+    assert torch.allclose(ours, plain, atol=1e-5)
+    assert torch.allclose(ours_grad, hidden.grad, atol=1e-6)
+
+
+def test_the_frozen_head_loss_trains_replaced_token_rows_as_the_merged_head_would():
+    import torch
+
+    from talkalike.train.headloss import frozen_head_loss_sum
+
+    torch.manual_seed(1)
+    weight = torch.randn(50, 8)
+    row_ids = [3, 41]
+    rows = torch.randn(2, 8, requires_grad=True)
+    hidden = torch.randn(9, 8, requires_grad=True)
+    targets = torch.tensor([3, 41, 0, 7, 41, 3, 12, 49, 5])
+    ours = frozen_head_loss_sum(hidden, weight, targets, chunk_rows=4, rows=rows, row_ids=row_ids)
+    ours.backward()
+    ours_grads = hidden.grad.clone(), rows.grad.clone()
+    hidden.grad, rows.grad = None, None
+    merged = weight.index_copy(0, torch.tensor(row_ids), rows)  # what peft's trainable tokens compute
+    plain = torch.nn.functional.cross_entropy(hidden @ merged.T, targets, reduction="sum")
+    plain.backward()
+    assert torch.allclose(ours, plain, atol=1e-5)
+    assert torch.allclose(ours_grads[0], hidden.grad, atol=1e-5)
+    assert torch.allclose(ours_grads[1], rows.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("turn_end", [False, True])
+def test_training_gradients_through_the_deferred_head_equal_the_full_vocabulary_ones(turn_end, tiny_model_dir,
+                                                                                    tiny_tokenizer, tmp_path):
+    import torch
+
+    from talkalike.template import turn_end_ids
+
+    ids = turn_end_ids(tiny_tokenizer) if turn_end else None
+    trainer = tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, [conversation(i) for i in range(6)],
+                           lora_dropout=0.0, turn_end_ids=ids)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model
+    assert _frozen_plain_head(model)  # the CPU path under test: the head's gradient taken in the forward
+    lora = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    trainer.compute_loss(model, dict(batch)).backward()
+    ours = {name: p.grad.clone() for name, p in lora.items()}
+    model.zero_grad()
+    full = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0, :-1]
+    torch.nn.functional.cross_entropy(full.float(), batch["labels"][0, 1:], ignore_index=-100).backward()
+    assert any(g.abs().sum() > 0 for g in ours.values())
+    assert turn_end == any("trainable_tokens" in name for name in lora)  # the turn-end rows train when asked
+    for name, p in lora.items():
+        assert torch.allclose(ours[name], p.grad, atol=1e-6, rtol=1e-4), name
+
+
+class Interrupt:
+    """A callback that kills training (like Ctrl-C) when a given optimizer step ends."""
+
+    def __new__(cls, at_step: int):
+        from transformers import TrainerCallback
+
+        class _Interrupt(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == at_step:
+                    raise KeyboardInterrupt
+
+        return _Interrupt()
+
+
+def adapter_weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(tiny_model_dir, tmp_path):
+    import torch
+
+    data = write_dataset(tmp_path / "ds", n_train=40, n_eval=4)
+    home = tmp_path / "home"
+    common = {"base": str(tiny_model_dir), "epochs": 2.0, "progress": False}
+    straight = train(data, home, name="straight", **common)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, home, name="broken", callbacks=[Interrupt(3)], **common)
+    assert not (home / "runs" / "broken").exists()
+    assert [p.name for p in (home / "runs" / "broken.partial" / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"]
+    resumed = train(None, home, resume="broken", progress=False)
+
+    assert resumed == home / "runs" / "broken" and not (home / "runs" / "broken.partial").exists()
+    info_straight = json.loads((straight / "run.json").read_text())
+    info_resumed = json.loads((resumed / "run.json").read_text())
+    assert info_straight["steps"] == info_resumed["steps"] == 4
+    a, b = adapter_weights(straight), adapter_weights(resumed)
+    assert a.keys() == b.keys() and a
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # nothing logged twice across the interruption
+
+
+def test_the_run_folder_holds_exactly_the_expected_files(tiny_model_dir, dataset, tmp_path, capsys):
+    home = tmp_path / "home"
+    code = main(["--home", str(home), "train", str(dataset), "--base", str(tiny_model_dir), "--name", "noa",
+                 "--epochs", "2"])
+    captured = capsys.readouterr()
+    run = home / "runs" / "noa"
+    assert code == 0
+    assert captured.out.strip() == str(run)  # stdout is the result; the rest went to stderr
+    assert "trainable parameters:" in captured.err and "config: {" in captured.err
+    assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
+    assert sorted(p.name for p in (home / "runs").iterdir()) == ["noa"]  # checkpoints removed
+    info = json.loads((run / "run.json").read_text())
+    assert info["base"]["id"] == str(tiny_model_dir) and info["base"]["revision"]
+    assert info["layout"] == "chat" and info["preset"] == "default" and info["quantized"] is False
+    assert info["device"] == "cpu" and info["config"]["lora_r"] == 16
+    dtype = "bf16" if cpu_computes_bf16() else "fp32"  # this machine's choice, said in a note, never silently
+    assert info["dtype"] == dtype and any(dtype in note for note in info["notes"])
+    assert info["dataset"] == str(dataset.resolve())
+    assert (run / "eval.jsonl").read_text() == (dataset / "eval.jsonl").read_text()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in records) and any("eval_loss" in r for r in records)
+    assert all({"learning_rate", "tokens_per_s", "memory_gb"} <= r.keys() for r in records if "loss" in r)
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "<start_of_turn>" in (run / "tokenizer" / "chat_template.jinja").read_text()
+    stats = json.loads((run / "dataset_stats.json").read_text())
+    assert stats["train"]["samples"] == 12 and 0 < stats["train"]["trained_tokens"] < stats["train"]["tokens"]
+
+
+def test_a_finished_run_loads_with_its_adapter_switchable(tiny_model_dir, dataset, tmp_path):
+    import torch
+
+    from talkalike.model import load_run
+
+    run = train(dataset, tmp_path / "home", base=str(tiny_model_dir), name="r", epochs=3.0, progress=False)
+    model, tokenizer, info = load_run(run, tmp_path / "home")
+    ids = torch.tensor([tokenizer("hey what's up?")["input_ids"]])
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+    assert info["name"] == "r"
+    assert not torch.allclose(tuned, base)
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("missing", "no dataset folder"),
+    ("empty", "no training samples"),
+    ("bad-base", "no model folder"),
+])
+def test_bad_input_is_one_error_line_exit_2_and_nothing_written(setup, message, tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "ds"
+    base = str(tiny_model_dir)
+    if setup == "empty":
+        data.mkdir()
+        (data / "train.jsonl").write_text("")
+    elif setup == "bad-base":
+        write_dataset(data)
+        base = str(tmp_path / "no-such-model")
+    home = tmp_path / "home"
+    code = main(["--home", str(home), "train", str(data), "--base", base, "--name", "x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert not (home / "runs").exists() or not list((home / "runs").iterdir())
+
+
+def test_out_of_memory_is_a_user_error_that_points_at_plan(tiny_model_dir, dataset, tmp_path, monkeypatch, capsys):
+    import torch
+    import transformers
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(transformers.Trainer, "train", oom)
+    home = tmp_path / "home"
+    code = main(["--home", str(home), "train", str(dataset), "--base", str(tiny_model_dir), "--name", "x"])
+    assert code == 2
+    assert "talkalike plan" in capsys.readouterr().err
+    assert not (home / "runs" / "x").exists()
+
+
+@pytest.mark.slow
+def test_the_embedded_model_trains_a_few_steps_end_to_end(tmp_path):
+    data = write_dataset(tmp_path / "ds", n_train=6, n_eval=2)
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "train", str(data), "--name", "e2e", "--max-steps", "2"]) == 0
+    info = json.loads((home / "runs" / "e2e" / "run.json").read_text())
+    assert info["base"]["id"] == "gemma-3-270m" and info["steps"] == 2
+    assert info["trainable_params"] > 1_000_000
+
+
+def test_the_original_preset_trains_a_lora_on_lm_head_without_a_gpu(tiny_model_dir, dataset, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    home = tmp_path / "home"
+    code = main(["--home", str(home), "train", str(dataset), "--base", str(tiny_model_dir), "--name", "orig",
+                 "--preset", "original", "--max-steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "without 4-bit quantization" in err and "adamw_torch instead of paged_adamw_8bit" in err  # said, not silent
+    info = json.loads((home / "runs" / "orig" / "run.json").read_text())
+    assert info["preset"] == "original" and info["quantized"] is False and info["config"]["lora_r"] == 32
+    weights = load_file(str(home / "runs" / "orig" / "adapter" / "adapter_model.safetensors"))
+    assert any("lm_head.lora_A" in name for name in weights)
