@@ -21,6 +21,7 @@ from itertools import groupby
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
+from talkalike.memory import MEMORY_FILE, Memory
 from talkalike.prepare.segment import Conversation, keep_usable, segment
 from talkalike.template import BUBBLE_MARK, join_bubbles
 
@@ -437,6 +438,9 @@ def _write(out_dir: Path, config: DatasetConfig, train: list, evaluation: list, 
         for name, rows in (("train.jsonl", train), ("eval.jsonl", evaluation)):
             with open(tmp / name, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        # The persona's past exchanges, for recall (talkalike.memory): the training conversations only, so
+        # evaluation never recalls the held-out conversations it is scored on.
+        Memory.build(train, tmp / MEMORY_FILE).connection.close()
         resolved = asdict(config) | {"bubble_separator": BUBBLE_MARK, "format": "messages"}
         (tmp / "dataset.json").write_text(json.dumps(resolved, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         (tmp / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
