@@ -19,6 +19,6 @@ for round in $(seq 1 "$rounds"); do
     [ "$side" = previous ] && tree=$(cd "$old" && pwd)
     echo "=== $side commit ($tree), round $round: $script $*"
     log=${OUT:-/tmp}/${script%.py}-$side-$round.log
-    (cd "$tree" && PYTHONPATH="$tree" "$python" "benchmarks/$script" "$@") 2>&1 | tee "$log" | grep -v "^{" | tail -25
+    (cd "$tree" && PYTHONPATH="$tree${PYTHONPATH:+:$PYTHONPATH}" "$python" "benchmarks/$script" "$@") 2>&1 | tee "$log" | grep -v "^{" | tail -25
   done
 done
