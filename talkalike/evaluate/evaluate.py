@@ -42,7 +42,9 @@ class EvalConfig:
     seed: int = 0  # sampling seed: the same run evaluates to the same numbers
     samples: int = 12  # side-by-side conversations in the report
     canary_samples: int = 4  # generations per canary context: greedy plus sampled ones
+    fact_samples: int = 4  # replies per facts-probe question: greedy plus sampled ones
     canaries: tuple[str, ...] = ()  # secrets to look for besides those found in train.jsonl
+    facts: str | None = None  # facts file for the probe (None: facts.jsonl in the run's dataset folder, if any)
 
 
 @dataclass(frozen=True)
@@ -358,11 +360,10 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     """Evaluate a run folder; writes eval.json, report.html and ab/pairs.jsonl, returns the eval.json content."""
     import torch
 
-    from talkalike.evaluate import abtest
-
-    from talkalike.evaluate import metrics
     from talkalike.decode.batch import Threads
     from talkalike.decode.generate import Twin, with_overrides
+    from talkalike.evaluate import abtest, metrics
+    from talkalike.evaluate import facts as fact_probe
 
     run_dir = Path(run_dir)
     run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
@@ -379,6 +380,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     dataset_info = json.loads((dataset_dir / "dataset.json").read_text(encoding="utf-8")) \
         if (dataset_dir / "dataset.json").is_file() else {}
     timings: dict[str, float] = {}
+    facts_path = fact_probe.facts_for_run(config.facts, dataset_dir)
+    facts = fact_probe.read_facts(facts_path) if facts_path else []  # before loading the model: a bad file fails fast
 
     started = time.perf_counter()
     twin = twin or Twin.from_run(run_dir, home)
@@ -391,8 +394,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     generation = with_overrides(twin.defaults, max_new_tokens=config.max_new_tokens,
                                 max_context_tokens=config.max_context_tokens, seed=config.seed)
     histories = [t.context for t in turns]
-    ppl, generated = {}, {}
-    timings["perplexity"] = timings["generation"] = 0.0
+    ppl, generated, recalled = {}, {}, {}
+    timings["perplexity"] = timings["generation"] = timings["facts"] = 0.0
     # Base first with the adapter switched off, then the tuned model with the adapter merged into the weights
     # (on CPU an unmerged LoRA on every linear layer costs up to half again per forward).
     for name, use_adapter in (("base", False), ("tuned", True)):
@@ -403,6 +406,11 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
             started = time.perf_counter()
             generated[name] = _generate(twin, histories, generation, use_adapter, config.batch_size, name, threads)
             timings["generation"] += time.perf_counter() - started
+            if facts:
+                started = time.perf_counter()
+                ask = fact_probe.twin_generate_fn(twin, generation, use_adapter, config.batch_size, threads)
+                recalled[name] = fact_probe.probe(ask, facts, config.fact_samples, generation.temperature or 1.0)
+                timings["facts"] += time.perf_counter() - started
 
     started = time.perf_counter()
     real = [t.real for t in turns]
@@ -437,9 +445,11 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
         "held-out turns": len(turns),
         "perplexity": ppl,
         "style": style,
+        "style gaps": {name: metrics.style_gaps(real, generated[name]) for name in ("tuned", "base")},
         "persona classification": {
             "rate": persona,
             "trained on": {"persona turns": len(persona_train), "other turns": len(others_train)},
+            "note": PERSONA_NOTE,
         },
         "real vs generated auc": auc,
         "memorisation": copy_rates,
@@ -452,6 +462,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
         "samples": _samples(turns, generated, config.samples),
         "timings": timings,
     }
+    if facts:
+        result["facts"] = {"file": str(facts_path), **recalled}
     result["headline"] = headline(result)
     abtest.write_pairs(run_dir, _pairs(turns, generated["tuned"]))
     result["ab"] = abtest.results(run_dir)
@@ -477,31 +489,54 @@ def _samples(turns: list[HeldOutTurn], generated: dict, n: int) -> list[dict]:
 def _pairs(turns: list[HeldOutTurn], twin_replies: list) -> list[dict]:
     """Blind-test pairs: the recent context, the real reply and the twin's (skipping empty or identical ones)."""
     return [{"id": f"{t.row}-{t.index}", "context": t.context[-6:], "real": t.real, "twin": reply}
-            for t, reply in zip(turns, twin_replies) if reply and reply != t.real]
+            for t, reply in zip(turns, twin_replies, strict=True) if reply and reply != t.real]
+
+
+# Why "classified as the persona" left the headline: its classifier only learned the persona against the other
+# speakers of the chat, never against generated text, so any short lower-case reply passes it and it cannot fail.
+PERSONA_NOTE = ("trained on the persona's turns against the other speakers' only, never against generated text: "
+                "short lower-case replies pass it whatever they say, so it is a detail, not a headline measure")
 
 
 def headline(result: dict) -> dict:
-    """The three numbers the demo prints: perplexity, style distance and persona-classification rate, tuned vs base."""
-    sets = result["style"]["sets"]
-    rate = result["persona classification"]["rate"]
-    return {
-        "perplexity": {m: result["perplexity"][m]["perplexity"] for m in ("tuned", "base")},
-        "style distance": {m: sets[m]["style distance"] for m in ("tuned", "base")},
-        "classified as persona": {m: rate[m] for m in ("tuned", "base", "real")},
-    }
+    """The measures the demo prints, following the conversation first: next-reply ranking, context identification,
+    fooled rate at equal error and facts recalled (each when measured), the style features furthest from the
+    persona, then perplexity and style distance."""
+    h: dict = {}
+    ranking = result.get("next-reply ranking")
+    if ranking:
+        h["next-reply ranking"] = {m: ranking[m]["r@1"] for m in ("tuned", "base")}
+        h["next-reply ranking"].update(n=ranking["tuned"]["n"], chance=ranking["tuned"].get("chance", 0.1))
+    context = result.get("context identification")
+    if context:
+        h["context identification"] = {"tuned share of real": context["tuned share of real"]}
+    fooled = result.get("fooled rate at equal error")
+    if fooled:
+        h["fooled rate at equal error"] = {m: fooled[m] for m in ("tuned", "base")}
+    facts = result.get("facts")
+    if facts:
+        h["facts recalled"] = {m: facts[m]["recalled"] for m in ("tuned", "base")}
+        h["facts recalled"].update({"greedy " + m: facts[m]["greedy recalled"] for m in ("tuned", "base")},
+                                   facts=facts["tuned"]["facts"], samples=facts["tuned"].get("samples", 1))
+    gaps = (result.get("style gaps") or {}).get("tuned")
+    if gaps:
+        h["furthest style features"] = [g["text"] for g in gaps[:3]]
+    h["perplexity"] = {m: result["perplexity"][m]["perplexity"] for m in ("tuned", "base")}
+    h["style distance"] = {m: result["style"]["sets"][m]["style distance"] for m in ("tuned", "base")}
+    return h
 
 
 # Margins the sample must clear. Set from a measured run: the embedded model after 30 LoRA steps on the sample chat
-# (60 held-out turns) reached perplexity 13.3 vs 145 (ratio 0.09), style distance 0.322 vs 0.558 (0.24 closer) and
-# 100 % vs 18 % of replies classified as the persona. The margins sit well inside that, so noise does not fail the
-# demo, yet a twin that learned nothing (ratio ~1, no gap) does.
+# (60 held-out turns) reached perplexity 13.3 vs 145 (ratio 0.09) and style distance 0.322 vs 0.558 (0.24 closer).
+# The margins sit well inside that, so noise does not fail the demo, yet a twin that learned nothing (ratio ~1, no
+# gap) does. The conversation-following measures have no margin yet: they are reported, not asserted, until
+# measured on the new sample chat.
 MAX_PERPLEXITY_RATIO = 0.5  # tuned perplexity at most half the base's
 MIN_STYLE_GAIN = 0.1  # tuned style distance at least 0.1 below the base's (distances are in [0, 1])
-MIN_PERSONA_GAIN = 0.3  # at least 30 points more replies classified as the persona than the base's
 
 
 def mechanics_ok(result: dict) -> list[str]:
-    """What the sample must prove: tuned beats base on perplexity, style distance and persona rate (failures listed)."""
+    """What the sample must prove: tuned beats base on perplexity and style distance (failures listed)."""
     h = result["headline"]
     failures = []
     ppl = h["perplexity"]
@@ -512,25 +547,37 @@ def mechanics_ok(result: dict) -> list[str]:
     if not style["tuned"] <= style["base"] - MIN_STYLE_GAIN:
         failures.append(f"tuned style distance {style['tuned']:.3f} is not {MIN_STYLE_GAIN} below base "
                         f"{style['base']:.3f}")
-    rate = h["classified as persona"]
-    if not rate["tuned"] >= rate["base"] + MIN_PERSONA_GAIN:
-        failures.append(f"tuned replies classified as the persona {rate['tuned']:.0%} is not {MIN_PERSONA_GAIN:.0%} "
-                        f"above base {rate['base']:.0%}")
     return failures
 
 
 def headline_lines(result: dict) -> list[str]:
-    """The headline numbers as three readable lines."""
+    """The headline as readable lines, one per measure present."""
     h = result["headline"]
-    rate = h["classified as persona"]
-    return [
-        f"perplexity of the persona's held-out replies: tuned {h['perplexity']['tuned']:.2f} vs base "
-        f"{h['perplexity']['base']:.2f}",
-        f"style distance to the persona (0 = identical): tuned {h['style distance']['tuned']:.3f} vs base "
-        f"{h['style distance']['base']:.3f}",
-        f"replies classified as the persona: tuned {rate['tuned']:.0%} vs base {rate['base']:.0%} "
-        f"(real held-out replies: {rate['real']:.0%})",
-    ]
+    lines = []
+    if "next-reply ranking" in h:
+        r = h["next-reply ranking"]
+        lines.append(f"real next reply ranked first of 10 (R@1, chance {r['chance']:.0%}): tuned {r['tuned']:.0%} "
+                     f"vs base {r['base']:.0%} over {r['n']:,} held-out turns")
+    if "context identification" in h:
+        share = h["context identification"]["tuned share of real"]
+        lines.append(f"the twin's replies point back to their own conversation {share:.0%} as often as the real "
+                     "replies do")
+    if "fooled rate at equal error" in h:
+        f = h["fooled rate at equal error"]
+        lines.append(f"a real-vs-generated classifier is fooled (50% = cannot tell them apart): tuned {f['tuned']:.0%} "
+                     f"vs base {f['base']:.0%}")
+    if "facts recalled" in h:
+        f = h["facts recalled"]
+        lines.append(f"facts from the persona's history recalled ({f['facts']} questions, any of {f['samples']} "
+                     f"replies): tuned {f['tuned']:.0%} vs base {f['base']:.0%} (greedy reply alone: "
+                     f"{f['greedy tuned']:.0%} vs {f['greedy base']:.0%})")
+    if "furthest style features" in h:
+        lines.append("furthest from the persona: " + "; ".join(h["furthest style features"]))
+    lines.append(f"perplexity of the persona's held-out replies: tuned {h['perplexity']['tuned']:.2f} vs base "
+                 f"{h['perplexity']['base']:.2f}")
+    lines.append(f"style distance to the persona (0 = identical): tuned {h['style distance']['tuned']:.3f} vs base "
+                 f"{h['style distance']['base']:.3f}")
+    return lines
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -545,7 +592,7 @@ def cmd_eval(args) -> int:
 
     home = resolve_home(args.home)
     run_dir = resolve_run(home, args.run)
-    config = EvalConfig(limit=args.limit, canaries=tuple(args.canary or ()))
+    config = EvalConfig(limit=args.limit, canaries=tuple(args.canary or ()), facts=args.facts)
     result = evaluate_run(run_dir, home, config)
     for line in headline_lines(result):
         print(line)
