@@ -236,16 +236,16 @@ def _percent(value: float) -> str:
 
 
 # Plain-words style measures for the headline: name -> (value of a set of replies, floor, format). The floor keeps
-# rare features from topping the list: 0 % vs 1 % emoji is a relative gap of 1 but nobody would notice it, so
-# differences are taken relative to max(generated, persona, floor).
+# rare features from topping the list: 0 % vs 3 % emoji is a relative gap of 1 but few readers would notice it,
+# so differences are taken relative to max(generated, persona, floor): shares below 10 % count as rare.
 GAP_MEASURES: dict[str, tuple[Callable[[list[Reply]], float], float, Callable[[float], str]]] = {
-    "Hebrew messages": (_share(lambda m: bool(HEBREW_RE.search(m))), 0.05, _percent),
+    "Hebrew messages": (_share(lambda m: bool(HEBREW_RE.search(m))), 0.1, _percent),
     "messages per turn": (lambda replies: len(_messages(replies)) / max(len(replies), 1), 1.0, "{:.1f}".format),
-    "messages with an emoji": (_share(lambda m: bool(EMOJI_RE.search(m))), 0.05, _percent),
-    "replies repeating a 3-word run": (repeated_trigram_share, 0.05, _percent),
-    "messages with laughter": (_share(lambda m: any(p.search(m) for p in LAUGHTER.values())), 0.05, _percent),
+    "messages with an emoji": (_share(lambda m: bool(EMOJI_RE.search(m))), 0.1, _percent),
+    "replies repeating a 3-word run": (repeated_trigram_share, 0.1, _percent),
+    "messages with laughter": (_share(lambda m: any(p.search(m) for p in LAUGHTER.values())), 0.1, _percent),
     "characters a message": (lambda replies: sum(map(len, _messages(replies))) / max(len(_messages(replies)), 1),
-                             5.0, "{:.0f}".format),
+                             10.0, "{:.0f}".format),
 }
 
 
