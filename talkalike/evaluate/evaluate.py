@@ -446,7 +446,7 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
         "held-out turns": len(turns),
         "perplexity": ppl,
         "style": style,
-        "style gaps": {name: metrics.style_gaps(real, generated[name]) for name in ("tuned", "base")},
+        "style gaps": {name: metrics.style_gaps(real, generated[name], name) for name in ("tuned", "base")},
         "persona classification": {
             "rate": persona,
             "trained on": {"persona turns": len(persona_train), "other turns": len(others_train)},

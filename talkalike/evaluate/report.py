@@ -260,7 +260,8 @@ def _facts(result: dict) -> str:
              f"is recalled when any of {tuned['samples']} replies (one greedy, the rest sampled) contains an answer. "
              f"<b>Tuned {tuned['recalled']:.0%}</b> (Wilson 95% {low:.0%}–{high:.0%}) vs base {base['recalled']:.0%} "
              f"of {tuned['facts']} facts.</p>"]
-    rows = [[f'<span dir="auto">{_esc(t["question"])}</span>', f'<span dir="auto">{_esc(", ".join(t["answers"]))}</span>',
+    rows = [[f'<span dir="auto">{_esc(t["question"])}</span>',
+             f'<span dir="auto">{_esc(", ".join(t["answers"]))}</span>',
              f'<span class="{"safe" if t["hit"] else "leak"}">{"yes" if t["hit"] else "no"}</span>',
              _bubbles(t["replies"][:1], "tuned"), "yes" if b["hit"] else "no"]
             for t, b in zip(tuned["results"], base["results"], strict=True)]

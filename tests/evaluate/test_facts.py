@@ -46,7 +46,8 @@ def test_the_fixture_file_reads_as_three_facts_with_their_answers():
 ])
 def test_a_bad_line_is_one_clear_error_naming_the_line(tmp_path, line, said):
     path = tmp_path / "facts.jsonl"
-    path.write_text(json.dumps({"question": CAT.question, "answers": ["Pita"]}) + "\n\n" + line + "\n", encoding="utf-8")
+    good = json.dumps({"question": CAT.question, "answers": ["Pita"]})
+    path.write_text(good + "\n\n" + line + "\n", encoding="utf-8")
     with pytest.raises(TalkalikeError) as error:
         read_facts(path)
     assert f"{path}:3" in str(error.value) and said in str(error.value)

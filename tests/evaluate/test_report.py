@@ -50,7 +50,8 @@ def _probe(model: str) -> dict:
     tuned = model == "tuned"
     return {"facts": 2, "samples": 4, "recalled": 0.5 if tuned else 0.0, "greedy recalled": 0.0, "interval": [0.1, 0.9],
             "results": [{"question": "what's your cat called again?", "answers": ["Pita"], "topic": "pet",
-                         "replies": ["idk", "pita!" if tuned else "a cat?", "x", "y"], "hit": tuned, "greedy hit": False},
+                         "replies": ["idk", "pita!" if tuned else "a cat?", "x", "y"], "hit": tuned,
+                         "greedy hit": False},
                         {"question": "איפה את גרה?", "answers": ["פלורנטין"], "topic": "home",
                          "replies": ["ביפו", "x", "y", "z"], "hit": False, "greedy hit": False}]}
 
