@@ -294,8 +294,7 @@ def _token_counter(config: DatasetConfig, home: Path | None):
 
 def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None = None, progress: bool = False) -> dict:
     """Build train.jsonl, eval.jsonl, stats.json and dataset.json in `out_dir`; return the stats."""
-    from talkalike.prepare import clean
-    from talkalike.prepare import privacy
+    from talkalike.prepare import clean, privacy
 
     senders = _check_persona(store, config)
     out_dir = Path(out_dir)
@@ -356,7 +355,7 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
             for turn in conversation.turns:
                 speakers.setdefault(turn.sender, SpeakerStats()).add_turn(turn.messages)
             costs = [count_tokens(m["content"]) + TURN_OVERHEAD for m in rows_out]
-            for m, cost in zip(rows_out, costs):
+            for m, cost in zip(rows_out, costs, strict=True):
                 tokens[m["role"]] += cost - TURN_OVERHEAD
             parts = windows(rows_out, costs, config.max_tokens, carry)
             base_id = f"{chat}@{conversation.start:%Y-%m-%dT%H:%M}"
@@ -496,12 +495,13 @@ class PlainTokenizer:
 def highlight(text: str, offsets: list[tuple[int, int]], mask: list[int], colour: bool) -> str:
     """The text with the masked (trained) characters in colour, or between ⟦ ⟧ when not on a terminal."""
     trained = [False] * len(text)
-    for (start, end), m in zip(offsets, mask):
+    # offsets come from re-tokenising the rendered text, which may differ in length from the rendered ids
+    for (start, end), m in zip(offsets, mask, strict=False):
         if m:
             trained[start:end] = [True] * (end - start)
     opening, closing = ("\033[1;32m", "\033[0m") if colour else ("⟦", "⟧")
     out, inside = [], False
-    for char, flag in zip(text, trained):
+    for char, flag in zip(text, trained, strict=True):
         if flag != inside:
             out.append(opening if flag else closing)
             inside = flag
@@ -569,6 +569,7 @@ def config_from_args(args) -> DatasetConfig:
 
 def cmd_dataset(args) -> int:
     """`talkalike dataset`: build the dataset and print its summary."""
+    from talkalike.evaluate import facts
     from talkalike.home import resolve_home, store_path
     from talkalike.store import Store
 
@@ -576,11 +577,15 @@ def cmd_dataset(args) -> int:
     home = resolve_home(args.home)
     if not store_path(home).exists():
         raise TalkalikeError("nothing imported yet: run `talkalike import 'WhatsApp Chat with NAME.txt'` first")
+    known = facts.read_facts(args.facts) if args.facts else []  # a bad facts file stops before the long build
     print("config: " + json.dumps(asdict(config), ensure_ascii=False), file=sys.stderr)
     store = Store.open(home)
-    stats = build_dataset(store, config, Path(args.out).expanduser(), home=home, progress=True)
+    out = Path(args.out).expanduser()
+    stats = build_dataset(store, config, out, home=home, progress=True)
     print("\n".join(summary_lines(stats)))
-    print(f"wrote {args.out}/train.jsonl, eval.jsonl, stats.json, dataset.json")
+    if known:
+        facts.write_facts(out / facts.FACTS_FILE, known)
+    print(f"wrote {args.out}/train.jsonl, eval.jsonl, stats.json, dataset.json" + (", facts.jsonl" if known else ""))
     return 0
 
 
