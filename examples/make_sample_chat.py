@@ -67,6 +67,10 @@ NOA_GENERIC = [
     "love it", "hmm", "kk", "תכף", "הכי", "for real", "no way", "😂😂😂", "🙈", "❤️❤️",
 ]
 
+# How Noa starts a conversation before her question.
+NOA_HELLO = ["heyyy", "hii", "{e}", "ok so", "morning {e}", "בוקר טוב", "היי", "wait", "u there?", "question",
+             "ok listen", "מה קורה"]
+
 DANIEL_GENERIC = [
     "That makes sense. I will think about it on the way home and let you know what I decide later tonight.",
     "I am laughing in the middle of the office now, and people are looking at me strangely, so thank you.",
@@ -595,8 +599,8 @@ class Chat:
                                for _ in range(rng.choices((0, 1, 2, 3), weights=(3, 5, 3, 1))[0])]
             if tail is not None:
                 lines.append(tail)
+            lines = [line for i, line in enumerate(lines) if line not in lines[:i]]  # no line twice in a burst
             lines = [noa_decorate(fill(line, rng, s, LAUGH, EMOJI), rng) for line in lines]
-            lines = [line for i, line in enumerate(lines) if line not in lines[:i]]
             key = tuple(line for line in lines if line != "<Media omitted>")  # the dataset drops media
             if key not in self.seen:
                 break
@@ -643,7 +647,7 @@ class Chat:
                 lines = [fill(tail, rng, s, LAUGH, EMOJI)]
                 while (key := tuple(x for x in lines if x != "<Media omitted>")) in self.seen or (
                         len(lines) == 1 and rng.random() < 0.5):
-                    lines.insert(0, fill(rng.choice(NOA_GENERIC), rng, s, LAUGH, EMOJI))
+                    lines.insert(0, fill(rng.choice(NOA_HELLO), rng, s, LAUGH, EMOJI))
                 self.seen.add(key)
             else:
                 lines = self.noa_turn(answer, t, s, day, tail)
@@ -723,6 +727,9 @@ def generate(seed: int = SEED) -> str:
             if n_conv == 90:
                 w.wait(60, 90)
                 w.system("Your security code with Noa changed. Tap to learn more.")
+            if n_conv == 120:
+                w.say(DANIEL, "Things we should bring to Rosh Pina:\n- sleeping bags\n- the small gas stove\n"
+                              "- six litres of water\n- a first aid kit")
             if n_conv == 160:
                 w.say(DANIEL, "The owner of the zimmer is called Yossi, and his number is "
                               f"{PLANTED_PII['phone_il_landline'][0]}, in case we arrive after ten.")
