@@ -90,7 +90,7 @@ def test_group_chat_speaker_prefixes_are_stripped_for_the_classifier():
 def test_perplexity_counts_only_the_selected_persona_tokens_and_matches_full_logits(tiny_run, home):
     import torch
 
-    from talkalike.decode.generate import Twin
+    from talkalike.decode.twin import Twin
 
     twin = Twin.from_run(tiny_run, home)
     rows = evaluate.read_jsonl(tiny_run / "eval.jsonl")
@@ -203,9 +203,9 @@ def _memorise(model_dir: Path, tokenizer, reply: str, steps: int = 60):
 
 
 def _canary_twin(model, tokenizer):
-    from talkalike.decode.generate import Twin
+    from talkalike.decode.twin import Twin
 
-    twin = Twin(model=model, tokenizer=tokenizer, layout="chat")
+    twin = Twin.of(model, tokenizer, layout="chat")
     twin.prepare()
     return twin
 
