@@ -87,12 +87,18 @@ class Twin:
             return None
         if gemma is None:
             return None
-        tokenizer = gemma_cpu.load_tokenizer(run.tokenizer_dir)
         torch.set_num_threads(physical_cores())
-        return cls(model=gemma, tokenizer=tokenizer, vocab_size=gemma.cfg["vocab_size"],
+        return cls.of_gemma(gemma, gemma_cpu.load_tokenizer(run.tokenizer_dir), **_run_fields(run))
+
+    @classmethod
+    def of_gemma(cls, gemma, tokenizer, layout: str = "chat", **fields) -> "Twin":
+        """A twin over engines.gemma_cpu's merged Gemma (a CPU model with no transformers config)."""
+        import torch
+
+        return cls(model=gemma, tokenizer=tokenizer, layout=layout, vocab_size=gemma.cfg["vocab_size"],
                    max_positions=gemma.cfg.get("max_position_embeddings"),
-                   stop_ids=stop_token_ids(tokenizer, run.layout, gemma.cfg.get("eos_token_id")),
-                   device=torch.device("cpu"), **_run_fields(run))
+                   stop_ids=stop_token_ids(tokenizer, layout, gemma.cfg.get("eos_token_id")),
+                   device=torch.device("cpu"), **fields)
 
     @classmethod
     def from_base(cls, base: str | None, home: Path, dtype: Any = None) -> "Twin":

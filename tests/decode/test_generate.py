@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from conftest import build_tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import build_tiny_model
 from talkalike.decode.batch import decode_many
 from talkalike.decode.config import GenerationConfig, load_generation_config, save_generation_config, with_overrides
 from talkalike.decode.stream import reply, stream_reply
@@ -117,7 +117,7 @@ def test_splitting_does_not_depend_on_how_the_text_arrives_in_chunks(messages, c
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
     splitter = Splitter(["<end_of_turn>"])
     events = []
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in zip(bounds, bounds[1:], strict=False):
         events += splitter.feed(text[start:end])
     events += splitter.finish()
     assert collect_messages(events) == [m.strip() for m in messages]

@@ -1,7 +1,6 @@
 """The CPU chat's fast path (engines/gemma_cpu.py): its Gemma 3 forward computes what transformers computes, the
 merged-adapter cache is built once, reused, rebuilt when the adapter changes, and the chat uses it without --compare."""
 
-import dataclasses
 import json
 
 import pytest
@@ -54,7 +53,7 @@ def test_replies_through_the_decoder_equal_the_transformers_loop(tiny_tokenizer)
     history = [{"role": "user", "content": "hey what's up? see you at the beach"}]
     sampled = GenerationConfig(temperature=0.8, repetition_penalty=1.1, max_new_tokens=12, seed=3)
     usual = Twin.of(model, tiny_tokenizer)
-    fast = dataclasses.replace(usual, model=cpudecode.from_model(model), engines={})
+    fast = Twin.of_gemma(cpudecode.from_model(model), tiny_tokenizer)
     for config in (GREEDY, sampled):
         assert list(stream_reply(fast, history, config)) == list(stream_reply(usual, history, config))
 
