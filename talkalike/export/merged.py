@@ -99,7 +99,7 @@ def _logits(model, ids: list[int]):
 
 
 def _first_difference(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def _fresh_dir(out: Path) -> Path:
@@ -241,8 +241,8 @@ def check_gguf_with_transformers(summary, merged, tokenizer, prompt: list[int], 
 
 def export_gguf(run_dir: Path, home: Path, out: Path, kind: str, modelfile: bool) -> dict:
     """Merge, write RUN/export-gguf/model.gguf (plus a Modelfile for Ollama), read it back and check it."""
+    from talkalike.decode.config import load_generation_config
     from talkalike.export.gguf import check_gguf, write_gguf
-    from talkalike.decode.generate import load_generation_config
 
     model, tokenizer, run_info = load_adapter_model(run_dir, home)
     prompt = check_prompt(tokenizer, run_info)

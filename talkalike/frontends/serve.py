@@ -21,12 +21,15 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from talkalike.decode.config import GenerationConfig, with_overrides
+from talkalike.decode.stream import stream_reply
+from talkalike.decode.turns import collect_messages
+from talkalike.decode.twin import Twin, load_twin
 from talkalike.errors import TalkalikeError
-from talkalike.decode.generate import GenerationConfig, Twin, collect_messages, load_twin, stream_reply, with_overrides
 from talkalike.home import resolve_home
 
 STATIC = Path(__file__).parent / "static"

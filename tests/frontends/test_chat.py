@@ -11,7 +11,7 @@ import talkalike.frontends.chat as chat
 from fake_twin import BASE, TUNED, FakeTwin, fake_stream
 from talkalike.frontends.chat import Transcript, run_chat
 from talkalike.cli import main
-from talkalike.decode.generate import GenerationConfig
+from talkalike.decode.config import GenerationConfig
 
 
 def lines_of(*texts):
