@@ -79,6 +79,15 @@ class Run:
         return self.info.get("dataset")
 
     @property
+    def contacts(self) -> list[str] | None:
+        """Whom the persona talked to, most persona turns first, when the dataset gave every sample its contact
+        line (template.contact_line); None when it did not (`dataset --no-contact`, or a run from before)."""
+        info = self.info.get("dataset_info") or {}
+        if not info.get("contact"):
+            return None
+        return list(self.info.get("contacts") or [])
+
+    @property
     def adapter_dir(self) -> Path:
         return self.dir / "adapter"
 

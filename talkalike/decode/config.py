@@ -27,6 +27,10 @@ class GenerationConfig:
     # and a shorter prompt keeps CPU prefill fast. The oldest turns are dropped to fit.
     max_context_tokens: int = 1024
     seed: int | None = None  # fixed for reproducible samples (evaluation, tests); None draws fresh randomness
+    # Past exchanges recalled into the prompt (talkalike.memory), as in training; 0 turns memory off. Three fit a
+    # chat prompt's budget and cover a question's topic without crowding out the conversation itself.
+    memories: int = 3
+    contact: str | None = None  # whom the persona is talking to (`--as NAME`); None: the run's most frequent contact
 
 
 def load_generation_config(run_dir: Path | None) -> GenerationConfig:

@@ -8,7 +8,8 @@ single stream, eval's batches) stops on `stop_token_ids` and on `ends_turn`, and
 from typing import TYPE_CHECKING
 
 from talkalike.errors import TalkalikeError
-from talkalike.template import BUBBLE_MARK, BUBBLE_SEP, chat_template, render_prompt, stop_strings
+from talkalike.memory import recall_turns
+from talkalike.template import BUBBLE_MARK, BUBBLE_SEP, chat_template, contact_line, render_prompt, stop_strings
 
 if TYPE_CHECKING:
     from talkalike.decode.config import GenerationConfig
@@ -36,24 +37,41 @@ def normalize_history(history: list[dict]) -> list[dict]:
     return turns
 
 
-def fit_prompt(twin: "Twin", history: list[dict], config: "GenerationConfig") -> list[int]:
-    """Prompt ids for `history`, dropping the oldest turns until prompt + reply fit the context window."""
-    turns = normalize_history(history)
+def prompt_messages(twin: "Twin", history: list[dict], config: "GenerationConfig") -> tuple[list, list, list]:
+    """(system line, recalled turns, conversation turns): the three parts of a prompt, as training renders them.
+
+    A history that opens with a system message keeps it (held-out rows carry the one they were built with);
+    otherwise the run's contact line (`--as NAME` picks the name) when the run was trained with one."""
+    system = [history[0]] if history and history[0]["role"] == "system" else []
+    turns = normalize_history(history[len(system):])
     if turns and turns[-1]["role"] != "user":
         raise TalkalikeError("the history must end with the other person's message for the twin to answer it")
+    if not system and twin.contacts is not None:
+        others = [config.contact] if config.contact else twin.contacts[:1]
+        system = [contact_line(twin.persona, others)] if others else []
+    return system, recall_turns(twin.memory, turns, config.memories), turns
+
+
+def fit_prompt(twin: "Twin", history: list[dict], config: "GenerationConfig") -> list[int]:
+    """Prompt ids for `history`, dropping the oldest turns until prompt + reply fit the context window: first
+    the conversation's oldest exchanges, then recalled ones; the message being answered always stays."""
+    system, recalled, turns = prompt_messages(twin, history, config)
     limit = min(config.max_context_tokens, twin.max_positions or config.max_context_tokens)
     budget = limit - config.max_new_tokens
     while True:
-        ids = render_prompt(turns, twin.tokenizer, twin.layout)
+        ids = render_prompt(system + recalled + turns, twin.tokenizer, twin.layout)
         if len(ids) <= budget:
             return ids
-        if len(turns) <= 1:
+        if len(turns) > 1:
+            # Drop the oldest exchange: a user turn and the persona's answer, so the history opens with the user.
+            turns = turns[2:] if len(turns) > 2 else turns[1:]
+        elif recalled:
+            recalled = recalled[2:]
+        else:
             raise TalkalikeError(
                 f"the last message alone is {len(ids)} tokens, more than the {budget} the context window leaves "
                 f"for history ({limit} - {config.max_new_tokens} for the reply); send a shorter message"
             )
-        # Drop the oldest exchange: a user turn and the persona's answer, so the history still opens with the user.
-        turns = turns[2:] if len(turns) > 2 else turns[1:]
 
 
 def turn_stops(tokenizer, layout: str = "chat") -> list[str]:

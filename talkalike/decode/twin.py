@@ -34,6 +34,9 @@ class Twin:
     has_adapter: bool = False  # a PEFT adapter that `use_adapter=False` switches off, for base-vs-tuned
     defaults: GenerationConfig = field(default_factory=GenerationConfig)
     engines: dict = field(default_factory=dict, repr=False)  # built on the first reply, by "graphs allowed"
+    memory: Any = None  # the run's talkalike.memory.Memory (past exchanges recalled into each prompt), if any
+    # Whom the persona talks to, most frequent first, when the run was trained with the contact line; None: no line
+    contacts: list[str] | None = None
 
     @classmethod
     def of(cls, model, tokenizer, layout: str = "chat", **fields) -> "Twin":
@@ -151,9 +154,11 @@ class Twin:
 
 
 def _run_fields(run: Run) -> dict:
-    """A run's Twin fields besides the model: layout, names and tuned sampling defaults."""
+    """A run's Twin fields besides the model: layout, names, tuned sampling defaults, memory and contacts."""
+    from talkalike.memory import Memory
+
     return {"layout": run.layout, "name": run.name, "persona": run.persona, "run_dir": run.dir,
-            "defaults": load_generation_config(run.dir)}
+            "defaults": load_generation_config(run.dir), "memory": Memory.open(run.dir), "contacts": run.contacts}
 
 
 def load_twin(run: str | None, base: str | None, home: Path, switchable: bool = True) -> Twin:
