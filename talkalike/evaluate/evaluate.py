@@ -43,6 +43,9 @@ class EvalConfig:
     samples: int = 12  # side-by-side conversations in the report
     canary_samples: int = 4  # generations per canary context: greedy plus sampled ones
     canaries: tuple[str, ...] = ()  # secrets to look for besides those found in train.jsonl
+    # Held-out turns (spread over the set) for R@1 and context identification: 100 gives a rate +-10 points at 95 %
+    # and keeps the ~5,000 scored candidates to a few CPU minutes. None: every held-out turn.
+    rank_turns: int | None = 100
 
 
 @dataclass(frozen=True)
@@ -358,11 +361,9 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     """Evaluate a run folder; writes eval.json, report.html and ab/pairs.jsonl, returns the eval.json content."""
     import torch
 
-    from talkalike.evaluate import abtest
-
-    from talkalike.evaluate import metrics
     from talkalike.decode.batch import Threads
     from talkalike.decode.generate import Twin, with_overrides
+    from talkalike.evaluate import abtest, fidelity, metrics
 
     run_dir = Path(run_dir)
     run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
@@ -392,7 +393,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
                                 max_context_tokens=config.max_context_tokens, seed=config.seed)
     histories = [t.context for t in turns]
     ppl, generated = {}, {}
-    timings["perplexity"] = timings["generation"] = 0.0
+    timings["perplexity"] = timings["generation"] = timings["fidelity"] = 0.0
+    ranking = {}
     # Base first with the adapter switched off, then the tuned model with the adapter merged into the weights
     # (on CPU an unmerged LoRA on every linear layer costs up to half again per forward).
     for name, use_adapter in (("base", False), ("tuned", True)):
@@ -403,6 +405,12 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
             started = time.perf_counter()
             generated[name] = _generate(twin, histories, generation, use_adapter, config.batch_size, name, threads)
             timings["generation"] += time.perf_counter() - started
+            started = time.perf_counter()
+            ranking[name] = fidelity.rank_next_replies(twin, turns, use_adapter, config)
+            timings["fidelity"] += time.perf_counter() - started
+    started = time.perf_counter()
+    identification = fidelity.identify_contexts(twin, turns, {"real": [t.real for t in turns], **generated}, config)
+    timings["fidelity"] += time.perf_counter() - started
 
     started = time.perf_counter()
     real = [t.real for t in turns]
@@ -416,6 +424,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     persona["other speakers (held out)"] = metrics.persona_rate(classifier, others_eval)
     auc = {name: metrics.real_vs_generated_auc(texts["real"], texts[name], seed=config.seed)
            for name in ("tuned", "base")}
+    fooled = {name: metrics.fooled_rate_at_equal_error(texts["real"], texts[name], seed=config.seed)
+              for name in ("tuned", "base")}
     copies = metrics.CopyIndex(persona_train)
     copy_rates = {name: {"copy rate": copies.copy_rate(t), "copies": sum(map(copies.copies, t))}
                   for name, t in texts.items()}
@@ -442,6 +452,9 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
             "trained on": {"persona turns": len(persona_train), "other turns": len(others_train)},
         },
         "real vs generated auc": auc,
+        "fooled rate at equal error": fooled,
+        "next-reply ranking": ranking,
+        "context identification": identification,
         "memorisation": copy_rates,
         "canaries": {
             "pseudonymised": bool(dataset_info.get("privacy", True)),
@@ -477,7 +490,7 @@ def _samples(turns: list[HeldOutTurn], generated: dict, n: int) -> list[dict]:
 def _pairs(turns: list[HeldOutTurn], twin_replies: list) -> list[dict]:
     """Blind-test pairs: the recent context, the real reply and the twin's (skipping empty or identical ones)."""
     return [{"id": f"{t.row}-{t.index}", "context": t.context[-6:], "real": t.real, "twin": reply}
-            for t, reply in zip(turns, twin_replies) if reply and reply != t.real]
+            for t, reply in zip(turns, twin_replies, strict=True) if reply and reply != t.real]
 
 
 def headline(result: dict) -> dict:

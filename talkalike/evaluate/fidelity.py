@@ -21,7 +21,7 @@ import json
 import random
 from collections.abc import Callable
 
-from talkalike.evaluate.evaluate import HeldOutTurn, turn_text
+from talkalike.evaluate.evaluate import EvalConfig, HeldOutTurn, turn_text
 from talkalike.evaluate.metrics import Reply, wilson_interval
 
 Pair = tuple[list[dict], Reply]  # (the history, a candidate persona turn as its messages)
@@ -35,11 +35,11 @@ def one_at_a_time(score: Callable[[list[dict], Reply], float]) -> Scorer:
     return lambda pairs: [score(context, candidate) for context, candidate in pairs]
 
 
-def spread(turns: list[HeldOutTurn], n: int | None) -> list[HeldOutTurn]:
-    """At most `n` turns evenly spread over the list (all of them with None)."""
-    if n is None or n >= len(turns):
-        return list(turns)
-    return [turns[int(k * len(turns) / n)] for k in range(n)]
+def spread(items: list, n: int | None) -> list:
+    """At most `n` items evenly spread over the list (all of them with None)."""
+    if n is None or n >= len(items):
+        return list(items)
+    return [items[int(k * len(items) / n)] for k in range(n)]
 
 
 def _share_first(scores: list[float]) -> float:
@@ -80,25 +80,48 @@ def next_reply_ranking(turns: list[HeldOutTurn], score: Scorer, pool: list[HeldO
     return _result("r@1", credits, [1 / len(cs) for cs in candidates])
 
 
-def context_identification(turns: list[HeldOutTurn], replies: list[Reply], score: Scorer,
-                           pool: list[HeldOutTurn] | None = None, seed: int = 0) -> dict:
-    """How often a reply scores highest under its own context among 10 (9 from other held-out conversations).
-
-    `replies[i]` answers `turns[i]`; with the same seed every set of replies meets the same rival contexts.
+def context_identification(turns: list[HeldOutTurn], sets: dict[str, list[Reply]], score: Scorer,
+                           pool: list[HeldOutTurn] | None = None, seed: int = 0) -> dict[str, dict]:
+    """Per set of replies: how often a reply scores highest under its own context among 10 (9 from other held-out
+    conversations). `sets[name][i]` answers `turns[i]`; every set meets the same rival contexts, in one score call.
     """
     rng = random.Random(seed)
     pool = turns if pool is None else pool
-    pairs, sizes = [], []
-    for turn, reply in zip(turns, replies, strict=True):
+    contexts = []
+    for turn in turns:
         own = json.dumps(turn.context, ensure_ascii=False)
         others = {json.dumps(t.context, ensure_ascii=False): t.context for t in pool if t.row != turn.row}
         others.pop(own, None)
-        rivals = rng.sample(list(others.values()), min(CANDIDATES - 1, len(others)))
-        pairs += [(context, reply) for context in [turn.context] + rivals]
-        sizes.append(1 + len(rivals))
+        contexts.append([turn.context] + rng.sample(list(others.values()), min(CANDIDATES - 1, len(others))))
+    pairs = [(context, replies[i]) for replies in sets.values() for i, options in enumerate(contexts)
+             for context in options]
     scores = iter(score(pairs))
-    credits = [_share_first([next(scores) for _ in range(size)]) for size in sizes]
-    return _result("rate", credits, [1 / size for size in sizes])
+    results = {}
+    for name, replies in sets.items():
+        assert len(replies) == len(turns), f"{name}: one reply per turn"
+        credits = [_share_first([next(scores) for _ in options]) for options in contexts]
+        results[name] = _result("rate", credits, [1 / len(options) for options in contexts])
+    return results
+
+
+def rank_next_replies(twin, turns: list[HeldOutTurn], use_adapter: bool, config: EvalConfig) -> dict:
+    """R@1 of 10 for the twin with or without its adapter, on `config.rank_turns` turns spread over `turns`."""
+    score = model_scorer(twin, use_adapter, config.max_context_tokens, config.max_new_tokens)
+    return next_reply_ranking(spread(turns, config.rank_turns), score, pool=turns, seed=config.seed)
+
+
+def identify_contexts(twin, turns: list[HeldOutTurn], sets: dict[str, list[Reply]], config: EvalConfig) -> dict:
+    """Context identification of each set of replies (one per turn, "real" among them) judged by the base model
+    (adapter off), on `config.rank_turns` turns spread over `turns`; each other set's rate as a share of the real's."""
+    picks = spread(list(range(len(turns))), config.rank_turns)
+    score = model_scorer(twin, False, config.max_context_tokens, config.max_new_tokens)
+    result = context_identification([turns[i] for i in picks], {name: [replies[i] for i in picks]
+                                                                 for name, replies in sets.items()},
+                                    score, pool=turns, seed=config.seed)
+    real = result["real"]["rate"]
+    for name in [name for name in sets if name != "real"]:
+        result[f"{name} share of real"] = result[name]["rate"] / real if real else None
+    return result
 
 
 # --- the model as scorer ------------------------------------------------------------------------------------------

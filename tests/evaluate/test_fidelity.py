@@ -98,22 +98,28 @@ def test_a_small_held_out_set_ranks_against_fewer_candidates_and_says_so():
 def test_replies_that_echo_their_context_identify_it_and_a_constant_reply_sits_at_chance():
     turns = _turns(150)
     score = fidelity.one_at_a_time(lambda context, candidate: _overlap(context, candidate) + _noise(context, []) / 10)
-    echoing = fidelity.context_identification(turns, [t.real for t in turns], score)
+    result = fidelity.context_identification(turns, {"echoing": [t.real for t in turns],
+                                                     "constant": [["ok sure"] for _ in turns]}, score)
+    echoing, constant = result["echoing"], result["constant"]
     assert echoing["rate"] >= 0.95 and echoing["chance"] == pytest.approx(0.1)
-    constant = fidelity.context_identification(turns, [["ok sure"] for _ in turns], score)
     low, high = constant["interval"]
     assert low <= 0.1 <= high and constant["n"] == 300
 
 
-def test_context_identification_draws_rival_contexts_from_other_conversations():
+def test_context_identification_draws_rival_contexts_from_other_conversations_the_same_for_every_set():
     turns = _turns(20)
     seen = []
-    fidelity.context_identification(turns, [t.real for t in turns], lambda pairs: seen.extend(pairs) or [0] * len(pairs))
+    fidelity.context_identification(turns, {"real": [t.real for t in turns], "twin": [["ok"] for _ in turns]},
+                                    lambda pairs: seen.extend(pairs) or [0] * len(pairs))
+    assert len(seen) == 2 * 10 * len(turns)
     row_of = {id(t.context): t.row for t in turns}
     for k, turn in enumerate(turns):
         group = seen[10 * k: 10 * k + 10]
         assert group[0][0] is turn.context and all(reply is turn.real for _, reply in group)
         assert all(row_of[id(context)] != turn.row for context, _ in group[1:])
+        assert len({id(context) for context, _ in group}) == 10
+        twin_group = seen[10 * (len(turns) + k): 10 * (len(turns) + k) + 10]
+        assert [c for c, _ in twin_group] == [c for c, _ in group] and all(r == ["ok"] for _, r in twin_group)
 
 
 def test_equal_error_rate_is_zero_when_separable_and_about_half_when_the_classes_look_alike():
