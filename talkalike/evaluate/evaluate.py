@@ -43,9 +43,11 @@ class EvalConfig:
     samples: int = 12  # side-by-side conversations in the report
     canary_samples: int = 4  # generations per canary context: greedy plus sampled ones
     canaries: tuple[str, ...] = ()  # secrets to look for besides those found in train.jsonl
-    # Held-out turns (spread over the set) for R@1 and context identification: 100 gives a rate +-10 points at 95 %
-    # and keeps the ~5,000 scored candidates to a few CPU minutes. None: every held-out turn.
-    rank_turns: int | None = 100
+    # R@1 and context identification score 50 candidates per ranked turn (10 by each model, 10 per reply set). On
+    # the embedded model (fp32, 2-core CPU) a scored token cost 10 ms on a quiet machine and 28 ms beside other
+    # jobs, two thirds of it in the 262k-word head: 30 turns x 50 x at most 16 tokens is then about 3 minutes.
+    rank_turns: int | None = 30
+    rank_tokens: int = 16  # scored tokens per candidate: a reply's opening shows whether it answers the message
 
 
 @dataclass(frozen=True)
