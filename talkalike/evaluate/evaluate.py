@@ -44,8 +44,8 @@ class EvalConfig:
     canary_samples: int = 4  # generations per canary context: greedy plus sampled ones
     canaries: tuple[str, ...] = ()  # secrets to look for besides those found in train.jsonl
     # R@1 and context identification score 50 candidates per ranked turn (10 by each model, 10 per reply set). On
-    # the embedded model (fp32, 2-core CPU) a scored token cost 10 ms on a quiet machine and 28 ms beside other
-    # jobs, two thirds of it in the 262k-word head: 30 turns x 50 x at most 16 tokens is then about 3 minutes.
+    # the embedded model (fp32, 2-core CPU) a scored token cost 10 ms on a quiet machine and 28-90 ms beside other
+    # jobs, two thirds of it in the 262k-word head: 30 turns x 50 x at most 16 tokens is about 3 minutes when quiet.
     rank_turns: int | None = 30
     rank_tokens: int = 16  # scored tokens per candidate: a reply's opening shows whether it answers the message
 
