@@ -46,6 +46,11 @@ class EvalConfig:
     fact_samples: int = 4  # replies per facts-probe question: greedy plus sampled ones
     canaries: tuple[str, ...] = ()  # secrets to look for besides those found in train.jsonl
     facts: str | None = None  # facts file for the probe (None: facts.jsonl in the run's dataset folder, if any)
+    # R@1 and context identification score 50 candidates per ranked turn (10 by each model, 10 per reply set). On
+    # the embedded model (fp32, 2-core CPU) a scored token cost 10 ms on a quiet machine and 28-90 ms beside other
+    # jobs, two thirds of it in the 262k-word head: 30 turns x 50 x at most 16 tokens is about 3 minutes when quiet.
+    rank_turns: int | None = 30
+    rank_tokens: int = 16  # scored tokens per candidate: a reply's opening shows whether it answers the message
 
 
 @dataclass(frozen=True)
@@ -363,7 +368,7 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     from talkalike.decode.batch import Threads
     from talkalike.decode.config import with_overrides
     from talkalike.decode.twin import Twin
-    from talkalike.evaluate import abtest, metrics
+    from talkalike.evaluate import abtest, fidelity, metrics
     from talkalike.evaluate import facts as fact_probe
 
     run_dir = Path(run_dir)
@@ -395,8 +400,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     generation = with_overrides(twin.defaults, max_new_tokens=config.max_new_tokens,
                                 max_context_tokens=config.max_context_tokens, seed=config.seed)
     histories = [t.context for t in turns]
-    ppl, generated, recalled = {}, {}, {}
-    timings["perplexity"] = timings["generation"] = timings["facts"] = 0.0
+    ppl, generated, recalled, ranking = {}, {}, {}, {}
+    timings["perplexity"] = timings["generation"] = timings["facts"] = timings["fidelity"] = 0.0
     # Base first with the adapter switched off, then the tuned model with the adapter merged into the weights
     # (on CPU an unmerged LoRA on every linear layer costs up to half again per forward).
     for name, use_adapter in (("base", False), ("tuned", True)):
@@ -412,6 +417,12 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
                 ask = fact_probe.twin_generate_fn(twin, generation, use_adapter, config.batch_size, threads)
                 recalled[name] = fact_probe.probe(ask, facts, config.fact_samples, generation.temperature or 1.0)
                 timings["facts"] += time.perf_counter() - started
+            started = time.perf_counter()
+            ranking[name] = fidelity.rank_next_replies(twin, turns, use_adapter, config)
+            timings["fidelity"] += time.perf_counter() - started
+    started = time.perf_counter()
+    identification = fidelity.identify_contexts(twin, turns, {"real": [t.real for t in turns], **generated}, config)
+    timings["fidelity"] += time.perf_counter() - started
 
     started = time.perf_counter()
     real = [t.real for t in turns]
@@ -425,6 +436,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     persona["other speakers (held out)"] = metrics.persona_rate(classifier, others_eval)
     auc = {name: metrics.real_vs_generated_auc(texts["real"], texts[name], seed=config.seed)
            for name in ("tuned", "base")}
+    fooled = {name: metrics.fooled_rate_at_equal_error(texts["real"], texts[name], seed=config.seed)
+              for name in ("tuned", "base")}
     copies = metrics.CopyIndex(persona_train)
     copy_rates = {name: {"copy rate": copies.copy_rate(t), "copies": sum(map(copies.copies, t))}
                   for name, t in texts.items()}
@@ -453,6 +466,9 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
             "note": PERSONA_NOTE,
         },
         "real vs generated auc": auc,
+        "fooled rate at equal error": fooled,
+        "next-reply ranking": ranking,
+        "context identification": identification,
         "memorisation": copy_rates,
         "canaries": {
             "pseudonymised": bool(dataset_info.get("privacy", True)),

@@ -365,19 +365,48 @@ def persona_rate(classifier, texts: list[str]) -> float:
     return float(sum(classifier.predict(texts)) / len(texts))
 
 
-def real_vs_generated_auc(real: list[str], generated: list[str], folds: int = 5, seed: int = 0) -> float:
-    """Cross-validated ROC AUC of a classifier telling real replies from generated ones (0.5 = indistinguishable)."""
-    from sklearn.metrics import roc_auc_score
+def _real_vs_generated_scores(real: list[str], generated: list[str], folds: int, seed: int):
+    """Labels (1 = real) and out-of-fold probabilities of "real" from a cross-validated char n-gram classifier."""
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     folds = min(folds, len(real), len(generated))
     if folds < 2:
-        raise ValueError("need at least 2 real and 2 generated replies for a cross-validated AUC")
+        raise ValueError("need at least 2 real and 2 generated replies to cross-validate a real-vs-generated classifier")
     texts = real + generated
     labels = [1] * len(real) + [0] * len(generated)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     scores = cross_val_predict(_char_ngram_classifier(seed), texts, labels, cv=splitter, method="predict_proba")
-    return float(roc_auc_score(labels, scores[:, 1]))
+    return labels, scores[:, 1]
+
+
+def real_vs_generated_auc(real: list[str], generated: list[str], folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated ROC AUC of a classifier telling real replies from generated ones (0.5 = indistinguishable)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels, scores = _real_vs_generated_scores(real, generated, folds, seed)
+    return float(roc_auc_score(labels, scores))
+
+
+def equal_error_rate(labels: list[int], scores) -> float:
+    """Where the ROC curve's miss rate equals its false-alarm rate: the share of items a classifier gets wrong at the
+    threshold that errs as often on either class (0 = separable, 0.5 = no better than a coin)."""
+    from sklearn.metrics import roc_curve
+
+    false_alarm, hit, _ = roc_curve(labels, scores)
+    gap = (1 - hit) - false_alarm  # misses minus false alarms: 1 at the strictest threshold, -1 at the loosest
+    i = next(k for k, g in enumerate(gap) if g <= 0)
+    if i == 0:
+        return float(false_alarm[0])
+    # linear interpolation between the two ROC points around the crossing
+    t = gap[i - 1] / (gap[i - 1] - gap[i])
+    return float(false_alarm[i - 1] + t * (false_alarm[i] - false_alarm[i - 1]))
+
+
+def fooled_rate_at_equal_error(real: list[str], generated: list[str], folds: int = 5, seed: int = 0) -> float:
+    """The equal-error rate of the real-vs-generated classifier (the one behind real_vs_generated_auc): how often
+    it mistakes a reply for the other kind when it errs equally on both; 0.5 = the twin is indistinguishable."""
+    labels, scores = _real_vs_generated_scores(real, generated, folds, seed)
+    return equal_error_rate(labels, scores)
 
 
 # --- confidence intervals ---------------------------------------------------------------------------------------

@@ -148,6 +148,14 @@ def test_eval_writes_every_figure_the_report_and_the_blind_test_pairs(tiny_run, 
     assert 0 <= result["persona classification"]["rate"]["tuned"] <= 1
     assert set(result["real vs generated auc"]) == {"tuned", "base"}
     assert set(result["memorisation"]) == {"real", "tuned", "base"}
+    assert all(0 <= result["fooled rate at equal error"][m] <= 1 for m in ("tuned", "base"))
+    ranking = result["next-reply ranking"]
+    # 8 turns in 4 conversations: each is ranked against the other conversations' distinct persona turns
+    assert set(ranking) == {"tuned", "base"} and all(ranking[m]["n"] == 8 for m in ranking)
+    assert all(0 <= ranking[m]["r@1"] <= 1 and ranking[m]["chance"] >= 0.1 for m in ranking)
+    identification = result["context identification"]
+    assert set(identification) == {"real", "tuned", "base", "tuned share of real", "base share of real"}
+    assert identification["real"]["n"] == 8 and result["timings"]["fidelity"] > 0
     # the raw phone number in a training reply is found and its context prompted
     assert "+972 50-123-4567" in result["canaries"]["secrets"]
     assert [r["planted as"] for r in result["canaries"]["results"]] == ["raw"]
