@@ -20,7 +20,6 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
 import argparse
 import gc
 import json
-import math
 import os
 import random
 import sys

@@ -10,7 +10,6 @@ on every message (timed on a slice and scaled up, because it is slow).
 """
 
 import argparse
-import importlib.util
 import random
 import re
 import sys
@@ -24,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 import phonenumbers  # noqa: E402
 
-from talkalike.prepare.clean import clean  # noqa: E402
 from talkalike.message import Message  # noqa: E402
+from talkalike.prepare.clean import clean  # noqa: E402
 from talkalike.prepare.privacy import pseudonymise  # noqa: E402
 
 HEADER = re.compile(r"^(\d\d/\d\d/\d{4}, \d\d:\d\d) - (?:(Noa|Daniel): )?(.*)$")

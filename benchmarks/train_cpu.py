@@ -41,8 +41,8 @@ def build_dataset(home: Path) -> Path:
 def records(home: Path, count: int) -> tuple[list[dict], object]:
     """The first `count` training samples rendered for the embedded model, with persona masks."""
     from talkalike.model import load_tokenizer
-    from talkalike.train.recipe import PRESETS
     from talkalike.template import chat_template
+    from talkalike.train.recipe import PRESETS
     from talkalike.train.trainer import read_dataset, render_rows
 
     train_rows, _, _ = read_dataset(build_dataset(home))
@@ -58,6 +58,7 @@ def run_variant(variant: str, home: Path, count: int) -> dict:
     from dataclasses import replace
 
     import torch
+
     from talkalike.model import load_base
     from talkalike.train.recipe import PRESETS, resolve_recipe
     from talkalike.train.trainer import apply_lora, make_trainer

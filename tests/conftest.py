@@ -10,7 +10,6 @@ import pytest
 
 from talkalike.template import GEMMA_TEMPLATE
 
-
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
 
 CORPUS = [

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from talkalike.errors import TalkalikeError
 from talkalike.decode.generate import GenerationConfig
+from talkalike.errors import TalkalikeError
 
 TUNED = ["ok", "sure", "שלום! נתראה ב-8 בדיזנגוף"]
 BASE = ["Hello! How can I help you today?"]

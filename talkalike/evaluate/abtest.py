@@ -13,7 +13,7 @@ import json
 import random
 import secrets
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from talkalike.evaluate.metrics import wilson_interval
@@ -134,7 +134,7 @@ def make_router(run_dir: Path, seed: int | None = None):
             pair_id, real_side = found
             fooled = body.choice != real_side
             record = {
-                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "time": datetime.now(UTC).isoformat(timespec="seconds"),
                 "pair": pair_id,
                 "choice": body.choice,
                 "real": real_side,

@@ -358,11 +358,9 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     """Evaluate a run folder; writes eval.json, report.html and ab/pairs.jsonl, returns the eval.json content."""
     import torch
 
-    from talkalike.evaluate import abtest
-
-    from talkalike.evaluate import metrics
     from talkalike.decode.batch import Threads
     from talkalike.decode.generate import Twin, with_overrides
+    from talkalike.evaluate import abtest, metrics
 
     run_dir = Path(run_dir)
     run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))

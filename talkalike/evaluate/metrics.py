@@ -311,8 +311,8 @@ def persona_rate(classifier, texts: list[str]) -> float:
 
 def real_vs_generated_auc(real: list[str], generated: list[str], folds: int = 5, seed: int = 0) -> float:
     """Cross-validated ROC AUC of a classifier telling real replies from generated ones (0.5 = indistinguishable)."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     folds = min(folds, len(real), len(generated))
     if folds < 2:

@@ -101,9 +101,9 @@ def tune(run_dir: Path, home: Path, config: TuneConfig = TuneConfig(),
     """Score every setting of the grid on the held-out turns; returns (rows in grid order, best row, turns used)."""
     from tqdm import tqdm
 
+    from talkalike.decode.generate import load_generation_config
     from talkalike.evaluate import metrics
     from talkalike.evaluate.evaluate import held_out_turns, read_jsonl, turn_text
-    from talkalike.decode.generate import load_generation_config
 
     eval_path = run_dir / "eval.jsonl"
     if not eval_path.is_file():

@@ -11,12 +11,13 @@ with a base model. Every session is appended to RUN/chats/YYYY-MM-DD.txt under a
 """
 
 import sys
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
-from talkalike.errors import TalkalikeError
 from talkalike.decode.generate import GenerationConfig, Twin, load_twin, stream_reply, with_overrides
+from talkalike.errors import TalkalikeError
 from talkalike.home import resolve_home
 
 YOU = "you"  # the other side's label in the terminal and the transcript
@@ -27,7 +28,7 @@ class Transcript:
     """This session's lines, written to the day's log file after what earlier sessions left there."""
 
     def __init__(self, folder: Path, header: str):
-        now = datetime.now(timezone.utc).astimezone()
+        now = datetime.now(UTC).astimezone()
         self.path = folder / f"{now:%Y-%m-%d}.txt"
         self.lines = [f"=== {now:%Y-%m-%d %H:%M:%S %z} · {header} ==="]
         self.before: str | None = None  # the file as this session found it, read on the first save

@@ -21,12 +21,12 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from talkalike.errors import TalkalikeError
 from talkalike.decode.generate import GenerationConfig, Twin, collect_messages, load_twin, stream_reply, with_overrides
+from talkalike.errors import TalkalikeError
 from talkalike.home import resolve_home
 
 STATIC = Path(__file__).parent / "static"

@@ -293,8 +293,7 @@ def _token_counter(config: DatasetConfig, home: Path | None):
 
 def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None = None, progress: bool = False) -> dict:
     """Build train.jsonl, eval.jsonl, stats.json and dataset.json in `out_dir`; return the stats."""
-    from talkalike.prepare import clean
-    from talkalike.prepare import privacy
+    from talkalike.prepare import clean, privacy
 
     senders = _check_persona(store, config)
     out_dir = Path(out_dir)

@@ -40,8 +40,8 @@ from stdnum.fr import nir
 from stdnum.il import idnr as il_idnr
 from stdnum.it import codicefiscale
 
-from talkalike.prepare.clean import LINK
 from talkalike.message import Message
+from talkalike.prepare.clean import LINK
 
 PHONE, EMAIL, URL, CARD, IBAN, ID, NAME = "PHONE", "EMAIL", "URL", "CARD", "IBAN", "ID", "NAME"
 

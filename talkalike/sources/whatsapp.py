@@ -35,12 +35,22 @@ from pathlib import PurePath
 
 from talkalike.errors import TalkalikeError
 from talkalike.message import Message, ParsedExport, Unparsed
+
 try:  # the hot loop in C, built at install; without a compiler the pure-Python pass gives the same result, slower
     from talkalike.sources import _whatsapp_scan
 except ImportError:  # tests/test_whatsapp_scan.py fails where the extension is missing, so CI always tests it
     _whatsapp_scan = None
-from talkalike.sources.whatsapp_kinds import (MARKS, _S, _norm_ampm, _suspicious, _system_line, _unedit, classify,
-                                              clean_name, tables)
+from talkalike.sources.whatsapp_kinds import (
+    _S,
+    MARKS,
+    _norm_ampm,
+    _suspicious,
+    _system_line,
+    _unedit,
+    classify,
+    clean_name,
+    tables,
+)
 
 _MC = "\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff"  # MARKS as a regex class body
 _SAMPLE_CHARS = 150_000  # detection reads this much from the head (and a quarter of it from the tail): ~2000 lines

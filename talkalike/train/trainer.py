@@ -16,12 +16,12 @@ import os
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
-from talkalike.train.recipe import Recipe, resolve_recipe
 from talkalike.template import turn_end_ids
+from talkalike.train.recipe import Recipe, resolve_recipe
 
 RUN_FILES = ("run.json", "adapter", "tokenizer", "dataset_stats.json", "eval.jsonl", "metrics.jsonl", "loss.png")
 
@@ -542,7 +542,7 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         "train_loss": result.training_loss, "best_eval_loss": trainer.state.best_metric,
         "best_checkpoint_step": _checkpoint_step(trainer.state.best_model_checkpoint),
         "train_seconds": round(time.time() - started, 1), "tokens_trained": token_counts,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (out / "run.json").write_text(json.dumps(run_info, indent=2, ensure_ascii=False))
     os.rename(out, final)

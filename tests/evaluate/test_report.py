@@ -3,11 +3,7 @@
 import json
 from html.parser import HTMLParser
 
-from talkalike.evaluate import abtest
-
-from talkalike.evaluate import metrics
-
-from talkalike.evaluate import report
+from talkalike.evaluate import abtest, metrics, report
 
 REAL = [["haha ok", "see u 😂"], ["חחח יאללה"], ["lol no way"], ["sure", "8?"]]
 TUNED = [["haha sure"], ["יאללה 😂"], ["lol ok"], ["ok", "where?"]]

@@ -317,8 +317,8 @@ def test_go_renders_the_modelfile_template_like_the_jinja_template(tiny_tokenize
     import subprocess
 
     import talkalike.template as templates
-    from talkalike.export.merged import build_modelfile
     from talkalike.decode.generate import GenerationConfig
+    from talkalike.export.merged import build_modelfile
 
     template = getattr(templates, layout)
     conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo\n<|msg|>\nsup"},

@@ -6,12 +6,12 @@ import re
 import sys
 
 import pytest
+from fake_twin import BASE, TUNED, FakeTwin, fake_stream
 
 import talkalike.frontends.chat as chat
-from fake_twin import BASE, TUNED, FakeTwin, fake_stream
-from talkalike.frontends.chat import Transcript, run_chat
 from talkalike.cli import main
 from talkalike.decode.generate import GenerationConfig
+from talkalike.frontends.chat import Transcript, run_chat
 
 
 def lines_of(*texts):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from talkalike.errors import TalkalikeError
+from talkalike.message import Message, ParsedExport
 from talkalike.prepare import dataset
 from talkalike.prepare.dataset import (
     LEADING_PERSONA_TURN,
@@ -16,10 +18,8 @@ from talkalike.prepare.dataset import (
     highlight,
     windows,
 )
-from talkalike.errors import TalkalikeError
-from talkalike.message import Message, ParsedExport
-from talkalike.store import Store
 from talkalike.prepare.segment import segment
+from talkalike.store import Store
 from talkalike.template import BUBBLE_SEP, render_sample, split_bubbles
 
 T0 = datetime(2024, 3, 1, 9, 0)

@@ -16,7 +16,7 @@ from talkalike.errors import TalkalikeError
 from talkalike.message import Message
 from talkalike.sources import whatsapp
 from talkalike.sources.whatsapp import STYLES, parse, render
-from talkalike.sources.whatsapp_kinds import MARKS, _S, tables
+from talkalike.sources.whatsapp_kinds import _S, MARKS, tables
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "whatsapp"
 EVERY_FIXTURE = sorted(p for p in FIXTURES.rglob("*.txt") if "golden" not in p.parts)
