@@ -170,7 +170,7 @@ class StepTimer:
 
     def loss_after(self, tokens: int) -> float:
         """The logged loss of the first step by which `tokens` tokens had been trained."""
-        for seen, loss in zip(self.tokens_at_step, self.losses):
+        for seen, loss in zip(self.tokens_at_step, self.losses, strict=False):
             if seen >= tokens:
                 return loss
         return self.losses[-1] if self.losses else float("nan")

@@ -298,7 +298,7 @@ def cmd_import(args) -> int:
     print(f"storing {total:,} entries from {len(args.files)} file(s) in one transaction", file=sys.stderr)
     with Store.open(resolve_home(args.home)) as store:
         counts = store.import_exports([(parsed, args.chat) for _, parsed in items], progress=True)
-    for (file, parsed), count in zip(items, counts):
+    for (file, parsed), count in zip(items, counts, strict=True):
         print(import_report(file, parsed, count))
     return 0
 

@@ -6,6 +6,7 @@ import re
 import statistics
 from collections import Counter
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -48,12 +49,12 @@ def test_the_sample_has_thousands_of_messages_over_several_months(entries):
     messages = [e for e in entries if e[1] is not None]
     assert len(messages) >= 3000
     assert (entries[-1][0] - entries[0][0]).days >= 150
-    assert all(b[0] >= a[0] for a, b in zip(entries, entries[1:]))  # time never runs backwards
+    assert all(b[0] >= a[0] for a, b in pairwise(entries))  # time never runs backwards
 
 
 def test_the_sample_splits_into_hundreds_of_conversations_of_a_few_messages(entries):
     sizes, size = [], 1
-    for a, b in zip(entries, entries[1:]):
+    for a, b in pairwise(entries):
         if (b[0] - a[0]).total_seconds() > 3600:
             sizes.append(size)
             size = 0

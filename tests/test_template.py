@@ -23,7 +23,7 @@ CONVERSATION = [
 
 
 def trained_text(tokenizer, rendered) -> str:
-    return tokenizer.decode([t for t, m in zip(rendered.input_ids, rendered.mask) if m])
+    return tokenizer.decode([t for t, m in zip(rendered.input_ids, rendered.mask, strict=True) if m])
 
 
 def test_bubbles_survive_a_round_trip_including_multiline_messages():

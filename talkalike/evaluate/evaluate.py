@@ -475,7 +475,7 @@ def _samples(turns: list[HeldOutTurn], generated: dict, n: int) -> list[dict]:
 def _pairs(turns: list[HeldOutTurn], twin_replies: list) -> list[dict]:
     """Blind-test pairs: the recent context, the real reply and the twin's (skipping empty or identical ones)."""
     return [{"id": f"{t.row}-{t.index}", "context": t.context[-6:], "real": t.real, "twin": reply}
-            for t, reply in zip(turns, twin_replies) if reply and reply != t.real]
+            for t, reply in zip(turns, twin_replies, strict=True) if reply and reply != t.real]
 
 
 def headline(result: dict) -> dict:

@@ -131,7 +131,7 @@ def _style(result: dict) -> str:
     parts.append(_table(["set"] + keys, [[name] + [sets[name]["summary"][k] for k in keys] for name in sets]))
     plt = _pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(11, 6))
-    for ax, feature in zip(axes.flat, PLOT_FEATURES):
+    for ax, feature in zip(axes.flat, PLOT_FEATURES, strict=True):
         categories = sorted({c for name in sets for c in sets[name]["distributions"][feature]},
                             key=lambda c: -sets["real"]["distributions"][feature].get(c, 0))[:8]
         width = 0.8 / len(sets)

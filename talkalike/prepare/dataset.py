@@ -354,7 +354,7 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
             for turn in conversation.turns:
                 speakers.setdefault(turn.sender, SpeakerStats()).add_turn(turn.messages)
             costs = [count_tokens(m["content"]) + TURN_OVERHEAD for m in rows_out]
-            for m, cost in zip(rows_out, costs):
+            for m, cost in zip(rows_out, costs, strict=True):
                 tokens[m["role"]] += cost - TURN_OVERHEAD
             parts = windows(rows_out, costs, config.max_tokens, carry)
             base_id = f"{chat}@{conversation.start:%Y-%m-%dT%H:%M}"
@@ -491,12 +491,12 @@ class PlainTokenizer:
 def highlight(text: str, offsets: list[tuple[int, int]], mask: list[int], colour: bool) -> str:
     """The text with the masked (trained) characters in colour, or between ⟦ ⟧ when not on a terminal."""
     trained = [False] * len(text)
-    for (start, end), m in zip(offsets, mask):
+    for (start, end), m in zip(offsets, mask, strict=True):
         if m:
             trained[start:end] = [True] * (end - start)
     opening, closing = ("\033[1;32m", "\033[0m") if colour else ("⟦", "⟧")
     out, inside = [], False
-    for char, flag in zip(text, trained):
+    for char, flag in zip(text, trained, strict=True):
         if flag != inside:
             out.append(opening if flag else closing)
             inside = flag

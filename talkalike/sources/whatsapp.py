@@ -29,7 +29,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from functools import lru_cache
-from itertools import count, repeat
+from itertools import count, pairwise, repeat
 from operator import add
 from pathlib import PurePath
 
@@ -228,7 +228,7 @@ def _chronological(dates: list[tuple[int, int, int]]) -> str:
     """The order under which the dates, in file order, step backwards least often (ties: d/m/y, the commoner)."""
     def backsteps(order: str) -> int:
         keys = [(c, b, a) if order == "dmy" else (c, a, b) for a, b, c in dates]
-        return sum(1 for x, y in zip(keys, keys[1:]) if y < x)
+        return sum(1 for x, y in pairwise(keys) if y < x)
     return "mdy" if backsteps("mdy") < backsteps("dmy") else "dmy"
 
 
@@ -430,7 +430,7 @@ _SETTERS = tuple(getattr(Message, f.name).__set__ for f in fields(Message))
 def _messages(*columns: list) -> list[Message]:
     """Message objects from columns (time, sender, text, kind, edited), equal to Message(*row) for each row."""
     objs = list(map(object.__new__, repeat(Message, len(columns[0]))))
-    for setter, column in zip(_SETTERS, columns):
+    for setter, column in zip(_SETTERS, columns, strict=True):
         deque(map(setter, objs, column), maxlen=0)
     return objs
 

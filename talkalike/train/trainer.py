@@ -400,7 +400,7 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
     for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
         points = [(r["step"], r[key]) for r in records if key in r]
         if points:
-            ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
+            ax.plot(*zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (persona tokens)")
     ax.legend()

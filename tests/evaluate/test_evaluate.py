@@ -190,7 +190,7 @@ def _memorise(model_dir: Path, tokenizer, reply: str, steps: int = 60):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     rendered = render_sample(CONTEXT + [{"role": "assistant", "content": reply}], tokenizer)
     ids = torch.tensor([rendered.input_ids])
-    labels = torch.tensor([[t if m else -100 for t, m in zip(rendered.input_ids, rendered.mask)]])
+    labels = torch.tensor([[t if m else -100 for t, m in zip(rendered.input_ids, rendered.mask, strict=True)]])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):

@@ -29,7 +29,7 @@ def _result(run_dir) -> dict:
                                   "context": "what is your number?", "leaked": False, "leaks": 0, "tries": 4,
                                   "outputs": ["its [PHONE_1]", "haha"]}]},
         "samples": [{"context": [{"role": "user", "content": "are you coming?"}], "real": r, "tuned": t, "base": b}
-                    for r, t, b in zip(REAL, TUNED, BASE)],
+                    for r, t, b in zip(REAL, TUNED, BASE, strict=True)],
         "headline": {"perplexity": {"tuned": 12.5, "base": 48.1}, "style distance": {"tuned": 0.2, "base": 0.6},
                      "classified as persona": {"tuned": 0.75, "base": 0.25, "real": 0.9}},
         "ab": abtest.results(run_dir),

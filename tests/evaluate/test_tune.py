@@ -18,7 +18,7 @@ BEST = (0.8, 1.1, 0.9)  # the only setting whose fake replies are the persona's 
 
 def rows(persona: list[str], others: list[str]) -> list[dict]:
     return [{"messages": [{"role": "user", "content": o}, {"role": "assistant", "content": p}]}
-            for o, p in zip(others, persona)]
+            for o, p in zip(others, persona, strict=True)]
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def run_dir(home: Path) -> Path:
 
 def fake_generator(calls: list):
     """Real persona replies under BEST; formal, unlike the persona, under every other setting."""
-    real = {o: p for o, p in zip(OTHERS, PERSONA[::-1])}
+    real = dict(zip(OTHERS, PERSONA[::-1], strict=True))
 
     def generate(histories, config):
         calls.append(config)

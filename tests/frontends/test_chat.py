@@ -61,8 +61,7 @@ def test_save_writes_the_transcript_before_the_session_ends(tmp_path):
     seen_on_disk = []
 
     def feed():
-        for text in ["hey", "/save"]:
-            yield text
+        yield from ["hey", "/save"]
         seen_on_disk.append(transcript.path.read_text(encoding="utf-8"))
         yield "/quit"
 

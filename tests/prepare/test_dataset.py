@@ -2,6 +2,7 @@
 
 import json
 from datetime import datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,7 @@ def test_windows_carry_recent_history_and_each_ends_with_the_persona():
     for part in parts:
         assert part[0]["role"] == "user" and part[-1]["role"] == "assistant"
         assert sum(10 for _ in part) <= 100
-    for before, after in zip(parts, parts[1:]):
+    for before, after in pairwise(parts):
         carried = after[:4]  # 40 tokens of history = the last two (user, assistant) pairs
         assert carried == before[-4:]
     seen = {m["content"] for part in parts for m in part}
@@ -457,7 +458,7 @@ def test_windows_keep_their_promises_for_any_conversation():
             assert sum(costs[first:first + len(part)]) <= max_tokens or len(new) == 2
             covered.update(range(first, first + len(part)))
         assert covered == set(range(len(messages)))
-        for before, after in zip(parts, parts[1:]):
+        for before, after in pairwise(parts):
             new_start = int(after[0]["content"])
             old_end = int(before[-1]["content"]) + 1
             assert new_start <= old_end and sum(costs[new_start:old_end]) <= carry  # carried history fits its budget
