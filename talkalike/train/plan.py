@@ -26,10 +26,10 @@ def load_config(base: str | None, home: Path | None):
     """The model config of a base, without its weights (the embedded model's comes from its converted folder)."""
     from transformers import AutoConfig
 
-    from talkalike.model import _from_pretrained, resolve_base
+    from talkalike.model import from_pretrained, resolve_base
 
     target, info = resolve_base(base, home)
-    return _from_pretrained(AutoConfig, target, info)
+    return from_pretrained(AutoConfig, target, info)
 
 
 def meta_model(config, recipe: Recipe):
