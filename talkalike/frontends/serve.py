@@ -18,7 +18,6 @@ import hmac
 import ipaddress
 import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from talkalike.decode.generate import GenerationConfig, Twin, collect_messages, load_twin, stream_reply, with_overrides
 from talkalike.errors import TalkalikeError
+from talkalike.files import say
 from talkalike.home import resolve_home
 
 STATIC = Path(__file__).parent / "static"
@@ -377,7 +377,7 @@ def cmd_serve(args) -> int:
     home = resolve_home(args.home)
     twin = load_twin(args.run, args.base, home)
     app = create_app(twin, settings)
-    print(f"serving {twin.persona} ({', '.join(model_ids(twin))}) at http://{settings.host}:{settings.port}/ "
-          f"and an OpenAI-compatible API at /v1", file=sys.stderr)
+    say(f"serving {twin.persona} ({', '.join(model_ids(twin))}) at http://{settings.host}:{settings.port}/ "
+        "and an OpenAI-compatible API at /v1")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0

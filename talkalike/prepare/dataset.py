@@ -21,6 +21,7 @@ from itertools import groupby
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
+from talkalike.files import say, write_json, write_jsonl
 from talkalike.prepare.segment import Conversation, keep_usable, segment
 from talkalike.template import BUBBLE_MARK, join_bubbles
 
@@ -433,12 +434,10 @@ def _write(out_dir: Path, config: DatasetConfig, train: list, evaluation: list, 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        for name, rows in (("train.jsonl", train), ("eval.jsonl", evaluation)):
-            with open(tmp / name, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        resolved = asdict(config) | {"bubble_separator": BUBBLE_MARK, "format": "messages"}
-        (tmp / "dataset.json").write_text(json.dumps(resolved, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        (tmp / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        write_jsonl(tmp / "train.jsonl", train)
+        write_jsonl(tmp / "eval.jsonl", evaluation)
+        write_json(tmp / "dataset.json", asdict(config) | {"bubble_separator": BUBBLE_MARK, "format": "messages"})
+        write_json(tmp / "stats.json", stats)
         if out_dir.exists():
             out_dir.rename(old)
         tmp.rename(out_dir)
@@ -571,7 +570,7 @@ def cmd_dataset(args) -> int:
     home = resolve_home(args.home)
     if not store_path(home).exists():
         raise TalkalikeError("nothing imported yet: run `talkalike import 'WhatsApp Chat with NAME.txt'` first")
-    print("config: " + json.dumps(asdict(config), ensure_ascii=False), file=sys.stderr)
+    say("config: " + json.dumps(asdict(config), ensure_ascii=False))
     store = Store.open(home)
     stats = build_dataset(store, config, Path(args.out).expanduser(), home=home, progress=True)
     print("\n".join(summary_lines(stats)))
