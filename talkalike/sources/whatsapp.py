@@ -41,15 +41,15 @@ try:  # the hot loop in C, built at install; without a compiler the pure-Python 
 except ImportError:  # tests/test_whatsapp_scan.py fails where the extension is missing, so CI always tests it
     _whatsapp_scan = None
 from talkalike.sources.whatsapp_kinds import (
-    _S,
     MARKS,
-    _norm_ampm,
-    _suspicious,
-    _system_line,
-    _unedit,
+    SPACE,
     classify,
     clean_name,
+    is_suspicious_author,
+    is_system_line,
+    norm_ampm,
     tables,
+    unedit,
 )
 
 _MC = "\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff"  # MARKS as a regex class body
@@ -98,11 +98,11 @@ def _probe() -> re.Pattern:
     words = "|".join(re.escape(w) for w in tables().time_words)
     return re.compile(
         rf"[{_MC}]*(?P<open>\[)?"
-        rf"(?P<d1>\d{{1,4}})(?P<ds>[./-]){_S}?(?P<d2>\d{{1,2}})(?P=ds){_S}?(?P<d3>\d{{1,4}})(?P<ddot>\.)?"
-        rf",?{_S}(?:(?P<word>{words}){_S})?(?:(?P<pre>{tables().ampm_regex}){_S}?)?"
+        rf"(?P<d1>\d{{1,4}})(?P<ds>[./-]){SPACE}?(?P<d2>\d{{1,2}})(?P=ds){SPACE}?(?P<d3>\d{{1,4}})(?P<ddot>\.)?"
+        rf",?{SPACE}(?:(?P<word>{words}){SPACE})?(?:(?P<pre>{tables().ampm_regex}){SPACE}?)?"
         rf"(?P<h>\d{{1,2}})(?P<ts>[:.])\d{{2}}(?:(?P=ts)\d{{2}})?"
-        rf"(?:{_S}?(?P<ampm>{tables().ampm_regex}))?(?P<tdot>\.)?"
-        rf"(?(open)\]{_S}|(?P<close>{_S}-{_S}|:{_S}|{_S}))"
+        rf"(?:{SPACE}?(?P<ampm>{tables().ampm_regex}))?(?P<tdot>\.)?"
+        rf"(?(open)\]{SPACE}|(?P<close>{SPACE}-{SPACE}|:{SPACE}|{SPACE}))"
     )
 
 
@@ -141,18 +141,18 @@ def _header_regex(shape: Shape, leading_newline: bool) -> re.Pattern:
     line, an end flag (see `_entries`)."""
     ds, ts = re.escape(shape.date_sep), re.escape(shape.time_sep)
     if shape.year_first:
-        date = rf"\d{{4}}{ds}{_S}?\d{{1,2}}{ds}{_S}?\d{{1,2}}"
+        date = rf"\d{{4}}{ds}{SPACE}?\d{{1,2}}{ds}{SPACE}?\d{{1,2}}"
     else:
-        date = rf"\d{{1,2}}{ds}{_S}?\d{{1,2}}{ds}{_S}?(?:\d{{4}}|\d{{2}})"
+        date = rf"\d{{1,2}}{ds}{SPACE}?\d{{1,2}}{ds}{SPACE}?(?:\d{{4}}|\d{{2}})"
     if shape.date_dot:
         date += r"\."
-    mid = rf",?{_S}" + (re.escape(shape.word).replace(r"\ ", _S) + _S if shape.word else "")
+    mid = rf",?{SPACE}" + (re.escape(shape.word).replace(r"\ ", SPACE) + SPACE if shape.word else "")
     time = rf"\d{{1,2}}{ts}\d{{2}}(?:{ts}\d{{2}})?"
     if shape.ampm_first:
-        time = rf"(?:{tables().ampm_regex}){_S}?" + time
+        time = rf"(?:{tables().ampm_regex}){SPACE}?" + time
     elif shape.twelve_hour:
-        time += rf"{_S}?(?:{tables().ampm_regex})"
-    close = {"]": rf"\]{_S}", "-": rf"{_S}-{_S}", ":": rf":{_S}", " ": _S}[shape.close]
+        time += rf"{SPACE}?(?:{tables().ampm_regex})"
+    close = {"]": rf"\]{SPACE}", "-": rf"{SPACE}-{SPACE}", ":": rf":{SPACE}", " ": SPACE}[shape.close]
     tail = (r"\." if shape.time_dot else "") + close
     opener = rf"[{_MC}]*" + (r"\[" if shape.bracket else "")
     # the author runs to the first ": " of the line; a line without one has no author
@@ -207,7 +207,7 @@ class _Clock:
         try:
             return self.ampm[mark]
         except KeyError:
-            offset = self.ampm[mark] = self.ampm.get(_norm_ampm(mark), 0)
+            offset = self.ampm[mark] = self.ampm.get(norm_ampm(mark), 0)
             return offset
 
 
@@ -314,7 +314,7 @@ class _Memo(dict):
 def _name(raw: str | None) -> object:
     if raw is None:
         return None
-    return _SUSPECT if _suspicious(raw) else clean_name(raw)
+    return _SUSPECT if is_suspicious_author(raw) else clean_name(raw)
 
 
 def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
@@ -451,14 +451,14 @@ def _finish(sender: object, raw: str | None, first: str, cont: str, text: str, e
     body = b + cont
     text = body.strip(MARKS)
     opened = text is not body and body[0] in MARKS
-    text, edited = _unedit(text)
+    text, edited = unedit(text)
     kind = tables().exact.get(text) or classify(text, sender is not None, opened, notices=opened or check_all)
     return (None if kind == "system" else sender), text, kind, edited
 
 
 def _author(raw: str, b: str) -> tuple[str | None, str]:
     """A suspicious author field: the first words of an author-less notice with ": " in it, or a long name."""
-    if _system_line(raw, b):
+    if is_system_line(raw, b):
         return None, raw + ": " + b
     return clean_name(raw), b
 
