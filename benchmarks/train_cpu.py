@@ -84,7 +84,8 @@ def run_variant(variant: str, home: Path, count: int) -> dict:
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
         rows = [{"input_ids": s["input_ids"], "attention_mask": [1] * len(s["input_ids"]),
-                 "labels": [t if m else -100 for t, m in zip(s["input_ids"], s["assistant_masks"], strict=True)]} for s in samples]
+                 "labels": [t if m else -100 for t, m in zip(s["input_ids"], s["assistant_masks"], strict=True)]}
+                for s in samples]
         args = TrainingArguments(
             output_dir=str(out), num_train_epochs=1, per_device_train_batch_size=2, gradient_accumulation_steps=4,
             gradient_checkpointing=variant != "baseline-nockpt", learning_rate=recipe.learning_rate, bf16=bf16,

@@ -311,7 +311,7 @@ class _Guard:
 
 
 def _include_abtest(app, twin: Twin) -> None:
-    """The blind A/B test at /ab (talkalike/abtest.py, the evaluation stage), once `talkalike eval` made its pairs."""
+    """The blind A/B test at /ab (evaluate/abtest.py), once `talkalike eval` made its pairs."""
     from talkalike.evaluate import abtest
 
     if twin.run_dir is not None and (abtest.ab_dir(twin.run_dir) / abtest.PAIRS).is_file():

@@ -8,7 +8,7 @@ candidates, invisible marks at the edges of its body, a date that does not exist
 Python code to finish, so kinds, names and dates keep one implementation. Dates, 12h marks and names are converted by
 the caller's memos, called once per distinct string; this module caches their answers by the raw characters.
 
-Built by setuptools at `pip install -e .`; tests/test_whatsapp_scan.py proves C == Python on every input.
+Built by setuptools at `pip install -e .`; tests/sources/test_whatsapp_scan.py proves C == Python on every input.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -16,8 +16,8 @@ How it reads a file:
 5. Steps 2 and 3 run in C (`_whatsapp_scan.c`, built by `pip install -e .`): it recognises the same headers line by
    line and builds the plain entries; the rest (author-less, placeholders, edited, marks at a body's edge, dates that
    do not exist) come back to `_finish` here. Without a C compiler the pure-Python pass (`_split`) gives the same
-   result, about 3x slower, and says nothing: tests/test_whatsapp_scan.py fails where the extension is not built, so
-   development and CI always test the C pass, and it checks that both passes agree on every fixture and random export.
+   result, about 3x slower, and says nothing: tests/sources/test_whatsapp_scan.py fails where the extension is not
+   built, so development and CI always test the C pass, and it checks that both passes agree on every fixture and random export.
 
 Every input line lands in exactly one place: a message header, a continuation line of a message, or an `Unparsed`
 entry. Try it: `talkalike parse 'WhatsApp Chat with Maya.txt' | head`.
@@ -38,7 +38,7 @@ from talkalike.message import Message, ParsedExport, Unparsed
 
 try:  # the hot loop in C, built at install; without a compiler the pure-Python pass gives the same result, slower
     from talkalike.sources import _whatsapp_scan
-except ImportError:  # tests/test_whatsapp_scan.py fails where the extension is missing, so CI always tests it
+except ImportError:  # tests/sources/test_whatsapp_scan.py fails where the extension is missing, so CI always tests it
     _whatsapp_scan = None
 from talkalike.sources.whatsapp_kinds import (
     MARKS,

@@ -137,7 +137,7 @@ def _trainer_class():
             frozen = None if labels.is_cuda or self.is_fsdp_enabled else _frozen_plain_head(unwrapped)
             if frozen is not None:
                 # Nothing trains the head but a few token rows: its loss gradient is taken while the logits exist
-                # (talkalike/headloss.py). On a CPU (compute-bound, memory to spare) recomputing chunks costs more.
+                # (train/headloss.py). On a CPU (compute-bound, memory to spare) recomputing chunks costs more.
                 with deferred_head(unwrapped):
                     outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
                 hidden = outputs.logits.reshape(-1, outputs.logits.size(-1))

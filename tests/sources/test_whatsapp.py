@@ -2,8 +2,8 @@
 
 Golden files live in tests/fixtures/whatsapp/golden/: `<fixture>.jsonl` is exactly what `talkalike parse` prints and
 `<fixture>.meta.json` holds the detected format, the notes and the unparsed lines. Each was checked by hand. After a
-deliberate parser change, rewrite them with `TALKALIKE_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/test_whatsapp.py`
-and review the diff line by line.
+deliberate parser change, rewrite them with
+`TALKALIKE_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/sources/test_whatsapp.py` and review the diff line by line.
 """
 
 import json
