@@ -119,7 +119,9 @@ def run_demo(home: Path) -> dict:
     subprocess.run([sys.executable, "-m", "talkalike", "--home", str(home), "train", str(dataset), "--name", name],
                    check=True)
     seconds = time.perf_counter() - start
-    info = json.loads((home / "runs" / name / "run.json").read_text())
+    from talkalike.run import Run
+
+    info = Run.open(home / "runs" / name).info
     return {"variant": "demo train (full sample chat)", "seconds": round(seconds, 1), "steps": info["steps"],
             "epochs": info["epochs_done"], "train_loss": info["train_loss"], "best_eval_loss": info["best_eval_loss"],
             "tokens_trained": info["tokens_trained"]}
