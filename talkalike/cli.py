@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "<s><person1>…</s><person2>… layout")
     p.add_argument("--max-tokens", type=int, default=1024, help="window length; longer conversations are cut")
     p.add_argument("--base", help="count tokens with this model's tokenizer (default: a len(text)/2.5 estimate)")
+    p.add_argument("--facts", metavar="FILE", help="facts about the persona (JSONL: question, answers, topic) to "
+                                                   "copy into the dataset for `talkalike eval`'s facts probe")
 
     p = _sub(sub, "inspect", "print rendered samples with the trained (persona) tokens highlighted",
              "talkalike inspect ~/dana-ds -n 2")
@@ -120,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many held-out turns")
     p.add_argument("--canary", action="append", metavar="SECRET",
                    help="a secret planted in the training chats that must never come out (repeatable)")
+    p.add_argument("--facts", metavar="FILE", help="facts the twin should know (JSONL: question, answers, topic; "
+                                                   "default: facts.jsonl in the run's dataset folder, if there)")
 
     p = _sub(sub, "tune-generation", "scan sampling settings on held-out conversations and save the best",
              "talkalike tune-generation dana --limit 8 --top-p 1.0")

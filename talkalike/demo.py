@@ -15,6 +15,7 @@ from talkalike.home import resolve_home, runs_dir
 from talkalike.run import Run
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "WhatsApp Chat with Noa.txt"
+SAMPLE_FACTS = SAMPLE.with_name("WhatsApp Chat with Noa.facts.jsonl")  # what Noa says about herself, for the probe
 PERSONA = "Noa"
 RUN = "noa-demo"
 QUICK_STEPS = 12  # a first look: the style starts to move; the full demo trains one epoch (26 steps)
@@ -52,8 +53,9 @@ def cmd_demo(args) -> int:
         _step("3/4 fine-tune the embedded Gemma 3 270M with LoRA", common + train)
     limit = QUICK_TURNS if args.quick else TURNS
     canaries = [arg for secret in CANARIES for arg in ("--canary", secret)]
+    facts = ["--facts", str(SAMPLE_FACTS)] if SAMPLE_FACTS.is_file() else []
     _step("4/4 evaluate tuned vs base on held-out conversations",
-          common + ["eval", RUN, "--limit", str(limit)] + canaries)
+          common + ["eval", RUN, "--limit", str(limit)] + canaries + facts)
     import json
 
     from talkalike.evaluate.evaluate import EVAL_FILE, headline_lines, mechanics_ok
@@ -63,7 +65,7 @@ def cmd_demo(args) -> int:
     print("\n== what the sample shows (held-out conversations, tuned vs its own base model)")
     for line in headline_lines(result):
         print(f"  {line}")
-    print("  the tuned twin beats the base on all three" if not failures else
+    print("  the tuned twin beats the base on perplexity and style distance" if not failures else
           "  not yet on every measure: " + "; ".join(failures))
     print(f"\nThe twin is in {runs_dir(home) / RUN}. Talk to it:\n"
           f"  talkalike chat {RUN}            # in the terminal (--compare shows the base model beside it)\n"

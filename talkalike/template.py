@@ -98,13 +98,16 @@ class Rendered:
 def render_sample(messages: list[dict], tokenizer, layout: str = "chat", all_turns: bool = False) -> Rendered:
     """Render a conversation; the mask covers each assistant turn's content and its end-of-turn marker.
 
-    With `all_turns` every token carries loss, as in the original project.
+    With `all_turns` every token carries loss, as in the original project. Recalled turns (marked "memory", always at
+    the head: talkalike.memory) never do: they are context the model reads, copies of turns trained elsewhere.
     """
     template = chat_template(tokenizer, layout)
     text = _apply(tokenizer, messages, template, add_generation_prompt=False)
+    recalled = next((i for i, m in enumerate(messages) if not m.get("memory")), len(messages))
+    memory_end = len(_apply(tokenizer, messages[:recalled], template, add_generation_prompt=False)) if recalled else 0
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or i < recalled:
             continue
         # Rendering is prefix-stable for every template we use: the turn's span starts where the prompt for it
         # ends and stops where the conversation up to it ends (content + end-of-turn marker).
@@ -115,7 +118,7 @@ def render_sample(messages: list[dict], tokenizer, layout: str = "chat", all_tur
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoding["input_ids"])
     if all_turns:
-        return Rendered(text, ids, [1] * len(ids))
+        return Rendered(text, ids, [int(start >= memory_end) for start, _ in encoding["offset_mapping"]])
     mask = []
     span_index = 0
     for token_start, token_end in encoding["offset_mapping"]:

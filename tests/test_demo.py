@@ -8,9 +8,9 @@ from talkalike.cli import main
 
 
 @pytest.mark.slow
-def test_the_demo_trains_a_twin_that_beats_its_base_on_all_three_measures(tmp_path, capsys):
-    from talkalike.demo import RUN
-    from talkalike.evaluate.evaluate import EVAL_FILE, MAX_PERPLEXITY_RATIO, MIN_PERSONA_GAIN, MIN_STYLE_GAIN
+def test_the_demo_trains_a_twin_that_beats_its_base_on_perplexity_and_style(tmp_path, capsys):
+    from talkalike.demo import RUN, SAMPLE_FACTS
+    from talkalike.evaluate.evaluate import EVAL_FILE, MAX_PERPLEXITY_RATIO, MIN_STYLE_GAIN
 
     assert main(["--home", str(tmp_path), "demo"]) == 0
     out = capsys.readouterr().out
@@ -19,9 +19,11 @@ def test_the_demo_trains_a_twin_that_beats_its_base_on_all_three_measures(tmp_pa
     # The thresholds the demo reports against (evaluate/evaluate.py says how they were set), checked here directly.
     assert headline["perplexity"]["tuned"] <= MAX_PERPLEXITY_RATIO * headline["perplexity"]["base"]
     assert headline["style distance"]["tuned"] <= headline["style distance"]["base"] - MIN_STYLE_GAIN
-    rate = headline["classified as persona"]
-    assert rate["tuned"] >= rate["base"] + MIN_PERSONA_GAIN
-    assert "the tuned twin beats the base on all three" in out
+    assert "the tuned twin beats the base on perplexity and style distance" in out
+    # the conversation-following measures are printed, not yet held to a margin (none measured on the sample yet)
+    assert "furthest from the persona: " in out and "classified as the persona" not in out
+    if SAMPLE_FACTS.is_file():
+        assert result["facts"]["tuned"]["facts"] >= 20 and "facts from the persona's history recalled" in out
     assert f"{headline['perplexity']['tuned']:.2f}" in out  # the numbers themselves are printed
     # Pseudonymisation is on: none of the secrets planted in the sample chat came out of the tuned model.
     assert result["canaries"]["results"] and result["canaries"]["leaked"] == []

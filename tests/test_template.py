@@ -48,6 +48,23 @@ def test_all_turns_trains_every_token(tiny_tokenizer):
     assert all(rendered.mask)
 
 
+RECALLED = [
+    {"role": "user", "content": "how is Pita?", "memory": True},
+    {"role": "assistant", "content": "pita sleeps on my laptop", "memory": True},
+]
+
+
+@pytest.mark.parametrize("all_turns", [False, True])
+def test_recalled_turns_carry_no_loss_in_either_mode(tiny_tokenizer, all_turns):
+    rendered = render_sample(RECALLED + CONVERSATION, tiny_tokenizer, all_turns=all_turns)
+    trained = trained_text(tiny_tokenizer, rendered)
+    assert "laptop" not in trained and "Pita" not in trained
+    assert "ok 🙈" in trained and "yesss" in trained
+    assert ("beach" in trained) == all_turns  # all_turns still trains the real conversation's every token
+    plain = render_sample(CONVERSATION, tiny_tokenizer, all_turns=all_turns)
+    assert sum(rendered.mask) == sum(plain.mask) - (1 if all_turns else 0)  # all_turns: the BOS sits in the memory
+
+
 def test_the_original_layout_marks_the_persona_as_person2(tiny_tokenizer):
     rendered = render_sample(CONVERSATION, tiny_tokenizer, layout="original")
     assert rendered.text.startswith("<bos><person1>Are you coming")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from talkalike.files import read_jsonl, write_atomic
 
-SECTIONS = ("headline", "training", "perplexity", "style", "distinguishability", "memorisation", "ab-test", "samples")
+SECTIONS = ("headline", "training", "facts", "perplexity", "style", "distinguishability", "memorisation", "ab-test",
+            "samples")
 COLOURS = {"real": "#25a55f", "tuned": "#3b6fd8", "base": "#9a9a9a"}  # the persona green, the twin blue, base grey
 PLOT_FEATURES = ("message length", "messages per turn", "laughter", "language mix", "message ending", "capitalisation")
 
@@ -155,12 +156,15 @@ def _distinguishability(result: dict) -> str:
     trained = result["persona classification"]["trained on"]
     parts = [
         f'<p>A character n-gram classifier trained on {trained["persona turns"]:,} persona turns and '
-        f'{trained["other turns"]:,} turns of the other speakers (training set) labels each reply.</p>',
+        f'{trained["other turns"]:,} turns of the other speakers (training set) labels each reply. '
+        f'{_esc(result["persona classification"].get("note", ""))}</p>',
         _bars(list(rate), {"classified as persona": list(rate.values())}, "share classified as persona"),
         _table(["set", "classified as persona"], [[k, v] for k, v in rate.items()]),
         "<p>Real vs generated: cross-validated ROC AUC of a classifier telling the real held-out replies from "
         "generated ones (0.5 = indistinguishable, 1 = always told apart).</p>",
-        _table(["model", "AUC"], [[m, v] for m, v in result["real vs generated auc"].items()]),
+        _table(["model", "AUC", "fooled at equal error"],
+               [[m, v, (result.get("fooled rate at equal error") or {}).get(m, "-")]
+                for m, v in result["real vs generated auc"].items()]),
     ]
     return "".join(parts)
 
@@ -218,16 +222,50 @@ def _split(content: str) -> list[str]:
 
 
 def _headline(result: dict) -> str:
+    from talkalike.evaluate.evaluate import headline_lines
+
+    base = result.get("base") or {}
     h = result["headline"]
-    rows = [
+    rows = []
+    if "next-reply ranking" in h:
+        r = h["next-reply ranking"]
+        rows.append([f"real next reply ranked first of 10 (R@1; chance {r['chance']:.0%})", r["tuned"], r["base"]])
+    if "fooled rate at equal error" in h:
+        f = h["fooled rate at equal error"]
+        rows.append(["real-vs-generated classifier fooled at equal error (0.5 = cannot tell)", f["tuned"], f["base"]])
+    if "facts recalled" in h:
+        f = h["facts recalled"]
+        rows.append([f"facts recalled (any of {f['samples']} replies)", f["tuned"], f["base"]])
+    rows += [
         ["perplexity of held-out persona replies (lower is closer)", h["perplexity"]["tuned"], h["perplexity"]["base"]],
         ["style distance to the persona (0 = identical)", h["style distance"]["tuned"], h["style distance"]["base"]],
-        ["replies classified as the persona", h["classified as persona"]["tuned"], h["classified as persona"]["base"]],
     ]
-    base = result.get("base") or {}
+    # the readable lines first (they name the style features furthest from the persona), the numbers below
     return (f"<p>Run <b>{_esc(result['run'])}</b>, base model {_esc(base.get('id', '?'))}, "
             f"{result['held-out turns']:,} held-out persona turns never seen in training.</p>"
+            + "<ul>" + "".join(f'<li dir="auto">{_esc(line)}</li>' for line in headline_lines(result)) + "</ul>"
             + _table(["", "tuned", "base"], rows))
+
+
+def _facts(result: dict) -> str:
+    facts = result.get("facts")
+    if not facts:
+        return ('<p class="note">No facts probe: pass <code>talkalike eval RUN --facts FILE</code> (JSONL, one '
+                '<code>{"question", "answers", "topic"}</code> a line) or build the dataset with '
+                "<code>--facts</code>.</p>")
+    tuned, base = facts["tuned"], facts["base"]
+    low, high = tuned["interval"]
+    parts = [f"<p>Each question from {_esc(Path(facts['file']).name)} is sent as the other person's message; a fact "
+             f"is recalled when any of {tuned['samples']} replies (one greedy, the rest sampled) contains an answer. "
+             f"<b>Tuned {tuned['recalled']:.0%}</b> (Wilson 95% {low:.0%}–{high:.0%}) vs base {base['recalled']:.0%} "
+             f"of {tuned['facts']} facts.</p>"]
+    rows = [[f'<span dir="auto">{_esc(t["question"])}</span>',
+             f'<span dir="auto">{_esc(", ".join(t["answers"]))}</span>',
+             f'<span class="{"safe" if t["hit"] else "leak"}">{"yes" if t["hit"] else "no"}</span>',
+             _bubbles(t["replies"][:1], "tuned"), "yes" if b["hit"] else "no"]
+            for t, b in zip(tuned["results"], base["results"], strict=True)]
+    parts.append(_table(["question", "answers", "tuned recalled", "tuned greedy reply", "base recalled"], rows))
+    return "".join(parts)
 
 
 def _perplexity(result: dict) -> str:
@@ -243,6 +281,7 @@ def render(run_dir: Path, result: dict) -> str:
     titles = {
         "headline": ("Does it sound like the persona?", lambda: _headline(result)),
         "training": ("Training", lambda: _training(run_dir)),
+        "facts": ("Facts the twin knows", lambda: _facts(result)),
         "perplexity": ("Perplexity", lambda: _perplexity(result)),
         "style": ("Style fidelity", lambda: _style(result)),
         "distinguishability": ("Distinguishability", lambda: _distinguishability(result)),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from talkalike.errors import TalkalikeError
 from talkalike.files import say, write_json, write_jsonl
+from talkalike.memory import MEMORY_FILE, Memory
 from talkalike.prepare.segment import Conversation, keep_usable, segment
 from talkalike.template import BUBBLE_MARK, join_bubbles
 
@@ -436,6 +437,9 @@ def _write(out_dir: Path, config: DatasetConfig, train: list, evaluation: list, 
     try:
         write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "eval.jsonl", evaluation)
+        # The persona's past exchanges, for recall (talkalike.memory): the training conversations only, so
+        # evaluation never recalls the held-out conversations it is scored on.
+        Memory.build(train, tmp / MEMORY_FILE).connection.close()
         write_json(tmp / "dataset.json", asdict(config) | {"bubble_separator": BUBBLE_MARK, "format": "messages"})
         write_json(tmp / "stats.json", stats)
         if out_dir.exists():
@@ -490,7 +494,8 @@ class PlainTokenizer:
 def highlight(text: str, offsets: list[tuple[int, int]], mask: list[int], colour: bool) -> str:
     """The text with the masked (trained) characters in colour, or between ⟦ ⟧ when not on a terminal."""
     trained = [False] * len(text)
-    for (start, end), m in zip(offsets, mask, strict=True):
+    # offsets come from re-tokenising the rendered text, which may differ in length from the rendered ids
+    for (start, end), m in zip(offsets, mask, strict=False):
         if m:
             trained[start:end] = [True] * (end - start)
     opening, closing = ("\033[1;32m", "\033[0m") if colour else ("⟦", "⟧")
@@ -563,6 +568,7 @@ def config_from_args(args) -> DatasetConfig:
 
 def cmd_dataset(args) -> int:
     """`talkalike dataset`: build the dataset and print its summary."""
+    from talkalike.evaluate import facts
     from talkalike.home import resolve_home, store_path
     from talkalike.store import Store
 
@@ -570,11 +576,15 @@ def cmd_dataset(args) -> int:
     home = resolve_home(args.home)
     if not store_path(home).exists():
         raise TalkalikeError("nothing imported yet: run `talkalike import 'WhatsApp Chat with NAME.txt'` first")
+    known = facts.read_facts(args.facts) if args.facts else []  # a bad facts file stops before the long build
     say("config: " + json.dumps(asdict(config), ensure_ascii=False))
     store = Store.open(home)
-    stats = build_dataset(store, config, Path(args.out).expanduser(), home=home, progress=True)
+    out = Path(args.out).expanduser()
+    stats = build_dataset(store, config, out, home=home, progress=True)
     print("\n".join(summary_lines(stats)))
-    print(f"wrote {args.out}/train.jsonl, eval.jsonl, stats.json, dataset.json")
+    if known:
+        facts.write_facts(out / facts.FACTS_FILE, known)
+    print(f"wrote {args.out}/train.jsonl, eval.jsonl, stats.json, dataset.json" + (", facts.jsonl" if known else ""))
     return 0
 
 

@@ -129,10 +129,16 @@ def test_secrets_are_matched_by_digits_in_any_spelling_and_emails_case_blind():
 
 def test_eval_writes_every_figure_the_report_and_the_blind_test_pairs(tiny_run, home, capsys):
     from talkalike import cli
+    from talkalike.evaluate.facts import Fact, write_facts
 
+    dataset = Path(json.loads((tiny_run / "run.json").read_text())["dataset"])
+    write_facts(dataset / "facts.jsonl", [Fact("what's your cat called again?", ("Pita",), "pet"),
+                                          Fact("where do you live?", ("Florentin",), "home")])
     assert cli.main(["--home", str(home), "eval", str(tiny_run), "--limit", "8"]) == 0
     out = capsys.readouterr().out
-    assert "perplexity" in out and "style distance" in out and "classified as the persona" in out
+    assert "perplexity" in out and "style distance" in out and "furthest from the persona" in out
+    assert "facts from the persona's history recalled (2 questions, any of 4 replies)" in out
+    assert "classified as the persona" not in out
     result = json.loads((tiny_run / "eval.json").read_text(encoding="utf-8"))
     assert result["held-out turns"] == 8
     assert set(result["perplexity"]) == {"tuned", "base"}
@@ -146,7 +152,12 @@ def test_eval_writes_every_figure_the_report_and_the_blind_test_pairs(tiny_run, 
     assert "+972 50-123-4567" in result["canaries"]["secrets"]
     assert [r["planted as"] for r in result["canaries"]["results"]] == ["raw"]
     assert len(result["samples"]) == 8
-    assert set(result["headline"]) == {"perplexity", "style distance", "classified as persona"}
+    assert {"perplexity", "style distance", "furthest style features", "facts recalled"} <= set(result["headline"])
+    assert "classified as persona" not in result["headline"] and result["persona classification"]["note"]
+    # the facts in the dataset folder were asked of both models, each question greedy and 3 times sampled
+    assert result["facts"]["file"] == str(dataset / "facts.jsonl")
+    assert [len(r["replies"]) for r in result["facts"]["tuned"]["results"]] == [4, 4]
+    assert result["facts"]["base"]["facts"] == 2 and 0 <= result["facts"]["tuned"]["recalled"] <= 1
     assert (tiny_run / "report.html").is_file()
     pairs = [json.loads(line) for line in (tiny_run / "ab" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and all(p["context"][-1]["role"] == "user" and p["real"] and p["twin"] for p in pairs)
@@ -154,17 +165,29 @@ def test_eval_writes_every_figure_the_report_and_the_blind_test_pairs(tiny_run, 
 
 
 def test_mechanics_check_lists_each_way_the_twin_fails_to_beat_its_base():
-    good = {"headline": {"perplexity": {"tuned": 4.0, "base": 9.0}, "style distance": {"tuned": 0.2, "base": 0.4},
-                         "classified as persona": {"tuned": 0.7, "base": 0.2, "real": 0.9}}}
+    good = {"headline": {"perplexity": {"tuned": 4.0, "base": 9.0}, "style distance": {"tuned": 0.2, "base": 0.4}}}
     assert evaluate.mechanics_ok(good) == []
-    bad = {"headline": {"perplexity": {"tuned": 9.0, "base": 5.0}, "style distance": {"tuned": 0.4, "base": 0.4},
-                        "classified as persona": {"tuned": 0.1, "base": 0.2, "real": 0.9}}}
+    bad = {"headline": {"perplexity": {"tuned": 9.0, "base": 5.0}, "style distance": {"tuned": 0.4, "base": 0.4}}}
     failures = evaluate.mechanics_ok(bad)
-    assert len(failures) == 3 and "perplexity" in failures[0] and "style" in failures[1] and "persona" in failures[2]
+    assert len(failures) == 2 and "perplexity" in failures[0] and "style" in failures[1]
     # better than base by less than the honest margins is still a failure: noise could do that
-    marginal = {"headline": {"perplexity": {"tuned": 8.0, "base": 9.0}, "style distance": {"tuned": 0.38, "base": 0.4},
-                             "classified as persona": {"tuned": 0.3, "base": 0.2, "real": 0.9}}}
-    assert len(evaluate.mechanics_ok(marginal)) == 3
+    marginal = {"headline": {"perplexity": {"tuned": 8.0, "base": 9.0}, "style distance": {"tuned": 0.38, "base": 0.4}}}
+    assert len(evaluate.mechanics_ok(marginal)) == 2
+
+
+def test_a_bad_facts_file_stops_eval_with_its_line_before_any_model_loads(tiny_run, home, capsys, monkeypatch):
+    from talkalike import cli
+    from talkalike.decode import generate
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the facts file was checked")
+
+    monkeypatch.setattr(generate.Twin, "from_run", no_model)
+    bad = tiny_run.parent / "facts.jsonl"
+    bad.write_text('{"question": "cat?", "answers": ["Pita"]}\n{"question": "dog?"}\n', encoding="utf-8")
+    assert cli.main(["--home", str(home), "eval", str(tiny_run), "--facts", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2" in err and "Traceback" not in err
 
 
 def test_eval_of_a_run_without_held_out_data_is_one_clear_error(tiny_run, home, capsys):

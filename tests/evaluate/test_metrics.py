@@ -127,3 +127,43 @@ def test_real_versus_generated_auc_is_high_for_different_styles_and_near_half_fo
             "bye", "8?", "yalla") for emoji in ("😂", "🙈")]
     random.Random(1).shuffle(pool)
     assert 0.25 < metrics.real_vs_generated_auc(pool[0::2], pool[1::2]) < 0.75
+
+
+# --- the plain-words style gaps of the headline -------------------------------------------------------------------
+
+
+def test_a_reply_repeating_a_three_word_run_is_counted_and_a_plain_one_is_not():
+    assert metrics.repeats_a_trigram(["ok ok ok ok"])
+    assert metrics.repeats_a_trigram(["see you at 8", "See you at 8"])  # the same message sent twice, any case
+    assert not metrics.repeats_a_trigram(["a b c"])
+    assert not metrics.repeats_a_trigram(["ok ok ok"])  # one 3-word run, nothing repeated
+    assert metrics.repeated_trigram_share([["ok ok ok ok"], ["a b c"], ["fine"], []]) == 0.25
+    assert metrics.repeated_trigram_share([]) == 0.0
+
+
+def test_style_gaps_rank_a_planted_hebrew_gap_first_in_plain_words():
+    # same length, one message a turn, no emoji or laughter: only the share of Hebrew messages differs
+    persona = [["שלום מה"]] * 27 + [["hello x"]] * 73
+    tuned = [["שלום מה"]] * 3 + [["hello x"]] * 97
+    gaps = metrics.style_gaps(persona, tuned)
+    assert gaps[0]["measure"] == "Hebrew messages"
+    assert gaps[0]["text"] == "Hebrew messages tuned 3% vs persona 27%"
+    assert gaps[0]["relative difference"] == pytest.approx(24 / 27)
+    assert all(g["relative difference"] == 0 for g in gaps[1:])
+    assert {g["measure"] for g in gaps} >= {"Hebrew messages", "messages per turn", "messages with an emoji",
+                                           "replies repeating a 3-word run"}
+
+
+def test_style_gaps_say_messages_per_turn_and_ignore_a_gap_too_rare_to_notice():
+    persona = [["hey", "ok"]] * 7 + [["hey", "ok", "sure"]] * 3  # 2.3 messages a turn
+    tuned = [["hey", "ok", "sure", "fine"]] * 5 + [["hey", "ok", "sure"]] * 5  # 3.5, and one emoji in 35 messages
+    tuned[0] = ["hey 😂", "ok", "sure", "fine"]
+    gaps = metrics.style_gaps(persona, tuned)
+    assert gaps[0]["text"] == "messages per turn tuned 3.5 vs persona 2.3"
+    emoji = next(g for g in gaps if g["measure"] == "messages with an emoji")
+    # 3% vs 0% is relative to the 10% floor, not to 3%: it must not outrank the burst gap
+    assert emoji["relative difference"] < gaps[0]["relative difference"]
+
+
+def test_summary_reports_the_repeated_three_word_run_share():
+    assert metrics.summary([["ok ok ok ok"], ["fine"]])["repeated 3-gram share"] == 0.5
