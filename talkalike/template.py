@@ -8,9 +8,15 @@ Layouts:
 - "chat" (default): the base model's chat template; else Gemma's turn format for a tokenizer that has Gemma's turn
   tokens; else PLAIN_TEMPLATE.
 - "original": the original project's layout, `<s><person1>…</s><person2>…</s>`, where <person2> is the persona.
+
+A conversation may open with a system message saying who the persona is talking to (`contact_line`); every layout
+renders it (the original one by leaving it out), and it never carries loss.
 """
 
+import os
 from dataclasses import dataclass
+
+from jinja2.exceptions import TemplateError
 
 # People send several short messages in a row; the twin must too. The messages of one turn are joined with this
 # separator in the dataset, and the chat stage splits the model's output on it back into separate messages.
@@ -19,21 +25,25 @@ BUBBLE_MARK = "<|msg|>"
 BUBBLE_SEP = f"\n{BUBBLE_MARK}\n"
 
 # Gemma's turn format. Gemma base checkpoints (the embedded model among them) ship <start_of_turn>/<end_of_turn> as
-# special tokens but, as GGUF files, no template; they get this one so a turn ends on one dedicated token.
+# special tokens but, as GGUF files, no template; they get this one so a turn ends on one dedicated token. Gemma has
+# no system role: as in the official Gemma 3 template, a system message's text opens the first user turn.
 GEMMA_TEMPLATE = (
     "{{ bos_token }}"
-    "{% for message in messages %}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] | trim ~ '\n\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}"
     "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
     "{% endif %}"
     "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n"
+    "<start_of_turn>{{ role }}\n{% if loop.first %}{{ system }}{% endif %}{{ message['content'] | trim }}<end_of_turn>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
 
 # For a base model without a chat template: speaker tags, and the tokenizer's end-of-sequence token to end a turn,
-# so generation stops at the end of the persona's turn with no extra vocabulary.
+# so generation stops at the end of the persona's turn with no extra vocabulary. A system message is a <|system|> block.
 PLAIN_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -42,10 +52,11 @@ PLAIN_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
-# The original report's layout: person1 is the other side, person2 the persona, each turn closed by </s>.
+# The original report's layout: person1 is the other side, person2 the persona, each turn closed by </s>. It has no
+# place for a system message, so one is left out: the original recipe renders exactly as it did.
 ORIGINAL_TEMPLATE = (
     "{{ bos_token }}"
-    "{% for message in messages %}"
+    "{% for message in messages if message['role'] != 'system' %}"
     "{% if message['role'] == 'assistant' %}<person2>{% else %}<person1>{% endif %}"
     "{{ message['content'] }}{{ eos_token }}"
     "{% endfor %}"
@@ -53,6 +64,7 @@ ORIGINAL_TEMPLATE = (
 )
 
 LAYOUTS = ("chat", "original")
+CONTACT_NAMES_SHOWN = 5  # a big group's line names its most active members and counts the rest: the line stays short
 
 
 def join_bubbles(messages: list[str]) -> str:
@@ -64,6 +76,21 @@ def split_bubbles(text: str) -> list[str]:
     """A turn's content back into its separate messages (empty pieces dropped)."""
     pieces = (piece.strip() for piece in text.split(BUBBLE_MARK))
     return [piece for piece in pieces if piece]
+
+
+def contact_line(persona: str, others: list[str], group: str | None = None) -> dict:
+    """The system message saying who the persona is talking to; `others` most active first, `group` the chat's name.
+
+    contact_line("Noa", ["Daniel"]) -> "Noa is texting with Daniel."
+    contact_line("Lucía", ["Ana", "Tomás", "Pablo"], "Amigos") -> 'Lucía is in the group chat "Amigos" with Ana,
+    Tomás and Pablo.'
+    """
+    names = list(others[:CONTACT_NAMES_SHOWN])
+    if len(others) > CONTACT_NAMES_SHOWN:
+        names.append(f"{len(others) - CONTACT_NAMES_SHOWN} others")
+    people = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+    where = f'is in the group chat "{group}"' if group else "is texting"
+    return {"role": "system", "content": f"{persona} {where}" + (f" with {people}." if people else ".")}
 
 
 def chat_template(tokenizer, layout: str = "chat") -> str:
@@ -81,9 +108,31 @@ def chat_template(tokenizer, layout: str = "chat") -> str:
 
 
 def _apply(tokenizer, messages: list[dict], template: str, add_generation_prompt: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except TemplateError:
+        if not messages or messages[0]["role"] != "system":
+            raise
+    # Some templates (Mistral's older ones among them) refuse a system role. Do what Gemma's official template does:
+    # the system text opens the first user message. Folded on every call, so rendering stays prefix-stable; a
+    # template that still raises has another complaint, and that error is the one to see.
     return tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+        _fold_system(messages), chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
     )
+
+
+def _fold_system(messages: list[dict]) -> list[dict]:
+    """The system message's text moved to the start of the first user message.
+
+    With no user message next, it opens an empty one: as a conversation the persona opens is rendered in training
+    (its first user message is empty), so a prompt for an opener matches.
+    """
+    system, rest = messages[0], messages[1:]
+    if not rest or rest[0]["role"] != "user":
+        rest = [{"role": "user", "content": ""}, *rest]
+    return [rest[0] | {"content": f"{system['content'].strip()}\n\n{rest[0]['content']}"}, *rest[1:]]
 
 
 @dataclass(frozen=True)
@@ -98,13 +147,17 @@ class Rendered:
 def render_sample(messages: list[dict], tokenizer, layout: str = "chat", all_turns: bool = False) -> Rendered:
     """Render a conversation; the mask covers each assistant turn's content and its end-of-turn marker.
 
-    With `all_turns` every token carries loss, as in the original project. Recalled turns (marked "memory", always at
-    the head: talkalike.memory) never do: they are context the model reads, copies of turns trained elsewhere.
+    With `all_turns` every token carries loss, as in the original project. Never trained, in either mode: a leading
+    system message (the contact line), which conditions the reply, and recalled turns (marked "memory", at the head
+    right after any system message: talkalike.memory), context the model reads, copies of turns trained elsewhere.
     """
     template = chat_template(tokenizer, layout)
     text = _apply(tokenizer, messages, template, add_generation_prompt=False)
-    recalled = next((i for i, m in enumerate(messages) if not m.get("memory")), len(messages))
-    memory_end = len(_apply(tokenizer, messages[:recalled], template, add_generation_prompt=False)) if recalled else 0
+    head = 1 if messages and messages[0]["role"] == "system" else 0
+    recalled = next((i for i in range(head, len(messages)) if not messages[i].get("memory")), len(messages))
+    memory_end = len(_apply(tokenizer, messages[:recalled], template, add_generation_prompt=False)) \
+        if recalled > head else 0
+    system = _system_span(tokenizer, messages, template, text) if head else (0, 0)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or i < recalled:
@@ -118,7 +171,8 @@ def render_sample(messages: list[dict], tokenizer, layout: str = "chat", all_tur
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoding["input_ids"])
     if all_turns:
-        return Rendered(text, ids, [int(start >= memory_end) for start, _ in encoding["offset_mapping"]])
+        return Rendered(text, ids, [int(start >= memory_end and not (end > system[0] and start < system[1]))
+                                    for start, end in encoding["offset_mapping"]])
     mask = []
     span_index = 0
     for token_start, token_end in encoding["offset_mapping"]:
@@ -127,6 +181,17 @@ def render_sample(messages: list[dict], tokenizer, layout: str = "chat", all_tur
         inside = span_index < len(spans) and spans[span_index][0] <= token_start < spans[span_index][1]
         mask.append(1 if inside and token_end > token_start else 0)
     return Rendered(text, ids, mask)
+
+
+def _system_span(tokenizer, messages: list[dict], template: str, text: str) -> tuple[int, int]:
+    """Where the leading system message's text sits in `text`: where it differs from a rendering without that text.
+
+    Templates put it in different places (its own block, inside the first user turn, or nowhere), so it is found by
+    rendering, not by searching for it.
+    """
+    without = _apply(tokenizer, [messages[0] | {"content": ""}, *messages[1:]], template, add_generation_prompt=False)
+    start = len(os.path.commonprefix([text, without]))
+    return start, start + len(text) - len(without)
 
 
 def render_prompt(messages: list[dict], tokenizer, layout: str = "chat") -> list[int]:

@@ -5,7 +5,8 @@
 
 Pipeline: Store.messages -> clean -> privacy -> segment -> samples -> split -> write. Each line of the JSONL files is one
 conversation (or one window of a long one) in the conversational shape TRL, axolotl and LLaMA-Factory read as is:
-{"messages": [{"role": "user"|"assistant", "content": ...}], "chat", "start", "end", "id"}. The folder is written under a
+{"messages": [{"role": "system"|"user"|"assistant", "content": ...}], "chat", "start", "end", "id", "with"}, where the
+system message is the contact line (talkalike.template.contact_line) made from "with". The folder is written under a
 temporary name and renamed when complete, so a dataset is never half-written.
 """
 
@@ -24,7 +25,7 @@ from talkalike.errors import TalkalikeError
 from talkalike.files import say, write_json, write_jsonl
 from talkalike.memory import MEMORY_FILE, Memory
 from talkalike.prepare.segment import Conversation, keep_usable, segment
-from talkalike.template import BUBBLE_MARK, join_bubbles
+from talkalike.template import BUBBLE_MARK, contact_line, join_bubbles
 
 # Why a conversation yields no sample after segmenting; counted in stats.json under dropped.samples.
 LEADING_PERSONA_TURN = "leading_persona_turn"  # with openers=False: templates need the user first (build_messages)
@@ -52,6 +53,9 @@ class DatasetConfig:
     scrub_names: bool = False  # third-party names too, only on request (names carry style and context)
     region: str | None = None  # default phone region; None: inferred from the chat's own numbers
     base: str | None = None  # count tokens with this model's tokenizer; None: the len(text)/2.5 estimate
+    # Each sample opens with a system line naming who the persona is talking to: people write differently to their
+    # mother and to their friends, and with the line the twin learns that, and chat/serve can say who it talks to.
+    contact: bool = True
 
     @property
     def gap(self) -> timedelta:
@@ -104,6 +108,15 @@ def build_messages(conversation: Conversation, persona: str, group: bool, droppe
         dropped[NO_PERSONA_REPLY] += 1
         return []
     return [{"role": role, "content": join_bubbles(bubbles)} for role, bubbles in rows]
+
+
+def others_in(conversation: Conversation, persona: str) -> list[str]:
+    """The conversation's other speakers, most messages first (the first to speak wins a tie)."""
+    written = Counter()
+    for turn in conversation.turns:
+        if turn.sender != persona:
+            written[turn.sender] += len(turn.messages)
+    return [name for name, _ in written.most_common()]
 
 
 def windows(messages: list[dict], costs: list[int], max_tokens: int, carry: int) -> list[list[dict]]:
@@ -310,6 +323,7 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
     conversations: list[Conversation] = []
     samples: list[Sample] = []
     speakers: dict[str, SpeakerStats] = {}
+    contacts: dict[str, Counter] = {}  # per contact (the other person, or the group): conversations, persona turns
     tokens = Counter()
     carry = int(config.max_tokens * config.carry_share)
 
@@ -324,6 +338,7 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
         counts["messages"] += len(messages)
         group = len({m.sender for m in messages if m.sender is not None}) > 2
         counts["group_chats" if group else "two_person_chats"] += 1
+        title = chat if group else None  # a group's name is in its contact line
         cleaned = clean.clean(messages)
         messages = cleaned.messages
         dropped["clean"].update(cleaned.dropped)
@@ -331,9 +346,9 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
         if config.privacy:
             private = privacy.pseudonymise(
                 messages, store, chat=chat, region=config.region, scrub_names=config.scrub_names, keep={config.persona},
-                names=senders,
+                names=senders, title=title,
             )
-            messages = private.messages
+            messages, title = private.messages, private.title
             replaced.update(private.counts)
             if privacy.phone_sender(chat):
                 # An unsaved contact's chat is named by its number, which must not reach the dataset either.
@@ -355,19 +370,27 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
             counts["turns"] += len(conversation.turns)
             for turn in conversation.turns:
                 speakers.setdefault(turn.sender, SpeakerStats()).add_turn(turn.messages)
+            others = others_in(conversation, config.persona)
+            contact = contacts.setdefault(title or ", ".join(others), Counter())
+            contact["conversations"] += 1
+            contact["persona_turns"] += sum(turn.sender == config.persona for turn in conversation.turns)
+            head = [contact_line(config.persona, others, title)] if config.contact else []
             costs = [count_tokens(m["content"]) + TURN_OVERHEAD for m in rows_out]
             for m, cost in zip(rows_out, costs, strict=True):
                 tokens[m["role"]] += cost - TURN_OVERHEAD
-            parts = windows(rows_out, costs, config.max_tokens, carry)
+            budget = config.max_tokens - sum(count_tokens(m["content"]) + TURN_OVERHEAD for m in head)
+            parts = windows(rows_out, costs, budget, carry)
             base_id = f"{chat}@{conversation.start:%Y-%m-%dT%H:%M}"
             for k, part in enumerate(parts):
                 row = {
-                    "messages": part,
+                    "messages": head + part,
                     "chat": chat,
                     "start": conversation.start.isoformat(),
                     "end": conversation.end.isoformat(),
                     "id": base_id if len(parts) == 1 else f"{base_id}#{k + 1}",
                 }
+                if config.contact:
+                    row["with"] = {"others": others, "group": title}
                 samples.append(Sample(row, index))
             counts["windowed_conversations"] += len(parts) > 1
     if not samples:
@@ -375,6 +398,7 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
 
     train, evaluation = split(samples, conversations, config.eval_share)
     stats = _stats(config, counts, dropped, conversations, train, evaluation, speakers, tokens)
+    stats["contacts"] = {name: dict(c) for name, c in sorted(contacts.items(), key=lambda kv: -kv[1]["persona_turns"])}
     stats["privacy"] = {"enabled": config.privacy, "replaced": dict(sorted(replaced.items())), "regions": regions}
     _write(out_dir, config, train, evaluation, stats)
     return stats
@@ -563,6 +587,7 @@ def config_from_args(args) -> DatasetConfig:
         scrub_names=args.scrub_names,
         region=args.region,
         base=getattr(args, "base", None),
+        contact=not args.no_contact,
     )
 
 
@@ -584,7 +609,7 @@ def cmd_dataset(args) -> int:
     print("\n".join(summary_lines(stats)))
     if known:
         facts.write_facts(out / facts.FACTS_FILE, known)
-    print(f"wrote {args.out}/train.jsonl, eval.jsonl, stats.json, dataset.json" + (", facts.jsonl" if known else ""))
+    print(f"wrote {args.out}/train.jsonl, eval.jsonl, stats.json, dataset.json, memory.db" + (", facts.jsonl" if known else ""))
     return 0
 
 

@@ -89,6 +89,7 @@ class PrivacyResult:
     messages: list[Message]
     counts: Counter
     region: str | None = None  # the phone region used (given or inferred)
+    title: str | None = None  # the `title` passed in, pseudonymised like a message
 
     def __iter__(self) -> Iterator:
         return iter((self.messages, self.counts))
@@ -280,16 +281,17 @@ class Pseudonymiser:
 
 def pseudonymise(messages: Iterable[Message], store=None, chat: str = "", region: str | None = None,
                  scrub_names: bool | None = None, keep: Iterable[str] = (), names: Iterable[str] | None = None,
-                 config: PrivacyConfig | None = None) -> PrivacyResult:
+                 config: PrivacyConfig | None = None, title: str | None = None) -> PrivacyResult:
     """Pseudonymise one chat's messages (mapping kept in `store`, a Store or sqlite3 connection, or None).
 
     `keep`: names never scrubbed or changed (the persona); the chat's own senders are kept too. `names`: every sender
     in the store, for `scrub_names` (None: read from the store, one scan per call; pass it when calling per chat).
+    `title`: the chat's name, which the dataset's contact line shows to the model: treated as one more message text.
     """
     config = config or PrivacyConfig()
     messages = list(messages)
     if not config.enabled:
-        return PrivacyResult(messages, Counter(), None)
+        return PrivacyResult(messages, Counter(), None, title)
     connection = store if isinstance(store, sqlite3.Connection) or store is None else store.connection
     region = region or config.region or infer_region(messages)
     if region is None and connection is not None:
@@ -308,5 +310,7 @@ def pseudonymise(messages: Iterable[Message], store=None, chat: str = "", region
         text = pseudo.text(m.text, keep_lower)
         sender = m.sender if m.sender in keep else pseudo.sender(m.sender)
         out.append(m if text == m.text and sender == m.sender else replace(m, text=text, sender=sender))
+    if title is not None:
+        title = pseudo.text(title, keep_lower)
     pseudo.save()
-    return PrivacyResult(out, pseudo.counts, region)
+    return PrivacyResult(out, pseudo.counts, region, title)

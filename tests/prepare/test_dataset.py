@@ -402,9 +402,11 @@ def test_in_the_sample_chat_every_assistant_message_is_the_personas_and_every_us
     checked = 0
     for name in ("train.jsonl", "eval.jsonl"):
         for row in read_jsonl(tmp_path / "ds" / name):
-            roles = [m["role"] for m in row["messages"]]
+            system, *messages = row["messages"]
+            assert system == {"role": "system", "content": "Noa is texting with Daniel."}
+            roles = [m["role"] for m in messages]
             assert roles == ["user", "assistant"] * (len(roles) // 2)
-            for m in row["messages"]:
+            for m in messages:
                 for bubble in split_bubbles(m["content"]):
                     if bubble in written_by:  # unchanged by clean and privacy
                         checked += 1
@@ -426,7 +428,9 @@ def test_a_group_chat_keeps_speaker_names_beside_a_two_person_chat(tmp_path):
     rows = read_jsonl(tmp_path / "ds" / "train.jsonl")
     beach = [r for r in rows if r["chat"] == "Beach crew"]
     assert len(beach) == 5
+    assert beach[0]["with"] == {"others": ["Dana", "Avi"], "group": "Beach crew"}  # Dana wrote more
     assert beach[0]["messages"] == [
+        {"role": "system", "content": 'Noa is in the group chat "Beach crew" with Dana and Avi.'},
         {"role": "user", "content": "Dana: beach today?" + BUBBLE_SEP + "Avi: I'm in"},
         {"role": "assistant", "content": "yesss"},
         {"role": "user", "content": "Dana: Noa 10am?"},
@@ -434,7 +438,64 @@ def test_a_group_chat_keeps_speaker_names_beside_a_two_person_chat(tmp_path):
     ]
     two_person = [r for r in rows if r["chat"] == "Noa"]
     assert all(not m["content"].startswith("Daniel: ") for r in two_person for m in r["messages"])
+    assert {r["messages"][0]["content"] for r in two_person} == {"Noa is texting with Daniel."}
+    assert {json.dumps(r["with"]) for r in two_person} == {json.dumps({"others": ["Daniel"], "group": None})}
     assert stats["chats"] == {"two_person": 1, "group": 1}
+    assert stats["contacts"] == {"Beach crew": {"conversations": 5, "persona_turns": 10},
+                                 "Daniel": {"conversations": 5, "persona_turns": 5}}
+
+
+def test_without_the_contact_line_rows_are_exactly_as_before(tmp_path):
+    store = make_store(tmp_path, {"Noa": daily_chat(6), "Work": daily_chat(4, other="Boss")})
+    build_dataset(store, DatasetConfig(persona="Noa"), tmp_path / "on")
+    build_dataset(store, DatasetConfig(persona="Noa", contact=False), tmp_path / "off")
+    for name in ("train.jsonl", "eval.jsonl"):
+        on, off = read_jsonl(tmp_path / "on" / name), read_jsonl(tmp_path / "off" / name)
+        assert all("with" not in row and row["messages"][0]["role"] == "user" for row in off)
+        assert off == [{k: v for k, v in row.items() if k != "with"} | {"messages": row["messages"][1:]} for row in on]
+    assert json.loads((tmp_path / "off" / "dataset.json").read_text())["contact"] is False
+
+
+def test_an_unsaved_contact_s_number_never_reaches_the_contact_line(tmp_path):
+    number = "+49 1512 3456789"
+    chat = [Message(m.time, number if m.sender == "Daniel" else m.sender, m.text) for m in daily_chat(5)]
+    store = make_store(tmp_path, {number: chat})
+    build_dataset(store, DatasetConfig(persona="Noa", eval_share=0), tmp_path / "ds")
+    text = (tmp_path / "ds" / "train.jsonl").read_text(encoding="utf-8")
+    assert "3456789" not in text and "1512" not in text
+    rows = read_jsonl(tmp_path / "ds" / "train.jsonl")
+    [placeholder] = {row["chat"] for row in rows}
+    assert placeholder.startswith("[PHONE_")
+    assert {row["messages"][0]["content"] for row in rows} == {f"Noa is texting with {placeholder}."}
+    assert "3456789" not in (tmp_path / "ds" / "stats.json").read_text()
+
+
+def group_with_a_third_party(tmp_path, scrub_names: bool) -> list[dict]:
+    """A group named after Maya, who writes only in another chat; one member is an unsaved number."""
+    tmp_path.mkdir()
+    group = []
+    for day in range(4):
+        t = T0 + timedelta(days=day)
+        group += [Message(t, "Dana", "cake?"), Message(t + timedelta(minutes=1), "+972 52-345-6789", "Maya likes lemon"),
+                  Message(t + timedelta(minutes=2), "Noa", "lemon it is")]
+    store = make_store(tmp_path, {"Maya's party 🎂": group, "Maya": daily_chat(3, other="Maya")})
+    build_dataset(store, DatasetConfig(persona="Noa", eval_share=0, scrub_names=scrub_names), tmp_path / "ds")
+    return [r for r in read_jsonl(tmp_path / "ds" / "train.jsonl") if r["chat"] == "Maya's party 🎂"]
+
+
+def test_the_contact_line_uses_the_names_the_privacy_pass_left_and_scrubs_what_it_scrubs(tmp_path):
+    rows = group_with_a_third_party(tmp_path / "kept", scrub_names=False)
+    [line] = {r["messages"][0]["content"] for r in rows}
+    [phone] = {r["with"]["others"][1] for r in rows}
+    assert phone.startswith("[PHONE_") and line == f'Noa is in the group chat "Maya\'s party 🎂" with Dana and {phone}.'
+    assert rows[0]["messages"][1]["content"].startswith(f"Dana: cake?{BUBBLE_SEP}{phone}: ")  # the same placeholder
+
+    rows = group_with_a_third_party(tmp_path / "scrubbed", scrub_names=True)
+    [line] = {r["messages"][0]["content"] for r in rows}
+    assert "Maya" not in json.dumps([r["messages"] for r in rows] + [r["with"] for r in rows], ensure_ascii=False)
+    [name] = {r["with"]["group"].split("'")[0] for r in rows}
+    assert name.startswith("[NAME_") and name in rows[0]["messages"][1]["content"]  # as in the messages' text
+    assert line == f'Noa is in the group chat "{name}\'s party 🎂" with Dana and {phone}.'
 
 
 def test_windows_keep_their_promises_for_any_conversation():

@@ -192,8 +192,8 @@ def test_a_dataset_holds_placeholders_and_never_the_data_or_the_mapping(tmp_path
     store.close()
     out = tmp_path / "ds"
     assert main(["--home", str(tmp_path), "dataset", "--me", "Noa", "--out", str(out), "--region", "IL"]) == 0
-    # The recall memory is SQLite: its text sits as UTF-8 among binary pages, so it is searched too, decoded leniently.
-    written = "".join(p.read_bytes().decode("utf-8", errors="replace") for p in sorted(out.iterdir()) if p.is_file())
+    # memory.db is SQLite, not text, but it stores its texts as UTF-8: they must hold placeholders too
+    written = "".join(p.read_bytes().decode("utf-8", "replace") for p in sorted(out.iterdir()) if p.is_file())
     for value in planted:
         assert value not in written and json.dumps(value)[1:-1] not in written
     assert digits_of("+972502345678") not in digits_of(written) and "+972502345678" not in written
