@@ -17,7 +17,8 @@ How it reads a file:
    line and builds the plain entries; the rest (author-less, placeholders, edited, marks at a body's edge, dates that
    do not exist) come back to `_finish` here. Without a C compiler the pure-Python pass (`_split`) gives the same
    result, about 3x slower, and says nothing: tests/sources/test_whatsapp_scan.py fails where the extension is not
-   built, so development and CI always test the C pass, and it checks that both passes agree on every fixture and random export.
+   built, so development and CI always test the C pass, and checks that both passes agree on every fixture and random
+   export.
 
 Every input line lands in exactly one place: a message header, a continuation line of a message, or an `Unparsed`
 entry. Try it: `talkalike parse 'WhatsApp Chat with Maya.txt' | head`.
