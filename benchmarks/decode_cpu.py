@@ -4,7 +4,7 @@ Decode is memory-bound: each token reads every weight once (the tied 262k x 640 
 limit is bytes read per token / measured memory bandwidth, and we report each decoder as a share of the limit for
 its dtype. The bandwidth is measured here, in the same run, with a large torch copy and a large reduction.
 Rows: plain `generate()` and talkalike's loop over the transformers model (what `serve` and `chat --compare` run) in
-fp32 and bf16 (+ the single-token torch.mv path in bf16), and talkalike.decode.engines.gemma_cpu's merged decoder (what `chat`
+fp32 and bf16 (+ the single-token torch.mv path in bf16), and engines.gemma_cpu's merged decoder (what `chat`
 runs) in fp32, its default, and bf16.
 Cold start is `talkalike chat RUN` in a fresh process, from launch to the first token on stdout, with cached weights
 (a run folder with a LoRA adapter over the embedded model is made for it): the first start, which merges the adapter
@@ -74,21 +74,39 @@ def hf_generate_rate(model, prompt, tokens: int, torch) -> float:
     return (tokens - 1) / (many - one)
 
 
-def our_rate(twin, prompt, tokens: int) -> float:
-    """Decode tok/s of talkalike's loop (greedy, no stop), timed from the first token to the last."""
-    from talkalike.decode.generate import GenerationConfig, _token_stream
+def our_rate(engine, vocab: int, prompt, tokens: int) -> float:
+    """Decode tok/s of talkalike's loop over `engine` (greedy, no stop), timed from the first token to the last."""
+    from talkalike.decode.config import GenerationConfig
+    from talkalike.decode.sampling import Sampler
+    from talkalike.decode.stream import tokens as token_loop
 
     config = GenerationConfig(temperature=0, max_new_tokens=tokens)
-    list(_token_stream(twin, prompt, GenerationConfig(temperature=0, max_new_tokens=3), set()))  # warm-up
-    stamps = [time.perf_counter() for _ in _token_stream(twin, prompt, config, set())]
+    sampler = Sampler(config, vocab, rows=1, device=engine.device)
+
+    def run(n: int):
+        return token_loop(engine, prompt, n, lambda logits, seen: sampler(logits, seen, [0.0]), set())
+
+    list(run(3))  # warm-up
+    stamps = [time.perf_counter() for _ in run(tokens)]
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def merged_rate(decoder, prompt, tokens: int) -> float:
-    """Decode tok/s of talkalike.decode.engines.gemma_cpu's decoder (greedy, no stop), timed from the first token to the last."""
-    from talkalike.decode.generate import Twin
+def eager_rate(model, prompt, tokens: int) -> float:
+    """our_rate over the eager engine (a transformers model's own forward)."""
+    import torch
 
-    return our_rate(Twin(model=decoder, tokenizer=None), prompt, tokens) if decoder else 0.0
+    from talkalike.decode.engines.eager import EagerEngine, cache_kwarg
+
+    engine = EagerEngine(model, torch.device("cpu"), len(prompt) + tokens, cache_kwarg(model, False))
+    return our_rate(engine, model.config.vocab_size, prompt, tokens)
+
+
+def merged_rate(gemma, prompt, tokens: int) -> float:
+    """our_rate over engines.gemma_cpu's merged Gemma engine."""
+    from talkalike.decode.engines.gemma_cpu import GemmaEngine
+
+    return our_rate(GemmaEngine(gemma, len(prompt) + tokens), gemma.cfg["vocab_size"], prompt, tokens) \
+        if gemma else 0.0
 
 
 PHASES = r"""
@@ -101,13 +119,14 @@ from pathlib import Path
 home, run, path = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 import talkalike.cli, talkalike.frontends.chat; mark("python + talkalike")
 import torch; mark("import torch")
-from talkalike.decode.generate import Twin, stream_reply, cpu_decode_dtype
+from talkalike.decode.stream import stream_reply
+from talkalike.decode.twin import Twin
 if path == "merged":
-    from talkalike.decode.engines import gemma_cpu as cpudecode
-    decoder = cpudecode.load_merged(run, home); mark("map merged weights (mmap)")
+    from talkalike.decode.engines import gemma_cpu
+    gemma = gemma_cpu.load_merged(run, home); mark("map merged weights (mmap)")
     import transformers.tokenization_utils_tokenizers; mark("import transformers' tokenizer classes")
-    tokenizer = cpudecode.load_tokenizer(run / "tokenizer"); mark("tokenizer (tokenizers.from_file)")
-    twin = Twin(model=decoder, tokenizer=tokenizer, run_dir=run); twin.prepare()
+    tokenizer = gemma_cpu.load_tokenizer(run / "tokenizer"); mark("tokenizer (tokenizers.from_file)")
+    twin = Twin.of_gemma(gemma, tokenizer, run_dir=run)
 else:
     import transformers; from transformers import AutoModelForCausalLM, AutoTokenizer; mark("import transformers")
     from transformers import Gemma3ForCausalLM; mark("import Gemma 3 modelling")
@@ -117,7 +136,7 @@ else:
     base = load_base("gemma-3-270m", home, dtype=dtype); mark(f"load base ({path})")
     model = PeftModel.from_pretrained(base, str(run / "adapter")); mark("attach adapter")
     tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer")); mark("tokenizer (AutoTokenizer)")
-    twin = Twin(model=model, tokenizer=tokenizer, run_dir=run, has_adapter=True); twin.prepare(dtype)
+    twin = Twin.of(model, tokenizer, run_dir=run, has_adapter=True); twin.prepare(dtype)
 for event in stream_reply(twin, [{"role": "user", "content": "hey! beach tonight?"}]):
     if event[0] == "text":
         break
@@ -185,8 +204,11 @@ def main() -> None:
 
     import torch
 
-    from talkalike.decode.engines.gemma_cpu import decoder_from_model, supported
-    from talkalike.decode.generate import Twin, fit_prompt, physical_cores, use_gemv
+    from talkalike.decode.config import GenerationConfig
+    from talkalike.decode.engines.eager import use_gemv
+    from talkalike.decode.engines.gemma_cpu import from_model, supported
+    from talkalike.decode.turns import fit_prompt
+    from talkalike.decode.twin import Twin, physical_cores
     from talkalike.model import ensure_embedded, load_base, load_tokenizer
 
     if args.config:
@@ -212,13 +234,12 @@ def main() -> None:
     rows = []
     for dtype in () if args.skip_decode else (torch.float32, torch.bfloat16):
         model = load(dtype)
-        twin = Twin(model=model, tokenizer=tokenizer)
-        twin.prepare(dtype, gemv=False)
-        torch.set_num_threads(threads)  # prepare() picks the physical cores; --threads overrides for the benchmark
+        model.eval()
         # Random weights have no tokenizer: a fixed prompt of the usual length stands in.
-        prompt = fit_prompt(twin, HISTORY, twin.defaults) if tokenizer else list(range(1000, 1046))
+        prompt = fit_prompt(Twin.of(model, tokenizer), HISTORY, GenerationConfig()) if tokenizer \
+            else list(range(1000, 1046))
         # The chat's decoder over the same weights (fused copies of the layer matrices; the embedding is shared).
-        decoder = decoder_from_model(model) if supported(model.config.to_dict()) else None
+        decoder = from_model(model) if supported(model.config.to_dict()) else None
         size = weight_bytes(model)
         name = str(dtype).removeprefix("torch.")
         best = {}
@@ -226,20 +247,20 @@ def main() -> None:
         for _ in range(args.rounds):
             use_gemv(model, False)
             for label, measure in ((f"transformers generate, {name}", lambda: hf_generate_rate(model, prompt, args.tokens, torch)),
-                                   (f"talkalike loop, {name}", lambda: our_rate(twin, prompt, args.tokens))):
+                                   (f"talkalike loop, {name}", lambda: eager_rate(model, prompt, args.tokens))):
                 best[label] = max(best.get(label, 0.0), measure())
                 print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)
             if dtype == torch.bfloat16:  # mv pays off in bf16 only (fp32 linear already is a gemv kernel)
                 use_gemv(model, True)
                 label = f"talkalike loop + mv, {name}"
-                best[label] = max(best.get(label, 0.0), our_rate(twin, prompt, args.tokens))
+                best[label] = max(best.get(label, 0.0), eager_rate(model, prompt, args.tokens))
                 print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)
                 use_gemv(model, False)
             label = f"talkalike merged decoder (cpudecode), {name}"
             best[label] = max(best.get(label, 0.0), merged_rate(decoder, prompt, args.tokens))
             print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)
         rows += [(label, rate, size) for label, rate in best.items()]
-        del model, twin, decoder
+        del model, decoder
     if rows:
         read_bw = max(read_bw, bandwidth_gbs(torch)[0])
         rows = [(label, rate, read_bw * 1e9 / size, size) for label, rate, size in rows]

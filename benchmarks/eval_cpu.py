@@ -2,7 +2,7 @@
 beside the plain transformers way (one `model.generate()` per context, perplexity from full logits).
 
 Ours is `talkalike eval` itself (evaluate_run, every phase) on all N turns. The plain way and eval's previous
-decoding (generate.generate_batch in fixed batches) are timed on a few turns and scaled to N (the plain way on all N
+decoding (decode_many over fixed chunks of 64) are timed on a few turns and scaled to N (the plain way on all N
 would take hours). If the run's eval.jsonl has fewer than N persona turns, training rows are added (in a scratch copy
 of the run folder), for timing only: the figures of that eval are not a held-out measurement.
 
@@ -50,8 +50,9 @@ def ours(twin, run_dir: Path, rows: list[dict], config, home: Path) -> dict:
 
 def fixed_batches(twin, turns, config, sample: int) -> float:
     """Generation seconds for `sample` turns, base and tuned, the way eval decoded before continuous batching:
-    generate.generate_batch in fixed batches of 64 (each batch runs until its longest reply ends)."""
-    from talkalike.decode.generate import generate_batch, with_overrides
+    fixed chunks of 64 turns (no chunk starts before the previous one has ended)."""
+    from talkalike.decode.batch import decode_many
+    from talkalike.decode.config import with_overrides
 
     generation = with_overrides(twin.defaults, max_new_tokens=config.max_new_tokens,
                                 max_context_tokens=config.max_context_tokens, seed=config.seed)
@@ -59,7 +60,8 @@ def fixed_batches(twin, turns, config, sample: int) -> float:
     started = time.perf_counter()
     for use_adapter in (False, True):
         with evaluate._merged(twin, use_adapter):
-            generate_batch(twin, histories, generation, use_adapter=use_adapter, batch_size=64)
+            for start in range(0, len(histories), 64):
+                decode_many(twin, histories[start: start + 64], generation, use_adapter=use_adapter, batch_size=64)
     return time.perf_counter() - started
 
 
@@ -67,7 +69,8 @@ def plain(twin, rows, turns, config, sample: int) -> dict:
     """The plain transformers way on `sample` turns: generate() per context, full-logits loss per conversation."""
     import torch
 
-    from talkalike.decode.generate import fit_prompt, with_overrides
+    from talkalike.decode.config import with_overrides
+    from talkalike.decode.turns import fit_prompt
     from talkalike.template import render_sample
 
     subset = turns[:sample]
@@ -105,7 +108,7 @@ def main() -> int:
     parser.add_argument("--canary", action="append", help="a planted secret to check, as `talkalike eval --canary`")
     args = parser.parse_args()
 
-    from talkalike.decode.generate import Twin
+    from talkalike.decode.twin import Twin
 
     home = resolve_home(args.home)
     run_dir = resolve_run(home, args.run)

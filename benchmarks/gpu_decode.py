@@ -1,4 +1,4 @@
-"""Single-stream decode on one CUDA GPU for a 7B model in bf16: plain `generate` against talkalike's GraphDecoder.
+"""Single-stream decode on one CUDA GPU for a 7B model in bf16: plain `generate` against talkalike's CUDA engines.
 
     python benchmarks/gpu_decode.py [--tokens 256] [--prompt 512]
 
@@ -82,7 +82,7 @@ def profile_step(decoder, ids: list[int], path: Path, label: str, steps: int = 3
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        list(decoder.tokens(ids, steps, greedy, stops=set()))
+        list(tokens(decoder, ids, steps, greedy, stops=set()))
         torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     events.sort(key=lambda e: -e.self_device_time_total)
@@ -126,6 +126,24 @@ def build_model(layers: int = 32):
     return model.eval()
 
 
+def tokens(engine, prompt_ids, n, sample, stops):
+    """talkalike's one token loop (decode/stream.py) over `engine`."""
+    from talkalike.decode.stream import tokens as token_loop
+
+    return token_loop(engine, prompt_ids, n, sample, stops)
+
+
+def build_engine(model, max_len: int, engine: str = "triton", tune_kernels: bool = True, fuse: bool = True,
+                 **options):
+    """The Triton step (engine "triton", the default) or the torch.compile engine ("compile") over `model`."""
+    from talkalike.decode.engines.cuda_graph import FusedStep, GraphEngine
+    from talkalike.decode.engines.triton_step import TritonStep
+
+    if engine == "triton":
+        return TritonStep(FusedStep(model, max_len), tune=tune_kernels)
+    return GraphEngine(model, max_len, tune_kernels=tune_kernels, fuse=fuse, **options)
+
+
 def greedy(logits, seen):
     return logits.argmax(dim=-1)
 
@@ -143,7 +161,7 @@ def teacher_forced_agreement(model, decoder, prompt_ids: list[int], reference: l
         picked.append(int(logits.argmax(dim=-1)))
         return torch.tensor([next(forced, 0)], device=logits.device)
 
-    list(decoder.tokens(prompt_ids, len(reference) - 1, follow, stops=set()))
+    list(tokens(decoder, prompt_ids, len(reference) - 1, follow, stops=set()))
     with torch.inference_mode():
         full = torch.tensor([prompt_ids + reference], device="cuda")
         eager = model(full).logits[0, len(prompt_ids) - 1 : -1].argmax(dim=-1).tolist()
@@ -168,7 +186,7 @@ def main() -> int:
     parser.add_argument("--probe", action="store_true", help="first time single matrix-vector products")
     parser.add_argument("--profile", action="store_true", help="kernel time table of 32 steps per decoder")
     args = parser.parse_args()
-    from talkalike.decode.engines.cuda_graph import GraphDecoder
+    from talkalike.decode.engines.triton_step import TritonStep
 
     name = torch.cuda.get_device_name()
     card = next((k for k in DATASHEET_BANDWIDTH if k in name), name)
@@ -208,12 +226,12 @@ def main() -> int:
         torch._dynamo.reset()
         t0 = time.perf_counter()
         try:
-            decoder = GraphDecoder(model, max_cache_len=args.prompt + args.tokens + 16, **kwargs)
-            list(decoder.tokens(ids, 16, greedy, stops=set()))  # compile + capture
+            decoder = build_engine(model, args.prompt + args.tokens + 16, **kwargs)
+            list(tokens(decoder, ids, 16, greedy, stops=set()))  # compile + capture
             compile_s = time.perf_counter() - t0
-            speed, ours = time_tokens(lambda: list(decoder.tokens(ids, args.tokens, greedy, stops=set())),
+            speed, ours = time_tokens(lambda: list(tokens(decoder, ids, args.tokens, greedy, stops=set())),
                                       args.tokens)
-            again, _ = time_tokens(lambda: list(decoder.tokens(ids, args.tokens, greedy, stops=set())), args.tokens)
+            again, _ = time_tokens(lambda: list(tokens(decoder, ids, args.tokens, greedy, stops=set())), args.tokens)
             agree = teacher_forced_agreement(model, decoder, ids, reference)
         except Exception as error:  # one variant failing must not lose the others' numbers
             import traceback
@@ -224,8 +242,8 @@ def main() -> int:
         rows.append({"variant": f"talkalike {label}", "tok_s": max(speed, again), "runs_tok_s": [speed, again],
                      "compile_s": compile_s, "fused": decoder.fused is not None,
                      "argmax_agreement_teacher_forced": agree})
-        if decoder.triton is not None:
-            rows[-1]["matvec"] = matvec_table(decoder.triton)
+        if isinstance(decoder, TritonStep):
+            rows[-1]["matvec"] = matvec_table(decoder)
         print(json.dumps(rows[-1]), flush=True)  # partial results survive a time limit
         if args.profile:
             try:

@@ -117,10 +117,10 @@ def one_torch_thread(monkeypatch):
     """The tiny model's ops are too small to split across threads; on a shared CI machine two threads only wait."""
     import torch
 
-    from talkalike.decode import generate
+    from talkalike.decode import twin
 
     threads = torch.get_num_threads()
-    monkeypatch.setattr(generate, "physical_cores", lambda: 1)
+    monkeypatch.setattr(twin, "physical_cores", lambda: 1)
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)

@@ -1,5 +1,5 @@
 """Test doubles for the front ends: a FakeTwin with scripted replies, a fake streaming function with the same
-signature and events as talkalike.decode.generate.stream_reply, and a live uvicorn server on a free loopback port."""
+signature and events as talkalike.decode.stream.stream_reply, and a live uvicorn server on a free loopback port."""
 
 import socket
 import threading
@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from talkalike.decode.generate import GenerationConfig
+from talkalike.decode.config import GenerationConfig
 from talkalike.errors import TalkalikeError
 
 TUNED = ["ok", "sure", "שלום! נתראה ב-8 בדיזנגוף"]

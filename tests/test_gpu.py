@@ -61,56 +61,33 @@ def test_qlora_trains_the_adapter_in_4bit_and_leaves_the_quantized_base_alone(tm
     assert torch.equal(reloaded[name].cpu(), base[name].to(reloaded[name].dtype))
 
 
+def greedy(engine, prompt: list[int], n: int, stops=frozenset()) -> list[int]:
+    from talkalike.decode.stream import tokens
+
+    return list(tokens(engine, prompt, n, lambda logits, seen: logits.argmax(dim=-1), set(stops)))
+
+
 def test_graph_decoding_matches_eager_greedy_decoding(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from talkalike.decode.engines.cuda_graph import GraphDecoder
+    from talkalike.decode.engines.cuda_graph import GraphEngine
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).cuda().eval()
     prompt = [2, 5, 17, 33, 9, 41]
     with torch.inference_mode():
         eager = model.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=12, min_new_tokens=12,
                                do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
-    decoder = GraphDecoder(model, max_cache_len=64, tune_kernels=False)
-    graph = list(decoder.tokens(prompt, 12, lambda logits, seen: logits.argmax(dim=-1), stops=set()))
-    assert graph == eager
-    again = list(decoder.tokens(prompt, 12, lambda logits, seen: logits.argmax(dim=-1), stops=set()))
-    assert again == eager  # the cache is reset between replies
-    stopped = list(decoder.tokens(prompt, 12, lambda logits, seen: logits.argmax(dim=-1), stops={eager[3]}))
-    assert stopped == eager[: eager.index(eager[3])]
+    engine = GraphEngine(model, max_len=64, tune_kernels=False)
+    assert greedy(engine, prompt, 12) == eager
+    assert greedy(engine, prompt, 12) == eager  # the cache is reset between replies
+    assert greedy(engine, prompt, 12, stops={eager[3]}) == eager[: eager.index(eager[3])]
 
 
-@pytest.mark.parametrize("engine", ["triton", "compile"])
-def test_fused_graph_decoding_of_a_mistral_shaped_model_matches_eager_greedy_decoding(engine):
-    from transformers import AutoModelForCausalLM, MistralConfig
-
-    from talkalike.decode.engines.cuda_graph import GraphDecoder
-
-    config = MistralConfig(vocab_size=320, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
-                           num_attention_heads=8, num_key_value_heads=2, sliding_window=None)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).cuda().eval()
-    prompt = [2, 5, 17, 33, 9, 41, 7, 100] * 8  # 64 tokens: the replies cross the first attention split's end
-    with torch.inference_mode():
-        eager = model.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=20, min_new_tokens=20,
-                               do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
-    decoder = GraphDecoder(model, max_cache_len=192, tune_kernels=engine == "triton", engine=engine)
-    assert decoder.fused is not None  # the fused step, not the model's own forward
-    assert (decoder.triton is not None) == (engine == "triton")
-    greedy = lambda logits, seen: logits.argmax(dim=-1)  # noqa: E731
-    assert list(decoder.tokens(prompt, 20, greedy, stops=set())) == eager
-    shorter = prompt[:5]
-    with torch.inference_mode():
-        eager_short = model.generate(torch.tensor([shorter], device="cuda"), max_new_tokens=20, min_new_tokens=20,
-                                     do_sample=False, pad_token_id=0)[0, len(shorter):].tolist()
-    # a shorter prompt after a longer one: the stale cache beyond it must stay masked out
-    assert list(decoder.tokens(shorter, 20, greedy, stops=set())) == eager_short
-
-
-def test_triton_graph_decoding_with_biases_matches_eager_greedy_decoding():
+def test_triton_graph_decoding_with_biases_matches_eager_greedy_decoding(tiny_tokenizer):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from talkalike.decode.engines.cuda_graph import GraphDecoder
+    from talkalike.decode import engines
+    from talkalike.decode.twin import Twin
 
     config = Qwen2Config(vocab_size=320, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, use_sliding_window=False)
@@ -120,16 +97,19 @@ def test_triton_graph_decoding_with_biases_matches_eager_greedy_decoding():
     with torch.inference_mode():
         eager = model.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=24, min_new_tokens=24,
                                do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
-    decoder = GraphDecoder(model, max_cache_len=64, engine="triton")
-    assert decoder.triton is not None and decoder.triton.graph is not None
-    assert list(decoder.tokens(prompt, 24, lambda logits, seen: logits.argmax(dim=-1), stops=set())) == eager
+    twin = Twin.of(model, tiny_tokenizer)
+    assert engines.pick(twin, 64) == "triton"
+    engine = engines.build("triton", twin, 64)
+    assert engine.graph is not None
+    assert greedy(engine, prompt, 24) == eager
 
 
 def test_triton_bf16_decoding_of_a_7b_layer_agrees_with_the_compiled_step():
     """At Mistral-7B's layer shapes in bf16, the Triton step's logits stay within bf16 noise of torch's fused step."""
     from transformers import AutoModelForCausalLM, MistralConfig
 
-    from talkalike.decode.engines.cuda_graph import FusedStep, GraphDecoder
+    from talkalike.decode.engines.cuda_graph import FusedStep
+    from talkalike.decode.engines.triton_step import TritonStep
 
     config = MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=2,
                            num_attention_heads=32, num_key_value_heads=8, sliding_window=None)
@@ -137,15 +117,15 @@ def test_triton_bf16_decoding_of_a_7b_layer_agrees_with_the_compiled_step():
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
     sequence = torch.randint(0, 32000, (300,)).tolist()
-    decoder = GraphDecoder(model, max_cache_len=512, engine="triton")
+    step = TritonStep(FusedStep(model, 512))
     reference = FusedStep(model, 512)
     with torch.inference_mode():
-        decoder.triton.prefill(torch.tensor([sequence[:200]], device="cuda"))
+        step.prefill(sequence[:200])
         reference.prefill(torch.tensor([sequence[:200]], device="cuda"))
         worst, same = 0.0, 0
         for position in range(200, 300):
             token = torch.tensor([sequence[position]], device="cuda")
-            ours = decoder.triton.step(token)[0].float()
+            ours = step.step(token)[0].float()
             theirs = reference.step(token.view(1, 1), torch.tensor([position], device="cuda"))[0].float()
             worst = max(worst, float((ours - theirs).abs().max() / theirs.abs().max()))
             same += int(ours.argmax()) == int(theirs.argmax())

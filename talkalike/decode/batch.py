@@ -1,16 +1,12 @@
-"""Batched decoding for `talkalike eval`: a thousand held-out replies (tuned and base) on a CPU in minutes.
+"""Continuous batching for `talkalike eval`: a thousand held-out replies (tuned and base) on a CPU in minutes.
 
-Same prompts (generate.fit_prompt), same stop rules and the same sampling distribution as generate.generate_batch
-(generate._sample: repetition penalty over the whole sequence, temperature, top-p), decoded faster:
+Same prompts, stop rules (turns.py) and sampler (sampling.py) as the single stream, decoded many at a time:
 
 - continuous batching: a row leaves the batch when its reply ends, and waiting prompts are prefilled as a group and
   merged into the KV cache, so the cost follows the real reply lengths instead of each batch's longest reply;
 - prompts sorted by length, so a group pads little;
-- sampling without whole-vocabulary passes it does not need. On a 262k vocabulary, generate._sample spends 10 ms
-  per row and step (a where() for the repetition penalty and torch.multinomial), 2-3x the forward pass itself
-  (BENCHMARKS.md, "Evaluation"). Here the penalty touches the seen tokens only, and a token is drawn in two stages
-  (a block of the vocabulary by its mass, then a token inside it): the same distribution, one exp() pass;
-- the LM head writes into a reused buffer (a fresh 30-70 MB tensor per step costs page faults on every step).
+- the LM head runs on the last position only, into a reused buffer;
+- the thread count chosen by timing the steps themselves (`Threads`).
 
     replies = decode_many(twin, histories, config, use_adapter=False, batch_size=64)
 """
@@ -20,20 +16,19 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talkalike.decode.generate import (GenerationConfig, Twin, _adapter_switch, fit_prompt, split_reply, stop_token_ids,
-                                turn_stops)
+from talkalike.decode.config import GenerationConfig
+from talkalike.decode.sampling import Sampler
+from talkalike.decode.turns import ends_turn, fit_prompt, split_reply, turn_stops
+from talkalike.decode.twin import Twin
 
-BLOCK = 512  # two-stage sampling: 262,144 = 512 x 512, so each stage draws from 512 values
-TOP_P_CANDIDATES = 1024  # top-p looks for its nucleus among the most likely tokens first (exact; else a full sort)
 PREFILL_ROWS = 32  # prompts prefilled together (per token, 32 rows cost 0.6 ms here, 128 rows 1.0 ms)
 PROBE_EVERY = 64  # decode steps between two timings of the thread counts
 PROBE_STEPS = 2  # steps timed per thread count
-CHUNK_ROWS = 2  # rows of logits transformed together while they sit in the CPU's L2 cache
 ROOM = 64  # spare KV-cache columns per layer: a merge or drop reallocates anyway, so growth beyond is rare
 
 
 @dataclass
-class _Rows:
+class Rows:
     """The rows being decoded together: their KV cache, attention mask, positions and what they produced."""
 
     ids: list  # index of each row's prompt
@@ -61,13 +56,13 @@ def decode_many(twin: Twin, histories: list[list[dict]], config: GenerationConfi
 
     prompts = [fit_prompt(twin, history, config) for history in histories]
     temps = temperatures if temperatures is not None else [config.temperature] * len(prompts)
-    decoder = _Decoder(twin, config, batch_size, temps)
+    decoder = Batch(twin, config, batch_size, temps)
     threads = threads or Threads(None)
     threads.restart()
     queue = deque(sorted(range(len(prompts)), key=lambda i: len(prompts[i])))
     results: list[list[int]] = [[] for _ in prompts]
-    rows: _Rows | None = None
-    with _adapter_switch(twin, use_adapter), torch.inference_mode():
+    rows: Rows | None = None
+    with twin.adapter(use_adapter), torch.inference_mode():
         while queue or rows is not None:
             free = batch_size - (len(rows.ids) if rows else 0)
             if queue and (rows is None or (free >= decoder.refill_min and decoder.mergeable)):
@@ -83,7 +78,7 @@ def decode_many(twin: Twin, histories: list[list[dict]], config: GenerationConfi
             if finished and progress:
                 progress(finished)
             if all(rows.done) or sum(rows.done) >= decoder.compact_min:
-                for i, tokens, done in zip(rows.ids, rows.tokens, rows.done):
+                for i, tokens, done in zip(rows.ids, rows.tokens, rows.done, strict=True):
                     if done:
                         results[i] = tokens
                 rows = decoder.drop_finished(rows)
@@ -98,7 +93,7 @@ class Threads:
     """The torch thread count, chosen by timing the work itself: every PROBE_EVERY steps (decode steps, perplexity
     batches), PROBE_STEPS steps with `most` threads and as many with one, then the faster per unit of work. On an
     idle 2-core machine two threads are faster; when other work holds a core, two threads wait for each other at
-    every barrier and run 4x slower than one (BENCHMARKS.md, "Evaluation"). most=None: keep torch's setting."""
+    every barrier and run several times slower than one. most=None: keep torch's setting."""
 
     def __init__(self, most: int | None):
         self.options = [most, 1] if most and most > 1 else []
@@ -165,32 +160,29 @@ class Threads:
         self.step += 1
 
 
-class _Decoder:
+class Batch:
     """Prefill, merge, sample, drop and step for one model and one sampling config."""
 
     def __init__(self, twin: Twin, config: GenerationConfig, batch_size: int, temperatures: list[float]):
         import torch
         from transformers import DynamicCache
 
+        from talkalike.decode.engines.eager import cache_kwarg
+
         self.twin, self.config = twin, config
-        self.temperatures = torch.tensor(temperatures, dtype=torch.float32, device=twin.device)
+        self.temperatures = temperatures
         model = twin.model
         causal_lm = model.get_base_model() if twin.has_adapter else model
         # The decoder stack and the head separately: the head then runs on the last position only, into a buffer.
         self.body, self.head = causal_lm.model, causal_lm.lm_head
-        self.softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
         self.cache_config = model.config
-        self.kv = twin.cache_kwarg
+        self.kv = cache_kwarg(model, twin.has_adapter)
         self.device = twin.device
         self.pad = twin.tokenizer.pad_token_id if twin.tokenizer.pad_token_id is not None else 0
-        self.stops = stop_token_ids(twin)
         self.text_stops = turn_stops(twin.tokenizer, twin.layout)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed) \
-            if config.seed is not None else None
         self.vocab = causal_lm.config.vocab_size
-        padded = -(-self.vocab // BLOCK) * BLOCK
-        # fp32 logits padded to whole blocks (the padding is -inf for max and argmax, 0 after exp()): reused
-        self.logits = torch.empty(batch_size, padded, device=self.device)
+        self.sampler = Sampler(config, self.vocab, batch_size, self.device,
+                               softcap=getattr(causal_lm.config, "final_logit_softcapping", None))
         self.plain_head = type(self.head) is torch.nn.Linear
         self.head_out = torch.empty(batch_size, self.vocab, dtype=self.head.weight.dtype, device=self.device) \
             if self.plain_head else None
@@ -211,20 +203,17 @@ class _Decoder:
 
     # --- the KV cache -------------------------------------------------------------------------------------------
 
-    def prefill(self, ids: list[int], prompts: list[list[int]]) -> _Rows:
+    def prefill(self, ids: list[int], prompts: list[list[int]]) -> Rows:
         """A group of prompts, left-padded to the longest, run through the model once."""
         import torch
 
         width = max(len(p) for p in prompts)
-        tensor = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        # Positions count real tokens only, so every row sees the positions it would alone.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        tensor, mask, positions = left_pad(prompts, self.pad, self.device)
         seen = torch.tensor([[p[0]] * (width - len(p)) + p for p in prompts], device=self.device)
         cache = self.new_cache()
         out = self.body(input_ids=tensor, attention_mask=mask, position_ids=positions, use_cache=True,
                         **{self.kv: cache})
-        return _Rows(ids, cache, mask, positions[:, -1:], seen, out.last_hidden_state[:, -1].contiguous(),
+        return Rows(ids, cache, mask, positions[:, -1:], seen, out.last_hidden_state[:, -1].contiguous(),
                      [[] for _ in ids], [False] * len(ids))
 
     def _mergeable(self, cache, window: int | None) -> bool:
@@ -236,23 +225,23 @@ class _Decoder:
         fits = not window or self.config.max_context_tokens + self.config.max_new_tokens < window - 1
         return kinds <= {DynamicLayer, DynamicSlidingWindowLayer} and fits
 
-    def merge(self, rows: _Rows | None, new: _Rows) -> _Rows:
+    def merge(self, rows: Rows | None, new: Rows) -> Rows:
         """One batch of both: the narrower one's cache and mask left-padded to the wider's width."""
         import torch
 
         if rows is None:
             return new
         width = max(rows.mask.shape[1], new.mask.shape[1])
-        for old_layer, new_layer in zip(rows.cache.layers, new.cache.layers):
+        for old_layer, new_layer in zip(rows.cache.layers, new.cache.layers, strict=True):
             old_layer.assign(_stack_left_padded(old_layer.keys, new_layer.keys, width, dim=2),
                              _stack_left_padded(old_layer.values, new_layer.values, width, dim=2))
         mask = _stack_left_padded(rows.mask, new.mask, width, dim=1)
         seen_width = max(rows.seen.shape[1], new.seen.shape[1])
         seen = torch.cat([_pad_seen(rows.seen, seen_width), _pad_seen(new.seen, seen_width)])
-        return _Rows(rows.ids + new.ids, rows.cache, mask, torch.cat([rows.positions, new.positions]), seen,
+        return Rows(rows.ids + new.ids, rows.cache, mask, torch.cat([rows.positions, new.positions]), seen,
                      torch.cat([rows.hidden, new.hidden]), rows.tokens + new.tokens, rows.done + new.done)
 
-    def drop_finished(self, rows: _Rows) -> _Rows | None:
+    def drop_finished(self, rows: Rows) -> Rows | None:
         """The rows still decoding (None if none), with columns that are padding in every row trimmed away."""
         import torch
 
@@ -268,10 +257,10 @@ class _Decoder:
         else:
             start = 0
             rows.cache.batch_select_indices(index)
-        return _Rows([rows.ids[k] for k in keep], rows.cache, mask[:, start:].contiguous(), rows.positions[index],
+        return Rows([rows.ids[k] for k in keep], rows.cache, mask[:, start:].contiguous(), rows.positions[index],
                      rows.seen[index], rows.hidden[index], [rows.tokens[k] for k in keep], [False] * len(keep))
 
-    def step(self, rows: _Rows) -> None:
+    def step(self, rows: Rows) -> None:
         """Feed each row its last sampled token (finished rows: any token, ignored) and keep the new hidden states."""
         import torch
 
@@ -285,85 +274,40 @@ class _Decoder:
 
     # --- sampling -----------------------------------------------------------------------------------------------
 
-    def sample(self, rows: _Rows) -> int:
+    def sample(self, rows: Rows) -> int:
         """Draw the next token of every unfinished row and apply the stop rules; returns how many rows finished."""
         import torch
 
         n = len(rows.ids)
-        logits = self.logits[:n]
         if self.plain_head:
-            torch.mm(rows.hidden, self.head.weight.t(), out=self.head_out[:n])
-            logits[:, : self.vocab].copy_(self.head_out[:n])
+            logits = torch.mm(rows.hidden, self.head.weight.t(), out=self.head_out[:n])
         else:  # a LoRA-wrapped head (the "original" preset trains it): its own forward, adapter switch included
-            logits[:, : self.vocab].copy_(self.head(rows.hidden))
-        logits[:, self.vocab:].fill_(float("-inf"))
-        if self.softcap:
-            view = logits[:, : self.vocab]
-            view.div_(self.softcap).tanh_().mul_(self.softcap)
-        temps = self.temperatures[torch.tensor(rows.ids, device=self.device)]
-        tokens = choose(logits, rows.seen, temps, self.config, self.generator, self.vocab).tolist()
+            logits = self.head(rows.hidden)
+        tokens = self.sampler(logits, rows.seen, [self.temperatures[i] for i in rows.ids]).tolist()
         finished = 0
         for k, token in enumerate(tokens):
             if rows.done[k]:
                 continue
             generated = rows.tokens[k]
-            if token in self.stops:
+            if token in self.twin.stop_ids:
                 rows.done[k] = True
             else:
                 generated.append(token)
-                tail = self.twin.tokenizer.decode(generated[-8:], skip_special_tokens=False)
-                rows.done[k] = any(stop in tail for stop in self.text_stops) \
+                rows.done[k] = ends_turn(self.twin.tokenizer, generated, self.text_stops) \
                     or len(generated) >= self.config.max_new_tokens
             finished += rows.done[k]
         return finished
 
 
-def choose(logits, seen, temperatures, config: GenerationConfig, generator, vocab: int):
-    """Next token per row, drawn as generate._sample draws it (HF's processors), from fp32 logits whose columns
-    past `vocab` are -inf. `logits` is overwritten; a temperature of 0 or less means greedy for that row."""
+def left_pad(prompts: list[list[int]], pad: int, device):
+    """Prompts left-padded to the longest: ids, attention mask and positions. Positions count real tokens only, so
+    every row sees the positions it would alone."""
     import torch
 
-    if config.repetition_penalty != 1.0:
-        # HF's RepetitionPenaltyLogitsProcessor on the seen tokens only; a repeated id gets the same value twice.
-        picked = logits.gather(1, seen)
-        picked = torch.where(picked > 0, picked / config.repetition_penalty, picked * config.repetition_penalty)
-        logits.scatter_(1, seen, picked)
-    greedy = temperatures <= 0
-    if bool(greedy.all()):
-        return logits.argmax(dim=-1)
-    best = logits.argmax(dim=-1) if bool(greedy.any()) else None
-    scale = torch.where(greedy, 1.0, temperatures)[:, None]
-    blocks = logits.view(logits.shape[0], -1, BLOCK)
-    sums = torch.empty(blocks.shape[:2], device=logits.device)
-    # A few rows at a time, so the five passes below find a row in the CPU cache (a 262k-vocabulary row is 1 MB).
-    for start in range(0, logits.shape[0], CHUNK_ROWS):
-        part = logits[start: start + CHUNK_ROWS]
-        # softmax(l / T) without normalising: exp((l - max) / T), in place. Clamped at -80: below fp32's normal
-        # range exp() takes a slow path (27x on this CPU), and the mass this adds is under 262,144 x e^-80 < 1e-29.
-        part.sub_(part.amax(dim=-1, keepdim=True)).div_(scale[start: start + CHUNK_ROWS]).clamp_(min=-80.0).exp_()
-        part[:, vocab:] = 0.0  # the padding columns: never drawn
-        sums[start: start + CHUNK_ROWS] = blocks[start: start + CHUNK_ROWS].sum(-1)
-    if config.top_p < 1.0:
-        drawn = _top_p(logits, config.top_p, generator)
-    else:
-        block = torch.multinomial(sums, 1, generator=generator)
-        inside = blocks.gather(1, block[:, :, None].expand(-1, 1, BLOCK)).squeeze(1)
-        drawn = (block * BLOCK + torch.multinomial(inside, 1, generator=generator)).squeeze(-1)
-    return torch.where(greedy, best, drawn) if best is not None else drawn
-
-
-def _top_p(weights, top_p: float, generator):
-    """generate._sample's nucleus (the most likely tokens until their mass crosses top_p, that one included),
-    looked for among the top TOP_P_CANDIDATES first; rows whose nucleus is wider get a full sort."""
-    import torch
-
-    probs = weights / weights.sum(-1, keepdim=True)
-    k = min(TOP_P_CANDIDATES, probs.shape[-1])
-    values, order = probs.topk(k, dim=-1)
-    if not bool((values.sum(-1) >= top_p).all()):
-        values, order = probs.sort(dim=-1, descending=True)
-    values = values.masked_fill(values.cumsum(-1) - values >= top_p, 0.0)
-    return order.gather(1, torch.multinomial(values, 1, generator=generator)).squeeze(-1)
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def _stack_left_padded(first, second, width: int, dim: int):

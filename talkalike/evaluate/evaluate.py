@@ -119,13 +119,12 @@ def speaker_turns(rows: list[dict]) -> tuple[list[str], list[str]]:
 def perplexity(twin, rows: list[dict], turns: list[HeldOutTurn], use_adapter: bool = True,
                batch_size: int = 8, threads=None) -> dict:
     """Per-token perplexity of the selected real persona turns (loss-mask tokens only), adapter on or off;
-    `threads` (talkalike.decode.batch.Threads) picks the thread count by timing the batches."""
+    `threads` (decode.batch.Threads) picks the thread count by timing the batches."""
     import math
     import time
 
     import torch
 
-    from talkalike.decode.generate import _adapter_switch
     from talkalike.template import render_sample
 
     last: dict[int, int] = {}
@@ -148,7 +147,7 @@ def perplexity(twin, rows: list[dict], turns: list[HeldOutTurn], use_adapter: bo
     total_nll, total_tokens = 0.0, 0
     if threads:
         threads.restart()
-    with _adapter_switch(twin, use_adapter), torch.inference_mode():
+    with twin.adapter(use_adapter), torch.inference_mode():
         for start in range(0, len(samples), batch_size):
             if threads:
                 threads.choose()
@@ -258,7 +257,7 @@ def leak_check(twin, canaries: list[Canary], samples: int = 4, max_new_tokens: i
                use_adapter: bool = True, seed: int = 0, batch_size: int = 64, threads=None) -> list[dict]:
     """Prompt with each canary's context (greedy, then sampled) and report whether the secret comes out."""
     from talkalike.decode.batch import decode_many
-    from talkalike.decode.generate import GenerationConfig
+    from talkalike.decode.config import GenerationConfig
 
     # temperature 1: sample the model's own distribution, where a memorised secret shows even if not the top choice
     config = GenerationConfig(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
@@ -357,7 +356,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     import torch
 
     from talkalike.decode.batch import Threads
-    from talkalike.decode.generate import Twin, with_overrides
+    from talkalike.decode.config import with_overrides
+    from talkalike.decode.twin import Twin
     from talkalike.evaluate import abtest, metrics
     from talkalike.evaluate import facts as fact_probe
 

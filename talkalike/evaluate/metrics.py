@@ -1,6 +1,6 @@
 """Model-free evaluation metrics: style fidelity, distinguishability, memorisation, confidence intervals.
 
-A "reply" is one persona turn as its list of messages (bubbles), the shape `generate_batch` returns and
+A "reply" is one persona turn as its list of messages (bubbles), the shape `decode.batch.decode_many` returns and
 `template.split_bubbles` gives for a real turn. Every style feature turns a set of replies into a categorical
 distribution; two sets are compared with the Jensen–Shannon distance (base 2, so 0 = identical, 1 = disjoint).
 The summary style distance is the mean over features. Used by `talkalike eval` (evaluate.py) and tune-generation.

@@ -73,7 +73,7 @@ def _score(style: float, persona: float | None) -> float:
 def twin_generator(run_dir: Path, home: Path, batch_size: int) -> Generator:
     """Generate with the run's model (adapter on) through eval's batched decoder (talkalike.decode.batch)."""
     from talkalike.decode.batch import decode_many
-    from talkalike.decode.generate import Twin
+    from talkalike.decode.twin import Twin
 
     twin = Twin.from_run(run_dir, home)
 
@@ -102,7 +102,7 @@ def tune(run_dir: Path, home: Path, config: TuneConfig = TuneConfig(),
     """Score every setting of the grid on the held-out turns; returns (rows in grid order, best row, turns used)."""
     from tqdm import tqdm
 
-    from talkalike.decode.generate import load_generation_config
+    from talkalike.decode.config import load_generation_config
     from talkalike.evaluate import metrics
     from talkalike.evaluate.evaluate import held_out_turns, turn_text
 
@@ -144,7 +144,7 @@ def format_table(rows: list[Row], best: Row) -> str:
 
 def save_best(run_dir: Path, rows: list[Row], best: Row, config: TuneConfig, turns: int) -> Path:
     """Write the best setting as the run's defaults (generation.json), the scan table beside it."""
-    from talkalike.decode.generate import load_generation_config, save_generation_config
+    from talkalike.decode.config import load_generation_config, save_generation_config
 
     chosen = dataclasses.replace(load_generation_config(run_dir), temperature=best.temperature,
                                  repetition_penalty=best.repetition_penalty, top_p=best.top_p)

@@ -233,7 +233,7 @@ def check_gguf_with_transformers(summary, merged, tokenizer, prompt: list[int], 
 
 def export_gguf(run_dir: Path, home: Path, out: Path, kind: str, modelfile: bool) -> dict:
     """Merge, write RUN/export-gguf/model.gguf (plus a Modelfile for Ollama), read it back and check it."""
-    from talkalike.decode.generate import load_generation_config
+    from talkalike.decode.config import load_generation_config
     from talkalike.export.gguf import check_gguf, write_gguf
     from talkalike.template import chat_template
 

@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from talkalike.decode.generate import GenerationConfig, Twin, load_twin, stream_reply, with_overrides
+from talkalike.decode.config import GenerationConfig, with_overrides
+from talkalike.decode.stream import stream_reply
+from talkalike.decode.twin import Twin, load_twin
 from talkalike.errors import TalkalikeError
 from talkalike.files import say, write_atomic
 from talkalike.home import resolve_home

@@ -24,7 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from talkalike.decode.generate import GenerationConfig, Twin, collect_messages, load_twin, stream_reply, with_overrides
+from talkalike.decode.config import GenerationConfig, with_overrides
+from talkalike.decode.stream import stream_reply
+from talkalike.decode.turns import collect_messages
+from talkalike.decode.twin import Twin, load_twin
 from talkalike.errors import TalkalikeError
 from talkalike.files import say
 from talkalike.home import resolve_home

@@ -1,12 +1,14 @@
-"""Eval's batched decoder (talkalike/evaldecode.py): the same replies as generate_batch when greedy, whatever the
-batching, and the same sampling distribution as transformers' logits processors."""
+"""Eval's batched decoder (decode/batch.py): the same replies as the single stream when greedy, whatever the
+batching, and the sampler (decode/sampling.py) draws from transformers' logits processors' distribution."""
 
 import pytest
 
 from talkalike.decode import batch as evaldecode
-
-from talkalike.decode import generate
-from talkalike.decode.generate import GenerationConfig, Twin
+from talkalike.decode import engines, sampling
+from talkalike.decode.config import GenerationConfig
+from talkalike.decode.stream import reply, tokens
+from talkalike.decode.turns import fit_prompt
+from talkalike.decode.twin import Twin
 
 HISTORIES = [
     [{"role": "user", "content": "hi"}],
@@ -27,29 +29,27 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def twin(tiny_model_dir, tiny_tokenizer) -> Twin:
     from transformers import AutoModelForCausalLM
 
-    twin = Twin(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer=tiny_tokenizer, layout="chat")
+    twin = Twin.of(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_tokenizer, layout="chat")
     twin.prepare()
     return twin
 
 
-def test_greedy_replies_equal_generate_batch_while_rows_leave_and_join_the_batch(twin, monkeypatch):
+def test_greedy_replies_equal_the_single_streams_while_rows_leave_and_join_the_batch(twin, monkeypatch):
     import torch
 
     config = GenerationConfig(temperature=0.0, max_new_tokens=12, max_context_tokens=96)
     # A random tiny model rarely ends its turn: make a few of the tokens it writes early on stop tokens, so replies
     # end at different steps and the decoder has to drop rows and refill the batch.
-    prompts = [generate.fit_prompt(twin, h, config) for h in HISTORIES]
-    free_run = generate._decode_batch(twin, prompts, config, generate.stop_token_ids(twin), [])
-    extra = {row[min(k + 1, len(row) - 1)] for k, row in enumerate(free_run[:3])}
-    stops = generate.stop_token_ids(twin) | extra
-    monkeypatch.setattr(generate, "stop_token_ids", lambda _: stops)
-    monkeypatch.setattr(evaldecode, "stop_token_ids", lambda _: stops)
+    engine = engines.build("eager", twin, 128)
+    free_run = [list(tokens(engine, fit_prompt(twin, h, config), 12, lambda logits, seen: logits.argmax(-1), set()))
+                for h in HISTORIES[:3]]
+    twin.stop_ids = twin.stop_ids | {row[min(k + 1, len(row) - 1)] for k, row in enumerate(free_run)}
     merges = []
-    merge = evaldecode._Decoder.merge
-    monkeypatch.setattr(evaldecode._Decoder, "merge",
+    merge = evaldecode.Batch.merge
+    monkeypatch.setattr(evaldecode.Batch, "merge",
                         lambda self, rows, new: merges.append(rows is not None) or merge(self, rows, new))
 
-    expected = generate.generate_batch(twin, HISTORIES, config, batch_size=len(HISTORIES))
+    expected = [reply(twin, h, config) for h in HISTORIES]
     got = evaldecode.decode_many(twin, HISTORIES, config, batch_size=3)
 
     assert got == expected
@@ -61,8 +61,8 @@ def test_greedy_replies_equal_generate_batch_while_rows_leave_and_join_the_batch
 
 def test_a_batch_mixes_greedy_and_sampled_rows(twin):
     config = GenerationConfig(temperature=1.0, max_new_tokens=8, max_context_tokens=96, seed=3)
-    greedy = generate.generate_batch(twin, HISTORIES[:2], GenerationConfig(temperature=0.0, max_new_tokens=8,
-                                                                          max_context_tokens=96))
+    greedy_config = GenerationConfig(temperature=0.0, max_new_tokens=8, max_context_tokens=96)
+    greedy = [reply(twin, h, greedy_config) for h in HISTORIES[:2]]
     got = evaldecode.decode_many(twin, [HISTORIES[0], HISTORIES[0], HISTORIES[1], HISTORIES[1]], config,
                                  temperatures=[0.0, 1.0, 0.0, 1.0])
     assert [got[0], got[2]] == greedy
@@ -83,18 +83,18 @@ def _reference(scores, seen, config: GenerationConfig):
 
 
 def _draw(scores, seen, config: GenerationConfig, rows: int = 4000, rounds: int = 10):
-    """Empirical token frequencies from `rounds` x `rows` draws of evaldecode.choose on fixed logits."""
+    """Empirical token frequencies from `rounds` x `rows` draws of sampling.choose on fixed logits."""
     import torch
 
     vocab = scores.shape[0]
-    padded = -(-vocab // evaldecode.BLOCK) * evaldecode.BLOCK
+    padded = -(-vocab // sampling.BLOCK) * sampling.BLOCK
     generator = torch.Generator().manual_seed(0)
     counts = torch.zeros(vocab)
-    temperatures = torch.full((rows,), config.temperature)
+    temperatures = [config.temperature] * rows
     for _ in range(rounds):
         logits = torch.full((rows, padded), float("-inf"))
         logits[:, :vocab] = scores
-        drawn = evaldecode.choose(logits, seen.expand(rows, -1), temperatures, config, generator, vocab)
+        drawn = sampling.choose(logits, seen.expand(rows, -1), temperatures, config, generator, vocab)
         counts += torch.bincount(drawn, minlength=vocab).float()
     return counts / counts.sum()
 
@@ -121,9 +121,9 @@ def test_sampling_draws_from_the_processors_distribution_with_the_penalty_on_see
     assert abs(float(freq[top] - expected[top])) < 0.015
 
 
-@pytest.mark.parametrize("candidates", [evaldecode.TOP_P_CANDIDATES, 4])
+@pytest.mark.parametrize("candidates", [sampling.TOP_P_CANDIDATES, 4])
 def test_top_p_keeps_the_same_nucleus_as_transformers(monkeypatch, candidates):
-    monkeypatch.setattr(evaldecode, "TOP_P_CANDIDATES", candidates)  # 4: the nucleus is wider, so the full sort runs
+    monkeypatch.setattr(sampling, "TOP_P_CANDIDATES", candidates)  # 4: the nucleus is wider, so the full sort runs
     scores, seen, _ = _logits_and_seen()
     config = GenerationConfig(temperature=2.0, repetition_penalty=1.025, top_p=0.8)
     expected = _reference(scores, seen, config)

@@ -1,6 +1,6 @@
-"""The fused decode step (talkalike/fastdecode.py) computes what the model's own forward computes.
+"""The fused decode step (engines/cuda_graph.py) computes what the model's own forward computes.
 
-GraphDecoder compiles FusedStep.step into CUDA graphs on a GPU (tests/test_gpu.py); here the same maths runs eagerly on
+GraphEngine compiles FusedStep.step into CUDA graphs on a GPU (tests/test_gpu.py); here the same maths runs eagerly on
 the CPU on tiny Llama-family models, so CI checks it without a GPU.
 """
 

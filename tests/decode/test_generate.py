@@ -1,29 +1,21 @@
-"""Generation: where a turn stops, how it splits into messages, what history fits, and that our decode loop samples
-the way transformers does. The tiny Gemma model from conftest, with a scripted last layer where the test needs to
+"""Generation: where a turn stops, how it splits into messages, what history fits, and that the batched decoder
+agrees with the single stream. The tiny Gemma model from conftest, with a scripted last layer where the test needs to
 choose the tokens."""
 
 import json
 
 import pytest
 import torch
+from conftest import build_tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import build_tiny_model
+from talkalike.decode.batch import decode_many
+from talkalike.decode.config import GenerationConfig, load_generation_config, save_generation_config, with_overrides
+from talkalike.decode.stream import reply, stream_reply
+from talkalike.decode.turns import Splitter, collect_messages, fit_prompt
+from talkalike.decode.twin import Twin
 from talkalike.errors import TalkalikeError
-from talkalike.decode.generate import (
-    GenerationConfig,
-    Twin,
-    _Splitter,
-    collect_messages,
-    fit_prompt,
-    generate_batch,
-    load_generation_config,
-    reply,
-    save_generation_config,
-    stream_reply,
-    with_overrides,
-)
 from talkalike.template import BUBBLE_SEP
 
 GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=40)
@@ -57,7 +49,7 @@ def scripted_twin(tiny_model, tokenizer, text: str, then: list[str]) -> Twin:
     script = tokenizer.encode(text, add_special_tokens=False)
     script += [tokenizer.convert_tokens_to_ids(t) for t in then]
     script += tokenizer.encode(" ok ok ok", add_special_tokens=False)
-    twin = Twin(model=Scripted(tiny_model, script), tokenizer=tokenizer)
+    twin = Twin.of(Scripted(tiny_model, script), tokenizer)
     twin.prepare(torch.float32)
     return twin
 
@@ -102,7 +94,7 @@ def test_a_reply_cut_by_max_new_tokens_never_shows_a_half_written_separator(tiny
 
 
 def test_a_stop_string_written_as_text_ends_the_turn():
-    splitter = _Splitter(["<end_of_turn>", "<eos>"])
+    splitter = Splitter(["<end_of_turn>", "<eos>"])
     events = []
     for piece in ["hi the", "re<end_", "of_turn>and more", " text"]:
         events += splitter.feed(piece)
@@ -123,9 +115,9 @@ messages_strategy = st.lists(
 def test_splitting_does_not_depend_on_how_the_text_arrives_in_chunks(messages, cuts):
     text = BUBBLE_SEP.join(messages) + "<end_of_turn>never shown"
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
-    splitter = _Splitter(["<end_of_turn>"])
+    splitter = Splitter(["<end_of_turn>"])
     events = []
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in zip(bounds, bounds[1:], strict=False):
         events += splitter.feed(text[start:end])
     events += splitter.finish()
     assert collect_messages(events) == [m.strip() for m in messages]
@@ -144,7 +136,7 @@ def long_history(turns: int) -> list[dict]:
 
 
 def test_history_beyond_the_context_window_drops_the_oldest_turns_first(tiny_model, tiny_tokenizer):
-    twin = Twin(model=tiny_model, tokenizer=tiny_tokenizer)
+    twin = Twin.of(tiny_model, tiny_tokenizer)
     history = long_history(30)
     config = GenerationConfig(max_context_tokens=200, max_new_tokens=50)
     ids = fit_prompt(twin, history, config)
@@ -158,43 +150,29 @@ def test_history_beyond_the_context_window_drops_the_oldest_turns_first(tiny_mod
 
 
 def test_a_last_message_longer_than_the_window_is_a_clear_error(tiny_model, tiny_tokenizer):
-    twin = Twin(model=tiny_model, tokenizer=tiny_tokenizer)
+    twin = Twin.of(tiny_model, tiny_tokenizer)
     with pytest.raises(TalkalikeError, match="shorter message"):
         fit_prompt(twin, [{"role": "user", "content": "haha " * 300}], GenerationConfig(max_context_tokens=256))
 
 
 def test_consecutive_messages_of_one_side_become_one_turn(tiny_model, tiny_tokenizer):
-    twin = Twin(model=tiny_model, tokenizer=tiny_tokenizer)
+    twin = Twin.of(tiny_model, tiny_tokenizer)
     history = [{"role": "user", "content": "hey"}, {"role": "user", "content": "you there?"}]
     text = tiny_tokenizer.decode(fit_prompt(twin, history, GenerationConfig()))
     assert text.count("<start_of_turn>user") == 1
     assert f"hey{BUBBLE_SEP}you there?" in text
 
 
-def test_greedy_decoding_with_repetition_penalty_matches_transformers_generate(tiny_model, tiny_tokenizer):
-    twin = Twin(model=tiny_model, tokenizer=tiny_tokenizer)
-    twin.prepare(torch.float32)
-    config = GenerationConfig(temperature=0, repetition_penalty=1.3, max_new_tokens=25)
-    from talkalike.decode.generate import _token_stream
-
-    prompt = fit_prompt(twin, HELLO, config)
-    ours = list(_token_stream(twin, prompt, config, stops=set()))
-    with torch.inference_mode():
-        theirs = tiny_model.generate(torch.tensor([prompt]), do_sample=False, repetition_penalty=1.3,
-                                     max_new_tokens=25, min_new_tokens=25, eos_token_id=None, pad_token_id=0)
-    assert ours == theirs[0, len(prompt):].tolist()
-
-
 def test_a_batch_of_histories_gets_the_same_greedy_replies_as_one_at_a_time(tiny_model, tiny_tokenizer):
-    twin = Twin(model=tiny_model, tokenizer=tiny_tokenizer)
+    twin = Twin.of(tiny_model, tiny_tokenizer)
     twin.prepare(torch.float32)
     histories = [HELLO, long_history(2), [{"role": "user", "content": "שלום מה קורה?"}]]
     config = GenerationConfig(temperature=0, max_new_tokens=12)
-    assert generate_batch(twin, histories, config, batch_size=2) == [reply(twin, h, config) for h in histories]
+    assert decode_many(twin, histories, config, batch_size=2) == [reply(twin, h, config) for h in histories]
 
 
 def test_a_fixed_seed_gives_the_same_sampled_reply(tiny_model, tiny_tokenizer):
-    twin = Twin(model=tiny_model, tokenizer=tiny_tokenizer)
+    twin = Twin.of(tiny_model, tiny_tokenizer)
     twin.prepare(torch.float32)
     config = GenerationConfig(temperature=1.0, top_p=0.9, max_new_tokens=15, seed=7)
     assert reply(twin, HELLO, config) == reply(twin, HELLO, config)
@@ -204,13 +182,13 @@ def test_switching_the_adapter_off_gives_the_base_models_reply(tiny_tokenizer):
     from peft import LoraConfig, get_peft_model
 
     base = build_tiny_model(len(tiny_tokenizer), seed=3)
-    base_twin = Twin(model=base, tokenizer=tiny_tokenizer)
+    base_twin = Twin.of(base, tiny_tokenizer)
     base_twin.prepare(torch.float32)
     config = GenerationConfig(temperature=0, max_new_tokens=12)
     base_reply = reply(base_twin, HELLO, config)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
-    tuned = Twin(model=get_peft_model(build_tiny_model(len(tiny_tokenizer), seed=3), lora),
-                 tokenizer=tiny_tokenizer, has_adapter=True)
+    tuned = Twin.of(get_peft_model(build_tiny_model(len(tiny_tokenizer), seed=3), lora), tiny_tokenizer,
+                    has_adapter=True)
     tuned.prepare(torch.float32)
     assert reply(tuned, HELLO, config, use_adapter=False) == base_reply
     with torch.inference_mode():

@@ -1,4 +1,4 @@
-"""The CPU chat's fast path (talkalike/cpudecode.py): its Gemma 3 forward computes what transformers computes, the
+"""The CPU chat's fast path (engines/gemma_cpu.py): its Gemma 3 forward computes what transformers computes, the
 merged-adapter cache is built once, reused, rebuilt when the adapter changes, and the chat uses it without --compare."""
 
 import json
@@ -6,8 +6,10 @@ import json
 import pytest
 import torch
 
+from talkalike.decode.config import GenerationConfig
 from talkalike.decode.engines import gemma_cpu as cpudecode
-from talkalike.decode.generate import GenerationConfig, Twin, reply, stream_reply
+from talkalike.decode.stream import reply, stream_reply
+from talkalike.decode.twin import Twin
 
 GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
 
@@ -32,7 +34,7 @@ def tiny_gemma(vocab_size: int, seed: int = 0):
 
 def test_the_decoder_gives_transformers_logits_in_prefill_and_step_by_step_past_the_sliding_window():
     model = tiny_gemma(300)
-    decoder = cpudecode.decoder_from_model(model)
+    decoder = cpudecode.from_model(model)
     ids = torch.randint(3, 300, (40,))
     with torch.inference_mode():
         expected = model(input_ids=ids[None]).logits[0]
@@ -50,8 +52,8 @@ def test_replies_through_the_decoder_equal_the_transformers_loop(tiny_tokenizer)
     model = tiny_gemma(len(tiny_tokenizer), seed=1)
     history = [{"role": "user", "content": "hey what's up? see you at the beach"}]
     sampled = GenerationConfig(temperature=0.8, repetition_penalty=1.1, max_new_tokens=12, seed=3)
-    usual = Twin(model=model, tokenizer=tiny_tokenizer)
-    fast = Twin(model=cpudecode.decoder_from_model(model), tokenizer=tiny_tokenizer)
+    usual = Twin.of(model, tiny_tokenizer)
+    fast = Twin.of_gemma(cpudecode.from_model(model), tiny_tokenizer)
     for config in (GREEDY, sampled):
         assert list(stream_reply(fast, history, config)) == list(stream_reply(usual, history, config))
 
@@ -136,7 +138,7 @@ def test_chat_without_compare_takes_the_merged_path_and_with_compare_the_adapter
     from talkalike.cli import main
 
     home = tiny_run.parents[1]
-    monkeypatch.setattr("talkalike.decode.generate._cuda", lambda: False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     monkeypatch.setattr(sys, "stdin", io.StringIO("hey\n/quit\n"))
     assert main(["--home", str(home), "chat", "tiny", "--temperature", "0", "--max-new-tokens", "6"]) == 0
     fast_out = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The Triton decode step (talkalike/tritondecode.py) computes what the model's own forward computes.
+"""The Triton decode step (engines/triton_step.py) computes what the model's own forward computes.
 
 On a GPU its kernels run compiled inside one CUDA graph (tests/test_gpu.py). Here they run under Triton's interpreter
 (TRITON_INTERPRET=1, numpy on the CPU) on tiny Llama-family models: the same indexing, masks and maths, slowly, so the
@@ -65,7 +65,7 @@ def test_triton_logits_match_a_full_forward_across_cache_splits_and_after_a_long
     step = triton_step(tritondecode, model, max_cache_len=192)  # 3 attention splits of 64 positions
     with torch.inference_mode():
         full = model(torch.tensor([sequence])).logits[0]
-        step.prefill(torch.tensor([sequence[:60]]))
+        step.prefill(sequence[:60])
         for position in range(60, 72):  # crosses from the first split into the second
             logits = step.step(torch.tensor([sequence[position]]))
             torch.testing.assert_close(logits[0], full[position], rtol=1e-4, atol=1e-4)
@@ -73,7 +73,7 @@ def test_triton_logits_match_a_full_forward_across_cache_splits_and_after_a_long
         # The cache now holds 72 positions; a shorter sequence must see only its own.
         short = sequence[30:40]
         full_short = model(torch.tensor([short])).logits[0]
-        step.prefill(torch.tensor([short[:6]]))
+        step.prefill(short[:6])
         for position in range(6, 10):
             logits = step.step(torch.tensor([short[position]]))
             torch.testing.assert_close(logits[0], full_short[position], rtol=1e-4, atol=1e-4)
@@ -90,7 +90,7 @@ def test_triton_decoding_gives_the_models_own_greedy_tokens(tritondecode, model_
         eager = model.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
                                pad_token_id=0)[0, len(prompt):].tolist()
         step = triton_step(tritondecode, model, max_cache_len=64)
-        logits = step.prefill(torch.tensor([prompt]))
+        logits = step.prefill(prompt)
         out = []
         for _ in range(8):
             token = logits.argmax(dim=-1)
@@ -110,7 +110,7 @@ def test_triton_bf16_step_rounds_where_the_models_own_bf16_step_does(tritondecod
     step = triton_step(tritondecode, model, max_cache_len=64)
     with torch.inference_mode():
         reference.prefill(torch.tensor([sequence[:6]]))
-        step.prefill(torch.tensor([sequence[:6]]))
+        step.prefill(sequence[:6])
         for position in range(6, len(sequence)):
             ours = step.step(torch.tensor([sequence[position]]))[0].float()
             theirs = reference.step(torch.tensor([[sequence[position]]]), torch.tensor([position]))[0].float()

@@ -90,7 +90,7 @@ def test_group_chat_speaker_prefixes_are_stripped_for_the_classifier():
 def test_perplexity_counts_only_the_selected_persona_tokens_and_matches_full_logits(tiny_run, home):
     import torch
 
-    from talkalike.decode.generate import Twin
+    from talkalike.decode.twin import Twin
 
     twin = Twin.from_run(tiny_run, home)
     rows = evaluate.read_jsonl(tiny_run / "eval.jsonl")
@@ -177,12 +177,12 @@ def test_mechanics_check_lists_each_way_the_twin_fails_to_beat_its_base():
 
 def test_a_bad_facts_file_stops_eval_with_its_line_before_any_model_loads(tiny_run, home, capsys, monkeypatch):
     from talkalike import cli
-    from talkalike.decode import generate
+    from talkalike.decode import twin
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the facts file was checked")
 
-    monkeypatch.setattr(generate.Twin, "from_run", no_model)
+    monkeypatch.setattr(twin.Twin, "from_run", no_model)
     bad = tiny_run.parent / "facts.jsonl"
     bad.write_text('{"question": "cat?", "answers": ["Pita"]}\n{"question": "dog?"}\n', encoding="utf-8")
     assert cli.main(["--home", str(home), "eval", str(tiny_run), "--facts", str(bad)]) == 2
@@ -226,9 +226,9 @@ def _memorise(model_dir: Path, tokenizer, reply: str, steps: int = 60):
 
 
 def _canary_twin(model, tokenizer):
-    from talkalike.decode.generate import Twin
+    from talkalike.decode.twin import Twin
 
-    twin = Twin(model=model, tokenizer=tokenizer, layout="chat")
+    twin = Twin.of(model, tokenizer, layout="chat")
     twin.prepare()
     return twin
 

@@ -55,7 +55,7 @@ def fake_generator(calls: list):
 
 def test_the_setting_known_to_match_the_persona_is_saved_and_read_back(home, run_dir, monkeypatch, capsys):
     import talkalike.evaluate.tune as tune
-    from talkalike.decode.generate import load_generation_config
+    from talkalike.decode.config import load_generation_config
 
     calls = []
     monkeypatch.setattr(tune, "twin_generator", lambda run, home, batch: fake_generator(calls))

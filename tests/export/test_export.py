@@ -171,7 +171,7 @@ def test_a_gguf_without_gemmas_norm_offset_is_caught_and_not_written(home, run_d
 
 
 def test_ollama_export_writes_a_modelfile_with_the_template_stops_and_tuned_sampling(home, run_dir, capsys):
-    from talkalike.decode.generate import GenerationConfig, save_generation_config
+    from talkalike.decode.config import GenerationConfig, save_generation_config
 
     save_generation_config(run_dir, GenerationConfig(temperature=0.7, repetition_penalty=1.1, top_p=0.9))
     assert main(["--home", str(home), "export", "dana", "--format", "ollama", "--gguf-type", "q8_0"]) == 0
@@ -317,7 +317,7 @@ def test_go_renders_the_modelfile_template_like_the_jinja_template(tiny_tokenize
     import subprocess
 
     import talkalike.template as templates
-    from talkalike.decode.generate import GenerationConfig
+    from talkalike.decode.config import GenerationConfig
     from talkalike.export.merged import build_modelfile
 
     template = getattr(templates, layout)

@@ -10,7 +10,7 @@ from fake_twin import BASE, TUNED, FakeTwin, fake_stream
 
 import talkalike.frontends.chat as chat
 from talkalike.cli import main
-from talkalike.decode.generate import GenerationConfig
+from talkalike.decode.config import GenerationConfig
 from talkalike.frontends.chat import Transcript, run_chat
 
 

@@ -1,69 +1,51 @@
-"""GPU decode for one stream: a static KV cache and the one-token step replayed as CUDA graphs.
+"""GPU decode for one stream: a static KV cache and the one-token step replayed as CUDA graphs by torch.compile.
 
-Decoding one token reads every weight once, so the limit is weight bytes / memory bandwidth (about 340 tok/s for a
-7B model in bf16 on an H200). Eager PyTorch spends most of each step launching a few thousand small kernels from
-Python; a static cache gives every step identical shapes and addresses, so the whole step can be captured once and
-replayed as a CUDA graph per token.
+Decoding one token reads every weight once, so the limit is weight bytes / memory bandwidth. Eager PyTorch spends
+most of each step launching a few thousand small kernels from Python; a static cache gives every step identical
+shapes and addresses, so the whole step can be captured once and replayed as a CUDA graph per token. The prompt is
+prefilled eagerly (it has its own length). A graph's output lives in a buffer that the next replay overwrites, so
+`step` clones it and marks each call as a new step (else cudagraph trees raise "overwritten by a subsequent run").
 
-Details that make it work:
-- the prompt is prefilled eagerly (it has its own length);
-- CUDA-graph outputs live in a buffer that the next replay overwrites: `sample` reads it before the next replay (the
-  torch.compile engines clone it and mark each call as a new step, or cudagraph trees raise "overwritten by a
-  subsequent run");
-- the host reads each token one step late, so Python's per-token work overlaps the GPU's next step.
-
-Three step functions, the first that fits the model:
-- `tritondecode.TritonStep` (engine "triton", the default for plain merged Llama-family models: Llama, Mistral,
-  Qwen2): six Triton kernels a layer in one hand-captured CUDA graph, with the norms folded into the products and a
-  split-cache attention (talkalike/tritondecode.py). 241-248 tok/s for a 7B model on an H200, 72% of the limit;
-  no torch.compile, so it starts in seconds.
-- `FusedStep` compiled by torch.compile (engine "compile"): q/k/v and gate/up concatenated once into one weight
-  each, attention reading each cached key/value head once for its group of query heads. `FusedStep` also owns the
-  weights, cache and prefill that `TritonStep` uses; the model's own q/k/v/gate/up weights become views of the
-  concatenated ones, so this costs no memory.
-- otherwise (other architectures, adapters, 4-bit weights) the model's own forward with transformers' StaticCache,
-  compiled.
-
-`talkalike.decode.generate` calls `GraphDecoder.tokens` on CUDA; benchmarks/gpu_decode.py measures the engines against plain
-`generate`. Run that benchmark on a GPU machine: `python benchmarks/gpu_decode.py`.
+The step is `FusedStep` where the model allows (a plain Llama-family model: q/k/v and gate/up concatenated once into
+one weight each, attention reading each cached key/value head once for its group of query heads; triton_step.py runs
+its decode as Triton kernels), else the model's own forward with transformers' StaticCache (other architectures,
+adapters, 4-bit weights). benchmarks/gpu_decode.py measures them against plain `generate` on a GPU machine.
 """
 
 import copy
-from collections.abc import Callable, Iterator
+
+from talkalike.decode.engines import rotate_half
 
 FUSABLE = ("llama", "mistral", "qwen2")  # same layer maths: pre-norm, rotate-half RoPE, GQA, gated MLP
 
 
-class GraphDecoder:
+def fits(twin, max_len: int) -> bool:
+    """Any model on a CUDA device."""
+    return twin.device.type == "cuda"
+
+
+def build(twin, max_len: int, **options) -> "GraphEngine":
+    return GraphEngine(twin.model, max_len, **options)
+
+
+class GraphEngine:
     """Single-stream decoding with a static cache; build once per model and reuse across replies."""
 
-    def __init__(self, model, max_cache_len: int = 4096, tune_kernels: bool = True, fuse: bool = True,
-                 engine: str = "auto", mode: str = "reduce-overhead", matvec: str = "linear",
-                 attention: str = "sdpa"):
+    def __init__(self, model, max_len: int = 4096, tune_kernels: bool = True, fuse: bool = True,
+                 mode: str = "reduce-overhead", matvec: str = "linear", attention: str = "sdpa"):
         import torch
 
-        assert engine in ("auto", "triton", "compile")
-        assert next(model.parameters()).is_cuda, "GraphDecoder needs the model on a CUDA device"
-        self.model = model
-        self.max_cache_len = max_cache_len
-        self.fused = (FusedStep(model, max_cache_len, matvec, attention)
-                      if fuse and FusedStep.supports(model, max_cache_len) else None)
-        self.triton = None
-        if engine != "compile" and self.fused is not None and triton_supports(self.fused):
-            from talkalike.decode.engines.triton_step import TritonStep
-
-            self.triton = TritonStep(self.fused, tune=tune_kernels)
-            return
-        if engine == "triton":
-            raise ValueError("the Triton step needs a plain Llama-family model (SiLU, head_dim a power of 2 >= 16) "
-                             "and the triton package")
+        self.device = next(model.parameters()).device
+        assert self.device.type == "cuda", "GraphEngine needs the model on a CUDA device"
+        self.model, self.max_len = model, max_len
+        self.fused = FusedStep(model, max_len, matvec, attention) if fuse and FusedStep.supports(model, max_len) \
+            else None
         if tune_kernels:
             # Let inductor tune its generated kernels' launch parameters for these exact (batch 1) shapes: a slower
             # first compile for faster kernels on every later token.
             import torch._inductor.config as inductor_config
 
             inductor_config.coordinate_descent_tuning = True
-
         if self.fused is not None:
             self._step = torch.compile(self.fused.step, mode=mode, fullgraph=True, dynamic=False)
             return
@@ -74,106 +56,43 @@ class GraphDecoder:
         # attention masks still apply the model's own sliding window.
         cache_config = copy.deepcopy(model.config.get_text_config(decoder=True))
         cache_config.layer_types = ["full_attention"] * cache_config.num_hidden_layers
-        self.cache = StaticCache(config=cache_config, max_cache_len=max_cache_len)
+        self.cache = StaticCache(config=cache_config, max_cache_len=max_len)
         self._step = torch.compile(self._forward, mode=mode, fullgraph=True, dynamic=False)
 
     def _forward(self, input_ids, cache_position):
-        out = self.model(
-            input_ids=input_ids,
-            position_ids=cache_position.unsqueeze(0),
-            cache_position=cache_position,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        out = self.model(input_ids=input_ids, position_ids=cache_position.unsqueeze(0), cache_position=cache_position,
+                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :]
 
-    def _prefill(self, ids):
-        """Fill the cache with the prompt `ids` [1, n]; the last position's logits [1, vocab]."""
+    def prefill(self, ids: list[int]):
         import torch
 
-        if self.triton is not None:
-            return self.triton.prefill(ids)
+        tensor = torch.tensor([ids], device=self.device)
+        self.position = torch.tensor([len(ids)], device=self.device)
         if self.fused is not None:
-            return self.fused.prefill(ids)
+            return self.fused.prefill(tensor)
         self.cache.reset()  # inside inference mode: the cache tensors were made there
-        n = ids.shape[1]
-        return self.model(
-            input_ids=ids,
-            cache_position=torch.arange(n, device=ids.device),
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1, :]
+        return self.model(input_ids=tensor, cache_position=torch.arange(len(ids), device=self.device),
+                          past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
 
-    def tokens(
-        self,
-        prompt_ids: list[int],
-        max_new_tokens: int,
-        sample: Callable,
-        stops: set[int],
-    ) -> Iterator[int]:
-        """Token ids after the prompt until a stop id or max_new_tokens; `sample(logits, seen) -> token tensor`."""
+    def step(self, token):
         import torch
 
-        n = len(prompt_ids)
-        if n + max_new_tokens > self.max_cache_len:
-            raise ValueError(f"prompt of {n} tokens + {max_new_tokens} new exceeds the cache of {self.max_cache_len}")
-        device = next(self.model.parameters()).device
-        with torch.inference_mode():
-            ids = torch.tensor([prompt_ids], device=device)
-            seen = torch.zeros(1, self.model.config.vocab_size, dtype=torch.bool, device=device)
-            seen[0, ids[0]] = True
-            logits = self._prefill(ids)
-            position = torch.tensor([n], device=device)
-            # The host learns token t through a pinned buffer and an event, while the GPU already runs step t+1:
-            # streaming and the stop check then cost no GPU idle time.
-            host = torch.empty(1, dtype=torch.long, pin_memory=True)
-            ready = torch.cuda.Event()
-            token = sample(logits, seen).view(1)
-            for _ in range(max_new_tokens):
-                host.copy_(token, non_blocking=True)
-                ready.record()
-                seen.scatter_(1, token.view(1, 1), True)
-                if self.triton is not None:
-                    # One graph replay; its logits buffer is read by `sample` before the next replay, in stream order.
-                    logits = self.triton.step(token)
-                else:
-                    torch.compiler.cudagraph_mark_step_begin()
-                    logits = self._step(token.view(1, 1), position).clone()
-                    position += 1
-                next_token = sample(logits, seen).view(1)
-                ready.synchronize()
-                token_id = int(host[0])
-                if token_id in stops:
-                    return
-                yield token_id
-                token = next_token
-
-
-def triton_supports(fused: "FusedStep") -> bool:
-    """Whether talkalike.decode.engines.triton_step can run this fused step's decode: Triton installed, SiLU MLP, a head size its
-    attention tiles take (a power of 2, at least 16) and at most 16 query heads per key/value head."""
-    import importlib.util
-
-    head_dim, group = fused.head_dim, fused.heads // fused.kv_heads
-    return (importlib.util.find_spec("triton") is not None
-            and getattr(fused.model.config, "hidden_act", None) == "silu"
-            and head_dim >= 16 and head_dim & (head_dim - 1) == 0 and group <= 16)
+        torch.compiler.cudagraph_mark_step_begin()
+        logits = self._step(token.view(1, 1), self.position).clone()
+        self.position += 1
+        return logits
 
 
 def _rotate(x, cos, sin):
     """Rotate-half RoPE, as the Llama family applies it."""
-    import torch
-
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    return x * cos + rotate_half(x) * sin
 
 
 class FusedStep:
     """The decode maths of a plain Llama-family model with fused q/k/v and gate/up weights and its own static cache.
 
-    Runs eagerly on any device (tests/test_fastdecode.py checks it on the CPU); GraphDecoder compiles `step`.
+    Runs eagerly on any device (tests/decode/test_fastdecode.py checks it on the CPU); GraphEngine compiles `step`.
     """
 
     @staticmethod

@@ -1,14 +1,12 @@
-"""The CPU chat's fast path: a run's adapter merged once, memory-mapped, and decoded without transformers or peft.
+"""The CPU chat's engine: a run's adapter merged once, memory-mapped, and decoded without transformers or peft.
 
-Most of `talkalike chat RUN`'s cold start went on importing transformers' modelling code and peft, building the model
-and attaching the adapter (BENCHMARKS.md, "Generation"). For a run over a Gemma 3 text model on a CPU, the adapter
-is merged into the weights it touches once and the result cached in RUN/merged-cpu/ (rebuilt whenever the adapter,
-the base or the dtype changes). Later starts map that file and the base's safetensors straight into memory (no copy,
-no weight initialisation) and decode with this module's forward pass, which computes what transformers'
-Gemma3ForCausalLM computes (tests/test_cpudecode.py checks logits and greedy tokens against it).
+For a run over a Gemma 3 text model on a CPU, the adapter is merged into the weights it touches once and the result
+cached in RUN/merged-cpu/ (rebuilt whenever the adapter, the base or the dtype changes). Later starts map that file
+and the base's safetensors straight into memory (no copy, no weight initialisation) and decode with this module's
+forward pass, which computes what transformers' Gemma3ForCausalLM computes (tests/decode/test_engines.py).
 
-    decoder = load_merged(run_dir, home)            # builds RUN/merged-cpu/ on first use (needs peft once)
-    for token_id in decoder.tokens(prompt_ids, 50, sample, stops): ...
+    gemma = load_merged(run_dir, home)            # builds RUN/merged-cpu/ on first use (needs peft once)
+    engine = GemmaEngine(gemma, max_len=1024)
 """
 
 import hashlib
@@ -18,11 +16,11 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
+from talkalike.decode.engines import rotate_half
 from talkalike.errors import TalkalikeError
+from talkalike.run import Run
 
 CACHE_DIR = "merged-cpu"
 FORMAT = 1  # bump when the cached layout changes, so old caches are rebuilt rather than misread
@@ -75,75 +73,44 @@ def _rope(theta: float, dim: int, positions: int):
     return emb.cos(), emb.sin()
 
 
-def physical_cores() -> int:
-    """Physical cores available to this process: decode is memory-bound, so hyper-threads only add contention."""
-    cpus = os.sched_getaffinity(0)
-    cores = set()
-    for cpu in cpus:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
-        except OSError:
-            return len(cpus)  # no sysfs topology (containers, macOS): count logical CPUs
-    return len(cores)
+def fits(twin, max_len: int) -> bool:
+    """A twin whose model is this module's merged Gemma (Twin.merged)."""
+    return isinstance(twin.model, Gemma)
 
 
-def cpu_decode_dtype(batched: bool = False):
-    """The CPU decode dtype. One conversation (chat, serve): float32. Its decode is matrix-vector products bound by
-    memory, and fp32 reaches 70-74 % of its bandwidth limit where bf16, at half the bytes, reaches 39 % of its own
-    for only ~5 % more tokens/s (BENCHMARKS.md); the weights are fp32 on disk, so they map with no conversion, and
-    a merged LoRA delta keeps its full precision. Batches (eval, tune-generation): bfloat16 where the CPU computes
-    it natively (AVX512-BF16 / AMX), since matrix-matrix products are compute-bound; else float32."""
-    import torch
-
-    from talkalike.train.recipe import cpu_computes_bf16
-
-    if not batched:
-        return torch.float32
-    return torch.bfloat16 if cpu_computes_bf16() else torch.float32
+def build(twin, max_len: int) -> "GemmaEngine":
+    return GemmaEngine(twin.model, max_len)
 
 
-def _gemv_forward(self, x):
-    """nn.Linear.forward, but a single token goes through torch.mv: on CPU in bf16 it reads the weight at memory
-    speed, where F.linear's GEMM path is ~1.4x slower for one row (benchmarks/decode_cpu.py). Decode reads every
-    weight once per token, so this is most of the time per token."""
-    import torch
+class GemmaEngine:
+    """One conversation over a Gemma's weights, its KV cache allocated once for `max_len` positions."""
 
-    if x.numel() == x.shape[-1] and x.dtype == self.weight.dtype:
-        out = torch.mv(self.weight, x.reshape(-1))
-        if self.bias is not None:
-            out = out + self.bias
-        return out.view(*x.shape[:-1], out.shape[-1])
-    return torch.nn.functional.linear(x, self.weight, self.bias)
+    def __init__(self, gemma: "Gemma", max_len: int):
+        import torch
 
+        self.gemma, self.max_len, self.device = gemma, max_len, torch.device("cpu")
+        self.cache = gemma.new_cache(max_len)
+        self.position = 0
 
-def use_gemv(model, enabled: bool = True) -> int:
-    """Route the single-token forward of every plain nn.Linear (LM head, projections, LoRA's frozen base layers)
-    through torch.mv, or back (enabled=False); returns how many layers. Weights and state_dict are untouched."""
-    import types
+    def prefill(self, ids: list[int]):
+        import torch
 
-    import torch
+        self.position = len(ids)
+        return self.gemma.forward(torch.tensor(ids), 0, self.cache)
 
-    count = 0
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:  # exactly Linear: LoRA wrappers and quantized layers keep their own
-            if enabled:
-                module.forward = types.MethodType(_gemv_forward, module)
-            else:
-                module.__dict__.pop("forward", None)
-            count += 1
-    return count
+    def step(self, token):
+        logits = self.gemma.forward(token.view(1), self.position, self.cache)
+        self.position += 1
+        return logits
 
 
-class GemmaDecoder:
-    """Gemma 3 text decoding for one conversation at a time, over weights given as tensors (e.g. memory-mapped).
+class Gemma:
+    """Gemma 3 text's forward pass over weights given as tensors (e.g. memory-mapped).
 
     Per layer: q/k/v as one fused matrix and gate/up as another (one matrix-vector product each per token), RMS
     norms with (1 + weight) precomputed, a preallocated KV cache, and sliding-window layers reading only the last
     `sliding_window` keys.
     """
-
-    own_decoder = True  # talkalike.decode.generate hands it the whole token loop (`tokens`), not one forward at a time
 
     def __init__(self, config: dict, weights: dict):
         import torch
@@ -172,14 +139,6 @@ class GemmaDecoder:
             w["theta"] = config["rope_parameters"][kind]["rope_theta"]
             self.layers.append(w)
         self._rope: dict[float, tuple] = {}
-        # What the generation code reads from a model: its config, its stop ids and where its weights live.
-        self.config = SimpleNamespace(vocab_size=config["vocab_size"],
-                                      max_position_embeddings=config.get("max_position_embeddings"))
-        self.generation_config = SimpleNamespace(eos_token_id=config.get("eos_token_id"))
-
-    def parameters(self) -> Iterator:
-        """The weights (the embedding stands for all of them: Twin.device reads the first one)."""
-        yield self.embed
 
     def _rms(self, x, weight):
         import torch.nn.functional as F
@@ -209,7 +168,7 @@ class GemmaDecoder:
             k_pos = torch.arange(end)[None, :]
             causal = k_pos <= q_pos
             mask = {False: causal, True: causal & (k_pos > q_pos - self.window)}
-        for w, (k_cache, v_cache) in zip(self.layers, cache):
+        for w, (k_cache, v_cache) in zip(self.layers, cache, strict=True):
             cos, sin = self._tables(w["theta"], end)
             cos, sin = cos[start:end], sin[start:end]
             h = self._rms(x, w["input_norm"])
@@ -217,8 +176,8 @@ class GemmaDecoder:
                 [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
             q = self._rms(q.view(length, self.heads, self.head_dim).transpose(0, 1), w["q_norm"])
             k = self._rms(k.view(length, self.kv_heads, self.head_dim).transpose(0, 1), w["k_norm"])
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
             k_cache[:, start:end] = k
             v_cache[:, start:end] = v.view(length, self.kv_heads, self.head_dim).transpose(0, 1)
             first = max(0, end - self.window) if (w["sliding"] and length == 1) else 0
@@ -244,34 +203,6 @@ class GemmaDecoder:
         shape = (self.kv_heads, length, self.head_dim)
         return [(torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype)) for _ in self.layers]
 
-    def tokens(self, prompt_ids: list[int], max_new_tokens: int, sample: Callable, stops: set[int]) -> Iterator[int]:
-        """Token ids after the prompt until a stop id or max_new_tokens; `sample(logits, seen) -> token tensor`."""
-        import torch
-
-        with torch.inference_mode():
-            cache = self.new_cache(len(prompt_ids) + max_new_tokens)
-            ids = torch.tensor(prompt_ids)
-            seen = torch.zeros(1, self.config.vocab_size, dtype=torch.bool)
-            seen[0, ids] = True
-            logits = self.forward(ids, 0, cache)
-            position = len(prompt_ids)
-            for _ in range(max_new_tokens):
-                token = sample(logits, seen).view(1)
-                token_id = int(token)
-                if token_id in stops:
-                    return
-                yield token_id
-                seen[0, token_id] = True
-                logits = self.forward(token, position, cache)
-                position += 1
-
-
-def _rotate_half(x):
-    import torch
-
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
 
 def layer_tensors(state: dict, config: dict, prefix: str = "model.") -> dict:
     """This module's tensor names from a Gemma3ForCausalLM state dict (fused q/k/v and gate/up), embedding aside."""
@@ -292,8 +223,8 @@ def layer_tensors(state: dict, config: dict, prefix: str = "model.") -> dict:
     return out
 
 
-def decoder_from_model(model, dtype=None) -> GemmaDecoder:
-    """A GemmaDecoder over a loaded Gemma3ForCausalLM's weights (fused copies; for tests and benchmarks)."""
+def from_model(model, dtype=None) -> "Gemma":
+    """A Gemma over a loaded Gemma3ForCausalLM's weights (fused copies; for tests and benchmarks)."""
     config = model.config.to_dict()
     if not supported(config):
         raise TalkalikeError(f"{config.get('model_type')} is not decoded by talkalike.decode.engines.gemma_cpu")
@@ -303,7 +234,7 @@ def decoder_from_model(model, dtype=None) -> GemmaDecoder:
     if "lm_head.weight" in state and state["lm_head.weight"].data_ptr() != tensors["embed"].data_ptr():
         tensors["lm_head"] = state["lm_head.weight"]
     dtype = dtype or tensors["embed"].dtype
-    return GemmaDecoder(config, {name: t.to(dtype).contiguous() for name, t in tensors.items()})
+    return Gemma(config, {name: t.to(dtype).contiguous() for name, t in tensors.items()})
 
 
 def fingerprint(run_dir: Path, run_info: dict, dtype_name: str, base_file: Path) -> str:
@@ -336,7 +267,7 @@ def build_merged(run_dir: Path, home: Path, dtype_name: str = "float32") -> Path
     from talkalike.model import load_base
 
     run_dir = Path(run_dir)
-    run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    run_info = Run.open(run_dir).info
     dtype = getattr(torch, dtype_name)
     print(f"merging {run_dir.name}'s adapter into the weights once (later starts map {CACHE_DIR}/ directly)",
           file=sys.stderr, flush=True)
@@ -393,12 +324,12 @@ def _shared_embedding(base_path: Path, embed, dtype) -> str | None:
     return None
 
 
-def load_merged(run_dir: Path, home: Path, dtype_name: str = "float32") -> GemmaDecoder | None:
+def load_merged(run_dir: Path, home: Path, dtype_name: str = "float32") -> "Gemma | None":
     """The run's merged decoder, building the cache when missing or stale; None if the base is not Gemma 3 text."""
     import fcntl
 
     run_dir = Path(run_dir)
-    run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    run_info = Run.open(run_dir).info
     base_path = _base_file(home, run_info)
     meta_path = run_dir / CACHE_DIR / "cache.json"
 
@@ -421,14 +352,14 @@ def load_merged(run_dir: Path, home: Path, dtype_name: str = "float32") -> Gemma
     tensors = map_safetensors(run_dir / CACHE_DIR / "model.safetensors")
     if meta["embedding_from_base"]:
         tensors["embed"] = map_safetensors(base_path)[meta["embedding_from_base"]]
-    return GemmaDecoder(meta["config"], tensors)
+    return Gemma(meta["config"], tensors)
 
 
 def load_tokenizer(folder: Path):
     """A run's tokenizer, loaded the short way for Gemma's: transformers' GemmaTokenizer.from_pretrained parses the
     33 MB tokenizer.json in Python three times and rebuilds the BPE from it (about 2.7 s here); the tokenizers
     library reads the same file once in Rust (about 0.9 s). Same vocabulary, specials, template and padding side
-    (tests/test_cpudecode.py compares them); other tokenizer classes load the usual way."""
+    (tests/decode/test_gemma_cpu.py compares them); other tokenizer classes load the usual way."""
     folder = Path(folder)
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     if config.get("tokenizer_class") not in ("GemmaTokenizer", "GemmaTokenizerFast") or \

@@ -16,9 +16,9 @@ Every matrix-vector kernel takes its block shape from a short timed search over 
 shape is timed over all layers, so the L2 cache can't flatter a small matrix). Nothing is compiled by torch, so a
 start costs the Triton compiles (cached on disk by Triton) and a graph capture.
 
-`FusedStep` (talkalike/fastdecode.py) prefills the prompt and owns the weights and the cache; `TritonStep` is its
-decode step. It needs CUDA and Triton; on the CPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1),
-which is how tests/test_tritondecode.py checks them without a GPU.
+`FusedStep` (cuda_graph.py) prefills the prompt and owns the weights and the cache; `TritonStep` is its decode step.
+It needs CUDA and Triton; on the CPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1), which is how
+tests/decode/test_tritondecode.py checks them without a GPU.
 """
 
 import os
@@ -26,14 +26,31 @@ import os
 import triton
 import triton.language as tl
 
+from talkalike.decode.engines.cuda_graph import FusedStep
+
 ATTENTION_BLOCK = 64  # cache positions per attention program: 8 heads x 13 programs already at a 784-token cache
 GROUP_PAD = 16  # query rows per attention program, padded to the matrix unit's smallest tile
-# (rows per program, K per iteration, warps): the candidates each shape is timed with. On an H200 two rows of 1,024
-# columns and 4 warps won the large products; unrolling the K loop lost everywhere (BENCHMARKS.md, "GPU decode").
+# (rows per program, K per iteration, warps): the candidates each shape is timed with.
 MATVEC_CONFIGS = (
     (2, 1024, 4), (1, 2048, 4), (1, 4096, 8), (2, 2048, 8), (4, 512, 4), (4, 1024, 8), (8, 512, 8), (16, 256, 8),
     (4, 1024, 16), (2, 2048, 16),
 )
+
+
+def fits(twin, max_len: int) -> bool:
+    """A plain Llama-family model (FusedStep) with a SiLU MLP, a head size the attention tiles take (a power of 2,
+    at least 16) and at most GROUP_PAD query heads per key/value head."""
+    model = twin.model
+    if twin.device.type != "cuda" or not FusedStep.supports(model, max_len):
+        return False
+    head_dim = model.model.layers[0].self_attn.head_dim
+    group = model.config.num_attention_heads // model.config.num_key_value_heads
+    return model.config.hidden_act == "silu" and head_dim >= 16 and head_dim & (head_dim - 1) == 0 \
+        and group <= GROUP_PAD
+
+
+def build(twin, max_len: int, tune_kernels: bool = True) -> "TritonStep":
+    return TritonStep(FusedStep(twin.model, max_len), tune=tune_kernels)
 
 
 @triton.jit
@@ -190,16 +207,18 @@ class TritonStep:
     """The decode step of a `FusedStep`'s model as Triton kernels over static buffers, captured as one CUDA graph.
 
     `prefill(ids)` fills the cache (the FusedStep's eager prompt pass) and sets the position; each `step(token)`
-    appends one token and returns the logits [1, vocab] in a buffer the next step overwrites.
+    appends one token and returns the logits [1, vocab] in a buffer the next step overwrites (in stream order, so
+    whatever reads it before the next step reads this step's).
     """
 
     def __init__(self, fused, tune: bool = True, graph: bool = True):
         import torch
 
-        self.fused = fused
+        self.fused, self.max_len = fused, fused.max_cache_len
         model, config = fused.model, fused.model.config
         weight = fused.qkv[0]
         device, dtype = weight.device, weight.dtype
+        self.device = device
         assert fused.head_dim >= 16 and fused.head_dim & (fused.head_dim - 1) == 0, "head_dim: a power of 2, >= 16"
         self.group = fused.heads // fused.kv_heads
         assert self.group <= GROUP_PAD
@@ -329,10 +348,12 @@ class TritonStep:
         with torch.cuda.graph(self.graph):
             self._run()
 
-    def prefill(self, ids):
-        """The prompt [1, n] through the fused eager pass (cache positions 0..n-1); the last position's logits."""
-        logits = self.fused.prefill(ids)
-        self.position.fill_(ids.shape[1])
+    def prefill(self, ids: list[int]):
+        """The prompt through the fused eager pass (cache positions 0..n-1); the last position's logits."""
+        import torch
+
+        logits = self.fused.prefill(torch.tensor([ids], device=self.device))
+        self.position.fill_(len(ids))
         return logits
 
     def step(self, token):

@@ -1,0 +1,53 @@
+"""Sampling settings: the original's defaults, a run's generation.json over them and CLI flags over both.
+
+    config = with_overrides(load_generation_config(run_dir), temperature=0.3)
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from talkalike.errors import TalkalikeError
+from talkalike.files import write_json
+
+GENERATION_FILE = "generation.json"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling settings; a run's generation.json overrides these defaults and CLI flags override both."""
+
+    temperature: float = 0.5  # the original's chat script sampled at 0.5; 0 means greedy
+    repetition_penalty: float = 1.025  # the original's value: just enough to stop "haha haha haha" loops
+    top_p: float = 1.0  # the original used no nucleus cut-off
+    max_new_tokens: int = 200  # the original's cap; a WhatsApp turn is far shorter
+    # The dataset's window (`talkalike dataset --max-tokens`): the model never saw a longer history in training,
+    # and a shorter prompt keeps CPU prefill fast. The oldest turns are dropped to fit.
+    max_context_tokens: int = 1024
+    seed: int | None = None  # fixed for reproducible samples (evaluation, tests); None draws fresh randomness
+
+
+def load_generation_config(run_dir: Path | None) -> GenerationConfig:
+    """The run's tuned defaults (generation.json, written by `tune-generation`), else the original's."""
+    if run_dir is None or not (Path(run_dir) / GENERATION_FILE).is_file():
+        return GenerationConfig()
+    path = Path(run_dir) / GENERATION_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise TalkalikeError(f"{path} is not valid JSON ({error}); fix it or delete it to use the defaults") from None
+    # Only the sampling fields are settings; anything else in the file (the tuning table, scores) is a record.
+    names = {f.name for f in dataclasses.fields(GenerationConfig)}
+    return GenerationConfig(**{key: value for key, value in data.items() if key in names})
+
+
+def save_generation_config(run_dir: Path, config: GenerationConfig, extra: dict | None = None) -> Path:
+    """Write the run's sampling defaults atomically; `extra` (e.g. the tuning table) is stored beside them."""
+    return write_json(Path(run_dir) / GENERATION_FILE, dataclasses.asdict(config) | (extra or {}))
+
+
+def with_overrides(config: GenerationConfig, **overrides: Any) -> GenerationConfig:
+    """`config` with every override that is not None (CLI flags left unset keep the run's value)."""
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,98 @@
+"""The one sampler: the next token of every row, drawn as transformers' logits processors would draw it.
+
+Repetition penalty over every token already in the row (prompt included), temperature, then top-p; a row whose
+temperature is 0 or less takes the argmax. The single-stream loop (stream.py) and eval's batches (batch.py) both
+draw through `Sampler`. On a 262k vocabulary whole-vocabulary passes cost more than the forward pass on a CPU, so:
+the penalty touches the seen tokens only, and a token is drawn in two stages (a block of the vocabulary by its
+mass, then a token inside it): the same distribution with one exp() pass. Nothing here reads a value back to the
+host, so on a GPU the draw is queued behind the step like any other kernel.
+
+    sampler = Sampler(config, vocab=len(tokenizer), rows=1, device=device)
+    token = sampler(logits, seen_ids, [config.temperature])
+"""
+
+from talkalike.decode.config import GenerationConfig
+
+BLOCK = 512  # two-stage sampling: 262,144 = 512 x 512, so each stage draws from 512 values
+TOP_P_CANDIDATES = 1024  # top-p looks for its nucleus among the most likely tokens first (exact; else a full sort)
+CHUNK_ROWS = 2  # rows of logits transformed together while they sit in the CPU's L2 cache
+
+
+class Sampler:
+    """Draws for one sampling config: owns the generator (seeded by config.seed) and a reused fp32 buffer whose
+    width is whole blocks (the padding is -inf for max and argmax, 0 after exp())."""
+
+    def __init__(self, config: GenerationConfig, vocab: int, rows: int, device, softcap: float | None = None):
+        import torch
+
+        self.config, self.vocab, self.softcap = config, vocab, softcap
+        self.generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
+        # A fresh 30-70 MB tensor per step would cost page faults on every step: one buffer, reused.
+        self.logits = torch.empty(rows, -(-vocab // BLOCK) * BLOCK, device=device)
+
+    def __call__(self, logits, seen, temperatures: list[float]):
+        """Next token id per row of `logits` [rows, vocab]; `seen` [rows, n] holds each row's ids so far (repeats
+        change nothing) and `temperatures` one value per row."""
+        n = logits.shape[0]
+        buffer = self.logits[:n]
+        buffer[:, : self.vocab].copy_(logits)
+        buffer[:, self.vocab:].fill_(float("-inf"))
+        if self.softcap:  # in fp32, as transformers applies it
+            buffer[:, : self.vocab].div_(self.softcap).tanh_().mul_(self.softcap)
+        return choose(buffer, seen, temperatures, self.config, self.generator, self.vocab)
+
+
+def choose(logits, seen, temperatures: list[float], config: GenerationConfig, generator, vocab: int):
+    """Next token per row from fp32 logits whose columns past `vocab` are -inf; `logits` is overwritten."""
+    import torch
+
+    if config.repetition_penalty != 1.0:
+        # HF's RepetitionPenaltyLogitsProcessor on the seen tokens only; a repeated id gets the same value twice.
+        picked = logits.gather(1, seen)
+        picked = torch.where(picked > 0, picked / config.repetition_penalty, picked * config.repetition_penalty)
+        logits.scatter_(1, seen, picked)
+    greedy = [t <= 0 for t in temperatures]
+    if all(greedy):
+        return logits.argmax(dim=-1)
+    best = logits.argmax(dim=-1) if any(greedy) else None
+    # One temperature (a single stream) stays a host number, so the draw never waits for a host-to-device copy.
+    scale = temperatures[0] if len(set(temperatures)) == 1 else \
+        torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=logits.device)[:, None]
+    blocks = logits.view(logits.shape[0], -1, BLOCK)
+    sums = torch.empty(blocks.shape[:2], device=logits.device)
+    # A few rows at a time, so the five passes below find a row in the CPU cache (a 262k-vocabulary row is 1 MB).
+    for start in range(0, logits.shape[0], CHUNK_ROWS):
+        part = logits[start: start + CHUNK_ROWS]
+        rows_scale = scale[start: start + CHUNK_ROWS] if torch.is_tensor(scale) else scale
+        # softmax(l / T) without normalising: exp((l - max) / T), in place. Clamped at -80: below fp32's normal
+        # range exp() takes a slow path on a CPU, and the mass this adds is under 262,144 x e^-80 < 1e-29.
+        part.sub_(part.amax(dim=-1, keepdim=True)).div_(rows_scale).clamp_(min=-80.0).exp_()
+        part[:, vocab:] = 0.0  # the padding columns: never drawn
+        sums[start: start + CHUNK_ROWS] = blocks[start: start + CHUNK_ROWS].sum(-1)
+    if config.top_p < 1.0:
+        drawn = _top_p(logits, config.top_p, generator)
+    else:
+        block = torch.multinomial(sums, 1, generator=generator)
+        inside = blocks.gather(1, block[:, :, None].expand(-1, 1, BLOCK)).squeeze(1)
+        drawn = (block * BLOCK + torch.multinomial(inside, 1, generator=generator)).squeeze(-1)
+    if best is None:
+        return drawn
+    return torch.where(torch.tensor(greedy, device=logits.device), best, drawn)
+
+
+def _top_p(weights, top_p: float, generator):
+    """The nucleus (the most likely tokens until their mass crosses top_p, that one included). On a CPU it is
+    looked for among the top TOP_P_CANDIDATES first, rows whose nucleus is wider getting a full sort; on a GPU the
+    full sort is cheap and checking would make the host wait for the device."""
+    import torch
+
+    probs = weights / weights.sum(-1, keepdim=True)
+    values = None
+    if probs.device.type == "cpu":
+        values, order = probs.topk(min(TOP_P_CANDIDATES, probs.shape[-1]), dim=-1)
+        if not bool((values.sum(-1) >= top_p).all()):
+            values = None
+    if values is None:
+        values, order = probs.sort(dim=-1, descending=True)
+    values = values.masked_fill(values.cumsum(-1) - values >= top_p, 0.0)
+    return order.gather(1, torch.multinomial(values, 1, generator=generator)).squeeze(-1)

@@ -1,0 +1,90 @@
+"""One streaming function feeds the terminal chat, the web page and the OpenAI-compatible API.
+
+`stream_reply(twin, history, config)` yields ("text", chunk) and ("end_message",) events (turns.py): the persona's
+turn, split into the messages the person would send, stopping at the end of the turn. `reply` collects one turn.
+`tokens` is the one token loop, over any engine (engines/): prefill once, then one step per token, sampling with
+the run's repetition penalty, temperature and top-p (sampling.py).
+
+    twin = Twin.from_run(run_dir, home)
+    for event in stream_reply(twin, [{"role": "user", "content": "hi"}], twin.defaults):
+        ...
+"""
+
+from collections.abc import Callable, Iterator
+
+from talkalike.decode.config import GenerationConfig
+from talkalike.decode.engines import Engine
+from talkalike.decode.sampling import Sampler
+from talkalike.decode.turns import Event, Splitter, collect_messages, fit_prompt, turn_stops
+from talkalike.decode.twin import Twin
+
+
+def tokens(engine: Engine, prompt_ids: list[int], max_new_tokens: int, sample: Callable, stops: set[int]
+           ) -> Iterator[int]:
+    """Token ids after the prompt until a stop id or max_new_tokens; `sample(logits, seen) -> token tensor`, with
+    `seen` [1, n] the ids so far (prompt included)."""
+    import torch
+
+    assert len(prompt_ids) + max_new_tokens <= engine.max_len, "the engine's cache is too short for this reply"
+    # On a GPU the host learns token t through a pinned buffer and an event while the device already runs step
+    # t+1: streaming and the stop check then cost no device idle time. On a CPU the host is the device.
+    late = engine.device.type == "cuda"
+    if late:
+        host = torch.empty(1, dtype=torch.long, pin_memory=True)
+        ready = torch.cuda.Event()
+    with torch.inference_mode():
+        seen = torch.tensor([prompt_ids], device=engine.device)
+        token = sample(engine.prefill(prompt_ids), seen).view(1)
+        for _ in range(max_new_tokens):
+            if late:
+                host.copy_(token, non_blocking=True)
+                ready.record()
+            else:
+                token_id = int(token)
+                if token_id in stops:
+                    return
+                yield token_id
+            seen = torch.cat([seen, token.view(1, 1)], dim=1)
+            following = sample(engine.step(token), seen).view(1)
+            if late:
+                ready.synchronize()
+                token_id = int(host[0])
+                if token_id in stops:
+                    return
+                yield token_id
+            token = following
+
+
+def stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | None = None,
+                 use_adapter: bool = True) -> Iterator[Event]:
+    """The persona's next turn as events: ("text", chunk) while a message grows, ("end_message",) after each one."""
+    config = config or twin.defaults
+    prompt_ids = fit_prompt(twin, history, config)
+    splitter = Splitter(turn_stops(twin.tokenizer, twin.layout))
+    engine = twin.engine(len(prompt_ids) + config.max_new_tokens, use_adapter)
+    sampler = Sampler(config, twin.vocab_size, rows=1, device=engine.device)
+    temperature = [config.temperature]
+    generated: list[int] = []
+    text = ""
+    with twin.adapter(use_adapter):
+        for token_id in tokens(engine, prompt_ids, config.max_new_tokens,
+                               lambda logits, seen: sampler(logits, seen, temperature), twin.stop_ids):
+            generated.append(token_id)
+            # Decode the whole reply each step: byte-level tokens can split a character (an emoji, a Hebrew
+            # letter); a trailing U+FFFD means "wait for the next token".
+            decoded = twin.tokenizer.decode(generated, skip_special_tokens=False)
+            if decoded.endswith("\ufffd") or not decoded.startswith(text):
+                continue
+            delta, text = decoded[len(text):], decoded
+            yield from splitter.feed(delta)
+            if splitter.done:
+                return
+        decoded = twin.tokenizer.decode(generated, skip_special_tokens=False)
+        yield from splitter.feed(decoded[len(text):] if decoded.startswith(text) else "")
+        yield from splitter.finish()
+
+
+def reply(twin: Twin, history: list[dict], config: GenerationConfig | None = None,
+          use_adapter: bool = True) -> list[str]:
+    """The persona's next turn as a list of messages."""
+    return collect_messages(stream_reply(twin, history, config, use_adapter))

@@ -1,0 +1,176 @@
+"""The turn rules: which history fits the prompt, where the persona's turn ends and how it splits into messages.
+
+A reply streams as events: ("text", chunk) while a message grows and ("end_message",) after each one. The separator
+between messages (template.BUBBLE_MARK) and the text that ends the turn never reach the user. Every decoder (the
+single stream, eval's batches) stops on `stop_token_ids` and on `ends_turn`, and splits text with `Splitter`.
+"""
+
+from typing import TYPE_CHECKING
+
+from talkalike.errors import TalkalikeError
+from talkalike.template import BUBBLE_MARK, BUBBLE_SEP, chat_template, render_prompt, stop_strings
+
+if TYPE_CHECKING:
+    from talkalike.decode.config import GenerationConfig
+    from talkalike.decode.twin import Twin
+
+Event = tuple  # ("text", chunk) or ("end_message",)
+STOP_TAIL = 8  # tokens decoded to look for a stop string that a model wrote as text
+
+
+def normalize_history(history: list[dict]) -> list[dict]:
+    """Alternating user/assistant turns: consecutive messages of one side become one turn joined by the separator."""
+    turns: list[dict] = []
+    for message in history:
+        role, content = message["role"], message["content"]
+        if role not in ("user", "assistant"):
+            raise TalkalikeError(f"unknown role {role!r}: a history holds 'user' and 'assistant' messages")
+        if turns and turns[-1]["role"] == role:
+            turns[-1] = {"role": role, "content": turns[-1]["content"] + BUBBLE_SEP + content}
+        else:
+            turns.append({"role": role, "content": content})
+    # The chat templates insist the conversation opens with the other person; a leading persona turn is context we
+    # cannot render, so it goes first, like any turn older than the window.
+    while turns and turns[0]["role"] == "assistant":
+        turns.pop(0)
+    return turns
+
+
+def fit_prompt(twin: "Twin", history: list[dict], config: "GenerationConfig") -> list[int]:
+    """Prompt ids for `history`, dropping the oldest turns until prompt + reply fit the context window."""
+    turns = normalize_history(history)
+    if turns and turns[-1]["role"] != "user":
+        raise TalkalikeError("the history must end with the other person's message for the twin to answer it")
+    limit = min(config.max_context_tokens, twin.max_positions or config.max_context_tokens)
+    budget = limit - config.max_new_tokens
+    while True:
+        ids = render_prompt(turns, twin.tokenizer, twin.layout)
+        if len(ids) <= budget:
+            return ids
+        if len(turns) <= 1:
+            raise TalkalikeError(
+                f"the last message alone is {len(ids)} tokens, more than the {budget} the context window leaves "
+                f"for history ({limit} - {config.max_new_tokens} for the reply); send a shorter message"
+            )
+        # Drop the oldest exchange: a user turn and the persona's answer, so the history still opens with the user.
+        turns = turns[2:] if len(turns) > 2 else turns[1:]
+
+
+def turn_stops(tokenizer, layout: str = "chat") -> list[str]:
+    """The text that ends the persona's turn: template.stop_strings, plus the opening of the other side's next turn
+    (a model that skips the end-of-turn marker and starts writing the other person's part has still finished)."""
+    stops = stop_strings(tokenizer, layout)
+    mine, theirs = "\u2063a\u2063", "\u2063b\u2063"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mine}, {"role": "user", "content": theirs}],
+        chat_template=chat_template(tokenizer, layout), tokenize=False)
+    between = text.split(mine, 1)[1].split(theirs, 1)[0]
+    for stop in stops:
+        between = between.replace(stop, "")
+    opener = between.strip()
+    return stops + [opener] if opener else stops
+
+
+def stop_token_ids(tokenizer, layout: str, model_eos: int | list[int] | None = None) -> frozenset[int]:
+    """Token ids that end the persona's turn: end-of-sequence (the tokenizer's and the model's own) and single-token
+    stop strings (<end_of_turn>)."""
+    ids = set()
+    for token_id in (tokenizer.eos_token_id, model_eos):
+        if isinstance(token_id, int):
+            ids.add(token_id)
+        elif token_id:
+            ids.update(token_id)
+    for stop in stop_strings(tokenizer, layout):
+        encoded = tokenizer.encode(stop, add_special_tokens=False)
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+    return frozenset(ids)
+
+
+def ends_turn(tokenizer, tokens: list[int], text_stops: list[str]) -> bool:
+    """Whether the reply so far has written a stop string as text (looking at its last STOP_TAIL tokens)."""
+    tail = tokenizer.decode(tokens[-STOP_TAIL:], skip_special_tokens=False)
+    return any(stop in tail for stop in text_stops)
+
+
+class Splitter:
+    """Turns the reply text as it grows into message events; holds back whatever may still become a separator or
+    a stop string, so neither ever reaches the user."""
+
+    def __init__(self, stops: list[str]):
+        self.marks = [BUBBLE_MARK] + [s for s in stops if s]
+        self.pending = ""  # text received but not yet shown
+        self.open = False  # whether the current message has shown any text
+        self.done = False  # a stop string was seen: the turn is over
+
+    def feed(self, text: str) -> list[Event]:
+        """Events for `text`, the next piece of the reply."""
+        events: list[Event] = []
+        if self.done:
+            return events
+        self.pending += text
+        while True:
+            found = [(self.pending.find(s), s) for s in self.marks if s in self.pending]
+            if not found:
+                break
+            at, mark = min(found)
+            self._show(self.pending[:at].rstrip(), events)
+            self._close(events)
+            self.pending = self.pending[at + len(mark):]
+            if mark != BUBBLE_MARK:
+                self.done = True
+                return events
+        # Hold back a tail that could be the start of a mark, and trailing whitespace (it may precede a separator).
+        hold = max((n for mark in self.marks for n in range(1, len(mark)) if self.pending.endswith(mark[:n])),
+                   default=0)
+        shown = self.pending[: len(self.pending) - hold].rstrip()
+        self._show(shown, events)
+        self.pending = self.pending[len(shown):]
+        return events
+
+    def finish(self) -> list[Event]:
+        """Events for the end of the reply; a half-written separator or stop at the very end is dropped."""
+        events: list[Event] = []
+        if not self.done:
+            tail = self.pending
+            for mark in self.marks:
+                for n in range(len(mark) - 1, 0, -1):
+                    if tail.endswith(mark[:n]):
+                        tail = tail[:-n]
+                        break
+            self._show(tail.rstrip(), events)
+            self._close(events)
+        self.pending, self.done = "", True
+        return events
+
+    def _show(self, text: str, events: list[Event]) -> None:
+        if not self.open:
+            text = text.lstrip()
+        if text:
+            events.append(("text", text))
+            self.open = True
+
+    def _close(self, events: list[Event]) -> None:
+        if self.open:
+            events.append(("end_message",))
+            self.open = False
+
+
+def collect_messages(events) -> list[str]:
+    """The separate messages of one turn, from stream_reply's events."""
+    messages, current = [], []
+    for event in events:
+        if event[0] == "text":
+            current.append(event[1])
+        elif event[0] == "end_message":
+            messages.append("".join(current))
+            current = []
+    if current:
+        messages.append("".join(current))
+    return messages
+
+
+def split_reply(text: str, stops: list[str]) -> list[str]:
+    """A whole generated text cut at the first stop string and split into messages."""
+    splitter = Splitter(stops)
+    return collect_messages(splitter.feed(text) + splitter.finish())

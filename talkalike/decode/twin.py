@@ -1,0 +1,207 @@
+"""The twin: a loaded model, what it takes to prompt it, and the engine that decodes it (engines/, picked once).
+
+    twin = load_twin("dana", None, home)                 # what `chat` and `serve` talk to
+    twin = Twin.from_run(run_dir, home)                  # adapter switchable, for eval and --compare
+"""
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from talkalike.decode.config import GenerationConfig, load_generation_config
+from talkalike.decode.turns import stop_token_ids
+from talkalike.errors import TalkalikeError
+from talkalike.run import Run
+
+
+@dataclass
+class Twin:
+    """A loaded model and everything needed to prompt and decode it."""
+
+    model: Any  # a transformers causal LM (a PeftModel when tuned), or engines.gemma_cpu's merged Gemma
+    tokenizer: Any
+    vocab_size: int
+    max_positions: int | None  # the model's own context limit
+    stop_ids: frozenset[int]  # token ids that end the persona's turn
+    device: Any
+    layout: str = "chat"
+    name: str = "base"  # the run's name, or the base model's
+    persona: str = "twin"  # shown in front of the persona's messages
+    run_dir: Path | None = None
+    has_adapter: bool = False  # a PEFT adapter that `use_adapter=False` switches off, for base-vs-tuned
+    defaults: GenerationConfig = field(default_factory=GenerationConfig)
+    engines: dict = field(default_factory=dict, repr=False)  # built on the first reply, by "graphs allowed"
+
+    @classmethod
+    def of(cls, model, tokenizer, layout: str = "chat", **fields) -> "Twin":
+        """A twin over a loaded transformers model: vocabulary, positions, stop ids and device read from it once."""
+        config = model.config
+        return cls(model=model, tokenizer=tokenizer, layout=layout, vocab_size=config.vocab_size,
+                   max_positions=getattr(config, "max_position_embeddings", None),
+                   stop_ids=stop_token_ids(tokenizer, layout, model.generation_config.eos_token_id),
+                   device=next(model.parameters()).device, **fields)
+
+    @classmethod
+    def from_run(cls, run_dir: Path, home: Path, dtype: Any = None) -> "Twin":
+        """A run folder's base model with its adapter, tokenizer, layout and tuned sampling defaults.
+
+        `dtype` None: bf16 on a CPU with native bf16 (the batched evaluation's choice), else fp32; the chat and
+        serve commands ask for fp32 on CPU (`load_twin`)."""
+        import torch
+        from peft import PeftModel
+        from transformers import AutoTokenizer
+
+        from talkalike.model import load_base
+
+        # model.load_run's steps, but the base loads straight into the decode dtype: on CPU that reads the
+        # weights once instead of loading fp32 and converting.
+        run = Run.open(run_dir)
+        quantized = run.quantized and torch.cuda.is_available()
+        if dtype is None and not torch.cuda.is_available():
+            dtype = cpu_decode_dtype(batched=True)
+        base = load_base(run.base_id, home, quantize_4bit=quantized, dtype=dtype)
+        model = PeftModel.from_pretrained(base, str(run.adapter_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(run.tokenizer_dir))
+        twin = cls.of(model, tokenizer, has_adapter=True, **_run_fields(run))
+        twin.prepare(dtype)
+        return twin
+
+    @classmethod
+    def merged(cls, run_dir: Path, home: Path) -> "Twin | None":
+        """The CPU chat's fast twin: the adapter merged once and cached in the run folder, memory-mapped fp32
+        weights decoded by engines.gemma_cpu (no transformers model, no peft); no base switch. None when the
+        base is not a Gemma 3 text model (the caller then loads the usual way)."""
+        import torch
+
+        from talkalike.decode.engines import gemma_cpu
+
+        run = Run.open(run_dir)
+        try:
+            gemma = gemma_cpu.load_merged(run.dir, home)
+        except OSError as error:  # e.g. a read-only run folder: no cache, so the usual (slower) start
+            print(f"note: cannot cache the merged weights in {run.dir} ({error}); loading the adapter instead",
+                  file=sys.stderr)
+            return None
+        if gemma is None:
+            return None
+        torch.set_num_threads(physical_cores())
+        return cls.of_gemma(gemma, gemma_cpu.load_tokenizer(run.tokenizer_dir), **_run_fields(run))
+
+    @classmethod
+    def of_gemma(cls, gemma, tokenizer, layout: str = "chat", **fields) -> "Twin":
+        """A twin over engines.gemma_cpu's merged Gemma (a CPU model with no transformers config)."""
+        import torch
+
+        return cls(model=gemma, tokenizer=tokenizer, layout=layout, vocab_size=gemma.cfg["vocab_size"],
+                   max_positions=gemma.cfg.get("max_position_embeddings"),
+                   stop_ids=stop_token_ids(tokenizer, layout, gemma.cfg.get("eos_token_id")),
+                   device=torch.device("cpu"), **fields)
+
+    @classmethod
+    def from_base(cls, base: str | None, home: Path, dtype: Any = None) -> "Twin":
+        """A base model alone (no adapter), with the conversational layout."""
+        import torch
+
+        from talkalike.model import EMBEDDED, load_base, load_tokenizer
+
+        name = Path(base).name if base and Path(base).is_dir() else (base or EMBEDDED)
+        if dtype is None and not torch.cuda.is_available():
+            dtype = cpu_decode_dtype()  # fp32: the embedded weights' own dtype, so nothing is converted
+        twin = cls.of(load_base(base, home, dtype=dtype), load_tokenizer(base, home), name=name, persona=name)
+        twin.prepare(dtype)
+        return twin
+
+    def prepare(self, dtype: Any = None, gemv: bool = True) -> None:
+        """Eval mode, decode dtype, thread count and (on CPU) the single-token matrix-vector path; call once."""
+        import torch
+
+        from talkalike.decode.engines.eager import use_gemv
+
+        self.model.eval()
+        if self.device.type == "cpu":
+            torch.set_num_threads(physical_cores())
+            dtype = dtype or cpu_decode_dtype()
+        if dtype is not None:
+            self.model.to(dtype)
+        if self.device.type == "cpu":
+            # mv pays off in bf16 only: fp32 F.linear already reaches MKL's matrix-vector kernel.
+            use_gemv(self.model, gemv and dtype == torch.bfloat16)
+
+    def engine(self, length: int, use_adapter: bool = True):
+        """The engine for a reply of `length` positions (prompt + reply): picked and built on first need, then
+        reused; rebuilt only for a longer reply than it holds."""
+        from talkalike.decode import engines
+
+        # A captured CUDA graph would replay whichever adapter state it was captured with: the base runs eagerly.
+        graphs = use_adapter or not self.has_adapter
+        built = self.engines.get(graphs)
+        if built is None or built.max_len < length:
+            max_len = max(length, self.defaults.max_context_tokens)
+            built = self.engines[graphs] = engines.build(engines.pick(self, max_len, graphs), self, max_len)
+        return built
+
+    def adapter(self, use_adapter: bool = True):
+        """A context in which the model runs with or without its adapter."""
+        if self.has_adapter and not use_adapter:
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
+
+
+def _run_fields(run: Run) -> dict:
+    """A run's Twin fields besides the model: layout, names and tuned sampling defaults."""
+    return {"layout": run.layout, "name": run.name, "persona": run.persona, "run_dir": run.dir,
+            "defaults": load_generation_config(run.dir)}
+
+
+def load_twin(run: str | None, base: str | None, home: Path, switchable: bool = True) -> Twin:
+    """The twin the chat and serve commands talk to: a run folder (tuned, adapter switchable) or a base model alone.
+
+    `switchable=False` (the chat without --compare) takes the fast path on CPU: the adapter merged and cached once,
+    decoded without transformers or peft (Twin.merged), which is most of a second-start's cold start."""
+    import torch
+
+    from talkalike.home import resolve_run
+
+    if run and base:
+        raise TalkalikeError("give a run or --base MODEL, not both (a run already names its base in run.json)")
+    if run:
+        run_dir = resolve_run(home, run)
+        cuda = torch.cuda.is_available()
+        if not switchable and not cuda:
+            twin = Twin.merged(run_dir, home)
+            if twin is not None:
+                return twin
+        return Twin.from_run(run_dir, home, dtype=None if cuda else cpu_decode_dtype())
+    if base:
+        return Twin.from_base(base, home)
+    raise TalkalikeError("name a run to talk to (e.g. `talkalike chat dana`), or a base model with --base MODEL")
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process: decode is memory-bound, so hyper-threads only add contention."""
+    cpus = os.sched_getaffinity(0)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            return len(cpus)  # no sysfs topology (containers, macOS): count logical CPUs
+    return len(cores)
+
+
+def cpu_decode_dtype(batched: bool = False):
+    """The CPU decode dtype. One conversation (chat, serve): float32, since its matrix-vector products are bound by
+    memory and fp32 gets closer to that limit (the weights are fp32 on disk, so they map with no conversion, and a
+    merged LoRA delta keeps its full precision). Batches (eval, tune-generation): bfloat16 where the CPU computes it
+    natively (AVX512-BF16 / AMX), since matrix-matrix products are compute-bound; else float32."""
+    import torch
+
+    from talkalike.train.recipe import cpu_computes_bf16
+
+    if not batched:
+        return torch.float32
+    return torch.bfloat16 if cpu_computes_bf16() else torch.float32
