@@ -1,10 +1,10 @@
-# Two commands: `make demo` runs the whole pipeline on the bundled sample chat; `make test` runs the test suite.
-# Both create or reuse the virtual environment in .venv (scripts/setup.sh).
+# `make demo` runs the whole pipeline on the bundled sample chat; `make test` runs the test suite; `make lint` runs ruff.
+# Each creates or reuses the virtual environment in .venv (scripts/setup.sh).
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.talkalike-installed
 
-.PHONY: demo test setup
+.PHONY: demo test lint setup
 
 $(STAMP): pyproject.toml scripts/setup.sh talkalike/sources/_whatsapp_scan.c
 	scripts/setup.sh $(VENV)
@@ -17,3 +17,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from talkalike.prepare.dataset import DatasetConfig, build_dataset  # noqa: E402
 from talkalike.message import Message, ParsedExport  # noqa: E402
+from talkalike.prepare.dataset import DatasetConfig, build_dataset  # noqa: E402
 from talkalike.store import Store  # noqa: E402
 
 PERSONA = "Noa"

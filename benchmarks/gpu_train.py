@@ -20,7 +20,6 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
 import argparse
 import gc
 import json
-import math
 import os
 import random
 import sys
@@ -171,7 +170,7 @@ class StepTimer:
 
     def loss_after(self, tokens: int) -> float:
         """The logged loss of the first step by which `tokens` tokens had been trained."""
-        for seen, loss in zip(self.tokens_at_step, self.losses):
+        for seen, loss in zip(self.tokens_at_step, self.losses, strict=False):
             if seen >= tokens:
                 return loss
         return self.losses[-1] if self.losses else float("nan")

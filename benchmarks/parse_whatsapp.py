@@ -48,7 +48,7 @@ def generate(path: Path, n: int, shape: str, seed: int = 0) -> dict:
     authored = multiline = 0
     out = []
     with path.open("w", encoding="utf-8") as f:
-        for i in range(n):
+        for _ in range(n):
             t += timedelta(seconds=rnd.choice((5, 30, 60, 120, 600, 3600)))
             header = fmt(d=t.day, m=t.month, Y=t.year, H=t.hour, h=t.hour % 12 or 12, M=t.minute, S=t.second,
                          p="am" if t.hour < 12 else "pm", P="AM" if t.hour < 12 else "PM")
@@ -145,7 +145,7 @@ def _peers() -> dict:
 
 def run_one(cmd: list[str], path: Path) -> dict:
     """Run one parser on path in a fresh process; parse time from inside, wall time and peak RSS from outside."""
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd, str(path)], capture_output=True, text=True,
                           cwd=BENCH if "node" in cmd[0] else ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - t0

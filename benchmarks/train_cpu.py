@@ -41,8 +41,8 @@ def build_dataset(home: Path) -> Path:
 def records(home: Path, count: int) -> tuple[list[dict], object]:
     """The first `count` training samples rendered for the embedded model, with persona masks."""
     from talkalike.model import load_tokenizer
-    from talkalike.train.recipe import PRESETS
     from talkalike.template import chat_template
+    from talkalike.train.recipe import PRESETS
     from talkalike.train.trainer import read_dataset, render_rows
 
     train_rows, _, _ = read_dataset(build_dataset(home))
@@ -58,6 +58,7 @@ def run_variant(variant: str, home: Path, count: int) -> dict:
     from dataclasses import replace
 
     import torch
+
     from talkalike.model import load_base
     from talkalike.train.recipe import PRESETS, resolve_recipe
     from talkalike.train.trainer import apply_lora, make_trainer
@@ -83,7 +84,8 @@ def run_variant(variant: str, home: Path, count: int) -> dict:
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
         rows = [{"input_ids": s["input_ids"], "attention_mask": [1] * len(s["input_ids"]),
-                 "labels": [t if m else -100 for t, m in zip(s["input_ids"], s["assistant_masks"])]} for s in samples]
+                 "labels": [t if m else -100 for t, m in zip(s["input_ids"], s["assistant_masks"], strict=True)]}
+                for s in samples]
         args = TrainingArguments(
             output_dir=str(out), num_train_epochs=1, per_device_train_batch_size=2, gradient_accumulation_steps=4,
             gradient_checkpointing=variant != "baseline-nockpt", learning_rate=recipe.learning_rate, bf16=bf16,
@@ -117,7 +119,9 @@ def run_demo(home: Path) -> dict:
     subprocess.run([sys.executable, "-m", "talkalike", "--home", str(home), "train", str(dataset), "--name", name],
                    check=True)
     seconds = time.perf_counter() - start
-    info = json.loads((home / "runs" / name / "run.json").read_text())
+    from talkalike.run import Run
+
+    info = Run.open(home / "runs" / name).info
     return {"variant": "demo train (full sample chat)", "seconds": round(seconds, 1), "steps": info["steps"],
             "epochs": info["epochs_done"], "train_loss": info["train_loss"], "best_eval_loss": info["best_eval_loss"],
             "tokens_trained": info["tokens_trained"]}

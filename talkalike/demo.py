@@ -7,11 +7,12 @@ Each step is the command a user would type, run in-process, so the demo shows ex
 The sample chat (examples/) is synthetic: two invented people, Noa (the persona) and Daniel.
 """
 
-import sys
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
+from talkalike.files import say
 from talkalike.home import resolve_home, runs_dir
+from talkalike.run import Run
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "WhatsApp Chat with Noa.txt"
 SAMPLE_FACTS = SAMPLE.with_name("WhatsApp Chat with Noa.facts.jsonl")  # what Noa says about herself, for the probe
@@ -28,7 +29,7 @@ CANARIES = ("050-234-5678", "+44 7700 123456", "noa.levi.design@example.com")
 def _step(title: str, argv: list[str]) -> None:
     from talkalike.cli import main
 
-    print(f"\n== {title}: talkalike {' '.join(argv)}", file=sys.stderr, flush=True)
+    say(f"\n== {title}: talkalike {' '.join(argv)}")
     code = main(argv)
     if code:
         raise TalkalikeError(f"the demo stopped at `talkalike {' '.join(argv)}` (exit {code})")
@@ -43,9 +44,8 @@ def cmd_demo(args) -> int:
     dataset = home / "datasets" / "noa-demo"
     _step("1/4 import the sample chat", common + ["import", str(SAMPLE)])
     _step("2/4 build the training set with Noa as the persona", common + ["dataset", "--me", PERSONA, "--out", str(dataset)])
-    if (runs_dir(home) / RUN / "run.json").is_file():
-        print(f"\n== 3/4 train: run {RUN!r} already exists in {runs_dir(home)}; delete it to train again",
-              file=sys.stderr)
+    if Run.exists(runs_dir(home) / RUN):
+        say(f"\n== 3/4 train: run {RUN!r} already exists in {runs_dir(home)}; delete it to train again")
     else:
         train = ["train", str(dataset), "--name", RUN]
         if args.quick:

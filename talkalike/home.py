@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
+from talkalike.run import Run
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
@@ -40,8 +41,8 @@ def resolve_run(home: Path, run: str | os.PathLike) -> Path:
     """A run folder from a path or a run name; a clear error if there is none."""
     candidates = [Path(run), runs_dir(home) / str(run)]
     for path in candidates:
-        if (path / "run.json").is_file():
+        if Run.exists(path):
             return path
-    known = sorted(p.name for p in runs_dir(home).glob("*") if (p / "run.json").is_file())
+    known = sorted(p.name for p in runs_dir(home).glob("*") if Run.exists(p))
     hint = f" Known runs: {', '.join(known)}." if known else " Train one with `talkalike train DATASET_DIR`."
     raise TalkalikeError(f"no run folder at {run!r}.{hint}")

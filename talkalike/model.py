@@ -5,7 +5,7 @@ load (about a minute on two cores), so `ensure_embedded` converts it once into `
 safetensors plus tokenizer; later loads take seconds.
 
     from talkalike.model import load_base, load_tokenizer, load_run
-    model, tokenizer, info = load_run(run_dir, home)
+    model, tokenizer, run = load_run(run_dir, home)
     with model.disable_adapter():   # the base model, for comparison
         ...
 """
@@ -16,20 +16,17 @@ import fcntl
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
+from talkalike.files import say
 from talkalike.home import models_dir as home_models_dir
+from talkalike.run import Run
 
 EMBEDDED = "gemma-3-270m"  # the default base: multilingual (Hebrew included), small enough for a laptop CPU
 # The files of a complete converted folder (it appears only by an atomic rename, so this is a cheap check).
 _CONVERTED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def ensure_embedded(models_dir: Path) -> Path:
@@ -43,11 +40,11 @@ def ensure_embedded(models_dir: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if all((target / name).is_file() for name in _CONVERTED_FILES):
             return target
-        _say(f"converting the embedded {EMBEDDED} GGUF to safetensors once (about a minute) into {target}")
+        say(f"converting the embedded {EMBEDDED} GGUF to safetensors once (about a minute) into {target}")
         work = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED}.tmp-", dir=target.parent))
         try:
             _convert_gguf(work)
-            if target.exists():  # a half-finished folder from a crash before this code existed
+            if target.exists():  # incomplete (it lacks one of _CONVERTED_FILES): replaced whole
                 shutil.rmtree(target)
             os.rename(work / "out", target)
         finally:
@@ -152,7 +149,7 @@ def _load_error(base: str, why: str) -> TalkalikeError:
     )
 
 
-def _from_pretrained(cls, target: str, info: dict, **kwargs):
+def from_pretrained(cls, target: str, info: dict, **kwargs):
     """`cls.from_pretrained` for a resolved base: a cached hub model loads from its snapshot folder (no network)."""
     if info["source"] != "hub":
         return cls.from_pretrained(target, **kwargs)
@@ -173,7 +170,7 @@ def load_tokenizer(base: str | None, home: Path | None):
     from transformers import AutoTokenizer
 
     target, info = resolve_base(base, home)
-    return _from_pretrained(AutoTokenizer, target, info)
+    return from_pretrained(AutoTokenizer, target, info)
 
 
 def default_dtype(quantize_4bit: bool = False):
@@ -215,30 +212,37 @@ def load_base(base: str | None, home: Path | None, *, quantize_4bit: bool = Fals
         torch.cuda.set_device(local_rank)
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("true", "1"):
             kwargs["device_map"] = {"": local_rank}
-    model = _from_pretrained(AutoModelForCausalLM, target, info, **kwargs)
+    model = from_pretrained(AutoModelForCausalLM, target, info, **kwargs)
     model.talkalike_base = info  # run.json records where the weights came from
     return model
 
 
 def load_run(run_dir: str | os.PathLike, home: Path | None, *, adapter: bool = True):
-    """(model, tokenizer, run_info) for a run folder; the model carries the trained PEFT adapter unless adapter=False."""
+    """(model, tokenizer, Run) for a run folder; the model carries the trained PEFT adapter unless adapter=False."""
     import torch
     from transformers import AutoTokenizer
 
-    run_dir = Path(run_dir)
-    info_path = run_dir / "run.json"
-    if not info_path.is_file():
-        raise TalkalikeError(f"{run_dir} is not a run folder (no run.json); train one with `talkalike train`.")
-    run_info = json.loads(info_path.read_text())
-    base_id = run_info["base"]["id"]
-    quantize = bool(run_info.get("quantized")) and torch.cuda.is_available()
-    if run_info.get("quantized") and not quantize:
-        _say("note: this run was trained on 4-bit weights; without a CUDA GPU the base loads unquantized")
-    model = load_base(base_id, home, quantize_4bit=quantize)
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+    run = Run.open(run_dir)
+    quantize = run.quantized and torch.cuda.is_available()
+    if run.quantized and not quantize:
+        say("note: this run was trained on 4-bit weights; without a CUDA GPU the base loads unquantized")
+    model = load_base(run.base_id, home, quantize_4bit=quantize)
+    tokenizer = AutoTokenizer.from_pretrained(str(run.tokenizer_dir))
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(run_dir / "adapter"))
+        model = PeftModel.from_pretrained(model, str(run.adapter_dir))
     model.eval()
-    return model, tokenizer, run_info
+    return model, tokenizer, run
+
+
+def pad_id(tokenizer) -> int:
+    """The id to pad batches with: the tokenizer's pad token, or 0 when it has none (padding is masked out)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def causal_lm(model):
+    """The transformers causal LM inside a PEFT model (LoRA layers still in place), or the model itself."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model

@@ -74,9 +74,9 @@ class Run:
         return (self.info.get("dataset_info") or {}).get("persona") or self.info.get("persona") or self.dir.name
 
     @property
-    def dataset(self) -> str | None:
+    def dataset(self) -> Path | None:
         """The dataset folder the run was trained on."""
-        return self.info.get("dataset")
+        return Path(self.info["dataset"]) if self.info.get("dataset") else None
 
     @property
     def contacts(self) -> list[str] | None:

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
+from talkalike.files import say
 from talkalike.home import resolve_home, store_path
 from talkalike.message import KINDS, Message, ParsedExport
 
@@ -295,10 +296,10 @@ def cmd_import(args) -> int:
         items.extend((file, parsed) for parsed in exports)
     # Only now, with every file read without error, is the store opened (and created on first use).
     total = sum(len(parsed.messages) for _, parsed in items)
-    print(f"storing {total:,} entries from {len(args.files)} file(s) in one transaction", file=sys.stderr)
+    say(f"storing {total:,} entries from {len(args.files)} file(s) in one transaction")
     with Store.open(resolve_home(args.home)) as store:
         counts = store.import_exports([(parsed, args.chat) for _, parsed in items], progress=True)
-    for (file, parsed), count in zip(items, counts):
+    for (file, parsed), count in zip(items, counts, strict=True):
         print(import_report(file, parsed, count))
     return 0
 
@@ -347,7 +348,7 @@ def cmd_chats(args) -> int:
         print(json.dumps([_chat_json(info) for info in chats], ensure_ascii=False, indent=2))
         return 0
     if not chats:
-        print("no chats yet; import one with `talkalike import FILE`", file=sys.stderr)
+        say("no chats yet; import one with `talkalike import FILE`")
         return 0
     width = max(len(info.name) for info in chats)
     for info in chats:
@@ -374,7 +375,7 @@ def cmd_people(args) -> int:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
     if not people:
-        print("no senders yet; import a chat with `talkalike import FILE`", file=sys.stderr)
+        say("no senders yet; import a chat with `talkalike import FILE`")
         return 0
     width = max(len(p.name) for p in people)
     for p in people:

@@ -16,7 +16,7 @@ def test_the_demo_trains_a_twin_that_beats_its_base_on_perplexity_and_style(tmp_
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "runs" / RUN / EVAL_FILE).read_text())
     headline = result["headline"]
-    # The thresholds the demo reports against (talkalike/evaluate.py says how they were set), checked here directly.
+    # The thresholds the demo reports against (evaluate/evaluate.py says how they were set), checked here directly.
     assert headline["perplexity"]["tuned"] <= MAX_PERPLEXITY_RATIO * headline["perplexity"]["base"]
     assert headline["style distance"]["tuned"] <= headline["style distance"]["base"] - MIN_STYLE_GAIN
     assert "the tuned twin beats the base on perplexity and style distance" in out

@@ -45,7 +45,7 @@ def heavy(modules: set[str]) -> set[str]:
 
 def test_the_module_record_sees_heavy_imports_so_the_checks_below_can_fail(tmp_path):
     # A module the driver itself imports must show up in the record, or an empty record would pass every check.
-    result = subprocess.run([sys.executable, "-c", "import sqlite3\n" + DRIVER, str(tmp_path / "m.json"), "--help"],
+    subprocess.run([sys.executable, "-c", "import sqlite3\n" + DRIVER, str(tmp_path / "m.json"), "--help"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert {"sqlite3", "talkalike.cli", "argparse"} <= set(json.loads((tmp_path / "m.json").read_text()))
     assert heavy({"torch._C", "transformers"}) == {"torch._C", "transformers"}

@@ -141,7 +141,9 @@ def test_each_sample_imports_and_builds_a_dataset_with_its_persona(chat, persona
     assert main(["--home", home, "dataset", "--me", persona, "--out", str(tmp_path / "ds")]) == 0
     train = [json.loads(line) for line in (tmp_path / "ds" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(train) >= 100
-    assert all(m["role"] in ("user", "assistant") for row in train for m in row["messages"])
+    # every sample opens with the contact line (who the persona is talking to), then the conversation
+    assert all(row["messages"][0]["role"] == "system" for row in train)
+    assert all(m["role"] in ("user", "assistant") for row in train for m in row["messages"][1:])
 
 
 def test_the_group_chat_is_an_ios_export_of_four_people_where_lucia_writes_spanish_and_english_at_length():
@@ -252,7 +254,8 @@ def test_a_dataset_of_the_sample_carries_none_of_its_planted_personal_data(tmp_p
         store.import_export(parsed, "Noa")
     out = tmp_path / "ds"
     assert main(["--home", str(tmp_path), "dataset", "--me", "Noa", "--out", str(out)]) == 0
-    written = "".join(p.read_text(encoding="utf-8") for p in sorted(out.iterdir()) if p.is_file())
+    # The recall memory is SQLite: its text sits as UTF-8 among binary pages, so it is searched too, decoded leniently.
+    written = "".join(p.read_bytes().decode("utf-8", errors="replace") for p in sorted(out.iterdir()) if p.is_file())
     for values in load_generator().PLANTED_PII.values():
         for value in values:
             assert value not in written

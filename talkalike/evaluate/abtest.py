@@ -13,10 +13,11 @@ import json
 import random
 import secrets
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from talkalike.evaluate.metrics import wilson_interval
+from talkalike.files import read_jsonl, write_jsonl
 
 PAIRS = "pairs.jsonl"
 ANSWERS = "answers.jsonl"
@@ -31,31 +32,20 @@ def ab_dir(run_dir: Path) -> Path:
 
 def write_pairs(run_dir: Path, pairs: list[dict]) -> Path:
     """Write the blind-test pairs atomically (temp file, then rename), replacing earlier ones."""
-    folder = ab_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / PAIRS
-    temp = path.with_suffix(".jsonl.tmp")
-    with temp.open("w", encoding="utf-8") as out:
-        for pair in pairs:
-            out.write(json.dumps(pair, ensure_ascii=False) + "\n")
-    temp.replace(path)
-    return path
+    ab_dir(run_dir).mkdir(parents=True, exist_ok=True)
+    return write_jsonl(ab_dir(run_dir) / PAIRS, pairs)
 
 
 def read_pairs(run_dir: Path) -> list[dict]:
     """The run's blind-test pairs; empty if `talkalike eval` has not made any."""
     path = ab_dir(run_dir) / PAIRS
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path) if path.is_file() else []
 
 
 def read_answers(run_dir: Path) -> list[dict]:
     """Every answer recorded so far."""
     path = ab_dir(run_dir) / ANSWERS
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path) if path.is_file() else []
 
 
 def results(run_dir: Path) -> dict:
@@ -134,7 +124,7 @@ def make_router(run_dir: Path, seed: int | None = None):
             pair_id, real_side = found
             fooled = body.choice != real_side
             record = {
-                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "time": datetime.now(UTC).isoformat(timespec="seconds"),
                 "pair": pair_id,
                 "choice": body.choice,
                 "real": real_side,

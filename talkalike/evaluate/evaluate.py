@@ -19,6 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
+from talkalike.files import read_jsonl, say, write_json
+from talkalike.model import causal_lm, pad_id
+from talkalike.run import Run
 from talkalike.template import split_bubbles
 
 EVAL_FILE = "eval.json"
@@ -61,12 +64,6 @@ class HeldOutTurn:
     index: int
     context: list = field(hash=False)
     real: list = field(hash=False)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a JSONL file."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def held_out_turns(rows: list[dict], limit: int | None = None) -> list[HeldOutTurn]:
@@ -146,12 +143,12 @@ def perplexity(twin, rows: list[dict], turns: list[HeldOutTurn], use_adapter: bo
         samples.append((rendered.input_ids, rendered.mask))
     samples.sort(key=lambda s: len(s[0]))
     model, device = twin.model, twin.device
-    pad = twin.tokenizer.pad_token_id if twin.tokenizer.pad_token_id is not None else 0
+    pad = pad_id(twin.tokenizer)
     # The decoder stack and the head separately: the head (262k vocabulary on Gemma) then runs on scored positions
     # only. LoRA layers live inside the base model, so `disable_adapter` still applies to this call.
-    causal_lm = model.get_base_model() if twin.has_adapter else model
-    decoder, head = causal_lm.model, causal_lm.lm_head
-    softcap = causal_lm.config.final_logit_softcapping if hasattr(causal_lm.config, "final_logit_softcapping") else None
+    lm = causal_lm(model)
+    decoder, head = lm.model, lm.lm_head
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
     total_nll, total_tokens = 0.0, 0
     if threads:
         threads.restart()
@@ -299,13 +296,12 @@ def leak_check(twin, canaries: list[Canary], samples: int = 4, max_new_tokens: i
 # --- the whole evaluation -----------------------------------------------------------------------------------------
 
 
-def _dataset_dir(run_dir: Path, run_info: dict) -> Path:
-    """The dataset folder the run trained on (train.jsonl, dataset.json)."""
-    dataset = run_info.get("dataset")
-    path = Path(dataset["path"] if isinstance(dataset, dict) else dataset) if dataset else None
+def dataset_dir(run: Run) -> Path:
+    """The dataset folder the run trained on (train.jsonl, dataset.json); an error when it is gone."""
+    path = run.dataset
     if path is None or not (path / "train.jsonl").is_file():
         raise TalkalikeError(
-            f"the training set of {run_dir.name} is not at {path} (run.json 'dataset'); eval needs its train.jsonl "
+            f"the training set of {run.name} is not at {path} (run.json 'dataset'); eval needs its train.jsonl "
             "for the persona classifier and the verbatim-copy check: restore the dataset folder there"
         )
     return path
@@ -326,8 +322,7 @@ def _prepare_for_eval(twin, config: EvalConfig) -> None:
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    causal_lm = twin.model.get_base_model() if twin.has_adapter else twin.model
-    head = causal_lm.lm_head
+    head = causal_lm(twin.model).lm_head
     if not head._forward_pre_hooks or _contiguous_input not in head._forward_pre_hooks.values():
         head.register_forward_pre_hook(_contiguous_input)
 
@@ -371,8 +366,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     from talkalike.evaluate import abtest, fidelity, metrics
     from talkalike.evaluate import facts as fact_probe
 
-    run_dir = Path(run_dir)
-    run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    run = Run.open(run_dir)
+    run_dir = run.dir
     eval_path = run_dir / "eval.jsonl"
     if not eval_path.is_file():
         raise TalkalikeError(f"{run_dir} has no eval.jsonl (the held-out conversations); retrain with a dataset that "
@@ -381,18 +376,18 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     turns = held_out_turns(rows, config.limit)
     if len(turns) < 4:
         raise TalkalikeError(f"only {len(turns)} held-out persona turns in {eval_path}; eval needs at least 4")
-    dataset_dir = _dataset_dir(run_dir, run_info)
-    train_rows = read_jsonl(dataset_dir / "train.jsonl")
-    dataset_info = json.loads((dataset_dir / "dataset.json").read_text(encoding="utf-8")) \
-        if (dataset_dir / "dataset.json").is_file() else {}
+    dataset = dataset_dir(run)
+    train_rows = read_jsonl(dataset / "train.jsonl")
+    dataset_info = json.loads((dataset / "dataset.json").read_text(encoding="utf-8")) \
+        if (dataset / "dataset.json").is_file() else {}
     timings: dict[str, float] = {}
-    facts_path = fact_probe.facts_for_run(config.facts, dataset_dir)
+    facts_path = fact_probe.facts_for_run(config.facts, dataset)
     facts = fact_probe.read_facts(facts_path) if facts_path else []  # before loading the model: a bad file fails fast
 
     started = time.perf_counter()
     twin = twin or Twin.from_run(run_dir, home)
     timings["load"] = time.perf_counter() - started
-    print(f"evaluating {run_dir.name} on {len(turns)} held-out turns: {json.dumps(asdict(config))}", file=sys.stderr)
+    say(f"evaluating {run.name} on {len(turns)} held-out turns: {json.dumps(asdict(config))}")
 
     _prepare_for_eval(twin, config)
     threads = Threads(None if config.threads else torch.get_num_threads())
@@ -452,8 +447,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     timings["canaries"] = time.perf_counter() - started
 
     result = {
-        "run": run_dir.name,
-        "base": run_info.get("base", {}),
+        "run": run.name,
+        "base": run.info.get("base", {}),
         "config": asdict(config),
         "generation": asdict(generation),
         "held-out turns": len(turns),
@@ -484,7 +479,7 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     result["headline"] = headline(result)
     abtest.write_pairs(run_dir, _pairs(turns, generated["tuned"]))
     result["ab"] = abtest.results(run_dir)
-    _write_json(run_dir / EVAL_FILE, result)
+    write_json(run_dir / EVAL_FILE, result)
     from talkalike.evaluate.report import write_report
 
     write_report(run_dir, result)
@@ -595,12 +590,6 @@ def headline_lines(result: dict) -> list[str]:
     lines.append(f"style distance to the persona (0 = identical): tuned {h['style distance']['tuned']:.3f} vs base "
                  f"{h['style distance']['base']:.3f}")
     return lines
-
-
-def _write_json(path: Path, data: dict) -> None:
-    temp = path.with_suffix(".json.tmp")
-    temp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    temp.replace(path)
 
 
 def cmd_eval(args) -> int:

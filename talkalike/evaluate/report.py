@@ -8,8 +8,9 @@ aware. Written by `talkalike eval` from eval.json; `write_report(run_dir, result
 import base64
 import html
 import io
-import json
 from pathlib import Path
+
+from talkalike.files import read_jsonl, write_atomic
 
 SECTIONS = ("headline", "training", "facts", "perplexity", "style", "distinguishability", "memorisation", "ab-test",
             "samples")
@@ -77,9 +78,7 @@ def _fmt(value) -> str:
 def read_metrics(run_dir: Path) -> list[dict]:
     """Training log lines from RUN/metrics.jsonl (empty if there is none)."""
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path) if path.is_file() else []
 
 
 def _training(run_dir: Path) -> str:
@@ -299,8 +298,4 @@ def render(run_dir: Path, result: dict) -> str:
 
 def write_report(run_dir: Path, result: dict) -> Path:
     """Write RUN/report.html atomically."""
-    path = Path(run_dir) / "report.html"
-    temp = path.with_suffix(".html.tmp")
-    temp.write_text(render(Path(run_dir), result), encoding="utf-8")
-    temp.replace(path)
-    return path
+    return write_atomic(Path(run_dir) / "report.html", render(Path(run_dir), result))

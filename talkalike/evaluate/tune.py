@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
+from talkalike.files import read_jsonl, say
 from talkalike.home import resolve_home, resolve_run
+from talkalike.run import Run
 
 Reply = list[str]  # one persona turn as its messages
 # (histories, sampling settings) -> one reply per history; the model in real use, a fake in tests
@@ -82,15 +83,15 @@ def twin_generator(run_dir: Path, home: Path, batch_size: int) -> Generator:
     return generate
 
 
-def _persona_classifier(run_dir: Path, run_info: dict):
+def _persona_classifier(run: Run):
     """The evaluation's persona classifier fitted on the run's train.jsonl, or None (with a note) without one."""
     from talkalike.evaluate import metrics
-    from talkalike.evaluate.evaluate import _dataset_dir, read_jsonl, speaker_turns
+    from talkalike.evaluate.evaluate import dataset_dir, speaker_turns
 
     try:
-        dataset = _dataset_dir(run_dir, run_info)
+        dataset = dataset_dir(run)
     except TalkalikeError as error:
-        print(f"note: scoring by style distance only: {error}", file=sys.stderr)
+        say(f"note: scoring by style distance only: {error}")
         return None
     persona, others = speaker_turns(read_jsonl(dataset / "train.jsonl"))
     return metrics.train_persona_classifier(persona, others)
@@ -103,7 +104,7 @@ def tune(run_dir: Path, home: Path, config: TuneConfig = TuneConfig(),
 
     from talkalike.decode.config import load_generation_config
     from talkalike.evaluate import metrics
-    from talkalike.evaluate.evaluate import held_out_turns, read_jsonl, turn_text
+    from talkalike.evaluate.evaluate import held_out_turns, turn_text
 
     eval_path = run_dir / "eval.jsonl"
     if not eval_path.is_file():
@@ -113,8 +114,7 @@ def tune(run_dir: Path, home: Path, config: TuneConfig = TuneConfig(),
     if len(turns) < 2:
         raise TalkalikeError(f"{eval_path} holds {len(turns)} persona turns that answer someone; tuning needs at "
                              "least 2 (import more chat history or raise --eval-share)")
-    run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    classifier = _persona_classifier(run_dir, run_info)
+    classifier = _persona_classifier(Run.open(run_dir))
     generate = generate or twin_generator(run_dir, home, config.batch_size)
     base = load_generation_config(run_dir)
     histories, real = [t.context for t in turns], [t.real for t in turns]
@@ -165,8 +165,7 @@ def cmd_tune_generation(args) -> int:
     chosen = {"limit": args.limit, "temperatures": args.temperature, "repetition_penalties": args.repetition_penalty,
               "top_ps": args.top_p}
     config = TuneConfig(**{key: tuple(v) if isinstance(v, list) else v for key, v in chosen.items() if v is not None})
-    print(f"tuning {run_dir.name}: {len(config.grid())} settings x up to {config.limit} held-out turns",
-          file=sys.stderr)
+    say(f"tuning {run_dir.name}: {len(config.grid())} settings x up to {config.limit} held-out turns")
     rows, best, turns = tune(run_dir, home, config)
     path = save_best(run_dir, rows, best, config, turns)
     print(format_table(rows, best))

@@ -1,7 +1,7 @@
 """Write a merged Hugging Face causal LM as a GGUF file that llama.cpp-based runners (llama.cpp, Ollama, LM Studio) load.
 
-Used by `talkalike export RUN --format gguf|ollama` (talkalike/export.py), which merges the adapter first and checks
-the file afterwards. Tensor names come from the `gguf` package's own map (gguf.get_tensor_name_map), metadata keys from
+Used by `talkalike export RUN --format gguf|ollama` (export/merged.py), which merges the adapter first and checks the
+file afterwards. Tensor names come from the `gguf` package's own map (gguf.get_tensor_name_map), metadata keys from
 its GGUFWriter; what is ours is what llama.cpp's converter does to the values:
 
 - Gemma 3: its RMSNorm multiplies by (1 + w), llama.cpp by w, so every norm weight is stored as 1 + w.

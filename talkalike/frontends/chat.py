@@ -20,6 +20,7 @@ from talkalike.decode.config import GenerationConfig, with_overrides
 from talkalike.decode.stream import stream_reply
 from talkalike.decode.twin import Twin, load_twin
 from talkalike.errors import TalkalikeError
+from talkalike.files import say, write_atomic
 from talkalike.home import resolve_home
 
 YOU = "you"  # the other side's label in the terminal and the transcript
@@ -45,10 +46,7 @@ class Transcript:
         if self.before is None:
             self.before = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
         separator = "\n" if self.before and not self.before.endswith("\n\n") else ""
-        tmp = self.path.with_suffix(".txt.tmp")
-        tmp.write_text(self.before + separator + "\n".join(self.lines) + "\n", encoding="utf-8")
-        tmp.replace(self.path)
-        return self.path
+        return write_atomic(self.path, self.before + separator + "\n".join(self.lines) + "\n")
 
 
 def _print_reply(twin: Twin, history: list[dict], config: GenerationConfig, use_adapter: bool, label: str,
@@ -72,7 +70,7 @@ def _print_reply(twin: Twin, history: list[dict], config: GenerationConfig, use_
         if current:
             out.write("\n")
             messages.append(current)
-        print("(stopped)", file=sys.stderr)
+        say("(stopped)")
     if not messages:
         out.write(f"{label}: (no reply)\n")
         out.flush()
@@ -95,7 +93,7 @@ def run_chat(twin: Twin, config: GenerationConfig, lines: Callable[[], str | Non
             if text == "/reset":
                 history = []
                 transcript.add("--- /reset ---")
-                print("(conversation forgotten)", file=sys.stderr)
+                say("(conversation forgotten)")
                 continue
             if text == "/save":
                 print(f"(transcript saved to {transcript.save()})", file=sys.stderr)
@@ -108,7 +106,7 @@ def run_chat(twin: Twin, config: GenerationConfig, lines: Callable[[], str | Non
                 messages = _print_reply(twin, history, config, True, twin.persona, out, stream)
             except TalkalikeError as error:  # e.g. a message longer than the context window: say so, go on
                 history.pop()
-                print(f"error: {error}", file=sys.stderr)
+                say(f"error: {error}")
                 continue
             transcript.add(f"{YOU}: {text}")
             transcript.lines += [f"{twin.persona}: {m}" for m in messages]
@@ -151,7 +149,7 @@ def cmd_chat(args) -> int:
     settings = (f"temperature {config.temperature}, repetition penalty {config.repetition_penalty}, "
                 f"top-p {config.top_p}")
     transcript = Transcript(folder, f"{twin.name}{' (compare)' if args.compare else ''} · {settings}")
-    print(f"talking to {twin.persona} ({twin.name}; {settings}). {COMMANDS}.", file=sys.stderr)
+    say(f"talking to {twin.persona} ({twin.name}; {settings}). {COMMANDS}.")
     run_chat(twin, config, _reader(sys.stdin), sys.stdout, transcript, compare=args.compare, stream=stream_reply)
-    print(f"(transcript saved to {transcript.path})", file=sys.stderr)
+    say(f"(transcript saved to {transcript.path})")
     return 0

@@ -18,7 +18,6 @@ import hmac
 import ipaddress
 import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from talkalike.decode.stream import stream_reply
 from talkalike.decode.turns import collect_messages
 from talkalike.decode.twin import Twin, load_twin
 from talkalike.errors import TalkalikeError
+from talkalike.files import say
 from talkalike.home import resolve_home
 
 STATIC = Path(__file__).parent / "static"
@@ -314,7 +314,7 @@ class _Guard:
 
 
 def _include_abtest(app, twin: Twin) -> None:
-    """The blind A/B test at /ab (talkalike/abtest.py, the evaluation stage), once `talkalike eval` made its pairs."""
+    """The blind A/B test at /ab (evaluate/abtest.py), once `talkalike eval` made its pairs."""
     from talkalike.evaluate import abtest
 
     if twin.run_dir is not None and (abtest.ab_dir(twin.run_dir) / abtest.PAIRS).is_file():
@@ -380,7 +380,7 @@ def cmd_serve(args) -> int:
     home = resolve_home(args.home)
     twin = load_twin(args.run, args.base, home)
     app = create_app(twin, settings)
-    print(f"serving {twin.persona} ({', '.join(model_ids(twin))}) at http://{settings.host}:{settings.port}/ "
-          f"and an OpenAI-compatible API at /v1", file=sys.stderr)
+    say(f"serving {twin.persona} ({', '.join(model_ids(twin))}) at http://{settings.host}:{settings.port}/ "
+        "and an OpenAI-compatible API at /v1")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0

@@ -22,6 +22,7 @@ from itertools import groupby
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
+from talkalike.files import say, write_json, write_jsonl
 from talkalike.memory import MEMORY_FILE, Memory
 from talkalike.prepare.segment import Conversation, keep_usable, segment
 from talkalike.template import BUBBLE_MARK, contact_line, join_bubbles
@@ -458,15 +459,13 @@ def _write(out_dir: Path, config: DatasetConfig, train: list, evaluation: list, 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        for name, rows in (("train.jsonl", train), ("eval.jsonl", evaluation)):
-            with open(tmp / name, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        write_jsonl(tmp / "train.jsonl", train)
+        write_jsonl(tmp / "eval.jsonl", evaluation)
         # The persona's past exchanges, for recall (talkalike.memory): the training conversations only, so
         # evaluation never recalls the held-out conversations it is scored on.
         Memory.build(train, tmp / MEMORY_FILE).connection.close()
-        resolved = asdict(config) | {"bubble_separator": BUBBLE_MARK, "format": "messages"}
-        (tmp / "dataset.json").write_text(json.dumps(resolved, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        (tmp / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / "dataset.json", asdict(config) | {"bubble_separator": BUBBLE_MARK, "format": "messages"})
+        write_json(tmp / "stats.json", stats)
         if out_dir.exists():
             out_dir.rename(old)
         tmp.rename(out_dir)
@@ -603,7 +602,7 @@ def cmd_dataset(args) -> int:
     if not store_path(home).exists():
         raise TalkalikeError("nothing imported yet: run `talkalike import 'WhatsApp Chat with NAME.txt'` first")
     known = facts.read_facts(args.facts) if args.facts else []  # a bad facts file stops before the long build
-    print("config: " + json.dumps(asdict(config), ensure_ascii=False), file=sys.stderr)
+    say("config: " + json.dumps(asdict(config), ensure_ascii=False))
     store = Store.open(home)
     out = Path(args.out).expanduser()
     stats = build_dataset(store, config, out, home=home, progress=True)

@@ -8,7 +8,7 @@ candidates, invisible marks at the edges of its body, a date that does not exist
 Python code to finish, so kinds, names and dates keep one implementation. Dates, 12h marks and names are converted by
 the caller's memos, called once per distinct string; this module caches their answers by the raw characters.
 
-Built by setuptools at `pip install -e .`; tests/test_whatsapp_scan.py proves C == Python on every input.
+Built by setuptools at `pip install -e .`; tests/sources/test_whatsapp_scan.py proves C == Python on every input.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -33,7 +33,7 @@ typedef struct {
     int flagged; /* the first line starts or ends like a placeholder */
 } Head;
 
-static inline int is_space(Py_UCS4 c) { return c == ' ' || c == 0xa0 || c == 0x202f; } /* whatsapp_kinds._S */
+static inline int is_space(Py_UCS4 c) { return c == ' ' || c == 0xa0 || c == 0x202f; } /* whatsapp_kinds.SPACE */
 
 static inline int is_mark(Py_UCS4 c) /* whatsapp_kinds.MARKS */
 { return c == 0x200e || c == 0x200f || (c >= 0x202a && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069) || c == 0xfeff; }
@@ -53,7 +53,7 @@ HOT Py_ssize_t digit_run(int kind, const void *data, Py_ssize_t p, Py_ssize_t eo
     return n;
 }
 
-/* A literal whose spaces stand for any timestamp space, as the regex writes re.escape(s).replace("\\ ", _S). */
+/* A literal whose spaces stand for any timestamp space, as the regex writes re.escape(s).replace("\\ ", SPACE). */
 HOT int spaced_at(int kind, const void *data, Py_ssize_t p, Py_ssize_t eol, const Lit *l)
 {
     if (l->n > eol - p) return 0;
@@ -72,7 +72,7 @@ HOT int exact_at(int kind, const void *data, Py_ssize_t p, Py_ssize_t lo, Py_ssi
     return 1;
 }
 
-/* End positions of a 12h mark at p, in the regex's order: `[AaPp]\.?_S?[Mm]\.?` (greedy first), then the local
+/* End positions of a 12h mark at p, in the regex's order: `[AaPp]\.?SPACE?[Mm]\.?` (greedy first), then the local
    spellings as listed. */
 HOT int ampm_ends(int kind, const void *data, const Shape *sh, Py_ssize_t p, Py_ssize_t eol, Py_ssize_t *ends)
 {

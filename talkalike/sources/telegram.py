@@ -159,7 +159,7 @@ def parse_all(text: str, name: str, date_order: str | None = None) -> list[Parse
         raise TalkalikeError("this Telegram export holds no chats; tick 'Personal chats' or groups when exporting.")
     # Two contacts may share a display name; their chats must not merge into one in the store.
     seen = Counter(p.name for p in parsed)
-    for chat, p in zip(chats, parsed):
+    for chat, p in zip(chats, parsed, strict=True):
         if seen[p.name] > 1:
             p.notes.append(f"another chat in this export is also called {p.name!r}; this one is stored by its id")
             p.name = f"{p.name} #{chat.get('id', '?')}"

@@ -16,8 +16,9 @@ How it reads a file:
 5. Steps 2 and 3 run in C (`_whatsapp_scan.c`, built by `pip install -e .`): it recognises the same headers line by
    line and builds the plain entries; the rest (author-less, placeholders, edited, marks at a body's edge, dates that
    do not exist) come back to `_finish` here. Without a C compiler the pure-Python pass (`_split`) gives the same
-   result, about 3x slower, and says nothing: tests/test_whatsapp_scan.py fails where the extension is not built, so
-   development and CI always test the C pass, and it checks that both passes agree on every fixture and random export.
+   result, about 3x slower, and says nothing: tests/sources/test_whatsapp_scan.py fails where the extension is not
+   built, so development and CI always test the C pass, and checks that both passes agree on every fixture and random
+   export.
 
 Every input line lands in exactly one place: a message header, a continuation line of a message, or an `Unparsed`
 entry. Try it: `talkalike parse 'WhatsApp Chat with Maya.txt' | head`.
@@ -29,18 +30,28 @@ from collections import Counter, deque
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from functools import lru_cache
-from itertools import count, repeat
+from itertools import count, pairwise, repeat
 from operator import add
 from pathlib import PurePath
 
 from talkalike.errors import TalkalikeError
 from talkalike.message import Message, ParsedExport, Unparsed
+
 try:  # the hot loop in C, built at install; without a compiler the pure-Python pass gives the same result, slower
     from talkalike.sources import _whatsapp_scan
-except ImportError:  # tests/test_whatsapp_scan.py fails where the extension is missing, so CI always tests it
+except ImportError:  # tests/sources/test_whatsapp_scan.py fails where the extension is missing, so CI always tests it
     _whatsapp_scan = None
-from talkalike.sources.whatsapp_kinds import (MARKS, _S, _norm_ampm, _suspicious, _system_line, _unedit, classify,
-                                              clean_name, tables)
+from talkalike.sources.whatsapp_kinds import (
+    MARKS,
+    SPACE,
+    classify,
+    clean_name,
+    is_suspicious_author,
+    is_system_line,
+    norm_ampm,
+    tables,
+    unedit,
+)
 
 _MC = "\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff"  # MARKS as a regex class body
 _SAMPLE_CHARS = 150_000  # detection reads this much from the head (and a quarter of it from the tail): ~2000 lines
@@ -88,11 +99,11 @@ def _probe() -> re.Pattern:
     words = "|".join(re.escape(w) for w in tables().time_words)
     return re.compile(
         rf"[{_MC}]*(?P<open>\[)?"
-        rf"(?P<d1>\d{{1,4}})(?P<ds>[./-]){_S}?(?P<d2>\d{{1,2}})(?P=ds){_S}?(?P<d3>\d{{1,4}})(?P<ddot>\.)?"
-        rf",?{_S}(?:(?P<word>{words}){_S})?(?:(?P<pre>{tables().ampm_regex}){_S}?)?"
+        rf"(?P<d1>\d{{1,4}})(?P<ds>[./-]){SPACE}?(?P<d2>\d{{1,2}})(?P=ds){SPACE}?(?P<d3>\d{{1,4}})(?P<ddot>\.)?"
+        rf",?{SPACE}(?:(?P<word>{words}){SPACE})?(?:(?P<pre>{tables().ampm_regex}){SPACE}?)?"
         rf"(?P<h>\d{{1,2}})(?P<ts>[:.])\d{{2}}(?:(?P=ts)\d{{2}})?"
-        rf"(?:{_S}?(?P<ampm>{tables().ampm_regex}))?(?P<tdot>\.)?"
-        rf"(?(open)\]{_S}|(?P<close>{_S}-{_S}|:{_S}|{_S}))"
+        rf"(?:{SPACE}?(?P<ampm>{tables().ampm_regex}))?(?P<tdot>\.)?"
+        rf"(?(open)\]{SPACE}|(?P<close>{SPACE}-{SPACE}|:{SPACE}|{SPACE}))"
     )
 
 
@@ -131,18 +142,18 @@ def _header_regex(shape: Shape, leading_newline: bool) -> re.Pattern:
     line, an end flag (see `_entries`)."""
     ds, ts = re.escape(shape.date_sep), re.escape(shape.time_sep)
     if shape.year_first:
-        date = rf"\d{{4}}{ds}{_S}?\d{{1,2}}{ds}{_S}?\d{{1,2}}"
+        date = rf"\d{{4}}{ds}{SPACE}?\d{{1,2}}{ds}{SPACE}?\d{{1,2}}"
     else:
-        date = rf"\d{{1,2}}{ds}{_S}?\d{{1,2}}{ds}{_S}?(?:\d{{4}}|\d{{2}})"
+        date = rf"\d{{1,2}}{ds}{SPACE}?\d{{1,2}}{ds}{SPACE}?(?:\d{{4}}|\d{{2}})"
     if shape.date_dot:
         date += r"\."
-    mid = rf",?{_S}" + (re.escape(shape.word).replace(r"\ ", _S) + _S if shape.word else "")
+    mid = rf",?{SPACE}" + (re.escape(shape.word).replace(r"\ ", SPACE) + SPACE if shape.word else "")
     time = rf"\d{{1,2}}{ts}\d{{2}}(?:{ts}\d{{2}})?"
     if shape.ampm_first:
-        time = rf"(?:{tables().ampm_regex}){_S}?" + time
+        time = rf"(?:{tables().ampm_regex}){SPACE}?" + time
     elif shape.twelve_hour:
-        time += rf"{_S}?(?:{tables().ampm_regex})"
-    close = {"]": rf"\]{_S}", "-": rf"{_S}-{_S}", ":": rf":{_S}", " ": _S}[shape.close]
+        time += rf"{SPACE}?(?:{tables().ampm_regex})"
+    close = {"]": rf"\]{SPACE}", "-": rf"{SPACE}-{SPACE}", ":": rf":{SPACE}", " ": SPACE}[shape.close]
     tail = (r"\." if shape.time_dot else "") + close
     opener = rf"[{_MC}]*" + (r"\[" if shape.bracket else "")
     # the author runs to the first ": " of the line; a line without one has no author
@@ -197,7 +208,7 @@ class _Clock:
         try:
             return self.ampm[mark]
         except KeyError:
-            offset = self.ampm[mark] = self.ampm.get(_norm_ampm(mark), 0)
+            offset = self.ampm[mark] = self.ampm.get(norm_ampm(mark), 0)
             return offset
 
 
@@ -218,7 +229,7 @@ def _chronological(dates: list[tuple[int, int, int]]) -> str:
     """The order under which the dates, in file order, step backwards least often (ties: d/m/y, the commoner)."""
     def backsteps(order: str) -> int:
         keys = [(c, b, a) if order == "dmy" else (c, a, b) for a, b, c in dates]
-        return sum(1 for x, y in zip(keys, keys[1:]) if y < x)
+        return sum(1 for x, y in pairwise(keys) if y < x)
     return "mdy" if backsteps("mdy") < backsteps("dmy") else "dmy"
 
 
@@ -304,7 +315,7 @@ class _Memo(dict):
 def _name(raw: str | None) -> object:
     if raw is None:
         return None
-    return _SUSPECT if _suspicious(raw) else clean_name(raw)
+    return _SUSPECT if is_suspicious_author(raw) else clean_name(raw)
 
 
 def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
@@ -420,7 +431,7 @@ _SETTERS = tuple(getattr(Message, f.name).__set__ for f in fields(Message))
 def _messages(*columns: list) -> list[Message]:
     """Message objects from columns (time, sender, text, kind, edited), equal to Message(*row) for each row."""
     objs = list(map(object.__new__, repeat(Message, len(columns[0]))))
-    for setter, column in zip(_SETTERS, columns):
+    for setter, column in zip(_SETTERS, columns, strict=True):
         deque(map(setter, objs, column), maxlen=0)
     return objs
 
@@ -441,14 +452,14 @@ def _finish(sender: object, raw: str | None, first: str, cont: str, text: str, e
     body = b + cont
     text = body.strip(MARKS)
     opened = text is not body and body[0] in MARKS
-    text, edited = _unedit(text)
+    text, edited = unedit(text)
     kind = tables().exact.get(text) or classify(text, sender is not None, opened, notices=opened or check_all)
     return (None if kind == "system" else sender), text, kind, edited
 
 
 def _author(raw: str, b: str) -> tuple[str | None, str]:
     """A suspicious author field: the first words of an author-less notice with ": " in it, or a long name."""
-    if _system_line(raw, b):
+    if is_system_line(raw, b):
         return None, raw + ": " + b
     return clean_name(raw), b
 

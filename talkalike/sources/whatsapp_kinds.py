@@ -13,7 +13,7 @@ from importlib import resources
 
 # Invisible direction marks and the BOM: never part of structure, names or body edges.
 MARKS = "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
-_S = "[ \u00a0\u202f]"  # a space in a timestamp; WhatsApp writes NBSP/NNBSP around AM/PM since about 2023
+SPACE = "[ \u00a0\u202f]"  # a space in a timestamp; WhatsApp writes NBSP/NNBSP around AM/PM since about 2023
 _DROP_MARKS = str.maketrans("", "", MARKS)
 
 
@@ -56,12 +56,12 @@ def tables() -> _Tables:
     for lang in langs:
         for offset, key in ((0, "am"), (12, "pm")):
             for s in lang.get(key, []):
-                ampm[_norm_ampm(s)] = offset
+                ampm[norm_ampm(s)] = offset
     spellings = {s for lang in langs for key in ("am", "pm") for s in lang.get(key, [])}
     # latin a.m./p.m. in every spacing, then the local words; longest first so "p. m." wins over "p"
     local = sorted((s for s in spellings if not re.fullmatch(r"[apAP]\.? ?[mM]\.?", s)), key=len, reverse=True)
-    local_re = [re.escape(s).replace(r"\ ", _S) for s in local]
-    ampm_regex = "|".join([rf"[AaPp]\.?{_S}?[Mm]\.?"] + local_re)
+    local_re = [re.escape(s).replace(r"\ ", SPACE) for s in local]
+    ampm_regex = "|".join([rf"[AaPp]\.?{SPACE}?[Mm]\.?"] + local_re)
     start_hints = _minimal({_literal_ends(p)[0] for p in hinted} - {"<"}, str.startswith)
     end_hints = _minimal({">", ")"} | {_literal_ends(p)[1] for p in hinted}, str.endswith)
     assert not any("\n" in h for h in start_hints + end_hints), "a placeholder hint spans lines"
@@ -145,7 +145,8 @@ def _literal_ends(pattern: str) -> tuple[str, str]:
     return run(tokens), run(reversed(tokens))[::-1]
 
 
-def _norm_ampm(s: str) -> str:
+def norm_ampm(s: str) -> str:
+    """An AM/PM mark as a lookup key: lower case, without dots or spaces."""
     return re.sub(r"[\s.\u00a0\u202f]", "", s).lower()
 
 
@@ -182,7 +183,7 @@ def classify(body: str, authored: bool = True, opened_with_mark: bool = False, n
     return "text" if authored else "system"
 
 
-def _unedit(body: str) -> tuple[str, bool]:
+def unedit(body: str) -> tuple[str, bool]:
     """The body without its edited marker, and whether it had one."""
     if body.endswith(">"):
         for marker in tables().edited:
@@ -194,7 +195,8 @@ def _unedit(body: str) -> tuple[str, bool]:
     return body, False
 
 
-def _system_line(raw: str, rest: str) -> bool:
+def is_system_line(raw: str, rest: str) -> bool:
+    """Whether an author-looking line `raw: rest` is really a system notice as a whole."""
     # An Android system line with ": " in it ("... in the community: X", a subject "Trip: Eilat") looks authored;
     # real names are short and unquoted, so only long or quoted "names" come here. A body that reads as a notice on its
     # own ("I created this group") has a real author in front of it.
@@ -203,5 +205,6 @@ def _system_line(raw: str, rest: str) -> bool:
             and strong.fullmatch(rest.translate(_DROP_MARKS)) is None)
 
 
-def _suspicious(raw: str) -> bool:
+def is_suspicious_author(raw: str) -> bool:
+    """An author field too long or quoted to be a person's name: maybe the start of a notice with ": " in it."""
     return len(raw) > 24 or any(q in raw for q in "\"“”«»„")

@@ -6,7 +6,8 @@ at hand, overwriting them in place, and keeps just that [rows, hidden] gradient 
 `cross_entropy(lm_head(h).float(), y)` it skips the fp32 copy's gradient, the zero-filled gradient buffer, the
 separate log-softmax backward pass, and holding rows x vocabulary logits until the backward: on the embedded
 model (262k vocabulary) it took a training step's head from 4.1 s to 1.7 s for 462 labelled tokens on this CPU
-(BENCHMARKS.md, "CPU training"). The same maths: tests/test_train.py checks loss and gradient against the plain way.
+(BENCHMARKS.md, "CPU training"). The same maths: tests/train/test_train.py checks loss and gradient against the
+plain way.
 """
 
 

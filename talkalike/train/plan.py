@@ -11,9 +11,9 @@ weights at their training precision, LoRA weights + gradients + optimizer states
 
 import json
 import os
-import sys
 from pathlib import Path
 
+from talkalike.files import say
 from talkalike.train.recipe import Recipe, resolve_recipe
 
 NF4_BITS = 4.127  # NF4 with double quantization: 4 bits + 64-weight blocks of 8-bit scales, themselves quantized
@@ -26,10 +26,10 @@ def load_config(base: str | None, home: Path | None):
     """The model config of a base, without its weights (the embedded model's comes from its converted folder)."""
     from transformers import AutoConfig
 
-    from talkalike.model import _from_pretrained, resolve_base
+    from talkalike.model import from_pretrained, resolve_base
 
     target, info = resolve_base(base, home)
-    return _from_pretrained(AutoConfig, target, info)
+    return from_pretrained(AutoConfig, target, info)
 
 
 def meta_model(config, recipe: Recipe):
@@ -140,7 +140,7 @@ def cmd_plan(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     for note in result["notes"]:
-        print(f"note: {note}", file=sys.stderr)
+        say(f"note: {note}")
     memory, hw = result["memory_gb"], result["hardware"]
     print(f"base: {result['base']}   preset: {result['preset']}   method: {result['method']}")
     print(f"parameters: {result['total_params']:,} total, {result['trainable_params']:,} trainable "

@@ -16,18 +16,16 @@ import os
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
-from talkalike.train.recipe import Recipe, resolve_recipe
+from talkalike.files import read_jsonl, say, write_json
+from talkalike.run import RUN_FILE, Run
 from talkalike.template import turn_end_ids
+from talkalike.train.recipe import Recipe, resolve_recipe
 
-RUN_FILES = ("run.json", "adapter", "tokenizer", "dataset_stats.json", "eval.jsonl", "metrics.jsonl", "loss.png")
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+RUN_FILES = (RUN_FILE, "adapter", "tokenizer", "dataset_stats.json", "eval.jsonl", "metrics.jsonl", "loss.png")
 
 
 def read_dataset(folder: Path) -> tuple[list[dict], list[dict], dict]:
@@ -36,10 +34,7 @@ def read_dataset(folder: Path) -> tuple[list[dict], list[dict], dict]:
         raise TalkalikeError(f"no dataset folder at {folder}; build one with `talkalike dataset --me NAME --out DIR`.")
 
     def rows(name: str) -> list[dict]:
-        path = folder / name
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return read_jsonl(folder / name) if (folder / name).is_file() else []
 
     train_rows = rows("train.jsonl")
     if not train_rows:
@@ -142,7 +137,7 @@ def _trainer_class():
             frozen = None if labels.is_cuda or self.is_fsdp_enabled else _frozen_plain_head(unwrapped)
             if frozen is not None:
                 # Nothing trains the head but a few token rows: its loss gradient is taken while the logits exist
-                # (talkalike/headloss.py). On a CPU (compute-bound, memory to spare) recomputing chunks costs more.
+                # (train/headloss.py). On a CPU (compute-bound, memory to spare) recomputing chunks costs more.
                 with deferred_head(unwrapped):
                     outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
                 hidden = outputs.logits.reshape(-1, outputs.logits.size(-1))
@@ -395,12 +390,12 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = read_jsonl(metrics_path)
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
         points = [(r["step"], r[key]) for r in records if key in r]
         if points:
-            ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
+            ax.plot(*zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (persona tokens)")
     ax.legend()
@@ -461,9 +456,9 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     recipe, notes = resolve_recipe(request["preset"], cuda, epochs=request["epochs"],
                                    persona_only_loss=False if request["all_turns"] else None)
     for note in notes:
-        _say(f"note: {note}")
+        say(f"note: {note}")
     if not eval_rows:
-        _say("note: the dataset has no eval.jsonl samples: no evaluation, no early stopping")
+        say("note: the dataset has no eval.jsonl samples: no evaluation, no early stopping")
 
     tokenizer = load_tokenizer(request["base"], home)
     layout = dataset_info.get("layout", "chat")
@@ -481,8 +476,8 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
                       dtype=torch.bfloat16 if recipe.bf16 else None)
     base_info = model.talkalike_base
     work.mkdir(parents=True, exist_ok=True)
-    _say(f"run {request['name']}: training in {work} (continue an interrupted run with --resume {request['name']})")
-    (work / "resume.json").write_text(json.dumps(request, indent=2))
+    say(f"run {request['name']}: training in {work} (continue an interrupted run with --resume {request['name']})")
+    write_json(work / "resume.json", request)
     token_counts = {"tokens": 0, "trained_tokens": 0}
     metrics_path = work / "metrics.jsonl"
     log = _run_log_callback(metrics_path, token_counts, progress)
@@ -493,14 +488,14 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     device = "cuda" if cuda else "cpu"
     dtype = "bf16" if recipe.bf16 else "fp32"
     resolved = {"preset": recipe.name, "layout": layout, "device": device, "dtype": dtype, **recipe.as_dict()}
-    _say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
-    _say("config: " + json.dumps(resolved))
-    _say(f"data: {train_stats['samples']} train samples, {train_stats['tokens']:,} tokens "
+    say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    say("config: " + json.dumps(resolved))
+    say(f"data: {train_stats['samples']} train samples, {train_stats['tokens']:,} tokens "
          f"({train_stats['trained_tokens']:,} trained); {eval_stats['samples']} eval samples")
 
     checkpoint = get_last_checkpoint(str(work / "checkpoints")) if resume and (work / "checkpoints").is_dir() else None
     if resume:
-        _say(f"resuming from {checkpoint}" if checkpoint else "no checkpoint yet: starting over")
+        say(f"resuming from {checkpoint}" if checkpoint else "no checkpoint yet: starting over")
     started = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -528,9 +523,9 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     else:
         (out / "eval.jsonl").write_text("")
     source_stats = Path(request["dataset"]) / "stats.json"
-    (out / "dataset_stats.json").write_text(json.dumps({
+    write_json(out / "dataset_stats.json", {
         "train": train_stats, "eval": eval_stats,
-        "dataset": json.loads(source_stats.read_text()) if source_stats.is_file() else None}, indent=2))
+        "dataset": json.loads(source_stats.read_text()) if source_stats.is_file() else None})
     shutil.copyfile(metrics_path, out / "metrics.jsonl")
     plot_loss(out / "metrics.jsonl", out / "loss.png")
     run_info = {
@@ -542,9 +537,9 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         "train_loss": result.training_loss, "best_eval_loss": trainer.state.best_metric,
         "best_checkpoint_step": _checkpoint_step(trainer.state.best_model_checkpoint),
         "train_seconds": round(time.time() - started, 1), "tokens_trained": token_counts,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (out / "run.json").write_text(json.dumps(run_info, indent=2, ensure_ascii=False))
+    Run.write(out, run_info)
     os.rename(out, final)
     shutil.rmtree(work)  # checkpoints are only for resuming; the run folder holds the best adapter
     return final
@@ -565,7 +560,7 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         name = args.resume or args.name
         hint = f"`talkalike train --resume {name}`" if name else "`talkalike train --resume NAME` (see runs/*.partial)"
-        _say(f"interrupted: continue from the last checkpoint with {hint}")
+        say(f"interrupted: continue from the last checkpoint with {hint}")
         raise
     print(run)
     return 0

@@ -97,7 +97,7 @@ def test_the_report_has_every_section_with_inline_plots_and_no_external_assets(t
     assert "חחח יאללה" in text and "Hello, I am fine" in text and "[PHONE_1]" in text
     assert "No answers yet" in text
     assert page.auto_dir.count("span") >= 3 * len(REAL)  # every bubble picks its own direction
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "report.html"]  # no temporary file left
 
 
 def test_the_report_shows_the_fooled_rate_with_its_interval_once_friends_answered(tmp_path):

@@ -18,7 +18,7 @@ BEST = (0.8, 1.1, 0.9)  # the only setting whose fake replies are the persona's 
 
 def rows(persona: list[str], others: list[str]) -> list[dict]:
     return [{"messages": [{"role": "user", "content": o}, {"role": "assistant", "content": p}]}
-            for o, p in zip(others, persona)]
+            for o, p in zip(others, persona, strict=True)]
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def run_dir(home: Path) -> Path:
     run = home / "runs" / "dana"
     run.mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"base": {"id": "tiny"}, "layout": "chat",
-                                              "dataset": {"path": str(dataset)}}))
+                                              "dataset": str(dataset)}))
     # Held-out: the same persona answering the same kind of messages, reversed so pairs differ from training.
     with open(run / "eval.jsonl", "w", encoding="utf-8") as f:
         for row in rows(PERSONA[::-1], OTHERS):
@@ -41,7 +41,7 @@ def run_dir(home: Path) -> Path:
 
 def fake_generator(calls: list):
     """Real persona replies under BEST; formal, unlike the persona, under every other setting."""
-    real = {o: p for o, p in zip(OTHERS, PERSONA[::-1])}
+    real = dict(zip(OTHERS, PERSONA[::-1], strict=True))
 
     def generate(histories, config):
         calls.append(config)
@@ -91,7 +91,7 @@ def test_without_the_training_set_the_scan_uses_style_distance_alone(home, run_d
     from talkalike.evaluate.tune import TuneConfig, tune
 
     info = json.loads((run_dir / "run.json").read_text())
-    (run_dir / "run.json").write_text(json.dumps(info | {"dataset": {"path": str(home / "gone")}}))
+    (run_dir / "run.json").write_text(json.dumps(info | {"dataset": str(home / "gone")}))
     config = TuneConfig(temperatures=(0.5, 0.8), repetition_penalties=(1.1,), top_ps=(0.9,))
     rows, best, _ = tune(run_dir, home, config, generate=fake_generator([]))
     assert all(row.persona_rate is None and row.score == row.style_distance for row in rows)

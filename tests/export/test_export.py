@@ -63,7 +63,7 @@ def adapter_reply(run: Path, home: Path) -> list[int]:
     from talkalike.export.merged import check_prompt, greedy_ids, load_adapter_model
 
     model, tokenizer, info = load_adapter_model(run, home)
-    return greedy_ids(model, check_prompt(tokenizer, info))
+    return greedy_ids(model, check_prompt(tokenizer, info.layout))
 
 
 def test_merged_export_gives_the_adapters_greedy_reply_and_carries_the_template(home, run_dir, capsys):
@@ -80,10 +80,10 @@ def test_merged_export_gives_the_adapters_greedy_reply_and_carries_the_template(
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     assert "<start_of_turn>" in tokenizer.chat_template
     expected = adapter_reply(run_dir, home)
-    assert greedy_ids(model, check_prompt(tokenizer, {"layout": "chat"})) == expected
+    assert greedy_ids(model, check_prompt(tokenizer, "chat")) == expected
     # The adapter really changes the model, so equality above is not the base agreeing with itself.
     base = AutoModelForCausalLM.from_pretrained(json.loads((run_dir / "run.json").read_text())["base"]["id"])
-    assert greedy_ids(base, check_prompt(tokenizer, {"layout": "chat"})) != expected
+    assert greedy_ids(base, check_prompt(tokenizer, "chat")) != expected
     assert not any(name.startswith("base_model") for name in model.state_dict())
     report = json.loads((out / "export.json").read_text())
     assert report["check"]["equal"] is True and report["dtype"] == "float32"
@@ -146,7 +146,7 @@ def test_gguf_loaded_by_transformers_replies_like_the_adapter(home, run_dir):
     model = AutoModelForCausalLM.from_pretrained(str(out), gguf_file="model.gguf", dtype=torch.float32,
                                                  query_pre_attn_scalar=32)
     _, tokenizer, info = load_adapter_model(run_dir, home)
-    prompt = check_prompt(tokenizer, info)
+    prompt = check_prompt(tokenizer, info.layout)
     got, expected = greedy_ids(model, prompt), adapter_reply(run_dir, home)
     # f16 rounding may flip a near-tie late in a random model's reply, but not the opening tokens.
     assert got[:8] == expected[:8]
@@ -317,8 +317,8 @@ def test_go_renders_the_modelfile_template_like_the_jinja_template(tiny_tokenize
     import subprocess
 
     import talkalike.template as templates
-    from talkalike.export.merged import build_modelfile
     from talkalike.decode.config import GenerationConfig
+    from talkalike.export.merged import build_modelfile
 
     template = getattr(templates, layout)
     conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo\n<|msg|>\nsup"},

@@ -6,12 +6,12 @@ import re
 import sys
 
 import pytest
+from fake_twin import BASE, TUNED, FakeTwin, fake_stream
 
 import talkalike.frontends.chat as chat
-from fake_twin import BASE, TUNED, FakeTwin, fake_stream
-from talkalike.frontends.chat import Transcript, run_chat
 from talkalike.cli import main
 from talkalike.decode.config import GenerationConfig
+from talkalike.frontends.chat import Transcript, run_chat
 
 
 def lines_of(*texts):
@@ -61,8 +61,7 @@ def test_save_writes_the_transcript_before_the_session_ends(tmp_path):
     seen_on_disk = []
 
     def feed():
-        for text in ["hey", "/save"]:
-            yield text
+        yield from ["hey", "/save"]
         seen_on_disk.append(transcript.path.read_text(encoding="utf-8"))
         yield "/quit"
 

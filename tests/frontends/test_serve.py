@@ -8,8 +8,8 @@ import time
 import httpx
 import openai
 import pytest
-
 from fake_twin import BASE, TUNED, FakeTwin, fake_stream, live_server
+
 from talkalike.cli import main
 from talkalike.frontends.serve import ServeSettings, create_app
 

@@ -5,8 +5,8 @@ scripts/setup.sh installs /usr/bin/chromium; without it this test fails rather t
 from pathlib import Path
 
 import pytest
-
 from fake_twin import BASE, TUNED, FakeTwin, fake_stream, live_server
+
 from talkalike.frontends.serve import ServeSettings, create_app
 
 CHROMIUM = "/usr/bin/chromium"

@@ -2,8 +2,8 @@
 
 from datetime import datetime, timedelta
 
-from talkalike.prepare.clean import CleanConfig, clean, is_link_only, looks_like_code
 from talkalike.message import Message
+from talkalike.prepare.clean import CleanConfig, clean, is_link_only, looks_like_code
 
 T0 = datetime(2025, 3, 1, 12, 0)
 

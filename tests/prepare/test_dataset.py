@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from talkalike.errors import TalkalikeError
+from talkalike.files import read_jsonl
 from talkalike.message import Message, ParsedExport
 from talkalike.prepare import dataset
 from talkalike.prepare.dataset import (
@@ -152,10 +153,6 @@ def daily_chat(days: int, other: str = "Daniel", start: datetime = T0) -> list[M
                 Message(t + timedelta(minutes=1), "Noa", f"good haha {day}"),
                 Message(t + timedelta(minutes=2), "Noa", "u?")]
     return out
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_the_split_is_time_ordered_with_no_leak(tmp_path):

@@ -2,8 +2,8 @@
 
 Golden files live in tests/fixtures/whatsapp/golden/: `<fixture>.jsonl` is exactly what `talkalike parse` prints and
 `<fixture>.meta.json` holds the detected format, the notes and the unparsed lines. Each was checked by hand. After a
-deliberate parser change, rewrite them with `TALKALIKE_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/test_whatsapp.py`
-and review the diff line by line.
+deliberate parser change, rewrite them with
+`TALKALIKE_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/sources/test_whatsapp.py` and review the diff line by line.
 """
 
 import json
@@ -290,7 +290,7 @@ CATALOGUE = [  # one line per shape in the research catalogue of export formats 
  ("[2026/7/9 02:28:09] Alice: Hey", datetime(2026,7,9,2,28,9)),
  ("[27-11-18 18:43:20] Tom Hanks: Message", datetime(2018,11,27,18,43,20)),
  ("[01-29-2018, 23:33:00] Alice: Hello?", datetime(2018,1,29,23,33)),
- (f"[3/16/18 1:55:00 p. m.] a: m", datetime(2018,3,16,13,55)),
+ ("[3/16/18 1:55:00 p. m.] a: m", datetime(2018,3,16,13,55)),
  ("[10.21.21, 15:21:45] John Doe: hi", datetime(2021,10,21,15,21,45)),
  (f"{L_}[1/16/16, 9:58:07 PM] R&R: {L_}image omitted", datetime(2016,1,16,21,58,7)),
 ]

@@ -16,7 +16,7 @@ from talkalike.errors import TalkalikeError
 from talkalike.message import Message
 from talkalike.sources import whatsapp
 from talkalike.sources.whatsapp import STYLES, parse, render
-from talkalike.sources.whatsapp_kinds import MARKS, _S, tables
+from talkalike.sources.whatsapp_kinds import MARKS, SPACE, tables
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "whatsapp"
 EVERY_FIXTURE = sorted(p for p in FIXTURES.rglob("*.txt") if "golden" not in p.parts)
@@ -48,10 +48,10 @@ def test_the_c_scanner_is_built_in_this_environment_so_the_tests_exercise_it():
 
 def test_the_scanner_compiles_in_the_same_invisible_marks_and_timestamp_spaces():
     assert whatsapp._whatsapp_scan.MARKS == MARKS
-    assert re.fullmatch(r"\[(.*)\]", _S).group(1) == whatsapp._whatsapp_scan.SPACES
+    assert re.fullmatch(r"\[(.*)\]", SPACE).group(1) == whatsapp._whatsapp_scan.SPACES
     # the scanner knows the latin a.m./p.m. rule itself and gets the local spellings listed
-    latin = rf"[AaPp]\.?{_S}?[Mm]\.?"
-    assert tables().ampm_regex == "|".join([latin] + [re.escape(s).replace(r"\ ", _S) for s in tables().ampm_local])
+    latin = rf"[AaPp]\.?{SPACE}?[Mm]\.?"
+    assert tables().ampm_regex == "|".join([latin] + [re.escape(s).replace(r"\ ", SPACE) for s in tables().ampm_local])
     assert "" not in tables().exact
 
 

@@ -293,13 +293,13 @@ def test_a_finished_run_loads_with_its_adapter_switchable(tiny_model_dir, datase
     from talkalike.model import load_run
 
     run = train(dataset, tmp_path / "home", base=str(tiny_model_dir), name="r", epochs=3.0, progress=False)
-    model, tokenizer, info = load_run(run, tmp_path / "home")
+    model, tokenizer, loaded = load_run(run, tmp_path / "home")
     ids = torch.tensor([tokenizer("hey what's up?")["input_ids"]])
     with torch.no_grad():
         tuned = model(input_ids=ids).logits
         with model.disable_adapter():
             base = model(input_ids=ids).logits
-    assert info["name"] == "r"
+    assert loaded.name == "r"
     assert not torch.allclose(tuned, base)
 
 
