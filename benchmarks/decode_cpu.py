@@ -22,6 +22,7 @@ import platform
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,8 +247,9 @@ def main() -> None:
         # Best of a few interleaved rounds: on a shared machine the slowest rounds measure the neighbours.
         for _ in range(args.rounds):
             use_gemv(model, False)
-            for label, measure in ((f"transformers generate, {name}", lambda: hf_generate_rate(model, prompt, args.tokens, torch)),
-                                   (f"talkalike loop, {name}", lambda: eager_rate(model, prompt, args.tokens))):
+            for label, measure in ((f"transformers generate, {name}", partial(hf_generate_rate, model, prompt,
+                                                                               args.tokens, torch)),
+                                   (f"talkalike loop, {name}", partial(eager_rate, model, prompt, args.tokens))):
                 best[label] = max(best.get(label, 0.0), measure())
                 print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)
             if dtype == torch.bfloat16:  # mv pays off in bf16 only (fp32 linear already is a gemv kernel)
