@@ -80,9 +80,9 @@ class Memory:
     def __len__(self) -> int:
         return self.connection.execute("SELECT count(*) FROM exchanges").fetchone()[0]
 
-    def recall(self, query: str, k: int = 3, before: str | None = None) -> list[Exchange]:
+    def recall(self, query: str, k: int = 3, before: str | None = None, besides: str | None = None) -> list[Exchange]:
         """The `k` past exchanges most like `query` (best first), only from conversations that started before
-        `before` (an ISO timestamp) when it is given."""
+        `before` (an ISO timestamp) when it is given, and never from the row `besides`."""
         terms = list(dict.fromkeys(w.lower() for w in WORD.findall(query)))[:MAX_QUERY_TERMS]
         if not terms or k <= 0:
             return []
@@ -90,7 +90,7 @@ class Memory:
         # bm25() is smaller for better matches; a match in what was said to the persona weighs twice one in its reply
         rows = self.connection.execute(
             "SELECT context, reply, at, row FROM exchanges WHERE exchanges MATCH ? AND (? IS NULL OR at < ?) "
-            "ORDER BY bm25(exchanges, 2.0, 1.0) LIMIT ?", (match, before, before, k)).fetchall()
+            "AND row IS NOT ? ORDER BY bm25(exchanges, 2.0, 1.0) LIMIT ?", (match, before, before, besides, k)).fetchall()
         return [Exchange(*row) for row in rows]
 
 
@@ -102,12 +102,29 @@ def query_of(history: list[dict]) -> str:
     return ""
 
 
+def with_recalled(row: dict, memory: "Memory | None", k: int) -> list[dict]:
+    """A training row's messages with the `k` exchanges recalled for it after its system line: the query is every
+    message said to the persona in the row, and only conversations that started before the row's are searched (never
+    the row itself, even when it has no start time)."""
+    messages = row["messages"]
+    if memory is None or k <= 0:
+        return messages
+    head = 1 if messages and messages[0]["role"] == "system" else 0
+    query = " ".join(m["content"] for m in messages if m["role"] == "user")
+    found = memory.recall(query, k, before=row.get("start") or None, besides=row.get("id") or None)
+    return messages[:head] + as_turns(found) + messages[head:]
+
+
 def recall_turns(memory: "Memory | None", history: list[dict], k: int, before: str | None = None) -> list[dict]:
     """Recalled exchanges as earlier turns (user, persona, ...), oldest first, marked with MEMORY_KEY; [] without
     a memory or with k = 0."""
     if memory is None or k <= 0:
         return []
-    found = memory.recall(query_of(history), k, before)
+    return as_turns(memory.recall(query_of(history), k, before))
+
+
+def as_turns(found: list[Exchange]) -> list[dict]:
+    """Recalled exchanges as earlier turns of the chat (user, persona, ...), oldest first, marked as memory."""
     turns = []
     for exchange in sorted(found, key=lambda e: e.at):
         turns += [{"role": "user", "content": exchange.context, MEMORY_KEY: True},

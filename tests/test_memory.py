@@ -2,7 +2,7 @@
 
 import sqlite3
 
-from talkalike.memory import MEMORY_KEY, Memory, exchanges, query_of, recall_turns
+from talkalike.memory import MEMORY_KEY, Memory, exchanges, query_of, recall_turns, with_recalled
 from talkalike.template import BUBBLE_SEP
 
 
@@ -77,3 +77,18 @@ def test_memory_opens_read_only(tmp_path):
     except sqlite3.OperationalError:
         pass
     assert Memory.open(tmp_path / "nowhere") is None
+
+
+def test_a_training_row_recalls_only_earlier_conversations_after_its_system_line(tmp_path):
+    memory = Memory.build(ROWS, tmp_path / "memory.db")
+    row = {"messages": [{"role": "system", "content": "Noa is texting with Daniel."}] + ROWS[3]["messages"],
+           "start": ROWS[3]["start"], "id": ROWS[3]["id"]}
+    messages = with_recalled(row, memory, k=3)
+    assert messages[0]["role"] == "system" and messages[-4:] == ROWS[3]["messages"]
+    recalled = messages[1:-4]
+    assert recalled and all(m[MEMORY_KEY] for m in recalled)
+    assert "yesss" not in [m["content"] for m in recalled]  # its own exchange is never recalled
+    # A row without a start time still never recalls itself.
+    alone = with_recalled({"messages": ROWS[1]["messages"], "id": ROWS[1]["id"]}, memory, k=5)
+    assert "doors at 9" not in [m["content"] for m in alone[:-2]]
+    assert with_recalled(row, memory, k=0) == row["messages"]

@@ -43,6 +43,7 @@ class Recipe:
     max_length: int = 1024
     masked_head: bool = True  # LM head only where a label is taken
     early_stopping_patience: int = 1  # evaluations without a better eval loss before stopping; 0 = off
+    memories: int = 0  # past exchanges recalled into each sample (talkalike.memory); the original recalled none
     seed: int = 42
 
     def as_dict(self) -> dict:
@@ -76,6 +77,9 @@ PRESETS = {
         optim="adamw_torch",
         bf16=True,  # on a CUDA GPU, and on CPUs that compute bf16 natively; others train in fp32 (resolve_recipe)
         max_length=1024,  # short rows keep CPU attention (dense, masked per sample) cheap
+        # Train with the persona's own earlier exchanges in the prompt, as chat and eval will recall them, so the
+        # model learns to answer from what the persona said before (facts, plans) rather than invent it.
+        memories=3,
     ),
 }
 

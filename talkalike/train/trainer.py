@@ -21,6 +21,7 @@ from pathlib import Path
 
 from talkalike.errors import TalkalikeError
 from talkalike.files import read_jsonl, say, write_json
+from talkalike.memory import MEMORY_FILE, Memory
 from talkalike.run import RUN_FILE, Run
 from talkalike.template import turn_end_ids
 from talkalike.train.recipe import Recipe, resolve_recipe
@@ -45,13 +46,17 @@ def read_dataset(folder: Path) -> tuple[list[dict], list[dict], dict]:
     return train_rows, rows("eval.jsonl"), info
 
 
-def render_rows(rows: list[dict], tokenizer, layout: str, all_turns: bool, max_length: int) -> tuple[list[dict], dict]:
-    """Rows rendered with THIS tokenizer's template into {input_ids, assistant_masks}, and token counts."""
+def render_rows(rows: list[dict], tokenizer, layout: str, all_turns: bool, max_length: int, memory=None,
+                memories: int = 0) -> tuple[list[dict], dict]:
+    """Rows rendered with THIS tokenizer's template into {input_ids, assistant_masks}, and token counts; with a
+    memory, each row opens with the `memories` past exchanges recalled for it (no loss on them)."""
+    from talkalike.memory import with_recalled
     from talkalike.template import render_sample
 
     records, stats = [], {"samples": 0, "tokens": 0, "trained_tokens": 0, "truncated": 0, "dropped_untrained": 0}
     for row in rows:
-        rendered = render_sample(row["messages"], tokenizer, layout=layout, all_turns=all_turns)
+        messages = with_recalled(row, memory, memories)
+        rendered = render_sample(messages, tokenizer, layout=layout, all_turns=all_turns)
         ids, mask = rendered.input_ids[:max_length], rendered.mask[:max_length]
         stats["truncated"] += len(rendered.input_ids) > max_length
         if not any(mask):
@@ -466,8 +471,13 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     # also saves it with the run and spares template lookups per sample.
     tokenizer.chat_template = chat_template(tokenizer, layout)
     all_turns = not recipe.persona_only_loss
-    train_records, train_stats = render_rows(train_rows, tokenizer, layout, all_turns, recipe.max_length)
-    eval_records, eval_stats = render_rows(eval_rows, tokenizer, layout, all_turns, recipe.max_length)
+    memory = Memory.open(Path(request["dataset"])) if recipe.memories else None
+    if recipe.memories and memory is None:
+        say(f"note: {request['dataset']} has no {MEMORY_FILE} (built before memory existed): training without recall")
+    train_records, train_stats = render_rows(train_rows, tokenizer, layout, all_turns, recipe.max_length, memory,
+                                             recipe.memories)
+    eval_records, eval_stats = render_rows(eval_rows, tokenizer, layout, all_turns, recipe.max_length, memory,
+                                           recipe.memories)
     if not train_records:
         raise TalkalikeError("no training sample has a persona turn left after rendering; check --me in the dataset.")
 
@@ -522,10 +532,11 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         shutil.copyfile(eval_src, out / "eval.jsonl")
     else:
         (out / "eval.jsonl").write_text("")
+    if memory is not None:  # chat, serve and eval recall from the run folder, as training did
+        shutil.copyfile(memory.path, out / MEMORY_FILE)
     source_stats = Path(request["dataset"]) / "stats.json"
-    write_json(out / "dataset_stats.json", {
-        "train": train_stats, "eval": eval_stats,
-        "dataset": json.loads(source_stats.read_text()) if source_stats.is_file() else None})
+    dataset_stats = json.loads(source_stats.read_text()) if source_stats.is_file() else None
+    write_json(out / "dataset_stats.json", {"train": train_stats, "eval": eval_stats, "dataset": dataset_stats})
     shutil.copyfile(metrics_path, out / "metrics.jsonl")
     plot_loss(out / "metrics.jsonl", out / "loss.png")
     run_info = {
@@ -538,6 +549,8 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         "best_checkpoint_step": _checkpoint_step(trainer.state.best_model_checkpoint),
         "train_seconds": round(time.time() - started, 1), "tokens_trained": token_counts,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        # whom the persona talked to, most turns first: chat and serve name the first in the contact line
+        "contacts": list((dataset_stats or {}).get("contacts") or {}),
     }
     Run.write(out, run_info)
     os.rename(out, final)

@@ -363,3 +363,39 @@ def test_the_original_preset_trains_a_lora_on_lm_head_without_a_gpu(tiny_model_d
     assert info["preset"] == "original" and info["quantized"] is False and info["config"]["lora_r"] == 32
     weights = load_file(str(home / "runs" / "orig" / "adapter" / "adapter_model.safetensors"))
     assert any("lm_head.lora_A" in name for name in weights)
+
+
+def dated(i: int) -> dict:
+    return conversation(i) | {"start": f"2025-01-{i + 1:02d}T10:00:00", "id": f"Maya@{i}"}
+
+
+def test_recalled_exchanges_lengthen_samples_but_add_no_trained_token(tiny_tokenizer, tmp_path):
+    from talkalike.memory import Memory
+
+    rows = [dated(i) for i in range(12)]
+    memory = Memory.build(rows, tmp_path / "memory.db")
+    plain, plain_stats = render_rows(rows, tiny_tokenizer, "chat", False, 512)
+    recalled, stats = render_rows(rows, tiny_tokenizer, "chat", False, 512, memory, 3)
+    assert stats["trained_tokens"] == plain_stats["trained_tokens"]
+    assert stats["tokens"] > plain_stats["tokens"]
+    assert recalled[0]["input_ids"] == plain[0]["input_ids"]  # the first conversation has nothing earlier to recall
+    assert len(recalled[5]["input_ids"]) > len(plain[5]["input_ids"])
+
+
+def test_a_run_keeps_the_datasets_memory_and_names_its_contacts(tiny_model_dir, tmp_path, capsys):
+    from talkalike.memory import MEMORY_FILE, Memory
+    from talkalike.run import Run
+
+    folder = write_dataset(tmp_path / "ds")
+    rows = [dated(i) for i in range(12)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Memory.build(rows, folder / MEMORY_FILE)
+    (folder / "dataset.json").write_text(json.dumps({"persona": "Noa", "layout": "chat", "contact": True}))
+    (folder / "stats.json").write_text(json.dumps({"contacts": {"Maya": {"persona_turns": 20}, "Mom": {}}}))
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "train", str(folder), "--base", str(tiny_model_dir), "--name", "noa",
+                 "--max-steps", "1"]) == 0
+    run = Run.open(home / "runs" / "noa")
+    assert sorted(p.name for p in run.dir.iterdir()) == sorted(RUN_FILES + (MEMORY_FILE,))
+    assert run.contacts == ["Maya", "Mom"]
+    assert len(Memory.open(run.dir)) == len(Memory.open(folder))
