@@ -13,11 +13,14 @@ conversations are never indexed.
 """
 
 import itertools
+import math
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from talkalike.template import split_bubbles
 
 MEMORY_FILE = "memory.db"
 MEMORY_KEY = "memory"  # set on recalled turns: the renderer gives them no loss, fit_prompt keeps them apart
@@ -79,6 +82,11 @@ class Memory:
 
     def __len__(self) -> int:
         return self.connection.execute("SELECT count(*) FROM exchanges").fetchone()[0]
+
+    def messages_per_turn(self, share: float = 0.9) -> int:
+        """The number of messages that `share` of the persona's replies stay within (nearest rank); 0 if none."""
+        counts = sorted(len(split_bubbles(reply)) for (reply,) in self.connection.execute("SELECT reply FROM exchanges"))
+        return counts[max(0, math.ceil(share * len(counts)) - 1)] if counts else 0
 
     def recall(self, query: str, k: int = 3, before: str | None = None, besides: str | None = None) -> list[Exchange]:
         """The `k` past exchanges most like `query` (best first), only from conversations that started before

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.sampling import Sampler
-from talkalike.decode.turns import ends_turn, fit_prompt, split_reply, turn_stops
+from talkalike.decode.turns import ends_turn, fit_prompt, message_cap, separator_ids, split_reply, turn_stops
 from talkalike.decode.twin import Twin
+from talkalike.model import causal_lm, pad_id
 
 PREFILL_ROWS = 32  # prompts prefilled together (per token, 32 rows cost 0.6 ms here, 128 rows 1.0 ms)
 PROBE_EVERY = 64  # decode steps between two timings of the thread counts
@@ -85,8 +86,9 @@ def decode_many(twin: Twin, histories: list[list[dict]], config: GenerationConfi
             if rows is not None:
                 decoder.step(rows)
                 threads.record((time.perf_counter() - started) / len(rows.ids))
-    text_stops = turn_stops(twin.tokenizer, twin.layout)
-    return [split_reply(twin.tokenizer.decode(tokens, skip_special_tokens=False), text_stops) for tokens in results]
+    text_stops, cap = turn_stops(twin.tokenizer, twin.layout), message_cap(twin, config)
+    return [split_reply(twin.tokenizer.decode(tokens, skip_special_tokens=False), text_stops, cap)
+            for tokens in results]
 
 
 class Threads:
@@ -112,7 +114,7 @@ class Threads:
 
         if not self.options:
             return
-        causal_lm = twin.model.get_base_model() if twin.has_adapter else twin.model
+        lm = causal_lm(twin.model)
         ids = torch.full((4, 32), twin.tokenizer.bos_token_id or 0, device=twin.device)
         times: dict[int, float] = {}
         with torch.inference_mode():
@@ -120,7 +122,7 @@ class Threads:
                 for option in self.options:
                     torch.set_num_threads(option)
                     started = time.perf_counter()
-                    causal_lm.model(input_ids=ids)
+                    lm.model(input_ids=ids)
                     times[option] = min(times.get(option, float("inf")), time.perf_counter() - started)
         self.best = min(times, key=times.get)
         torch.set_num_threads(self.best)
@@ -172,17 +174,18 @@ class Batch:
         self.twin, self.config = twin, config
         self.temperatures = temperatures
         model = twin.model
-        causal_lm = model.get_base_model() if twin.has_adapter else model
+        lm = causal_lm(model)
         # The decoder stack and the head separately: the head then runs on the last position only, into a buffer.
-        self.body, self.head = causal_lm.model, causal_lm.lm_head
+        self.body, self.head = lm.model, lm.lm_head
         self.cache_config = model.config
-        self.kv = cache_kwarg(model, twin.has_adapter)
+        self.kv = cache_kwarg(model)
         self.device = twin.device
-        self.pad = twin.tokenizer.pad_token_id if twin.tokenizer.pad_token_id is not None else 0
+        self.pad = pad_id(twin.tokenizer)
         self.text_stops = turn_stops(twin.tokenizer, twin.layout)
-        self.vocab = causal_lm.config.vocab_size
+        self.vocab = lm.config.vocab_size
         self.sampler = Sampler(config, self.vocab, batch_size, self.device,
-                               softcap=getattr(causal_lm.config, "final_logit_softcapping", None))
+                               softcap=getattr(lm.config, "final_logit_softcapping", None),
+                               separator_ids=separator_ids(twin.tokenizer))
         self.plain_head = type(self.head) is torch.nn.Linear
         self.head_out = torch.empty(batch_size, self.vocab, dtype=self.head.weight.dtype, device=self.device) \
             if self.plain_head else None
@@ -283,7 +286,9 @@ class Batch:
             logits = torch.mm(rows.hidden, self.head.weight.t(), out=self.head_out[:n])
         else:  # a LoRA-wrapped head (the "original" preset trains it): its own forward, adapter switch included
             logits = self.head(rows.hidden)
-        tokens = self.sampler(logits, rows.seen, [self.temperatures[i] for i in rows.ids]).tolist()
+        replies = [torch.tensor(t, dtype=torch.long, device=self.device) for t in rows.tokens] \
+            if self.config.no_repeat_ngram > 1 else None
+        tokens = self.sampler(logits, rows.seen, [self.temperatures[i] for i in rows.ids], replies).tolist()
         finished = 0
         for k, token in enumerate(tokens):
             if rows.done[k]:

@@ -31,6 +31,10 @@ class GenerationConfig:
     # chat prompt's budget and cover a question's topic without crowding out the conversation itself.
     memories: int = 3
     contact: str | None = None  # whom the persona is talking to (`--as NAME`); None: the run's most frequent contact
+    # Staying in character, from the persona's own statistics: a small model loops ("im so excited" twice in one
+    # turn) and runs on for more messages than the person ever sends.
+    no_repeat_ngram: int = 3  # no run of this many tokens twice inside the reply's messages; 0 = off
+    max_messages: int | None = None  # messages per turn at most; None: the persona's 90th percentile; 0 = no cap
 
 
 def load_generation_config(run_dir: Path | None) -> GenerationConfig:

@@ -1,7 +1,7 @@
 """The one sampler: the next token of every row, drawn as transformers' logits processors would draw it.
 
-Repetition penalty over every token already in the row (prompt included), temperature, then top-p; a row whose
-temperature is 0 or less takes the argmax. The single-stream loop (stream.py) and eval's batches (batch.py) both
+No run of `no_repeat_ngram` tokens twice inside a reply, repetition penalty over every token already in the row
+(prompt included), temperature, then top-p; a row whose temperature is 0 or less takes the argmax. The single-stream loop (stream.py) and eval's batches (batch.py) both
 draw through `Sampler`. On a 262k vocabulary whole-vocabulary passes cost more than the forward pass on a CPU, so:
 the penalty touches the seen tokens only, and a token is drawn in two stages (a block of the vocabulary by its
 mass, then a token inside it): the same distribution with one exp() pass. Nothing here reads a value back to the
@@ -22,24 +22,47 @@ class Sampler:
     """Draws for one sampling config: owns the generator (seeded by config.seed) and a reused fp32 buffer whose
     width is whole blocks (the padding is -inf for max and argmax, 0 after exp())."""
 
-    def __init__(self, config: GenerationConfig, vocab: int, rows: int, device, softcap: float | None = None):
+    def __init__(self, config: GenerationConfig, vocab: int, rows: int, device, softcap: float | None = None,
+                 separator_ids: list[int] = ()):
         import torch
 
         self.config, self.vocab, self.softcap = config, vocab, softcap
+        # Runs that touch the message separator's tokens are never blocked: every message boundary is one.
+        self.separator = torch.tensor(sorted(set(separator_ids)), dtype=torch.long, device=device)
         self.generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
         # A fresh 30-70 MB tensor per step would cost page faults on every step: one buffer, reused.
         self.logits = torch.empty(rows, -(-vocab // BLOCK) * BLOCK, device=device)
 
-    def __call__(self, logits, seen, temperatures: list[float]):
+    def __call__(self, logits, seen, temperatures: list[float], generated: list | None = None):
         """Next token id per row of `logits` [rows, vocab]; `seen` [rows, n] holds each row's ids so far (repeats
-        change nothing) and `temperatures` one value per row."""
+        change nothing), `temperatures` one value per row and `generated` each row's reply so far (1-D tensors),
+        for the no-repeat rule."""
         n = logits.shape[0]
         buffer = self.logits[:n]
         buffer[:, : self.vocab].copy_(logits)
         buffer[:, self.vocab:].fill_(float("-inf"))
         if self.softcap:  # in fp32, as transformers applies it
             buffer[:, : self.vocab].div_(self.softcap).tanh_().mul_(self.softcap)
+        if generated is not None and self.config.no_repeat_ngram > 1:
+            for row, reply in enumerate(generated):
+                block_repeats(buffer[row], reply, self.config.no_repeat_ngram, self.separator)
         return choose(buffer, seen, temperatures, self.config, self.generator, self.vocab)
+
+
+def block_repeats(logits, reply, n: int, separator) -> None:
+    """Set to -inf, in `logits` [vocab], every token that would repeat a run of `n` tokens already in `reply` (1-D),
+    runs touching `separator` tokens aside. Device ops only: on a GPU nothing waits for the host."""
+    import torch
+
+    if reply.shape[0] < n:
+        return
+    runs = reply.unfold(0, n, 1)  # [length - n + 1, n]: every run of n tokens so far
+    repeats = (runs[:, :-1] == reply[reply.shape[0] - n + 1:]).all(-1)  # runs that the reply's tail would redo
+    if separator.numel():
+        repeats &= ~torch.isin(runs, separator).any(-1) & ~torch.isin(reply[reply.shape[0] - n + 1:], separator).any()
+    # amin: a token banned by any run stays banned whatever the other runs say
+    banned = torch.where(repeats, float("-inf"), float("inf"))
+    logits.scatter_reduce_(0, runs[:, -1], banned, reduce="amin", include_self=True)
 
 
 def choose(logits, seen, temperatures: list[float], config: GenerationConfig, generator, vocab: int):

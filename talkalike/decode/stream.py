@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.engines import Engine
 from talkalike.decode.sampling import Sampler
-from talkalike.decode.turns import Event, Splitter, collect_messages, fit_prompt, turn_stops
+from talkalike.decode.turns import Event, Splitter, collect_messages, fit_prompt, message_cap, separator_ids, turn_stops
 from talkalike.decode.twin import Twin
 
 
@@ -60,15 +60,18 @@ def stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | Non
     """The persona's next turn as events: ("text", chunk) while a message grows, ("end_message",) after each one."""
     config = config or twin.defaults
     prompt_ids = fit_prompt(twin, history, config)
-    splitter = Splitter(turn_stops(twin.tokenizer, twin.layout))
+    splitter = Splitter(turn_stops(twin.tokenizer, twin.layout), message_cap(twin, config))
     engine = twin.engine(len(prompt_ids) + config.max_new_tokens, use_adapter)
-    sampler = Sampler(config, twin.vocab_size, rows=1, device=engine.device)
+    sampler = Sampler(config, twin.vocab_size, rows=1, device=engine.device,
+                      separator_ids=separator_ids(twin.tokenizer))
     temperature = [config.temperature]
+    start = len(prompt_ids)
     generated: list[int] = []
     text = ""
     with twin.adapter(use_adapter):
         for token_id in tokens(engine, prompt_ids, config.max_new_tokens,
-                               lambda logits, seen: sampler(logits, seen, temperature), twin.stop_ids):
+                               lambda logits, seen: sampler(logits, seen, temperature, [seen[0, start:]]),
+                               twin.stop_ids):
             generated.append(token_id)
             # Decode the whole reply each step: byte-level tokens can split a character (an emoji, a Hebrew
             # letter); a trailing U+FFFD means "wait for the next token".

@@ -111,6 +111,16 @@ def stop_token_ids(tokenizer, layout: str, model_eos: int | list[int] | None = N
     return frozenset(ids)
 
 
+def separator_ids(tokenizer) -> list[int]:
+    """The token ids of the message separator, as this tokenizer writes it between two messages."""
+    return tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)
+
+
+def message_cap(twin: "Twin", config: "GenerationConfig") -> int:
+    """Messages per turn at most: the config's, else the persona's own 90th percentile (0: no cap)."""
+    return config.max_messages if config.max_messages is not None else twin.max_messages
+
+
 def ends_turn(tokenizer, tokens: list[int], text_stops: list[str]) -> bool:
     """Whether the reply so far has written a stop string as text (looking at its last STOP_TAIL tokens)."""
     tail = tokenizer.decode(tokens[-STOP_TAIL:], skip_special_tokens=False)
@@ -121,11 +131,13 @@ class Splitter:
     """Turns the reply text as it grows into message events; holds back whatever may still become a separator or
     a stop string, so neither ever reaches the user."""
 
-    def __init__(self, stops: list[str]):
+    def __init__(self, stops: list[str], max_messages: int = 0):
         self.marks = [BUBBLE_MARK] + [s for s in stops if s]
+        self.max_messages = max_messages  # the turn ends at the separator after this many messages (0: no cap)
+        self.sent = 0  # messages closed so far
         self.pending = ""  # text received but not yet shown
         self.open = False  # whether the current message has shown any text
-        self.done = False  # a stop string was seen: the turn is over
+        self.done = False  # a stop string (or the message cap) was seen: the turn is over
 
     def feed(self, text: str) -> list[Event]:
         """Events for `text`, the next piece of the reply."""
@@ -141,7 +153,7 @@ class Splitter:
             self._show(self.pending[:at].rstrip(), events)
             self._close(events)
             self.pending = self.pending[at + len(mark):]
-            if mark != BUBBLE_MARK:
+            if mark != BUBBLE_MARK or (self.max_messages and self.sent >= self.max_messages):
                 self.done = True
                 return events
         # Hold back a tail that could be the start of a mark, and trailing whitespace (it may precede a separator).
@@ -178,6 +190,7 @@ class Splitter:
         if self.open:
             events.append(("end_message",))
             self.open = False
+            self.sent += 1
 
 
 def collect_messages(events) -> list[str]:
@@ -194,7 +207,7 @@ def collect_messages(events) -> list[str]:
     return messages
 
 
-def split_reply(text: str, stops: list[str]) -> list[str]:
-    """A whole generated text cut at the first stop string and split into messages."""
-    splitter = Splitter(stops)
+def split_reply(text: str, stops: list[str], max_messages: int = 0) -> list[str]:
+    """A whole generated text cut at the first stop string (or after `max_messages`) and split into messages."""
+    splitter = Splitter(stops, max_messages)
     return collect_messages(splitter.feed(text) + splitter.finish())

@@ -37,6 +37,7 @@ class Twin:
     memory: Any = None  # the run's talkalike.memory.Memory (past exchanges recalled into each prompt), if any
     # Whom the persona talks to, most frequent first, when the run was trained with the contact line; None: no line
     contacts: list[str] | None = None
+    max_messages: int = 0  # the persona's 90th percentile of messages per turn (from memory); 0: no cap known
 
     @classmethod
     def of(cls, model, tokenizer, layout: str = "chat", **fields) -> "Twin":
@@ -157,8 +158,10 @@ def _run_fields(run: Run) -> dict:
     """A run's Twin fields besides the model: layout, names, tuned sampling defaults, memory and contacts."""
     from talkalike.memory import Memory
 
+    memory = Memory.open(run.dir)
     return {"layout": run.layout, "name": run.name, "persona": run.persona, "run_dir": run.dir,
-            "defaults": load_generation_config(run.dir), "memory": Memory.open(run.dir), "contacts": run.contacts}
+            "defaults": load_generation_config(run.dir), "memory": memory, "contacts": run.contacts,
+            "max_messages": memory.messages_per_turn(0.9) if memory is not None else 0}
 
 
 def load_twin(run: str | None, base: str | None, home: Path, switchable: bool = True) -> Twin:

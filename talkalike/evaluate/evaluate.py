@@ -167,7 +167,7 @@ def perplexity(twin, rows: list[dict], turns: list[HeldOutTurn], use_adapter: bo
             targets = ids[:, 1:][scored]
             states = hidden[scored]
             for chunk in range(0, len(targets), 256):
-                total_nll += _nll_sum(head(states[chunk: chunk + 256]), targets[chunk: chunk + 256], softcap)
+                total_nll += nll_sum(head(states[chunk: chunk + 256]), targets[chunk: chunk + 256], softcap)
             total_tokens += int(scored.sum())
             if threads:
                 threads.record((time.perf_counter() - started) / ids.numel())
@@ -175,7 +175,7 @@ def perplexity(twin, rows: list[dict], turns: list[HeldOutTurn], use_adapter: bo
     return {"tokens": total_tokens, "nll per token": mean, "perplexity": math.exp(mean)}
 
 
-def _nll_sum(logits, targets, softcap: float | None) -> float:
+def nll_sum(logits, targets, softcap: float | None) -> float:
     """Sum over rows of -log softmax(logits)[target], two rows at a time in fp32 while they sit in the CPU cache.
 
     torch's cross_entropy over 256 x 262k fp32 logits spent a fifth of perplexity's time in log_softmax alone: the
@@ -521,7 +521,8 @@ def headline(result: dict) -> dict:
         h["next-reply ranking"].update(n=ranking["tuned"]["n"], chance=ranking["tuned"].get("chance", 0.1))
     context = result.get("context identification")
     if context:
-        h["context identification"] = {"tuned share of real": context["tuned share of real"]}
+        h["context identification"] = {m: context[m]["rate"] for m in ("real", "tuned", "base")}
+        h["context identification"]["tuned share of real"] = context["tuned share of real"]
     fooled = result.get("fooled rate at equal error")
     if fooled:
         h["fooled rate at equal error"] = {m: fooled[m] for m in ("tuned", "base")}
@@ -571,9 +572,10 @@ def headline_lines(result: dict) -> list[str]:
         lines.append(f"real next reply ranked first of 10 (R@1, chance {r['chance']:.0%}): tuned {r['tuned']:.0%} "
                      f"vs base {r['base']:.0%} over {r['n']:,} held-out turns")
     if "context identification" in h:
-        share = h["context identification"]["tuned share of real"]
-        lines.append(f"the twin's replies point back to their own conversation {share:.0%} as often as the real "
-                     "replies do")
+        c = h["context identification"]
+        share = "" if c["tuned share of real"] is None else f" ({c['tuned share of real']:.0%} of the real rate)"
+        lines.append(f"a reply picks out its own conversation among 10 (chance 10%): real {c['real']:.0%}, tuned "
+                     f"{c['tuned']:.0%}{share}, base {c['base']:.0%}")
     if "fooled rate at equal error" in h:
         f = h["fooled rate at equal error"]
         lines.append(f"a real-vs-generated classifier is fooled (50% = cannot tell them apart): tuned {f['tuned']:.0%} "

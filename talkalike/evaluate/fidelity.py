@@ -21,8 +21,10 @@ import json
 import random
 from collections.abc import Callable
 
-from talkalike.evaluate.evaluate import EvalConfig, HeldOutTurn, turn_text
+from talkalike.decode.engines.eager import cache_kwarg
+from talkalike.evaluate.evaluate import EvalConfig, HeldOutTurn, nll_sum, turn_text
 from talkalike.evaluate.metrics import Reply, wilson_interval
+from talkalike.model import causal_lm, pad_id
 
 Pair = tuple[list[dict], Reply]  # (the history, a candidate persona turn as its messages)
 Scorer = Callable[[list[Pair]], list[float]]  # higher = the candidate fits the history better
@@ -195,16 +197,15 @@ def _score_group(twin, sequences: list[tuple[list, int]], rows: int) -> list[flo
     import torch
     from transformers import DynamicCache
 
-    from talkalike.evaluate.evaluate import _nll_sum
 
-    causal_lm = twin.model.get_base_model() if twin.has_adapter else twin.model
-    decoder, head = causal_lm.model, causal_lm.lm_head
-    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
-    device, kv = twin.device, twin.cache_kwarg
-    pad = twin.tokenizer.pad_token_id if twin.tokenizer.pad_token_id is not None else 0
+    lm = causal_lm(twin.model)
+    decoder, head = lm.model, lm.lm_head
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    device, kv = twin.device, cache_kwarg(twin.model)
+    pad = pad_id(twin.tokenizer)
     shared = _shared_prefix(sequences)
     assert shared >= 1, "scored sequences start with at least one history token (BOS)"
-    prefix_cache = DynamicCache(config=causal_lm.config)
+    prefix_cache = DynamicCache(config=lm.config)
     prefix = torch.tensor([sequences[0][0][:shared]], device=device)
     # The last history position predicts the first candidate token, so its hidden state joins every row's.
     last = decoder(input_ids=prefix, use_cache=True, **{kv: prefix_cache}).last_hidden_state[0, -1:]
@@ -227,7 +228,7 @@ def _score_group(twin, sequences: list[tuple[list, int]], rows: int) -> list[flo
         # The head (262k outputs on Gemma) on 256 rows at a time: its weight is read once per chunk, not per reply.
         for chunk in range(0, len(targets), 256):
             logits = head(states[chunk: chunk + 256])
-            nll += [_nll_sum(logits[r: r + 1], targets[chunk + r: chunk + r + 1], softcap) for r in range(len(logits))]
+            nll += [nll_sum(logits[r: r + 1], targets[chunk + r: chunk + r + 1], softcap) for r in range(len(logits))]
         end = 0
         for full, start in batch:
             count = len(full) - start

@@ -37,8 +37,9 @@ def _result(run_dir, following: bool = False) -> dict:
     if following:
         result["next-reply ranking"] = {m: {"r@1": r, "n": 40, "chance": 0.1, "interval": [r - 0.1, r + 0.1]}
                                         for m, r in (("tuned", 0.3), ("base", 0.125))}
-        result["context identification"] = {"tuned": 0.2, "base": 0.1, "real": 0.5, "tuned share of real": 0.4,
-                                            "base share of real": 0.2}
+        result["context identification"] = {m: {"rate": r, "n": 40, "chance": 0.1} for m, r in
+                                            (("tuned", 0.2), ("base", 0.1), ("real", 0.5))}
+        result["context identification"].update({"tuned share of real": 0.4, "base share of real": 0.2})
         result["fooled rate at equal error"] = {"tuned": 0.18, "base": 0.04}
         result["facts"] = {"file": "/x/noa.facts.jsonl", **{m: _probe(m) for m in ("tuned", "base")}}
     result["headline"] = evaluate.headline(result)
@@ -133,7 +134,7 @@ def test_the_headline_leads_with_following_the_conversation_and_facts(tmp_path):
     assert result["headline"]["next-reply ranking"] == {"tuned": 0.3, "base": 0.125, "n": 40, "chance": 0.1}
     lines = evaluate.headline_lines(result)
     assert "R@1, chance 10%): tuned 30% vs base 12% over 40" in lines[0]
-    assert "40% as often as the real replies" in lines[1]
+    assert "real 50%, tuned 20% (40% of the real rate), base 10%" in lines[1]
     assert "tuned 18% vs base 4%" in lines[2]
     assert "(2 questions, any of 4 replies): tuned 50% vs base 0% (greedy reply alone: 0% vs 0%)" in lines[3]
     assert lines[4].count(" vs persona ") == 3

@@ -11,13 +11,15 @@ def fits(twin, max_len: int) -> bool:
 
 
 def build(twin, max_len: int) -> "EagerEngine":
-    return EagerEngine(twin.model, twin.device, max_len, cache_kwarg(twin.model, twin.has_adapter))
+    return EagerEngine(twin.model, twin.device, max_len, cache_kwarg(twin.model))
 
 
-def cache_kwarg(model, has_adapter: bool) -> str:
+def cache_kwarg(model) -> str:
     """The forward() argument that takes the KV cache: `cache` in recent transformers, `past_key_values` before
     (the old name still works there, with a deprecation warning on every chat start)."""
-    core = model.get_base_model() if has_adapter else model
+    from talkalike.model import causal_lm
+
+    core = causal_lm(model)
     return "cache" if "cache" in inspect.signature(type(core).forward).parameters else "past_key_values"
 
 
