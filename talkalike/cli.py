@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, help="(default: the run's, else 1.025)")
     p.add_argument("--top-p", type=float, help="nucleus sampling (default: the run's, else 1.0)")
     p.add_argument("--max-new-tokens", type=int, help="longest reply in tokens (default: the run's, else 200)")
+    _twin_options(p)
 
     p = _sub(sub, "serve", "serve a web chat, a blind A/B test and an OpenAI-compatible API",
              "talkalike serve dana --port 8000")
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs --api-key")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="bearer key required by the API (default: $TALKALIKE_API_KEY)")
+    _twin_options(p)
 
     p = _sub(sub, "export", "export the twin for local runners", "talkalike export dana --format ollama")
     p.add_argument("run", help="run name or folder")
@@ -164,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
              "talkalike demo")
     p.add_argument("--quick", action="store_true", help="fewer training steps and eval turns")
     return parser
+
+
+def _twin_options(p) -> None:
+    """Whom the twin talks to and what it recalls: shared by chat and serve."""
+    p.add_argument("--as", dest="as_name", metavar="NAME",
+                   help="whom the twin thinks it is talking to (default: the contact the persona wrote to most)")
+    p.add_argument("--memories", type=int, metavar="N",
+                   help="past exchanges recalled into each reply's prompt (default: 3, as in training; 0 = off)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ class FakeTwin:
     has_adapter: bool = True
     run_dir: Path | None = None
     defaults: GenerationConfig = field(default_factory=lambda: GenerationConfig(repetition_penalty=1.1))
+    contacts: list[str] | None = field(default_factory=lambda: ["Daniel", "Mom"])
     tuned: list[str] = field(default_factory=lambda: list(TUNED))
     base: list[str] = field(default_factory=lambda: list(BASE))
     chunk: int = 3  # characters per streamed chunk

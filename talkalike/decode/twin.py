@@ -5,6 +5,7 @@
 """
 
 import contextlib
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -152,6 +153,21 @@ class Twin:
         if self.has_adapter and not use_adapter:
             return self.model.disable_adapter()
         return contextlib.nullcontext()
+
+
+def talk_as(twin: Twin, name: str | None, memories: int | None) -> None:
+    """Point the twin at a contact (`--as NAME`) and set how many past exchanges it recalls (`--memories N`)."""
+    if memories is not None and memories < 0:
+        raise TalkalikeError(f"--memories takes 0 (off) or more, not {memories}")
+    if name and twin.contacts is None:
+        raise TalkalikeError(f"{twin.name} was trained without contact lines (`dataset --no-contact`), so --as has "
+                             "no effect; leave it out")
+    if name and name not in twin.contacts:
+        known = ", ".join(twin.contacts[:8]) or "nobody yet"
+        print(f"note: {twin.persona} never wrote to {name} in the training chats (known: {known}); replying as to "
+              "someone new", file=sys.stderr)
+    twin.defaults = dataclasses.replace(twin.defaults, **{k: v for k, v in (("contact", name), ("memories", memories))
+                                                          if v is not None})
 
 
 def _run_fields(run: Run) -> dict:

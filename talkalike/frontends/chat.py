@@ -18,7 +18,7 @@ from typing import TextIO
 
 from talkalike.decode.config import GenerationConfig, with_overrides
 from talkalike.decode.stream import stream_reply
-from talkalike.decode.twin import Twin, load_twin
+from talkalike.decode.twin import Twin, load_twin, talk_as
 from talkalike.errors import TalkalikeError
 from talkalike.files import say, write_atomic
 from talkalike.home import resolve_home
@@ -143,6 +143,7 @@ def cmd_chat(args) -> int:
     twin = load_twin(args.run, args.base, home, switchable=args.compare)
     if args.compare and not twin.has_adapter:
         raise TalkalikeError("--compare needs a run (the base reply is the run's model with its adapter off)")
+    talk_as(twin, args.as_name, args.memories)
     config = with_overrides(twin.defaults, temperature=args.temperature, repetition_penalty=args.repetition_penalty,
                             top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     folder = (twin.run_dir if twin.run_dir else home) / "chats"

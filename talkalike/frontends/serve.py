@@ -27,7 +27,7 @@ from pathlib import Path
 from talkalike.decode.config import GenerationConfig, with_overrides
 from talkalike.decode.stream import stream_reply
 from talkalike.decode.turns import collect_messages
-from talkalike.decode.twin import Twin, load_twin
+from talkalike.decode.twin import Twin, load_twin, talk_as
 from talkalike.errors import TalkalikeError
 from talkalike.files import say
 from talkalike.home import resolve_home
@@ -379,6 +379,7 @@ def cmd_serve(args) -> int:
     check_settings(settings)  # before loading the model: refusing should be instant
     home = resolve_home(args.home)
     twin = load_twin(args.run, args.base, home)
+    talk_as(twin, args.as_name, args.memories)
     app = create_app(twin, settings)
     say(f"serving {twin.persona} ({', '.join(model_ids(twin))}) at http://{settings.host}:{settings.port}/ "
         "and an OpenAI-compatible API at /v1")

@@ -95,6 +95,22 @@ def test_the_cli_reads_piped_lines_and_logs_in_the_run_folder(tmp_path, monkeypa
     assert "temperature 0.9" in log.read_text(encoding="utf-8")
 
 
+def test_as_and_memories_reach_every_reply_and_an_unknown_contact_is_noted(tmp_path, monkeypatch, capsys):
+    twin = FakeTwin(run_dir=tmp_path / "noa")
+    monkeypatch.setattr(chat, "load_twin", lambda run, base, home, **_: twin)
+    monkeypatch.setattr(chat, "stream_reply", fake_stream)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hey\n/quit\n"))
+    assert main(["--home", str(tmp_path), "chat", "noa", "--as", "Mom", "--memories", "0"]) == 0
+    config = twin.calls[0][1]
+    assert (config.contact, config.memories) == ("Mom", 0)
+    assert "never wrote to" not in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hey\n/quit\n"))
+    assert main(["--home", str(tmp_path), "chat", "noa", "--as", "Grandpa"]) == 0
+    assert "never wrote to Grandpa" in capsys.readouterr().err
+    assert main(["--home", str(tmp_path), "chat", "noa", "--memories", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --memories")
+
+
 def test_compare_without_a_run_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(chat, "load_twin", lambda run, base, home, **_: FakeTwin(has_adapter=False))
     assert main(["--home", str(tmp_path), "chat", "--base", "some-model", "--compare"]) == 2
