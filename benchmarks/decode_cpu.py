@@ -8,11 +8,10 @@ fp32 and bf16 (+ the single-token torch.mv path in bf16), and engines.gemma_cpu'
 runs) in fp32, its default, and bf16.
 Cold start is `talkalike chat RUN` in a fresh process, from launch to the first token on stdout, with cached weights
 (a run folder with a LoRA adapter over the embedded model is made for it): the first start, which merges the adapter
-and caches it in the run folder, then the median of --starts later ones. --phases also times each phase of a start
-in a fresh process, for the merged path and for the transformers + peft path it replaced.
+and caches it in the run folder, then the median of --starts later ones.
 
 Run when the machine is quiet (the load average is printed; two busy cores make two-thread numbers meaningless):
-    .venv/bin/python benchmarks/decode_cpu.py [--tokens 64] [--home .bench/home] [--phases]
+    .venv/bin/python benchmarks/decode_cpu.py [--tokens 64] [--home .bench/home]
 """
 
 import argparse
@@ -110,49 +109,6 @@ def merged_rate(gemma, prompt, tokens: int) -> float:
         if gemma else 0.0
 
 
-PHASES = r"""
-import sys, time
-t0 = last = time.perf_counter()
-def mark(name):
-    global last
-    now = time.perf_counter(); print(f"{name}\t{now - last:.3f}", flush=True); last = now
-from pathlib import Path
-home, run, path = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-import talkalike.cli, talkalike.frontends.chat; mark("python + talkalike")
-import torch; mark("import torch")
-from talkalike.decode.stream import stream_reply
-from talkalike.decode.twin import Twin
-if path == "merged":
-    from talkalike.decode.engines import gemma_cpu
-    gemma = gemma_cpu.load_merged(run, home); mark("map merged weights (mmap)")
-    import transformers.tokenization_utils_tokenizers; mark("import transformers' tokenizer classes")
-    tokenizer = gemma_cpu.load_tokenizer(run / "tokenizer"); mark("tokenizer (tokenizers.from_file)")
-    twin = Twin.of_gemma(gemma, tokenizer, run_dir=run)
-else:
-    import transformers; from transformers import AutoModelForCausalLM, AutoTokenizer; mark("import transformers")
-    from transformers import Gemma3ForCausalLM; mark("import Gemma 3 modelling")
-    from peft import PeftModel; mark("import peft")
-    from talkalike.model import load_base
-    dtype = getattr(torch, path)
-    base = load_base("gemma-3-270m", home, dtype=dtype); mark(f"load base ({path})")
-    model = PeftModel.from_pretrained(base, str(run / "adapter")); mark("attach adapter")
-    tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer")); mark("tokenizer (AutoTokenizer)")
-    twin = Twin.of(model, tokenizer, run_dir=run, has_adapter=True); twin.prepare(dtype)
-for event in stream_reply(twin, [{"role": "user", "content": "hey! beach tonight?"}]):
-    if event[0] == "text":
-        break
-mark("prompt, prefill, first text")
-print(f"total\t{time.perf_counter() - t0:.3f}")
-"""
-
-
-def phases(home: Path, run: Path, path: str) -> list[tuple[str, float]]:
-    """Seconds per phase of one start in a fresh process: path "merged" (chat) or a dtype name (transformers+peft)."""
-    out = subprocess.run([sys.executable, "-c", PHASES, str(home), str(run), path], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
-    return [(name, float(value)) for name, value in (line.split("\t") for line in out.splitlines() if "\t" in line)]
-
-
 def make_run(home: Path) -> Path:
     """A run folder over the embedded model with a fresh LoRA adapter, for the cold-start measurement."""
     run = home / "runs" / "bench"
@@ -192,11 +148,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--home", default=str(ROOT / ".bench" / "home"))
     parser.add_argument("--skip-cold-start", action="store_true")
-    parser.add_argument("--skip-decode", action="store_true", help="only the cold start (and --phases)")
+    parser.add_argument("--skip-decode", action="store_true", help="only the cold start")
     parser.add_argument("--threads", type=int, help="torch threads (default: physical cores, as `talkalike chat`)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is reported")
     parser.add_argument("--starts", type=int, default=5, help="cold starts with the merged cache (median reported)")
-    parser.add_argument("--phases", action="store_true", help="also time each phase of a start, old and new path")
     parser.add_argument("--config", help="a folder with the model's config.json: random weights of the same shapes "
                                          "(decode speed does not depend on the values), for machines without the "
                                          "embedded model; implies --skip-cold-start")
@@ -291,15 +246,6 @@ def main() -> None:
               f"\n  later starts: {sorted(times)[len(times) // 2]:.2f} s median of {len(times)} "
               f"(best {min(times):.2f}, worst {max(times):.2f})"
               f"\n  `chat RUN --compare` (transformers + peft, fp32): {compare:.2f} s")
-        if args.phases:
-            old, new = phases(home, run, "bfloat16"), phases(home, run, "merged")
-            print("\n| phase: before (transformers + peft, bf16) | s | phase: after (merged, fp32) | s |")
-            print("|---|---|---|---|")
-            for i in range(max(len(old), len(new))):
-                a = old[i] if i < len(old) else ("", None)
-                b = new[i] if i < len(new) else ("", None)
-                print(f"| {a[0]} | {'' if a[1] is None else f'{a[1]:.2f}'} | {b[0]} | "
-                      f"{'' if b[1] is None else f'{b[1]:.2f}'} |")
     print(f"load average after: {os.getloadavg()[0]:.1f}", file=sys.stderr)
 
 

@@ -35,48 +35,6 @@ def measured_bandwidth() -> float:
     return 2 * src.numel() * 10 / (time.perf_counter() - t0)
 
 
-def gemv_probe() -> list[dict]:
-    """Bandwidth of one-token matrix-vector products at the 7B model's shapes: cuBLAS vs an inductor reduction.
-
-    Each product is timed inside a CUDA graph over enough distinct weight copies (512 MB) that the L2 cache can't
-    serve them, so GB/s is weight bytes streamed from HBM per second.
-    """
-    import math
-
-    import torch._inductor.config as inductor_config
-    import torch.nn.functional as F
-    import triton.testing
-
-    inductor_config.coordinate_descent_tuning = True
-    shapes = {"q,k,v fused": (6144, 4096), "q or o": (4096, 4096), "k or v": (1024, 4096),
-              "gate,up fused": (28672, 4096), "gate or up": (14336, 4096), "down": (4096, 14336),
-              "lm_head": (32000, 4096)}
-
-    def reduce(x, w):
-        return (x.unsqueeze(-2) * w).float().sum(-1).to(x.dtype)
-
-    reduce = torch.compile(reduce, dynamic=False)
-    out = []
-    for name, (n, k) in shapes.items():
-        copies = max(2, math.ceil(512e6 / (n * k * 2)))
-        weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
-        x = torch.randn(1, 1, k, device="cuda", dtype=torch.bfloat16)
-        row = {"shape": name, "n": n, "k": k}
-        for label, fn in (("cublas", F.linear), ("reduce", reduce)):
-            def run(fn=fn, weights=weights, x=x):
-                for w in weights:
-                    fn(x, w)
-            run()
-            ms = triton.testing.do_bench_cudagraph(run, rep=50, return_mode="median") / copies
-            row[f"{label}_us"] = ms * 1e3
-            row[f"{label}_gb_s"] = n * k * 2 / (ms * 1e-3) / 1e9
-        out.append(row)
-        print(json.dumps(row), flush=True)
-        del weights
-    torch.cuda.empty_cache()
-    return out
-
-
 def profile_step(decoder, ids: list[int], path: Path, label: str, steps: int = 32) -> None:
     """GPU kernel time per decoded token, by kernel, written to `path` (the CUDA-graph replays included)."""
     from torch.profiler import ProfilerActivity, profile
@@ -183,14 +141,12 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=32, help="fewer layers for a quick check of the mechanics")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu-decode"))
     parser.add_argument("--variants", default="1,2", help="graph decoders to run, by index (see main)")
-    parser.add_argument("--probe", action="store_true", help="first time single matrix-vector products")
     parser.add_argument("--profile", action="store_true", help="kernel time table of 32 steps per decoder")
     args = parser.parse_args()
     from talkalike.decode.engines.triton_step import TritonStep
 
     name = torch.cuda.get_device_name()
     card = next((k for k in DATASHEET_BANDWIDTH if k in name), name)
-    probe = gemv_probe() if args.probe else []
     model = build_model(args.layers)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     weight_bytes -= model.model.embed_tokens.weight.numel() * 2  # decode reads one embedding row, not the table
@@ -217,9 +173,6 @@ def main() -> int:
         ("GraphDecoder, fused step, torch.compile (last default)", dict(engine="compile")),
         ("GraphDecoder, Triton step in one CUDA graph (the default)", dict()),
         ("GraphDecoder, Triton step, block shapes not searched", dict(tune_kernels=False)),
-        ("GraphDecoder, fused, torch.compile, matrix-vector as reductions", dict(engine="compile", matvec="reduce")),
-        ("GraphDecoder, fused, torch.compile max-autotune", dict(engine="compile", mode="max-autotune")),
-        ("GraphDecoder, fused, torch.compile, attention as reductions", dict(engine="compile", attention="reduce")),
     ]
     chosen = [v for i, v in enumerate(variants) if str(i) in args.variants.split(",")]
     for label, kwargs in chosen:
@@ -263,12 +216,7 @@ def main() -> int:
         print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_decode.json").write_text(json.dumps({"decoders": rows, "matvec_probe": probe}, indent=1))
-    if probe:
-        print(f"{'matrix-vector shape':16} {'N x K':>12} {'cuBLAS us':>9} {'GB/s':>6} {'reduce us':>9} {'GB/s':>6}")
-        for r in probe:
-            print(f"{r['shape']:16} {r['n']:>5} x {r['k']:<5} {r['cublas_us']:9.1f} {r['cublas_gb_s']:6.0f} "
-                  f"{r['reduce_us']:9.1f} {r['reduce_gb_s']:6.0f}")
+    (out / "gpu_decode.json").write_text(json.dumps({"decoders": rows}, indent=1))
     for row in rows:
         for role, info in row.get("matvec", {}).items():
             print(f"{row['variant'][:40]:40} {role:8} chosen {info['chosen']:12} "

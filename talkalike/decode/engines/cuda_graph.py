@@ -32,14 +32,13 @@ class GraphEngine:
     """Single-stream decoding with a static cache; build once per model and reuse across replies."""
 
     def __init__(self, model, max_len: int = 4096, tune_kernels: bool = True, fuse: bool = True,
-                 mode: str = "reduce-overhead", matvec: str = "linear", attention: str = "sdpa"):
+                 mode: str = "reduce-overhead"):
         import torch
 
         self.device = next(model.parameters()).device
         assert self.device.type == "cuda", "GraphEngine needs the model on a CUDA device"
         self.model, self.max_len = model, max_len
-        self.fused = FusedStep(model, max_len, matvec, attention) if fuse and FusedStep.supports(model, max_len) \
-            else None
+        self.fused = FusedStep(model, max_len) if fuse and FusedStep.supports(model, max_len) else None
         if tune_kernels:
             # Let inductor tune its generated kernels' launch parameters for these exact (batch 1) shapes: a slower
             # first compile for faster kernels on every later token.
@@ -120,15 +119,8 @@ class FusedStep:
                 return False  # fused biases are all or none
         return type(model.lm_head) is torch.nn.Linear
 
-    def __init__(self, model, max_cache_len: int, matvec: str = "linear", attention: str = "sdpa"):
+    def __init__(self, model, max_cache_len: int):
         import torch
-
-        assert matvec in ("linear", "reduce") and attention in ("sdpa", "reduce")
-        # The defaults measured fastest (BENCHMARKS.md, "GPU decode"); the alternatives stay for measuring on other
-        # cards. matvec "linear" is F.linear, "reduce" a multiply-and-sum; attention "sdpa" is one fused kernel,
-        # "reduce" inductor's reductions spread over every head and cache position.
-        self.matvec = matvec
-        self.attention = attention
 
         config = model.config
         inner = model.model
@@ -163,27 +155,11 @@ class FusedStep:
             if bias is not None:
                 torch._dynamo.mark_static_address(bias)
 
-    def _linear(self, h, weight, bias=None):
-        """h @ weight.T (+ bias); for one token optionally as a multiply-and-sum that inductor writes as one kernel."""
+    @staticmethod
+    def _linear(h, weight, bias=None):
         import torch.nn.functional as F
 
-        if self.matvec == "reduce" and h.shape[1] == 1:
-            # A reduction over K with fp32 accumulation, like the matrix unit's: inductor generates (and tunes) a
-            # Triton kernel that streams the weight once, and can fuse the producer of h (a norm, an activation).
-            out = (h.unsqueeze(-2) * weight).float().sum(-1).to(h.dtype)
-            return out if bias is None else out + bias
         return F.linear(h, weight, bias)
-
-    def _attend(self, q, keys, values, visible):
-        """Attention of q [1, kv, group, d] over the whole cache as two reductions and a softmax, in fp32.
-
-        A fused attention kernel gives each (key/value head, query block) one thread block: 8 blocks for a 7B
-        model's one-token step, on a GPU with 132 multiprocessors. Written as reductions, inductor spreads the
-        work over every (head, position) instead."""
-        scores = (q.unsqueeze(-2) * keys.unsqueeze(-3)).float().sum(-1) * self.scaling  # [1, kv, group, cache]
-        weights = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
-        out = (weights.unsqueeze(-1) * values.unsqueeze(-3).float()).sum(-2)  # [1, kv, group, d]
-        return out.to(q.dtype)
 
     def _qkv(self, i: int, h):
         """One matrix product for the layer's q [1, len, heads, d], k and v [1, len, kv_heads, d]."""
@@ -242,11 +218,7 @@ class FusedStep:
             # Each key/value head serves `group` query heads: laid out as `group` query rows of that head, one
             # attention call reads the cache once, with no copy of it per query head.
             q = q.view(1, self.kv_heads, group, self.head_dim)
-            if self.attention == "reduce":
-                out = self._attend(q, self.keys[i], self.values[i], visible)
-            else:
-                out = F.scaled_dot_product_attention(q, self.keys[i], self.values[i], attn_mask=visible,
-                                                     scale=self.scaling)
+            out = F.scaled_dot_product_attention(q, self.keys[i], self.values[i], attn_mask=visible, scale=self.scaling)
             o_proj = layer.self_attn.o_proj
             x = x + self._linear(out.reshape(1, 1, -1), o_proj.weight, o_proj.bias)
             x = self._mlp(i, x)
