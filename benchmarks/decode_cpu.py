@@ -4,7 +4,7 @@ Decode is memory-bound: each token reads every weight once (the tied 262k x 640 
 limit is bytes read per token / measured memory bandwidth, and we report each decoder as a share of the limit for
 its dtype. The bandwidth is measured here, in the same run, with a large torch copy and a large reduction.
 Rows: plain `generate()` and talkalike's loop over the transformers model (what `serve` and `chat --compare` run) in
-fp32 and bf16 (+ the single-token torch.mv path in bf16), and engines.gemma_cpu's merged decoder (what `chat`
+fp32 and bf16, and engines.gemma_cpu's merged decoder (what `chat`
 runs) in fp32, its default, and bf16.
 Cold start is `talkalike chat RUN` in a fresh process, from launch to the first token on stdout, with cached weights
 (a run folder with a LoRA adapter over the embedded model is made for it): the first start, which merges the adapter
@@ -161,7 +161,6 @@ def main() -> None:
     import torch
 
     from talkalike.decode.config import GenerationConfig
-    from talkalike.decode.engines.eager import use_gemv
     from talkalike.decode.engines.gemma_cpu import from_model, supported
     from talkalike.decode.turns import fit_prompt
     from talkalike.decode.twin import Twin, physical_cores
@@ -201,18 +200,11 @@ def main() -> None:
         best = {}
         # Best of a few interleaved rounds: on a shared machine the slowest rounds measure the neighbours.
         for _ in range(args.rounds):
-            use_gemv(model, False)
             for label, measure in ((f"transformers generate, {name}", partial(hf_generate_rate, model, prompt,
                                                                                args.tokens, torch)),
                                    (f"talkalike loop, {name}", partial(eager_rate, model, prompt, args.tokens))):
                 best[label] = max(best.get(label, 0.0), measure())
                 print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)
-            if dtype == torch.bfloat16:  # mv pays off in bf16 only (fp32 linear already is a gemv kernel)
-                use_gemv(model, True)
-                label = f"talkalike loop + mv, {name}"
-                best[label] = max(best.get(label, 0.0), eager_rate(model, prompt, args.tokens))
-                print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)
-                use_gemv(model, False)
             label = f"talkalike merged decoder (cpudecode), {name}"
             best[label] = max(best.get(label, 0.0), merged_rate(decoder, prompt, args.tokens))
             print(f"  {label}: {best[label]:.2f} tok/s so far", file=sys.stderr, flush=True)

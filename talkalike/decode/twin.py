@@ -119,11 +119,9 @@ class Twin:
         twin.prepare(dtype)
         return twin
 
-    def prepare(self, dtype: Any = None, gemv: bool = True) -> None:
-        """Eval mode, decode dtype, thread count and (on CPU) the single-token matrix-vector path; call once."""
+    def prepare(self, dtype: Any = None) -> None:
+        """Eval mode, decode dtype and thread count; call once."""
         import torch
-
-        from talkalike.decode.engines.eager import use_gemv
 
         self.model.eval()
         if self.device.type == "cpu":
@@ -131,9 +129,6 @@ class Twin:
             dtype = dtype or cpu_decode_dtype()
         if dtype is not None:
             self.model.to(dtype)
-        if self.device.type == "cpu":
-            # mv pays off in bf16 only: fp32 F.linear already reaches MKL's matrix-vector kernel.
-            use_gemv(self.model, gemv and dtype == torch.bfloat16)
 
     def engine(self, length: int, use_adapter: bool = True):
         """The engine for a reply of `length` positions (prompt + reply): picked and built on first need, then
