@@ -1,9 +1,8 @@
 """How long `talkalike eval` takes for N held-out persona turns on this CPU (perplexity + generation, tuned and base),
 beside the plain transformers way (one `model.generate()` per context, perplexity from full logits).
 
-Ours is `talkalike eval` itself (evaluate_run, every phase) on all N turns. The plain way and eval's previous
-decoding (decode_many over fixed chunks of 64) are timed on a few turns and scaled to N (the plain way on all N
-would take hours). If the run's eval.jsonl has fewer than N persona turns, training rows are added (in a scratch copy
+Ours is `talkalike eval` itself (evaluate_run, every phase) on all N turns. The plain way is timed on a few turns
+and scaled to N (on all N it would take hours). If the run's eval.jsonl has fewer than N persona turns, training rows are added (in a scratch copy
 of the run folder), for timing only: the figures of that eval are not a held-out measurement.
 
     .venv/bin/python benchmarks/eval_cpu.py --home /tmp/h --run noa-demo --turns 500
@@ -48,23 +47,6 @@ def ours(twin, run_dir: Path, rows: list[dict], config, home: Path) -> dict:
     return result["timings"] | {"threads": torch.get_num_threads(), "headline": evaluate.headline_lines(result)}
 
 
-def fixed_batches(twin, turns, config, sample: int) -> float:
-    """Generation seconds for `sample` turns, base and tuned, the way eval decoded before continuous batching:
-    fixed chunks of 64 turns (no chunk starts before the previous one has ended)."""
-    from talkalike.decode.batch import decode_many
-    from talkalike.decode.config import with_overrides
-
-    generation = with_overrides(twin.defaults, max_new_tokens=config.max_new_tokens,
-                                max_context_tokens=config.max_context_tokens, seed=config.seed)
-    histories = [t.context for t in turns[:sample]]
-    started = time.perf_counter()
-    for use_adapter in (False, True):
-        with evaluate._merged(twin, use_adapter):
-            for start in range(0, len(histories), 64):
-                decode_many(twin, histories[start: start + 64], generation, use_adapter=use_adapter, batch_size=64)
-    return time.perf_counter() - started
-
-
 def plain(twin, rows, turns, config, sample: int) -> dict:
     """The plain transformers way on `sample` turns: generate() per context, full-logits loss per conversation."""
     import torch
@@ -102,7 +84,6 @@ def main() -> int:
     parser.add_argument("--run", required=True)
     parser.add_argument("--turns", type=int, default=500)
     parser.add_argument("--plain-sample", type=int, default=6, help="turns the plain way is timed on")
-    parser.add_argument("--fixed-sample", type=int, default=64, help="turns the fixed-batch way is timed on (0: skip)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: one per physical core, or one "
                         "where timed steps run faster with one)")
     parser.add_argument("--canary", action="append", help="a planted secret to check, as `talkalike eval --canary`")
@@ -124,7 +105,6 @@ def main() -> int:
     rows = rows_with_turns(run_dir, run_info, args.turns)
     turns = evaluate.held_out_turns(rows, args.turns)
     ours_times = ours(twin, run_dir, rows, config, home)
-    fixed = fixed_batches(twin, turns, config, args.fixed_sample) if args.fixed_sample else None
     plain_times = plain(twin, rows, turns, config, args.plain_sample)
     scale = len(turns) / args.plain_sample
 
@@ -139,14 +119,9 @@ def main() -> int:
     total = ours_times["perplexity"] + ours_times["generation"]
     print(f"{'talkalike eval (continuous batching)':<42}{ours_times['perplexity']:>14.1f}"
           f"{ours_times['generation']:>14.1f}{total:>10.1f}")
-    if fixed is not None:
-        g = fixed * len(turns) / args.fixed_sample
-        print(f"{'generate_batch, fixed batches of 64 *':<42}{ours_times['perplexity']:>14.1f}{g:>14.1f}"
-              f"{ours_times['perplexity'] + g:>10.1f}")
     p, g = plain_times["perplexity"] * scale, plain_times["generation"] * scale
     print(f"{'transformers generate(), one at a time *':<42}{p:>14.1f}{g:>14.1f}{p + g:>10.1f}")
-    print(f"* generation timed on {args.fixed_sample} (fixed batches) and {args.plain_sample} (generate()) turns and "
-          f"scaled to {len(turns)}")
+    print(f"* timed on {args.plain_sample} turns and scaled to {len(turns)}")
     print("talkalike eval, every phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in ours_times.items()
                                                         if isinstance(v, float)) + f"; model load {load:.1f}")
     print("\n".join(ours_times["headline"]))
