@@ -65,7 +65,7 @@ def cmd_demo(args) -> int:
     print("\n== what the sample shows (held-out conversations, tuned vs its own base model)")
     for line in headline_lines(result):
         print(f"  {line}")
-    print("  the tuned twin beats the base on perplexity and style distance" if not failures else
+    print("  the tuned twin clears every margin: perplexity, style, next-reply ranking, facts" if not failures else
           "  not yet on every measure: " + "; ".join(failures))
     print(f"\nThe twin is in {runs_dir(home) / RUN}. Talk to it:\n"
           f"  talkalike chat {RUN}            # in the terminal (--compare shows the base model beside it)\n"

@@ -10,17 +10,19 @@ from talkalike.cli import main
 @pytest.mark.slow
 def test_the_demo_trains_a_twin_that_beats_its_base_on_perplexity_and_style(tmp_path, capsys):
     from talkalike.demo import RUN, SAMPLE_FACTS
-    from talkalike.evaluate.evaluate import EVAL_FILE, MAX_PERPLEXITY_RATIO, MIN_STYLE_GAIN
+    from talkalike.evaluate.evaluate import EVAL_FILE, MAX_PERPLEXITY_RATIO, MIN_FACTS, MIN_RANKING
 
     assert main(["--home", str(tmp_path), "demo"]) == 0
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "runs" / RUN / EVAL_FILE).read_text())
     headline = result["headline"]
-    # The thresholds the demo reports against (evaluate/evaluate.py says how they were set), checked here directly.
+    # The margins the demo reports against (evaluate/evaluate.py says how they were set), checked here directly.
     assert headline["perplexity"]["tuned"] <= MAX_PERPLEXITY_RATIO * headline["perplexity"]["base"]
-    assert headline["style distance"]["tuned"] <= headline["style distance"]["base"] - MIN_STYLE_GAIN
-    assert "the tuned twin beats the base on perplexity and style distance" in out
-    # the conversation-following measures are printed, not yet held to a margin (none measured on the sample yet)
+    assert headline["style distance"]["tuned"] <= headline["style distance"]["base"]
+    assert headline["next-reply ranking"]["tuned"] >= MIN_RANKING
+    facts = headline["facts recalled"]
+    assert facts["tuned"] >= max(MIN_FACTS, facts["base"])
+    assert "the tuned twin clears every margin" in out
     assert "furthest from the persona: " in out and "classified as the persona" not in out
     if SAMPLE_FACTS.is_file():
         assert result["facts"]["tuned"]["facts"] >= 20 and "facts from the persona's history recalled" in out

@@ -112,8 +112,8 @@ def stop_token_ids(tokenizer, layout: str, model_eos: int | list[int] | None = N
 
 
 def separator_ids(tokenizer) -> list[int]:
-    """The token ids of the message separator, as this tokenizer writes it between two messages."""
-    return tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)
+    """The token ids of the message separator's mark (not its newlines, which a looping reply repeats too)."""
+    return tokenizer.encode(BUBBLE_MARK, add_special_tokens=False)
 
 
 def message_cap(twin: "Twin", config: "GenerationConfig") -> int:

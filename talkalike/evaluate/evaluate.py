@@ -539,17 +539,21 @@ def headline(result: dict) -> dict:
     return h
 
 
-# Margins the sample must clear. Set from a measured run: the embedded model after 30 LoRA steps on the sample chat
-# (60 held-out turns) reached perplexity 13.3 vs 145 (ratio 0.09) and style distance 0.322 vs 0.558 (0.24 closer).
-# The margins sit well inside that, so noise does not fail the demo, yet a twin that learned nothing (ratio ~1, no
-# gap) does. The conversation-following measures have no margin yet: they are reported, not asserted, until
-# measured on the new sample chat.
+# Margins the sample must clear, set from the measured demo of 2026-12-03 (BENCHMARKS.md, "Following the
+# conversation"): one epoch with recalled memories gave perplexity 9.3 vs 141 (ratio 0.07), R@1 of 10 57% (chance
+# 10%), facts recalled 59% vs 44%, style distance 0.316 vs 0.345. Base and tuned get the same prompt (contact line,
+# recalled exchanges), which shows the base the persona's style, so style distance is held to "no worse" rather than
+# to a gap. The margins sit inside those figures so noise does not fail the demo, yet a twin that learned nothing
+# (perplexity ratio ~1, R@1 at chance, no facts) does.
 MAX_PERPLEXITY_RATIO = 0.5  # tuned perplexity at most half the base's
-MIN_STYLE_GAIN = 0.1  # tuned style distance at least 0.1 below the base's (distances are in [0, 1])
+MIN_RANKING = 0.3  # tuned R@1 of 10 at least 3x chance (30 ranked turns: the 95% interval of 57% starts at 39%)
+MIN_FACTS = 0.4  # at least 40% of the planted facts recalled (27 facts: 59% measured)
 
 
 def mechanics_ok(result: dict) -> list[str]:
-    """What the sample must prove: tuned beats base on perplexity and style distance (failures listed)."""
+    """What the sample must prove (failures listed): tuned far below base on perplexity, no further from the
+    persona's style than the base, the real next reply ranked first well above chance, and the facts recalled at
+    least as often as the base, above MIN_FACTS."""
     h = result["headline"]
     failures = []
     ppl = h["perplexity"]
@@ -557,9 +561,15 @@ def mechanics_ok(result: dict) -> list[str]:
         failures.append(f"tuned perplexity {ppl['tuned']:.2f} is not below {MAX_PERPLEXITY_RATIO} x base "
                         f"{ppl['base']:.2f}")
     style = h["style distance"]
-    if not style["tuned"] <= style["base"] - MIN_STYLE_GAIN:
-        failures.append(f"tuned style distance {style['tuned']:.3f} is not {MIN_STYLE_GAIN} below base "
-                        f"{style['base']:.3f}")
+    if not style["tuned"] <= style["base"]:
+        failures.append(f"tuned style distance {style['tuned']:.3f} is above base {style['base']:.3f}")
+    ranking = h.get("next-reply ranking")
+    if ranking and not ranking["tuned"] >= MIN_RANKING:
+        failures.append(f"tuned R@1 {ranking['tuned']:.0%} is below {MIN_RANKING:.0%}")
+    facts = h.get("facts recalled")
+    if facts and not facts["tuned"] >= max(MIN_FACTS, facts["base"]):
+        failures.append(f"tuned recalls {facts['tuned']:.0%} of the facts, not at least {MIN_FACTS:.0%} and the "
+                        f"base's {facts['base']:.0%}")
     return failures
 
 

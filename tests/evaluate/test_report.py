@@ -141,12 +141,19 @@ def test_the_headline_leads_with_following_the_conversation_and_facts(tmp_path):
     assert lines[5].startswith("perplexity") and lines[6].startswith("style distance")
 
 
-def test_the_mechanics_check_asks_only_perplexity_and_style_and_does_not_judge_the_new_measures(tmp_path):
+def test_the_mechanics_check_fails_on_each_margin_it_holds(tmp_path):
     result = _result(tmp_path, following=True)
-    result["headline"]["next-reply ranking"].update(tuned=0.0, base=0.9)  # reported, not asserted yet
-    assert evaluate.mechanics_ok(result) == []
-    result["headline"]["perplexity"] = {"tuned": 40.0, "base": 48.1}
-    assert len(evaluate.mechanics_ok(result)) == 1
+    headline = result["headline"]
+    headline["next-reply ranking"].update(tuned=0.5, base=0.6)
+    headline["facts recalled"].update(tuned=0.6, base=0.4)
+    headline["style distance"] = {"tuned": 0.3, "base": 0.35}
+    assert evaluate.mechanics_ok(result) == []  # R@1 above its floor counts even when the base ranks as well
+    for key, change in (("perplexity", {"tuned": 40.0, "base": 48.1}), ("style distance", {"tuned": 0.4}),
+                        ("next-reply ranking", {"tuned": 0.2}), ("facts recalled", {"tuned": 0.3}),
+                        ("facts recalled", {"tuned": 0.6, "base": 0.7})):
+        broken = {k: dict(v) if isinstance(v, dict) else v for k, v in headline.items()}
+        broken[key].update(change)
+        assert len(evaluate.mechanics_ok(result | {"headline": broken})) == 1, (key, change)
 
 
 def test_the_report_leads_with_the_headline_lines_and_lists_the_facts(tmp_path):
