@@ -217,16 +217,22 @@ def load_base(base: str | None, home: Path | None, *, quantize_4bit: bool = Fals
     return model
 
 
-def load_run(run_dir: str | os.PathLike, home: Path | None, *, adapter: bool = True):
-    """(model, tokenizer, Run) for a run folder; the model carries the trained PEFT adapter unless adapter=False."""
+def load_run(run_dir: str | os.PathLike, home: Path | None, *, adapter: bool = True, dtype=None,
+             quantize: bool | None = None):
+    """(model, tokenizer, Run) for a run folder: the base straight in `dtype` (no load-then-convert), in 4 bits when
+    the run trained so and a CUDA GPU is here (`quantize=False` never), with the trained PEFT adapter unless
+    adapter=False. One clear error for a folder that is not a finished run."""
     import torch
     from transformers import AutoTokenizer
 
     run = Run.open(run_dir)
-    quantize = run.quantized and torch.cuda.is_available()
-    if run.quantized and not quantize:
-        say("note: this run was trained on 4-bit weights; without a CUDA GPU the base loads unquantized")
-    model = load_base(run.base_id, home, quantize_4bit=quantize)
+    if adapter and not run.adapter_dir.is_dir():
+        raise TalkalikeError(f"{run.dir} has no adapter/ folder; train the run to the end first")
+    if quantize is None:
+        quantize = run.quantized and torch.cuda.is_available()
+        if run.quantized and not quantize:
+            say("note: this run was trained on 4-bit weights; without a CUDA GPU the base loads unquantized")
+    model = load_base(run.base_id, home, quantize_4bit=quantize, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(run.tokenizer_dir))
     if adapter:
         from peft import PeftModel

@@ -56,20 +56,12 @@ class Twin:
         `dtype` None: bf16 on a CPU with native bf16 (the batched evaluation's choice), else fp32; the chat and
         serve commands ask for fp32 on CPU (`load_twin`)."""
         import torch
-        from peft import PeftModel
-        from transformers import AutoTokenizer
 
-        from talkalike.model import load_base
+        from talkalike.model import load_run
 
-        # model.load_run's steps, but the base loads straight into the decode dtype: on CPU that reads the
-        # weights once instead of loading fp32 and converting.
-        run = Run.open(run_dir)
-        quantized = run.quantized and torch.cuda.is_available()
         if dtype is None and not torch.cuda.is_available():
             dtype = cpu_decode_dtype(batched=True)
-        base = load_base(run.base_id, home, quantize_4bit=quantized, dtype=dtype)
-        model = PeftModel.from_pretrained(base, str(run.adapter_dir))
-        tokenizer = AutoTokenizer.from_pretrained(str(run.tokenizer_dir))
+        model, tokenizer, run = load_run(run_dir, home, dtype=dtype)
         twin = cls.of(model, tokenizer, has_adapter=True, **_run_fields(run))
         twin.prepare(dtype)
         return twin

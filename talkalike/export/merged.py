@@ -24,7 +24,6 @@ from talkalike.files import say, write_json
 from talkalike.home import resolve_home, resolve_run
 from talkalike.run import Run
 
-FORMATS = ("merged", "gguf", "ollama")
 # The fixed prompt of the round-trip check: an ordinary opening, long enough to exercise the template.
 CHECK_HISTORY = [{"role": "user", "content": "hey! what are you up to tonight?"}]
 CHECK_TOKENS = 16  # greedy tokens compared: a wrong weight shows within a few; each costs a forward pass of every model
@@ -40,20 +39,12 @@ CONVERSION_TOLERANCE = 1e-3
 def load_adapter_model(run_dir: Path, home: Path):
     """(model with the run's adapter, tokenizer, Run), the base in float32 and never quantized."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoTokenizer
 
-    from talkalike.model import load_base
+    from talkalike.model import load_run
 
-    run = Run.open(run_dir)
-    if not run.adapter_dir.is_dir():
-        raise TalkalikeError(f"{run_dir} has no adapter/ folder; train the run to the end before exporting it")
+    model, tokenizer, run = load_run(run_dir, home, dtype=torch.float32, quantize=False)
     if run.quantized:
         say("note: this run trained on 4-bit weights; the adapter is merged into the de-quantized full base")
-    base = load_base(run.base_id, home, quantize_4bit=False, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, str(run.adapter_dir))
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(run.tokenizer_dir))
     return model, tokenizer, run
 
 

@@ -261,19 +261,18 @@ def _base_file(home: Path, run_info: dict) -> Path:
 def build_merged(run_dir: Path, home: Path, dtype_name: str = "float32") -> Path:
     """Merge the run's adapter into the base once and write RUN/merged-cpu/ atomically; returns the folder."""
     import torch
-    from peft import PeftModel
     from safetensors.torch import save_file
 
-    from talkalike.model import load_base
+    from talkalike.model import load_run
 
     run_dir = Path(run_dir)
-    run_info = Run.open(run_dir).info
     dtype = getattr(torch, dtype_name)
     print(f"merging {run_dir.name}'s adapter into the weights once (later starts map {CACHE_DIR}/ directly)",
           file=sys.stderr, flush=True)
     # Merge in fp32 onto the unquantized base (never into 4-bit weights), then cast once.
-    model = PeftModel.from_pretrained(load_base(run_info["base"]["id"], home, dtype=torch.float32),
-                                      str(run_dir / "adapter")).merge_and_unload()
+    model, _, run = load_run(run_dir, home, dtype=torch.float32, quantize=False)
+    model = model.merge_and_unload()
+    run_info = run.info
     config = model.config.to_dict()
     if not supported(config):
         raise TalkalikeError(f"{config.get('model_type')} is not decoded by talkalike.decode.engines.gemma_cpu")
