@@ -97,7 +97,7 @@ def eager_rate(model, prompt, tokens: int) -> float:
 
     from talkalike.decode.engines.eager import EagerEngine, cache_kwarg
 
-    engine = EagerEngine(model, torch.device("cpu"), len(prompt) + tokens, cache_kwarg(model, False))
+    engine = EagerEngine(model, torch.device("cpu"), len(prompt) + tokens, cache_kwarg(model))
     return our_rate(engine, model.config.vocab_size, prompt, tokens)
 
 
