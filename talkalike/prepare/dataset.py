@@ -171,8 +171,10 @@ def split(samples: list[Sample], conversations: list[Conversation], eval_share: 
 
 # Emoji: the pictographic blocks, dingbats and flags; enough to compare speakers, not a full Unicode emoji parser.
 EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\U0001F1E6-\U0001F1FF]")
-# Written laughter in English and Hebrew ("haha", "lol", "חחח"); laughing emoji count as emoji, not here.
-LAUGHTER = re.compile(r"(?i)\b(?:a?ha(?:ha)+h?|he(?:he)+|lo+l+|lmf?ao+|rofl|xd+)\b|\bחח\b|ח{3,}")
+# Written laughter in English, Hebrew, Spanish and Portuguese ("haha", "lol", "חחח", "jajaja", "kkkk"); laughing emoji
+# count as emoji, not here.
+LAUGHTER = re.compile(r"(?i)\b(?:a?ha(?:ha)+h?|he(?:he)+|ja(?:ja)+j?|je(?:je)+|k{3,}|lo+l+|lmf?ao+|rofl|xd+)\b"
+                      r"|\bחח\b|ח{3,}")
 HEBREW = re.compile("[\u05D0-\u05EA]")
 LATIN = re.compile("[A-Za-z\u00C0-\u024F]")
 PERCENTILES = (10, 50, 90, 99)

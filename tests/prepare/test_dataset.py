@@ -556,3 +556,12 @@ def test_the_readme_dataset_examples_are_what_the_commands_print(tmp_path, capsy
     assert command == "$ talkalike inspect noa-ds -n 1 | head -12"
     run_cli(home, "inspect", str(tmp_path / "noa-ds"), "-n", "1")
     assert capsys.readouterr().out.splitlines()[:12] == expected.splitlines()
+
+
+def test_spanish_and_portuguese_laughter_counts_as_laughter():
+    from talkalike.prepare.dataset import LAUGHTER
+
+    for text in ("jajaja que bueno", "JAJA", "jejeje", "kkkkk", "haha ok", "חחח"):
+        assert LAUGHTER.search(text), text
+    for text in ("ja", "Jaime", "el jefe", "kk", "ojala"):
+        assert not LAUGHTER.search(text), text
