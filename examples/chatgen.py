@@ -63,3 +63,22 @@ def write_text(path: Path, text: str) -> None:
 def day_start(clock: datetime, hour: int, minute: int = 0) -> datetime:
     """The clock moved on to at least hour:minute of its own day."""
     return max(clock, clock.replace(hour=hour, minute=minute, second=0))
+
+
+def facts_path(chat: Path) -> Path:
+    """`X.txt` -> `X.facts.jsonl`, beside the chat."""
+    return chat.with_name(chat.stem + ".facts.jsonl")
+
+
+def main(description: str, generate, facts: list[dict], out: Path, seed: int) -> None:
+    """A generator script's command line: write the chat and its facts file (default: next to the script)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", type=Path, default=out)
+    ap.add_argument("--seed", type=int, default=seed)
+    args = ap.parse_args()
+    text = generate(args.seed)
+    write_text(args.out, text)
+    write_facts(facts, facts_path(args.out))
+    print(f"wrote {args.out} ({text.count(chr(10))} lines) and {facts_path(args.out).name} ({len(facts)} facts)")

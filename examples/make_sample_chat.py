@@ -28,12 +28,12 @@ Run:  python examples/make_sample_chat.py            # rewrites both files next 
 The output depends only on SEED: the same script always writes the same bytes (tests check this).
 """
 
-import argparse
 import random
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from chatgen import Writer, day_start, fill, write_facts, write_text
+import chatgen
+from chatgen import Writer, day_start, fill
 
 SEED = 20250105
 START = date(2025, 1, 5)
@@ -745,22 +745,5 @@ def generate(seed: int = SEED) -> str:
     return w.text()
 
 
-def facts_path(chat: Path) -> Path:
-    """`X.txt` -> `X.facts.jsonl`, beside the chat."""
-    return chat.with_name(chat.stem + ".facts.jsonl")
-
-
-def main() -> None:
-    """Write the sample chat and its facts file (default: next to this script)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--seed", type=int, default=SEED)
-    args = ap.parse_args()
-    text = generate(args.seed)
-    write_text(args.out, text)
-    write_facts(FACTS, facts_path(args.out))
-    print(f"wrote {args.out} ({text.count(chr(10))} lines) and {facts_path(args.out).name} ({len(FACTS)} facts)")
-
-
 if __name__ == "__main__":
-    main()
+    chatgen.main(__doc__.splitlines()[0], generate, FACTS, OUT, SEED)

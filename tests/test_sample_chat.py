@@ -89,7 +89,7 @@ def entries() -> list[tuple[datetime, str | None, str]]:
 def test_regenerating_a_sample_gives_the_committed_bytes_of_the_chat_and_its_facts(chat, script, tmp_path):
     generator = load_generator(script)
     assert generator.generate().encode("utf-8") == chat.read_bytes()
-    generator.write_facts(generator.FACTS, tmp_path / "facts.jsonl")
+    generator.chatgen.write_facts(generator.FACTS, tmp_path / "facts.jsonl")
     assert (tmp_path / "facts.jsonl").read_bytes() == chat.with_name(chat.stem + ".facts.jsonl").read_bytes()
 
 

@@ -55,14 +55,24 @@ def prompt_messages(twin: "Twin", history: list[dict], config: "GenerationConfig
 def fit_messages(twin: "Twin", history: list[dict], config: "GenerationConfig") -> list[dict]:
     """The prompt's messages for `history`, dropping the oldest turns until prompt + reply fit the context window:
     first the conversation's oldest exchanges, then recalled ones; the message being answered always stays."""
+    return _fit(twin, history, config)[0]
+
+
+def fit_prompt(twin: "Twin", history: list[dict], config: "GenerationConfig") -> list[int]:
+    """Prompt ids for `history` (fit_messages rendered, with the persona's turn opened)."""
+    return _fit(twin, history, config)[1]
+
+
+def _fit(twin: "Twin", history: list[dict], config: "GenerationConfig") -> tuple[list[dict], list[int]]:
+    """(messages, prompt ids) that fit: each candidate is rendered once, and the one that fits is returned as is."""
     system, recalled, turns = prompt_messages(twin, history, config)
     limit = min(config.max_context_tokens, twin.max_positions or config.max_context_tokens)
     budget = limit - config.max_new_tokens
     while True:
         messages = system + recalled + turns
-        length = len(render_prompt(messages, twin.tokenizer, twin.layout))
-        if length <= budget:
-            return messages
+        ids = render_prompt(messages, twin.tokenizer, twin.layout)
+        if len(ids) <= budget:
+            return messages, ids
         if len(turns) > 1:
             # Drop the oldest exchange: a user turn and the persona's answer, so the history opens with the user.
             turns = turns[2:] if len(turns) > 2 else turns[1:]
@@ -70,14 +80,9 @@ def fit_messages(twin: "Twin", history: list[dict], config: "GenerationConfig") 
             recalled = recalled[2:]
         else:
             raise TalkalikeError(
-                f"the last message alone is {length} tokens, more than the {budget} the context window leaves "
+                f"the last message alone is {len(ids)} tokens, more than the {budget} the context window leaves "
                 f"for history ({limit} - {config.max_new_tokens} for the reply); send a shorter message"
             )
-
-
-def fit_prompt(twin: "Twin", history: list[dict], config: "GenerationConfig") -> list[int]:
-    """Prompt ids for `history` (fit_messages rendered, with the persona's turn opened)."""
-    return render_prompt(fit_messages(twin, history, config), twin.tokenizer, twin.layout)
 
 
 def turn_stops(tokenizer, layout: str = "chat") -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 from talkalike.decode.config import GenerationConfig, load_generation_config
 from talkalike.decode.turns import stop_token_ids
 from talkalike.errors import TalkalikeError
+from talkalike.files import say
 from talkalike.run import Run
 
 
@@ -151,8 +152,8 @@ def talk_as(twin: Twin, name: str | None, memories: int | None) -> None:
                              "no effect; leave it out")
     if name and name not in twin.contacts:
         known = ", ".join(twin.contacts[:8]) or "nobody yet"
-        print(f"note: {twin.persona} never wrote to {name} in the training chats (known: {known}); replying as to "
-              "someone new", file=sys.stderr)
+        say(f"note: {twin.persona} never wrote to {name} in the training chats (known: {known}); replying as to "
+            "someone new")
     twin.defaults = dataclasses.replace(twin.defaults, **{k: v for k, v in (("contact", name), ("memories", memories))
                                                           if v is not None})
 
