@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 Event = tuple  # ("text", chunk) or ("end_message",)
 STOP_TAIL = 8  # tokens decoded to look for a stop string that a model wrote as text
+# The conversation's latest turns that stay in a tight prompt before recalled exchanges give way: the message being
+# answered and the exchange before it decide what a reply is about, so memory never crowds them out.
+RECENT_TURNS = 3
 
 
 def normalize_history(history: list[dict]) -> list[dict]:
@@ -54,7 +57,8 @@ def prompt_messages(twin: "Twin", history: list[dict], config: "GenerationConfig
 
 def fit_messages(twin: "Twin", history: list[dict], config: "GenerationConfig") -> list[dict]:
     """The prompt's messages for `history`, dropping the oldest turns until prompt + reply fit the context window:
-    first the conversation's oldest exchanges, then recalled ones; the message being answered always stays."""
+    first the conversation's oldest exchanges down to its RECENT_TURNS latest turns, then recalled ones, then older
+    recent turns; the message being answered always stays."""
     return _fit(twin, history, config)[0]
 
 
@@ -73,7 +77,7 @@ def _fit(twin: "Twin", history: list[dict], config: "GenerationConfig") -> tuple
         ids = render_prompt(messages, twin.tokenizer, twin.layout)
         if len(ids) <= budget:
             return messages, ids
-        if len(turns) > 1:
+        if len(turns) > RECENT_TURNS or (len(turns) > 1 and not recalled):
             # Drop the oldest exchange: a user turn and the persona's answer, so the history opens with the user.
             turns = turns[2:] if len(turns) > 2 else turns[1:]
         elif recalled:

@@ -64,3 +64,14 @@ def test_when_the_window_is_short_old_turns_go_before_memories_and_the_message_s
     text = text_of(twin, history, config)
     assert "how is the cat Pita?" in text and "pita sleeps" in text and "Noa is texting with Daniel." in text
     assert "question 0 " not in text
+
+
+def test_the_exchange_before_the_message_outranks_recalled_ones_in_a_tight_window(twin):
+    history = [{"role": "user", "content": "question 1 about the weekend plans"},
+               {"role": "assistant", "content": "lets do the beach"},
+               {"role": "user", "content": "how is the cat Pita?"}]
+    without_memory = len(fit_prompt(twin, history, GenerationConfig(memories=0)))
+    assert "pita sleeps" in text_of(twin, history, GenerationConfig())  # a roomy window holds both
+    config = GenerationConfig(max_context_tokens=without_memory + 40 + 2, max_new_tokens=40)
+    text = text_of(twin, history, config)
+    assert "lets do the beach" in text and "question 1" in text and "pita sleeps" not in text
