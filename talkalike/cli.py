@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "tune-generation", "scan sampling settings on held-out conversations and save the best",
              "talkalike tune-generation dana --limit 8 --top-p 1.0")
     p.add_argument("run", help="run name or folder")
-    p.add_argument("--limit", type=int, help="at most this many held-out turns (default 12)")
-    p.add_argument("--temperature", type=float, nargs="+", metavar="T", help="temperatures to try (default 0.3 0.5 0.8)")
+    p.add_argument("--limit", type=int, help="at most this many held-out turns (default 32)")
+    p.add_argument("--temperature", type=float, nargs="+", metavar="T", help="temperatures to try (default 0.5 0.8 1.0)")
     p.add_argument("--repetition-penalty", type=float, nargs="+", metavar="P",
                    help="repetition penalties to try (default 1.0 1.025 1.1)")
     p.add_argument("--top-p", type=float, nargs="+", metavar="P", help="top-p values to try (default 1.0 0.9)")

@@ -2,17 +2,20 @@
 
 The original project picked its temperature and repetition penalty by hand. Here the twin answers the persona's
 held-out turns (RUN/eval.jsonl) under every setting of a small grid, temperature x repetition penalty x top-p, and
-each setting is scored with the evaluation's metrics (talkalike.evaluate.metrics):
+each setting is scored by eval's own fidelity measures (talkalike.evaluate.metrics, .fidelity), each 0 at best:
 
-- style distance between the generated and the real replies (0 = same style), and
-- the persona classifier's rate: the share of generated replies it attributes to the persona (trained on the run's
-  train.jsonl, persona turns vs the other side's).
+- style distance between the generated and the real replies (0 = same style);
+- style gap: the mean relative difference of the headline's plain-words measures (emoji, Hebrew, messages a turn,
+  3-word repeats, laughter, length) from the persona's;
+- separability: how well a classifier tells the replies from the real ones, 2 x AUC - 1 (0 = chance);
+- off-context: 1 - the replies' context identification as a share of the real replies' (base model as judge), so a
+  setting whose replies ignore the message loses, whatever its style.
 
-The score is the mean of the style distance and (1 - persona rate); lower is better. Every setting samples with the
-same seed, so settings differ only by their values. The best becomes the run's defaults in RUN/generation.json, which
-chat, serve and eval read; the whole table is printed and kept in that file.
+The score is their mean; lower is better. Every setting samples with the same seed, so settings differ only by their
+values. The best becomes the run's defaults in RUN/generation.json, which chat, serve and eval read; the whole table
+is printed and kept in that file.
 
-    talkalike tune-generation dana --limit 8 --top-p 1.0   # 9 settings, 8 held-out turns each
+    talkalike tune-generation dana --limit 24 --top-p 1.0   # 9 settings, 24 held-out turns each
 """
 
 from __future__ import annotations
@@ -28,22 +31,22 @@ from pathlib import Path
 from talkalike.errors import TalkalikeError
 from talkalike.files import read_jsonl, say
 from talkalike.home import resolve_home, resolve_run
-from talkalike.run import Run
 
 Reply = list[str]  # one persona turn as its messages
 # (histories, sampling settings) -> one reply per history; the model in real use, a fake in tests
 Generator = Callable[[list[list[dict]], object], list[Reply]]
+SCORE = "mean(style distance, style gap, 2 x AUC - 1, 1 - context identification share of real); lower is better"
 
 
 @dataclass(frozen=True)
 class TuneConfig:
     """The grid and the budget of one scan; works with no arguments."""
 
-    temperatures: tuple[float, ...] = (0.3, 0.5, 0.8)  # around the original's hand-picked 0.5
+    temperatures: tuple[float, ...] = (0.5, 0.8, 1.0)  # from the original's hand-picked 0.5 to the model's own spread
     repetition_penalties: tuple[float, ...] = (1.0, 1.025, 1.1)  # none, the original's, a strong one
     top_ps: tuple[float, ...] = (1.0, 0.9)  # the original's (no cut) and a common nucleus
-    # Held-out turns per setting: 18 settings x 12 short replies, decoded 12 at a time, is one batch per setting.
-    limit: int | None = 12
+    # Held-out turns per setting, decoded in one batch: fewer than about 24 leave the AUC to chance.
+    limit: int | None = 32
     max_new_tokens: int = 48  # as in eval: a chat turn is 5-30 tokens; the cap bounds CPU time
     max_context_tokens: int = 256  # as in eval: recent history decides a reply's style, and prefill cost grows with it
     batch_size: int = 16  # replies decoded together
@@ -62,49 +65,54 @@ class Row:
     repetition_penalty: float
     top_p: float
     style_distance: float
-    persona_rate: float | None  # None without a training set to fit the classifier on
+    style_gap: float
+    separability: float  # 2 x real-vs-generated AUC - 1, floored at 0
+    off_context: float | None  # 1 - context identification share of real; None without a judge
     score: float
 
 
-def _score(style: float, persona: float | None) -> float:
-    return style if persona is None else (style + (1.0 - persona)) / 2.0
-
-
-def twin_generator(run_dir: Path, home: Path, batch_size: int) -> Generator:
-    """Generate with the run's model (adapter on) through eval's batched decoder (talkalike.decode.batch)."""
+def twin_tools(run_dir: Path, home: Path, batch_size: int):
+    """(generator, judge) over the run's model: replies with the adapter on through eval's batched decoder
+    (talkalike.decode.batch), and eval's context-identification scorer with the adapter off."""
     from talkalike.decode.batch import decode_many
     from talkalike.decode.twin import Twin
+    from talkalike.evaluate.evaluate import EvalConfig
+    from talkalike.evaluate.fidelity import model_scorer
 
     twin = Twin.from_run(run_dir, home)
 
     def generate(histories: list[list[dict]], config) -> list[Reply]:
         return decode_many(twin, histories, config, use_adapter=True, batch_size=batch_size)
 
-    return generate
+    evaluation = EvalConfig()
+    return generate, model_scorer(twin, False, evaluation.max_context_tokens, evaluation.rank_tokens)
 
 
-def _persona_classifier(run: Run):
-    """The evaluation's persona classifier fitted on the run's train.jsonl, or None (with a note) without one."""
-    from talkalike.evaluate import metrics
-    from talkalike.evaluate.evaluate import dataset_dir, speaker_turns
+def _row(setting: tuple[float, float, float], replies: list[Reply], turns: list, judge, real_rate: float | None) -> Row:
+    from talkalike.evaluate import fidelity, metrics
+    from talkalike.evaluate.evaluate import turn_text
 
-    try:
-        dataset = dataset_dir(run)
-    except TalkalikeError as error:
-        say(f"note: scoring by style distance only: {error}")
-        return None
-    persona, others = speaker_turns(read_jsonl(dataset / "train.jsonl"))
-    return metrics.train_persona_classifier(persona, others)
+    real = [t.real for t in turns]
+    gaps = metrics.style_gaps(real, replies)
+    auc = metrics.real_vs_generated_auc([turn_text(r) for r in real], [turn_text(r) for r in replies])
+    off = None
+    if judge is not None and real_rate:
+        rate = fidelity.context_identification(turns, {"twin": replies}, judge)["twin"]["rate"]
+        off = max(0.0, 1.0 - rate / real_rate)
+    parts = [metrics.style_distance(replies, real), sum(g["relative difference"] for g in gaps) / len(gaps),
+             max(0.0, 2 * auc - 1)]
+    parts += [] if off is None else [off]
+    return Row(*setting, parts[0], parts[1], parts[2], off, sum(parts) / len(parts))
 
 
-def tune(run_dir: Path, home: Path, config: TuneConfig = TuneConfig(),
-         generate: Generator | None = None) -> tuple[list[Row], Row, int]:
+def tune(run_dir: Path, home: Path, config: TuneConfig = TuneConfig(), generate: Generator | None = None,
+         judge=None) -> tuple[list[Row], Row, int]:
     """Score every setting of the grid on the held-out turns; returns (rows in grid order, best row, turns used)."""
     from tqdm import tqdm
 
     from talkalike.decode.config import load_generation_config
-    from talkalike.evaluate import metrics
-    from talkalike.evaluate.evaluate import held_out_turns, turn_text
+    from talkalike.evaluate import fidelity
+    from talkalike.evaluate.evaluate import held_out_turns
 
     eval_path = run_dir / "eval.jsonl"
     if not eval_path.is_file():
@@ -114,31 +122,33 @@ def tune(run_dir: Path, home: Path, config: TuneConfig = TuneConfig(),
     if len(turns) < 2:
         raise TalkalikeError(f"{eval_path} holds {len(turns)} persona turns that answer someone; tuning needs at "
                              "least 2 (import more chat history or raise --eval-share)")
-    classifier = _persona_classifier(Run.open(run_dir))
-    generate = generate or twin_generator(run_dir, home, config.batch_size)
+    if generate is None:
+        generate, judge = twin_tools(run_dir, home, config.batch_size)
+    real_rate = None
+    if judge is not None:
+        real_rate = fidelity.context_identification(turns, {"real": [t.real for t in turns]}, judge)["real"]["rate"]
     base = load_generation_config(run_dir)
-    histories, real = [t.context for t in turns], [t.real for t in turns]
+    histories = [t.context for t in turns]
     rows = []
     for temperature, penalty, top_p in tqdm(config.grid(), desc="settings", unit="setting", file=sys.stderr):
         settings = dataclasses.replace(base, temperature=temperature, repetition_penalty=penalty, top_p=top_p,
                                        max_new_tokens=config.max_new_tokens,
                                        max_context_tokens=config.max_context_tokens, seed=config.seed)
-        replies = generate(histories, settings)
-        style = metrics.style_distance(replies, real)
-        persona = None if classifier is None else metrics.persona_rate(classifier, [turn_text(r) for r in replies])
-        rows.append(Row(temperature, penalty, top_p, style, persona, _score(style, persona)))
+        rows.append(_row((temperature, penalty, top_p), generate(histories, settings), turns, judge, real_rate))
     best = min(rows, key=lambda row: row.score)  # ties keep the earliest setting in grid order
     return rows, best, len(turns)
 
 
 def format_table(rows: list[Row], best: Row) -> str:
     """The scan as an aligned text table, best first; the chosen setting is starred."""
-    lines = [f"  {'temperature':>11} {'rep_penalty':>11} {'top_p':>6} {'style_dist':>10} {'persona':>8} {'score':>7}"]
+    lines = [f"  {'temperature':>11} {'rep_penalty':>11} {'top_p':>6} {'style_dist':>10} {'style_gap':>9} "
+             f"{'separable':>9} {'off_context':>11} {'score':>7}"]
     for row in sorted(rows, key=lambda r: r.score):
-        persona = "-" if row.persona_rate is None else f"{row.persona_rate:.2f}"
+        off = "-" if row.off_context is None else f"{row.off_context:.3f}"
         mark = "*" if row is best else " "
         lines.append(f"{mark} {row.temperature:>11.2f} {row.repetition_penalty:>11.3f} {row.top_p:>6.2f} "
-                     f"{row.style_distance:>10.3f} {persona:>8} {row.score:>7.3f}")
+                     f"{row.style_distance:>10.3f} {row.style_gap:>9.3f} {row.separability:>9.3f} {off:>11} "
+                     f"{row.score:>7.3f}")
     return "\n".join(lines)
 
 
@@ -150,7 +160,7 @@ def save_best(run_dir: Path, rows: list[Row], best: Row, config: TuneConfig, tur
                                  repetition_penalty=best.repetition_penalty, top_p=best.top_p)
     record = {"tuning": {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "score": "mean(style_distance, 1 - persona_rate); lower is better",
+        "score": SCORE,
         "held_out_turns": turns,
         "config": dataclasses.asdict(config),
         "table": [dataclasses.asdict(row) for row in rows],

@@ -1,4 +1,5 @@
-"""tune-generation with a fake generator: the setting that reproduces the persona is found, saved and printed."""
+"""tune-generation with a fake generator and judge: the setting that reproduces the persona is found, saved and
+printed."""
 
 import json
 from pathlib import Path
@@ -53,12 +54,18 @@ def fake_generator(calls: list):
     return generate
 
 
+def fake_judge(pairs):
+    """Knows which reply answers which message: 1 for the real pair, 0 otherwise."""
+    real = dict(zip(OTHERS, PERSONA[::-1], strict=True))
+    return [float("\n<|msg|>\n".join(reply) == real[context[-1]["content"]]) for context, reply in pairs]
+
+
 def test_the_setting_known_to_match_the_persona_is_saved_and_read_back(home, run_dir, monkeypatch, capsys):
     import talkalike.evaluate.tune as tune
     from talkalike.decode.config import load_generation_config
 
     calls = []
-    monkeypatch.setattr(tune, "twin_generator", lambda run, home, batch: fake_generator(calls))
+    monkeypatch.setattr(tune, "twin_tools", lambda run, home, batch: (fake_generator(calls), fake_judge))
     assert main(["--home", str(home), "tune-generation", "dana", "--limit", "8"]) == 0
     config = load_generation_config(run_dir)
     assert (config.temperature, config.repetition_penalty, config.top_p) == BEST
@@ -69,41 +76,48 @@ def test_the_setting_known_to_match_the_persona_is_saved_and_read_back(home, run
     assert len(saved["tuning"]["table"]) == len(calls) and saved["tuning"]["held_out_turns"] == 8
 
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["temperature", "rep_penalty", "top_p", "style_dist", "persona", "score"]
+    assert out[0].split() == ["temperature", "rep_penalty", "top_p", "style_dist", "style_gap", "separable",
+                              "off_context", "score"]
     assert out[1].startswith("*") and out[1].split()[1:4] == ["0.80", "1.100", "0.90"]
     assert len(out) == 1 + len(calls) + 1 and out[-1].startswith("best: temperature 0.8")
 
 
-def test_scores_rank_the_persona_like_setting_first_with_both_metrics(home, run_dir):
+def test_every_measure_ranks_the_persona_like_setting_first(home, run_dir):
     from talkalike.evaluate.tune import TuneConfig, tune
 
     config = TuneConfig(temperatures=(0.5, 0.8), repetition_penalties=(1.1,), top_ps=(0.9,), limit=None)
-    rows, best, turns = tune(run_dir, home, config, generate=fake_generator([]))
+    rows, best, turns = tune(run_dir, home, config, generate=fake_generator([]), judge=fake_judge)
     assert turns == len(OTHERS)
     assert (best.temperature, best.repetition_penalty, best.top_p) == BEST
-    assert best.style_distance == pytest.approx(0.0)
+    assert best.style_distance == pytest.approx(0.0) and best.style_gap == pytest.approx(0.0)
+    assert best.off_context == pytest.approx(0.0)
     other = next(row for row in rows if row is not best)
-    assert other.style_distance > 0.3
-    assert best.persona_rate > other.persona_rate
+    assert other.style_distance > 0.3 and other.style_gap > 0.3 and other.separability > 0.5
+    # the same formal reply to every message: its own context wins only by the judge's tie share, 1 in 10
+    assert other.off_context == pytest.approx(1 - 1 / len(OTHERS))
 
 
-def test_without_the_training_set_the_scan_uses_style_distance_alone(home, run_dir, capsys):
+def test_a_setting_whose_replies_ignore_the_message_loses_to_one_that_answers_it(home, run_dir):
+    """Same style, one answering each message and one answering another: only the off-context part tells them apart."""
     from talkalike.evaluate.tune import TuneConfig, tune
 
-    info = json.loads((run_dir / "run.json").read_text())
-    (run_dir / "run.json").write_text(json.dumps(info | {"dataset": str(home / "gone")}))
-    config = TuneConfig(temperatures=(0.5, 0.8), repetition_penalties=(1.1,), top_ps=(0.9,))
-    rows, best, _ = tune(run_dir, home, config, generate=fake_generator([]))
-    assert all(row.persona_rate is None and row.score == row.style_distance for row in rows)
+    real = dict(zip(OTHERS, PERSONA[::-1], strict=True))
+
+    def shuffled(histories, config):  # the persona's own replies, each sent to the next message
+        replies = [real[h[-1]["content"]].split("\n<|msg|>\n") for h in histories]
+        return replies if config.temperature == 0.8 else replies[1:] + replies[:1]
+
+    config = TuneConfig(temperatures=(0.5, 0.8), repetition_penalties=(1.1,), top_ps=(0.9,), limit=None)
+    rows, best, _ = tune(run_dir, home, config, generate=shuffled, judge=fake_judge)
     assert best.temperature == 0.8
-    assert "style distance only" in capsys.readouterr().err
+    assert rows[0].style_distance == pytest.approx(best.style_distance) and rows[0].off_context == 1.0
 
 
 def test_the_grid_comes_from_the_command_line(home, run_dir, monkeypatch):
     import talkalike.evaluate.tune as tune
 
     calls = []
-    monkeypatch.setattr(tune, "twin_generator", lambda run, home, batch: fake_generator(calls))
+    monkeypatch.setattr(tune, "twin_tools", lambda run, home, batch: (fake_generator(calls), fake_judge))
     assert main(["--home", str(home), "tune-generation", "dana", "--temperature", "0.5", "0.8",
                  "--repetition-penalty", "1.1", "--top-p", "0.9", "--limit", "3"]) == 0
     assert sorted(c.temperature for c in calls) == [0.5, 0.8]
