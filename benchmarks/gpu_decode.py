@@ -1,8 +1,10 @@
 """Single-stream decode on one CUDA GPU for a 7B model in bf16: plain `generate` against talkalike's CUDA engines.
 
-    python benchmarks/gpu_decode.py [--tokens 256] [--prompt 512]
+    python benchmarks/gpu_decode.py [--tokens 256] [--prompt 512] [--chat-run]
 
-The model has Mistral-7B's shapes with random weights (a merged twin has the same shapes). The limit is the weight
+The model has Mistral-7B's shapes with random weights (a merged twin has the same shapes). `--chat-run` also saves it
+as a run folder with a LoRA adapter on every projection and times a reply through the chat command's own path
+(`load_twin`, `stream_reply`: adapter merged at load, sampling and turn rules included). The limit is the weight
 bytes read per token divided by the card's bandwidth, given both from the card's datasheet figure and from a
 device-to-device copy measured here. Prints a table and writes gpu_decode.json under $OUT.
 """
@@ -134,6 +136,64 @@ def time_tokens(fn, n_tokens: int) -> tuple[float, list[int]]:
     return len(tokens) / (time.perf_counter() - t0), tokens
 
 
+def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -> dict:
+    """tok/s of `talkalike chat RUN`'s path on a run folder saved from `model` with a random LoRA adapter."""
+    import dataclasses
+
+    from peft import LoraConfig, get_peft_model
+
+    import talkalike.decode.stream as stream
+    from talkalike.decode.twin import load_twin
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import build_tiny_tokenizer
+
+    run = folder / "runs" / "twin7b"
+    t0 = time.perf_counter()
+    model.save_pretrained(folder / "base")
+    tokenizer = build_tiny_tokenizer()  # a few hundred tokens: ids past them decode to nothing, which costs the same
+    tokenizer.save_pretrained(folder / "base")
+    tokenizer.save_pretrained(run / "tokenizer")
+    lora = LoraConfig(r=16, lora_alpha=32, init_lora_weights=False,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    peft_model = get_peft_model(model, lora)
+    peft_model.save_pretrained(run / "adapter")
+    peft_model.unload()  # the benchmark's model is used again without the adapter
+    (run / "run.json").write_text(json.dumps({"base": {"id": str(folder / "base"), "source": "local"},
+                                              "layout": "chat", "persona": "Noa"}))
+    saved_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    twin = load_twin(str(run), None, folder)
+    load_s = time.perf_counter() - t0
+    counted = [0]
+    loop = stream.tokens
+
+    def counting(*args, **kwargs):
+        for token in loop(*args, **kwargs):
+            counted[0] += 1
+            yield token
+
+    stream.tokens = counting
+    history = [{"role": "user", "content": " ".join(["hello there"] * (prompt_words // 2))}]
+    config = dataclasses.replace(twin.defaults, max_new_tokens=16, max_messages=0, memories=0, seed=0,
+                                 max_context_tokens=prompt_words * 4 + tokens_wanted)
+    stream.reply(twin, history, config)  # picks, builds and captures the engine
+    config = dataclasses.replace(config, max_new_tokens=tokens_wanted)
+    speeds = []
+    for _ in range(2):
+        counted[0] = 0
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        stream.reply(twin, history, config)
+        torch.cuda.synchronize()
+        speeds.append(counted[0] / (time.perf_counter() - t0))
+    stream.tokens = loop
+    engine = twin.engines.get("merged")
+    return {"variant": "talkalike chat RUN (load_twin + stream_reply, adapter merged at load)", "tok_s": max(speeds),
+            "runs_tok_s": speeds, "tokens": counted[0], "engine": type(engine).__name__ if engine else None,
+            "save_s": saved_s, "load_s": load_s}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=256)
@@ -142,6 +202,7 @@ def main() -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu-decode"))
     parser.add_argument("--variants", default="1,2", help="graph decoders to run, by index (see main)")
     parser.add_argument("--profile", action="store_true", help="kernel time table of 32 steps per decoder")
+    parser.add_argument("--chat-run", action="store_true", help="also time the chat command's path on a run folder")
     args = parser.parse_args()
     from talkalike.decode.engines.triton_step import TritonStep
 
@@ -208,6 +269,17 @@ def main() -> int:
 
                 traceback.print_exc()
         del decoder
+
+    if args.chat_run:
+        try:
+            rows.append(chat_run_speed(model, args.tokens, args.prompt, Path(os.environ.get("TMPDIR", "/tmp"))
+                                       / "gpu-decode-run"))
+        except Exception as error:  # the decoders' rows above stand without it
+            import traceback
+
+            traceback.print_exc()
+            rows.append({"variant": "talkalike chat RUN", "tok_s": float("nan"), "error": repr(error)[:300]})
+        print(json.dumps(rows[-1]), flush=True)
 
     for row in rows:
         row.update(card=name, weight_gb=weight_bytes / 1e9, limit_datasheet=limit_datasheet,

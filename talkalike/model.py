@@ -210,8 +210,9 @@ def load_base(base: str | None, home: Path | None, *, quantize_4bit: bool = Fals
         # (on a 2-GPU machine rank 1 otherwise quantized onto cuda:0 and FSDP refused the mismatch).
         local_rank = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
         torch.cuda.set_device(local_rank)
-        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("true", "1"):
-            kwargs["device_map"] = {"": local_rank}
+    if torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("true", "1"):
+        # Straight onto this process's GPU (FSDP places weights itself); without it the weights stay on the CPU.
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))}
     model = from_pretrained(AutoModelForCausalLM, target, info, **kwargs)
     model.talkalike_base = info  # run.json records where the weights came from
     return model
@@ -240,6 +241,26 @@ def load_run(run_dir: str | os.PathLike, home: Path | None, *, adapter: bool = T
         model = PeftModel.from_pretrained(model, str(run.adapter_dir))
     model.eval()
     return model, tokenizer, run
+
+
+def load_merged(run_dir: str | os.PathLike, home: Path | None):
+    """The run's base with its adapter merged into plain bf16 weights (a GPU's fast decode engines take plain
+    models only). A 4-bit base is dequantized first, so the merged weights are the ones the adapter trained on."""
+    from peft import PeftModel
+
+    model, _, run = load_run(run_dir, home, adapter=False)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model = model.dequantize()
+    return PeftModel.from_pretrained(model, str(run.adapter_dir)).merge_and_unload().eval()
+
+
+def parameter_count(model) -> int:
+    """Parameters, 4-bit packed weights counted as the parameters they stand for (their original shape)."""
+    total = 0
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        total += state.shape.numel() if state is not None else p.numel()
+    return total
 
 
 def pad_id(tokenizer) -> int:

@@ -1,10 +1,12 @@
-"""QLoRA on a CUDA GPU: the original recipe in 4-bit NF4 through `talkalike train`, and CUDA-graph decoding.
+"""QLoRA on a CUDA GPU: the original recipe in 4-bit NF4 through `talkalike train`, CUDA-graph decoding, and a
+run's twin merged for the Triton step.
 
 These run only on a machine with a CUDA GPU and bitsandbytes (`pytest -m gpu tests/test_gpu.py`); they are deselected
 by default and never imitated on the CPU.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +133,59 @@ def test_triton_bf16_decoding_of_a_7b_layer_agrees_with_the_compiled_step():
             same += int(ours.argmax()) == int(theirs.argmax())
     assert worst < 0.05
     assert same >= 75  # near-flat random logits: bf16 rounding decides some argmaxes
+
+
+def make_llama_run(home, tiny_tokenizer, quantized: bool) -> Path:
+    """A run folder over a small Llama-family base with a random (non-zero) LoRA on every projection."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    base_dir = home / "llama-base"
+    config = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(base_dir)
+    tiny_tokenizer.save_pretrained(base_dir)
+    run = home / "runs" / ("q" if quantized else "plain")
+    lora = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    get_peft_model(base, lora).save_pretrained(run / "adapter")
+    tiny_tokenizer.save_pretrained(run / "tokenizer")
+    (run / "run.json").write_text(json.dumps({"base": {"id": str(base_dir), "source": "local"}, "layout": "chat",
+                                              "persona": "Noa", "quantized": quantized}))
+    return run
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["bf16", "4bit"])
+def test_a_runs_tuned_replies_decode_merged_through_the_triton_step_and_match_the_adapter(home, tiny_tokenizer,
+                                                                                          quantized):
+    """On a GPU the chat's twin merges the adapter (into the dequantized base of a 4-bit run) and decodes tuned
+    replies with the Triton step: the merged logits agree with the adapter model's, the greedy tokens match, and
+    the base switch still gives the base model's tokens."""
+    from talkalike.decode import engines
+    from talkalike.decode.twin import load_twin
+
+    run = make_llama_run(home, tiny_tokenizer, quantized)
+    twin = load_twin(str(run), None, home)
+    assert twin.merged_model is not None and twin.device.type == "cuda"
+    prompt = [2, 17, 33, 9, 41, 5, 88, 12]
+    with torch.inference_mode():
+        ids = torch.tensor([prompt], device="cuda")
+        adapter_logits = twin.model(input_ids=ids).logits.float()
+        merged_logits = twin.merged_model(input_ids=ids).logits.float()
+        assert (merged_logits - adapter_logits).abs().max() < 0.05 * adapter_logits.abs().max()
+        with twin.adapter(False):
+            base_logits = twin.model(input_ids=ids).logits.float()
+        assert (base_logits - adapter_logits).abs().max() > 0.05 * adapter_logits.abs().max()  # the LoRA matters
+        expected = twin.merged_model.generate(ids, max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                                              pad_token_id=0)[0, len(prompt):].tolist()
+        with twin.adapter(False):
+            base_expected = twin.model.generate(ids, max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                                                pad_token_id=0)[0, len(prompt):].tolist()
+    tuned_engine = twin.engine(64, use_adapter=True)
+    assert type(tuned_engine).__name__ == "TritonStep"
+    assert greedy(tuned_engine, prompt, 16) == expected
+    with twin.adapter(False):
+        assert greedy(twin.engine(64, use_adapter=False), prompt, 16) == base_expected
+    assert engines.pick(twin, 64) != "triton"  # the adapter model itself never takes the plain-model engines

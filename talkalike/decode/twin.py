@@ -40,6 +40,9 @@ class Twin:
     # Whom the persona talks to, most frequent first, when the run was trained with the contact line; None: no line
     contacts: list[str] | None = None
     max_messages: int = 0  # the persona's 90th percentile of messages per turn (from memory); 0: no cap known
+    # On a GPU with room for it: the base with the adapter merged into plain weights (model.load_merged), which the
+    # fastest engines decode; the tuned replies come from it, the base's from `model` with the adapter off.
+    merged_model: Any = field(default=None, repr=False)
 
     @classmethod
     def of(cls, model, tokenizer, layout: str = "chat", **fields) -> "Twin":
@@ -51,11 +54,12 @@ class Twin:
                    device=next(model.parameters()).device, **fields)
 
     @classmethod
-    def from_run(cls, run_dir: Path, home: Path, dtype: Any = None) -> "Twin":
+    def from_run(cls, run_dir: Path, home: Path, dtype: Any = None, merge: bool = False) -> "Twin":
         """A run folder's base model with its adapter, tokenizer, layout and tuned sampling defaults.
 
         `dtype` None: bf16 on a CPU with native bf16 (the batched evaluation's choice), else fp32; the chat and
-        serve commands ask for fp32 on CPU (`load_twin`)."""
+        serve commands ask for fp32 on CPU (`load_twin`). `merge`: on a GPU with room for it, also the merged
+        model (`merged_model`), so that single-stream tuned replies take the fastest engine."""
         import torch
 
         from talkalike.model import load_run
@@ -65,6 +69,10 @@ class Twin:
         model, tokenizer, run = load_run(run_dir, home, dtype=dtype)
         twin = cls.of(model, tokenizer, has_adapter=True, **_run_fields(run))
         twin.prepare(dtype)
+        if merge and twin.device.type == "cuda" and _room_to_merge(model):
+            from talkalike.model import load_merged
+
+            twin.merged_model = load_merged(run_dir, home)
         return twin
 
     @classmethod
@@ -129,11 +137,15 @@ class Twin:
         from talkalike.decode import engines
 
         # A captured CUDA graph would replay whichever adapter state it was captured with: the base runs eagerly.
+        # Tuned replies from a merged copy decode as a plain model would.
         graphs = use_adapter or not self.has_adapter
-        built = self.engines.get(graphs)
+        key = "merged" if use_adapter and self.merged_model is not None else graphs
+        built = self.engines.get(key)
         if built is None or built.max_len < length:
             max_len = max(length, self.defaults.max_context_tokens)
-            built = self.engines[graphs] = engines.build(engines.pick(self, max_len, graphs), self, max_len)
+            target = self if key != "merged" else dataclasses.replace(
+                self, model=self.merged_model, has_adapter=False, merged_model=None, engines={})
+            built = self.engines[key] = engines.build(engines.pick(target, max_len, graphs), target, max_len)
         return built
 
     def adapter(self, use_adapter: bool = True):
@@ -156,6 +168,17 @@ def talk_as(twin: Twin, name: str | None, memories: int | None) -> None:
             "someone new")
     twin.defaults = dataclasses.replace(twin.defaults, **{k: v for k, v in (("contact", name), ("memories", memories))
                                                           if v is not None})
+
+
+def _room_to_merge(model) -> bool:
+    """Whether the GPU holds a merged bf16 copy of `model` beside it: its weights, the engines' fused copies of
+    q/k/v and gate/up (about 70% of a 7B model's), and a GiB for caches and activations."""
+    import torch
+
+    from talkalike.model import parameter_count
+
+    free, _ = torch.cuda.mem_get_info()
+    return free > parameter_count(model) * 2 * 1.7 + 2**30
 
 
 def _run_fields(run: Run) -> dict:
@@ -186,7 +209,7 @@ def load_twin(run: str | None, base: str | None, home: Path, switchable: bool = 
             twin = Twin.merged(run_dir, home)
             if twin is not None:
                 return twin
-        return Twin.from_run(run_dir, home, dtype=None if cuda else cpu_decode_dtype())
+        return Twin.from_run(run_dir, home, dtype=None if cuda else cpu_decode_dtype(), merge=cuda)
     if base:
         return Twin.from_base(base, home)
     raise TalkalikeError("name a run to talk to (e.g. `talkalike chat dana`), or a base model with --base MODEL")

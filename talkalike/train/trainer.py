@@ -323,11 +323,9 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
 
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameters; 4-bit packed weights counted as the parameters they stand for."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = 0
-    for p in model.parameters():
-        total += p.numel() * 2 if p.__class__.__name__ == "Params4bit" else p.numel()
-    return trainable, total
+    from talkalike.model import parameter_count
+
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), parameter_count(model)
 
 
 def _memory_gb() -> float:
