@@ -32,7 +32,7 @@ placeholders; it never goes into a dataset.
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import phonenumbers
@@ -160,14 +160,76 @@ def infer_store_region(connection: sqlite3.Connection, sample: int = 5000) -> st
 def mask(text: str) -> str:
     """Generated text with anything that looks like real personal data replaced by its kind (`[PHONE]`, `[EMAIL]`,
     ...); the dataset's placeholders (`[PHONE_2]`) pass, since they hold no personal data."""
-    if digit_count(text) < 4 and "@" not in text and "at" not in text.lower() and "://" not in text \
-            and "www." not in text.lower():
-        return text  # the common case, a few microseconds: nothing any finder could match
-    out, last = [], 0
-    for found in pii.find(text):
-        out += [text[last:found.start], f"[{found.kind}]"]
-        last = found.end
-    return "".join(out) + text[last:] if out else text
+    return mask_turn([text])[0]
+
+
+def mask_turn(texts: list[str]) -> list[str]:
+    """`mask` over one turn's messages, scanned as one text like the dataset's turns."""
+    if not any(digit_count(t) >= 4 or "@" in t or "at" in t.lower() or "://" in t or "www." in t.lower()
+               for t in texts):
+        return texts  # the common case, a few microseconds: nothing any finder could match
+    return replace_spans(texts, find_in_turn(texts), lambda f: f"[{f.kind}]")
+
+
+_MARKER = re.compile(r"^[\[({<]?(?:at|dot|@|\.)[\])}>]?$", re.IGNORECASE)
+_MARKER_START = re.compile(r"^[\[({<]?(?:a|at|d|do|dot|@|\.)?[\])}>]?$", re.IGNORECASE)
+
+
+def _safe_end(text: str) -> int:
+    """How much of a growing message can be shown: up to the words that may still become part of a value (the last
+    word, digits and short words before it, and the words around a spelled-out `at`)."""
+    words = [(m.start(), m.group()) for m in re.finditer(r"\S+", text)]
+    if not words:
+        return len(text)
+    hold = len(words) - 1  # the last word may still grow
+    if _MARKER_START.match(words[hold][1]):  # it may grow into "[at]" or "dot": the word before may be a local part
+        hold = max(0, hold - 1)
+    while hold > 0 and (_DIGIT.search(words[hold - 1][1]) or len(words[hold - 1][1]) <= 2):
+        hold -= 1
+    for j in range(max(1, len(words) - 6), len(words)):
+        if _MARKER.match(words[j][1]) or "@" in words[j][1]:
+            hold = min(hold, j - 1)
+            break
+    return words[hold][0]
+
+
+def mask_stream(events: Iterable[tuple]) -> Iterator[tuple]:
+    """stream_reply's events with personal data masked (`mask_turn`): the text that cannot be part of a value yet
+    streams at once; a message that ends in a digit waits for the next one, which may hold the rest of a number."""
+    bubbles: list[str] = []  # messages not yet fully shown; only the first may have been shown in part
+    shown = 0  # characters of bubbles[0] already sent
+    growing = False  # the last bubble is still receiving text
+
+    def flush() -> Iterator[tuple]:
+        nonlocal bubbles, shown
+        # What was shown ended at a word that could not be part of a value, so the rest can be masked on its own.
+        for i, text in enumerate(mask_turn([bubbles[0][shown:], *bubbles[1:]])):
+            if text:
+                yield ("text", text)
+            if text or (i == 0 and shown):
+                yield ("end_message",)
+        bubbles, shown = [], 0
+
+    for event in events:
+        if event[0] == "text":
+            if not growing:
+                if bubbles and not _may_continue(bubbles[-1], event[1]):
+                    yield from flush()
+                bubbles.append("")
+                growing = True
+            bubbles[-1] += event[1]
+            end = _safe_end(bubbles[0]) if len(bubbles) == 1 else shown
+            if end > shown:
+                yield ("text", mask_turn([bubbles[0][shown:end]])[0])
+                shown = end
+        elif event[0] == "end_message":
+            growing = False
+            if bubbles and not bubbles[-1].rstrip()[-1:].isdigit():
+                yield from flush()
+        else:
+            yield event
+    if bubbles:
+        yield from flush()
 
 
 @dataclass
@@ -238,30 +300,7 @@ class Pseudonymiser:
 
     def _scan(self, texts: list[str]) -> list[str]:
         """The texts with the personal data `pii` finds replaced (names are `turn`'s business)."""
-        joined = TURN_JOIN.join(texts)
-        spans, start = [], 0
-        for text in texts:
-            spans += [replace(f, start=f.start + start, end=f.end + start) for f in pii.find(text, self._regions)]
-            start += len(text) + len(TURN_JOIN)
-        if len(texts) > 1 and any(_may_continue(a, b) for a, b in zip(texts, texts[1:], strict=False)):
-            spans = _across(spans, pii.find(joined, self._regions), texts)
-        if spans:
-            names = [self.placeholder(f.kind, f.key) for f in spans]
-            out, start = [], 0
-            for text in texts:
-                end = start + len(text)
-                pieces, pos = [], start
-                for f, name in zip(spans, names, strict=True):
-                    if f.end <= start or f.start >= end:
-                        continue
-                    if f.start >= pos:
-                        pieces += [joined[pos:f.start], name]
-                    pos = max(pos, min(f.end, end))
-                piece = "".join(pieces) + joined[pos:end]
-                out.append(piece.lstrip() if any(f.start < start < f.end for f in spans) else piece)
-                start = end + len(TURN_JOIN)
-            texts = out
-        return texts
+        return replace_spans(texts, find_in_turn(texts, self._regions), lambda f: self.placeholder(f.kind, f.key))
 
     def sender(self, name: str | None) -> str | None:
         """A sender (or chat) name with its personal data replaced: a phone-number name becomes its [PHONE_n],
@@ -321,6 +360,40 @@ def _across(alone: list, joined: list, texts: list[str]) -> list:
         if all(f.start <= a.start and a.end <= f.end for a in inside) and (not inside or f.kind in (CARD, IBAN)):
             spans = [a for a in spans if a not in inside] + [f]
     return sorted(spans, key=lambda f: f.start)
+
+
+def find_in_turn(texts: list[str], regions: Sequence[str] = ()) -> list[pii.Found]:
+    """Personal data in one sender's consecutive messages, with offsets into `TURN_JOIN.join(texts)`."""
+    spans, start = [], 0
+    for text in texts:
+        spans += [replace(f, start=f.start + start, end=f.end + start) for f in pii.find(text, regions)]
+        start += len(text) + len(TURN_JOIN)
+    if len(texts) > 1 and any(_may_continue(a, b) for a, b in zip(texts, texts[1:], strict=False)):
+        spans = _across(spans, pii.find(TURN_JOIN.join(texts), regions), texts)
+    return spans
+
+
+def replace_spans(texts: list[str], spans: list[pii.Found], name: Callable[[pii.Found], str]) -> list[str]:
+    """The texts with each span replaced by `name(span)`, in the bubble where it starts; the rest of a span that
+    runs on into later bubbles leaves them (which may be left empty)."""
+    if not spans:
+        return texts
+    joined = TURN_JOIN.join(texts)
+    names = [name(f) for f in spans]
+    out, start = [], 0
+    for text in texts:
+        end = start + len(text)
+        pieces, pos = [], start
+        for f, placeholder in zip(spans, names, strict=True):
+            if f.end <= start or f.start >= end:
+                continue
+            if f.start >= pos:
+                pieces += [joined[pos:f.start], placeholder]
+            pos = max(pos, min(f.end, end))
+        piece = "".join(pieces) + joined[pos:end]
+        out.append(piece.lstrip() if any(f.start < start < f.end for f in spans) else piece)
+        start = end + len(TURN_JOIN)
+    return out
 
 
 def turns_of(messages: list[Message]) -> Iterator[list[int]]:
