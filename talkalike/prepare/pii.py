@@ -22,8 +22,10 @@ python-stdnum) decide only its kind and its key, the normalised value that makes
 
 What stays, because people write it all day: dates with a year (12.03.2025, 2025-03-12, 12/3/25), year ranges
 (2019-2023), times (the colon is no separator), and two ambiguous shapes that stay unless a phone number of a chat's
-region or an ID checksum says otherwise: counts and prices grouped in thousands (1.250.000, 1 200 000 ₪) and runs of
-one- and two-digit numbers (10.30-11.45, 1 2 3 4 5 6 7). Runs under 7 digits stay (a price, a flight, a house number).
+region says otherwise: counts and prices of up to 8 digits grouped in thousands (1.250.000, 1 200 000 ₪), and runs
+of one- and two-digit numbers joined by dots or dashes (10.30-11.45) or holding single digits (1 2 3 4 5 6 7). Pairs
+joined by spaces alone (12 34 56 78) are a Danish or French phone number and go. Runs under 7 digits stay (a price, a
+flight, a house number).
 """
 
 import re
@@ -196,14 +198,16 @@ def classify(run: str, regions: Sequence[str] = ()) -> tuple[str, str] | None:
     if n > 15:
         return NUMBER, digits
     groups = _GROUP.findall(run)
-    ambiguous = (_THOUSANDS.fullmatch(run) is not None and n <= 9) or (
-        digits[0] != "0" and max(map(len, groups)) <= 2)
+    # Counts in thousands stop at 8 digits: 9 digits in threes is a Polish or Spanish mobile far more often than a
+    # count in the hundreds of millions. Pairs separated by spaces alone are a Danish or French number, not a time.
+    pairs = all(len(g) == 2 for g in groups) and bool(set(run) - set("0123456789 \u00a0\u202f"))
+    ambiguous = (_THOUSANDS.fullmatch(run) is not None and n <= 8) or (
+        digits[0] != "0" and max(map(len, groups)) <= 2 and (pairs or min(map(len, groups)) == 1))
     if ambiguous or (len(groups) == 1 and _COMPACT_DATE.fullmatch(digits)):
         phone = _valid_phone(run, regions)
         if phone:
             return PHONE, phone
-        # Only nine digits: most ID schemes pad shorter numbers, which would turn every count into an ID.
-        return (ID, digits) if n >= 9 and _digit_id(run) else None
+        return None
     if re.fullmatch(r"\d{3}-\d{2}-\d{4}", run) and ssn.is_valid(run):
         return ID, digits
     phone = _valid_phone(run, regions)

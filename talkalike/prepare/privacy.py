@@ -344,9 +344,10 @@ def _may_continue(before: str, after: str) -> bool:
 def _across(alone: list, joined: list, texts: list[str]) -> list:
     """The spans found bubble by bubble, plus those found only in the joined turn that cross a bubble boundary.
 
-    A crossing span wins where no bubble found anything in its place (`054-765` then `4321`), or where it is a card
-    or IBAN whose halves each looked like something shorter (a card sent as `4111 1111` then `1111 1111`); otherwise
-    the bubbles' own spans stand (`+972 50-234-5678` then `1: ...` is a phone and a list number, not one value)."""
+    A crossing span wins where no bubble found anything in its place (`054-765` then `4321`), where it adds three or
+    more digits the bubbles' own spans left (`my number 052` then `555 9876`), or where it is a card or IBAN whose
+    halves each looked like something shorter (`4111 1111` then `1111 1111`); otherwise the bubbles' own spans stand
+    (`+972 50-234-5678` then `1: ...` is a phone and a list number, not one value)."""
     bounds, start = [], 0
     for text in texts[:-1]:
         start += len(text)
@@ -357,7 +358,11 @@ def _across(alone: list, joined: list, texts: list[str]) -> list:
         if not any(f.start < b + len(TURN_JOIN) and b < f.end for b in bounds):
             continue
         inside = [a for a in spans if a.start < f.end and f.start < a.end]
-        if all(f.start <= a.start and a.end <= f.end for a in inside) and (not inside or f.kind in (CARD, IBAN)):
+        joined = TURN_JOIN.join(texts)
+        rest = [c for i, c in enumerate(joined[f.start:f.end], f.start)
+                if c.isdigit() and not any(a.start <= i < a.end for a in inside)]
+        if all(f.start <= a.start and a.end <= f.end for a in inside) and (
+                not inside or f.kind in (CARD, IBAN) or len(rest) >= 3):
             spans = [a for a in spans if a not in inside] + [f]
     return sorted(spans, key=lambda f: f.start)
 
