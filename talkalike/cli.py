@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scrub-names", action="store_true", help="also pseudonymise third-party names")
     p.add_argument("--no-contact", action="store_true",
                    help="no system line saying who the persona is talking to at the head of each sample")
-    p.add_argument("--region", help="default phone region, e.g. IL (default: inferred from the chat's numbers)")
+    p.add_argument("--region", help="phone region tried first for numbers written without +CC, e.g. IL (any case); the regions "
+                        "of the chat's own +CC numbers are tried too. Numbers are replaced whatever the region")
     p.add_argument("--layout", "--template", dest="layout", choices=("chat", "original"), default="chat",
                    help="how train renders samples: the base model's chat template (default) or the original "
                         "<s><person1>…</s><person2>… layout")

@@ -58,6 +58,14 @@ def tokens(engine: Engine, prompt_ids: list[int], max_new_tokens: int, sample: C
 def stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | None = None,
                  use_adapter: bool = True) -> Iterator[Event]:
     """The persona's next turn as events: ("text", chunk) while a message grows, ("end_message",) after each one."""
+    from talkalike.prepare.privacy import mask_stream
+
+    # Chat, serve and the API all show what this yields: personal data the model writes is masked first.
+    return mask_stream(_stream_reply(twin, history, config, use_adapter))
+
+
+def _stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | None, use_adapter: bool
+                  ) -> Iterator[Event]:
     config = config or twin.defaults
     prompt_ids = fit_prompt(twin, history, config)
     splitter = Splitter(turn_stops(twin.tokenizer, twin.layout), message_cap(twin, config))

@@ -16,7 +16,7 @@ import re
 import shutil
 import sys
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from itertools import groupby
 from pathlib import Path
@@ -321,13 +321,18 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
     counts = Counter()
     dropped = {"clean": Counter(), "segment": Counter(), "samples": Counter()}
     replaced = Counter()  # personal data pseudonymised, per kind
-    regions: dict[str, str | None] = {}  # the phone region the privacy pass used, per chat
+    regions: dict[str, list[str]] = {}  # the phone regions the privacy pass tried, per chat
     conversations: list[Conversation] = []
     samples: list[Sample] = []
     speakers: dict[str, SpeakerStats] = {}
     contacts: dict[str, Counter] = {}  # per contact (the other person, or the group): conversations, persona turns
     tokens = Counter()
     carry = int(config.max_tokens * config.carry_share)
+    persona, labels = config.persona, {}  # as they reach the files: with personal data in them pseudonymised
+    if config.privacy:
+        pseudo = privacy.Pseudonymiser(store.connection, privacy.check_region(config.region))
+        persona = pseudo.sender(config.persona)  # `--me "Noa 054-123-4567"`, an unsaved number
+        pseudo.save()
 
     stream = store.messages(config.chats)
     if progress:
@@ -340,30 +345,28 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
         counts["messages"] += len(messages)
         group = len({m.sender for m in messages if m.sender is not None}) > 2
         counts["group_chats" if group else "two_person_chats"] += 1
-        title = chat if group else None  # a group's name is in its contact line
         cleaned = clean.clean(messages)
         messages = cleaned.messages
         dropped["clean"].update(cleaned.dropped)
         counts["links_replaced"] += cleaned.links_replaced
         if config.privacy:
+            # The chat's name goes into the rows' chat and id fields, stats.json and memory.db, and a group's into
+            # its contact line: it is scanned like a message (`Vaad Bait 052-555-9876`, an unsaved contact's number).
             private = privacy.pseudonymise(
                 messages, store, chat=chat, region=config.region, scrub_names=config.scrub_names, keep={config.persona},
-                names=senders, title=title,
+                names=senders, title=chat,
             )
-            messages, title = private.messages, private.title
+            messages, labels[chat], chat = private.messages, private.title, private.title
+            if persona != config.persona:
+                messages = [replace(m, sender=persona) if m.sender == config.persona else m for m in messages]
             replaced.update(private.counts)
-            if privacy.phone_sender(chat):
-                # An unsaved contact's chat is named by its number, which must not reach the dataset either.
-                pseudo = privacy.Pseudonymiser(store.connection, private.region)
-                chat = pseudo.sender(chat)
-                pseudo.save()
-                replaced.update(pseudo.counts)
-            regions[chat] = private.region
+            regions[chat] = list(private.regions)
+        title = chat if group else None  # a group's name is in its contact line
         counts["messages_after_clean"] += len(messages)
-        kept, segment_drops = keep_usable(segment(messages, chat, config.gap), config.persona)
+        kept, segment_drops = keep_usable(segment(messages, chat, config.gap), persona)
         dropped["segment"].update(segment_drops)
         for conversation in kept:
-            rows_out = build_messages(conversation, config.persona, group, dropped["samples"], config.openers)
+            rows_out = build_messages(conversation, persona, group, dropped["samples"], config.openers)
             if not rows_out:
                 continue
             counts["opened_by_persona"] += rows_out[0]["content"] == OPENER
@@ -372,11 +375,11 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
             counts["turns"] += len(conversation.turns)
             for turn in conversation.turns:
                 speakers.setdefault(turn.sender, SpeakerStats()).add_turn(turn.messages)
-            others = others_in(conversation, config.persona)
+            others = others_in(conversation, persona)
             contact = contacts.setdefault(title or ", ".join(others), Counter())
             contact["conversations"] += 1
-            contact["persona_turns"] += sum(turn.sender == config.persona for turn in conversation.turns)
-            head = [contact_line(config.persona, others, title)] if config.contact else []
+            contact["persona_turns"] += sum(turn.sender == persona for turn in conversation.turns)
+            head = [contact_line(persona, others, title)] if config.contact else []
             costs = [count_tokens(m["content"]) + TURN_OVERHEAD for m in rows_out]
             for m, cost in zip(rows_out, costs, strict=True):
                 tokens[m["role"]] += cost - TURN_OVERHEAD
@@ -398,6 +401,8 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
     if not samples:
         raise TalkalikeError(_nothing_left(counts, dropped, config))
 
+    # What dataset.json and stats.json say: the pseudonymised names (a `--chat` name can hold a number too).
+    config = replace(config, persona=persona, chats=[labels.get(c, c) for c in config.chats] if config.chats else None)
     train, evaluation = split(samples, conversations, config.eval_share)
     stats = _stats(config, counts, dropped, conversations, train, evaluation, speakers, tokens)
     stats["contacts"] = {name: dict(c) for name, c in sorted(contacts.items(), key=lambda kv: -kv[1]["persona_turns"])}
@@ -578,6 +583,8 @@ def config_from_args(args) -> DatasetConfig:
         raise TalkalikeError("--gap-minutes must be positive, e.g. 60")
     if args.max_tokens < 16:
         raise TalkalikeError("--max-tokens must be at least 16, e.g. 1024")
+    from talkalike.prepare.privacy import check_region
+
     return DatasetConfig(
         persona=args.me,
         chats=args.chat,
@@ -587,7 +594,7 @@ def config_from_args(args) -> DatasetConfig:
         max_tokens=args.max_tokens,
         privacy=not args.no_privacy,
         scrub_names=args.scrub_names,
-        region=args.region,
+        region=check_region(args.region),  # `il` means IL; `XX` is an error, not a silent fallback
         base=getattr(args, "base", None),
         contact=not args.no_contact,
     )

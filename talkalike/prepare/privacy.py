@@ -2,74 +2,63 @@
 
 Runs after `clean` inside `talkalike dataset` (on by default; `--no-privacy` turns it off). Try it with
 
-    from talkalike.prepare.privacy import pseudonymise
+    from talkalike.prepare.privacy import pseudonymise, mask
     kept, counts = pseudonymise(messages, store, chat="Noa")   # counts: Counter({'PHONE': 3, 'EMAIL': 1, ...})
+    mask("call me on 054-123-4567 or [PHONE_2]")               # 'call me on [PHONE] or [PHONE_2]'
 
-What is replaced, and how it is recognised (placeholders are numbered per kind, `[PHONE_1]`, `[PHONE_2]`, ...):
-- PHONE: `phonenumbers.PhoneNumberMatcher` (valid numbers only) in international and national formats. National formats
-  need a region: `PrivacyConfig.region`, else the most common region of the +CC numbers in the chat's own bodies and
-  phone-number sender names (ties: the first seen), else the same vote over the whole store. With no +CC number
-  anywhere there is no region, and only numbers written with +CC are found; pass `--region` then (the result's
-  `region` says which one was used). The same number in any spelling is one placeholder (keyed by E.164).
-  Sender names that are phone numbers become the same placeholders.
-- EMAIL, URL (links that survived `clean`).
-- CARD: 13-19 digit runs that pass the Luhn check (`stdnum.luhn`).
-- IBAN: `stdnum.iban` validation (country format and mod-97 checksum).
-- ID: national ID numbers only where the scheme has a checksum (`stdnum`): il.idnr (Teudat Zehut), es.dni,
-  it.codicefiscale, de.idnr, fr.nir, br.cpf. us.ssn has no checksum, so it is left out to avoid false positives.
-- NAME (only with `scrub_names`): the names of third parties, i.e. senders in the store (and `PrivacyConfig.names`) that
-  are neither the persona nor a participant of the current chat; whole words, case-insensitive; a first name alone
-  counts too.
+What is personal data, and why shapes decide rather than validators, is `talkalike.prepare.pii`: phone-shaped digit
+runs of 7-15 digits whether libphonenumber calls them valid or not, e-mails in any script and spelled out, IBANs in
+any case, cards, national IDs of many countries, URLs. Placeholders are numbered per kind (`[PHONE_1]`, `[PHONE_2]`,
+...); the same value in any spelling is one placeholder (phones keyed by E.164, so `054-123-4567` and
+`+972 54-123-4567` match).
+
+- The scan runs on a whole turn (consecutive messages of one sender) with the bubble boundaries read as a space, so
+  `054-765` then `4321`, or a card sent in two halves, is found; the placeholder goes where the value starts and the
+  rest of it leaves the later bubble (a bubble left empty is dropped).
+- Phone regions: every region the chat's own +CC numbers name (most common first), after `--region` when given, then
+  the store's most common one. Regions only decide a national number's key; a phone-shaped run is replaced whatever
+  they say.
+- Chat, group and sender names are scanned like text (`Vaad Bait 052-555-9876` -> `Vaad Bait [PHONE_1]`), and a
+  sender name that is a phone number becomes its placeholder.
+- NAME (only with `scrub_names`): the names of third parties, i.e. senders in the store (and `PrivacyConfig.names`)
+  that are neither the persona nor a participant of the current chat; whole words, case-insensitive; a first name
+  alone counts too.
+- `mask(text)`: the same scan for what the twin generates, before chat, serve and the API show it: placeholders pass,
+  anything else that looks like personal data becomes `[PHONE]`, `[EMAIL]`, ...
 The mapping original -> placeholder lives only in the local SQLite store (table `pii_map`), so re-running gives the same
-placeholders; it never goes into a dataset. Cheap prefilters (a digit count, '@', '://') keep the pass fast: only
-texts with 7+ digits meet the phone matcher.
+placeholders; it never goes into a dataset.
 """
 
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import phonenumbers
-from stdnum import iban, luhn
-from stdnum.br import cpf
-from stdnum.de import idnr as de_idnr
-from stdnum.es import dni
-from stdnum.fr import nir
-from stdnum.il import idnr as il_idnr
-from stdnum.it import codicefiscale
 
+from talkalike.errors import TalkalikeError
 from talkalike.message import Message
-from talkalike.prepare.clean import LINK
+from talkalike.prepare import pii
+from talkalike.prepare.pii import CARD, EMAIL, IBAN, ID, NUMBER, PHONE, URL
 
-PHONE, EMAIL, URL, CARD, IBAN, ID, NAME = "PHONE", "EMAIL", "URL", "CARD", "IBAN", "ID", "NAME"
+NAME = "NAME"
+KINDS = (PHONE, EMAIL, URL, CARD, IBAN, ID, NUMBER, NAME)
 
 PII_TABLE = """
 CREATE TABLE IF NOT EXISTS pii_map (
-    kind TEXT NOT NULL,         -- PHONE, EMAIL, URL, CARD, IBAN, ID, NAME
+    kind TEXT NOT NULL,         -- PHONE, EMAIL, URL, CARD, IBAN, ID, NUMBER, NAME
     original TEXT NOT NULL,     -- normalised: E.164 phone, lower-case e-mail or name, compact IBAN/card/ID
     placeholder TEXT NOT NULL,  -- [PHONE_1] ...
     PRIMARY KEY (kind, original)
 )
 """
 
-EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-CARD_RE = re.compile(r"(?<![\d+])\d(?:[ -]?\d){12,18}(?!\d)")
-IBAN_RE = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
-# (pattern, checksum validators) for national IDs; a candidate is replaced when any validator accepts it.
-ID_RULES = [
-    (re.compile(r"(?<![\d+])\d{9}(?!\d)"), [il_idnr.is_valid]),
-    (re.compile(r"(?<![\d+])\d{3}\.?\d{3}\.?\d{3}-?\d{2}(?!\d)"), [cpf.is_valid, de_idnr.is_valid]),
-    (re.compile(r"(?<![\d+])\d{2} \d{3} \d{3} \d{3}(?!\d)"), [de_idnr.is_valid]),
-    (re.compile(r"(?<![\d+])[12] ?\d{2} ?\d{2} ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}(?!\d)"), [nir.is_valid]),
-    (re.compile(r"(?<!\w)\d{8}-?[A-Za-z](?!\w)"), [dni.is_valid]),
-    (re.compile(r"(?<!\w)[A-Z]{6}\d{2}[A-Z]\d{2}[A-Z]\d{3}[A-Z](?!\w)"), [codicefiscale.is_valid]),
-]
 _DIGIT = re.compile(r"\d")
 _NON_DIGIT = re.compile(r"\D+")
 _PHONE_NAME = re.compile(r"^[+\d][\d\s().\-\u2011]{6,}$")  # a sender name that is a phone number
 _BIDI = dict.fromkeys(map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e"))
+TURN_JOIN = " "  # bubbles of one turn are scanned as one text, joined by a space, a separator every digit run allows
 
 
 @dataclass(frozen=True)
@@ -77,7 +66,7 @@ class PrivacyConfig:
     """What the privacy pass replaces; works with no arguments."""
 
     enabled: bool = True  # personal data is pseudonymised before it reaches any model, unless switched off
-    region: str | None = None  # phone region for national formats; None: inferred from the chat's own +CC numbers
+    region: str | None = None  # phone region tried first; the chat's own +CC regions are always tried too
     scrub_names: bool = False  # third-party names are also useful context; scrub them only on request
     names: tuple[str, ...] = ()  # extra third-party names to scrub (with scrub_names)
 
@@ -88,11 +77,23 @@ class PrivacyResult:
 
     messages: list[Message]
     counts: Counter
-    region: str | None = None  # the phone region used (given or inferred)
+    region: str | None = None  # the first phone region tried (given or inferred)
     title: str | None = None  # the `title` passed in, pseudonymised like a message
+    regions: tuple[str, ...] = ()  # every phone region tried, in order
 
     def __iter__(self) -> Iterator:
         return iter((self.messages, self.counts))
+
+
+def check_region(region: str | None) -> str | None:
+    """A phone region as libphonenumber knows it (`il` -> `IL`); a clear error for one it does not know."""
+    if region is None:
+        return None
+    code = region.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise TalkalikeError(f"--region {region!r} is not a country code libphonenumber knows; use two letters such "
+                             "as IL, US, GB or DE (or leave it out: the chat's own +CC numbers name their regions)")
+    return code
 
 
 def digit_count(text: str) -> int:
@@ -123,10 +124,15 @@ def _regions(texts: Iterable[str]) -> Counter:
     return regions
 
 
+def infer_regions(messages: Iterable[Message]) -> list[str]:
+    """Every region of +CC phone numbers in the bodies and sender names, most common first (first seen wins ties)."""
+    return [region for region, _ in _regions(text for m in messages for text in (m.text, m.sender or "")).most_common()]
+
+
 def infer_region(messages: Iterable[Message]) -> str | None:
     """The most common region of +CC phone numbers in the bodies and sender names (first seen wins ties), else None."""
-    regions = _regions(text for m in messages for text in (m.text, m.sender or ""))
-    return regions.most_common(1)[0][0] if regions else None
+    regions = infer_regions(messages)
+    return regions[0] if regions else None
 
 
 # The store-wide vote per (database file, newest message id): a scan costs ~0.5 s on 1M messages, and the dataset
@@ -151,19 +157,94 @@ def infer_store_region(connection: sqlite3.Connection, sample: int = 5000) -> st
     return region
 
 
+def mask(text: str) -> str:
+    """Generated text with anything that looks like real personal data replaced by its kind (`[PHONE]`, `[EMAIL]`,
+    ...); the dataset's placeholders (`[PHONE_2]`) pass, since they hold no personal data."""
+    return mask_turn([text])[0]
+
+
+def mask_turn(texts: list[str]) -> list[str]:
+    """`mask` over one turn's messages, scanned as one text like the dataset's turns."""
+    return replace_spans(texts, find_in_turn(texts), lambda f: f"[{f.kind}]")
+
+
+_MARKER = re.compile(r"^[\[({<]?(?:at|dot|@|\.)[\])}>]?$", re.IGNORECASE)
+_MARKER_START = re.compile(r"^[\[({<]?(?:a|at|d|do|dot|@|\.)?[\])}>]?$", re.IGNORECASE)
+
+
+def _safe_end(text: str) -> int:
+    """How much of a growing message can be shown: up to the words that may still become part of a value (the last
+    word, digits and short words before it, and the words around a spelled-out `at`)."""
+    words = [(m.start(), m.group()) for m in re.finditer(r"\S+", text)]
+    if not words:
+        return len(text)
+    hold = len(words) - 1  # the last word may still grow
+    if _MARKER_START.match(words[hold][1]):  # it may grow into "[at]" or "dot": the word before may be a local part
+        hold = max(0, hold - 1)
+    while hold > 0 and (_DIGIT.search(words[hold - 1][1]) or len(words[hold - 1][1]) <= 2):
+        hold -= 1
+    for j in range(max(1, len(words) - 6), len(words)):
+        if _MARKER.match(words[j][1]) or "@" in words[j][1]:
+            hold = min(hold, j - 1)
+            break
+    return words[hold][0]
+
+
+def mask_stream(events: Iterable[tuple]) -> Iterator[tuple]:
+    """stream_reply's events with personal data masked (`mask_turn`): the text that cannot be part of a value yet
+    streams at once; a message that ends in a digit waits for the next one, which may hold the rest of a number."""
+    bubbles: list[str] = []  # messages not yet fully shown; only the first may have been shown in part
+    shown = 0  # characters of bubbles[0] already sent
+    growing = False  # the last bubble is still receiving text
+
+    def flush() -> Iterator[tuple]:
+        nonlocal bubbles, shown
+        # What was shown ended at a word that could not be part of a value, so the rest can be masked on its own.
+        for i, text in enumerate(mask_turn([bubbles[0][shown:], *bubbles[1:]])):
+            if text:
+                yield ("text", text)
+            if text or (i == 0 and shown):
+                yield ("end_message",)
+        bubbles, shown = [], 0
+
+    for event in events:
+        if event[0] == "text":
+            if not growing:
+                if bubbles and not _may_continue(bubbles[-1], event[1]):
+                    yield from flush()
+                bubbles.append("")
+                growing = True
+            bubbles[-1] += event[1]
+            end = _safe_end(bubbles[0]) if len(bubbles) == 1 else shown
+            if end > shown:
+                yield ("text", mask_turn([bubbles[0][shown:end]])[0])
+                shown = end
+        elif event[0] == "end_message":
+            growing = False
+            if bubbles and not bubbles[-1].rstrip()[-1:].isdigit():
+                yield from flush()
+        else:
+            yield event
+    if bubbles:
+        yield from flush()
+
+
 @dataclass
 class Pseudonymiser:
     """Replaces personal data with placeholders that stay the same across chats and runs (mapping in `pii_map`)."""
 
     connection: sqlite3.Connection | None = None  # the store's connection; None keeps the mapping in memory only
-    region: str | None = None
+    region: str | None = None  # the phone region tried first
     third_parties: Iterable[str] = ()  # names to scrub as NAME (empty: names are not scrubbed)
     counts: Counter = field(default_factory=Counter)
+    regions: Sequence[str] = ()  # more phone regions to try, after `region`
 
     def __post_init__(self) -> None:
         self._map: dict[tuple[str, str], str] = {}
         self._last: Counter = Counter()
         self._new: list[tuple[str, str, str]] = []
+        self._plain: set[str] = set()
+        self._regions = tuple(dict.fromkeys(r for r in (self.region, *self.regions) if r))
         if self.connection is not None:
             self.connection.execute(PII_TABLE)
             rows = self.connection.execute("SELECT kind, original, placeholder FROM pii_map")
@@ -201,65 +282,37 @@ class Pseudonymiser:
 
     def text(self, text: str, keep_names: Iterable[str] = ()) -> str:
         """The text with personal data replaced; `keep_names` (lower-case) are never scrubbed as NAME."""
-        if "@" in text:
-            text = EMAIL_RE.sub(lambda m: self.placeholder(EMAIL, m.group().lower()), text)
-        if "://" in text or "www." in text.lower():
-            text = LINK.sub(lambda m: self.placeholder(URL, m.group()), text)
-        digits = digit_count(text)
-        if digits >= 9:
-            text = IBAN_RE.sub(self._iban, text)
-        if digits >= 13:
-            text = CARD_RE.sub(self._card, text)
-        if digits >= 7:
-            text = self._phones(text)
-        if digits >= 7:
-            for pattern, validators in ID_RULES:
-                text = pattern.sub(lambda m, v=validators: self._national_id(m, v), text)
+        return self.turn([text], keep_names)[0]
+
+    def turn(self, texts: list[str], keep_names: Iterable[str] = ()) -> list[str]:
+        """One sender's consecutive messages, scanned as one text so a value split across bubbles is found.
+
+        A value gets its placeholder in the bubble where it starts; its rest leaves the bubbles after (which may be
+        left empty)."""
+        texts = self._scan(texts)
         # One alternation regex stays at a few microseconds a text even with thousands of names (measured).
         if self._names_re is not None:
             keep = {k.lower() for k in keep_names}
-            text = self._names_re.sub(lambda m: self._name(m, keep), text)
-        return text
+            texts = [self._names_re.sub(lambda m: self._name(m, keep), text) for text in texts]
+        return texts
+
+    def _scan(self, texts: list[str]) -> list[str]:
+        """The texts with the personal data `pii` finds replaced (names are `turn`'s business)."""
+        return replace_spans(texts, find_in_turn(texts, self._regions), lambda f: self.placeholder(f.kind, f.key))
 
     def sender(self, name: str | None) -> str | None:
-        """A phone-number sender name becomes its [PHONE_n]; other names stay (speaker names are needed in groups)."""
-        if name is None or not phone_sender(name):
+        """A sender (or chat) name with its personal data replaced: a phone-number name becomes its [PHONE_n],
+        `Dana 052-555-9876` becomes `Dana [PHONE_n]`; other names stay (speaker names are needed in groups)."""
+        if name is None or name in self._plain:
             return name
         clean = name.translate(_BIDI).strip()
-        try:
-            number = phonenumbers.parse(clean, self.region)
-            key = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-        except phonenumbers.NumberParseException:
-            key = "+" + _NON_DIGIT.sub("", clean)  # unparseable, still a number: keep it out of the dataset
-        return self.placeholder(PHONE, key)
-
-    def _iban(self, match: re.Match) -> str:
-        # The pattern may run into a following upper-case word; try shorter spans, group by group.
-        words = match.group().split(" ")
-        for end in range(len(words), 0, -1):
-            candidate = " ".join(words[:end])
-            if iban.is_valid(candidate):
-                rest = match.group()[len(candidate):]
-                return self.placeholder(IBAN, iban.compact(candidate)) + rest
-        return match.group()
-
-    def _card(self, match: re.Match) -> str:
-        digits = _NON_DIGIT.sub("", match.group())
-        return self.placeholder(CARD, digits) if luhn.is_valid(digits) else match.group()
-
-    def _phones(self, text: str) -> str:
-        out, last = [], 0
-        for match in phonenumbers.PhoneNumberMatcher(text, self.region):
-            key = phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
-            out += [text[last:match.start], self.placeholder(PHONE, key)]
-            last = match.end
-        return "".join(out) + text[last:] if out else text
-
-    def _national_id(self, match: re.Match, validators: list) -> str:
-        value = match.group()
-        if any(valid(value) for valid in validators):
-            return self.placeholder(ID, re.sub(r"[\s.\-]", "", value).upper())
-        return value
+        [masked] = self._scan([clean])
+        if masked != clean:
+            return masked
+        if phone_sender(name):  # a number too short or odd for the finders is still a number
+            return self.placeholder(PHONE, "+" + _NON_DIGIT.sub("", clean))
+        self._plain.add(name)  # asked once per message: remember the names that hold nothing
+        return name
 
     def _name(self, match: re.Match, keep: set[str]) -> str:
         word = match.group().lower()
@@ -279,6 +332,90 @@ class Pseudonymiser:
         self._new.clear()
 
 
+_CONTINUES = set("0123456789+-.(/\u2013 ")
+
+
+def _may_continue(before: str, after: str) -> bool:
+    """Whether a value could run on from one bubble into the next: digits (or their separators) on both sides."""
+    return bool(before) and bool(after) and before.rstrip()[-1:] in _CONTINUES and after.lstrip()[:1] in _CONTINUES
+
+
+def _across(alone: list, joined: list, texts: list[str]) -> list:
+    """The spans found bubble by bubble, plus those found only in the joined turn that cross a bubble boundary.
+
+    A crossing span wins where no bubble found anything in its place (`054-765` then `4321`), where it adds three or
+    more digits the bubbles' own spans left (`my number 052` then `555 9876`), or where it is a card or IBAN whose
+    halves each looked like something shorter (`4111 1111` then `1111 1111`); otherwise the bubbles' own spans stand
+    (`+972 50-234-5678` then `1: ...` is a phone and a list number, not one value)."""
+    bounds, start = [], 0
+    for text in texts[:-1]:
+        start += len(text)
+        bounds.append(start)  # the joining space sits at [bound, bound + 1)
+        start += len(TURN_JOIN)
+    spans = list(alone)
+    for f in joined:
+        if not any(f.start < b + len(TURN_JOIN) and b < f.end for b in bounds):
+            continue
+        inside = [a for a in spans if a.start < f.end and f.start < a.end]
+        joined = TURN_JOIN.join(texts)
+        rest = [c for i, c in enumerate(joined[f.start:f.end], f.start)
+                if c.isdigit() and not any(a.start <= i < a.end for a in inside)]
+        if all(f.start <= a.start and a.end <= f.end for a in inside) and (
+                not inside or f.kind in (CARD, IBAN) or len(rest) >= 3):
+            spans = [a for a in spans if a not in inside] + [f]
+    return sorted(spans, key=lambda f: f.start)
+
+
+def find_in_turn(texts: list[str], regions: Sequence[str] = ()) -> list[pii.Found]:
+    """Personal data in one sender's consecutive messages, with offsets into `TURN_JOIN.join(texts)`."""
+    if len(texts) == 1:
+        return pii.find(texts[0], regions)
+    if not pii.maybe(TURN_JOIN.join(texts)):
+        return []  # most turns: one test of the whole turn instead of one per bubble
+    spans, start = [], 0
+    for text in texts:
+        spans += [replace(f, start=f.start + start, end=f.end + start) for f in pii.find(text, regions)]
+        start += len(text) + len(TURN_JOIN)
+    if len(texts) > 1 and any(_may_continue(a, b) for a, b in zip(texts, texts[1:], strict=False)):
+        spans = _across(spans, pii.find(TURN_JOIN.join(texts), regions), texts)
+    return spans
+
+
+def replace_spans(texts: list[str], spans: list[pii.Found], name: Callable[[pii.Found], str]) -> list[str]:
+    """The texts with each span replaced by `name(span)`, in the bubble where it starts; the rest of a span that
+    runs on into later bubbles leaves them (which may be left empty)."""
+    if not spans:
+        return texts
+    joined = TURN_JOIN.join(texts)
+    names = [name(f) for f in spans]
+    out, start = [], 0
+    for text in texts:
+        end = start + len(text)
+        pieces, pos = [], start
+        for f, placeholder in zip(spans, names, strict=True):
+            if f.end <= start or f.start >= end:
+                continue
+            if f.start >= pos:
+                pieces += [joined[pos:f.start], placeholder]
+            pos = max(pos, min(f.end, end))
+        piece = "".join(pieces) + joined[pos:end]
+        out.append(piece.lstrip() if any(f.start < start < f.end for f in spans) else piece)
+        start = end + len(TURN_JOIN)
+    return out
+
+
+def turns_of(messages: list[Message]) -> Iterator[list[int]]:
+    """Indexes of consecutive messages of one sender: the turns the dataset will build."""
+    run: list[int] = []
+    for i, m in enumerate(messages):
+        if run and messages[run[-1]].sender != m.sender:
+            yield run
+            run = []
+        run.append(i)
+    if run:
+        yield run
+
+
 def pseudonymise(messages: Iterable[Message], store=None, chat: str = "", region: str | None = None,
                  scrub_names: bool | None = None, keep: Iterable[str] = (), names: Iterable[str] | None = None,
                  config: PrivacyConfig | None = None, title: str | None = None) -> PrivacyResult:
@@ -293,9 +430,10 @@ def pseudonymise(messages: Iterable[Message], store=None, chat: str = "", region
     if not config.enabled:
         return PrivacyResult(messages, Counter(), None, title)
     connection = store if isinstance(store, sqlite3.Connection) or store is None else store.connection
-    region = region or config.region or infer_region(messages)
-    if region is None and connection is not None:
-        region = infer_store_region(connection)
+    given = check_region(region or config.region)
+    regions = [*([given] if given else []), *infer_regions(messages)]
+    if not regions and connection is not None:
+        regions = [r for r in [infer_store_region(connection)] if r]
     participants = {m.sender for m in messages if m.sender is not None} | set(keep)
     third_parties: list[str] = []
     if config.scrub_names if scrub_names is None else scrub_names:
@@ -303,14 +441,20 @@ def pseudonymise(messages: Iterable[Message], store=None, chat: str = "", region
             rows = connection.execute("SELECT DISTINCT sender FROM messages WHERE sender IS NOT NULL")
             names = [row[0] for row in rows]
         third_parties = [n for n in [*(names or ()), *config.names] if n not in participants]
-    pseudo = Pseudonymiser(connection, region, third_parties)
+    pseudo = Pseudonymiser(connection, None, third_parties, regions=regions)
     keep_lower = {word for name in participants for word in _name_forms(name)}
     out: list[Message] = []
-    for m in messages:
-        text = pseudo.text(m.text, keep_lower)
-        sender = m.sender if m.sender in keep else pseudo.sender(m.sender)
-        out.append(m if text == m.text and sender == m.sender else replace(m, text=text, sender=sender))
+    for run in turns_of(messages):
+        texts = pseudo.turn([messages[i].text for i in run], keep_lower)
+        for i, text in zip(run, texts, strict=True):
+            m = messages[i]
+            if not text.strip() and m.text.strip():
+                continue  # all of it was the rest of a value that started in the bubble before
+            sender = m.sender if m.sender in keep else pseudo.sender(m.sender)
+            out.append(m if text == m.text and sender == m.sender else replace(m, text=text, sender=sender))
     if title is not None:
-        title = pseudo.text(title, keep_lower)
+        clean = title.translate(_BIDI).strip()
+        label = pseudo.text(clean, keep_lower)
+        title = label if label != clean else pseudo.sender(title)
     pseudo.save()
-    return PrivacyResult(out, pseudo.counts, region, title)
+    return PrivacyResult(out, pseudo.counts, regions[0] if regions else None, title, tuple(dict.fromkeys(regions)))

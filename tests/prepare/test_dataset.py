@@ -477,7 +477,8 @@ def group_with_a_third_party(tmp_path, scrub_names: bool) -> list[dict]:
                   Message(t + timedelta(minutes=2), "Noa", "lemon it is")]
     store = make_store(tmp_path, {"Maya's party 🎂": group, "Maya": daily_chat(3, other="Maya")})
     build_dataset(store, DatasetConfig(persona="Noa", eval_share=0, scrub_names=scrub_names), tmp_path / "ds")
-    return [r for r in read_jsonl(tmp_path / "ds" / "train.jsonl") if r["chat"] == "Maya's party 🎂"]
+    # the group's rows: its chat field is its name as the privacy pass left it, like the contact line's
+    return [r for r in read_jsonl(tmp_path / "ds" / "train.jsonl") if r["chat"] == r["with"]["group"] is not None]
 
 
 def test_the_contact_line_uses_the_names_the_privacy_pass_left_and_scrubs_what_it_scrubs(tmp_path):
@@ -492,6 +493,7 @@ def test_the_contact_line_uses_the_names_the_privacy_pass_left_and_scrubs_what_i
     assert "Maya" not in json.dumps([r["messages"] for r in rows] + [r["with"] for r in rows], ensure_ascii=False)
     [name] = {r["with"]["group"].split("'")[0] for r in rows}
     assert name.startswith("[NAME_") and name in rows[0]["messages"][1]["content"]  # as in the messages' text
+    assert {r["chat"] for r in rows} == {f"{name}'s party 🎂"}
     assert line == f'Noa is in the group chat "{name}\'s party 🎂" with Dana and {phone}.'
 
 

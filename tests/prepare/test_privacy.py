@@ -2,6 +2,7 @@
 
 import json
 import re
+from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
@@ -89,24 +90,29 @@ def test_urls_that_survive_cleaning_are_replaced():
     assert pseudo.text("here https://cafe.example/menu.") == "here [URL_1]."
 
 
-def test_card_numbers_that_pass_luhn_are_replaced_and_others_are_not():
+def test_cards_are_replaced_by_luhn_or_by_their_grouping_whatever_the_check_digit():
     pseudo = Pseudonymiser(region="IL")
     assert pseudo.text("card 4111 1111 1111 1111 exp 12/27") == "card [CARD_1] exp 12/27"
-    assert pseudo.text("card 4111-1111-1111-1112") == "card 4111-1111-1111-1112"
-    assert pseudo.counts["CARD"] == 1
+    assert pseudo.text("card 4111111111111111") == "card [CARD_1]"
+    assert pseudo.text("card 4111-1111-1111-1112") == "card [CARD_2]"  # a typo in a card is still a card
+    assert pseudo.text("amex 3782 822463 10005 ok") == "amex [CARD_3] ok"
+    assert pseudo.counts["CARD"] == 4
 
 
-def test_ibans_with_a_valid_checksum_are_replaced():
+def test_ibans_are_replaced_by_checksum_or_by_their_countrys_length():
     pseudo = Pseudonymiser(region="IL")
     assert pseudo.text("IL29 0123 4500 0001 2345 678 thats my iban 🙏") == "[IBAN_1] thats my iban 🙏"
     assert pseudo.text("compact IL290123450000012345678 OK") == "compact [IBAN_1] OK"
-    assert pseudo.text("IL28 0123 4500 0001 2345 678") == "IL28 0123 4500 0001 2345 678"  # wrong check digits
+    assert pseudo.text("il29 0123 4500 0001 2345 678 in lower case") == "[IBAN_1] in lower case"
+    assert pseudo.text("IL28 0123 4500 0001 2345 678") == "[IBAN_2]"  # wrong check digits, an Israeli IBAN's length
+    assert pseudo.text("GB82 WEST 1234 5698 7654 32 please") == "[IBAN_3] please"
 
 
-def test_israeli_id_numbers_with_a_valid_check_digit_are_replaced_and_random_nine_digits_are_not():
+def test_nine_digits_are_replaced_whatever_their_check_digit_and_a_valid_one_names_the_kind():
     pseudo = Pseudonymiser(region="IL")
     assert pseudo.text("my id is 123456782") == "my id is [ID_1]"
-    assert pseudo.text("order 123456789 shipped") == "order 123456789 shipped"
+    # recall first: any 9-digit run is replaced, as an ID where a validator knows it, else as a phone number
+    assert re.fullmatch(r"order \[(?:PHONE|ID)_\d\] shipped", pseudo.text("order 123456789 shipped"))
 
 
 @pytest.mark.parametrize("value", ["12345678Z", "390.533.447-05", "36574261809", "RCCMNL83S18D969H",
@@ -207,3 +213,170 @@ def test_extra_names_from_the_config_are_scrubbed_too():
     kept, counts = pseudonymise([msg("yossi said avi ben-david fixed it, ask Avi")], config=config, keep={"Noa"})
     assert kept[0].text == "[NAME_1] said [NAME_2] fixed it, ask [NAME_2]"
     assert counts["NAME"] == 3
+
+
+# ---------------------------------------------------------------- issue 14: recall first
+
+
+@pytest.mark.parametrize("spelt", ["054-123-4567", "054-1234567", "054.123.4567", "054 123 45 67", "+972 54-123-4567",
+                                   "0541234567", "054–123–4567", "(054) 123-4567", "00972 54 123 4567"])
+def test_a_number_libphonenumber_calls_invalid_is_replaced_in_every_spelling_with_one_placeholder(spelt):
+    pseudo = Pseudonymiser(region="IL")
+    assert pseudo.text(f"call {spelt} tonight") == "call [PHONE_1] tonight"
+    assert pseudo.text("or +972541234567") == "or [PHONE_1]"  # the same number, however it was written
+
+
+def test_national_numbers_of_a_second_country_are_replaced_whatever_the_inferred_region():
+    kept, _ = pseudonymise([msg("+972 50-234-5678 is mine"), msg("the US office: (415) 555-0199", sender="Avi")])
+    assert kept[1].text == "the US office: [PHONE_2]"
+    kept, _ = pseudonymise([msg("+1 415 555 0132 is my US number"), msg("and 054-765-4321 here", sender="Avi")])
+    assert kept[1].text == "and [PHONE_2] here"
+
+
+def test_every_region_seen_in_the_chat_is_tried_so_a_national_number_keys_like_its_international_form():
+    result = pseudonymise([msg("+1 415 555 0132"), msg("+972 50-234-5678", sender="Avi"),
+                           msg("+972 52-345-6789"), msg("old one: 050-234-5678", sender="Avi")])
+    assert result.regions == ("IL", "US")
+    assert result.messages[3].text == "old one: [PHONE_2]"
+
+
+def test_a_number_or_card_split_across_two_bubbles_of_one_turn_is_found_and_leaves_both():
+    kept, counts = pseudonymise([msg("054-765", minute=0), msg("4321", minute=1), msg("ok?", sender="Avi", minute=2)])
+    assert [m.text for m in kept] == ["[PHONE_1]", "ok?"]  # the bubble that held only the rest is gone
+    kept, counts = pseudonymise([msg("card 4111 1111"), msg("1111 1111 exp 12/27")])
+    assert [m.text for m in kept] == ["card [CARD_1]", "exp 12/27"] and counts == Counter({"CARD": 1})
+    kept, _ = pseudonymise([msg("my number 052"), msg("555 9876")], region="IL")
+    assert [m.text for m in kept] == ["my number [PHONE_1]"]
+
+
+def test_values_complete_in_their_own_bubbles_are_not_merged_with_the_next_one():
+    kept, _ = pseudonymise([msg("0: +972 50-234-5678"), msg("1: +44 7911 123456"), msg("12 people")], region="IL")
+    assert [m.text for m in kept] == ["0: [PHONE_1]", "1: [PHONE_2]", "12 people"]
+
+
+@pytest.mark.parametrize("written,kind", [("דנה@דוגמה.ישראל", "EMAIL"), ("name [at] example [dot] com", "EMAIL"),
+                                          ("dana (at) example.co.il", "EMAIL"), ("lucia at gmail dot com", "EMAIL"),
+                                          ("il29 0123 4500 0001 2345 678", "IBAN"), ("de89370400440532013000", "IBAN"),
+                                          ("X1234567L", "ID"), ("AB 12 34 56 C", "ID"), ("390.533.447-05", "ID"),
+                                          ("76.086.428-K", "ID"), ("HEGG560427MVZRRL04", "ID")])
+def test_other_forms_are_replaced_with_their_kind(written, kind):
+    assert Pseudonymiser().text(f"here: {written} ok") == f"here: [{kind}_1] ok"
+
+
+def test_spelled_out_and_plain_addresses_share_a_placeholder():
+    pseudo = Pseudonymiser()
+    assert pseudo.text("name [at] example [dot] com") == pseudo.text("Name@Example.com") == "[EMAIL_1]"
+
+
+@pytest.mark.parametrize("text", ["I'm at home. Then we go", "on 12/03/2025 at 10:30, 1.250.000 €", "10.30-11.45",
+                                  "2019-2023", "20/12/2024 13:40", "12/03/2025 3 people", "1 2 3 4 5 6 7",
+                                  "iOS 17.4.1", "₪1,500", "1 200 000 ₪", "LY315 at 14:05", "score 3-2"])
+def test_dates_times_prices_counts_and_sentences_with_at_stay(text):
+    assert Pseudonymiser(region="IL").text(text) == text
+
+
+def test_chat_group_and_sender_names_are_scanned_like_text():
+    result = pseudonymise([msg("hi", sender="Dana 054-123-4567"), msg("hey", sender="Noa")], keep={"Noa"},
+                          title="Vaad Bait 052-555-9876", region="IL")
+    assert result.title == "Vaad Bait [PHONE_2]"
+    assert result.messages[0].sender == "Dana [PHONE_1]" and result.messages[1].sender == "Noa"
+
+
+def test_a_region_is_read_in_any_case_and_an_unknown_one_is_a_clear_error():
+    from talkalike.errors import TalkalikeError
+    from talkalike.prepare.privacy import check_region
+
+    assert check_region("il") == check_region(" IL ") == "IL"
+    with pytest.raises(TalkalikeError, match="--region 'XX'"):
+        check_region("XX")
+    texts = [msg(f"call 05{i}-123-45{i}7 please", minute=i) for i in range(10)] + [msg("or (415) 555-0199")]
+    counts = [sum(pseudonymise(texts, region=region).counts.values()) for region in (None, "IL", "il", "US")]
+    assert counts == [11, 11, 11, 11]  # the region decides keys, never how many are found
+
+
+def test_a_bad_region_on_the_command_line_is_one_error_line_and_exit_2(tmp_path, capsys):
+    _import_sample(tmp_path)
+    assert main(["--home", str(tmp_path), "dataset", "--me", "Noa", "--out", str(tmp_path / "ds"), "--region", "XX"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --region 'XX'")
+    assert not (tmp_path / "ds").exists()
+    assert main(["--home", str(tmp_path), "dataset", "--me", "Noa", "--out", str(tmp_path / "ds"), "--region", "il"]) == 0
+    assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["region"] == "IL"
+
+
+def _import_sample(home) -> None:
+    store = Store(store_path(home))
+    lines = [("Daniel", "hi"), ("Noa", "hey 054-123-4567"), ("Daniel", "ok"), ("Noa", "bye")] * 3
+    messages = [Message(T0 + timedelta(days=i // 4, minutes=i % 4), s, t) for i, (s, t) in enumerate(lines)]
+    store.import_export(ParsedExport(name="Daniel", source="whatsapp", format="test", messages=messages), "Daniel")
+    store.close()
+
+
+def test_mask_replaces_real_looking_data_in_generated_text_and_lets_placeholders_pass():
+    from talkalike.prepare.privacy import mask
+
+    assert mask("call [PHONE_2] or 054-123-4567, mail [EMAIL_1] or dana@example.com") == \
+        "call [PHONE_2] or [PHONE], mail [EMAIL_1] or [EMAIL]"
+    assert mask("see you at 10:30 on 12/03/2025 😂") == "see you at 10:30 on 12/03/2025 😂"
+
+
+def _events(messages: list[str], chunk: int):
+    for text in messages:
+        for i in range(0, len(text), chunk):
+            yield ("text", text[i:i + chunk])
+        yield ("end_message",)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7])
+def test_the_masked_stream_shows_no_personal_data_in_any_chunk_and_still_streams(chunk):
+    from talkalike.decode.turns import collect_messages
+    from talkalike.prepare.privacy import mask_stream
+
+    replies = [["call me on 054-123-4567 tonight, or write to name [at] example [dot] com ok"], ["054-765", "4321", "bye"],
+               ["4111 1111", "1111 1111"], ["haha [PHONE_2] 😂 see you at 10:30", "sure"]]
+    expected = [["call me on [PHONE] tonight, or write to [EMAIL] ok"], ["[PHONE]", "bye"], ["[CARD]"],
+                ["haha [PHONE_2] 😂 see you at 10:30", "sure"]]
+    for reply, want in zip(replies, expected, strict=True):
+        events = list(mask_stream(_events(reply, chunk)))
+        assert collect_messages(events) == want
+        shown = "".join(e[1] for e in events if e[0] == "text")
+        assert "4567" not in shown and "example" not in shown and "1111" not in shown and "4321" not in shown
+    events = list(mask_stream(_events(["a long and ordinary message with nothing in it at all"], 3)))
+    assert len([e for e in events if e[0] == "text"]) > 5  # words stream as they come, not at the end
+
+
+def test_stream_reply_masks_what_the_model_writes(monkeypatch):
+    from talkalike.decode import stream
+
+    monkeypatch.setattr(stream, "_stream_reply", lambda *args: _events(["my id is 123456782", "and +44 7911 123456"], 4))
+    assert stream.reply(None, []) == ["my id is [ID]", "and [PHONE]"]
+
+
+def test_end_to_end_no_planted_item_reaches_any_dataset_file(tmp_path):
+    planted = ["054-123-4567", "054.123.4567", "+972 54-123-4567", "(415) 555-0199", "4111 1111 1111 1111",
+               "דנה@דוגמה.ישראל", "il29 0123 4500 0001 2345 678", "name [at] example [dot] com", "123456782",
+               "X1234567L", "390.533.447-05", "052-555-9876", "053-888-7766"]
+    split = [("054-765", "4321"), ("4111 1111", "1111 1111")]  # each half alone says too little
+    lines = []
+    for day in range(12):
+        d = f"{5 + day:02d}/01/2025"
+        lines += [f"{d}, 10:00 - Dana 053-888-7766: morning all, {planted[day]} is the one",
+                  f"{d}, 10:01 - Avi: noted", f"{d}, 10:02 - Noa: ok {planted[(day + 5) % len(planted)]} 😂",
+                  f"{d}, 10:03 - Avi: thanks"]
+        if day < len(split):
+            lines += [f"{d}, 10:04 - Noa: {split[day][0]}", f"{d}, 10:04 - Noa: {split[day][1]}", f"{d}, 10:05 - Avi: ok"]
+    export = tmp_path / "WhatsApp Chat with Vaad Bait 052-555-9876.txt"
+    export.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    home, out = tmp_path / "home", tmp_path / "ds"
+    assert main(["--home", str(home), "import", str(export)]) == 0
+    assert main(["--home", str(home), "dataset", "--me", "Noa", "--out", str(out), "--eval-share", "0.3",
+                 "--region", "il"]) == 0
+    files = {name: (out / name).read_bytes().decode("utf-8", "replace")
+             for name in ("train.jsonl", "eval.jsonl", "stats.json", "dataset.json", "memory.db")}
+    assert json.loads(files["stats.json"])["samples"]["eval"] > 0
+    for name, text in files.items():
+        digits = digits_of(text)
+        for value in planted + ["054-765-4321", "4111 1111 1111 1111"]:
+            assert value not in text and json.dumps(value)[1:-1] not in text, (name, value)
+            assert len(digits_of(value)) < 7 or digits_of(value)[-7:] not in digits, (name, value)
+        assert "Vaad Bait [PHONE_" in text or name == "dataset.json", name  # the group keeps its name, not its number
