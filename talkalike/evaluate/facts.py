@@ -103,13 +103,10 @@ def probe(generate_fn: GenerateFn, facts: list[Fact], samples: int = SAMPLES, te
     from talkalike.evaluate.metrics import wilson_interval
 
     samples = max(samples, 1)
-    histories = [[{"role": "user", "content": fact.question}] for fact in facts for _ in range(samples)]
-    temperatures = [0.0 if k % samples == 0 else temperature for k in range(len(histories))]
-    replies = generate_fn(histories, temperatures) if histories else []
-    assert len(replies) == len(histories), "generate_fn must return one reply per history"
+    answers = greedy_then_sampled(generate_fn, [[{"role": "user", "content": f.question}] for f in facts], samples,
+                                  temperature)
     results = []
-    for k, fact in enumerate(facts):
-        texts = ["\n".join(reply) for reply in replies[k * samples: (k + 1) * samples]]
+    for fact, texts in zip(facts, answers, strict=True):
         said = [any(contains_answer(text, answer) for answer in fact.answers) for text in texts]
         results.append({"question": fact.question, "answers": list(fact.answers), "topic": fact.topic,
                         "replies": texts, "hit": any(said), "greedy hit": said[0]})
@@ -123,6 +120,16 @@ def probe(generate_fn: GenerateFn, facts: list[Fact], samples: int = SAMPLES, te
         "interval": list(wilson_interval(hits, n)),
         "results": results,
     }
+
+
+def greedy_then_sampled(generate_fn: GenerateFn, histories: list[list[dict]], samples: int, temperature: float
+                        ) -> list[list[str]]:
+    """Per history, `samples` replies as texts (messages on separate lines): the first greedy, the rest sampled at
+    `temperature`, all in one generate_fn call."""
+    rows = [history for history in histories for _ in range(samples)]
+    replies = generate_fn(rows, [0.0 if k % samples == 0 else temperature for k in range(len(rows))]) if rows else []
+    assert len(replies) == len(rows), "generate_fn must return one reply per history"
+    return [["\n".join(reply) for reply in replies[k * samples: (k + 1) * samples]] for k in range(len(histories))]
 
 
 def twin_generate_fn(twin, config, use_adapter: bool = True, batch_size: int = 64, threads=None) -> GenerateFn:
