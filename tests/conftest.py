@@ -71,6 +71,26 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
     return Gemma3ForCausalLM(config)
 
 
+def build_windowed_gemma(vocab_size: int, seed: int = 0):
+    """A 3-layer Gemma 3 with an 8-token sliding window, so decoders cross the window's edge, and norms away from
+    their zero init, so a wrong (1 + w) would show."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(0, 0.3)
+    return model
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_model_cache():
     """Every data folder in the suite shares one converted embedded model, so it is converted once per checkout
