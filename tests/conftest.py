@@ -91,6 +91,19 @@ def build_windowed_gemma(vocab_size: int, seed: int = 0):
     return model
 
 
+def build_tiny_llama(model_type: str, dtype=None, **extra):
+    """A 2-layer Llama-family model ("mistral", "qwen2", "llama") with random weights; head_dim 16 and 4 query heads
+    per key/value head, the smallest shapes the Triton step's attention tiles take."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, vocab_size=211, hidden_size=128, intermediate_size=96,
+                                  num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                                  max_position_embeddings=512, **extra)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32).eval()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_model_cache():
     """Every data folder in the suite shares one converted embedded model, so it is converted once per checkout
