@@ -19,7 +19,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from talkalike.decode.engines import rotate_half
+from talkalike.decode.engines import apply_rope
 from talkalike.errors import TalkalikeError
 from talkalike.run import Run
 
@@ -177,8 +177,7 @@ class Gemma:
                 [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
             q = self._rms(q.view(length, self.heads, self.head_dim).transpose(0, 1), w["q_norm"])
             k = self._rms(k.view(length, self.kv_heads, self.head_dim).transpose(0, 1), w["k_norm"])
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             k_cache[:, start:end] = k
             v_cache[:, start:end] = v.view(length, self.kv_heads, self.head_dim).transpose(0, 1)
             first = max(0, end - self.window) if (w["sliding"] and length == 1) else 0
