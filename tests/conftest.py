@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from talkalike.files import write_json
 from talkalike.template import GEMMA_TEMPLATE
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
@@ -102,6 +103,23 @@ def build_tiny_llama(model_type: str, dtype=None, **extra):
                                   max_position_embeddings=512, **extra)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32).eval()
+
+
+def make_run(folder: Path, base_dir: Path, tokenizer, target_modules="all-linear", seed: int = 0, **info) -> Path:
+    """A run folder as `talkalike train` writes it: a LoRA adapter with random, non-zero weights over the base in
+    `base_dir`, the tokenizer, and run.json naming that base (plus `info`)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=target_modules, init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(folder / "adapter")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    base_info = {"id": str(base_dir), "revision": None, "source": "local"}
+    write_json(folder / "run.json", {"base": base_info, "layout": "chat", "quantized": False} | info)
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import build_windowed_gemma
+from conftest import build_windowed_gemma, make_run
 
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.engines import gemma_cpu as cpudecode
@@ -54,22 +54,11 @@ def test_an_unsupported_architecture_is_recognised():
 @pytest.fixture
 def tiny_run(tmp_path, tiny_tokenizer):
     """A run folder over a tiny Gemma 3 base folder, with a LoRA adapter whose weights are not zero."""
-    from peft import LoraConfig, get_peft_model
-
     base_dir = tmp_path / "base"
-    base = build_windowed_gemma(len(tiny_tokenizer), seed=2)
-    base.save_pretrained(base_dir)
+    build_windowed_gemma(len(tiny_tokenizer), seed=2).save_pretrained(base_dir)
     tiny_tokenizer.save_pretrained(base_dir)
-    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    run = tmp_path / "home" / "runs" / "tiny"
-    peft_model.save_pretrained(run / "adapter")
-    tiny_tokenizer.save_pretrained(run / "tokenizer")
-    (run / "run.json").write_text(json.dumps({"base": {"id": str(base_dir)}, "layout": "chat", "persona": "Noa"}))
-    return run
+    return make_run(tmp_path / "home" / "runs" / "tiny", base_dir, tiny_tokenizer, ["q_proj", "v_proj", "down_proj"],
+                    persona="Noa")
 
 
 def test_the_merged_cache_matches_the_adapter_and_is_built_once(tiny_run, monkeypatch):

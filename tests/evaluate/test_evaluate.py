@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import make_run
 
 from talkalike.evaluate import evaluate
 from talkalike.files import read_jsonl, write_jsonl
@@ -34,28 +35,15 @@ def _rows(n: int, offset: int = 0) -> list[dict]:
 @pytest.fixture
 def tiny_run(tmp_path, tiny_model_dir, tiny_tokenizer) -> Path:
     """A run folder as `talkalike train` writes it: run.json, tokenizer/, adapter/ (random LoRA), eval.jsonl."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     dataset = tmp_path / "ds"
     dataset.mkdir()
     train_rows = _rows(8)
     train_rows[2]["messages"][3]["content"] = "call me on +972 50-123-4567 ok"
     write_jsonl(dataset / "train.jsonl", train_rows)
-    write_jsonl(dataset / "eval.jsonl", _rows(4, offset=1))
     (dataset / "dataset.json").write_text(json.dumps({"persona": "Noa", "privacy": False}))
-    run = tmp_path / "runs" / "tiny"
-    run.mkdir(parents=True)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    # init_lora_weights=False: a random (non-zero) adapter, so tuned and base differ
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    peft_model.save_pretrained(run / "adapter")
-    tiny_tokenizer.save_pretrained(run / "tokenizer")
-    (run / "run.json").write_text(json.dumps({"base": {"id": str(tiny_model_dir)}, "layout": "chat",
-                                              "dataset": str(dataset)}))
-    (run / "eval.jsonl").write_text((dataset / "eval.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    run = make_run(tmp_path / "runs" / "tiny", tiny_model_dir, tiny_tokenizer, ["q_proj", "v_proj"],
+                   dataset=str(dataset))
+    write_jsonl(run / "eval.jsonl", _rows(4, offset=1))
     write_jsonl(run / "metrics.jsonl", [{"step": s, "loss": 3.0 - s * 0.1} for s in range(1, 11)]
                  + [{"step": 10, "eval_loss": 2.5}])
     return run
