@@ -26,6 +26,10 @@ from talkalike.run import Run
 CACHE_DIR = "merged-cpu"
 FORMAT = 1  # bump when the cached layout changes, so old caches are rebuilt rather than misread
 _DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+# A layer's RMS norms: this module's name -> the transformers module's
+NORMS = {"input_norm": "input_layernorm", "post_attn_norm": "post_attention_layernorm",
+         "pre_ff_norm": "pre_feedforward_layernorm", "post_ff_norm": "post_feedforward_layernorm",
+         "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}
 
 
 def supported(config: dict) -> bool:
@@ -131,11 +135,8 @@ class Gemma:
         self.norm = (1.0 + weights["norm"].float())
         self.layers = []
         for i, kind in enumerate(config["layer_types"]):
-            w = {name: weights[f"layers.{i}.{name}"] for name in
-                 ("qkv", "o", "gate_up", "down", "input_norm", "post_attn_norm", "pre_ff_norm", "post_ff_norm",
-                  "q_norm", "k_norm")}
-            for name in ("input_norm", "post_attn_norm", "pre_ff_norm", "post_ff_norm", "q_norm", "k_norm"):
-                w[name] = 1.0 + w[name].float()
+            w = {name: weights[f"layers.{i}.{name}"] for name in ("qkv", "o", "gate_up", "down")}
+            w |= {name: 1.0 + weights[f"layers.{i}.{name}"].float() for name in NORMS}
             w["sliding"] = kind == "sliding_attention"
             w["theta"] = config["rope_parameters"][kind]["rope_theta"]
             self.layers.append(w)
@@ -215,10 +216,7 @@ def layer_tensors(state: dict, config: dict, prefix: str = "model.") -> dict:
         out[f"layers.{i}.o"] = state[p + "self_attn.o_proj.weight"]
         out[f"layers.{i}.gate_up"] = torch.cat([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]])
         out[f"layers.{i}.down"] = state[p + "mlp.down_proj.weight"]
-        for ours, theirs in (("input_norm", "input_layernorm"), ("post_attn_norm", "post_attention_layernorm"),
-                             ("pre_ff_norm", "pre_feedforward_layernorm"),
-                             ("post_ff_norm", "post_feedforward_layernorm"),
-                             ("q_norm", "self_attn.q_norm"), ("k_norm", "self_attn.k_norm")):
+        for ours, theirs in NORMS.items():
             out[f"layers.{i}.{ours}"] = state[p + theirs + ".weight"]
     return out
 
