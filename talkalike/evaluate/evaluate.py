@@ -11,6 +11,7 @@ Writes RUN/eval.json (every figure), RUN/report.html and the blind-test pairs RU
     talkalike eval dana --limit 200 --facts dana.facts.jsonl
 """
 
+import contextlib
 import json
 import re
 import sys
@@ -322,21 +323,17 @@ def _prepare_for_eval(twin, config: EvalConfig) -> None:
         head.register_forward_pre_hook(_contiguous_input)
 
 
+@contextlib.contextmanager
 def _merged(twin, use_adapter: bool):
     """A context in which the adapter is merged into the weights (CPU, adapter on), else nothing changes."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def merged():
+    merge = twin.has_adapter and use_adapter and twin.device.type == "cpu"
+    if merge:
         twin.model.merge_adapter()
-        try:
-            yield
-        finally:
+    try:
+        yield
+    finally:
+        if merge:
             twin.model.unmerge_adapter()
-
-    if twin.has_adapter and use_adapter and twin.device.type == "cpu":
-        return merged()
-    return contextlib.nullcontext()
 
 
 def _generate(twin, histories: list[list[dict]], config, use_adapter: bool, batch_size: int, label: str,

@@ -21,6 +21,7 @@ from talkalike.errors import TalkalikeError
 FACTS_FILE = "facts.jsonl"  # its name inside a dataset folder
 SAMPLES = 4  # replies per question: one greedy, the rest sampled (a fact the model holds at lower rank still shows)
 HEBREW_RE = re.compile("[\u0590-\u05FF]")
+FORMAT = 'write one fact a line as {"question": "...", "answers": ["..."], "topic": "..."}'
 
 # histories and per-history temperatures (0 = greedy) -> the persona's reply to each, as its messages
 GenerateFn = Callable[[list[list[dict]], list[float]], list[list[str]]]
@@ -39,16 +40,14 @@ def read_facts(path: str | Path) -> list[Fact]:
     """The facts of a JSONL file; a bad file is one TalkalikeError naming the line."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise TalkalikeError(f"no facts file at {path}; write one fact a line as "
-                             '{"question": "...", "answers": ["..."], "topic": "..."}')
+        raise TalkalikeError(f"no facts file at {path}; {FORMAT}")
     facts = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if line.strip():
                 facts.append(_fact(line, f"{path}:{number}"))
     if not facts:
-        raise TalkalikeError(f"{path} holds no facts; write one fact a line as "
-                             '{"question": "...", "answers": ["..."], "topic": "..."}')
+        raise TalkalikeError(f"{path} holds no facts; {FORMAT}")
     return facts
 
 
