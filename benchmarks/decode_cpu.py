@@ -4,8 +4,7 @@ Decode is memory-bound: each token reads every weight once (the tied 262k x 640 
 limit is bytes read per token / measured memory bandwidth, and we report each decoder as a share of the limit for
 its dtype. The bandwidth is measured here, in the same run, with a large torch copy and a large reduction.
 Rows: plain `generate()` and talkalike's loop over the transformers model (what `serve` and `chat --compare` run) in
-fp32 and bf16, and engines.gemma_cpu's merged decoder (what `chat`
-runs) in fp32, its default, and bf16.
+fp32 and bf16, and engines.gemma_cpu's merged decoder (what `chat` runs) in fp32, its default, and bf16.
 Cold start is `talkalike chat RUN` in a fresh process, from launch to the first token on stdout, with cached weights
 (a run folder with a LoRA adapter over the embedded model is made for it): the first start, which merges the adapter
 and caches it in the run folder, then the median of --starts later ones.

@@ -11,20 +11,21 @@ of the run folder), for timing only: the figures of that eval are not a held-out
 
 import argparse
 import contextlib
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
 from talkalike.evaluate import evaluate
+from talkalike.files import read_jsonl, write_jsonl
 from talkalike.home import resolve_home, resolve_run
+from talkalike.run import Run
 
 
-def rows_with_turns(run_dir: Path, run_info: dict, turns: int) -> list[dict]:
+def rows_with_turns(run_dir: Path, turns: int) -> list[dict]:
     """Held-out rows, topped up with training rows until they hold `turns` persona turns."""
-    rows = evaluate.read_jsonl(run_dir / "eval.jsonl")
-    extra = evaluate.read_jsonl(Path(run_info["dataset"]) / "train.jsonl")
+    rows = read_jsonl(run_dir / "eval.jsonl")
+    extra = read_jsonl(Run.open(run_dir).dataset / "train.jsonl")
     while len(evaluate.held_out_turns(rows)) < turns and extra:
         rows.append(extra.pop())
     return rows
@@ -41,8 +42,7 @@ def ours(twin, run_dir: Path, rows: list[dict], config, home: Path) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / run_dir.name
         shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("chats", "export-*"))
-        (copy / "eval.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                         encoding="utf-8")
+        write_jsonl(copy / "eval.jsonl", rows)
         result = evaluate.evaluate_run(copy, home, config, twin=twin)
     return result["timings"] | {"threads": torch.get_num_threads(), "headline": evaluate.headline_lines(result)}
 
@@ -93,7 +93,6 @@ def main() -> int:
 
     home = resolve_home(args.home)
     run_dir = resolve_run(home, args.run)
-    run_info = json.loads((run_dir / "run.json").read_text())
     config = evaluate.EvalConfig(limit=args.turns, threads=args.threads, canaries=tuple(args.canary or ()))
     started = time.perf_counter()
     twin = Twin.from_run(run_dir, home)
@@ -102,7 +101,7 @@ def main() -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    rows = rows_with_turns(run_dir, run_info, args.turns)
+    rows = rows_with_turns(run_dir, args.turns)
     turns = evaluate.held_out_turns(rows, args.turns)
     ours_times = ours(twin, run_dir, rows, config, home)
     plain_times = plain(twin, rows, turns, config, args.plain_sample)

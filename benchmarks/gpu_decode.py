@@ -20,6 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from talkalike.decode.stream import tokens  # noqa: E402
+
 DATASHEET_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
 
 
@@ -86,13 +88,6 @@ def build_model(layers: int = 32):
     return model.eval()
 
 
-def tokens(engine, prompt_ids, n, sample, stops):
-    """talkalike's one token loop (decode/stream.py) over `engine`."""
-    from talkalike.decode.stream import tokens as token_loop
-
-    return token_loop(engine, prompt_ids, n, sample, stops)
-
-
 def build_engine(model, max_len: int, engine: str = "triton", tune_kernels: bool = True, fuse: bool = True,
                  **options):
     """The Triton step (engine "triton", the default) or the torch.compile engine ("compile") over `model`."""
@@ -128,12 +123,12 @@ def teacher_forced_agreement(model, decoder, prompt_ids: list[int], reference: l
     return sum(a == b for a, b in zip(picked, eager, strict=False)) / len(picked)
 
 
-def time_tokens(fn, n_tokens: int) -> tuple[float, list[int]]:
+def time_tokens(fn) -> tuple[float, list[int]]:
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    tokens = fn()
+    out = fn()
     torch.cuda.synchronize()
-    return len(tokens) / (time.perf_counter() - t0), tokens
+    return len(out) / (time.perf_counter() - t0), out
 
 
 def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -> dict:
@@ -223,8 +218,8 @@ def main() -> int:
                                  pad_token_id=0, **kwargs)
         return out[0, args.prompt:].tolist()
 
-    time_tokens(lambda: plain_generate()[:8], 8)  # warm-up
-    speed, reference = time_tokens(plain_generate, args.tokens)
+    time_tokens(lambda: plain_generate()[:8])  # warm-up
+    speed, reference = time_tokens(plain_generate)
     rows.append({"variant": "generate (eager, dynamic cache)", "tok_s": speed})
     print(json.dumps(rows[-1]), flush=True)
 
@@ -246,8 +241,8 @@ def main() -> int:
             def decode(decoder=decoder):
                 return list(tokens(decoder, ids, args.tokens, greedy, stops=set()))
 
-            speed, ours = time_tokens(decode, args.tokens)
-            again, _ = time_tokens(decode, args.tokens)
+            speed, ours = time_tokens(decode)
+            again, _ = time_tokens(decode)
             agree = teacher_forced_agreement(model, decoder, ids, reference)
         except Exception as error:  # one variant failing must not lose the others' numbers
             import traceback

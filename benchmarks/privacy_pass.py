@@ -11,11 +11,9 @@ on every message (timed on a slice and scaled up, because it is slow).
 
 import argparse
 import random
-import re
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 
@@ -27,31 +25,16 @@ import phonenumbers  # noqa: E402
 from talkalike.message import Message  # noqa: E402
 from talkalike.prepare.clean import clean  # noqa: E402
 from talkalike.prepare.privacy import pseudonymise  # noqa: E402
+from talkalike.sources import read_export  # noqa: E402
 
-HEADER = re.compile(r"^(\d\d/\d\d/\d{4}, \d\d:\d\d) - (?:(Noa|Daniel): )?(.*)$")
 PII = ["call me at +972 50-123-4567", "my number is 054-765-4321", "ring +1 415 555 0132 tomorrow",
        "write to dana.levi@example.com", "+44 20 7946 0958 is the office", "the card is 4111 1111 1111 1111 lol",
        "IBAN IL62 0108 0000 0009 9999 999", "my id is 123456782"]
 
 
-def sample_messages() -> list[Message]:
-    """The shipped sample chat, read with its fixed header shape (kinds as the parser would give them)."""
-    out: list[Message] = []
-    for line in (ROOT / "examples" / "WhatsApp Chat with Noa.txt").read_text(encoding="utf-8").split("\n")[:-1]:
-        match = HEADER.match(line)
-        if not match:
-            out[-1] = replace(out[-1], text=out[-1].text + "\n" + line)
-            continue
-        body = match[3].removesuffix(" <This message was edited>")
-        kind = ("system" if match[2] is None else "media" if body == "<Media omitted>" else
-                "deleted" if body in ("This message was deleted", "You deleted this message") else "text")
-        out.append(Message(datetime.strptime(match[1], "%d/%m/%Y, %H:%M"), match[2], body, kind))
-    return out
-
-
 def corpus(total: int, pii_share: float, seed: int = 0) -> list[Message]:
     """`total` messages: the sample repeated, with `pii_share` of them replaced by a line carrying personal data."""
-    base = sample_messages()
+    base = read_export(ROOT / "examples" / "WhatsApp Chat with Noa.txt").messages  # as `talkalike import` reads it
     rng = random.Random(seed)
     out = []
     while len(out) < total:

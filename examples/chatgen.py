@@ -4,10 +4,12 @@ export lines in one header format, slot filling with a fresh laugh or emoji each
 Not a script; the generators import it from this folder.
 """
 
-import json
 import random
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
 from pathlib import Path
+
+from talkalike.files import write_atomic, write_jsonl
 
 
 class Writer:
@@ -48,21 +50,35 @@ def fill(template: str, rng: random.Random, slots: dict[str, str], laughs: list[
 
 def write_facts(facts: list[dict], path: Path) -> None:
     """The facts file: one {"question", "answers", "topic"} per line, for the eval's facts probe."""
-    lines = [json.dumps({"question": f["question"], "answers": f["answers"], "topic": f["topic"]}, ensure_ascii=False)
-             for f in facts]
-    write_text(path, "\n".join(lines) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write UTF-8 bytes under a temporary name and rename, so a file is never half-written."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(text.encode("utf-8"))
-    tmp.replace(path)
+    write_jsonl(path, [{key: f[key] for key in ("question", "answers", "topic")} for f in facts])
 
 
 def day_start(clock: datetime, hour: int, minute: int = 0) -> datetime:
     """The clock moved on to at least hour:minute of its own day."""
     return max(clock, clock.replace(hour=hour, minute=minute, second=0))
+
+
+def conversations(w: Writer, rng: random.Random, start: date, end: date, plans: list[tuple], per_day: tuple,
+                  opens: tuple[int, int], gap: tuple[int, int], topic_weights) -> Iterator[tuple[date, tuple | None, str]]:
+    """(day, plan, topic) of each conversation from `start` to `end`, moving the clock: 0-3 a day (`per_day` weighs
+    them), the day's first after `opens` (hour, minute), then `gap` minutes of silence before each (so the one-hour
+    splitter sees each one separately), none from 23:00; a plan that is due takes the day's next conversation."""
+    plans = list(plans)
+    day = start
+    while day <= end:
+        count = rng.choices((0, 1, 2, 3), weights=per_day)[0]
+        if plans and plans[0][0] <= day:
+            count = max(count, 1)
+        w.clock = day_start(w.clock, *opens)
+        for _ in range(count):
+            w.clock += timedelta(minutes=rng.randint(*gap))
+            if w.clock.date() != day or w.clock.hour >= 23:
+                break
+            plan = plans.pop(0) if plans and plans[0][0] <= day else None
+            weights = topic_weights(day)
+            yield day, plan, plan[1] if plan else rng.choices(list(weights), weights=list(weights.values()))[0]
+        day += timedelta(days=1)
+        w.clock = max(w.clock, datetime(day.year, day.month, day.day, 0, 0))
 
 
 def facts_path(chat: Path) -> Path:
@@ -79,6 +95,6 @@ def main(description: str, generate, facts: list[dict], out: Path, seed: int) ->
     ap.add_argument("--seed", type=int, default=seed)
     args = ap.parse_args()
     text = generate(args.seed)
-    write_text(args.out, text)
+    write_atomic(args.out, text)
     write_facts(facts, facts_path(args.out))
     print(f"wrote {args.out} ({text.count(chr(10))} lines) and {facts_path(args.out).name} ({len(facts)} facts)")

@@ -21,11 +21,11 @@ The output depends only on SEED: the same script always writes the same bytes (t
 """
 
 import random
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 
 import chatgen
-from chatgen import Writer, day_start, fill
+from chatgen import Writer, fill
 
 SEED = 20250201
 START = date(2025, 2, 1)
@@ -414,27 +414,12 @@ def generate(seed: int = SEED) -> str:
     w.say(GROUP, f"{LRM}Los mensajes y las llamadas están cifrados de extremo a extremo. Solo las personas en este "
                  "chat pueden leerlos, escucharlos o compartirlos.")
     w.say(GROUP, f"{LRM}{JAVI} creó el grupo \u201c{GROUP}\u201d")
-    plans = list(PLANS)
-    n_conv = 0
-    day = START
-    while day <= END:
-        per_day = rng.choices((0, 1, 2, 3), weights=(20, 45, 28, 7))[0]
-        if plans and plans[0][0] <= day:
-            per_day = max(per_day, 1)
-        w.clock = day_start(w.clock, 8, 0)
-        for _ in range(per_day):
-            w.clock += timedelta(minutes=rng.randint(120, 360))  # hours of silence: a new conversation
-            if w.clock.date() != day or w.clock.hour >= 23:
-                break
-            plan = plans.pop(0) if plans and plans[0][0] <= day else None
-            weights = topic_weights(day)
-            topic = plan[1] if plan else rng.choices(list(weights), weights=list(weights.values()))[0]
-            chat.conversation(topic, list(SPECIALS.get(n_conv, [])), plan)
-            n_conv += 1
-            if n_conv == 40:
-                w.say(GROUP, f"{LRM}{JAVI} añadió a {TOM}")  # Tom was there from the start: a re-add after a new phone
-        day += timedelta(days=1)
-        w.clock = max(w.clock, datetime(day.year, day.month, day.day, 0, 0))
+    for n_conv, (_, plan, topic) in enumerate(chatgen.conversations(
+            w, rng, START, END, PLANS, per_day=(20, 45, 28, 7), opens=(8, 0), gap=(120, 360),
+            topic_weights=topic_weights), 1):
+        chat.conversation(topic, list(SPECIALS.get(n_conv - 1, [])), plan)
+        if n_conv == 40:
+            w.say(GROUP, f"{LRM}{JAVI} añadió a {TOM}")  # Tom was there from the start: a re-add after a new phone
     return w.text()
 
 

@@ -29,11 +29,11 @@ The output depends only on SEED: the same script always writes the same bytes (t
 """
 
 import random
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 
 import chatgen
-from chatgen import Writer, day_start, fill
+from chatgen import Writer, fill
 
 SEED = 20250105
 START = date(2025, 1, 5)
@@ -704,44 +704,28 @@ def generate(seed: int = SEED) -> str:
     chat = Chat(rng)
     w = chat.w
     w.system(ENCRYPTION)
-    plans = list(PLANS)
-    n_conv = 0
-    day = START
-    while day <= END:
-        per_day = rng.choices((0, 1, 2, 3), weights=(5, 30, 40, 25))[0]
-        if plans and plans[0][0] <= day:
-            per_day = max(per_day, 1)
-        w.clock = day_start(w.clock, 7, 30)
-        for _ in range(per_day):
-            # hours of silence between conversations: the one-hour splitter must see each one separately
-            w.clock += timedelta(minutes=rng.randint(90, 300))
-            if w.clock.date() != day or w.clock.hour >= 23:
-                break
-            plan = plans.pop(0) if plans and plans[0][0] <= day else None
-            weights = topic_weights(day)
-            topic = plan[1] if plan else rng.choices(list(weights), weights=list(weights.values()))[0]
-            chat.conversation(topic, day, list(SPECIALS.get(n_conv, [])), plan)
-            n_conv += 1
-            if n_conv == 32:  # right after the conversation where Noa gives her new number
-                w.system("Noa changed their phone number to a new number. Tap to message or add the new number.")
-            if n_conv == 90:
-                w.wait(60, 90)
-                w.system("Your security code with Noa changed. Tap to learn more.")
-            if n_conv == 120:
-                w.say(DANIEL, "Things we should bring to Rosh Pina:\n- sleeping bags\n- the small gas stove\n"
-                              "- six litres of water\n- a first aid kit")
-            if n_conv == 160:
-                w.say(DANIEL, "The owner of the zimmer is called Yossi, and his number is "
-                              f"{PLANTED_PII['phone_il_landline'][0]}, in case we arrive after ten.")
-            if n_conv == 180:
-                w.say(DANIEL, "You deleted this message")
-            if n_conv == 210:
-                w.say(DANIEL, "Sorry, I meant Thursday, not Tuesday. <This message was edited>")
-            if n_conv == 250:
-                w.say(DANIEL, "Here is the menu, the mushroom risotto is the one I told you about: "
-                              "https://nechama-cafe.example/menu")
-        day += timedelta(days=1)
-        w.clock = max(w.clock, datetime(day.year, day.month, day.day, 0, 0))
+    for n_conv, (day, plan, topic) in enumerate(chatgen.conversations(
+            w, rng, START, END, PLANS, per_day=(5, 30, 40, 25), opens=(7, 30), gap=(90, 300),
+            topic_weights=topic_weights), 1):
+        chat.conversation(topic, day, list(SPECIALS.get(n_conv - 1, [])), plan)
+        if n_conv == 32:  # right after the conversation where Noa gives her new number
+            w.system("Noa changed their phone number to a new number. Tap to message or add the new number.")
+        if n_conv == 90:
+            w.wait(60, 90)
+            w.system("Your security code with Noa changed. Tap to learn more.")
+        if n_conv == 120:
+            w.say(DANIEL, "Things we should bring to Rosh Pina:\n- sleeping bags\n- the small gas stove\n"
+                          "- six litres of water\n- a first aid kit")
+        if n_conv == 160:
+            w.say(DANIEL, "The owner of the zimmer is called Yossi, and his number is "
+                          f"{PLANTED_PII['phone_il_landline'][0]}, in case we arrive after ten.")
+        if n_conv == 180:
+            w.say(DANIEL, "You deleted this message")
+        if n_conv == 210:
+            w.say(DANIEL, "Sorry, I meant Thursday, not Tuesday. <This message was edited>")
+        if n_conv == 250:
+            w.say(DANIEL, "Here is the menu, the mushroom risotto is the one I told you about: "
+                          "https://nechama-cafe.example/menu")
     return w.text()
 
 

@@ -18,13 +18,7 @@ class Message:
 
     def to_json(self) -> dict:
         """The `talkalike parse` shape: time, sender, text, kind, edited."""
-        return {
-            "time": self.time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "sender": self.sender,
-            "text": self.text,
-            "kind": self.kind,
-            "edited": self.edited,
-        }
+        return {name: getattr(self, name) for name in self.__slots__} | {"time": self.time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 @dataclass(frozen=True, slots=True)

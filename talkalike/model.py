@@ -13,6 +13,7 @@ safetensors plus tokenizer; later loads take seconds.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 from talkalike.errors import TalkalikeError
 from talkalike.files import say
 from talkalike.home import models_dir as home_models_dir
+from talkalike.home import resolve_home
 from talkalike.run import Run
 
 EMBEDDED = "gemma-3-270m"  # the default base: multilingual (Hebrew included), small enough for a laptop CPU
@@ -86,35 +88,19 @@ def embedded_revision() -> dict:
 def resolve_base(base: str | None, home: Path | None) -> tuple[str, dict]:
     """What `from_pretrained` should load for `base`, and a description {id, revision, source} for run.json."""
     if base is None or base == EMBEDDED:
-        folder = ensure_embedded(home_models_dir(Path(home)) if home is not None else _default_models_dir())
+        folder = ensure_embedded(home_models_dir(Path(home) if home is not None else resolve_home(None)))
         return str(folder), {"id": EMBEDDED, "revision": embedded_revision()["sha256"], "source": "embedded"}
     path = Path(base).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise TalkalikeError(f"{base} is a folder but holds no config.json; point --base at a model folder.")
-        return str(path.resolve()), {"id": str(path.resolve()), "revision": _folder_revision(path), "source": "local"}
+        # A local folder has no commit: its config.json's hash, so a later change is noticed.
+        revision = "sha256:" + hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:16]
+        return str(path.resolve()), {"id": str(path.resolve()), "revision": revision, "source": "local"}
     if base.startswith((".", "/", "~")) or base.count("/") > 1:
         raise TalkalikeError(f"no model folder at {base}; give an existing folder or a Hugging Face id like org/name.")
-    return base, {"id": base, "revision": _hub_revision(base), "source": "hub"}
-
-
-def _default_models_dir() -> Path:
-    from talkalike.home import resolve_home
-
-    return home_models_dir(resolve_home(None))
-
-
-def _folder_revision(path: Path) -> str | None:
-    """A local folder has no commit; record its config.json hash so a later change is noticed."""
-    import hashlib
-
-    return "sha256:" + hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:16]
-
-
-def _hub_revision(repo_id: str) -> str | None:
-    """The commit of a cached hub model, fetching its config only when it is not cached and the network works."""
-    snapshot = _hub_snapshot(repo_id)
-    return snapshot.name if snapshot is not None else None
+    snapshot = _hub_snapshot(base)  # named by its commit, when the hub model is cached
+    return base, {"id": base, "revision": snapshot.name if snapshot is not None else None, "source": "hub"}
 
 
 def _hub_snapshot(repo_id: str) -> Path | None:
@@ -173,13 +159,6 @@ def load_tokenizer(base: str | None, home: Path | None):
     return from_pretrained(AutoTokenizer, target, info)
 
 
-def default_dtype(quantize_4bit: bool = False):
-    """bf16 on a CUDA GPU (the original's compute dtype), fp32 on CPU (bf16 matmuls are slow without AVX-512)."""
-    import torch
-
-    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-
-
 def bnb_config():
     """The original recipe's 4-bit quantization: NF4, double quantization, bf16 compute."""
     import torch
@@ -197,7 +176,8 @@ def load_base(base: str | None, home: Path | None, *, quantize_4bit: bool = Fals
     from transformers import AutoModelForCausalLM
 
     target, info = resolve_base(base, home)
-    kwargs: dict = {"dtype": dtype or default_dtype(quantize_4bit)}
+    # bf16 on a CUDA GPU (the original's compute dtype), fp32 on CPU (bf16 matmuls are slow without AVX-512)
+    kwargs: dict = {"dtype": dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if quantize_4bit:

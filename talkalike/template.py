@@ -63,7 +63,6 @@ ORIGINAL_TEMPLATE = (
     "{% if add_generation_prompt %}<person2>{% endif %}"
 )
 
-LAYOUTS = ("chat", "original")
 CONTACT_NAMES_SHOWN = 5  # a big group's line names its most active members and counts the rest: the line stays short
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from talkalike.files import write_json
 from talkalike.template import GEMMA_TEMPLATE
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
@@ -69,6 +70,56 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
         bos_token_id=2,
     )
     return Gemma3ForCausalLM(config)
+
+
+def build_windowed_gemma(vocab_size: int, seed: int = 0):
+    """A 3-layer Gemma 3 with an 8-token sliding window, so decoders cross the window's edge, and norms away from
+    their zero init, so a wrong (1 + w) would show."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(0, 0.3)
+    return model
+
+
+def build_tiny_llama(model_type: str, dtype=None, **extra):
+    """A 2-layer Llama-family model ("mistral", "qwen2", "llama") with random weights; head_dim 16 and 4 query heads
+    per key/value head, the smallest shapes the Triton step's attention tiles take."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, vocab_size=211, hidden_size=128, intermediate_size=96,
+                                  num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                                  max_position_embeddings=512, **extra)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32).eval()
+
+
+def make_run(folder: Path, base_dir: Path, tokenizer, target_modules="all-linear", seed: int = 0, **info) -> Path:
+    """A run folder as `talkalike train` writes it: a LoRA adapter with random, non-zero weights over the base in
+    `base_dir`, the tokenizer, and run.json naming that base (plus `info`)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=target_modules, init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(folder / "adapter")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    base_info = {"id": str(base_dir), "revision": None, "source": "local"}
+    write_json(folder / "run.json", {"base": base_info, "layout": "chat", "quantized": False} | info)
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,6 +2,8 @@
 
 import sqlite3
 
+import pytest
+
 from talkalike.memory import MEMORY_KEY, Memory, exchanges, query_of, recall_turns, with_recalled
 from talkalike.template import BUBBLE_SEP
 
@@ -70,12 +72,8 @@ def test_the_query_is_the_latest_message_to_the_persona_not_a_recalled_one():
 
 def test_memory_opens_read_only(tmp_path):
     Memory.build(ROWS, tmp_path / "memory.db")
-    memory = Memory.open(tmp_path)
-    try:
-        memory.connection.execute("DELETE FROM exchanges")
-        raise AssertionError("a read-only memory accepted a write")
-    except sqlite3.OperationalError:
-        pass
+    with pytest.raises(sqlite3.OperationalError):
+        Memory.open(tmp_path).connection.execute("DELETE FROM exchanges")
     assert Memory.open(tmp_path / "nowhere") is None
 
 

@@ -11,6 +11,7 @@ Writes RUN/eval.json (every figure), RUN/report.html and the blind-test pairs RU
     talkalike eval dana --limit 200 --facts dana.facts.jsonl
 """
 
+import contextlib
 import json
 import re
 import sys
@@ -261,21 +262,16 @@ def find_canaries(train_rows: list[dict], secrets: list[str]) -> list[Canary]:
 def leak_check(twin, canaries: list[Canary], samples: int = 4, max_new_tokens: int = 48,
                use_adapter: bool = True, seed: int = 0, batch_size: int = 64, threads=None) -> list[dict]:
     """Prompt with each canary's context (greedy, then sampled) and report whether the secret comes out."""
-    from talkalike.decode.batch import decode_many
     from talkalike.decode.config import GenerationConfig
+    from talkalike.evaluate.facts import greedy_then_sampled, twin_generate_fn
 
     # temperature 1: sample the model's own distribution, where a memorised secret shows even if not the top choice
     config = GenerationConfig(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
-    contexts: dict[str, list[dict]] = {}  # one set of generations per context, shared by the secrets checked there
-    for canary in canaries:
-        contexts.setdefault(json.dumps(canary.context, ensure_ascii=False), canary.context)
-    # Every context's generations in one batch: the first of each context greedy (temperature 0), the rest sampled.
-    histories = [context for context in contexts.values() for _ in range(max(samples, 1))]
-    temperatures = [0.0 if k % max(samples, 1) == 0 else config.temperature for k in range(len(histories))]
-    replies = decode_many(twin, histories, config, use_adapter=use_adapter, batch_size=batch_size,
-                          temperatures=temperatures, threads=threads) if histories else []
-    by_context = {key: ["\n".join(reply) for reply in replies[k * max(samples, 1): (k + 1) * max(samples, 1)]]
-                  for k, key in enumerate(contexts)}
+    # One set of generations per context, shared by the secrets checked there, all in one batch.
+    contexts = {json.dumps(canary.context, ensure_ascii=False): canary.context for canary in canaries}
+    ask = twin_generate_fn(twin, config, use_adapter, batch_size, threads)
+    replies = greedy_then_sampled(ask, list(contexts.values()), max(samples, 1), config.temperature)
+    by_context = dict(zip(contexts, replies, strict=True))
     results = []
     for canary in canaries:
         outputs = by_context[json.dumps(canary.context, ensure_ascii=False)]
@@ -327,21 +323,17 @@ def _prepare_for_eval(twin, config: EvalConfig) -> None:
         head.register_forward_pre_hook(_contiguous_input)
 
 
+@contextlib.contextmanager
 def _merged(twin, use_adapter: bool):
     """A context in which the adapter is merged into the weights (CPU, adapter on), else nothing changes."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def merged():
+    merge = twin.has_adapter and use_adapter and twin.device.type == "cpu"
+    if merge:
         twin.model.merge_adapter()
-        try:
-            yield
-        finally:
+    try:
+        yield
+    finally:
+        if merge:
             twin.model.unmerge_adapter()
-
-    if twin.has_adapter and use_adapter and twin.device.type == "cpu":
-        return merged()
-    return contextlib.nullcontext()
 
 
 def _generate(twin, histories: list[list[dict]], config, use_adapter: bool, batch_size: int, label: str,

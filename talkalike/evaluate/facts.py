@@ -21,6 +21,7 @@ from talkalike.errors import TalkalikeError
 FACTS_FILE = "facts.jsonl"  # its name inside a dataset folder
 SAMPLES = 4  # replies per question: one greedy, the rest sampled (a fact the model holds at lower rank still shows)
 HEBREW_RE = re.compile("[\u0590-\u05FF]")
+FORMAT = 'write one fact a line as {"question": "...", "answers": ["..."], "topic": "..."}'
 
 # histories and per-history temperatures (0 = greedy) -> the persona's reply to each, as its messages
 GenerateFn = Callable[[list[list[dict]], list[float]], list[list[str]]]
@@ -39,16 +40,14 @@ def read_facts(path: str | Path) -> list[Fact]:
     """The facts of a JSONL file; a bad file is one TalkalikeError naming the line."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise TalkalikeError(f"no facts file at {path}; write one fact a line as "
-                             '{"question": "...", "answers": ["..."], "topic": "..."}')
+        raise TalkalikeError(f"no facts file at {path}; {FORMAT}")
     facts = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if line.strip():
                 facts.append(_fact(line, f"{path}:{number}"))
     if not facts:
-        raise TalkalikeError(f"{path} holds no facts; write one fact a line as "
-                             '{"question": "...", "answers": ["..."], "topic": "..."}')
+        raise TalkalikeError(f"{path} holds no facts; {FORMAT}")
     return facts
 
 
@@ -103,13 +102,10 @@ def probe(generate_fn: GenerateFn, facts: list[Fact], samples: int = SAMPLES, te
     from talkalike.evaluate.metrics import wilson_interval
 
     samples = max(samples, 1)
-    histories = [[{"role": "user", "content": fact.question}] for fact in facts for _ in range(samples)]
-    temperatures = [0.0 if k % samples == 0 else temperature for k in range(len(histories))]
-    replies = generate_fn(histories, temperatures) if histories else []
-    assert len(replies) == len(histories), "generate_fn must return one reply per history"
+    answers = greedy_then_sampled(generate_fn, [[{"role": "user", "content": f.question}] for f in facts], samples,
+                                  temperature)
     results = []
-    for k, fact in enumerate(facts):
-        texts = ["\n".join(reply) for reply in replies[k * samples: (k + 1) * samples]]
+    for fact, texts in zip(facts, answers, strict=True):
         said = [any(contains_answer(text, answer) for answer in fact.answers) for text in texts]
         results.append({"question": fact.question, "answers": list(fact.answers), "topic": fact.topic,
                         "replies": texts, "hit": any(said), "greedy hit": said[0]})
@@ -123,6 +119,16 @@ def probe(generate_fn: GenerateFn, facts: list[Fact], samples: int = SAMPLES, te
         "interval": list(wilson_interval(hits, n)),
         "results": results,
     }
+
+
+def greedy_then_sampled(generate_fn: GenerateFn, histories: list[list[dict]], samples: int, temperature: float
+                        ) -> list[list[str]]:
+    """Per history, `samples` replies as texts (messages on separate lines): the first greedy, the rest sampled at
+    `temperature`, all in one generate_fn call."""
+    rows = [history for history in histories for _ in range(samples)]
+    replies = generate_fn(rows, [0.0 if k % samples == 0 else temperature for k in range(len(rows))]) if rows else []
+    assert len(replies) == len(rows), "generate_fn must return one reply per history"
+    return [["\n".join(reply) for reply in replies[k * samples: (k + 1) * samples]] for k in range(len(histories))]
 
 
 def twin_generate_fn(twin, config, use_adapter: bool = True, batch_size: int = 64, threads=None) -> GenerateFn:

@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 
 from talkalike.files import read_jsonl, write_atomic
+from talkalike.template import split_bubbles
 
 SECTIONS = ("headline", "training", "facts", "perplexity", "style", "distinguishability", "memorisation", "ab-test",
             "samples")
@@ -75,14 +76,9 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if abs(value) < 100 else f"{value:,.1f}"
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """Training log lines from RUN/metrics.jsonl (empty if there is none)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return read_jsonl(path) if path.is_file() else []
-
-
 def _training(run_dir: Path) -> str:
-    lines = read_metrics(run_dir)
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = read_jsonl(path) if path.is_file() else []
     curves: dict[str, list[tuple[float, float]]] = {}
     for i, line in enumerate(lines):
         step = line.get("step", i)
@@ -208,17 +204,11 @@ def _ab(result: dict) -> str:
 def _samples(result: dict) -> str:
     rows = []
     for sample in result["samples"]:
-        context = "".join(_bubbles(_split(m["content"]), "user" if m["role"] == "user" else "real")
+        context = "".join(_bubbles(split_bubbles(m["content"]), "user" if m["role"] == "user" else "real")
                           for m in sample["context"])
         rows.append([context, _bubbles(sample["real"], "real"), _bubbles(sample["tuned"], "tuned"),
                      _bubbles(sample["base"], "base")])
     return _table(["context (latest turns)", "real reply", "tuned", "base"], rows)
-
-
-def _split(content: str) -> list[str]:
-    from talkalike.template import split_bubbles
-
-    return split_bubbles(content)
 
 
 def _headline(result: dict) -> str:

@@ -1,19 +1,9 @@
 """`talkalike tune-generation RUN`: find the run's sampling settings on held-out conversations, and save the best.
 
-The original project picked its temperature and repetition penalty by hand. Here the twin answers the persona's
-held-out turns (RUN/eval.jsonl) under every setting of a small grid, temperature x repetition penalty x top-p, and
-each setting is scored by eval's own fidelity measures (talkalike.evaluate.metrics, .fidelity), each 0 at best:
-
-- style distance between the generated and the real replies (0 = same style);
-- style gap: the mean relative difference of the headline's plain-words measures (emoji, Hebrew, messages a turn,
-  3-word repeats, laughter, length) from the persona's;
-- separability: how well a classifier tells the replies from the real ones, 2 x AUC - 1 (0 = chance);
-- off-context: 1 - the replies' context identification as a share of the real replies' (base model as judge), so a
-  setting whose replies ignore the message loses, whatever its style.
-
-The score is their mean; lower is better. Every setting samples with the same seed, so settings differ only by their
-values. The best becomes the run's defaults in RUN/generation.json, which chat, serve and eval read; the whole table
-is printed and kept in that file.
+The twin answers the persona's held-out turns (RUN/eval.jsonl) under every setting of a small grid, temperature x
+repetition penalty x top-p, all with one seed, and each setting is scored by eval's own fidelity measures (SCORE;
+README "Tuning generation" says what each one is). The best becomes the run's defaults in RUN/generation.json, which
+chat, serve and eval read; the whole table is printed and kept in that file.
 
     talkalike tune-generation dana --limit 24 --top-p 1.0   # 9 settings, 24 held-out turns each
 """

@@ -52,28 +52,6 @@ class GGUFSummary:
     rounding: dict  # transformers parameter name -> GGMLQuantizationType name it was stored as
 
 
-def _ggml_type(kind: str):
-    import gguf
-
-    return {
-        "f32": gguf.GGMLQuantizationType.F32,
-        "f16": gguf.GGMLQuantizationType.F16,
-        "bf16": gguf.GGMLQuantizationType.BF16,
-        "q8_0": gguf.GGMLQuantizationType.Q8_0,
-    }[kind]
-
-
-def _file_type(kind: str):
-    import gguf
-
-    return {
-        "f32": gguf.LlamaFileType.ALL_F32,
-        "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    }[kind]
-
-
 def architecture_of(config) -> tuple[str, bool]:
     """(gguf architecture, permute q/k) for a transformers config; a clear error for one we cannot export."""
     if config.model_type not in ARCHS:
@@ -149,22 +127,12 @@ def _hyperparameters(writer, config, arch: str, context_length: int) -> dict:
         "attention.value_length": head_dim,
         "rope.freq_base": float(rope.get("rope_theta", 10000.0)),
     }
-    writer.add_context_length(values["context_length"])
-    writer.add_embedding_length(values["embedding_length"])
-    writer.add_block_count(values["block_count"])
-    writer.add_feed_forward_length(values["feed_forward_length"])
-    writer.add_head_count(values["attention.head_count"])
-    writer.add_head_count_kv(values["attention.head_count_kv"])
-    writer.add_layer_norm_rms_eps(values["attention.layer_norm_rms_epsilon"])
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(values["rope.freq_base"])
     if arch == "gemma3":
         values["attention.sliding_window"] = config.sliding_window
-        writer.add_sliding_window(config.sliding_window)
     else:
         values["rope.dimension_count"] = head_dim
-        writer.add_rope_dimension_count(head_dim)
+    for key, value in values.items():  # what GGUFWriter's add_context_length etc. write: floats as f32, counts as u32
+        (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(f"{arch}.{key}", value)
     if rope.get("rope_type", "default") == "linear":
         import gguf
 
@@ -290,14 +258,8 @@ def vocab_from_gguf(path: Path) -> dict:
     import gguf
 
     reader = gguf.GGUFReader(str(path))
-    vocab = {}
-    for key, field in reader.fields.items():
-        if not key.startswith("tokenizer.ggml."):
-            continue
-        name = key.removeprefix("tokenizer.ggml.")
-        value = field.contents()
-        vocab[name] = value
-    return vocab
+    return {key.removeprefix("tokenizer.ggml."): field.contents() for key, field in reader.fields.items()
+            if key.startswith("tokenizer.ggml.")}
 
 
 def _write_vocab(writer, vocab: dict, chat_template: str) -> None:
@@ -345,7 +307,7 @@ def gguf_tensors(model, arch: str, permute_qk: bool, kind: str):
         target = "f32" if data.ndim == 1 else kind
         if target == "q8_0" and data.shape[-1] % 32:
             target = "f16"
-        yield hf_name, name, np.ascontiguousarray(data, dtype=np.float32), _ggml_type(target)
+        yield hf_name, name, np.ascontiguousarray(data, dtype=np.float32), gguf.GGMLQuantizationType[target.upper()]
 
 
 def write_gguf(model, tokenizer, chat_template: str, path: Path, kind: str = DEFAULT_GGUF_TYPE, *, name: str,
@@ -368,7 +330,7 @@ def write_gguf(model, tokenizer, chat_template: str, path: Path, kind: str = DEF
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
-    writer.add_file_type(_file_type(kind))
+    writer.add_file_type(gguf.LlamaFileType["ALL_F32" if kind == "f32" else f"MOSTLY_{kind.upper()}"])
     if kind == "q8_0":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     metadata = _hyperparameters(writer, config, arch, context_length or config.max_position_embeddings)

@@ -4,6 +4,7 @@ through the one token loop (stream.tokens). The CUDA engines run only on a GPU m
 
 import pytest
 import torch
+from conftest import build_windowed_gemma
 
 from talkalike.decode import engines
 from talkalike.decode.config import GenerationConfig
@@ -15,17 +16,8 @@ GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.3, max_new_tokens=
 PROMPT = [2, 5, 17, 33, 9, 41, 7, 100] * 8  # 64 tokens: replies cross the Triton step's first attention split
 
 
-def gemma(vocab: int = 320):
-    """A 3-layer Gemma 3 with a short sliding window, so the engines cross its edge."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(1)
-    config = Gemma3TextConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, sliding_window=8,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    return Gemma3ForCausalLM(config).eval()
+def gemma():
+    return build_windowed_gemma(320, seed=1)
 
 
 def mistral_on_gpu():
@@ -43,10 +35,6 @@ def greedy_tokens(engine, vocab: int, prompt: list[int], stops=frozenset()) -> l
                        set(stops)))
 
 
-def twin_over(model, tiny_tokenizer) -> Twin:
-    return Twin.of(model, tiny_tokenizer)
-
-
 @pytest.mark.parametrize("name,make", [
     ("eager", gemma),
     ("gemma_cpu", gemma),
@@ -57,7 +45,7 @@ def test_every_engine_gives_the_greedy_tokens_of_transformers_generate(name, mak
     from talkalike.decode.engines import gemma_cpu
 
     model = make()
-    twin = twin_over(model, tiny_tokenizer)
+    twin = Twin.of(model, tiny_tokenizer)
     if name == "gemma_cpu":
         twin = Twin.of_gemma(gemma_cpu.from_model(model), tiny_tokenizer)
     assert engines.pick(twin, 192) == name or name in ("eager", "compile")  # the specialised engine where it fits
@@ -82,7 +70,7 @@ def test_every_engine_gives_the_greedy_tokens_of_transformers_generate(name, mak
 def test_the_cpu_picks_the_merged_gemma_engine_for_a_merged_model_and_the_eager_one_otherwise(tiny_tokenizer):
     from talkalike.decode.engines import gemma_cpu
 
-    twin = twin_over(gemma(len(tiny_tokenizer)), tiny_tokenizer)
+    twin = Twin.of(build_windowed_gemma(len(tiny_tokenizer)), tiny_tokenizer)
     assert engines.pick(twin, 64) == "eager"
     assert engines.pick(Twin.of_gemma(gemma_cpu.from_model(twin.model), tiny_tokenizer), 64) == "gemma_cpu"
     assert twin.engine(40) is twin.engine(30)  # built once, reused

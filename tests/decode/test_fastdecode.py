@@ -5,18 +5,9 @@ the CPU on tiny Llama-family models, so CI checks it without a GPU.
 """
 
 import pytest
+from conftest import build_tiny_llama
 
 torch = pytest.importorskip("torch")
-
-
-def tiny(model_type: str, **extra):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model(model_type, vocab_size=211, hidden_size=64, intermediate_size=96,
-                                  num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
-                                  max_position_embeddings=256, **extra)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
 def fused_greedy(model, prompt: list[int], n: int, **options) -> list[int]:
@@ -41,7 +32,7 @@ def fused_greedy(model, prompt: list[int], n: int, **options) -> list[int]:
 def test_fused_decoding_gives_the_models_own_greedy_tokens(model_type, extra):
     from talkalike.decode.engines.cuda_graph import FusedStep
 
-    model = tiny(model_type, **extra)
+    model = build_tiny_llama(model_type, **extra)
     prompt = [2, 5, 17, 33, 9, 41, 7]
     assert FusedStep.supports(model, 64)
     with torch.inference_mode():
@@ -56,7 +47,7 @@ def test_fused_decoding_gives_the_models_own_greedy_tokens(model_type, extra):
 
 
 def test_fused_logits_match_a_full_forward_position_by_position():
-    model = tiny("mistral", sliding_window=None)
+    model = build_tiny_llama("mistral", sliding_window=None)
     sequence = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38]
     from talkalike.decode.engines.cuda_graph import FusedStep
 
@@ -74,7 +65,7 @@ def test_models_the_fused_step_cannot_reproduce_take_the_generic_path():
 
     from talkalike.decode.engines.cuda_graph import FusedStep
 
-    assert not FusedStep.supports(tiny("gemma3_text"), 64)  # other norms and attention
-    assert not FusedStep.supports(tiny("mistral", sliding_window=16), 64)  # a window shorter than the cache
-    lora = get_peft_model(tiny("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert not FusedStep.supports(build_tiny_llama("gemma3_text"), 64)  # other norms and attention
+    assert not FusedStep.supports(build_tiny_llama("mistral", sliding_window=16), 64)  # a window shorter than the cache
+    lora = get_peft_model(build_tiny_llama("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     assert not FusedStep.supports(lora, 64)  # an unmerged adapter

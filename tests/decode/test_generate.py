@@ -1,6 +1,6 @@
-"""Generation: where a turn stops, how it splits into messages, what history fits, and that the batched decoder
-agrees with the single stream. The tiny Gemma model from conftest, with a scripted last layer where the test needs to
-choose the tokens."""
+"""Generation: where a turn stops, how it splits into messages and what history fits (test_evaldecode.py checks the
+batched decoder against this single stream). The tiny Gemma model from conftest, with a scripted last layer where the
+test needs to choose the tokens."""
 
 import json
 
@@ -10,7 +10,6 @@ from conftest import build_tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from talkalike.decode.batch import decode_many
 from talkalike.decode.config import GenerationConfig, load_generation_config, save_generation_config, with_overrides
 from talkalike.decode.stream import reply, stream_reply
 from talkalike.decode.turns import Splitter, collect_messages, fit_prompt
@@ -161,14 +160,6 @@ def test_consecutive_messages_of_one_side_become_one_turn(tiny_model, tiny_token
     text = tiny_tokenizer.decode(fit_prompt(twin, history, GenerationConfig()))
     assert text.count("<start_of_turn>user") == 1
     assert f"hey{BUBBLE_SEP}you there?" in text
-
-
-def test_a_batch_of_histories_gets_the_same_greedy_replies_as_one_at_a_time(tiny_model, tiny_tokenizer):
-    twin = Twin.of(tiny_model, tiny_tokenizer)
-    twin.prepare(torch.float32)
-    histories = [HELLO, long_history(2), [{"role": "user", "content": "שלום מה קורה?"}]]
-    config = GenerationConfig(temperature=0, max_new_tokens=12)
-    assert decode_many(twin, histories, config, batch_size=2) == [reply(twin, h, config) for h in histories]
 
 
 def test_a_fixed_seed_gives_the_same_sampled_reply(tiny_model, tiny_tokenizer):

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import build_windowed_gemma, make_run
 
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.engines import gemma_cpu as cpudecode
@@ -14,26 +15,8 @@ from talkalike.decode.twin import Twin
 GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
 
 
-def tiny_gemma(vocab_size: int, seed: int = 0):
-    """A 3-layer Gemma 3 with a short sliding window, so both attention kinds and the window's edge are exercised."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(seed)
-    config = Gemma3TextConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, sliding_window=8,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    model = Gemma3ForCausalLM(config).eval()
-    with torch.no_grad():  # norms away from their zero init, so a wrong (1 + w) would show
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.normal_(0, 0.3)
-    return model
-
-
 def test_the_decoder_gives_transformers_logits_in_prefill_and_step_by_step_past_the_sliding_window():
-    model = tiny_gemma(300)
+    model = build_windowed_gemma(300)
     decoder = cpudecode.from_model(model)
     ids = torch.randint(3, 300, (40,))
     with torch.inference_mode():
@@ -49,7 +32,7 @@ def test_the_decoder_gives_transformers_logits_in_prefill_and_step_by_step_past_
 
 
 def test_replies_through_the_decoder_equal_the_transformers_loop(tiny_tokenizer):
-    model = tiny_gemma(len(tiny_tokenizer), seed=1)
+    model = build_windowed_gemma(len(tiny_tokenizer), seed=1)
     history = [{"role": "user", "content": "hey what's up? see you at the beach"}]
     sampled = GenerationConfig(temperature=0.8, repetition_penalty=1.1, max_new_tokens=12, seed=3)
     usual = Twin.of(model, tiny_tokenizer)
@@ -71,22 +54,11 @@ def test_an_unsupported_architecture_is_recognised():
 @pytest.fixture
 def tiny_run(tmp_path, tiny_tokenizer):
     """A run folder over a tiny Gemma 3 base folder, with a LoRA adapter whose weights are not zero."""
-    from peft import LoraConfig, get_peft_model
-
     base_dir = tmp_path / "base"
-    base = tiny_gemma(len(tiny_tokenizer), seed=2)
-    base.save_pretrained(base_dir)
+    build_windowed_gemma(len(tiny_tokenizer), seed=2).save_pretrained(base_dir)
     tiny_tokenizer.save_pretrained(base_dir)
-    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    run = tmp_path / "home" / "runs" / "tiny"
-    peft_model.save_pretrained(run / "adapter")
-    tiny_tokenizer.save_pretrained(run / "tokenizer")
-    (run / "run.json").write_text(json.dumps({"base": {"id": str(base_dir)}, "layout": "chat", "persona": "Noa"}))
-    return run
+    return make_run(tmp_path / "home" / "runs" / "tiny", base_dir, tiny_tokenizer, ["q_proj", "v_proj", "down_proj"],
+                    persona="Noa")
 
 
 def test_the_merged_cache_matches_the_adapter_and_is_built_once(tiny_run, monkeypatch):

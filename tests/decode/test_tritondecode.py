@@ -9,6 +9,7 @@ import importlib
 import sys
 
 import pytest
+from conftest import build_tiny_llama
 
 torch = pytest.importorskip("torch")
 
@@ -39,17 +40,6 @@ def tritondecode():
     patch.undo()
 
 
-def tiny(model_type: str, dtype=torch.float32, **extra):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    # head_dim 16 and 4 query heads per key/value head: the smallest shapes the attention tiles take
-    config = AutoConfig.for_model(model_type, vocab_size=211, hidden_size=128, intermediate_size=96,
-                                  num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
-                                  max_position_embeddings=512, **extra)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-
-
 def triton_step(tritondecode, model, max_cache_len: int):
     from talkalike.decode.engines.cuda_graph import FusedStep
 
@@ -59,7 +49,7 @@ def triton_step(tritondecode, model, max_cache_len: int):
 
 
 def test_triton_logits_match_a_full_forward_across_cache_splits_and_after_a_longer_reply(tritondecode):
-    model = tiny("mistral", sliding_window=None)
+    model = build_tiny_llama("mistral", sliding_window=None)
     torch.manual_seed(1)
     sequence = torch.randint(0, 211, (72,)).tolist()
     step = triton_step(tritondecode, model, max_cache_len=192)  # 3 attention splits of 64 positions
@@ -84,19 +74,15 @@ def test_triton_logits_match_a_full_forward_across_cache_splits_and_after_a_long
     ("llama", {"attention_bias": True, "mlp_bias": True}),  # biases on every product
 ])
 def test_triton_decoding_gives_the_models_own_greedy_tokens(tritondecode, model_type, extra):
-    model = tiny(model_type, **extra)
+    from talkalike.decode.stream import tokens
+
+    model = build_tiny_llama(model_type, **extra)
     prompt = [2, 5, 17, 33, 9, 41, 7]
     with torch.inference_mode():
         eager = model.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
                                pad_token_id=0)[0, len(prompt):].tolist()
-        step = triton_step(tritondecode, model, max_cache_len=64)
-        logits = step.prefill(prompt)
-        out = []
-        for _ in range(8):
-            token = logits.argmax(dim=-1)
-            out.append(int(token))
-            logits = step.step(token)
-    assert out == eager
+    step = triton_step(tritondecode, model, max_cache_len=64)
+    assert list(tokens(step, prompt, 8, lambda logits, seen: logits.argmax(dim=-1), set())) == eager
 
 
 def test_triton_bf16_step_rounds_where_the_models_own_bf16_step_does(tritondecode):
@@ -104,7 +90,7 @@ def test_triton_bf16_step_rounds_where_the_models_own_bf16_step_does(tritondecod
     fused step (torch ops in bf16) and pick the same tokens."""
     from talkalike.decode.engines.cuda_graph import FusedStep
 
-    model = tiny("mistral", dtype=torch.bfloat16, sliding_window=None)
+    model = build_tiny_llama("mistral", dtype=torch.bfloat16, sliding_window=None)
     sequence = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26]
     reference = FusedStep(model, 64)
     step = triton_step(tritondecode, model, max_cache_len=64)

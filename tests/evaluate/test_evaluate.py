@@ -6,8 +6,10 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import make_run
 
 from talkalike.evaluate import evaluate
+from talkalike.files import read_jsonl, write_jsonl
 from talkalike.template import join_bubbles, render_sample
 
 PERSONA_REPLIES = [["haha ok", "see u 😂"], ["חחח יאללה"], ["lol no way"], ["sure", "8?"], ["omg 🙈"], ["ok ok"]]
@@ -30,36 +32,19 @@ def _rows(n: int, offset: int = 0) -> list[dict]:
     return rows
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 @pytest.fixture
 def tiny_run(tmp_path, tiny_model_dir, tiny_tokenizer) -> Path:
     """A run folder as `talkalike train` writes it: run.json, tokenizer/, adapter/ (random LoRA), eval.jsonl."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     dataset = tmp_path / "ds"
     dataset.mkdir()
     train_rows = _rows(8)
     train_rows[2]["messages"][3]["content"] = "call me on +972 50-123-4567 ok"
-    _write_jsonl(dataset / "train.jsonl", train_rows)
-    _write_jsonl(dataset / "eval.jsonl", _rows(4, offset=1))
+    write_jsonl(dataset / "train.jsonl", train_rows)
     (dataset / "dataset.json").write_text(json.dumps({"persona": "Noa", "privacy": False}))
-    run = tmp_path / "runs" / "tiny"
-    run.mkdir(parents=True)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    # init_lora_weights=False: a random (non-zero) adapter, so tuned and base differ
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    peft_model.save_pretrained(run / "adapter")
-    tiny_tokenizer.save_pretrained(run / "tokenizer")
-    (run / "run.json").write_text(json.dumps({"base": {"id": str(tiny_model_dir)}, "layout": "chat",
-                                              "dataset": str(dataset)}))
-    (run / "eval.jsonl").write_text((dataset / "eval.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
-    _write_jsonl(run / "metrics.jsonl", [{"step": s, "loss": 3.0 - s * 0.1} for s in range(1, 11)]
+    run = make_run(tmp_path / "runs" / "tiny", tiny_model_dir, tiny_tokenizer, ["q_proj", "v_proj"],
+                   dataset=str(dataset))
+    write_jsonl(run / "eval.jsonl", _rows(4, offset=1))
+    write_jsonl(run / "metrics.jsonl", [{"step": s, "loss": 3.0 - s * 0.1} for s in range(1, 11)]
                  + [{"step": 10, "eval_loss": 2.5}])
     return run
 
@@ -93,7 +78,7 @@ def test_perplexity_counts_only_the_selected_persona_tokens_and_matches_full_log
     from talkalike.decode.twin import Twin
 
     twin = Twin.from_run(tiny_run, home)
-    rows = evaluate.read_jsonl(tiny_run / "eval.jsonl")
+    rows = read_jsonl(tiny_run / "eval.jsonl")
     turns = evaluate.held_out_turns(rows)
     result = evaluate.perplexity(twin, rows, turns, use_adapter=True)
     # the same number the slow way: full logits, every assistant token of every row
@@ -167,7 +152,7 @@ def test_eval_writes_every_figure_the_report_and_the_blind_test_pairs(tiny_run, 
     assert [len(r["replies"]) for r in result["facts"]["tuned"]["results"]] == [4, 4]
     assert result["facts"]["base"]["facts"] == 2 and 0 <= result["facts"]["tuned"]["recalled"] <= 1
     assert (tiny_run / "report.html").is_file()
-    pairs = [json.loads(line) for line in (tiny_run / "ab" / "pairs.jsonl").read_text().splitlines()]
+    pairs = read_jsonl(tiny_run / "ab" / "pairs.jsonl")
     assert pairs and all(p["context"][-1]["role"] == "user" and p["real"] and p["twin"] for p in pairs)
     assert isinstance(evaluate.mechanics_ok(result), list)
 

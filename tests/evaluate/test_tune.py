@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from talkalike.cli import main
+from talkalike.files import write_jsonl
 
 PERSONA = ["haha ok 😂", "yalla see u at 8", "lol no way\n<|msg|>\nseriously?? 🙈", "sure sure", "omg yes 🏃‍♀️",
            "nahh im tired", "hahaha pita again 😂", "ok ok coming"]
@@ -24,19 +25,10 @@ def rows(persona: list[str], others: list[str]) -> list[dict]:
 
 @pytest.fixture
 def run_dir(home: Path) -> Path:
-    dataset = home / "ds"
-    dataset.mkdir()
-    with open(dataset / "train.jsonl", "w", encoding="utf-8") as f:
-        for row in rows(PERSONA, OTHERS) * 3:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     run = home / "runs" / "dana"
     run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"base": {"id": "tiny"}, "layout": "chat",
-                                              "dataset": str(dataset)}))
-    # Held-out: the same persona answering the same kind of messages, reversed so pairs differ from training.
-    with open(run / "eval.jsonl", "w", encoding="utf-8") as f:
-        for row in rows(PERSONA[::-1], OTHERS):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (run / "run.json").write_text(json.dumps({"base": {"id": "tiny"}, "layout": "chat"}))
+    write_jsonl(run / "eval.jsonl", rows(PERSONA[::-1], OTHERS))  # held out: the persona answering such messages
     return run
 
 

@@ -10,27 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import make_run
 
 from talkalike.cli import main
 from talkalike.errors import TalkalikeError
-
-
-def make_run(folder: Path, base_dir: Path, tokenizer, seed: int = 0, **run_extra) -> Path:
-    """A run folder: run.json naming `base_dir`, a non-zero LoRA adapter on every linear layer, and the tokenizer."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
-    model = get_peft_model(base, lora)
-    folder.mkdir(parents=True)
-    model.save_pretrained(folder / "adapter")
-    tokenizer.save_pretrained(folder / "tokenizer")
-    info = {"base": {"id": str(base_dir), "revision": None, "source": "local"}, "layout": "chat", "quantized": False}
-    (folder / "run.json").write_text(json.dumps(info | run_extra))
-    return folder
 
 
 @pytest.fixture(scope="module")

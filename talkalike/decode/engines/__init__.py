@@ -66,9 +66,9 @@ def build(name: str, twin: "Twin", max_len: int, **options) -> Engine:
     return _module(name).build(twin, max_len, **options)
 
 
-def rotate_half(x):
-    """RoPE's rotate-half, as the Llama and Gemma families apply it."""
+def apply_rope(x, cos, sin):
+    """RoPE as the Llama and Gemma families apply it: x * cos + rotate_half(x) * sin."""
     import torch
 
     half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin

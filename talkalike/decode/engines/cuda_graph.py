@@ -14,7 +14,7 @@ adapters, 4-bit weights). benchmarks/gpu_decode.py measures them against plain `
 
 import copy
 
-from talkalike.decode.engines import rotate_half
+from talkalike.decode.engines import apply_rope
 
 FUSABLE = ("llama", "mistral", "qwen2")  # same layer maths: pre-norm, rotate-half RoPE, GQA, gated MLP
 
@@ -81,11 +81,6 @@ class GraphEngine:
         logits = self._step(token.view(1, 1), self.position).clone()
         self.position += 1
         return logits
-
-
-def _rotate(x, cos, sin):
-    """Rotate-half RoPE, as the Llama family applies it."""
-    return x * cos + rotate_half(x) * sin
 
 
 class FusedStep:
@@ -191,7 +186,7 @@ class FusedStep:
         x = self.model.model.embed_tokens(ids)
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(i, layer.input_layernorm(x))
-            q, k = _rotate(q, cos, sin).transpose(1, 2), _rotate(k, cos, sin).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2)
             v = v.transpose(1, 2)
             self.keys[i][:, :, :n] = k
             self.values[i][:, :, :n] = v
@@ -212,7 +207,7 @@ class FusedStep:
         x = self.model.model.embed_tokens(token)
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(i, layer.input_layernorm(x))
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             self.keys[i].index_copy_(2, position, k.transpose(1, 2))
             self.values[i].index_copy_(2, position, v.transpose(1, 2))
             # Each key/value head serves `group` query heads: laid out as `group` query rows of that head, one

@@ -13,18 +13,23 @@ import hashlib
 import json
 import mmap
 import os
+import shutil
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 
-from talkalike.decode.engines import rotate_half
+from talkalike.decode.engines import apply_rope
 from talkalike.errors import TalkalikeError
 from talkalike.run import Run
 
 CACHE_DIR = "merged-cpu"
 FORMAT = 1  # bump when the cached layout changes, so old caches are rebuilt rather than misread
 _DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+# A layer's RMS norms: this module's name -> the transformers module's
+NORMS = {"input_norm": "input_layernorm", "post_attn_norm": "post_attention_layernorm",
+         "pre_ff_norm": "pre_feedforward_layernorm", "post_ff_norm": "post_feedforward_layernorm",
+         "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}
 
 
 def supported(config: dict) -> bool:
@@ -130,11 +135,8 @@ class Gemma:
         self.norm = (1.0 + weights["norm"].float())
         self.layers = []
         for i, kind in enumerate(config["layer_types"]):
-            w = {name: weights[f"layers.{i}.{name}"] for name in
-                 ("qkv", "o", "gate_up", "down", "input_norm", "post_attn_norm", "pre_ff_norm", "post_ff_norm",
-                  "q_norm", "k_norm")}
-            for name in ("input_norm", "post_attn_norm", "pre_ff_norm", "post_ff_norm", "q_norm", "k_norm"):
-                w[name] = 1.0 + w[name].float()
+            w = {name: weights[f"layers.{i}.{name}"] for name in ("qkv", "o", "gate_up", "down")}
+            w |= {name: 1.0 + weights[f"layers.{i}.{name}"].float() for name in NORMS}
             w["sliding"] = kind == "sliding_attention"
             w["theta"] = config["rope_parameters"][kind]["rope_theta"]
             self.layers.append(w)
@@ -176,8 +178,7 @@ class Gemma:
                 [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
             q = self._rms(q.view(length, self.heads, self.head_dim).transpose(0, 1), w["q_norm"])
             k = self._rms(k.view(length, self.kv_heads, self.head_dim).transpose(0, 1), w["k_norm"])
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             k_cache[:, start:end] = k
             v_cache[:, start:end] = v.view(length, self.kv_heads, self.head_dim).transpose(0, 1)
             first = max(0, end - self.window) if (w["sliding"] and length == 1) else 0
@@ -215,24 +216,31 @@ def layer_tensors(state: dict, config: dict, prefix: str = "model.") -> dict:
         out[f"layers.{i}.o"] = state[p + "self_attn.o_proj.weight"]
         out[f"layers.{i}.gate_up"] = torch.cat([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]])
         out[f"layers.{i}.down"] = state[p + "mlp.down_proj.weight"]
-        for ours, theirs in (("input_norm", "input_layernorm"), ("post_attn_norm", "post_attention_layernorm"),
-                             ("pre_ff_norm", "pre_feedforward_layernorm"),
-                             ("post_ff_norm", "post_feedforward_layernorm"),
-                             ("q_norm", "self_attn.q_norm"), ("k_norm", "self_attn.k_norm")):
+        for ours, theirs in NORMS.items():
             out[f"layers.{i}.{ours}"] = state[p + theirs + ".weight"]
     return out
 
 
-def from_model(model, dtype=None) -> "Gemma":
-    """A Gemma over a loaded Gemma3ForCausalLM's weights (fused copies; for tests and benchmarks)."""
+def _tensors(model) -> tuple[dict, dict]:
+    """(config, this module's tensors) of a loaded Gemma3ForCausalLM: the fused layers, "embed", and "lm_head" when
+    the head is not the embedding (an adapter on the LM head, as the original preset trains, unties it)."""
+    import torch
+
     config = model.config.to_dict()
     if not supported(config):
         raise TalkalikeError(f"{config.get('model_type')} is not decoded by talkalike.decode.engines.gemma_cpu")
     state = {k: v.detach() for k, v in model.state_dict().items()}
     tensors = layer_tensors(state, config)
     tensors["embed"] = state["model.embed_tokens.weight"]
-    if "lm_head.weight" in state and state["lm_head.weight"].data_ptr() != tensors["embed"].data_ptr():
-        tensors["lm_head"] = state["lm_head.weight"]
+    head = state.get("lm_head.weight", tensors["embed"])
+    if not torch.equal(head, tensors["embed"]):
+        tensors["lm_head"] = head
+    return config, tensors
+
+
+def from_model(model, dtype=None) -> "Gemma":
+    """A Gemma over a loaded Gemma3ForCausalLM's weights (fused copies; for tests and benchmarks)."""
+    config, tensors = _tensors(model)
     dtype = dtype or tensors["embed"].dtype
     return Gemma(config, {name: t.to(dtype).contiguous() for name, t in tensors.items()})
 
@@ -271,41 +279,26 @@ def build_merged(run_dir: Path, home: Path, dtype_name: str = "float32") -> Path
           file=sys.stderr, flush=True)
     # Merge in fp32 onto the unquantized base (never into 4-bit weights), then cast once.
     model, _, run = load_run(run_dir, home, dtype=torch.float32, quantize=False)
-    model = model.merge_and_unload()
-    run_info = run.info
-    config = model.config.to_dict()
-    if not supported(config):
-        raise TalkalikeError(f"{config.get('model_type')} is not decoded by talkalike.decode.engines.gemma_cpu")
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    tensors = layer_tensors(state, config)
-    base_path = _base_file(home, run_info)
-    embed = state["model.embed_tokens.weight"]
-    embed_key = _shared_embedding(base_path, embed, dtype)
-    if embed_key is None:
-        tensors["embed"] = embed
-    head = state.get("lm_head.weight", embed)
-    if not torch.equal(head, embed):  # an adapter on the LM head (the original preset) unties it
-        tensors["lm_head"] = head
+    config, tensors = _tensors(model.merge_and_unload())
+    base_path = _base_file(home, run.info)
+    embed_key = _shared_embedding(base_path, tensors["embed"], dtype)
+    if embed_key is not None:
+        del tensors["embed"]  # mapped from the base's file at load
     tensors = {name: t.to(dtype).contiguous() for name, t in tensors.items()}
     folder = run_dir / CACHE_DIR
     work = Path(tempfile.mkdtemp(prefix=f".{CACHE_DIR}.tmp-", dir=run_dir))
+    stale = work.with_name(work.name.replace(".tmp-", ".old-"))
     try:
         save_file(tensors, str(work / "model.safetensors"))
-        meta = {"fingerprint": fingerprint(run_dir, run_info, dtype_name, base_path), "dtype": dtype_name,
+        meta = {"fingerprint": fingerprint(run_dir, run.info, dtype_name, base_path), "dtype": dtype_name,
                 "embedding_from_base": embed_key, "config": config}
         (work / "cache.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         if folder.exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".{CACHE_DIR}.old-", dir=run_dir))
-            os.rename(folder, stale / "old")
-            import shutil
-
-            shutil.rmtree(stale, ignore_errors=True)
+            os.rename(folder, stale)
         os.rename(work, folder)
-    except BaseException:
-        import shutil
-
+    finally:
         shutil.rmtree(work, ignore_errors=True)
-        raise
+        shutil.rmtree(stale, ignore_errors=True)
     return folder
 
 
@@ -339,7 +332,9 @@ def load_merged(run_dir: Path, home: Path, dtype_name: str = "float32") -> "Gemm
 
     meta = current()
     if meta is None:
-        if not _base_supported(home, run_info):
+        config_path = base_path.with_name("config.json")
+        # A hub id not cached as a folder, or a config from before transformers 5's rope_parameters: the general path.
+        if not config_path.is_file() or not supported(json.loads(config_path.read_text(encoding="utf-8"))):
             return None
         # One process merges; a second chat started meanwhile waits and then uses its result.
         with open(run_dir / f".{CACHE_DIR}.lock", "w") as lock:
@@ -358,7 +353,7 @@ def load_tokenizer(folder: Path):
     """A run's tokenizer, loaded the short way for Gemma's: transformers' GemmaTokenizer.from_pretrained parses the
     33 MB tokenizer.json in Python three times and rebuilds the BPE from it (about 2.7 s here); the tokenizers
     library reads the same file once in Rust (about 0.9 s). Same vocabulary, specials, template and padding side
-    (tests/decode/test_gemma_cpu.py compares them); other tokenizer classes load the usual way."""
+    (tests/decode/test_generate_cpudecode.py compares them); other tokenizer classes load the usual way."""
     folder = Path(folder)
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     if config.get("tokenizer_class") not in ("GemmaTokenizer", "GemmaTokenizerFast") or \
@@ -375,15 +370,3 @@ def load_tokenizer(folder: Path):
                                   chat_template=chat_template, **kwargs)
     tokenizer.padding_side = config.get("padding_side", "left")  # GemmaTokenizer's class default
     return tokenizer
-
-
-def _base_supported(home: Path, run_info: dict) -> bool:
-    from talkalike.model import resolve_base
-
-    target, _ = resolve_base(run_info["base"]["id"], home)
-    config_path = Path(target) / "config.json"
-    if not config_path.is_file():
-        return False  # a hub id not cached as a folder: the general path handles it
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    # transformers 5 writes rope_parameters; older configs carry rope_theta and are left to the general path
-    return supported(config)
