@@ -57,6 +57,7 @@ _MC = "\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff"  # MARKS as a regex class b
 _SAMPLE_CHARS = 150_000  # detection reads this much from the head (and a quarter of it from the tail): ~2000 lines
 ORDERS = {"dmy": "d/m/y", "mdy": "m/d/y", "ymd": "y/m/d"}
 _VISIBLE = re.compile(r"\S")
+_SENTENCE = re.compile(r"[?!,;:\n]")  # what a typed sentence has and a group notice does not
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -338,12 +339,27 @@ def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
         head_text = "\n" + text[start:first - 1] if first > start else ""
     else:
         messages, head_text = _split(text, start, end, header, clock, names, check_all, bad, bad_times)
+    if shape.bracket:
+        _attributed_notices(messages)
     unparsed = [Unparsed(no, line, "before the first message header")
                 for no, line in enumerate(head_text[1:].split("\n"), 1)] if head_text else []
     if bad or bad_times:
         unparsed += _bad_dates(text, start, end, header, bad, bad_times, order)
         unparsed.sort(key=lambda u: u.line_no)
     return messages, unparsed, clock
+
+
+def _attributed_notices(messages: list[Message]) -> None:
+    """iOS writes some group events under the actor's own name and without a mark (`Dana: Dana changed the subject
+    from "plans" to "Trip: Eilat"`): a text that starts with its sender's name and reads as a notice is one. People
+    rarely write their own name in the third person, so the name prefix keeps "Dana: I added Maya" a message; the
+    looser notices ("Dana added Maya", "Noa left") count only without the punctuation of a sentence."""
+    t = tables()
+    strong, weak = t.strong.fullmatch, t.weak.fullmatch
+    for i, m in enumerate(messages):
+        if m.kind == "text" and m.sender and m.text.startswith(m.sender + " ") and (
+                strong(m.text) or weak(m.text) and _SENTENCE.search(m.text) is None):
+            messages[i] = Message(m.time, None, m.text, "system", m.edited)
 
 
 def _split(text: str, start: int, end: int, header: re.Pattern, clock: "_Clock", names: _Memo, check_all: bool,
