@@ -284,6 +284,7 @@ def _parse(text: str, start: int, end: int, name: str, date_order: str | None) -
         sure, guess = _order_from(sample_dates)
         order, decided = sure or guess, sure is not None
     messages, unparsed, clock = _parse_with(text, start, end, shape, order, marked)
+    known = decided
     if not decided:
         # The sample could not decide: the whole file's distinct dates can.
         triples = [tuple(int(x) for x in re.findall(r"\d+", s)) for s in clock.days]
@@ -292,6 +293,7 @@ def _parse(text: str, start: int, end: int, name: str, date_order: str | None) -
         if best != order:
             order = best
             messages, unparsed, clock = _parse_with(text, start, end, shape, order, marked)
+        known = sure is not None
         if sure is None:
             other_order = "mdy" if order == "dmy" else "dmy"
             notes.append(f"Day and month order is ambiguous (no date has a day above 12): read as {ORDERS[order]}, "
@@ -300,7 +302,7 @@ def _parse(text: str, start: int, end: int, name: str, date_order: str | None) -
         notes.append(f"{other} sampled lines look like message headers of another shape than this file's "
                      f"({shape.describe(order)}); they were kept as message text.")
     return ParsedExport(name=name, source="whatsapp", format=shape.describe(order), messages=messages,
-                        unparsed=unparsed, notes=notes)
+                        unparsed=unparsed, notes=notes, date_order=order, order_known=known)
 
 
 _CHUNK = 1 << 20  # characters split at once: big enough to amortise, small enough to keep the peak memory flat
