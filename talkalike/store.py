@@ -10,7 +10,6 @@ import os
 import shlex
 import sqlite3
 import sys
-import time as clock
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -107,10 +106,16 @@ def _row(chat_id: int, message: Message, dups: dict, seqs: dict) -> tuple:
     return (chat_id, time, message.sender, message.text, message.kind, int(message.edited), seq, dup)
 
 
+class ReadOnlyStore(TalkalikeError):
+    """The store's file or folder cannot be written: read it with `Store(path, readonly=True)` instead."""
+
+
 class Store:
     """The SQLite corpus. One `import_exports` call is one transaction: it lands whole or not at all.
 
-    `readonly=True` opens it for reading only (listing, building a dataset), which also works in a read-only folder."""
+    `readonly=True` opens it for reading only, which also works in a read-only folder: the file is attached to an
+    in-memory database, so the tables other stages keep beside the corpus (the privacy map) are copied there, and what
+    they write stays in memory instead of failing."""
 
     def __init__(self, path: str | os.PathLike, readonly: bool = False):
         self.path = Path(path)
@@ -118,31 +123,44 @@ class Store:
         if self.path.is_dir():
             raise TalkalikeError(f"{self.path} is a folder, but the store must be a file there; move the folder aside "
                                  "(or choose another data folder with --home).")
+        self.connection = None
         try:
-            self.connection = self._connect(immutable=False)
             try:
+                self.connection = self._connect(immutable=False)
                 self._prepare()
             except sqlite3.OperationalError as error:
                 if not readonly or "unable to open" not in str(error):
                     raise
                 # A store in a read-only folder: SQLite cannot make its WAL index there, and nobody can write to it
                 # either, so reading it as an unchanging file is safe.
-                self.connection.close()
+                self.close()
                 self.connection = self._connect(immutable=True)
                 self._prepare()
         except sqlite3.DatabaseError as error:
-            self.connection.close()
+            self.close()
             raise self._problem(error) from None
         except BaseException:
-            self.connection.close()
+            self.close()
             raise
 
     def _connect(self, immutable: bool) -> sqlite3.Connection:
         # Autocommit mode: every write below opens and closes its own transaction explicitly.
         if not self.readonly:
-            return sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_POLL_S)
+            if self.path.exists() and not os.access(self.path, os.W_OK):
+                raise ReadOnlyStore(self._read_only_words("the file is read-only"))
+            return sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_WAIT_S)
+        connection = sqlite3.connect(":memory:", uri=True, isolation_level=None, timeout=BUSY_WAIT_S)
         uri = self.path.resolve().as_uri() + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
-        return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_POLL_S)
+        try:
+            connection.execute("ATTACH DATABASE ? AS stored", (uri,))
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _read_only_words(self, why: str) -> str:
+        return (f"cannot write to the store {self.path} ({why}). `talkalike chats`, `people` and `dataset` still read "
+                "it; to import, make the data folder writable or choose another with --home.")
 
     def _problem(self, error: sqlite3.DatabaseError) -> TalkalikeError:
         """The store-open failure in words: corrupt, busy, read-only or unopenable are different problems."""
@@ -151,9 +169,7 @@ class Store:
             return TalkalikeError(f"the store {self.path} is busy: another talkalike command is writing to it. Try "
                                   "again when it has finished.")
         if "readonly" in text or "read-only" in text or "unable to open" in text:
-            return TalkalikeError(f"cannot write to the store {self.path} ({text}): its folder or file is read-only. "
-                                  "`talkalike chats`, `people` and `dataset` still read it; to import, make the data "
-                                  "folder writable or choose another with --home.")
+            return ReadOnlyStore(self._read_only_words(f"{text}: its folder or file is read-only"))
         if "disk is full" in text or "disk I/O" in text:
             return TalkalikeError(f"cannot write to the store {self.path} ({text}); free some disk space and run it "
                                   "again.")
@@ -163,15 +179,22 @@ class Store:
     def _prepare(self) -> None:
         connection = self.connection
         connection.execute("PRAGMA foreign_keys = ON")  # makes ON DELETE CASCADE remove a chat's messages
-        version = connection.execute("PRAGMA user_version").fetchone()[0]  # also fails on a file that is not SQLite
+        schema = "stored" if self.readonly else "main"
+        # also the first read, which fails on a file that is not SQLite
+        version = connection.execute(f"PRAGMA {schema}.user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise TalkalikeError(f"{self.path} was written by a newer talkalike (schema {version}); upgrade talkalike.")
         if self.readonly:
+            side = connection.execute("SELECT name, sql FROM stored.sqlite_master WHERE type = 'table' AND name NOT IN "
+                                      "('chats', 'messages') AND name NOT LIKE 'sqlite_%'").fetchall()
+            for name, sql in side:
+                connection.execute(sql)  # unqualified: created in the in-memory main database
+                connection.execute(f'INSERT INTO main."{name}" SELECT * FROM stored."{name}"')
             return
         # A damaged store is found before anything is written to it, so a write cannot make it worse.
         problems = [row[0] for row in connection.execute("PRAGMA quick_check(3)")]
         if problems != ["ok"]:
-            raise sqlite3.DatabaseError("quick_check: " + "; ".join(problems))
+            raise sqlite3.DatabaseError("quick_check: " + "; ".join(" ".join(p.split()) for p in problems))
         # WAL + synchronous=NORMAL: a commit is still atomic and survives a crash of the program, and bulk imports
         # avoid an fsync per page; only a power cut can lose the very last commit.
         if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -200,22 +223,27 @@ class Store:
             raise
 
     def _wait(self, write):
-        """Run `write`; while another command holds the store's write lock, say so and keep trying for BUSY_WAIT_S."""
-        deadline = None
-        while True:
+        """Run `write`; when another command holds the store's write lock, say so and wait up to BUSY_WAIT_S for it."""
+        connection = self.connection
+        connection.execute(f"PRAGMA busy_timeout = {int(BUSY_POLL_S * 1000)}")
+        try:
             try:
                 return write()
             except sqlite3.OperationalError as error:
                 if "locked" not in str(error) and "busy" not in str(error):
                     raise
-                now = clock.monotonic()
-                if deadline is None:
-                    deadline = now + BUSY_WAIT_S
-                    say(f"the store is busy: another talkalike command is writing to it; waiting up to "
-                        f"{BUSY_WAIT_S:.0f} s for it to finish (Ctrl-C to stop)")
-                elif now >= deadline:
-                    raise TalkalikeError(f"the store {self.path} is still busy after {BUSY_WAIT_S:.0f} s: another "
-                                         "talkalike command is writing to it. Try again when it has finished.") from None
+            say(f"the store is busy: another talkalike command is writing to it; waiting up to {BUSY_WAIT_S:.0f} s "
+                "for it to finish (Ctrl-C to stop)")
+            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_WAIT_S * 1000)}")
+            try:
+                return write()
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) and "busy" not in str(error):
+                    raise
+                raise TalkalikeError(f"the store {self.path} is still busy after {BUSY_WAIT_S:.0f} s: another "
+                                     "talkalike command is writing to it. Try again when it has finished.") from None
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_WAIT_S * 1000)}")
 
     @classmethod
     def open(cls, home: Path, readonly: bool = False) -> "Store":
@@ -224,7 +252,8 @@ class Store:
 
     def close(self) -> None:
         """Close the database connection."""
-        self.connection.close()
+        if self.connection is not None:
+            self.connection.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -264,12 +293,12 @@ class Store:
                 counts.append(ImportCounts(name, added, len(parsed.messages) - added - updated, updated))
             connection.execute("COMMIT")
         except BaseException as error:
-            if connection.in_transaction:
+            committed = not connection.in_transaction  # SQLite also rolls back itself on some errors (a full disk)
+            if not committed:
                 connection.execute("ROLLBACK")
-                if isinstance(error, sqlite3.DatabaseError):
-                    raise self._problem(error) from None
-                raise
-            if isinstance(error, KeyboardInterrupt):
+            if isinstance(error, sqlite3.DatabaseError):
+                raise self._problem(error) from None
+            if committed and isinstance(error, KeyboardInterrupt):
                 # Ctrl-C just after COMMIT returned: the import is complete, and the user must hear that.
                 raise Interrupted("interrupted just after the import was stored; every file given is in the store "
                                   "(`talkalike chats` lists them).") from None

@@ -647,7 +647,7 @@ def cmd_dataset(args) -> int:
     """`talkalike dataset`: build the dataset and print its summary."""
     from talkalike.evaluate import facts
     from talkalike.home import resolve_home, store_path
-    from talkalike.store import Store
+    from talkalike.store import ReadOnlyStore, Store
 
     config = config_from_args(args)
     home = resolve_home(args.home)
@@ -657,7 +657,11 @@ def cmd_dataset(args) -> int:
     say("config: " + json.dumps(asdict(config), ensure_ascii=False))
     out = Path(args.out).expanduser()
     check_out(out)
-    store = Store.open(home, readonly=True)  # a dataset only reads the store, which may be read-only
+    try:
+        store = Store.open(home)
+    except ReadOnlyStore:  # a dataset can be built from a read-only store; only the privacy map is not saved
+        say("note: the store is read-only, so new pseudonyms are not remembered for later builds")
+        store = Store.open(home, readonly=True)
     stats = build_dataset(store, config, out, home=home, progress=True)
     print("\n".join(summary_lines(stats)))
     if known:
