@@ -643,6 +643,23 @@ def config_from_args(args) -> DatasetConfig:
     )
 
 
+def _pii_mark(connection) -> int | None:
+    """Where the privacy map (talkalike.prepare.privacy's `pii_map` table in the store) ends now; None: no map yet."""
+    if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'pii_map'").fetchone() is None:
+        return None
+    return connection.execute("SELECT ifnull(max(rowid), 0) FROM pii_map").fetchone()[0]
+
+
+def _pii_undo(connection, mark: int | None) -> None:
+    """Forget the pseudonyms a failed build added to the map since `mark`."""
+    if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'pii_map'").fetchone() is None:
+        return
+    if mark is None:
+        connection.execute("DROP TABLE pii_map")
+    else:
+        connection.execute("DELETE FROM pii_map WHERE rowid > ?", (mark,))
+
+
 def cmd_dataset(args) -> int:
     """`talkalike dataset`: build the dataset and print its summary."""
     from talkalike.evaluate import facts
@@ -662,7 +679,12 @@ def cmd_dataset(args) -> int:
     except ReadOnlyStore:  # a dataset can be built from a read-only store; only the privacy map is not saved
         say("note: the store is read-only, so new pseudonyms are not remembered for later builds")
         store = Store.open(home, readonly=True)
-    stats = build_dataset(store, config, out, home=home, progress=True)
+    mark = _pii_mark(store.connection)
+    try:
+        stats = build_dataset(store, config, out, home=home, progress=True)
+    except (TalkalikeError, KeyboardInterrupt):
+        _pii_undo(store.connection, mark)  # a build that fails leaves the store as it found it
+        raise
     print("\n".join(summary_lines(stats)))
     if known:
         facts.write_facts(out / facts.FACTS_FILE, known)
