@@ -33,11 +33,16 @@ DATE_ORDERS = ("dmy", "mdy", "ymd")
 PRESETS = ("default", "original")
 
 
-def _sub(subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:
+# Said under `parse` and `import`: the cap on one chat text (talkalike.sources.MAX_EXPORT_ENV).
+SIZE_NOTE = ("A chat text over 1024 MiB is refused as no real export; raise the limit with "
+             "TALKALIKE_MAX_EXPORT_MB=MIB.")
+
+
+def _sub(subparsers, name: str, help: str, example: str, note: str = "") -> argparse.ArgumentParser:
     return subparsers.add_parser(
         name,
         help=help,
-        description=help,
+        description=help + (f"\n\n{note}" if note else ""),
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -56,14 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = _sub(sub, "parse", "print each entry of an export as one JSON object per line; stores nothing",
-             "talkalike parse 'WhatsApp Chat with Maya.txt' | head")
+             "talkalike parse 'WhatsApp Chat with Maya.txt' | head", SIZE_NOTE)
     p.add_argument("file", help="a WhatsApp .txt/.zip export or a Telegram result.json")
     p.add_argument("--date-order", choices=DATE_ORDERS, help="override the day/month order inferred from the file")
 
     p = _sub(sub, "import", "import exports into the local store, with a report per file",
-             "talkalike import 'WhatsApp Chat with Maya.zip' --chat Maya")
+             "talkalike import 'WhatsApp Chat with Maya.zip' --chat Maya", SIZE_NOTE)
     p.add_argument("files", nargs="+", metavar="FILE", help="WhatsApp .txt/.zip exports or Telegram result.json")
-    p.add_argument("--chat", help="chat name (default: the export's own name)")
+    p.add_argument("--chat", action="append", metavar="NAME",
+                   help="chat name (default: the export's own name); or 'EXPORTED=NAME', repeatable, to store one chat "
+                        "of a Telegram account export under another name, e.g. --chat 'Maya=Maya (telegram)'")
     p.add_argument("--date-order", choices=DATE_ORDERS, help="override the day/month order inferred from the file")
 
     p = _sub(sub, "chats", "list imported chats with message counts and date ranges",

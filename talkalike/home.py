@@ -15,7 +15,13 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
         xdg = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
         home = Path(xdg) / "talkalike"
     path = Path(home).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise TalkalikeError(f"the data folder {path} is a file; choose a folder with --home or $TALKALIKE_HOME.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TalkalikeError(f"cannot create the data folder {path} ({error.strerror or error}); choose another with "
+                             "--home or $TALKALIKE_HOME.") from None
     return path
 
 

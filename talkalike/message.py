@@ -40,3 +40,5 @@ class ParsedExport:
     messages: list[Message] = field(default_factory=list)
     unparsed: list[Unparsed] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. which day/month order was chosen and why
+    date_order: str | None = None  # WhatsApp: the day/month order its dates were read in ("dmy", "mdy", "ymd")
+    order_known: bool = True  # False when no date decided the order and the chronology only suggested it

@@ -11,6 +11,7 @@ temporary name and renamed when complete, so a dataset is never half-written.
 """
 
 import json
+import math
 import os
 import re
 import shutil
@@ -314,8 +315,7 @@ def build_dataset(store, config: DatasetConfig, out_dir: Path, home: Path | None
 
     senders = _check_persona(store, config)
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "dataset.json").is_file():
-        raise TalkalikeError(f"{out_dir} exists and is not a dataset folder; choose another --out")
+    check_out(out_dir)
     count_tokens = _token_counter(config, home)
 
     counts = Counter()
@@ -458,9 +458,59 @@ def _stats(config, counts, dropped, conversations, train, evaluation, speakers, 
     }
 
 
+def check_out(out_dir: Path) -> None:
+    """Refuse an --out that cannot become a dataset folder, before the long build rather than after it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TalkalikeError(f"--out {out_dir} exists and is not a folder; choose a new folder name for the dataset.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "dataset.json").is_file():
+        raise TalkalikeError(f"{out_dir} exists and is not a dataset folder; choose another --out")
+    parent = out_dir.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TalkalikeError(f"--out {out_dir} lies under {parent}, which is a file; choose a folder path.")
+    # the dataset is written beside --out and renamed into place, so its parent must take new entries
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TalkalikeError(f"cannot write a dataset into {parent} (permission denied); choose another --out.")
+
+
+def _clean_stale(out_dir: Path) -> None:
+    """Remove `.NAME.tmp-PID` / `.NAME.old-PID` folders that an interrupted build of this dataset left behind, when
+    process PID is gone; a live PID may be another build writing right now."""
+    for kind in ("tmp", "old"):
+        for leftover in out_dir.parent.glob(f".{glob_escape(out_dir.name)}.{kind}-*"):
+            pid = leftover.name.rpartition("-")[2]
+            if leftover.is_dir() and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    """`name` with glob's special characters taken literally."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _write(out_dir: Path, config: DatasetConfig, train: list, evaluation: list, stats: dict) -> None:
     """Write everything under a temporary sibling name, then swap it in: readers never see a half-written dataset."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(out_dir)
+        _write_swap(out_dir, config, train, evaluation, stats)
+    except OSError as error:
+        raise TalkalikeError(f"cannot write the dataset to {out_dir} ({error.strerror or error}); nothing was "
+                             "changed there. Free some space or choose another --out.") from None
+
+
+def _write_swap(out_dir: Path, config: DatasetConfig, train: list, evaluation: list, stats: dict) -> None:
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -579,8 +629,8 @@ def config_from_args(args) -> DatasetConfig:
     """The DatasetConfig that `talkalike dataset` arguments describe."""
     if not 0 <= args.eval_share < 1:
         raise TalkalikeError("--eval-share must be at least 0 and below 1, e.g. 0.2")
-    if args.gap_minutes <= 0:
-        raise TalkalikeError("--gap-minutes must be positive, e.g. 60")
+    if not math.isfinite(args.gap_minutes) or args.gap_minutes <= 0 or args.gap_minutes > 10 ** 7:
+        raise TalkalikeError("--gap-minutes must be a positive number of minutes (at most 10,000,000), e.g. 60")
     if args.max_tokens < 16:
         raise TalkalikeError("--max-tokens must be at least 16, e.g. 1024")
     from talkalike.prepare.privacy import check_region
@@ -600,11 +650,28 @@ def config_from_args(args) -> DatasetConfig:
     )
 
 
+def _pii_mark(connection) -> int | None:
+    """Where the privacy map (talkalike.prepare.privacy's `pii_map` table in the store) ends now; None: no map yet."""
+    if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'pii_map'").fetchone() is None:
+        return None
+    return connection.execute("SELECT ifnull(max(rowid), 0) FROM pii_map").fetchone()[0]
+
+
+def _pii_undo(connection, mark: int | None) -> None:
+    """Forget the pseudonyms a failed build added to the map since `mark`."""
+    if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'pii_map'").fetchone() is None:
+        return
+    if mark is None:
+        connection.execute("DROP TABLE pii_map")
+    else:
+        connection.execute("DELETE FROM pii_map WHERE rowid > ?", (mark,))
+
+
 def cmd_dataset(args) -> int:
     """`talkalike dataset`: build the dataset and print its summary."""
     from talkalike.evaluate import facts
     from talkalike.home import resolve_home, store_path
-    from talkalike.store import Store
+    from talkalike.store import ReadOnlyStore, Store
 
     config = config_from_args(args)
     home = resolve_home(args.home)
@@ -612,9 +679,19 @@ def cmd_dataset(args) -> int:
         raise TalkalikeError("nothing imported yet: run `talkalike import 'WhatsApp Chat with NAME.txt'` first")
     known = facts.read_facts(args.facts) if args.facts else []  # a bad facts file stops before the long build
     say("config: " + json.dumps(asdict(config), ensure_ascii=False))
-    store = Store.open(home)
     out = Path(args.out).expanduser()
-    stats = build_dataset(store, config, out, home=home, progress=True)
+    check_out(out)
+    try:
+        store = Store.open(home)
+    except ReadOnlyStore:  # a dataset can be built from a read-only store; only the privacy map is not saved
+        say("note: the store is read-only, so new pseudonyms are not remembered for later builds")
+        store = Store.open(home, readonly=True)
+    mark = _pii_mark(store.connection)
+    try:
+        stats = build_dataset(store, config, out, home=home, progress=True)
+    except (TalkalikeError, KeyboardInterrupt):
+        _pii_undo(store.connection, mark)  # a build that fails leaves the store as it found it
+        raise
     print("\n".join(summary_lines(stats)))
     if known:
         facts.write_facts(out / facts.FACTS_FILE, known)

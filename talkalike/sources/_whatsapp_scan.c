@@ -332,20 +332,13 @@ static PyObject *new_message(Scan *sc, PyObject *when, PyObject *sender, PyObjec
     return obj;
 }
 
-/* day + timedelta(seconds=secs), as the Python code adds them. A new reference. */
+/* day at secs (0 <= secs < 86400: seconds_of refuses times that do not exist). A new reference. */
 static PyObject *when_of(Scan *sc, PyObject *day, long long secs)
 {
     if (day == sc->last_day && secs == sc->last_secs) { Py_INCREF(sc->last_dt); return sc->last_dt; }
-    PyObject *dt;
-    if (secs >= 0 && secs < 86400) {
-        dt = PyDateTime_FromDateAndTime(PyDateTime_GET_YEAR(day), PyDateTime_GET_MONTH(day), PyDateTime_GET_DAY(day),
-                                        (int)(secs / 3600), (int)(secs / 60 % 60), (int)(secs % 60), 0);
-    } else { /* "25:10" rolls over into the next day, as in Python */
-        PyObject *delta = PyDelta_FromDSU(0, (int)secs, 0);
-        if (!delta) return NULL;
-        dt = PyNumber_Add(day, delta);
-        Py_DECREF(delta);
-    }
+    PyObject *dt = PyDateTime_FromDateAndTime(PyDateTime_GET_YEAR(day), PyDateTime_GET_MONTH(day),
+                                              PyDateTime_GET_DAY(day), (int)(secs / 3600), (int)(secs / 60 % 60),
+                                              (int)(secs % 60), 0);
     if (!dt) return NULL;
     Py_XDECREF(sc->last_dt);
     Py_INCREF(dt);
@@ -366,7 +359,9 @@ static int append_steal(PyObject *list, PyObject *item)
 HOT long long digit_at(int kind, const void *data, Py_ssize_t p) { return Py_UNICODE_TODECIMAL(RD(p)); }
 
 /* The time of day in seconds, read as whatsapp._Clock.time reads the time string: h, mm, optional ss, and the 12h
-   mark's offset (the text before the hour or after the digits), which the marks memo gives once per spelling. */
+   mark's offset (the text before the hour or after the digits), which the marks memo gives once per spelling.
+   -1 on a Python error, NO_TIME for a time that does not exist (24:00, 23:61), which the caller reports. */
+#define NO_TIME (-2)
 HOT long long seconds_of(int kind, const void *data, Scan *sc, const Shape *sh, const Head *h)
 {
     Py_ssize_t p = h->clock_s;
@@ -384,6 +379,7 @@ HOT long long seconds_of(int kind, const void *data, Scan *sc, const Shape *sh, 
         if (hour == 12) hour = offset; /* 12 AM is midnight, 12 PM noon */
         else if (hour < 12) hour += offset;
     }
+    if (hour > 23 || minute > 59 || second > 59) return NO_TIME;
     return hour * 3600 + minute * 60 + second;
 }
 
@@ -397,7 +393,7 @@ HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *
         return -1;
     }
     long long secs = seconds_of(kind, data, sc, sh, h);
-    if (secs < 0) return -1;
+    if (secs == -1) return -1;
     PyObject *raw = Py_None, *sender = Py_None;
     if (h->author_s >= 0) {
         Slot *who = cache_get(&sc->people, sc->names, sc->text, kind, data, h->author_s, h->author_e);
@@ -406,8 +402,8 @@ HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *
         sender = who->val;
     }
     Py_ssize_t index = sc->count++;
-    PyObject *when = NULL, *body = NULL; /* when stays NULL for a date that does not exist */
-    if (date->val != Py_None && !(when = when_of(sc, date->val, secs))) return -1;
+    PyObject *when = NULL, *body = NULL; /* when stays NULL for a date or time that does not exist */
+    if (date->val != Py_None && secs != NO_TIME && !(when = when_of(sc, date->val, secs))) return -1;
     if (when && raw != Py_None && sender != sc->suspect) {
         Py_ssize_t s = h->first_s, e = body_e;
         while (s < e && is_mark(RD(s))) s++;
@@ -446,12 +442,23 @@ HOT int emit(int kind, const void *data, Scan *sc, const Shape *sh, const Head *
         }
         Py_CLEAR(body);
     }
-    /* the closer look, in Python: (index, when or None, date, raw author or None, sender, first line, the rest) */
+    /* the closer look, in Python: (index, when or None, date, raw author or None, sender, first line, the rest); for
+       a time that does not exist, `date` is (time string,) instead */
     if (PyList_Append(sc->messages, Py_None) < 0) goto error;
+    PyObject *what = date->key;
+    if (date->val != Py_None && secs == NO_TIME) {
+        PyObject *clock = PyUnicode_Substring(sc->text, h->time_s, h->time_e);
+        what = clock ? PyTuple_Pack(1, clock) : NULL;
+        Py_XDECREF(clock);
+        if (!what) goto error;
+    } else {
+        Py_INCREF(what);
+    }
     PyObject *first = PyUnicode_Substring(sc->text, h->first_s, h->eol);
     PyObject *rest = first ? PyUnicode_Substring(sc->text, h->eol, body_e) : NULL;
     PyObject *at = rest ? PyLong_FromSsize_t(index) : NULL;
-    PyObject *entry = at ? PyTuple_Pack(7, at, when ? when : Py_None, date->key, raw, sender, first, rest) : NULL;
+    PyObject *entry = at ? PyTuple_Pack(7, at, when ? when : Py_None, what, raw, sender, first, rest) : NULL;
+    Py_DECREF(what);
     Py_XDECREF(first);
     Py_XDECREF(rest);
     Py_XDECREF(at);

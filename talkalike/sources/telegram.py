@@ -41,13 +41,41 @@ ACTIONS = {
 }
 
 
+class _Malformed(Exception):
+    """A field of the wrong type: the caller names the message it is in."""
+
+
+def _field(entry: dict, key: str, types: type | tuple, default=None):
+    """entry[key] when it has one of `types` (or is missing or null: `default`); a wrong type is _Malformed."""
+    value = entry.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, types) or isinstance(value, bool):  # no field read here is a boolean
+        raise _Malformed(f"its `{key}` is {_kind(value)}")
+    return value
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true or false"}.get(type(value), "a number")
+
+
 def plain_text(text: str | list | None) -> str:
     """Telegram's `text` as plain text: a string, or a list of strings and entities ({"type", "text"}) joined."""
     if text is None:
         return ""
     if isinstance(text, str):
         return text
-    return "".join(part if isinstance(part, str) else str(part.get("text", "")) for part in text)
+    if not isinstance(text, list):
+        raise _Malformed(f"its `text` is {_kind(text)}, not a string or a list")
+    parts = []
+    for part in text:
+        if isinstance(part, str):
+            parts.append(part)
+        elif isinstance(part, dict) and isinstance(part.get("text", ""), str):
+            parts.append(part.get("text", ""))
+        else:
+            raise _Malformed(f"its `text` list holds {'null' if part is None else _kind(part)}, not text")
+    return "".join(parts)
 
 
 def _media_text(entry: dict, caption: str) -> str:
@@ -55,38 +83,44 @@ def _media_text(entry: dict, caption: str) -> str:
     if "photo" in entry:
         what = "photo"
     elif entry.get("media_type"):
-        what = str(entry["media_type"])
+        what = _field(entry, "media_type", str)
     elif "poll" in entry:
-        what = "poll: " + str(entry["poll"].get("question", "")) if isinstance(entry["poll"], dict) else "poll"
+        poll = entry["poll"]
+        what = "poll: " + str(poll.get("question", "")) if isinstance(poll, dict) else "poll"
     elif "location_information" in entry or "place_name" in entry:
         what = "location"
     elif "contact_information" in entry:
         what = "contact"
     else:
         what = "file"
-    if entry.get("sticker_emoji"):
-        what += " " + entry["sticker_emoji"]
+    emoji = _field(entry, "sticker_emoji", str)
+    if emoji:
+        what += " " + emoji
     placeholder = f"<{what} omitted>"
     return f"{placeholder}\n{caption}" if caption else placeholder
 
 
 def _service_text(entry: dict) -> str:
     """A service event in words: "Dana added Maya, Noa"."""
-    actor = entry.get("actor") or entry.get("from") or ""
-    action = str(entry.get("action", "service"))
+    actor = _field(entry, "actor", str) or _field(entry, "from", str) or ""
+    action = _field(entry, "action", str, "service")
     words = ACTIONS.get(action, action.replace("_", " "))
     details = []
     if action == "phone_call" and entry.get("discard_reason") == "missed":
         words = "called (missed)"
-    if entry.get("title"):
-        details.append(f"«{entry['title']}»")
-    if action == "remove_members" and entry.get("members") == [actor]:
+    title = _field(entry, "title", str)
+    if title:
+        details.append(f"«{title}»")
+    members = _field(entry, "members", list, [])
+    if any(m is not None and not isinstance(m, str) for m in members):
+        raise _Malformed("its `members` list holds something other than names")
+    if action == "remove_members" and members == [actor]:
         return f"{actor} left the group"  # Telegram writes leaving as removing oneself
-    if entry.get("members"):
-        members = ", ".join(str(m) for m in entry["members"] if m)
-        details.append(f"with {members}" if action == "create_group" else members)
+    if members:
+        listed = ", ".join(m for m in members if m)
+        details.append(f"with {listed}" if action == "create_group" else listed)
     if "duration_seconds" in entry:
-        details.append(f"({entry['duration_seconds']} s)")
+        details.append(f"({_field(entry, 'duration_seconds', (int, float))} s)")
     caption = plain_text(entry.get("text"))
     return " ".join(part for part in (actor, words, *details, caption) if part)
 
@@ -94,21 +128,30 @@ def _service_text(entry: dict) -> str:
 def _message(entry: dict, where: str) -> Message:
     """One entry of `messages` as a Message; a malformed entry is a clear error naming its place."""
     try:
-        time = datetime.fromisoformat(entry["date"]).replace(tzinfo=None)
-    except (KeyError, TypeError, ValueError) as error:
+        return _read_message(entry)
+    except _Malformed as error:
+        raise TalkalikeError(f"{where} is malformed: {error}; is this an unmodified Telegram export?") from None
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
         raise TalkalikeError(f"{where} has no readable date ({error}); is this an unmodified Telegram export?") from None
+
+
+def _read_message(entry: dict) -> Message:
+    date = entry["date"]
+    if not isinstance(date, str):
+        raise _Malformed(f"its `date` is {_kind(date)}, not a date string")
+    time = datetime.fromisoformat(date).replace(tzinfo=None)
     edited = bool(entry.get("edited"))
     if entry.get("type") == "service":
         return Message(time, None, _service_text(entry), "system", edited)
     text = plain_text(entry.get("text"))
-    sender = entry.get("from")
+    sender = _field(entry, "from", str)
     if sender is None:
         sender = DELETED_ACCOUNT if entry.get("from_id") else None
     if sender is None:
         return Message(time, None, text, "system", edited)
     if any(key in entry for key in MEDIA_KEYS):
-        return Message(time, str(sender), _media_text(entry, text), "media", edited)
-    return Message(time, str(sender), text, "text", edited)
+        return Message(time, sender, _media_text(entry, text), "media", edited)
+    return Message(time, sender, text, "text", edited)
 
 
 def _chat(chat: dict, name: str, where: str) -> ParsedExport:
@@ -118,7 +161,9 @@ def _chat(chat: dict, name: str, where: str) -> ParsedExport:
         raise TalkalikeError(f"{where} has no message list; export the chat from Telegram Desktop as JSON.")
     chat_type = str(chat.get("type", "chat"))
     chat_name = chat.get("name") or ("Saved Messages" if chat_type == "saved_messages" else name)
-    messages = [_message(entry, f"{where}, message {entry.get('id', i + 1)}") for i, entry in enumerate(entries)
+    if not isinstance(chat_name, str):
+        raise TalkalikeError(f"{where}'s `name` is {_kind(chat_name)}, not a name; is this an unmodified Telegram export?")
+    messages = [_message(entry, f"{where}, message {_id(entry, i)}") for i, entry in enumerate(entries)
                 if isinstance(entry, dict)]
     notes = []
     skipped = len(entries) - len(messages)
@@ -128,6 +173,12 @@ def _chat(chat: dict, name: str, where: str) -> ParsedExport:
                         messages=messages, unparsed=[], notes=notes)
 
 
+def _id(entry: dict, i: int) -> str:
+    """A message's id for an error, short even when a hostile file makes it huge."""
+    value = entry.get("id", i + 1)
+    return str(value)[:20] if isinstance(value, (int, str)) else str(i + 1)
+
+
 def _load(text: str) -> dict:
     """The export's JSON object, or a clear error saying why it is not one."""
     try:
@@ -135,6 +186,10 @@ def _load(text: str) -> dict:
     except json.JSONDecodeError as error:
         raise TalkalikeError(f"this is not valid JSON (line {error.lineno}: {error.msg}); "
                              "expected a Telegram Desktop `result.json`.") from None
+    except RecursionError:
+        raise TalkalikeError("this JSON is nested too deeply to be a Telegram Desktop export.") from None
+    except ValueError as error:  # an integer of more digits than Python converts (over 4,300)
+        raise TalkalikeError(f"this JSON cannot be read ({error}); expected a Telegram Desktop `result.json`.") from None
     if not isinstance(data, dict) or not ("messages" in data or "chats" in data):
         raise TalkalikeError("this JSON is not a Telegram Desktop export (no `messages` or `chats`); "
                              "export it from Telegram Desktop with Format: Machine-readable JSON.")
@@ -162,7 +217,7 @@ def parse_all(text: str, name: str, date_order: str | None = None) -> list[Parse
     for chat, p in zip(chats, parsed, strict=True):
         if seen[p.name] > 1:
             p.notes.append(f"another chat in this export is also called {p.name!r}; this one is stored by its id")
-            p.name = f"{p.name} #{chat.get('id', '?')}"
+            p.name = f"{p.name} #{_id(chat, -1) if 'id' in chat else '?'}"
     return parsed
 
 

@@ -57,6 +57,7 @@ _MC = "\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff"  # MARKS as a regex class b
 _SAMPLE_CHARS = 150_000  # detection reads this much from the head (and a quarter of it from the tail): ~2000 lines
 ORDERS = {"dmy": "d/m/y", "mdy": "m/d/y", "ymd": "y/m/d"}
 _VISIBLE = re.compile(r"\S")
+_SENTENCE = re.compile(r"[?!,;:\n]")  # what a typed sentence has and a group notice does not
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ class _Clock:
         self.order = order
         self.ampm = dict(ampm)  # also remembers each raw spelling met
         self.days: dict[str, datetime | None] = _Memo(self.day)
-        self.times: dict[str, timedelta] = _Memo(self.time)
+        self.times: dict[str, timedelta | None] = _Memo(self.time)
 
     def day(self, s: str) -> datetime | None:
         a, b, c = map(int, _NUMBER.findall(s))  # \d also reads Arabic-Indic digits
@@ -191,7 +192,9 @@ class _Clock:
         except ValueError:
             return None
 
-    def time(self, s: str) -> timedelta:
+    def time(self, s: str) -> timedelta | None:
+        """The time of day, or None for one that does not exist (24:00, 23:61): its lines are reported as unparsed
+        rather than rolled over into the next day."""
         prefix, hh, mm, ss, suffix = _TIME.match(s).groups()
         h, mi, sec = int(hh), int(mm), int(ss or 0)
         suffix = suffix or prefix
@@ -201,6 +204,8 @@ class _Clock:
                 h = offset  # 12 AM is midnight, 12 PM noon
             elif h < 12:
                 h += offset  # an impossible "13:37 p.m." keeps its 13
+        if h > 23 or mi > 59 or sec > 59:
+            return None
         return timedelta(0, h * 3600 + mi * 60 + sec)
 
     def offset(self, mark: str) -> int:
@@ -239,6 +244,8 @@ def parse(text: str, name: str, date_order: str | None = None) -> ParsedExport:
         raise TalkalikeError(f"{name} holds binary data, not a WhatsApp chat export; give the .txt or .zip from 'Export chat'.")
     if "\r" in text:
         text = text.replace("\r\n", "\n")
+        if text.count("\r") > text.count("\n"):  # old Mac line ends (CR alone): a lone CR in a body stays as it is
+            text = text.replace("\r", "\n")
     # Offsets instead of slices: a copy of a large export would double the peak memory.
     start = 1 if text.startswith("\ufeff") else 0
     end = len(text) - 1 if text.endswith("\n") else len(text)  # the final newline ends the last line
@@ -277,6 +284,7 @@ def _parse(text: str, start: int, end: int, name: str, date_order: str | None) -
         sure, guess = _order_from(sample_dates)
         order, decided = sure or guess, sure is not None
     messages, unparsed, clock = _parse_with(text, start, end, shape, order, marked)
+    known = decided
     if not decided:
         # The sample could not decide: the whole file's distinct dates can.
         triples = [tuple(int(x) for x in re.findall(r"\d+", s)) for s in clock.days]
@@ -285,6 +293,7 @@ def _parse(text: str, start: int, end: int, name: str, date_order: str | None) -
         if best != order:
             order = best
             messages, unparsed, clock = _parse_with(text, start, end, shape, order, marked)
+        known = sure is not None
         if sure is None:
             other_order = "mdy" if order == "dmy" else "dmy"
             notes.append(f"Day and month order is ambiguous (no date has a day above 12): read as {ORDERS[order]}, "
@@ -293,7 +302,7 @@ def _parse(text: str, start: int, end: int, name: str, date_order: str | None) -
         notes.append(f"{other} sampled lines look like message headers of another shape than this file's "
                      f"({shape.describe(order)}); they were kept as message text.")
     return ParsedExport(name=name, source="whatsapp", format=shape.describe(order), messages=messages,
-                        unparsed=unparsed, notes=notes)
+                        unparsed=unparsed, notes=notes, date_order=order, order_known=known)
 
 
 _CHUNK = 1 << 20  # characters split at once: big enough to amortise, small enough to keep the peak memory flat
@@ -325,22 +334,38 @@ def _parse_with(text: str, start: int, end: int, shape: Shape, order: str,
     names = _Memo(_name)
     check_all = shape.close == "]" and not marked  # an old iOS export: any authored body may be a system line
     bad: set[str] = set()  # date strings that do not exist under `order`
+    bad_times: set[str] = set()  # time strings that do not exist (24:00, 23:61)
     header = _header_regex(shape, leading_newline=True)
     if _whatsapp_scan is not None and not check_all:
-        first, messages = _scan_fast(text, start, end, shape, clock, names, bad)
+        first, messages = _scan_fast(text, start, end, shape, clock, names, bad, bad_times)
         head_text = "\n" + text[start:first - 1] if first > start else ""
     else:
-        messages, head_text = _split(text, start, end, header, clock, names, check_all, bad)
+        messages, head_text = _split(text, start, end, header, clock, names, check_all, bad, bad_times)
+    if shape.bracket:
+        _attributed_notices(messages)
     unparsed = [Unparsed(no, line, "before the first message header")
                 for no, line in enumerate(head_text[1:].split("\n"), 1)] if head_text else []
-    if bad:
-        unparsed += _bad_dates(text, start, end, header, bad, f"does not exist read as {ORDERS[order]}")
+    if bad or bad_times:
+        unparsed += _bad_dates(text, start, end, header, bad, bad_times, order)
         unparsed.sort(key=lambda u: u.line_no)
     return messages, unparsed, clock
 
 
+def _attributed_notices(messages: list[Message]) -> None:
+    """iOS writes some group events under the actor's own name and without a mark (`Dana: Dana changed the subject
+    from "plans" to "Trip: Eilat"`): a text that starts with its sender's name and reads as a notice is one. People
+    rarely write their own name in the third person, so the name prefix keeps "Dana: I added Maya" a message; the
+    looser notices ("Dana added Maya", "Noa left") count only without the punctuation of a sentence."""
+    t = tables()
+    strong, weak = t.strong.fullmatch, t.weak.fullmatch
+    for i, m in enumerate(messages):
+        if m.kind == "text" and m.sender and m.text.startswith(m.sender + " ") and (
+                strong(m.text) or weak(m.text) and _SENTENCE.search(m.text) is None):
+            messages[i] = Message(m.time, None, m.text, "system", m.edited)
+
+
 def _split(text: str, start: int, end: int, header: re.Pattern, clock: "_Clock", names: _Memo, check_all: bool,
-           bad: set) -> tuple[list[Message], str]:
+           bad: set, bad_times: set) -> tuple[list[Message], str]:
     """The pure-Python pass: the messages, and the text before the first header ("\n" + it, or "" when none)."""
     split, search = header.split, header.search
     messages: list[Message] = []
@@ -360,7 +385,7 @@ def _split(text: str, start: int, end: int, header: re.Pattern, clock: "_Clock",
             head.append(parts[0])
             seen = len(parts) > 1
         if len(parts) > 1:
-            messages += _entries(parts, clock, names, check_all, bad)
+            messages += _entries(parts, clock, names, check_all, bad, bad_times)
         pos = stop
     if not seen:
         raise _NoHeader
@@ -368,7 +393,7 @@ def _split(text: str, start: int, end: int, header: re.Pattern, clock: "_Clock",
 
 
 def _scan_fast(text: str, start: int, end: int, shape: Shape, clock: "_Clock", names: _Memo,
-               bad: set) -> tuple[int, list[Message]]:
+               bad: set, bad_times: set) -> tuple[int, list[Message]]:
     """The same pass through the C scanner: the offset of the first header line, and the messages. The scanner builds
     the plain entries; the rest come back with their parts and get `_finish`, the closer look `_entries` gives them."""
     t = tables()
@@ -380,17 +405,20 @@ def _scan_fast(text: str, start: int, end: int, shape: Shape, clock: "_Clock", n
         raise _NoHeader
     exact_get = t.exact.get
     for i, when, date, raw, sender, line, rest in closer:
-        if when is None:  # a date that does not exist under the chosen order: reported as unparsed lines
-            bad.add(date)
+        if when is None:  # a date or time that does not exist: reported as unparsed lines
+            if isinstance(date, tuple):  # the scanner passes a bad time as (time string,)
+                bad_times.add(date[0])
+            else:
+                bad.add(date)
             continue
         body = (line + rest).strip(MARKS)
         messages[i] = Message(when, *_finish(sender, raw, line, rest, body, exact_get(body), False))
-    if bad:
+    if bad or bad_times:
         messages = [m for m in messages if m is not None]
     return first, messages
 
 
-def _entries(parts: list, clock: "_Clock", names: _Memo, check_all: bool, bad: set) -> list[Message]:
+def _entries(parts: list, clock: "_Clock", names: _Memo, check_all: bool, bad: set, bad_times: set) -> list[Message]:
     """The messages of one split chunk, column by column: most steps are map() calls that run in C."""
     # split yields, per header: date, time, author (None without one), a flag on how the first line starts, the first
     # line, a flag on how it ends (a flag is None when the line is plain), and the continuation lines
@@ -413,9 +441,10 @@ def _entries(parts: list, clock: "_Clock", names: _Memo, check_all: bool, bad: s
     for i in closer:
         senders[i], texts[i], kinds[i], edited[i] = _finish(senders[i], raws[i], firsts[i], conts[i], texts[i], exact[i],
                                                             check_all)
-    if None in days:  # dates that do not exist under the chosen order: reported as unparsed lines
-        keep = [i for i, day in enumerate(days) if day is not None]
+    if None in days or None in deltas:  # dates or times that do not exist: reported as unparsed lines
+        keep = [i for i, (day, delta) in enumerate(zip(days, deltas, strict=True)) if day is not None and delta is not None]
         bad.update(dates[i] for i, day in enumerate(days) if day is None)
+        bad_times.update(clocks[i] for i, delta in enumerate(deltas) if delta is None)
         days, deltas, senders, texts, kinds, edited = ([col[i] for i in keep]
                                                        for col in (days, deltas, senders, texts, kinds, edited))
     return _messages(list(map(add, days, deltas)), senders, texts, kinds, edited)
@@ -473,20 +502,26 @@ def _no_author(b: str) -> tuple[str | None, str]:
     return None, b
 
 
-def _bad_dates(text: str, start: int, end: int, header: re.Pattern, bad: set, why: str) -> list[Unparsed]:
-    """Unparsed entries for the lines of every message whose date does not exist (rare: a second pass is fine)."""
+def _bad_dates(text: str, start: int, end: int, header: re.Pattern, bad: set, bad_times: set,
+               order: str) -> list[Unparsed]:
+    """Unparsed entries for the lines of every message whose date or time does not exist (rare: a second pass is
+    fine)."""
     view = "\n" + text[start:end]  # the main pass's view of the text: line k starts after the k-th newline
     matches = list(header.finditer(view))
     out = []
     line_no, pos = 0, 0
     for i, m in enumerate(matches):
-        if m.group(1) not in bad:
+        if m.group(1) in bad:
+            why = f"the date {m.group(1)!r} does not exist read as {ORDERS[order]}"
+        elif m.group(2) in bad_times:
+            why = f"the time {m.group(2)!r} does not exist"
+        else:
             continue
         line_no += view.count("\n", pos, m.start() + 1)
         pos = m.start() + 1
         stop = matches[i + 1].start() if i + 1 < len(matches) else len(view)
         for k, line in enumerate(view[m.start() + 1:stop].split("\n")):
-            reason = f"the date {m.group(1)!r} {why}" if k == 0 else "continues an unparsed line"
+            reason = why if k == 0 else "continues an unparsed line"
             out.append(Unparsed(line_no + k, line, reason))
     return out
 

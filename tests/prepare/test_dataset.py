@@ -242,7 +242,7 @@ def test_a_failed_write_leaves_no_half_written_dataset_and_keeps_the_old_one(tmp
         return real_dumps(*args, **kwargs)
 
     monkeypatch.setattr(dataset.json, "dumps", failing_dumps)
-    with pytest.raises(OSError):
+    with pytest.raises(TalkalikeError, match="cannot write the dataset"):
         build_dataset(store, DatasetConfig(persona="Noa", gap_minutes=30), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["ds"]  # no temporary folder left behind
