@@ -82,15 +82,16 @@ def check_settings(settings: ServeSettings) -> None:
 def api_key(args) -> str | None:
     """The API key from --api-key-file, --api-key or $TALKALIKE_API_KEY (a file or the environment keep it out of
     `ps`)."""
-    if getattr(args, "api_key_file", None):
+    if args.api_key_file:
         path = Path(args.api_key_file).expanduser()
         try:
-            key = path.read_text(encoding="utf-8").strip()
+            with open(path, encoding="utf-8") as f:
+                key = f.readline(4096).strip()  # a key is one short line; never read a whole device or large file
         except (OSError, UnicodeDecodeError) as error:
             raise TalkalikeError(f"cannot read the API key from {path}: {getattr(error, 'strerror', None) or error}"
                                  ) from None
         if not key:
-            raise TalkalikeError(f"{path} is empty; put the API key in it (one line)")
+            raise TalkalikeError(f"{path} has no API key on its first line")
         return key
     return args.api_key or os.environ.get(KEY_ENV) or None
 
@@ -410,10 +411,12 @@ def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callab
         body = parse_request(await request.body())
         use_adapter = pick_model(body.model)
         history = parse_history(body.messages, settings)
-        events = await unless_gone(request, _events(stream, twin, history, twin.defaults, use_adapter, queue))
+        config = request_config(body, twin.defaults, settings)  # the page sends none; the same rules if it did
+        stops = stop_strings(body.stop)
+        events = await unless_gone(request, _events(stream, twin, history, config, use_adapter, queue))
         if events is None:
             return Response(status_code=499)
-        return _stream(_page_events(events))
+        return _stream(_page_events(_stopping_at(events, stops) if stops else events))
 
     @app.get("/")
     async def page():
