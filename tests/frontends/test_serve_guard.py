@@ -339,3 +339,14 @@ def test_the_documented_largest_max_tokens_of_1024_gets_a_reply(tiny_tokenizer, 
             assert response.status_code == 200, response.text
             assert not {" ", "a", "e", "o"} & set(response.json()["choices"][0]["message"]["content"])
         assert httpx.post(f"{url}/v1/chat/completions", json=CHAT | {"max_tokens": 1025}).status_code == 400
+
+
+def test_json_depth_skips_brackets_inside_strings_and_stays_linear_on_unterminated_ones():
+    from talkalike.frontends.guard import json_depth
+
+    assert json_depth(b'{"a": "[[[[", "b": [[1]], "c": "\\"[{"}') == 3
+    assert json_depth(b'{"a": "x\\\\", "b": [[1]]}') == 3  # an escaped backslash ends the string
+    assert json_depth(b"[]" * 1000) == 1 and json_depth(b"") == 0
+    started = time.monotonic()
+    assert json_depth(b'"' + b'[\\"' * 80_000) == 0  # once took minutes: every quote restarted the string match
+    assert time.monotonic() - started < 2
