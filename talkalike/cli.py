@@ -158,9 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
              "talkalike serve dana --port 8000")
     p.add_argument("run", nargs="?", help="run name or folder")
     p.add_argument("--base", help="serve a base model alone (no adapter)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs --api-key")
+    p.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs an API key")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="bearer key required by the API (default: $TALKALIKE_API_KEY)")
+    p.add_argument("--api-key-file", metavar="FILE",
+                   help="read the bearer key that every chat route requires from FILE (first line)")
+    p.add_argument("--api-key", help="the bearer key itself; other users can see it in `ps`, so prefer "
+                                     "--api-key-file or $TALKALIKE_API_KEY (the default when neither flag is given)")
     _twin_options(p)
 
     p = _sub(sub, "export", "export the twin for local runners", "talkalike export dana --format ollama")

@@ -2,9 +2,13 @@
 picks the real one. Served by `talkalike serve RUN` at /ab; needs no model.
 
 `talkalike eval RUN` pre-generates the pairs into RUN/ab/pairs.jsonl (one JSON object per line:
-{"id", "context": [{"role", "content"}], "real": [messages], "twin": [messages]}). Each answer is appended to
+{"id", "context": [{"role", "content"}], "real": [messages], "twin": [messages]}). Each answer is added to
 RUN/ab/answers.jsonl, and `results(run_dir)` gives the "fooled" rate (the friend picked the twin as the real one)
 with a Wilson 95 % interval, which the report shows.
+
+The pairs are real held-out conversations, so the folder and its files are the owner's alone (0700/0600). A server
+with an API key lets raters in with a share token instead (RUN/ab/share-token; the link is /ab?t=TOKEN), and a
+rater sees only the question and, once answered, which reply was real: never the tally or how many pairs there are.
 
     app.include_router(talkalike.evaluate.abtest.make_router(run_dir))
 """
@@ -17,10 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from talkalike.evaluate.metrics import wilson_interval
-from talkalike.files import read_jsonl, write_jsonl
+from talkalike.files import private_folder, read_jsonl, say, write_atomic, write_jsonl
 
 PAIRS = "pairs.jsonl"
 ANSWERS = "answers.jsonl"
+SHARE_TOKEN = "share-token"
 PAGE = Path(__file__).resolve().parents[1] / "frontends" / "static" / "ab.html"
 MAX_OPEN_QUESTIONS = 10_000  # questions shown but not answered yet; the oldest are forgotten beyond this
 
@@ -32,8 +37,7 @@ def ab_dir(run_dir: Path) -> Path:
 
 def write_pairs(run_dir: Path, pairs: list[dict]) -> Path:
     """Write the blind-test pairs atomically (temp file, then rename), replacing earlier ones."""
-    ab_dir(run_dir).mkdir(parents=True, exist_ok=True)
-    return write_jsonl(ab_dir(run_dir) / PAIRS, pairs)
+    return write_jsonl(private_folder(ab_dir(run_dir)) / PAIRS, pairs, private=True)
 
 
 def read_pairs(run_dir: Path) -> list[dict]:
@@ -43,9 +47,36 @@ def read_pairs(run_dir: Path) -> list[dict]:
 
 
 def read_answers(run_dir: Path) -> list[dict]:
-    """Every answer recorded so far."""
+    """Every answer recorded so far. A line that is not a whole answer (power loss can tear the last one) is
+    skipped with a note, so one bad line never stops the test; the next answer rewrites the file without it."""
     path = ab_dir(run_dir) / ANSWERS
-    return read_jsonl(path) if path.is_file() else []
+    if not path.is_file():
+        return []
+    answers, torn = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            answer = json.loads(line) if line.strip() else None
+        except ValueError:
+            answer = {}
+        if answer is None:
+            continue
+        if isinstance(answer, dict) and isinstance(answer.get("pair"), str) and isinstance(answer.get("fooled"), bool):
+            answers.append(answer)
+        else:
+            torn += 1
+    if torn:
+        say(f"note: skipped {torn} unreadable line{'s' if torn > 1 else ''} in {path}")
+    return answers
+
+
+def share_token(run_dir: Path) -> str:
+    """The token raters use instead of the API key (/ab?t=TOKEN): made once per run and kept, so links last."""
+    path = ab_dir(run_dir) / SHARE_TOKEN
+    token = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+    if len(token) < 16:
+        token = secrets.token_urlsafe(18)
+        write_atomic(private_folder(ab_dir(run_dir)) / SHARE_TOKEN, token + "\n", private=True)
+    return token
 
 
 def results(run_dir: Path) -> dict:
@@ -71,9 +102,10 @@ def results(run_dir: Path) -> dict:
 
 def make_router(run_dir: Path, seed: int | None = None):
     """A FastAPI router with GET /ab (the page), GET /ab/next (a question) and POST /ab/answer."""
-    from fastapi import APIRouter, HTTPException
+    from fastapi import APIRouter, HTTPException, Request
     from fastapi.responses import HTMLResponse
-    from pydantic import BaseModel, Field
+    from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+    from starlette.concurrency import run_in_threadpool
 
     run_dir = Path(run_dir)
     router = APIRouter()
@@ -84,9 +116,10 @@ def make_router(run_dir: Path, seed: int | None = None):
     lock = threading.Lock()
 
     class Answer(BaseModel):
-        question: str = Field(max_length=64)
-        choice: str = Field(pattern="^[ab]$")
-        rater: str | None = Field(default=None, max_length=64)
+        model_config = ConfigDict(strict=True)
+        question: StrictStr = Field(max_length=64)
+        choice: StrictStr = Field(pattern="^[ab]$")
+        rater: StrictStr | None = Field(default=None, max_length=64)
 
     @router.get("/ab", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
@@ -112,18 +145,28 @@ def make_router(run_dir: Path, seed: int | None = None):
             "question": question,
             "context": pair["context"],
             "replies": [{"key": key, "messages": sides[key]} for key in "ab"],
-            "remaining": max(len(pairs) - len(answered), 0),
         }
 
     @router.post("/ab/answer")
-    def answer(body: Answer) -> dict:
+    async def answer(request: Request) -> dict:
+        # Parsed here, strictly, rather than by FastAPI: pydantic's own JSON reader refuses lone surrogates, huge
+        # numbers and deep nesting with a 422 instead of failing later when the answer is written.
+        try:
+            body = Answer.model_validate_json(await request.body())
+        except ValidationError as error:
+            problem = error.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            raise HTTPException(422, f"{where + ': ' if where else ''}{problem['msg']}") from None
+        return await run_in_threadpool(record, body)
+
+    def record(body: Answer) -> dict:
         with lock:
             found = open_questions.pop(body.question, None)
             if found is None:
                 raise HTTPException(404, "unknown or already answered question; fetch /ab/next again")
             pair_id, real_side = found
             fooled = body.choice != real_side
-            record = {
+            entry = {
                 "time": datetime.now(UTC).isoformat(timespec="seconds"),
                 "pair": pair_id,
                 "choice": body.choice,
@@ -131,11 +174,9 @@ def make_router(run_dir: Path, seed: int | None = None):
                 "fooled": fooled,
                 "rater": body.rater or None,
             }
-            folder = ab_dir(run_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            with (folder / ANSWERS).open("a", encoding="utf-8") as out:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        summary = results(run_dir)
-        return {"real": real_side, "fooled": fooled, "answers": summary["answers"], "fooled_total": summary["fooled"]}
+            # Rewritten whole through a temp file rather than appended: a crash leaves the old file or the new one,
+            # and a torn line that an earlier crash left is dropped here.
+            write_jsonl(private_folder(ab_dir(run_dir)) / ANSWERS, [*read_answers(run_dir), entry], private=True)
+        return {"real": real_side, "fooled": fooled}
 
     return router

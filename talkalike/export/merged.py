@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
-from talkalike.files import say, write_json
+from talkalike.files import make_private, say, write_json
 from talkalike.home import resolve_home, resolve_run
 from talkalike.run import Run
 
@@ -90,7 +90,9 @@ def _fresh_dir(out: Path) -> Path:
 
 
 def _move_into_place(work: Path, out: Path) -> None:
-    """Replace `out` with the finished `work` folder; the old export is removed only once the new one is complete."""
+    """Replace `out` with the finished `work` folder; the old export is removed only once the new one is complete.
+    The export holds weights trained on private chats, so only the user can read it (files 0600, folders 0700)."""
+    make_private(work)
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{work.name.rsplit('-', 1)[-1]}")

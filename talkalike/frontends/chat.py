@@ -20,7 +20,7 @@ from talkalike.decode.config import GenerationConfig, with_overrides
 from talkalike.decode.stream import stream_reply
 from talkalike.decode.twin import Twin, load_twin, talk_as
 from talkalike.errors import TalkalikeError
-from talkalike.files import say, write_atomic
+from talkalike.files import private_folder, say, write_atomic
 from talkalike.home import resolve_home
 
 YOU = "you"  # the other side's label in the terminal and the transcript
@@ -41,12 +41,13 @@ class Transcript:
         self.lines.append(line)
 
     def save(self) -> Path:
-        """Rewrite the log file (earlier sessions + this one) through a temp file, so it is never half-written."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Rewrite the log file (earlier sessions + this one) through a temp file, so it is never half-written; the
+        transcript is the user's own conversation, so only they can read it (0600 in a 0700 folder)."""
+        private_folder(self.path.parent)
         if self.before is None:
             self.before = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
         separator = "\n" if self.before and not self.before.endswith("\n\n") else ""
-        return write_atomic(self.path, self.before + separator + "\n".join(self.lines) + "\n")
+        return write_atomic(self.path, self.before + separator + "\n".join(self.lines) + "\n", private=True)
 
 
 def _print_reply(twin: Twin, history: list[dict], config: GenerationConfig, use_adapter: bool, label: str,

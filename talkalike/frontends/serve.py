@@ -6,34 +6,44 @@
   Model ids: the run's name (tuned) and "<run>:base" (adapter off). A reply of several messages is one `content`
   with the messages joined by "\\n"; the separate messages are also in `message.talkalike_messages`.
   `system` messages are ignored: the twin was trained on conversations without one.
-- Safe by default: loopback only; any other address needs an API key (bearer). Request size, history length and
+- Safe by default: loopback only; any other address needs an API key (bearer), and raters of the blind test get a
+  share token instead (/ab?t=TOKEN). Every request passes guard.py first: the Host and Origin checks (no DNS
+  rebinding, no cross-site requests), JSON bodies only, the key, the body-size and nesting limits, the pages'
+  security headers. Bodies are validated strictly (pydantic) into 400s in OpenAI's shape. History length and
   max_tokens are capped. One reply is generated at a time; others queue, and one that waits too long gets a 503.
+  A client that hangs up stops its reply and frees its place, streaming or not.
 
     talkalike serve dana                               # http://127.0.0.1:8000
     TALKALIKE_API_KEY=secret talkalike serve dana --host 0.0.0.0
+    talkalike serve dana --host 0.0.0.0 --api-key-file ~/.config/talkalike/key
 """
 
 import asyncio
-import hmac
+import errno
 import ipaddress
 import json
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from talkalike.decode.config import GenerationConfig, with_overrides
 from talkalike.decode.stream import stream_reply
-from talkalike.decode.turns import collect_messages
+from talkalike.decode.turns import BUBBLE_MARK, Splitter, collect_messages
 from talkalike.decode.twin import Twin, load_twin, talk_as
 from talkalike.errors import TalkalikeError
 from talkalike.files import say
+from talkalike.frontends.guard import Guard
 from talkalike.home import resolve_home
 
 STATIC = Path(__file__).parent / "static"
-PROTECTED = ("/v1/", "/api/")  # what the API key guards; the page's own files are public and hold no data
+KEY_ENV = "TALKALIKE_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -64,9 +74,46 @@ def check_settings(settings: ServeSettings) -> None:
     """Refuse to serve beyond loopback without an API key."""
     if not is_loopback(settings.host) and not settings.api_key:
         raise TalkalikeError(
-            f"binding to {settings.host} exposes your twin to the network; set an API key with --api-key or "
-            "$TALKALIKE_API_KEY, or keep the default --host 127.0.0.1"
+            f"binding to {settings.host} exposes your twin to the network; set an API key with --api-key-file, "
+            f"${KEY_ENV} or --api-key, or keep the default --host 127.0.0.1"
         )
+
+
+def api_key(args) -> str | None:
+    """The API key from --api-key-file, --api-key or $TALKALIKE_API_KEY (a file or the environment keep it out of
+    `ps`)."""
+    if args.api_key_file:
+        path = Path(args.api_key_file).expanduser()
+        try:
+            with open(path, encoding="utf-8") as f:
+                key = f.readline(4096).strip()  # a key is one short line; never read a whole device or large file
+        except (OSError, UnicodeDecodeError) as error:
+            raise TalkalikeError(f"cannot read the API key from {path}: {getattr(error, 'strerror', None) or error}"
+                                 ) from None
+        if not key:
+            raise TalkalikeError(f"{path} has no API key on its first line")
+        return key
+    return args.api_key or os.environ.get(KEY_ENV) or None
+
+
+def listen(settings: ServeSettings) -> socket.socket:
+    """The server's socket, bound before the model loads: a port already in use is a clear error in a moment."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise TalkalikeError(f"cannot listen on {settings.host!r}: {error}; pass an IP address to --host") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a just-closed server's port
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise TalkalikeError(f"port {settings.port} on {settings.host} is already in use (another server?); "
+                                 "stop it or pick another with --port") from None
+        raise TalkalikeError(f"cannot listen on {settings.host}:{settings.port}: {error.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 class ApiError(Exception):
@@ -81,6 +128,61 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+class _Strict(BaseModel):
+    """No coercion: a number is not a string, a string is not a number. Unknown fields (OpenAI has many) are
+    ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class ContentPart(_Strict):
+    type: StrictStr
+    text: StrictStr | None = None
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[ContentPart]
+
+
+class ChatRequest(_Strict):
+    """The fields of an OpenAI chat request that the twin reads; limits that name settings are checked later."""
+
+    model: StrictStr = Field(max_length=200)
+    messages: list[ChatMessage]
+    stream: StrictBool = False
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what torch's generator takes
+    n: StrictInt = 1
+    stop: StrictStr | list[StrictStr] | None = Field(default=None)
+
+
+def parse_request(body: bytes) -> ChatRequest:
+    """The request body, validated; anything malformed is an ApiError 400 that names the field. pydantic's JSON
+    reader also refuses lone surrogates, numbers of thousands of digits and deep nesting."""
+    try:
+        return ChatRequest.model_validate_json(body)
+    except ValidationError as error:
+        problem = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        if problem["type"] == "json_invalid":
+            raise ApiError(400, f"the request body is not valid JSON: {problem['msg']}") from None
+        raise ApiError(400, f"{where}: {problem['msg']}" if where else problem["msg"],
+                       param=str(problem["loc"][0]) if problem["loc"] else None) from None
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    """OpenAI's `stop`: one string or up to 4."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > 4 or not all(stops):
+        raise ApiError(400, "stop must be a non-empty string or a list of at most 4 of them", param="stop")
+    return stops
+
+
 def model_ids(twin: Twin) -> dict[str, bool]:
     """Served model ids -> whether the adapter is on."""
     if twin.has_adapter:
@@ -88,51 +190,47 @@ def model_ids(twin: Twin) -> dict[str, bool]:
     return {twin.name: False}
 
 
-def _content(message: dict) -> str:
+def _content(message: ChatMessage) -> str:
     """A message's text: a string, or OpenAI's list of parts (text parts are joined)."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
-        return "".join(p.get("text", "") for p in content if p.get("type") == "text")
-    raise ApiError(400, "each message needs a 'content' string (or a list of text parts)", param="messages")
+    if isinstance(message.content, str):
+        return message.content
+    return "".join(part.text or "" for part in message.content if part.type == "text")
 
 
-def parse_history(messages, settings: ServeSettings) -> list[dict]:
+def parse_history(messages: list[ChatMessage], settings: ServeSettings) -> list[dict]:
     """OpenAI messages -> the generator's history (system messages dropped), within the limits."""
-    if not isinstance(messages, list) or not messages:
+    if not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
     if len(messages) > settings.max_messages:
         raise ApiError(400, f"at most {settings.max_messages} messages per request (got {len(messages)}); "
                             "send only the recent history", param="messages", code="too_many_messages")
-    history = []
-    for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in ("system", "developer", "user", "assistant"):
-            raise ApiError(400, "each message needs a role of 'user', 'assistant' or 'system'", param="messages")
-        if message["role"] in ("user", "assistant"):
-            history.append({"role": message["role"], "content": _content(message)})
+    history = [{"role": m.role, "content": _content(m)} for m in messages if m.role in ("user", "assistant")]
     if not history or history[-1]["role"] != "user":
         raise ApiError(400, "the last message must be the user's: the twin answers it", param="messages")
     return history
 
 
-def request_config(body: dict, defaults: GenerationConfig, settings: ServeSettings) -> GenerationConfig:
+def request_config(body: ChatRequest, defaults: GenerationConfig, settings: ServeSettings) -> GenerationConfig:
     """Sampling settings from an OpenAI request body over the twin's defaults."""
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (not isinstance(max_tokens, int) or not 0 < max_tokens <= settings.max_tokens):
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    if max_tokens is not None and not 0 < max_tokens <= settings.max_tokens:
         raise ApiError(400, f"max_tokens must be an integer from 1 to {settings.max_tokens}", param="max_tokens")
-    if body.get("n", 1) != 1:
+    if body.n != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
     numbers = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "repetition_penalty": (0.5, 2.0)}
     for name, (low, high) in numbers.items():
-        value = body.get(name)
-        if value is not None and (not isinstance(value, (int, float)) or not low <= value <= high):
+        value = getattr(body, name)
+        if value is not None and not low <= value <= high:
             raise ApiError(400, f"{name} must be a number from {low} to {high}", param=name)
-    seed = body.get("seed")
-    if seed is not None and not isinstance(seed, int):
-        raise ApiError(400, "seed must be an integer", param="seed")
-    return with_overrides(defaults, temperature=body.get("temperature"), top_p=body.get("top_p"),
-                          repetition_penalty=body.get("repetition_penalty"), max_new_tokens=max_tokens, seed=seed)
+    context = None
+    if max_tokens is not None:
+        # The context window holds prompt and reply together. A longer reply than the run's default widens it by
+        # the difference, so the history keeps the room it had: else max_tokens=1024 on a 1024-token window left
+        # no room for even one message. The model's own limit (max_positions) still applies.
+        context = max(defaults.max_context_tokens, defaults.max_context_tokens - defaults.max_new_tokens + max_tokens)
+    return with_overrides(defaults, temperature=body.temperature, top_p=body.top_p,
+                          repetition_penalty=body.repetition_penalty, max_new_tokens=max_tokens, seed=body.seed,
+                          max_context_tokens=context)
 
 
 class Queue:
@@ -194,10 +292,52 @@ async def _generate(stream: Callable, twin: Twin, history: list[dict], config: G
         queue.release()
 
 
+async def _stopping_at(events, stops: list[str]):
+    """The reply's events, ended at the first of OpenAI's `stop` strings (which is not shown). A stop is looked for
+    inside each message; the turn's own Splitter holds back a tail that may still become one."""
+    splitter = Splitter(stops)
+    try:
+        async for event in events:
+            for out in splitter.feed(event[1] if event[0] == "text" else BUBBLE_MARK):
+                yield out
+            if splitter.done:
+                return
+        for out in splitter.finish():
+            yield out
+    finally:
+        await events.aclose()  # stops the generation when a stop string ended the reply early
+
+
+async def _disconnected(receive) -> None:
+    """Returns once the client has hung up (the body has been read already, so nothing else arrives)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_gone(request, work):
+    """Await `work`, but cancel it if the client hangs up first, as the streaming response does: a reply nobody
+    will read stops generating (after its current step) and frees its place in the queue. None if it was cancelled.
+    An anyio cancel scope, not Task.cancel(): it waits for the model's step to finish in its worker thread, so the
+    generator is never closed while it runs."""
+    import anyio
+
+    with anyio.CancelScope() as scope:
+        async def watch() -> None:
+            await _disconnected(request.receive)
+            scope.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            return await work
+        finally:
+            watcher.cancel()
+    return None
+
+
 def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callable = stream_reply):
     """The FastAPI app: the chat page, its /api, and the OpenAI-compatible /v1 endpoints."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
@@ -218,23 +358,11 @@ def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callab
         return JSONResponse(ApiError(error.status_code, str(error.detail), type=kind).body(),
                             status_code=error.status_code)
 
-    app.add_middleware(_Guard, settings=settings)
+    app.state.share_token = _include_abtest(app, twin)
+    app.add_middleware(Guard, settings=settings, share_token=app.state.share_token,
+                       is_loopback=is_loopback(settings.host))
 
-    async def read_json(request: Request) -> dict:
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.max_body_bytes:
-                raise _too_large(settings)
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ApiError(400, f"the request body is not valid JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        return data
-
-    def pick_model(name) -> bool:
+    def pick_model(name: str) -> bool:
         if name not in models:
             raise ApiError(404, f"the model {name!r} does not exist; this server has {', '.join(models)}",
                            param="model", code="model_not_found")
@@ -248,19 +376,28 @@ def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callab
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await read_json(request)
-        use_adapter = pick_model(body.get("model"))
-        history = parse_history(body.get("messages"), settings)
+        body = parse_request(await request.body())
+        use_adapter = pick_model(body.model)
+        history = parse_history(body.messages, settings)
         config = request_config(body, twin.defaults, settings)
-        events = await _events(stream, twin, history, config, use_adapter, queue)
-        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body["model"]}
-        if body.get("stream"):
-            return _stream(_openai_chunks(events, base))
-        messages = collect_messages([event async for event in events])
+        stops = stop_strings(body.stop)
+
+        async def reply():
+            events = await _events(stream, twin, history, config, use_adapter, queue)
+            events = _stopping_at(events, stops) if stops else events
+            return events if body.stream else collect_messages([event async for event in events])
+
+        # Waiting in the queue and (without streaming) generating both end when the client hangs up.
+        result = await unless_gone(request, reply())
+        if result is None:
+            return Response(status_code=499)  # nobody is listening; the status only shows in logs
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
+        if body.stream:
+            return _stream(_openai_chunks(result, base))
         return base | {
             "object": "chat.completion",
             "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": "\n".join(messages), "talkalike_messages": messages}}],
+                "role": "assistant", "content": "\n".join(result), "talkalike_messages": result}}],
         }
 
     @app.get("/api/info")
@@ -271,59 +408,33 @@ def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callab
     @app.post("/api/chat")
     async def page_chat(request: Request):
         """The page's stream: one SSE event per chunk, {"text": ...} or {"end_message": true}, then {"done": true}."""
-        body = await read_json(request)
-        use_adapter = pick_model(body.get("model"))
-        history = parse_history(body.get("messages"), settings)
-        events = await _events(stream, twin, history, twin.defaults, use_adapter, queue)
-        return _stream(_page_events(events))
+        body = parse_request(await request.body())
+        use_adapter = pick_model(body.model)
+        history = parse_history(body.messages, settings)
+        config = request_config(body, twin.defaults, settings)  # the page sends none; the same rules if it did
+        stops = stop_strings(body.stop)
+        events = await unless_gone(request, _events(stream, twin, history, config, use_adapter, queue))
+        if events is None:
+            return Response(status_code=499)
+        return _stream(_page_events(_stopping_at(events, stops) if stops else events))
 
     @app.get("/")
     async def page():
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    _include_abtest(app, twin)
     return app
 
 
-class _Guard:
-    """The API key and the body-size limit, checked before any route runs. A plain ASGI middleware: Starlette's
-    BaseHTTPMiddleware would hide a client's hang-up from a streaming reply, which then ran on for nobody."""
-
-    def __init__(self, app, settings: ServeSettings):
-        self.app, self.settings = app, settings
-
-    async def __call__(self, scope, receive, send) -> None:
-        from fastapi.responses import JSONResponse
-
-        if scope["type"] == "http":
-            headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-            error = None
-            if scope["path"].startswith(PROTECTED) and self.settings.api_key:
-                expected = f"Bearer {self.settings.api_key}"
-                if not hmac.compare_digest(headers.get("authorization", "").encode(), expected.encode()):
-                    error = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                     type="authentication_error", code="invalid_api_key")
-            length = headers.get("content-length", "")
-            if error is None and length.isdigit() and int(length) > self.settings.max_body_bytes:
-                error = _too_large(self.settings)
-            if error is not None:
-                await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _include_abtest(app, twin: Twin) -> None:
-    """The blind A/B test at /ab (evaluate/abtest.py), once `talkalike eval` made its pairs."""
+def _include_abtest(app, twin: Twin) -> str | None:
+    """The blind A/B test at /ab (evaluate/abtest.py), once `talkalike eval` made its pairs; returns the raters'
+    share token, or None without a test."""
     from talkalike.evaluate import abtest
 
-    if twin.run_dir is not None and (abtest.ab_dir(twin.run_dir) / abtest.PAIRS).is_file():
-        app.include_router(abtest.make_router(twin.run_dir))
-
-
-def _too_large(settings: ServeSettings) -> ApiError:
-    return ApiError(413, f"the request is larger than {settings.max_body_bytes} bytes; send a shorter history",
-                    code="request_too_large")
+    if twin.run_dir is None or not (abtest.ab_dir(twin.run_dir) / abtest.PAIRS).is_file():
+        return None
+    app.include_router(abtest.make_router(twin.run_dir))
+    return abtest.share_token(twin.run_dir)
 
 
 def _sse(data: dict | str) -> str:
@@ -375,13 +486,21 @@ def cmd_serve(args) -> int:
     """Serve the chat page and the OpenAI-compatible API for a run (or a base model)."""
     import uvicorn
 
-    settings = ServeSettings(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("TALKALIKE_API_KEY"))
+    settings = ServeSettings(host=args.host, port=args.port, api_key=api_key(args))
     check_settings(settings)  # before loading the model: refusing should be instant
-    home = resolve_home(args.home)
-    twin = load_twin(args.run, args.base, home)
-    talk_as(twin, args.as_name, args.memories)
-    app = create_app(twin, settings)
-    say(f"serving {twin.persona} ({', '.join(model_ids(twin))}) at http://{settings.host}:{settings.port}/ "
-        "and an OpenAI-compatible API at /v1")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    sock = listen(settings)  # so is a port that is taken
+    try:
+        home = resolve_home(args.home)
+        twin = load_twin(args.run, args.base, home)
+        talk_as(twin, args.as_name, args.memories)
+        app = create_app(twin, settings)
+        address = f"[{settings.host}]" if ":" in settings.host else settings.host
+        url = f"http://{address}:{sock.getsockname()[1]}"
+        say(f"serving {twin.persona} ({', '.join(model_ids(twin))}) at {url}/ and an OpenAI-compatible API at /v1")
+        if app.state.share_token:
+            say(f"raters' link for the blind A/B test (it shows them held-out chats; share it only with them): "
+                f"{url}/ab?t={app.state.share_token}")
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0

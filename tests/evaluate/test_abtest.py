@@ -1,10 +1,10 @@
-"""The blind A/B test: the API through FastAPI's test client, and the page in real headless Chromium on loopback."""
+"""The blind A/B test: the API through FastAPI's test client, and the page in real headless Chromium on loopback,
+served by `talkalike serve`'s app with an API key, the rater coming in through the share link."""
 
 import json
+import os
 import shutil
-import socket
-import threading
-import time
+import stat
 from pathlib import Path
 
 import pytest
@@ -53,7 +53,7 @@ def test_next_serves_a_context_and_the_two_replies_without_saying_which_is_real(
 
     client = TestClient(_app(run_dir))
     body = client.get("/ab/next").json()
-    assert set(body) == {"question", "context", "replies", "remaining"}
+    assert set(body) == {"question", "context", "replies"}  # not how many pairs there are
     assert [r["key"] for r in body["replies"]] == ["a", "b"]
     pair = next(p for p in PAIRS if p["context"] == body["context"])
     assert sorted(map(tuple, (r["messages"] for r in body["replies"]))) == sorted([tuple(pair["real"]), tuple(pair["twin"])])
@@ -80,7 +80,7 @@ def test_an_answer_is_saved_and_counted_as_fooled_when_the_twin_is_picked(run_di
     pair = next(p for p in PAIRS if p["context"] == body["context"])
     twin_key = next(r["key"] for r in body["replies"] if r["messages"] == pair["twin"])
     answer = client.post("/ab/answer", json={"question": body["question"], "choice": twin_key, "rater": "Maya"}).json()
-    assert answer["fooled"] is True and answer["real"] != twin_key and answer["answers"] == 1
+    assert answer == {"fooled": True, "real": "b" if twin_key == "a" else "a"}  # no tally of the other raters
     saved = abtest.read_answers(run_dir)
     assert len(saved) == 1 and saved[0]["pair"] == pair["id"] and saved[0]["fooled"] and saved[0]["rater"] == "Maya"
     # the same question cannot be answered twice
@@ -107,37 +107,30 @@ def test_results_give_the_fooled_rate_with_a_wilson_interval(run_dir):
     assert [round(x, 4) for x in summary["wilson 95%"]] == [0.0279, 0.3010]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def live_server(run_dir):
-    import uvicorn
+def served(run_dir):
+    """The run served by `talkalike serve`'s app with an API key; yields (url, share token)."""
+    from fake_twin import FakeTwin, fake_stream, live_server
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(_app(run_dir), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    from talkalike.frontends.serve import ServeSettings, create_app
+
+    app = create_app(FakeTwin(run_dir=run_dir), ServeSettings(api_key="owner-key"), stream=fake_stream)
+    with live_server(app) as url:
+        yield url, abtest.share_token(run_dir)
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Records what the Content-Security-Policy blocks (an inline script or style would show up here).
+CSP_WATCH = """window.cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => window.cspViolations.push(e.violatedDirective));"""
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
-def test_a_friend_picks_a_reply_in_headless_chromium_and_the_answer_lands_in_the_run(live_server, run_dir):
+def test_a_friend_picks_a_reply_in_headless_chromium_and_the_answer_lands_in_the_run(run_dir, served):
     from playwright.sync_api import sync_playwright
 
     abtest.write_pairs(run_dir, PAIRS[:1])  # the Hebrew pair, so the right-to-left check always runs
+    url, token = served
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -146,7 +139,8 @@ def test_a_friend_picks_a_reply_in_headless_chromium_and_the_answer_lands_in_the
                   "--disable-sync", "--no-first-run"],
         )
         page = browser.new_page()
-        page.goto(f"{live_server}/ab")
+        page.add_init_script(CSP_WATCH)
+        page.goto(f"{url}/ab?t={token}")
         page.fill("#rater", "Maya")
         page.dispatch_event("#rater", "change")
         page.wait_for_selector("#choice-a .bubble")
@@ -162,9 +156,58 @@ def test_a_friend_picks_a_reply_in_headless_chromium_and_the_answer_lands_in_the
         page.click(f"#pick-{twin_key}")
         page.wait_for_selector("#next:not([hidden])")
         assert "Fooled" in page.inner_text("#result")
-        assert "1 of 1" in page.inner_text("#tally")
+        assert "0 of 1" in page.inner_text("#tally")  # this rater's own score
+        assert page.url == f"{url}/ab"  # the token left the address bar (and the history)
+        assert page.evaluate("window.cspViolations") == []  # the Content-Security-Policy blocked nothing
         assert "real" in page.get_attribute(f"#choice-{'b' if twin_key == 'a' else 'a'}", "class")
         browser.close()
     saved = abtest.read_answers(run_dir)
     assert len(saved) == 1 and saved[0]["fooled"] is True and saved[0]["pair"] == pair["id"]
     assert saved[0]["rater"] == "Maya"
+
+
+def test_a_torn_last_answer_line_is_skipped_and_the_next_answer_repairs_the_file(run_dir):
+    from fastapi.testclient import TestClient
+
+    path = abtest.ab_dir(run_dir) / abtest.ANSWERS
+    whole = {"time": "2025-01-01T00:00:00+00:00", "pair": "eval-4-1", "choice": "a", "real": "a", "fooled": False,
+             "rater": None}
+    path.write_text(json.dumps(whole) + "\n" + '{"time": "2025-01-01T00:01:00+00:00", "pair": "eval-3')  # power loss
+    client = TestClient(_app(run_dir))
+    body = client.get("/ab/next")
+    assert body.status_code == 200
+    assert abtest.results(run_dir)["answers"] == 1
+    assert client.post("/ab/answer", json={"question": body.json()["question"], "choice": "a"}).status_code == 200
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0]) == whole and json.loads(lines[1])["choice"] == "a"
+
+
+def test_pairs_answers_and_the_share_token_are_private_to_the_owner(run_dir):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(_app(run_dir))
+    question = client.get("/ab/next").json()["question"]
+    client.post("/ab/answer", json={"question": question, "choice": "a"})
+    token = abtest.share_token(run_dir)
+    assert len(token) >= 16 and abtest.share_token(run_dir) == token  # kept, so a handed-out link keeps working
+    folder = abtest.ab_dir(run_dir)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for name in (abtest.PAIRS, abtest.ANSWERS, abtest.SHARE_TOKEN):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+    assert not [p for p in os.listdir(folder) if p.startswith(".")]  # no temp file left behind
+
+
+@pytest.mark.parametrize("body", [
+    b'{"question": "q", "choice": "a", "rater": "\\ud800"}',  # a lone surrogate cannot be written as UTF-8
+    b'{"question": "q", "choice": 1}',
+    b'{"question": "q", "choice": "a", "rater": ' + b"9" * 5000 + b"}",
+    b'{"question": "q", "choice": "a", "x": ' + b"[" * 300 + b"]" * 300 + b"}",
+    b"[]",
+    b"",
+])
+def test_a_malformed_answer_is_a_422_not_a_crash(run_dir, body):
+    from fastapi.testclient import TestClient
+
+    response = TestClient(_app(run_dir)).post("/ab/answer", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert not (abtest.ab_dir(run_dir) / abtest.ANSWERS).exists()

@@ -7,6 +7,7 @@ weights, in the run-folder layout that `talkalike train` writes (run.json, adapt
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,9 @@ def test_merged_export_gives_the_adapters_greedy_reply_and_carries_the_template(
     report = json.loads((out / "export.json").read_text())
     assert report["check"]["equal"] is True and report["dtype"] == "float32"
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".export")], "temp folders left behind"
+    # Weights trained on private chats: the owner's alone.
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()} == {0o600}
 
 
 def test_gguf_export_reads_back_with_the_merged_models_tensors_and_metadata(home, run_dir):

@@ -154,3 +154,17 @@ def test_the_transcript_is_saved_even_when_the_session_is_interrupted(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_chat(FakeTwin(), GenerationConfig(), lambda: next(feed), io.StringIO(), transcript, stream=fake_stream)
     assert "Noa: sure" in transcript.path.read_text(encoding="utf-8")
+
+
+def test_the_transcript_is_private_to_its_owner_even_in_a_folder_that_was_open(tmp_path):
+    import os
+    import stat
+
+    folder = tmp_path / "chats"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    chat_once(tmp_path, "hey", "/save", "and you?", "/quit")
+    (log,) = folder.glob("*.txt")
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert sorted(p.name for p in folder.iterdir()) == [log.name]  # no temp file left behind

@@ -1,6 +1,7 @@
 """The chat page in real headless Chromium (Debian's package, driven by Playwright): a typed message gets the
-persona's reply as several bubbles that stream in, a Hebrew bubble renders right-to-left, and the base switch works.
-scripts/setup.sh installs /usr/bin/chromium; without it this test fails rather than skips."""
+persona's reply as several bubbles that stream in, a Hebrew bubble renders right-to-left, the base switch works, and
+the server's Content-Security-Policy blocks nothing the page needs. scripts/setup.sh installs /usr/bin/chromium;
+without it this test fails rather than skips."""
 
 from pathlib import Path
 
@@ -42,6 +43,19 @@ def browser():
         browser.close()
 
 
+# Records what the Content-Security-Policy blocks (an inline script or style would show up here).
+CSP_WATCH = """window.cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => window.cspViolations.push(e.violatedDirective));"""
+
+
+def expect(locator):
+    """Playwright's web-first assertions: they poll without eval, which the page's CSP forbids (a string predicate
+    passed to page.wait_for_function is eval'd in the page)."""
+    from playwright.sync_api import expect
+
+    return expect(locator)
+
+
 def persona_bubbles(page):
     return page.locator(".row.theirs .bubble")
 
@@ -50,15 +64,17 @@ def test_a_typed_message_gets_streamed_bubbles_and_hebrew_renders_right_to_left(
     twin = FakeTwin(delay=0.03)
     with live_server(create_app(twin, ServeSettings(), stream=fake_stream)) as url:
         page = browser.new_page(viewport={"width": 480, "height": 720})
-        page.goto(url)
-        page.wait_for_function("document.getElementById('persona').textContent === 'Noa'")
+        page.add_init_script(CSP_WATCH)
+        response = page.goto(url)
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        expect(page.locator("#persona")).to_have_text("Noa")
         page.evaluate(WATCH_REPLY)
         page.fill("#text", "hey, still on for tonight?")
         page.press("#text", "Enter")
         page.wait_for_selector(".row.theirs .bubble.streaming")
         assert page.locator("#status").inner_text() == "typing…"
-        page.wait_for_function(f"document.querySelectorAll('.row.theirs .bubble:not(.streaming)').length === {len(TUNED)}")
-        page.wait_for_function("document.getElementById('status').textContent === 'online'")
+        expect(page.locator(".row.theirs .bubble:not(.streaming)")).to_have_count(len(TUNED))
+        expect(page.locator("#status")).to_have_text("online")
 
         assert page.locator(".row.mine .bubble").all_inner_texts() == ["hey, still on for tonight?"]
         assert persona_bubbles(page).locator(".text").all_inner_texts() == TUNED
@@ -73,6 +89,7 @@ def test_a_typed_message_gets_streamed_bubbles_and_hebrew_renders_right_to_left(
         assert first > last
         first, last = page.locator(".row.theirs .bubble").nth(1).evaluate(LETTER_POSITIONS)
         assert first < last
+        assert page.evaluate("window.cspViolations") == []
         page.screenshot(path=str(tmp_path / "chat.png"))
 
 
@@ -81,10 +98,10 @@ def test_the_base_switch_sends_the_same_conversation_to_the_base_model(browser):
     with live_server(create_app(twin, ServeSettings(), stream=fake_stream)) as url:
         page = browser.new_page()
         page.goto(url)
-        page.wait_for_function("document.getElementById('persona').textContent === 'Noa'")
+        expect(page.locator("#persona")).to_have_text("Noa")
         page.fill("#text", "hey")
         page.press("#text", "Enter")
-        page.wait_for_function(f"document.querySelectorAll('.row.theirs .bubble').length === {len(TUNED)}")
+        expect(page.locator(".row.theirs .bubble")).to_have_count(len(TUNED))
         page.click("#switch button[data-model=base]")
         page.fill("#text", "and you?")
         page.press("#text", "Enter")
@@ -101,8 +118,25 @@ def test_an_error_from_the_server_shows_as_a_message_not_a_blank_page(browser):
     with live_server(create_app(FakeTwin(), ServeSettings(), stream=fake_stream)) as url:
         page = browser.new_page()
         page.goto(url)
-        page.wait_for_function("document.getElementById('persona').textContent === 'Noa'")
+        expect(page.locator("#persona")).to_have_text("Noa")
         page.fill("#text", "too long")
         page.press("#text", "Enter")
         page.wait_for_selector(".row.error")
         assert "shorter message" in page.locator(".row.error").inner_text()
+
+
+def test_with_an_api_key_the_page_asks_for_it_once_and_then_chats(browser):
+    twin = FakeTwin()
+    with live_server(create_app(twin, ServeSettings(api_key="s3cret"), stream=fake_stream)) as url:
+        page = browser.new_page()
+        page.add_init_script(CSP_WATCH)
+        asked = []
+        page.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept("s3cret")))
+        page.goto(url)
+        expect(page.locator("#persona")).to_have_text("Noa")
+        page.fill("#text", "hey")
+        page.press("#text", "Enter")
+        expect(page.locator(".row.theirs .bubble:not(.streaming)")).to_have_count(len(TUNED))
+        assert asked == ["This twin needs its API key:"]
+        assert page.evaluate("window.cspViolations") == []
+    assert len(twin.calls) == 1
