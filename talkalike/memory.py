@@ -83,6 +83,10 @@ class Memory:
     def __len__(self) -> int:
         return self.connection.execute("SELECT count(*) FROM exchanges").fetchone()[0]
 
+    def replies(self) -> list[str]:
+        """Every persona reply indexed (what the persona has written)."""
+        return [reply for (reply,) in self.connection.execute("SELECT reply FROM exchanges")]
+
     def messages_per_turn(self, share: float = 0.9) -> int:
         """The number of messages that `share` of the persona's replies stay within (nearest rank); 0 if none."""
         counts = sorted(len(split_bubbles(reply)) for (reply,) in self.connection.execute("SELECT reply FROM exchanges"))

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.sampling import Sampler
-from talkalike.decode.turns import ends_turn, fit_prompt, message_cap, separator_ids, split_reply, turn_stops
+from talkalike.decode.turns import (
+    ends_turn,
+    fit_prompt,
+    message_cap,
+    separator_ids,
+    split_reply,
+    turn_stops,
+    vocabulary,
+)
 from talkalike.decode.twin import Twin
 from talkalike.model import causal_lm, pad_id
 
@@ -40,6 +48,7 @@ class Rows:
     hidden: object  # [rows, hidden] last hidden state, waiting for a token to be sampled
     tokens: list  # generated ids per row
     done: list  # whether each row's reply has ended
+    blocked: object = None  # [rows, head columns] True on tokens a row's reply may not use (turns.vocabulary)
 
 
 def decode_many(twin: Twin, histories: list[list[dict]], config: GenerationConfig, use_adapter: bool = True,
@@ -57,7 +66,7 @@ def decode_many(twin: Twin, histories: list[list[dict]], config: GenerationConfi
 
     prompts = [fit_prompt(twin, history, config) for history in histories]
     temps = temperatures if temperatures is not None else [config.temperature] * len(prompts)
-    decoder = Batch(twin, config, batch_size, temps)
+    decoder = Batch(twin, config, batch_size, temps, allowed=vocabulary(twin, prompts, config))
     threads = threads or Threads(None)
     threads.restart()
     queue = deque(sorted(range(len(prompts)), key=lambda i: len(prompts[i])))
@@ -165,7 +174,8 @@ class Threads:
 class Batch:
     """Prefill, merge, sample, drop and step for one model and one sampling config."""
 
-    def __init__(self, twin: Twin, config: GenerationConfig, batch_size: int, temperatures: list[float]):
+    def __init__(self, twin: Twin, config: GenerationConfig, batch_size: int, temperatures: list[float],
+                 allowed: list[int] | None = None):
         import torch
         from transformers import DynamicCache
 
@@ -183,17 +193,36 @@ class Batch:
         self.pad = pad_id(twin.tokenizer)
         self.text_stops = turn_stops(twin.tokenizer, twin.layout)
         self.vocab = lm.config.vocab_size
-        self.sampler = Sampler(config, self.vocab, batch_size, self.device,
-                               softcap=getattr(lm.config, "final_logit_softcapping", None),
-                               separator_ids=separator_ids(twin.tokenizer))
         self.plain_head = type(self.head) is torch.nn.Linear
-        self.head_out = torch.empty(batch_size, self.vocab, dtype=self.head.weight.dtype, device=self.device) \
+        separators = separator_ids(twin.tokenizer)
+        # With a restricted vocabulary (`allowed`: the persona's own tokens and every prompt's, turns.vocabulary) a
+        # plain head computes only those rows: on Gemma's 262k-token head, most of a CPU decode step. Ids are then
+        # head columns (positions in `keep`) until they are returned; each row also blocks the other rows' prompts.
+        self.keep = self.own = None
+        head_rows = self.vocab
+        if allowed is not None and self.plain_head:
+            self.keep = torch.tensor(allowed, dtype=torch.long, device=self.device)
+            self.to_sub = torch.zeros(self.vocab, dtype=torch.long, device=self.device)
+            self.to_sub[self.keep] = torch.arange(len(allowed), device=self.device)
+            self.head_weight = self.head.weight[self.keep]
+            separators = [int(self.to_sub[s]) for s in separators if s in set(allowed)]
+            head_rows = len(allowed)
+        if allowed is not None:
+            self.own = self.column(torch.tensor(sorted(twin.own_tokens()), dtype=torch.long, device=self.device))
+        self.head_rows = head_rows
+        self.sampler = Sampler(config, head_rows, batch_size, self.device,
+                               softcap=getattr(lm.config, "final_logit_softcapping", None), separator_ids=separators)
+        self.head_out = torch.empty(batch_size, head_rows, dtype=self.head.weight.dtype, device=self.device) \
             if self.plain_head else None
         # Refill once a quarter of the batch is free: each merge copies the cache once, as one decode step does.
         self.refill_min = max(1, batch_size // 4)
         self.compact_min = max(1, batch_size // 8)  # a finished row costs a row of compute per step until dropped
         self.mergeable = self._mergeable(DynamicCache(config=self.cache_config),
                                          getattr(model.config, "sliding_window", None))
+
+    def column(self, ids):
+        """Token ids as the head's columns (the same ids without a restricted head)."""
+        return ids if self.keep is None else self.to_sub[ids]
 
     def new_cache(self):
         """A KV cache; where groups can merge, its layers write each step in place (_slot_layer)."""
@@ -216,8 +245,14 @@ class Batch:
         cache = self.new_cache()
         out = self.body(input_ids=tensor, attention_mask=mask, position_ids=positions, use_cache=True,
                         **{self.kv: cache})
+        blocked = None
+        if self.own is not None:  # each row: the persona's own tokens and its own prompt's
+            blocked = torch.ones(len(ids), self.head_rows, dtype=torch.bool, device=self.device)
+            blocked[:, self.own] = False
+            for row, prompt in enumerate(prompts):
+                blocked[row, self.column(torch.tensor(prompt, device=self.device))] = False
         return Rows(ids, cache, mask, positions[:, -1:], seen, out.last_hidden_state[:, -1].contiguous(),
-                     [[] for _ in ids], [False] * len(ids))
+                     [[] for _ in ids], [False] * len(ids), blocked)
 
     def _mergeable(self, cache, window: int | None) -> bool:
         """Whether groups can join a batch mid-decode: plain dynamic cache layers only, and every sequence within a
@@ -241,8 +276,9 @@ class Batch:
         mask = _stack_left_padded(rows.mask, new.mask, width, dim=1)
         seen_width = max(rows.seen.shape[1], new.seen.shape[1])
         seen = torch.cat([_pad_seen(rows.seen, seen_width), _pad_seen(new.seen, seen_width)])
+        blocked = None if rows.blocked is None else torch.cat([rows.blocked, new.blocked])
         return Rows(rows.ids + new.ids, rows.cache, mask, torch.cat([rows.positions, new.positions]), seen,
-                     torch.cat([rows.hidden, new.hidden]), rows.tokens + new.tokens, rows.done + new.done)
+                     torch.cat([rows.hidden, new.hidden]), rows.tokens + new.tokens, rows.done + new.done, blocked)
 
     def drop_finished(self, rows: Rows) -> Rows | None:
         """The rows still decoding (None if none), with columns that are padding in every row trimmed away."""
@@ -261,7 +297,8 @@ class Batch:
             start = 0
             rows.cache.batch_select_indices(index)
         return Rows([rows.ids[k] for k in keep], rows.cache, mask[:, start:].contiguous(), rows.positions[index],
-                     rows.seen[index], rows.hidden[index], [rows.tokens[k] for k in keep], [False] * len(keep))
+                     rows.seen[index], rows.hidden[index], [rows.tokens[k] for k in keep], [False] * len(keep),
+                     None if rows.blocked is None else rows.blocked[index])
 
     def step(self, rows: Rows) -> None:
         """Feed each row its last sampled token (finished rows: any token, ignored) and keep the new hidden states."""
@@ -282,13 +319,17 @@ class Batch:
         import torch
 
         n = len(rows.ids)
-        if self.plain_head:
+        if self.keep is not None:
+            logits = torch.mm(rows.hidden, self.head_weight.t(), out=self.head_out[:n])
+        elif self.plain_head:
             logits = torch.mm(rows.hidden, self.head.weight.t(), out=self.head_out[:n])
         else:  # a LoRA-wrapped head (the "original" preset trains it): its own forward, adapter switch included
             logits = self.head(rows.hidden)
-        replies = [torch.tensor(t, dtype=torch.long, device=self.device) for t in rows.tokens] \
+        replies = [self.column(torch.tensor(t, dtype=torch.long, device=self.device)) for t in rows.tokens] \
             if self.config.no_repeat_ngram > 1 else None
-        tokens = self.sampler(logits, rows.seen, [self.temperatures[i] for i in rows.ids], replies).tolist()
+        drawn = self.sampler(logits, self.column(rows.seen), [self.temperatures[i] for i in rows.ids], replies,
+                             rows.blocked)
+        tokens = (drawn if self.keep is None else self.keep[drawn]).tolist()
         finished = 0
         for k, token in enumerate(tokens):
             if rows.done[k]:

@@ -35,6 +35,9 @@ class GenerationConfig:
     # turn) and runs on for more messages than the person ever sends.
     no_repeat_ngram: int = 3  # no run of this many tokens twice inside the reply's messages; 0 = off
     max_messages: int | None = None  # messages per turn at most; None: the persona's 90th percentile; 0 = no cap
+    # Only tokens the persona has used (their replies in memory) or that the prompt holds: no invented @handles or
+    # words from the base model's web text. False: the whole vocabulary.
+    own_words: bool = True
 
 
 def load_generation_config(run_dir: Path | None) -> GenerationConfig:

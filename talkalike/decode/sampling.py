@@ -33,20 +33,34 @@ class Sampler:
         # A fresh 30-70 MB tensor per step would cost page faults on every step: one buffer, reused.
         self.logits = torch.empty(rows, -(-vocab // BLOCK) * BLOCK, device=device)
 
-    def __call__(self, logits, seen, temperatures: list[float], generated: list | None = None):
+    def __call__(self, logits, seen, temperatures: list[float], generated: list | None = None, blocked=None):
         """Next token id per row of `logits` [rows, vocab]; `seen` [rows, n] holds each row's ids so far (repeats
-        change nothing), `temperatures` one value per row and `generated` each row's reply so far (1-D tensors),
-        for the no-repeat rule."""
+        change nothing), `temperatures` one value per row, `generated` each row's reply so far (1-D tensors), for
+        the no-repeat rule, and `blocked` ([vocab] or [rows, vocab], True = never drawn) the tokens a reply may not
+        use (turns.vocabulary)."""
         n = logits.shape[0]
         buffer = self.logits[:n]
         buffer[:, : self.vocab].copy_(logits)
         buffer[:, self.vocab:].fill_(float("-inf"))
         if self.softcap:  # in fp32, as transformers applies it
             buffer[:, : self.vocab].div_(self.softcap).tanh_().mul_(self.softcap)
+        if blocked is not None:
+            buffer[:, : self.vocab].masked_fill_(blocked, float("-inf"))
         if generated is not None and self.config.no_repeat_ngram > 1:
             for row, reply in enumerate(generated):
                 block_repeats(buffer[row], reply, self.config.no_repeat_ngram, self.separator)
         return choose(buffer, seen, temperatures, self.config, self.generator, self.vocab)
+
+
+def outside(allowed: list[int] | None, vocab: int, device):
+    """A [vocab] mask, True on every token not in `allowed` (None: nothing is outside)."""
+    import torch
+
+    if allowed is None:
+        return None
+    blocked = torch.ones(vocab, dtype=torch.bool, device=device)
+    blocked[torch.tensor(allowed, dtype=torch.long, device=device)] = False
+    return blocked
 
 
 def block_repeats(logits, reply, n: int, separator) -> None:

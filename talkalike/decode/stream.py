@@ -14,8 +14,17 @@ from collections.abc import Callable, Iterator
 
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.engines import Engine
-from talkalike.decode.sampling import Sampler
-from talkalike.decode.turns import Event, Splitter, collect_messages, fit_prompt, message_cap, separator_ids, turn_stops
+from talkalike.decode.sampling import Sampler, outside
+from talkalike.decode.turns import (
+    Event,
+    Splitter,
+    collect_messages,
+    fit_prompt,
+    message_cap,
+    separator_ids,
+    turn_stops,
+    vocabulary,
+)
 from talkalike.decode.twin import Twin
 
 
@@ -72,13 +81,14 @@ def _stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | No
     engine = twin.engine(len(prompt_ids) + config.max_new_tokens, use_adapter)
     sampler = Sampler(config, twin.vocab_size, rows=1, device=engine.device,
                       separator_ids=separator_ids(twin.tokenizer))
+    blocked = outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, engine.device)
     temperature = [config.temperature]
     start = len(prompt_ids)
     generated: list[int] = []
     text = ""
     with twin.adapter(use_adapter):
         for token_id in tokens(engine, prompt_ids, config.max_new_tokens,
-                               lambda logits, seen: sampler(logits, seen, temperature, [seen[0, start:]]),
+                               lambda logits, seen: sampler(logits, seen, temperature, [seen[0, start:]], blocked),
                                twin.stop_ids):
             generated.append(token_id)
             # Decode the whole reply each step: byte-level tokens can split a character (an emoji, a Hebrew

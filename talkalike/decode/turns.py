@@ -125,6 +125,14 @@ def separator_ids(tokenizer) -> list[int]:
     return tokenizer.encode(BUBBLE_MARK, add_special_tokens=False)
 
 
+def vocabulary(twin: "Twin", prompts: list[list[int]], config: "GenerationConfig") -> list[int] | None:
+    """The token ids a reply may use (config.own_words), sorted: the persona's own (Twin.own_tokens) and every token of
+    `prompts`, so that names and words of the conversation itself can be answered with. None: the whole vocabulary
+    (own_words off, or a twin without memory to learn the persona's words from)."""
+    own = twin.own_tokens() if config.own_words else None
+    return None if own is None else sorted(own.union(*map(set, prompts)))
+
+
 def message_cap(twin: "Twin", config: "GenerationConfig") -> int:
     """Messages per turn at most: the config's, else the persona's own 90th percentile (0: no cap)."""
     return config.max_messages if config.max_messages is not None else twin.max_messages

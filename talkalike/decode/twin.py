@@ -43,6 +43,7 @@ class Twin:
     # On a GPU with room for it: the base with the adapter merged into plain weights (model.load_merged), which the
     # fastest engines decode; the tuned replies come from it, the base's from `model` with the adapter off.
     merged_model: Any = field(default=None, repr=False)
+    own: frozenset | None = field(default=None, repr=False)  # own_tokens(), once computed
 
     @classmethod
     def of(cls, model, tokenizer, layout: str = "chat", **fields) -> "Twin":
@@ -147,6 +148,20 @@ class Twin:
                 self, model=self.merged_model, has_adapter=False, merged_model=None, engines={})
             built = self.engines[key] = engines.build(engines.pick(target, max_len, graphs), target, max_len)
         return built
+
+    def own_tokens(self) -> frozenset[int] | None:
+        """Every token of the persona's replies in memory, the message separator's and the turn's stop tokens;
+        None without a memory. Computed once (a tokenizer pass over the replies)."""
+        from talkalike.template import BUBBLE_SEP
+
+        if self.memory is None:
+            return None
+        if self.own is None:
+            ids = set(self.stop_ids) | set(self.tokenizer.encode(BUBBLE_SEP, add_special_tokens=False))
+            for encoded in self.tokenizer(self.memory.replies(), add_special_tokens=False)["input_ids"]:
+                ids.update(encoded)
+            self.own = frozenset(ids)
+        return self.own
 
     def adapter(self, use_adapter: bool = True):
         """A context in which the model runs with or without its adapter."""

@@ -1,10 +1,18 @@
-"""Decoding stays in character: no run of tokens twice in a reply, no more messages than the persona sends."""
+"""Decoding stays in character: no run of tokens twice in a reply, no more messages than the persona sends, no words
+the persona never wrote."""
 
+import dataclasses
+
+import pytest
 import torch
+from conftest import build_tiny_model
 
+from talkalike.decode.batch import decode_many
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.sampling import Sampler, block_repeats
-from talkalike.decode.turns import split_reply
+from talkalike.decode.stream import reply
+from talkalike.decode.turns import fit_prompt, split_reply, vocabulary
+from talkalike.decode.twin import Twin
 from talkalike.memory import Memory
 from talkalike.template import join_bubbles
 
@@ -55,3 +63,56 @@ def test_the_persona_cap_is_the_90th_percentile_of_their_messages_per_turn(tmp_p
                           {"role": "assistant", "content": join_bubbles(["m"] * n)}], "start": f"{i:04d}"}
             for i, n in enumerate(counts)]
     assert Memory.build(rows, tmp_path / "memory.db").messages_per_turn(0.9) == 3
+
+
+@pytest.fixture(scope="module")
+def remembering_twin(tiny_tokenizer, tmp_path_factory):
+    rows = [{"messages": [{"role": "user", "content": f"question {i}"},
+                          {"role": "assistant", "content": join_bubbles(["haha ok", "sure 😂"])}], "start": f"{i:04d}"}
+            for i in range(3)]
+    memory = Memory.build(rows, tmp_path_factory.mktemp("run") / "memory.db")
+    twin = Twin.of(build_tiny_model(len(tiny_tokenizer), seed=5), tiny_tokenizer, persona="Noa", memory=memory)
+    twin.prepare(torch.float32)
+    return twin
+
+
+HISTORY = [{"role": "user", "content": "Hello there, how are you today?"}]
+
+
+def test_a_reply_uses_only_the_personas_own_tokens_and_the_conversations(remembering_twin, monkeypatch):
+    import talkalike.decode.stream as stream
+
+    twin = remembering_twin
+    config = GenerationConfig(temperature=1.0, max_new_tokens=24, seed=3, memories=0, max_messages=0)
+    prompt = fit_prompt(twin, HISTORY, config)
+    allowed = set(vocabulary(twin, [prompt], config))
+    assert set(twin.tokenizer.encode("haha ok", add_special_tokens=False)) <= allowed
+    assert set(prompt) <= allowed and len(allowed) < len(twin.tokenizer) / 2
+    drawn, loop = [], stream.tokens
+
+    def recording(*args, **kwargs):
+        for token in loop(*args, **kwargs):
+            drawn.append(token)
+            yield token
+
+    monkeypatch.setattr(stream, "tokens", recording)
+    reply(twin, HISTORY, config)
+    assert drawn and set(drawn) <= allowed
+    free = dataclasses.replace(config, own_words=False)
+    assert vocabulary(twin, [prompt], free) is None
+    drawn.clear()
+    reply(twin, HISTORY, free)  # a random tiny model left to the whole vocabulary leaves the persona's words at once
+    assert not set(drawn) <= allowed
+
+
+def test_batched_replies_from_the_restricted_head_match_the_single_streams_masked_ones(remembering_twin):
+    """Eval's batches compute only the allowed rows of the head; the chat masks the whole vocabulary: same tokens."""
+    twin = remembering_twin
+    config = GenerationConfig(temperature=0, max_new_tokens=16, memories=0, max_messages=0, repetition_penalty=1.1)
+    histories = [HISTORY, [{"role": "user", "content": "ok sure coming"}]]
+    assert decode_many(twin, histories, config, batch_size=2) == [reply(twin, h, config) for h in histories]
+
+
+def test_a_twin_without_memory_keeps_the_whole_vocabulary(tiny_tokenizer):
+    twin = Twin.of(build_tiny_model(len(tiny_tokenizer)), tiny_tokenizer)
+    assert vocabulary(twin, [[5, 6]], GenerationConfig()) is None
