@@ -27,13 +27,24 @@ YOU = "you"  # the other side's label in the terminal and the transcript
 COMMANDS = "/reset forgets the conversation, /save writes the transcript, /quit ends"
 
 
+def transcript_header(when: datetime, header: str) -> str:
+    """A session's first line in a transcript: `=== 2025-01-31 21:04:05 +0200 · header ===`."""
+    return f"=== {when:%Y-%m-%d %H:%M:%S %z} · {header} ==="
+
+
+def transcript_line(label: str, text: str) -> str:
+    """One message as a transcript line, `label: text`; a message's later lines are indented by two spaces, so a
+    line that happens to start with "you: " still reads back as part of its message."""
+    return f"{label}: " + text.replace("\n", "\n  ")
+
+
 class Transcript:
     """This session's lines, written to the day's log file after what earlier sessions left there."""
 
     def __init__(self, folder: Path, header: str):
         now = datetime.now(UTC).astimezone()
         self.path = folder / f"{now:%Y-%m-%d}.txt"
-        self.lines = [f"=== {now:%Y-%m-%d %H:%M:%S %z} · {header} ==="]
+        self.lines = [transcript_header(now, header)]
         self.before: str | None = None  # the file as this session found it, read on the first save
 
     def add(self, line: str) -> None:
@@ -109,13 +120,13 @@ def run_chat(twin: Twin, config: GenerationConfig, lines: Callable[[], str | Non
                 history.pop()
                 say(f"error: {error}")
                 continue
-            transcript.add(f"{YOU}: {text}")
-            transcript.lines += [f"{twin.persona}: {m}" for m in messages]
+            transcript.add(transcript_line(YOU, text))
+            transcript.lines += [transcript_line(twin.persona, m) for m in messages]
             if compare:
                 # Same history, adapter off; only the tuned reply goes on into the conversation.
                 base_label = f"{twin.persona} (base)"
                 base_messages = _print_reply(twin, history, config, False, base_label, out, stream)
-                transcript.lines += [f"{base_label}: {m}" for m in base_messages]
+                transcript.lines += [transcript_line(base_label, m) for m in base_messages]
             history += [{"role": "assistant", "content": m} for m in messages]
     finally:
         transcript.save()

@@ -334,8 +334,10 @@ async def unless_gone(request, work):
     return None
 
 
-def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callable = stream_reply):
-    """The FastAPI app: the chat page, its /api, and the OpenAI-compatible /v1 endpoints."""
+def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callable = stream_reply,
+               chats: Path | None = None):
+    """The FastAPI app: the chat page, its /api, and the OpenAI-compatible /v1 endpoints. The page's conversations
+    are saved in `chats` (by default the run's chats/ folder, beside the terminal's transcripts)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
@@ -359,6 +361,7 @@ def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callab
                             status_code=error.status_code)
 
     app.state.share_token = _include_abtest(app, twin)
+    _include_conversations(app, twin, chats)
     app.add_middleware(Guard, settings=settings, share_token=app.state.share_token,
                        is_loopback=is_loopback(settings.host))
 
@@ -437,6 +440,16 @@ def _include_abtest(app, twin: Twin) -> str | None:
     return abtest.share_token(twin.run_dir)
 
 
+def _include_conversations(app, twin: Twin, chats: Path | None) -> None:
+    """The page's saved conversations at /api/conversations (frontends/conversations.py); without a folder to save
+    in (a base model served with no run) the page keeps none."""
+    from talkalike.frontends import conversations
+
+    folder = chats or (twin.run_dir / "chats" if twin.run_dir else None)
+    if folder is not None:
+        app.include_router(conversations.make_router(folder, twin.persona, f"{twin.name} · web page"))
+
+
 def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -493,7 +506,7 @@ def cmd_serve(args) -> int:
         home = resolve_home(args.home)
         twin = load_twin(args.run, args.base, home)
         talk_as(twin, args.as_name, args.memories)
-        app = create_app(twin, settings)
+        app = create_app(twin, settings, chats=(twin.run_dir or home) / "chats")  # where `chat` saves too
         address = f"[{settings.host}]" if ":" in settings.host else settings.host
         url = f"http://{address}:{sock.getsockname()[1]}"
         say(f"serving {twin.persona} ({', '.join(model_ids(twin))}) at {url}/ and an OpenAI-compatible API at /v1")
