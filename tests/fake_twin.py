@@ -56,12 +56,14 @@ def fake_stream(twin: FakeTwin, history: list[dict], config: GenerationConfig, u
 
 
 @contextmanager
-def live_server(app):
-    """Serve `app` with uvicorn on 127.0.0.1 and a free port in a thread; yields the base URL; always shuts down."""
+def live_server(app, port: int = 0):
+    """Serve `app` with uvicorn on 127.0.0.1 and a free port (or `port`, to bring a stopped server back) in a
+    thread; yields the base URL; always shuts down."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port of a server that just stopped
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
