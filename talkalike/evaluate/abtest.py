@@ -4,11 +4,13 @@ picks the real one. Served by `talkalike serve RUN` at /ab; needs no model.
 `talkalike eval RUN` pre-generates the pairs into RUN/ab/pairs.jsonl (one JSON object per line:
 {"id", "context": [{"role", "content"}], "real": [messages], "twin": [messages]}). Each answer is added to
 RUN/ab/answers.jsonl, and `results(run_dir)` gives the "fooled" rate (the friend picked the twin as the real one)
-with a Wilson 95 % interval, which the report shows.
+with a Wilson 95 % interval, which the report shows. A rater answers a round of ROUND questions (fewer if there
+are fewer pairs), sees "7 of 20" as they go, may skip one, and gets their own score at the end; within a round the
+page names the questions it was shown (`/ab/next?seen=…`), so no pair comes twice.
 
 The pairs are real held-out conversations, so the folder and its files are the owner's alone (0700/0600). A server
 with an API key lets raters in with a share token instead (RUN/ab/share-token; the link is /ab?t=TOKEN), and a
-rater sees only the question and, once answered, which reply was real: never the tally or how many pairs there are.
+rater sees only the question, the round's length and, once answered, which reply was real: never the tally.
 
     app.include_router(talkalike.evaluate.abtest.make_router(run_dir))
 """
@@ -28,6 +30,7 @@ ANSWERS = "answers.jsonl"
 SHARE_TOKEN = "share-token"
 PAGE = Path(__file__).resolve().parents[1] / "frontends" / "static" / "ab.html"
 MAX_OPEN_QUESTIONS = 10_000  # questions shown but not answered yet; the oldest are forgotten beyond this
+ROUND = 20  # questions per rater: WhatsApp-Llama's friends' test had 20, and a friend's patience is about that
 
 
 def ab_dir(run_dir: Path) -> Path:
@@ -101,7 +104,8 @@ def results(run_dir: Path) -> dict:
 
 
 def make_router(run_dir: Path, seed: int | None = None):
-    """A FastAPI router with GET /ab (the page), GET /ab/next (a question) and POST /ab/answer."""
+    """A FastAPI router with GET /ab (the page), GET /ab/next (a question; `seen` names this round's earlier
+    questions) and POST /ab/answer."""
     from fastapi import APIRouter, HTTPException, Request
     from fastapi.responses import HTMLResponse
     from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
@@ -113,6 +117,7 @@ def make_router(run_dir: Path, seed: int | None = None):
     # question id -> (pair id, which side is real); kept server-side so the page never learns the answer before
     # the friend commits to one.
     open_questions: dict[str, tuple[str, str]] = {}
+    asked: dict[str, str] = {}  # question id -> pair id, answered or not: what a round has shown already
     lock = threading.Lock()
 
     class Answer(BaseModel):
@@ -126,23 +131,28 @@ def make_router(run_dir: Path, seed: int | None = None):
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
     @router.get("/ab/next")
-    def next_question() -> dict:
+    def next_question(request: Request) -> dict:
         pairs = read_pairs(run_dir)
         if not pairs:
             raise HTTPException(404, f"no blind-test pairs in {ab_dir(run_dir)}; run `talkalike eval {run_dir}` first")
         with lock:
+            seen = {asked[q] for q in request.query_params.getlist("seen")[:ROUND] if q in asked}  # this round's
             answered = {a["pair"] for a in read_answers(run_dir)}
-            fresh = [p for p in pairs if p["id"] not in answered] or pairs  # unseen pairs first, then repeats
-            pair = chooser.choice(fresh)
+            # Pairs nobody answered yet first, then any this rater has not seen this round, then repeats.
+            fresh = [p for p in pairs if p["id"] not in answered | seen] or [p for p in pairs if p["id"] not in seen]
+            pair = chooser.choice(fresh or pairs)
             real_side = chooser.choice("ab")
             question = secrets.token_hex(8)
             open_questions[question] = (pair["id"], real_side)
-            while len(open_questions) > MAX_OPEN_QUESTIONS:
-                open_questions.pop(next(iter(open_questions)))
+            asked[question] = pair["id"]
+            for kept in (open_questions, asked):
+                while len(kept) > MAX_OPEN_QUESTIONS:
+                    kept.pop(next(iter(kept)))
         twin_side = "b" if real_side == "a" else "a"
         sides = {real_side: pair["real"], twin_side: pair["twin"]}
         return {
             "question": question,
+            "round": min(ROUND, len(pairs)),
             "context": pair["context"],
             "replies": [{"key": key, "messages": sides[key]} for key in "ab"],
         }

@@ -3,6 +3,7 @@ served by `talkalike serve`'s app with an API key, the rater coming in through t
 
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -53,7 +54,8 @@ def test_next_serves_a_context_and_the_two_replies_without_saying_which_is_real(
 
     client = TestClient(_app(run_dir))
     body = client.get("/ab/next").json()
-    assert set(body) == {"question", "context", "replies"}  # not how many pairs there are
+    assert set(body) == {"question", "round", "context", "replies"}  # not the tally of other raters
+    assert body["round"] == len(PAIRS)  # fewer pairs than abtest.ROUND: the round is as long as there are pairs
     assert [r["key"] for r in body["replies"]] == ["a", "b"]
     pair = next(p for p in PAIRS if p["context"] == body["context"])
     assert sorted(map(tuple, (r["messages"] for r in body["replies"]))) == sorted([tuple(pair["real"]), tuple(pair["twin"])])
@@ -70,6 +72,22 @@ def test_both_orders_occur_so_the_real_reply_is_not_always_first(run_dir):
         pair = next(p for p in PAIRS if p["context"] == body["context"])
         first_is_real.add(body["replies"][0]["messages"] == pair["real"])
     assert first_is_real == {True, False}
+
+
+def test_a_round_never_shows_a_pair_twice_when_the_page_names_what_it_has_seen(run_dir):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(_app(run_dir, seed=3))
+    for _ in range(10):
+        first = client.get("/ab/next").json()
+        second = client.get("/ab/next", params={"seen": [first["question"]]}).json()
+        assert second["context"] != first["context"]  # skipped or not, the other pair comes next
+        third = client.get("/ab/next", params={"seen": [first["question"], second["question"]]}).json()
+        assert third["context"] in (first["context"], second["context"])  # only 2 pairs: repeats after that
+    rounds = {client.get("/ab/next").json()["round"]}
+    abtest.write_pairs(run_dir, [PAIRS[1] | {"id": f"p{i}"} for i in range(30)])
+    rounds.add(client.get("/ab/next").json()["round"])
+    assert rounds == {2, abtest.ROUND}
 
 
 def test_an_answer_is_saved_and_counted_as_fooled_when_the_twin_is_picked(run_dir):
@@ -211,3 +229,114 @@ def test_a_malformed_answer_is_a_422_not_a_crash(run_dir, body):
     response = TestClient(_app(run_dir)).post("/ab/answer", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert not (abtest.ab_dir(run_dir) / abtest.ANSWERS).exists()
+
+
+SCREENS = {
+    "desktop": {"viewport": {"width": 1280, "height": 800}},
+    "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True},
+}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+def expect(locator):
+    """Playwright's web-first assertions: they poll without eval, which the page's CSP forbids."""
+    from playwright.sync_api import expect
+
+    return expect(locator)
+
+
+THREE = [PAIRS[0], PAIRS[1], {"id": "eval-7-2", "context": [{"role": "user", "content": "pizza or sushi?"}],
+                              "real": ["sushi!!"], "twin": ["pizza"]}]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
+@pytest.mark.parametrize("screen", list(SCREENS))
+def test_a_round_shows_progress_takes_skips_and_keys_and_ends_with_the_raters_score(run_dir, served, browser, screen):
+    abtest.write_pairs(run_dir, THREE)
+    url, token = served
+    context = browser.new_context(**SCREENS[screen])
+    context.add_init_script(CSP_WATCH)
+    page = context.new_page()
+    # A phone taps the buttons; a desktop uses the keys.
+    keys = screen == "desktop"
+    act = {"skip": ("s", "#skip"), "a": ("1", "#pick-a"), "b": ("ArrowRight", "#pick-b"), "next": ("Enter", "#next")}
+
+    def do(what):
+        key, button = act[what]
+        page.keyboard.press(key) if keys else page.tap(button)
+
+    page.goto(f"{url}/ab?t={token}")
+    expect(page.locator("#progress")).to_have_text("1 of 3")
+    shown = [page.inner_text("#context")]
+    if keys:
+        page.fill("#rater", "Sam")  # typing a name is not a key press for the test
+        page.press("#rater", "s")
+        expect(page.locator("#rater")).to_have_value("Sams")
+        page.locator("h1").click()
+    assert page.locator("#progress").inner_text() == "1 of 3"
+    do("skip")
+    expect(page.locator("#progress")).to_have_text("2 of 3")
+    expect(page.locator("#context")).not_to_have_text(shown[0])
+    shown.append(page.inner_text("#context"))
+    do("a")
+    expect(page.locator("#next")).to_be_visible()
+    expect(page.locator("#result")).to_have_text(re.compile("Fooled|Right"))
+    do("next")
+    expect(page.locator("#progress")).to_have_text("3 of 3")
+    shown.append(page.inner_text("#context"))
+    assert len(set(shown)) == 3  # a skipped pair does not come back within the round
+    do("b")
+    expect(page.locator("#next")).to_have_text("See your score")
+    do("next")
+    expect(page.locator("#done")).to_be_visible()
+    expect(page.locator("#quiz")).to_be_hidden()
+
+    answers = abtest.read_answers(run_dir)
+    assert [a["choice"] for a in answers] == ["a", "b"]  # the skip recorded nothing
+    spotted = sum(not a["fooled"] for a in answers)
+    expect(page.locator("#score")).to_have_text(f"You spotted the real one {spotted} of 2 times.")
+    expect(page.locator("#score-detail")).to_contain_text("You skipped 1.")
+    page.reload()  # the round is kept in the tab: still done
+    expect(page.locator("#done")).to_be_visible()
+    page.click("#again")
+    expect(page.locator("#progress")).to_have_text("1 of 3")
+    assert page.evaluate("window.cspViolations") == []
+    context.close()
+
+
+def colours(page, selector: str) -> str:
+    return page.locator(selector).first.evaluate("el => getComputedStyle(el).backgroundColor")
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_persona_has_the_same_colours_on_the_chat_page_and_the_ab_page(run_dir, served, browser, scheme):
+    abtest.write_pairs(run_dir, PAIRS[:1])  # its context has the persona's turns too
+    url, token = served
+    context = browser.new_context(color_scheme=scheme)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept("owner-key"))  # the owner's page asks for the API key
+    page.goto(url)
+    expect(page.locator("#persona")).to_have_text("Noa")
+    page.fill("#text", "hey")
+    page.press("#text", "Enter")
+    expect(page.locator(".row.theirs .bubble:not(.streaming)")).to_have_count(3)
+    chat = {"persona": colours(page, ".row.theirs .bubble"), "other": colours(page, ".row.mine .bubble")}
+    page.goto(f"{url}/ab?t={token}")
+    page.wait_for_selector("#choice-a .bubble")
+    ab = {"persona": colours(page, ".choice .bubble"), "other": colours(page, "#context .bubble.user")}
+    assert colours(page, "#context .bubble.assistant") == ab["persona"]  # the persona's turns in the context too
+    assert chat == ab and chat["persona"] != chat["other"]
+    context.close()
