@@ -1,7 +1,8 @@
 """`talkalike serve RUN`: a web chat page and an OpenAI-compatible API in one FastAPI app, on 127.0.0.1 by default.
 
 - `/` is a messaging-style chat page (static files, no build step); it streams the persona's messages as separate
-  bubbles from `/api/chat` and has a base-vs-tuned switch.
+  bubbles from `/api/chat` and has a base-vs-tuned switch. Its conversations are saved under the run's chats/ through
+  `/api/conversations` (conversations.py).
 - `/v1/models` and `/v1/chat/completions` (streaming SSE or not) follow OpenAI's API, so any OpenAI client works.
   Model ids: the run's name (tuned) and "<run>:base" (adapter off). A reply of several messages is one `content`
   with the messages joined by "\\n"; the separate messages are also in `message.talkalike_messages`.
