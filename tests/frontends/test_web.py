@@ -261,7 +261,7 @@ def test_a_stopped_server_shows_offline_and_retry_sends_the_message_once_it_is_b
     second = FakeTwin(run_dir=tmp_path, tuned=["back!"])
     port = int(url.rsplit(":", 1)[1])
     with live_server(create_app(second, ServeSettings(), stream=fake_stream), port=port):
-        expect(page.locator("#status")).to_have_text("online")  # found again without sending anything
+        expect(page.locator("#status")).to_have_text("online", timeout=15_000)  # found again, nothing sent
         expect(page.locator("#bar")).to_have_class("bar")
         failed.locator(".retry").click()
         expect(page.locator(".row.theirs .bubble:not(.streaming)")).to_have_count(len(TUNED) + 1)

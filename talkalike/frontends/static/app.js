@@ -340,7 +340,7 @@ async function save() {
     if (!(error instanceof Offline)) showError("⚠ not saved: " + error.message);
     return;
   }
-  listConversations();
+  listConversations().catch(() => {});  // offline: the header says so
 }
 
 function setCurrent(id) {
@@ -422,7 +422,7 @@ async function deleteConversation(id) {
     return;
   }
   if (id === state.id) newConversation();
-  listConversations();
+  listConversations().catch(() => {});  // offline: the header says so
 }
 
 function toggleDrawer(open) {
