@@ -91,7 +91,8 @@ def test_with_an_api_key_requests_without_it_get_401_and_with_it_succeed():
             client(url, key="wrong").models.list()
         assert caught.value.status_code == 401
         assert caught.value.body["type"] == "authentication_error"
-        assert httpx.post(f"{url}/api/chat", json={"model": "noa", "messages": HEY}).status_code == 401
+        for path in ("/page/chat", "/api/chat"):
+            assert httpx.post(f"{url}{path}", json={"model": "noa", "messages": HEY}).status_code == 401
         assert [m.id for m in client(url, key="s3cret").models.list()] == ["noa", "noa:base"]
         assert httpx.get(f"{url}/").status_code == 200  # the page itself holds no data
 
