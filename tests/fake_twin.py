@@ -54,7 +54,8 @@ def fake_stream(twin: FakeTwin, history: list[dict], config: GenerationConfig, u
                 if usage.completion_tokens == config.max_new_tokens:
                     usage.finish_reason = "length"
                     done = True
-                    yield ("end_message",)
+                    if start:  # the message being written ends here; one already ended has sent its end
+                        yield ("end_message",)
                     return
                 time.sleep(twin.delay)
                 usage.completion_tokens += 1
