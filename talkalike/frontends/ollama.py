@@ -2,7 +2,7 @@
 editor plugins, the `ollama` Python and JS libraries) can talk to the twin: point them at the server's address,
 e.g. OLLAMA_HOST=http://127.0.0.1:8000.
 
-- GET /api/tags lists the models (the run, and "<run>:base" with the adapter off; "<run>:latest" is the run too),
+- HEAD / says the server is up. GET /api/tags lists the models (the run, and "<run>:base" with the adapter off; "<run>:latest" is the run too),
   POST /api/show describes one, GET /api/version says which talkalike answers.
 - POST /api/chat and /api/generate stream NDJSON by default, one {"model", "created_at", "message" or "response",
   "done": false} line per piece of text and a last line with "done": true, "done_reason" ("stop", or "length"
@@ -69,14 +69,14 @@ class Message(_Strict):
 class _Request(_Strict):
     model: StrictStr = Field(max_length=200)
     stream: StrictBool = True  # Ollama streams unless told not to
-    options: Options = Field(default_factory=Options)
+    options: Options | None = None
     format: StrictStr | dict | None = None
     think: StrictBool | StrictStr | None = None
     images: list | None = None
 
 
 class ChatBody(_Request):
-    messages: list[Message] = Field(default_factory=list)
+    messages: list[Message] | None = None
     tools: list | None = None
 
 
@@ -119,7 +119,7 @@ def refuse_unsupported(body: _Request) -> None:
     for name, message in refusals.items():
         if getattr(body, name, None) not in (None, False, "", []):
             raise ApiError(400, message, param=name)
-    for message in getattr(body, "messages", []):
+    for message in getattr(body, "messages", None) or []:
         if message.role == "tool" or message.tool_calls:
             raise ApiError(400, refusals["tools"], param="messages")
         if message.images:
@@ -128,7 +128,7 @@ def refuse_unsupported(body: _Request) -> None:
 
 def _job(state, body: _Request, history: list[dict]) -> Job:
     """The reply a request asks for, every check done before it waits for the model."""
-    options = body.options
+    options = body.options or Options()
     num_predict = None if options.num_predict in UNLIMITED else options.num_predict
     config = sampling_config(state.twin.defaults, state.settings, max_tokens=num_predict,
                              temperature=options.temperature, top_p=options.top_p,
@@ -182,6 +182,12 @@ def make_router():
     from fastapi.responses import Response
 
     router = APIRouter()
+
+    @router.head("/")
+    async def heartbeat():
+        """Ollama answers HEAD / to say it is up, and some clients (its own CLI) ask before anything else; GET / is
+        still the chat page."""
+        return Response()
 
     async def answer(request: Request, body: _Request, job: Job, piece):
         result = await run_job(request, job, body.stream)

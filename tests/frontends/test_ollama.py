@@ -66,7 +66,13 @@ def test_chat_streams_the_reply_in_many_pieces_and_ends_with_the_counts():
 def test_the_raw_stream_is_ndjson_and_streaming_is_the_default():
     _, server = serve()
     with server as url:
-        response = httpx.post(f"{url}/api/chat", json={"model": "noa", "messages": HEY})
+        response = httpx.post(f"{url}/api/chat", json={"model": "noa", "messages": HEY, "options": None})
+        assert httpx.head(f"{url}/").status_code == 200  # how Ollama's CLI checks that a server is up
+        assert "<html" in httpx.get(f"{url}/").text.lower()  # and GET / is still the chat page
+        # curl -d without a content type, as in Ollama's own examples: refused, in Ollama's error shape
+        refused = httpx.post(f"{url}/api/generate", content=b'{"model": "noa", "prompt": "hey"}',
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert refused.status_code == 415 and "application/json" in refused.json()["error"]
     assert response.headers["content-type"].startswith("application/x-ndjson")
     lines = [json.loads(line) for line in response.text.splitlines()]
     assert len(lines) > 2 and all(set(line) >= {"model", "created_at", "message", "done"} for line in lines)
