@@ -2,8 +2,8 @@
 editor plugins, the `ollama` Python and JS libraries) can talk to the twin: point them at the server's address,
 e.g. OLLAMA_HOST=http://127.0.0.1:8000.
 
-- HEAD / says the server is up. GET /api/tags lists the models (the run, and "<run>:base" with the adapter off; "<run>:latest" is the run too),
-  POST /api/show describes one, GET /api/version says which talkalike answers.
+- GET /api/tags lists the models (the run, and "<run>:base" with the adapter off; "<run>:latest" is the run too),
+  POST /api/show describes one, GET /api/version says which talkalike answers, HEAD / that the server is up.
 - POST /api/chat and /api/generate stream NDJSON by default, one {"model", "created_at", "message" or "response",
   "done": false} line per piece of text and a last line with "done": true, "done_reason" ("stop", or "length"
   when num_predict cut the reply) and the token counts (prompt_eval_count, eval_count) and durations in
