@@ -1,4 +1,4 @@
-// The chat page: sends the conversation to /api/chat and streams the persona's reply as separate bubbles.
+// The chat page: sends the conversation to /page/chat and streams the persona's reply as separate bubbles.
 // No build step; plain browser JavaScript.
 "use strict";
 
@@ -76,7 +76,7 @@ async function send(text) {
   state.history.push({ role: "user", content: text });
   let bubble = null;
   try {
-    const response = await api("/api/chat", {
+    const response = await api("/page/chat", {
       method: "POST",
       body: JSON.stringify({ model: state.useBase ? state.base : state.tuned, messages: state.history }),
     });
