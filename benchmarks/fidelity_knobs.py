@@ -34,6 +34,8 @@ RANKING = {  # name -> GenerationConfig overrides for the scorer's prompt (recen
 }
 SAMPLING = {  # name -> GenerationConfig overrides for generation
     "defaults": {},
+    "whole vocabulary (own_words off)": {"own_words": False},
+    "no 3-token no-repeat rule": {"no_repeat_ngram": 0},
     "temperature 0.8": {"temperature": 0.8},
     "temperature 1.0": {"temperature": 1.0},
     "temperature 1.0, top-p 0.9": {"temperature": 1.0, "top_p": 0.9},

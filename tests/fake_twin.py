@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from talkalike.decode.config import GenerationConfig
+from talkalike.decode.stream import Usage
 from talkalike.errors import TalkalikeError
 
 TUNED = ["ok", "sure", "שלום! נתראה ב-8 בדיזנגוף"]
@@ -35,18 +36,29 @@ class FakeTwin:
     completed: list = field(default_factory=list)  # per reply: True if it ran to the end, False if it was closed
 
 
-def fake_stream(twin: FakeTwin, history: list[dict], config: GenerationConfig, use_adapter: bool = True):
-    """stream_reply's events for the scripted messages, a few characters at a time."""
+def fake_stream(twin: FakeTwin, history: list[dict], config: GenerationConfig, use_adapter: bool = True,
+                usage: Usage | None = None):
+    """stream_reply's events for the scripted messages, a few characters at a time. Each chunk counts as a token
+    and each word of the history as a prompt token; `config.max_new_tokens` chunks cut the reply ("length")."""
     twin.calls.append(([dict(m) for m in history], config, use_adapter))
     if history and history[-1]["content"] == "too long":
         raise TalkalikeError("the last message alone is 9999 tokens; send a shorter message")
+    usage = usage or Usage()
+    usage.prompt_tokens = sum(len(m["content"].split()) for m in history)
     twin.active += 1
     twin.most_active = max(twin.most_active, twin.active)
     done = False
     try:
         for message in twin.tuned if use_adapter else twin.base:
             for start in range(0, len(message), twin.chunk):
+                if usage.completion_tokens == config.max_new_tokens:
+                    usage.finish_reason = "length"
+                    done = True
+                    if start:  # the message being written ends here; one already ended has sent its end
+                        yield ("end_message",)
+                    return
                 time.sleep(twin.delay)
+                usage.completion_tokens += 1
                 yield ("text", message[start: start + twin.chunk])
             yield ("end_message",)
         done = True

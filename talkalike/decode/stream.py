@@ -2,6 +2,8 @@
 
 `stream_reply(twin, history, config)` yields ("text", chunk) and ("end_message",) events (turns.py): the persona's
 turn, split into the messages the person would send, stopping at the end of the turn. `reply` collects one turn.
+A `Usage` passed in is filled in as the reply runs: its tokens and why it ended, for the APIs' usage and
+finish_reason.
 `tokens` is the one token loop, over any engine (engines/): prefill once, then one step per token, sampling with
 the run's repetition penalty, temperature and top-p (sampling.py).
 
@@ -11,6 +13,7 @@ the run's repetition penalty, temperature and top-p (sampling.py).
 """
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.engines import Engine
@@ -26,6 +29,15 @@ from talkalike.decode.turns import (
     vocabulary,
 )
 from talkalike.decode.twin import Twin
+
+
+@dataclass
+class Usage:
+    """What one reply took, counted with the tokenizer while it streams (read it once the events have ended)."""
+
+    prompt_tokens: int = 0  # the prompt as fitted to the context window, not the whole history sent
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # "length" when max_new_tokens cut the turn before it ended
 
 
 def tokens(engine: Engine, prompt_ids: list[int], max_new_tokens: int, sample: Callable, stops: set[int]
@@ -65,18 +77,19 @@ def tokens(engine: Engine, prompt_ids: list[int], max_new_tokens: int, sample: C
 
 
 def stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | None = None,
-                 use_adapter: bool = True) -> Iterator[Event]:
+                 use_adapter: bool = True, usage: Usage | None = None) -> Iterator[Event]:
     """The persona's next turn as events: ("text", chunk) while a message grows, ("end_message",) after each one."""
     from talkalike.prepare.privacy import mask_stream
 
     # Chat, serve and the API all show what this yields: personal data the model writes is masked first.
-    return mask_stream(_stream_reply(twin, history, config, use_adapter))
+    return mask_stream(_stream_reply(twin, history, config, use_adapter, usage or Usage()))
 
 
-def _stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | None, use_adapter: bool
-                  ) -> Iterator[Event]:
+def _stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | None, use_adapter: bool,
+                  usage: Usage) -> Iterator[Event]:
     config = config or twin.defaults
     prompt_ids = fit_prompt(twin, history, config)
+    usage.prompt_tokens = len(prompt_ids)
     splitter = Splitter(turn_stops(twin.tokenizer, twin.layout), message_cap(twin, config))
     engine = twin.engine(len(prompt_ids) + config.max_new_tokens, use_adapter)
     sampler = Sampler(config, twin.vocab_size, rows=1, device=engine.device,
@@ -91,6 +104,7 @@ def _stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | No
                                lambda logits, seen: sampler(logits, seen, temperature, [seen[0, start:]], blocked),
                                twin.stop_ids):
             generated.append(token_id)
+            usage.completion_tokens = len(generated)
             # Decode the whole reply each step: byte-level tokens can split a character (an emoji, a Hebrew
             # letter); a trailing U+FFFD means "wait for the next token".
             decoded = twin.tokenizer.decode(generated, skip_special_tokens=False)
@@ -102,6 +116,9 @@ def _stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | No
                 return
         decoded = twin.tokenizer.decode(generated, skip_special_tokens=False)
         yield from splitter.feed(decoded[len(text):] if decoded.startswith(text) else "")
+        # The token loop ran out with neither a stop token nor the end of the turn: max_new_tokens cut the reply.
+        if len(generated) == config.max_new_tokens and not splitter.done:
+            usage.finish_reason = "length"
         yield from splitter.finish()
 
 

@@ -440,6 +440,7 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
 
     result = {
         "run": run.name,
+        "persona": run.persona,
         "base": run.info.get("base", {}),
         "config": asdict(config),
         "generation": asdict(generation),

@@ -6,11 +6,11 @@ a `=== time · run (web page) ===` header, then `you: …`, `Noa: …` and, for 
 `Noa (base): …`. Written whole through a temp file on every change, 0600 in a 0700 folder: the conversations are
 the user's own. The routes sit behind the server's guard like every route that returns chat content:
 
-    GET    /api/conversations          the list, newest first: id, title (the first message), updated, messages
-    POST   /api/conversations          a new one from {"messages": [{"role", "content", "base"}]}; returns its id
-    GET    /api/conversations/{id}     its messages
-    PUT    /api/conversations/{id}     replace its messages (the page sends the whole conversation after each turn)
-    DELETE /api/conversations/{id}
+    GET    /page/conversations          the list, newest first: id, title (the first message), updated, messages
+    POST   /page/conversations          a new one from {"messages": [{"role", "content", "base"}]}; returns its id
+    GET    /page/conversations/{id}     its messages
+    PUT    /page/conversations/{id}     replace its messages (the page sends the whole conversation after each turn)
+    DELETE /page/conversations/{id}
 
     app.include_router(make_router(run_dir / "chats", persona="Noa", header="noa (web page)"))
 """
@@ -146,29 +146,29 @@ def make_router(folder: Path, persona: str, header: str):
         private_folder(folder)
         write_atomic(path, render(messages, persona, header, started_at(path)), private=True)
 
-    @router.get("/api/conversations")
+    @router.get("/page/conversations")
     def list_conversations() -> dict:
         return {"conversations": listing(folder)}
 
-    @router.post("/api/conversations")
+    @router.post("/page/conversations")
     async def create_conversation(request: Request) -> dict:
         messages = await read_body(request)
         conversation = new_id()
         await run_in_threadpool(save, path_of(folder, conversation), messages)
         return {"id": conversation}
 
-    @router.get("/api/conversations/{conversation}")
+    @router.get("/page/conversations/{conversation}")
     def load_conversation(conversation: str) -> dict:
         path = existing(conversation)
         return {"id": conversation, "messages": parse(path.read_text(encoding="utf-8", errors="replace"))}
 
-    @router.put("/api/conversations/{conversation}")
+    @router.put("/page/conversations/{conversation}")
     async def save_conversation(conversation: str, request: Request) -> dict:
         messages = await read_body(request)
         await run_in_threadpool(save, existing(conversation), messages)
         return {"id": conversation}
 
-    @router.delete("/api/conversations/{conversation}")
+    @router.delete("/page/conversations/{conversation}")
     def delete_conversation(conversation: str) -> dict:
         existing(conversation).unlink(missing_ok=True)
         return {"id": conversation, "deleted": True}

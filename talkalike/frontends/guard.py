@@ -9,10 +9,11 @@
   routes (/ab/...) also take the raters' share token.
 - Body: counted as it arrives (chunked or not) and refused with a 413 past the limit, and JSON nested deeper than
   MAX_DEPTH is refused before any parser sees it.
+- Refusals are in OpenAI's error shape, or Ollama's ({"error": "..."}) on the paths of its API (`ollama_paths`).
 - Every response carries a Content-Security-Policy (no inline code, nothing from elsewhere, no framing),
   nosniff, X-Frame-Options DENY and no Referer.
 
-    app.add_middleware(Guard, settings=settings, share_token=token)
+    app.add_middleware(Guard, settings=settings, share_token=token, ollama_paths=ollama.PATHS)
 """
 
 import hmac
@@ -76,8 +77,9 @@ class Guard:
     """The checks above, as a plain ASGI middleware: Starlette's BaseHTTPMiddleware would hide a client's hang-up
     from a streaming reply, which then ran on for nobody."""
 
-    def __init__(self, app, settings, share_token: str | None = None, is_loopback: bool = True):
-        self.app, self.settings, self.share_token = app, settings, share_token
+    def __init__(self, app, settings, share_token: str | None = None, is_loopback: bool = True,
+                 ollama_paths: tuple[str, ...] = ()):
+        self.app, self.settings, self.share_token, self.ollama_paths = app, settings, share_token, ollama_paths
         self.hosts = allowed_hosts(settings.host, is_loopback)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -161,11 +163,12 @@ class Guard:
             return {"type": "http.request", "body": body, "more_body": False}
         return replay
 
-    @staticmethod
-    async def refuse(refused: Refused, scope, receive, send) -> None:
+    async def refuse(self, refused: Refused, scope, receive, send) -> None:
         from starlette.responses import JSONResponse
 
         body = {"error": {"message": refused.message, "type": refused.type, "param": None, "code": refused.code}}
+        if scope["path"] in self.ollama_paths:
+            body = {"error": refused.message}  # what Ollama's clients read and show
         # Closing the connection: a refused body may still be on its way, and it is not going to be read.
         await JSONResponse(body, status_code=refused.status, headers={"connection": "close"})(scope, receive, send)
 

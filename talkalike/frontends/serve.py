@@ -1,12 +1,14 @@
-"""`talkalike serve RUN`: a web chat page and an OpenAI-compatible API in one FastAPI app, on 127.0.0.1 by default.
+"""`talkalike serve RUN`: a web chat page, an OpenAI-compatible and an Ollama-compatible API in one FastAPI app, on
+127.0.0.1 by default.
 
 - `/` is a messaging-style chat page (static files, no build step); it streams the persona's messages as separate
-  bubbles from `/api/chat` and has a base-vs-tuned switch. Its conversations are saved under the run's chats/ through
-  `/api/conversations` (conversations.py).
-- `/v1/models` and `/v1/chat/completions` (streaming SSE or not) follow OpenAI's API, so any OpenAI client works.
-  Model ids: the run's name (tuned) and "<run>:base" (adapter off). A reply of several messages is one `content`
-  with the messages joined by "\\n"; the separate messages are also in `message.talkalike_messages`.
-  `system` messages are ignored: the twin was trained on conversations without one.
+  bubbles from its own `/page/chat` and has a base-vs-tuned switch. Its conversations are saved under the run's
+  chats/ through `/page/conversations` (conversations.py).
+- `/v1/...` follows OpenAI's API (openai_api.py) and `/api/tags`, `/api/chat`, `/api/generate`... follow Ollama's
+  (ollama.py), so OpenAI and Ollama clients both work. Model ids: the run's name (tuned) and "<run>:base" (adapter
+  off). A reply of several messages is one text with the messages joined by "\\n". `system` messages are ignored:
+  the twin was trained on conversations without one. This module holds what both APIs share: the request checks,
+  the queue, and one reply's events (`Job`, `run_job`).
 - Safe by default: loopback only; any other address needs an API key (bearer), and raters of the blind test get a
   share token instead (/ab?t=TOKEN). Every request passes guard.py first: the Host and Origin checks (no DNS
   rebinding, no cross-site requests), JSON bodies only, the key, the body-size and nesting limits, the pages'
@@ -26,16 +28,15 @@ import json
 import os
 import socket
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from talkalike.decode.config import GenerationConfig, with_overrides
-from talkalike.decode.stream import stream_reply
+from talkalike.decode.stream import Usage, stream_reply
 from talkalike.decode.turns import BUBBLE_MARK, Splitter, collect_messages
 from talkalike.decode.twin import Twin, load_twin, talk_as
 from talkalike.errors import TalkalikeError
@@ -146,12 +147,21 @@ class ChatMessage(_Strict):
     content: StrictStr | list[ContentPart]
 
 
-class ChatRequest(_Strict):
-    """The fields of an OpenAI chat request that the twin reads; limits that name settings are checked later."""
+class ResponseFormat(_Strict):
+    type: StrictStr
+
+
+class StreamOptions(_Strict):
+    include_usage: StrictBool = False
+
+
+class SamplingRequest(_Strict):
+    """The fields of an OpenAI request that the twin reads, chat or completion; limits that name settings are
+    checked later. Those it cannot honour are read only to refuse them (openai_api.refuse_unsupported)."""
 
     model: StrictStr = Field(max_length=200)
-    messages: list[ChatMessage]
     stream: StrictBool = False
+    stream_options: StreamOptions | None = None
     max_tokens: StrictInt | None = None
     max_completion_tokens: StrictInt | None = None
     temperature: float | None = None
@@ -160,13 +170,25 @@ class ChatRequest(_Strict):
     seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what torch's generator takes
     n: StrictInt = 1
     stop: StrictStr | list[StrictStr] | None = Field(default=None)
+    logprobs: StrictBool | StrictInt | None = None
 
 
-def parse_request(body: bytes) -> ChatRequest:
-    """The request body, validated; anything malformed is an ApiError 400 that names the field. pydantic's JSON
-    reader also refuses lone surrogates, numbers of thousands of digits and deep nesting."""
+class ChatRequest(SamplingRequest):
+    """An OpenAI chat request (also what the page sends)."""
+
+    messages: list[ChatMessage]
+    tools: list | None = None
+    functions: list | None = None
+    tool_choice: StrictStr | dict | None = None
+    function_call: StrictStr | dict | None = None
+    response_format: ResponseFormat | None = None
+
+
+def parse_request(body: bytes, model: type[BaseModel] = ChatRequest):
+    """The request body, validated as `model`; anything malformed is an ApiError 400 that names the field.
+    pydantic's JSON reader also refuses lone surrogates, numbers of thousands of digits and deep nesting."""
     try:
-        return ChatRequest.model_validate_json(body)
+        return model.model_validate_json(body)
     except ValidationError as error:
         problem = error.errors(include_url=False)[0]
         where = ".".join(str(part) for part in problem["loc"])
@@ -191,6 +213,15 @@ def model_ids(twin: Twin) -> dict[str, bool]:
     return {twin.name: False}
 
 
+def pick_model(twin: Twin, name: str) -> bool:
+    """Whether the model id `name` has the adapter on; an unknown id is a 404 that lists the served ones."""
+    models = model_ids(twin)
+    if name not in models:
+        raise ApiError(404, f"the model {name!r} does not exist; this server has {', '.join(models)}",
+                       param="model", code="model_not_found")
+    return models[name]
+
+
 def _content(message: ChatMessage) -> str:
     """A message's text: a string, or OpenAI's list of parts (text parts are joined)."""
     if isinstance(message.content, str):
@@ -211,17 +242,30 @@ def parse_history(messages: list[ChatMessage], settings: ServeSettings) -> list[
     return history
 
 
-def request_config(body: ChatRequest, defaults: GenerationConfig, settings: ServeSettings) -> GenerationConfig:
+def request_config(body: SamplingRequest, defaults: GenerationConfig, settings: ServeSettings) -> GenerationConfig:
     """Sampling settings from an OpenAI request body over the twin's defaults."""
-    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    if max_tokens is not None and not 0 < max_tokens <= settings.max_tokens:
-        raise ApiError(400, f"max_tokens must be an integer from 1 to {settings.max_tokens}", param="max_tokens")
     if body.n != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
-    numbers = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "repetition_penalty": (0.5, 2.0)}
-    for name, (low, high) in numbers.items():
-        value = getattr(body, name)
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    return sampling_config(defaults, settings, max_tokens=max_tokens, temperature=body.temperature,
+                           top_p=body.top_p, repetition_penalty=body.repetition_penalty, seed=body.seed)
+
+
+def sampling_config(defaults: GenerationConfig, settings: ServeSettings, max_tokens: int | None = None,
+                    temperature: float | None = None, top_p: float | None = None,
+                    repetition_penalty: float | None = None, seed: int | None = None,
+                    names: dict[str, str] | None = None) -> GenerationConfig:
+    """The run's defaults with a request's sampling settings over them, checked against the limits; `names` maps
+    ours to the API's own (Ollama's num_predict, repeat_penalty) in the errors."""
+    names = names or {}
+    if max_tokens is not None and not 0 < max_tokens <= settings.max_tokens:
+        name = names.get("max_tokens", "max_tokens")
+        raise ApiError(400, f"{name} must be an integer from 1 to {settings.max_tokens}", param=name)
+    numbers = {"temperature": (temperature, 0.0, 2.0), "top_p": (top_p, 0.0, 1.0),
+               "repetition_penalty": (repetition_penalty, 0.5, 2.0)}
+    for name, (value, low, high) in numbers.items():
         if value is not None and not low <= value <= high:
+            name = names.get(name, name)
             raise ApiError(400, f"{name} must be a number from {low} to {high}", param=name)
     context = None
     if max_tokens is not None:
@@ -229,9 +273,8 @@ def request_config(body: ChatRequest, defaults: GenerationConfig, settings: Serv
         # the difference, so the history keeps the room it had: else max_tokens=1024 on a 1024-token window left
         # no room for even one message. The model's own limit (max_positions) still applies.
         context = max(defaults.max_context_tokens, defaults.max_context_tokens - defaults.max_new_tokens + max_tokens)
-    return with_overrides(defaults, temperature=body.temperature, top_p=body.top_p,
-                          repetition_penalty=body.repetition_penalty, max_new_tokens=max_tokens, seed=body.seed,
-                          max_context_tokens=context)
+    return with_overrides(defaults, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+                          max_new_tokens=max_tokens, seed=seed, max_context_tokens=context)
 
 
 class Queue:
@@ -261,22 +304,64 @@ class Queue:
         self.lock.release()
 
 
-async def _events(stream: Callable, twin: Twin, history: list[dict], config: GenerationConfig, use_adapter: bool,
-                  queue: Queue):
+@dataclass
+class Job:
+    """One reply to generate, whichever API asked for it: what the twin reads and how it samples; filled in as it
+    runs, what it took (tokens, why it ended, when its first text was ready)."""
+
+    history: list[dict]
+    config: GenerationConfig
+    use_adapter: bool
+    stops: list[str] = field(default_factory=list)  # the API's stop strings
+    usage: Usage = field(default_factory=Usage)
+    started_ns: int = field(default_factory=time.perf_counter_ns)
+    first_ns: int = 0  # the queue's wait and the prompt's reading end here
+
+    def usage_counts(self) -> dict:
+        """OpenAI's `usage`."""
+        prompt, completion = self.usage.prompt_tokens, self.usage.completion_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def run_job(request, job: Job, streaming: bool):
+    """The reply's events (streaming) or its messages (not), holding the model while it generates; None if the client
+    hung up first. Waiting in the queue and (without streaming) generating both end when the client hangs up."""
+    state = request.app.state
+
+    async def reply():
+        events = await _events(state.stream, state.twin, job, state.queue)
+        job.first_ns = time.perf_counter_ns()
+        events = _stopping_at(events, job.stops) if job.stops else events
+        return events if streaming else collect_messages([event async for event in events])
+
+    return await unless_gone(request, reply())
+
+
+async def deltas(events):
+    """A reply's text as one string in pieces: (text, message index), the messages joined by "\\n"."""
+    index, between = 0, False
+    async for event in events:
+        if event[0] == "text":
+            yield ("\n" if between else "") + event[1], index
+            between = False
+        elif event[0] == "end_message":
+            index, between = index + 1, True
+
+
+async def _events(stream: Callable, twin: Twin, job: Job, queue: Queue):
     """The events of one reply as an async generator that already holds the queue and has made the first event,
     so a bad history is an HTTP error rather than a broken stream."""
-    events = _generate(stream, twin, history, config, use_adapter, queue)
+    events = _generate(stream, twin, job, queue)
     await events.__anext__()  # up to "ready"; once started, the generator's `finally` runs however it ends
     return events
 
 
-async def _generate(stream: Callable, twin: Twin, history: list[dict], config: GenerationConfig, use_adapter: bool,
-                    queue: Queue):
+async def _generate(stream: Callable, twin: Twin, job: Job, queue: Queue):
     from starlette.concurrency import run_in_threadpool
 
     await queue.acquire()
     done = object()
-    iterator = iter(stream(twin, history, config, use_adapter=use_adapter))
+    iterator = iter(stream(twin, job.history, job.config, use_adapter=job.use_adapter, usage=job.usage))
     try:
         try:
             event = await run_in_threadpool(next, iterator, done)
@@ -337,12 +422,13 @@ async def unless_gone(request, work):
 
 def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callable = stream_reply,
                chats: Path | None = None):
-    """The FastAPI app: the chat page, its /api, and the OpenAI-compatible /v1 endpoints. The page's conversations
-    are saved in `chats` (by default the run's chats/ folder, beside the terminal's transcripts)."""
+    """The FastAPI app: the chat page and its routes, the OpenAI-compatible /v1 and the Ollama-compatible /api."""
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
+
+    from talkalike.frontends import ollama, openai_api
 
     settings = settings or ServeSettings()
     check_settings(settings)
@@ -351,76 +437,43 @@ def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callab
     models = model_ids(twin)
     app.state.twin, app.state.settings, app.state.stream, app.state.queue = twin, settings, stream, queue
 
+    def error_response(request: Request, error: ApiError):
+        if request.url.path in ollama.PATHS:
+            return JSONResponse(ollama.error_body(error.message), status_code=error.status)
+        return JSONResponse(error.body(), status_code=error.status)
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError):
-        return JSONResponse(error.body(), status_code=error.status)
+        return error_response(request, error)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-        return JSONResponse(ApiError(error.status_code, str(error.detail), type=kind).body(),
-                            status_code=error.status_code)
+        return error_response(request, ApiError(error.status_code, str(error.detail), type=kind))
 
     app.state.share_token = _include_abtest(app, twin)
     _include_conversations(app, twin, chats)
     app.add_middleware(Guard, settings=settings, share_token=app.state.share_token,
-                       is_loopback=is_loopback(settings.host))
-
-    def pick_model(name: str) -> bool:
-        if name not in models:
-            raise ApiError(404, f"the model {name!r} does not exist; this server has {', '.join(models)}",
-                           param="model", code="model_not_found")
-        return models[name]
-
-    @app.get("/v1/models")
-    async def list_models():
-        created = int(time.time())
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
-                                            "owned_by": "talkalike"} for name in models]}
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        body = parse_request(await request.body())
-        use_adapter = pick_model(body.model)
-        history = parse_history(body.messages, settings)
-        config = request_config(body, twin.defaults, settings)
-        stops = stop_strings(body.stop)
-
-        async def reply():
-            events = await _events(stream, twin, history, config, use_adapter, queue)
-            events = _stopping_at(events, stops) if stops else events
-            return events if body.stream else collect_messages([event async for event in events])
-
-        # Waiting in the queue and (without streaming) generating both end when the client hangs up.
-        result = await unless_gone(request, reply())
-        if result is None:
-            return Response(status_code=499)  # nobody is listening; the status only shows in logs
-        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
-        if body.stream:
-            return _stream(_openai_chunks(result, base))
-        return base | {
-            "object": "chat.completion",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": "\n".join(result), "talkalike_messages": result}}],
-        }
+                       is_loopback=is_loopback(settings.host), ollama_paths=ollama.PATHS)
+    app.include_router(openai_api.make_router())
+    app.include_router(ollama.make_router())
 
     @app.get("/api/info")
     async def info():
         return {"persona": twin.persona, "name": twin.name, "models": list(models), "has_adapter": twin.has_adapter,
                 "needs_key": bool(settings.api_key)}
 
-    @app.post("/api/chat")
+    @app.post("/page/chat")
     async def page_chat(request: Request):
-        """The page's stream: one SSE event per chunk, {"text": ...} or {"end_message": true}, then {"done": true}."""
+        """The page's stream: one SSE event per chunk, {"text": ...} or {"end_message": true}, then {"done": true}.
+        A path of its own: /api/chat is Ollama's."""
         body = parse_request(await request.body())
-        use_adapter = pick_model(body.model)
-        history = parse_history(body.messages, settings)
-        config = request_config(body, twin.defaults, settings)  # the page sends none; the same rules if it did
-        stops = stop_strings(body.stop)
-        events = await unless_gone(request, _events(stream, twin, history, config, use_adapter, queue))
+        job = Job(parse_history(body.messages, settings), request_config(body, twin.defaults, settings),
+                  pick_model(twin, body.model), stop_strings(body.stop))  # the page sends no settings; same rules
+        events = await run_job(request, job, streaming=True)
         if events is None:
             return Response(status_code=499)
-        return _stream(_page_events(_stopping_at(events, stops) if stops else events))
+        return _stream(_page_events(events))
 
     @app.get("/")
     async def page():
@@ -442,8 +495,9 @@ def _include_abtest(app, twin: Twin) -> str | None:
 
 
 def _include_conversations(app, twin: Twin, chats: Path | None) -> None:
-    """The page's saved conversations at /api/conversations (frontends/conversations.py); without a folder to save
-    in (a base model served with no run) the page keeps none."""
+    """The page's saved conversations (frontends/conversations.py) in `chats`, by default the run's chats/ folder
+    beside the terminal's transcripts; without a folder to save in (a base model served with no run) the page keeps
+    none."""
     from talkalike.frontends import conversations
 
     folder = chats or (twin.run_dir / "chats" if twin.run_dir else None)
@@ -455,36 +509,14 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _stream(body):
-    """An SSE response whose body is closed however the response ends, so the reply's generator releases the model
-    even if the client hangs up while a chunk is being sent."""
+def _stream(body, media_type: str = "text/event-stream"):
+    """A streaming response (SSE, or Ollama's NDJSON) whose body is closed however the response ends, so the reply's
+    generator releases the model even if the client hangs up while a chunk is being sent."""
     from fastapi.responses import StreamingResponse
     from starlette.background import BackgroundTask
 
-    return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+    return StreamingResponse(body, media_type=media_type, headers={"Cache-Control": "no-cache"},
                              background=BackgroundTask(body.aclose))
-
-
-async def _openai_chunks(events, base: dict):
-    """OpenAI's streaming shape: a role delta, content deltas (messages joined by "\\n"), a stop chunk, [DONE]."""
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        return _sse(base | {"object": "chat.completion.chunk",
-                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        index, between = 0, False
-        async for event in events:
-            if event[0] == "text":
-                text = ("\n" if between else "") + event[1]
-                between = False
-                yield chunk({"content": text, "talkalike_message_index": index})
-            elif event[0] == "end_message":
-                index, between = index + 1, True
-        yield chunk({}, "stop")
-        yield _sse("[DONE]")
-    finally:
-        await events.aclose()
 
 
 async def _page_events(events):
@@ -510,7 +542,8 @@ def cmd_serve(args) -> int:
         app = create_app(twin, settings, chats=(twin.run_dir or home) / "chats")  # where `chat` saves too
         address = f"[{settings.host}]" if ":" in settings.host else settings.host
         url = f"http://{address}:{sock.getsockname()[1]}"
-        say(f"serving {twin.persona} ({', '.join(model_ids(twin))}) at {url}/ and an OpenAI-compatible API at /v1")
+        say(f"serving {twin.persona} ({', '.join(model_ids(twin))}) at {url}/, an OpenAI-compatible API at {url}/v1 "
+            f"and an Ollama-compatible one at {url} (OLLAMA_HOST={url})")
         if app.state.share_token:
             say(f"raters' link for the blind A/B test (it shows them held-out chats; share it only with them): "
                 f"{url}/ab?t={app.state.share_token}")

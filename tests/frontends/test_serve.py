@@ -91,7 +91,8 @@ def test_with_an_api_key_requests_without_it_get_401_and_with_it_succeed():
             client(url, key="wrong").models.list()
         assert caught.value.status_code == 401
         assert caught.value.body["type"] == "authentication_error"
-        assert httpx.post(f"{url}/api/chat", json={"model": "noa", "messages": HEY}).status_code == 401
+        for path in ("/page/chat", "/api/chat"):
+            assert httpx.post(f"{url}{path}", json={"model": "noa", "messages": HEY}).status_code == 401
         assert [m.id for m in client(url, key="s3cret").models.list()] == ["noa", "noa:base"]
         assert httpx.get(f"{url}/").status_code == 200  # the page itself holds no data
 
@@ -201,3 +202,84 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_reply_and_frees_the_model()
         twin.delay = 0
         assert client(url).chat.completions.create(model="noa", messages=HEY).choices[0].message.content
     assert twin.active == 0
+
+
+def test_a_reply_reports_its_usage_and_a_max_tokens_cut_says_length():
+    _, server = serve()
+    with server as url:
+        whole = client(url).chat.completions.create(model="noa", messages=HEY)
+        cut = client(url).chat.completions.create(model="noa", messages=HEY, max_tokens=2)
+        chunks = list(client(url).chat.completions.create(model="noa", messages=HEY, max_tokens=2, stream=True,
+                                                          stream_options={"include_usage": True}))
+    # The fake twin counts a word of the history as a prompt token and a streamed chunk as a reply token.
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.total_tokens) == (1, 11, 12)
+    assert whole.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == "ok\nsur" and cut.choices[0].finish_reason == "length"
+    assert cut.usage.completion_tokens == 2
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "ok\nsur"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 2
+
+
+def test_the_real_decoder_counts_tokens_with_the_tokenizer_and_says_length_at_max_tokens(tiny_tokenizer,
+                                                                                       one_torch_thread):
+    from conftest import build_tiny_model
+
+    from talkalike.decode.turns import fit_prompt
+    from talkalike.decode.twin import Twin
+
+    twin = Twin.of(build_tiny_model(len(tiny_tokenizer)).eval(), tiny_tokenizer, name="noa", persona="Noa")
+    with live_server(create_app(twin, ServeSettings())) as url:
+        completion = client(url).chat.completions.create(model="noa", messages=HEY, max_tokens=3, seed=1)
+    assert completion.usage.prompt_tokens == len(fit_prompt(twin, HEY, twin.defaults))
+    # A random model rarely ends its turn within 3 tokens; if it did, the reason must say so and count fewer.
+    assert (completion.choices[0].finish_reason, completion.usage.completion_tokens) == ("length", 3)
+
+
+def test_a_model_can_be_retrieved_by_id():
+    _, server = serve()
+    with server as url:
+        assert client(url).models.retrieve("noa:base").id == "noa:base"
+        with pytest.raises(openai.NotFoundError) as caught:
+            client(url).models.retrieve("gpt-4o")
+    assert caught.value.body["code"] == "model_not_found"
+
+
+def test_completions_answer_the_prompt_as_the_persona_streaming_or_not():
+    twin, server = serve()
+    with server as url:
+        whole = client(url).completions.create(model="noa", prompt="hey")
+        chunks = list(client(url).completions.create(model="noa:base", prompt=["hey"], stream=True))
+        cut = client(url).completions.create(model="noa", prompt="hey", max_tokens=1)
+        with pytest.raises(openai.BadRequestError, match="one non-empty prompt"):
+            client(url).completions.create(model="noa", prompt=["hey", "you"])
+        with pytest.raises(openai.BadRequestError, match="echo is not supported"):
+            client(url).completions.create(model="noa", prompt="hey", echo=True)
+    assert whole.object == "text_completion" and whole.choices[0].text == "\n".join(TUNED)
+    assert whole.choices[0].finish_reason == "stop" and whole.usage.completion_tokens == 11
+    assert "".join(c.choices[0].text for c in chunks) == BASE[0] and chunks[-1].choices[0].finish_reason == "stop"
+    assert len(chunks) > 2
+    assert cut.choices[0].text == "ok" and cut.choices[0].finish_reason == "length"
+    assert [(call[0], call[2]) for call in twin.calls] == [(HEY, True), (HEY, False), (HEY, True)]
+
+
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_tools_and_response_format_are_clear_400s_not_ignored():
+    twin, server = serve()
+    with server as url:
+        with pytest.raises(openai.BadRequestError, match="tools and function calling are not supported") as caught:
+            client(url).chat.completions.create(model="noa", messages=HEY, tools=[TOOL])
+        assert caught.value.body["param"] == "tools"
+        with pytest.raises(openai.BadRequestError, match="tool_choice is not supported"):
+            client(url).chat.completions.create(model="noa", messages=HEY, tool_choice="required")
+        for kind in ("json_object", "json_schema"):
+            with pytest.raises(openai.BadRequestError, match="not JSON") as caught:
+                client(url).chat.completions.create(model="noa", messages=HEY, response_format={
+                    "type": kind, "json_schema": {"name": "x", "schema": {}}})
+            assert caught.value.body["param"] == "response_format"
+        assert twin.calls == []
+        # What changes nothing is accepted: plain text, and an empty tool list.
+        assert client(url).chat.completions.create(model="noa", messages=HEY, response_format={"type": "text"},
+                                                   tools=[]).choices[0].message.content

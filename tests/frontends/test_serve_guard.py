@@ -54,7 +54,9 @@ def test_with_a_key_every_route_with_chat_content_needs_it_and_raters_get_only_t
         token = abtest.share_token(run_dir)
         for headers in ({}, auth("wrong"), auth(token)):
             assert httpx.get(f"{url}/api/info", headers=headers).status_code == 401
-            assert httpx.post(f"{url}/api/chat", json=CHAT, headers=headers).status_code == 401
+            for path in ("/page/chat", "/api/chat", "/api/generate", "/v1/completions"):
+                assert httpx.post(f"{url}{path}", json=CHAT, headers=headers).status_code == 401, path
+            assert httpx.get(f"{url}/api/tags", headers=headers).status_code == 401
             assert httpx.get(f"{url}/v1/models", headers=headers).status_code == 401
             assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=headers).status_code == 401
         assert ask_next_and_answer(url, {}) == (401, 401)  # the A/B test served real chats to anyone before
@@ -125,7 +127,7 @@ def test_a_host_header_other_than_the_served_address_is_refused(host):
         for route in ("/", "/api/info"):
             response = httpx.get(f"{url}{route}", headers={"Host": host.format(port=port)})
             assert response.status_code == 421 and response.json()["error"]["code"] == "wrong_host"
-        response = httpx.post(f"{url}/api/chat", json=CHAT, headers={"Host": host.format(port=port)})
+        response = httpx.post(f"{url}/page/chat", json=CHAT, headers={"Host": host.format(port=port)})
         assert response.status_code == 421
     assert twin.calls == []
 
@@ -142,7 +144,7 @@ def test_a_cross_site_page_can_neither_drive_the_model_nor_read_it():
     with server(twin) as url:
         evil = {"Origin": "http://evil.example"}
         # A "simple" request a page may send without a preflight: text/plain, another origin.
-        for path in ("/api/chat", "/v1/chat/completions"):
+        for path in ("/page/chat", "/v1/chat/completions"):
             response = httpx.post(f"{url}{path}", content=json.dumps(CHAT),
                                   headers=evil | {"Content-Type": "text/plain"})
             assert response.status_code == 403 and "another site" in response.json()["error"]["message"]
@@ -157,7 +159,7 @@ def test_a_cross_site_page_can_neither_drive_the_model_nor_read_it():
         assert not any(name.lower().startswith("access-control-") for name in preflight.headers)
         assert twin.calls == []
         same_site = {"Origin": url}
-        assert httpx.post(f"{url}/api/chat", json=CHAT, headers=same_site).status_code == 200
+        assert httpx.post(f"{url}/page/chat", json=CHAT, headers=same_site).status_code == 200
         assert httpx.get(f"{url}/api/info", headers=same_site).headers.get("access-control-allow-origin") is None
     assert len(twin.calls) == 1
 
@@ -218,7 +220,7 @@ def test_a_malformed_body_is_a_400_in_openais_shape(name, one_server):
     body = BAD_BODIES[name]
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     calls = len(twin.calls)
-    for path in ("/v1/chat/completions", "/api/chat"):
+    for path in ("/v1/chat/completions", "/page/chat"):
         response = httpx.post(f"{url}{path}", content=content, headers={"Content-Type": "application/json"})
         assert response.status_code == 400, (path, response.text)
         error = response.json()["error"]
@@ -295,7 +297,7 @@ def test_a_client_that_hangs_up_while_queued_never_generates():
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=CHAT | {"stream": True}) as first:
             lines = first.iter_lines()
             next(lines)
-            for kind in ("/v1/chat/completions", "/api/chat"):
+            for kind in ("/v1/chat/completions", "/page/chat", "/api/chat"):
                 with pytest.raises(httpx.ReadTimeout):
                     httpx.post(f"{url}{kind}", json=CHAT, timeout=httpx.Timeout(10, read=0.2))
             list(lines)

@@ -1,12 +1,13 @@
 // The chat page: sends the conversation to the page's stream and shows the persona's reply as separate bubbles as
-// it streams in. Conversations are saved on the server (/api/conversations, beside the terminal's transcripts), so a
+// it streams in. Conversations are saved on the server (/page/conversations, beside the terminal's transcripts), so a
 // reload picks up where it left off and older ones are a click away. A message the server never got stays on screen
 // as "not sent" with a retry, and the header says "offline" until the server answers again.
 // No build step; plain browser JavaScript (the Content-Security-Policy allows no inline code).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const STREAM = "/api/chat";  // the page's own event stream: {"text"} / {"end_message"} events, then {"done"}
+// The page's own event stream (Ollama's clients have /api/chat): {"text"} and {"end_message"} events, then {"done"}.
+const STREAM = "/page/chat";
 const CHECK_ONLINE_MS = 15000;  // while online: notice a server that went away before the next message does
 const CHECK_OFFLINE_MS = 2000;  // while offline: notice soon that it is back
 const CURRENT = "talkalike-conversation";  // localStorage: the conversation a reload reopens
@@ -330,9 +331,9 @@ async function save() {
   if (!state.saving || !state.messages.length) return;
   const body = JSON.stringify({ messages: state.messages });
   try {
-    let response = state.id ? await api("/api/conversations/" + state.id, { method: "PUT", body }) : null;
+    let response = state.id ? await api("/page/conversations/" + state.id, { method: "PUT", body }) : null;
     if (!response || response.status === 404) {  // new, or deleted meanwhile: saved as a new one
-      response = await api("/api/conversations", { method: "POST", body });
+      response = await api("/page/conversations", { method: "POST", body });
     }
     if (!response.ok) { showError("⚠ not saved: " + await problem(response)); return; }
     setCurrent((await response.json()).id);
@@ -352,7 +353,7 @@ function setCurrent(id) {
 }
 
 async function listConversations() {
-  const response = await api("/api/conversations");
+  const response = await api("/page/conversations");
   state.saving = response.ok;  // a 404: this server keeps no conversations
   $("sidebar").hidden = $("menu").hidden = !state.saving;
   if (!response.ok) return;
@@ -389,7 +390,7 @@ async function openConversation(id) {
   if (state.busy) return false;
   let response;
   try {
-    response = await api("/api/conversations/" + encodeURIComponent(id));
+    response = await api("/page/conversations/" + encodeURIComponent(id));
   } catch (error) {
     return false;
   }
@@ -416,7 +417,7 @@ function newConversation() {
 async function deleteConversation(id) {
   if (!window.confirm("Delete this conversation? It cannot be undone.")) return;
   try {
-    const response = await api("/api/conversations/" + encodeURIComponent(id), { method: "DELETE" });
+    const response = await api("/page/conversations/" + encodeURIComponent(id), { method: "DELETE" });
     if (!response.ok && response.status !== 404) { showError("⚠ not deleted: " + await problem(response)); return; }
   } catch (error) {
     return;
