@@ -2,7 +2,7 @@
 another day) picks up where the user left off.
 
 Each conversation is RUN/chats/web-YYYYMMDD-HHMMSS-xxxxxx.txt in the terminal chat's transcript format (chat.py):
-a `=== time · run (web page) ===` header, then `you: …`, `Noa: …` and, for replies from the base model,
+a `=== time · noa · web page ===` header, then `you: …`, `Noa: …` and, for replies from the base model,
 `Noa (base): …`. Written whole through a temp file on every change, 0600 in a 0700 folder: the conversations are
 the user's own. The routes sit behind the server's guard like every route that returns chat content:
 
@@ -12,7 +12,7 @@ the user's own. The routes sit behind the server's guard like every route that r
     PUT    /page/conversations/{id}     replace its messages (the page sends the whole conversation after each turn)
     DELETE /page/conversations/{id}
 
-    app.include_router(make_router(run_dir / "chats", persona="Noa", header="noa (web page)"))
+    app.include_router(make_router(run_dir / "chats", persona="Noa", header="noa · web page"))
 """
 
 import re
