@@ -16,7 +16,7 @@ python3 -m venv "$venv"
 pip="$venv/bin/python -m pip"
 $pip install -q uv
 $pip install -q torch==2.13.0 || $pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-torch=$("$venv/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
+torch=$("$venv/bin/python" -c 'from importlib.metadata import version; print(version("torch").split("+")[0])')
 echo "torch==$torch" > "$venv/constraints.txt"
 "$venv/bin/uv" pip install -q --python "$venv/bin/python" --resolution lowest-direct \
   --constraint "$venv/constraints.txt" -e '.[dev]'
