@@ -1,10 +1,11 @@
 # `make demo` runs the whole pipeline on the bundled sample chat; `make test` runs the test suite; `make lint` runs ruff.
-# Each creates or reuses the virtual environment in .venv (scripts/setup.sh).
+# Each creates or reuses the virtual environment in .venv (scripts/setup.sh). `make test-lowest` runs the training and
+# decoding tests again with the lowest dependency versions pyproject.toml allows, in a fresh .venv-lowest.
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.talkalike-installed
 
-.PHONY: demo test lint setup
+.PHONY: demo test test-lowest lint setup
 
 $(STAMP): pyproject.toml scripts/setup.sh talkalike/sources/_whatsapp_scan.c
 	scripts/setup.sh $(VENV)
@@ -17,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-lowest:
+	scripts/test-lowest.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

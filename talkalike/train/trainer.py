@@ -129,15 +129,18 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
-            # Position i predicts token i+1; with padding-free packing the collator already set the label of each
-            # sample's first token to -100, so no position predicts across a sample boundary.
-            targets = labels[:, 1:]
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = targets != -100
+            # Padding-free packing hands over one row of packed samples. Position i predicts token i+1; the collator
+            # already set the label of each sample's first token to -100, so no position predicts across a sample
+            # boundary.
+            assert labels.size(0) == 1, "padding-free packing gives a batch of one row"
+            targets = labels[0, 1:]
+            keep = torch.zeros_like(labels[0], dtype=torch.bool)
+            keep[:-1] = targets != -100
             model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
             # `logits_to_keep` as a boolean mask goes through the model's own forward (so DDP and a LoRA on lm_head
-            # work) and keeps only the labelled positions, flattened.
-            chosen = targets[keep[:, :-1]]
+            # work) and keeps only the labelled positions. A 1-D mask: transformers before 5.21 (the GPU image's
+            # 5.17) slices `hidden_states[:, logits_to_keep, :]`, where a 2-D one raises IndexError.
+            chosen = targets[keep[:-1]]
             unwrapped = self.accelerator.unwrap_model(model)
             frozen = None if labels.is_cuda or self.is_fsdp_enabled else _frozen_plain_head(unwrapped)
             if frozen is not None:
