@@ -301,6 +301,10 @@ def cmd_import(args) -> int:
         counts = store.import_exports([(parsed, args.chat) for _, parsed in items], progress=True)
     for (file, parsed), count in zip(items, counts, strict=True):
         print(import_report(file, parsed, count))
+    from talkalike import console
+
+    console.done(f"{sum(c.added for c in counts):,} new messages stored",
+                 "talkalike people, then talkalike dataset --me NAME --out DIR")
     return 0
 
 
