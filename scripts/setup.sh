@@ -14,16 +14,11 @@ else
   extras='.[dev]'
 fi
 # From Debian: a C compiler for the WhatsApp parser's scanner (built by the install below; without one the parser
-# runs its pure-Python pass, ~3x slower, and the test that the fast path is built fails), and test tools: the browser
-# tests drive Chromium through Playwright (no browser download), and the Ollama Modelfile test renders its template
-# with Go's own text/template.
-missing=""
-command -v cc >/dev/null 2>&1 || missing="$missing gcc"
-[ -x /usr/bin/chromium ] || missing="$missing chromium"
-command -v go >/dev/null 2>&1 || missing="$missing golang-go"
-if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
-  echo "setup: installing Debian's$missing" >&2
+# runs its pure-Python pass, ~3x slower, and the test that the fast path is built fails). The test suite's own tools
+# (Chromium, Go) come from scripts/test-tools.sh, which only `make test` runs.
+if ! command -v cc >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing Debian's gcc" >&2
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq $missing >/dev/null
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq gcc >/dev/null
 fi
 $pip install -q -e "$extras"

@@ -45,7 +45,7 @@ def cmd_demo(args) -> int:
     _step("1/4 import the sample chat", common + ["import", str(SAMPLE)])
     _step("2/4 build the training set with Noa as the persona", common + ["dataset", "--me", PERSONA, "--out", str(dataset)])
     if Run.exists(runs_dir(home) / RUN):
-        say(f"\n== 3/4 train: run {RUN!r} already exists in {runs_dir(home)}; delete it to train again")
+        say(f"\n== 3/4 train: run {RUN!r} already exists in {runs_dir(home)}; `talkalike rm {RUN}` to train again")
     else:
         train = ["train", str(dataset), "--name", RUN]
         if args.quick:

@@ -485,6 +485,10 @@ def cmd_import(args) -> int:
     except KeyboardInterrupt:
         raise Interrupted("interrupted after the import was stored: every file given is in the store, only its "
                           "report was cut short (`talkalike chats` lists the chats).") from None
+    from talkalike import console
+
+    console.done(f"{sum(c.added for c in counts):,} new messages stored",
+                 "talkalike people, then talkalike dataset --me NAME --out DIR")
     return 0
 
 

@@ -40,7 +40,7 @@ def test_qlora_trains_the_adapter_in_4bit_and_leaves_the_quantized_base_alone(tm
 
     assert torch.cuda.is_available()
     dataset = make_dataset(tmp_path / "ds")
-    assert main(["--home", str(home), "train", str(dataset), "--base", str(tiny_model_dir), "--name", "q",
+    assert main(["--home", str(home), "train", "--force", str(dataset), "--base", str(tiny_model_dir), "--name", "q",
                  "--preset", "original", "--max-steps", "4"]) == 0
     run = home / "runs" / "q"
     info = json.loads((run / "run.json").read_text())

@@ -611,4 +611,10 @@ def cmd_eval(args) -> int:
     print(f"canaries: {len(result['canaries']['results'])} checked, "
           f"{'LEAKED: ' + ', '.join(leaked) if leaked else 'no secret came out'}")
     print(f"wrote {run_dir / EVAL_FILE} and {run_dir / 'report.html'}")
+    from talkalike import console
+
+    h = result["headline"]
+    ranking = f"R@1 {h['next-reply ranking']['tuned']:.0%}, " if "next-reply ranking" in h else ""
+    console.done(f"{ranking}perplexity {h['perplexity']['tuned']:.2f} vs base {h['perplexity']['base']:.2f}",
+                 f"talkalike chat {run_dir.name}")
     return 0

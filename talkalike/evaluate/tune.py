@@ -171,4 +171,7 @@ def cmd_tune_generation(args) -> int:
     print(format_table(rows, best))
     print(f"best: temperature {best.temperature}, repetition_penalty {best.repetition_penalty}, top_p {best.top_p} "
           f"(score {best.score:.3f}) -> {path}")
+    from talkalike import console
+
+    console.done(f"{len(rows)} settings tried, best score {best.score:.3f}", f"talkalike chat {run_dir.name}")
     return 0

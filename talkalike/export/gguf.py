@@ -37,6 +37,7 @@ GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 DEFAULT_GGUF_TYPE = "f16"  # lossless enough for a chat twin (max relative error 2^-11) at half the size of f32
 
 _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+EMBEDDING_ROWS_AT_ONCE = 16_384  # the read-back compares the token embeddings in slices of this many rows
 
 
 @dataclass(frozen=True)
@@ -327,7 +328,9 @@ def write_gguf(model, tokenizer, chat_template: str, path: Path, kind: str = DEF
     vocab = vocab or vocab_from_tokenizer(tokenizer, rows)
     if len(vocab["tokens"]) != rows:
         raise TalkalikeError(f"the vocabulary has {len(vocab['tokens'])} tokens but the model {rows} embedding rows")
-    writer = gguf.GGUFWriter(str(path), arch)
+    # use_temp_file: each tensor goes to a spooled temporary file as it is converted (at most 256 MB of it in memory)
+    # instead of every converted tensor waiting in memory for the header, which is written first.
+    writer = gguf.GGUFWriter(str(path), arch, use_temp_file=True)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_file_type(gguf.LlamaFileType["ALL_F32" if kind == "f32" else f"MOSTLY_{kind.upper()}"])
@@ -405,13 +408,19 @@ def check_gguf(summary: GGUFSummary, embeddings, chat_template: str) -> dict:
     if _field(reader, "tokenizer.chat_template") != chat_template:
         raise TalkalikeError("GGUF read-back: the chat template differs from the run's")
     embd = found["token_embd.weight"]
-    values = gguf.quants.dequantize(embd.data, embd.tensor_type).reshape(summary.tensors["token_embd.weight"])
-    expected = embeddings.detach().to("cpu").float().numpy()
+    rows, width = summary.tensors["token_embd.weight"]
+    expected = embeddings.detach().to("cpu")
     # Worst rounding each type allows, relative to the largest weight: f16 and bf16 keep 11 and 8 mantissa bits;
     # q8_0 stores each block of 32 as int8 steps of (block max / 127).
     tolerance = {"F32": 0.0, "F16": 2.0 ** -11, "BF16": 2.0 ** -8, "Q8_0": 1.0 / 127}[embd.tensor_type.name]
-    error = float(np.abs(values - expected).max())
-    scale = float(np.abs(expected).max()) or 1.0
+    error = scale = 0.0
+    for start in range(0, rows, EMBEDDING_ROWS_AT_ONCE):  # a whole f32 copy of a 262k-token embedding is 671 MB
+        stop = min(start + EMBEDDING_ROWS_AT_ONCE, rows)
+        values = gguf.quants.dequantize(embd.data[start:stop], embd.tensor_type).reshape(stop - start, width)
+        part = expected[start:stop].float().numpy()
+        error = max(error, float(np.abs(values - part).max()))
+        scale = max(scale, float(np.abs(part).max()))
+    scale = scale or 1.0
     if error > tolerance * scale * 1.01 + 1e-12:
         raise TalkalikeError(f"GGUF read-back: token embeddings differ by {error:.3g} (allowed {tolerance * scale:.3g})")
     return {"tensors": len(found), "embedding_max_error": error, "type": embd.tensor_type.name}

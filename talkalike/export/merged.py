@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from talkalike import console
 from talkalike.errors import TalkalikeError
 from talkalike.files import make_private, say, write_json
 from talkalike.home import resolve_home, resolve_run
@@ -177,89 +178,161 @@ def _embedded_vocab(run: Run, tokenizer, rows: int, scratch: Path) -> dict | Non
     return vocab
 
 
-def check_gguf_with_transformers(summary, merged, tokenizer, prompt: list[int], expected: list[int]) -> dict:
+def rounded_reference(merged, rounding: dict, prompt: list[int], expected: list[int]) -> dict:
+    """The merged model's exact logits on the check text, then, with its weights rounded in place the way the GGUF
+    stored them (f16, bf16 or q8_0 and back), its logits and greedy reply: what the GGUF must reproduce. Rounding in
+    place rather than in a copy keeps one model in memory; `merged` is spent afterwards."""
+    from talkalike.export.gguf import round_like_gguf
+
+    ids = prompt + expected
+    exact = _logits(merged, ids)
+    round_like_gguf(merged, rounding)
+    overrides = {}
+    if merged.config.model_type == "gemma3_text":
+        # GGUF has no key for this; llama.cpp scales attention by 1/sqrt(head_dim), so load it that way.
+        overrides["query_pre_attn_scalar"] = merged.config.query_pre_attn_scalar
+    return {"exact": exact, "logits": _logits(merged, ids), "greedy": greedy_ids(merged, prompt, len(expected)),
+            "config": overrides}
+
+
+def check_gguf_with_transformers(summary, tokenizer, prompt: list[int], expected: list[int], reference: dict) -> dict:
     """Load the GGUF with transformers and compare it with the merged model whose weights got the same rounding.
 
     Those two hold the same numbers, so their logits agree to float32 noise and their greedy replies are equal, for any
     GGUF type; a wrong name, shape, norm offset or permutation cannot hide in rounding noise. What the rounding itself
     costs (f16, bf16, q8_0 against the exact merged model) is measured and reported, not judged.
     """
-    import copy
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from talkalike.export.gguf import round_like_gguf
+    from talkalike.console import quiet_gguf_loading
 
     path = summary.path
-    overrides = {}
-    if merged.config.model_type == "gemma3_text":
-        # GGUF has no key for this; llama.cpp scales attention by 1/sqrt(head_dim), so load it that way.
-        overrides["query_pre_attn_scalar"] = merged.config.query_pre_attn_scalar
-    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
-                                                  **overrides).eval()
-    gguf_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    with quiet_gguf_loading():
+        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                      **reference["config"]).eval()
+        gguf_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     text = tokenizer.decode(prompt)
     if gguf_tokenizer(text, add_special_tokens=False)["input_ids"] != tokenizer(text, add_special_tokens=False)["input_ids"]:
         raise TalkalikeError("the GGUF's tokenizer splits the check prompt differently from the run's tokenizer")
-    rounded = copy.deepcopy(merged)
-    round_like_gguf(rounded, summary.rounding)
-    ids = prompt + expected
-    exact, reference, got = _logits(merged, ids), _logits(rounded, ids), _logits(loaded, ids)
-    relative = float((got - reference).norm() / reference.norm())
+    exact, rounded = reference["exact"], reference["logits"]
+    got = _logits(loaded, prompt + expected)
+    relative = float((got - rounded).norm() / rounded.norm())
     if relative > CONVERSION_TOLERANCE:
         raise TalkalikeError(f"the GGUF's logits differ from the merged model's by {relative:.2e}; nothing was written")
-    greedy, rounded_greedy = greedy_ids(loaded, prompt, len(expected)), greedy_ids(rounded, prompt, len(expected))
-    if greedy != rounded_greedy:
+    greedy = greedy_ids(loaded, prompt, len(expected))
+    if greedy != reference["greedy"]:
         raise TalkalikeError(f"the GGUF's greedy reply differs from the merged model's at token "
-                             f"{_first_difference(greedy, rounded_greedy)}; nothing was written")
+                             f"{_first_difference(greedy, reference['greedy'])}; nothing was written")
     return {
         "logit_relative_error": relative,
         "greedy_equal": True,
         "rounding": {
-            "logit_relative_error": float((reference - exact).norm() / exact.norm()),
-            "argmax_agreement": float((reference.argmax(-1) == exact.argmax(-1)).float().mean()),
+            "logit_relative_error": float((rounded - exact).norm() / exact.norm()),
+            "argmax_agreement": float((rounded.argmax(-1) == exact.argmax(-1)).float().mean()),
             "greedy_equal_to_exact": greedy == expected,
         },
     }
 
 
-def export_gguf(run_dir: Path, home: Path, out: Path, kind: str, modelfile: bool) -> dict:
-    """Merge, write RUN/export-gguf/model.gguf (plus a Modelfile for Ollama), read it back and check it."""
-    from talkalike.decode.config import load_generation_config
+def gguf_source(run: Run, kind: str, template: str) -> str:
+    """What a GGUF export is made of (the adapter's bytes, the base and its revision, the weight type, the template):
+    two exports with the same source hold the same file, so the second links the first's instead of converting."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([run.base, kind, template]).encode())
+    for path in sorted(run.adapter_dir.iterdir()):
+        if path.is_file():
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def _shared_gguf(folders: list[Path], source: str) -> Path | None:
+    """An export folder among `folders` whose GGUF was made from `source`, if any."""
+    for folder in folders:
+        report = folder / "export.json"
+        if (folder / GGUF_FILE).is_file() and report.is_file():
+            if json.loads(report.read_text(encoding="utf-8")).get("source") == source:
+                return folder
+    return None
+
+
+def _link(source: Path, target: Path) -> None:
+    """Hard-link one export's GGUF into another: one file on disk, whichever export is deleted first."""
+    try:
+        target.hardlink_to(source)
+    except OSError as error:  # another filesystem (--out elsewhere) or one without hard links
+        say(f"note: cannot hard-link {source} ({error.strerror}); copying it instead")
+        shutil.copyfile(source, target)
+
+
+def _write_checked_gguf(run_dir: Path, home: Path, path: Path, kind: str, template: str) -> dict:
+    """Merge the adapter, write `path` tensor by tensor, read it back and check it against the merged model.
+
+    One model is in memory at a time: the adapter model becomes the merged one (merged in place), whose weights are
+    then rounded in place for the reference, and it is released before transformers loads the GGUF."""
+    import gc
+
     from talkalike.export.gguf import check_gguf, write_gguf
-    from talkalike.template import chat_template
 
     model, tokenizer, run = load_adapter_model(run_dir, home)
     prompt = check_prompt(tokenizer, run.layout)
     expected = greedy_ids(model, prompt)
     merged = merge(model)
+    del model
     merged_expected = greedy_ids(merged, prompt)
     if merged_expected != expected:
         raise TalkalikeError(f"merging changed the greedy reply at token {_first_difference(merged_expected, expected)}")
-    template = chat_template(tokenizer, run.layout)
-    config = load_generation_config(run_dir)
     rows = merged.get_input_embeddings().weight.shape[0]
+    vocab = _embedded_vocab(run, tokenizer, rows, path.parent)
+    say(f"writing {kind} GGUF for {run_dir.name} ...")
+    summary = write_gguf(merged, tokenizer, template, path, kind, name=run_dir.name, vocab=vocab)
+    del vocab
+    read_back = check_gguf(summary, merged.get_input_embeddings().weight, template)
+    reference = rounded_reference(merged, summary.rounding, prompt, expected)
+    del merged
+    gc.collect()
+    return {
+        "gguf_type": kind,
+        "architecture": summary.architecture,
+        "read_back": read_back,
+        "transformers": check_gguf_with_transformers(summary, tokenizer, prompt, expected, reference),
+        "bytes": path.stat().st_size,
+    }
+
+
+def export_gguf(run_dir: Path, home: Path, out: Path, kind: str, modelfile: bool) -> dict:
+    """RUN/export-gguf/model.gguf (plus a Modelfile for Ollama), checked; a GGUF the run's other export already made
+    from the same adapter, base and type is hard-linked, not converted again."""
+    from transformers import AutoTokenizer
+
+    from talkalike.decode.config import load_generation_config
+    from talkalike.template import chat_template
+
+    run = Run.open(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(run.tokenizer_dir))
+    template = chat_template(tokenizer, run.layout)
+    source = gguf_source(run, kind, template)
+    shared = _shared_gguf([out, run_dir / "export-gguf", run_dir / "export-ollama"], source)
     work = _fresh_dir(out)
     try:
-        vocab = _embedded_vocab(run, tokenizer, rows, work)
-        say(f"writing {kind} GGUF for {run_dir.name} ...")
-        summary = write_gguf(merged, tokenizer, template, work / GGUF_FILE, kind, name=run_dir.name, vocab=vocab)
-        report = {
-            "format": "ollama" if modelfile else "gguf",
-            "run": str(run_dir),
-            "base": run.base,
-            "gguf_type": kind,
-            "architecture": summary.architecture,
-            "read_back": check_gguf(summary, merged.get_input_embeddings().weight, template),
-            "transformers": check_gguf_with_transformers(summary, merged, tokenizer, prompt, expected),
-            "bytes": (work / GGUF_FILE).stat().st_size,
-        }
+        if shared is not None:
+            _link(shared / GGUF_FILE, work / GGUF_FILE)
+            previous = json.loads((shared / "export.json").read_text(encoding="utf-8"))
+            checked = {key: previous[key] for key in ("gguf_type", "architecture", "read_back", "transformers", "bytes")}
+            checked["shared_with"] = str(shared / GGUF_FILE)
+            say(f"the {kind} GGUF in {shared} has the same adapter, base and type: linked, not converted again")
+        else:
+            checked = _write_checked_gguf(run_dir, home, work / GGUF_FILE, kind, template)
+        report = {"format": "ollama" if modelfile else "gguf", "run": str(run_dir), "base": run.base,
+                  "source": source, **checked}
         if modelfile:
             from talkalike.template import stop_strings
 
             stops = stop_strings(tokenizer, run.layout)
-            text = build_modelfile(template, tokenizer, stops, config)
+            text = build_modelfile(template, tokenizer, stops, load_generation_config(run_dir))
             (work / "Modelfile").write_text(text, encoding="utf-8")
             report["modelfile"] = {"stop": stops}
         write_json(work / "export.json", report)
@@ -352,12 +425,17 @@ def cmd_export(args) -> int:
     if args.format == "merged":
         report = export_merged(run_dir, home, out)
         print(f"merged model ({report['dtype']}, {report['parameters']:,} parameters) -> {out}")
+        console.done(f"loads with AutoModelForCausalLM.from_pretrained('{out}')")
+        return 0
+    report = export_gguf(run_dir, home, out, kind, modelfile=args.format == "ollama")
+    check = report["transformers"]
+    print(f"{kind} GGUF ({report['bytes'] / 1e6:.1f} MB, {report['read_back']['tensors']} tensors; {kind} rounding "
+          f"moves the logits {check['rounding']['logit_relative_error']:.2%}) -> {out / GGUF_FILE}")
+    if args.format == "ollama":
+        print(f"Modelfile -> {out / 'Modelfile'}")
+        next_command = f"cd {out} && ollama create {run_dir.name} -f Modelfile && ollama run {run_dir.name}"
     else:
-        report = export_gguf(run_dir, home, out, kind, modelfile=args.format == "ollama")
-        check = report["transformers"]
-        print(f"{kind} GGUF ({report['bytes'] / 1e6:.1f} MB, {report['read_back']['tensors']} tensors; {kind} rounding "
-              f"moves the logits {check['rounding']['logit_relative_error']:.2%}) -> {out / GGUF_FILE}")
-        if args.format == "ollama":
-            print(f"Modelfile -> {out / 'Modelfile'}")
-            print(f"next: cd {out} && ollama create {run_dir.name} -f Modelfile && ollama run {run_dir.name}")
+        next_command = f"llama-cli -m {out / GGUF_FILE} -cnv"
+    shared = " (linked to the run's other export)" if "shared_with" in report else ""
+    console.done(f"{report['bytes'] / 1e6:.1f} MB {kind} GGUF{shared}", next_command)
     return 0

@@ -22,6 +22,7 @@ from datetime import timedelta
 from itertools import groupby
 from pathlib import Path
 
+from talkalike import console
 from talkalike.errors import TalkalikeError
 from talkalike.files import say, write_json, write_jsonl
 from talkalike.memory import MEMORY_FILE, Memory
@@ -36,6 +37,17 @@ NO_PERSONA_REPLY = "no_persona_reply"  # the persona only opened the conversatio
 OPENER = ""  # the user message before a conversation the persona opens (see build_messages)
 KNOWN_NAMES_SHOWN = 20  # an unknown --me lists this many names, most active first
 TURN_OVERHEAD = 4  # tokens a chat template spends around each message (role tags, end-of-turn)
+
+# Too little to learn from: below either floor `dataset` warns and `train` refuses without --force. They are floors,
+# not targets (the sample chat has 3,017 of Noa's messages in 307 conversations):
+# - 20 conversations: the latest 20% held out are then 4 conversations, about 10 of the persona's turns in the sample
+#   chat, the fewest the next-reply ranking (the real reply among 10 candidates) can rank at all; and the 16 left to
+#   train on make about 2 optimizer steps of the default preset, which are still its 2 warm-up steps.
+# - 100 of the persona's messages (about 40 turns at the sample's 2.3 messages a turn): fewer, and the style
+#   measures that training should move (emoji and laughter rates, messages per turn, length percentiles) shift by
+#   several points with each single message, so neither the twin nor its evaluation has a style to go by.
+MIN_CONVERSATIONS = 20
+MIN_PERSONA_MESSAGES = 100
 
 
 @dataclass
@@ -241,6 +253,29 @@ class SpeakerStats:
 
 def _percentile(ordered: list[int], p: int) -> int:
     return ordered[min(len(ordered) - 1, len(ordered) * p // 100)] if ordered else 0
+
+
+def data_size(rows: list[dict]) -> tuple[int, int]:
+    """(the persona's messages, conversations) in dataset rows; the windows of one conversation count once."""
+    from talkalike.template import split_bubbles
+
+    conversations = {str(row.get("id", i)).split("#")[0] for i, row in enumerate(rows)}
+    messages = sum(len(split_bubbles(m["content"])) for row in rows for m in row["messages"] if m["role"] == "assistant")
+    return messages, len(conversations)
+
+
+def too_little_data(persona_messages: int, conversations: int) -> str | None:
+    """Why a dataset is too small to learn from (MIN_PERSONA_MESSAGES, MIN_CONVERSATIONS), or None."""
+    short = []
+    if persona_messages < MIN_PERSONA_MESSAGES:
+        short.append(f"{persona_messages} message{'s' * (persona_messages != 1)} from the persona (at least "
+                     f"{MIN_PERSONA_MESSAGES} needed)")
+    if conversations < MIN_CONVERSATIONS:
+        short.append(f"{conversations} conversation{'s' * (conversations != 1)} (at least {MIN_CONVERSATIONS} needed)")
+    if not short:
+        return None
+    return ("too little to learn from: " + " and ".join(short)
+            + "; import more chats or a longer export")
 
 
 def summary_lines(stats: dict, speakers: int = 6) -> list[str]:
@@ -678,7 +713,7 @@ def cmd_dataset(args) -> int:
     if not store_path(home).exists():
         raise TalkalikeError("nothing imported yet: run `talkalike import 'WhatsApp Chat with NAME.txt'` first")
     known = facts.read_facts(args.facts) if args.facts else []  # a bad facts file stops before the long build
-    say("config: " + json.dumps(asdict(config), ensure_ascii=False))
+    console.detail("config: " + json.dumps(asdict(config), ensure_ascii=False))  # also saved as dataset.json
     out = Path(args.out).expanduser()
     check_out(out)
     try:
@@ -696,6 +731,12 @@ def cmd_dataset(args) -> int:
     if known:
         facts.write_facts(out / facts.FACTS_FILE, known)
     print(f"wrote {args.out}/train.jsonl, eval.jsonl, stats.json, dataset.json, memory.db" + (", facts.jsonl" if known else ""))
+    persona_messages = stats["speakers"].get(stats["persona"], {}).get("messages", 0)
+    too_little = too_little_data(persona_messages, stats["conversations"]["total"])
+    if too_little:
+        say(f"warning: {too_little}. `talkalike train` refuses this dataset without --force.")
+    console.done(f"{stats['samples']['train']} train and {stats['samples']['eval']} eval samples",
+                 f"talkalike train {args.out} --name NAME")
     return 0
 
 

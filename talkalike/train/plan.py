@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from talkalike.errors import TalkalikeError
 from talkalike.files import say
 from talkalike.train.recipe import Recipe, resolve_recipe
 
@@ -115,8 +116,10 @@ def detect_hardware() -> dict:
             "memory_gb": round(pages * os.sysconf("SC_PAGE_SIZE") / 1e9, 2)}
 
 
-def plan(base: str | None, home: Path | None, preset: str | None = None, seq_len: int | None = None) -> dict:
-    """The whole plan: resolved recipe for this machine, counts, memory estimate and whether it fits."""
+def plan(base: str | None, home: Path | None, preset: str | None = None, seq_len: int | None = None,
+         dataset: str | None = None, timing: bool = True) -> dict:
+    """The whole plan: resolved recipe for this machine, counts, memory estimate, whether it fits, and (with
+    `timing`) the training time of `dataset` (default: the sample chat) from a training pass timed here."""
     hardware = detect_hardware()
     cuda = hardware["device"] == "cuda"
     recipe, notes = resolve_recipe(preset, cuda)
@@ -128,14 +131,29 @@ def plan(base: str | None, home: Path | None, preset: str | None = None, seq_len
         result["peak_memory_gb_on_cuda"] = estimate(config, gpu_recipe, "cuda", seq_len)["peak_memory_gb"]
     result["hardware"] = hardware
     result["fits"] = result["peak_memory_gb"] <= USABLE * hardware["memory_gb"]
+    if timing:
+        result["time"] = training_time(config, recipe, hardware["device"], result["seq_len"], dataset)
     return result
+
+
+def training_time(config, recipe: Recipe, device: str, seq_len: int, dataset: str | None) -> dict:
+    """Tokens/s measured on this machine (train/speed.py) and what the dataset's epochs take at that rate."""
+    from talkalike.train import speed
+
+    measured = speed.measure(config, recipe, device, seq_len)
+    tokens = speed.dataset_tokens(Path(dataset).expanduser()) if dataset else speed.SAMPLE_EPOCH_TOKENS
+    seconds = tokens * recipe.epochs / measured["tokens_per_s"]
+    return {**measured, "dataset": dataset or "the bundled sample chat", "epoch_tokens": tokens,
+            "epochs": recipe.epochs, "seconds": round(seconds)}
 
 
 def cmd_plan(args) -> int:
     """`talkalike plan`: print the estimate (or JSON)."""
     from talkalike.home import resolve_home
 
-    result = plan(args.base, resolve_home(args.home), args.preset, args.seq_len)
+    if args.dataset and not (Path(args.dataset).expanduser() / "train.jsonl").is_file():
+        raise TalkalikeError(f"no dataset at {args.dataset}; build one with `talkalike dataset --me NAME --out DIR`.")
+    result = plan(args.base, resolve_home(args.home), args.preset, args.seq_len, args.dataset, not args.no_timing)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -154,4 +172,13 @@ def cmd_plan(args) -> int:
         print(f"on a CUDA GPU (4-bit where the preset says so): ~{result['peak_memory_gb_on_cuda']:.1f} GB")
     verdict = "fits" if result["fits"] else "does NOT fit: try --preset original on a GPU, a smaller --base or --seq-len"
     print(f"hardware: {hw['name']} ({hw['device']}), {hw['memory_gb']:.1f} GB available: {verdict}")
+    if "time" in result:
+        t = result["time"]
+        from talkalike.console import elapsed
+
+        print(f"training time here: ~{elapsed(t['seconds'])} for {t['epochs']:g} epoch(s) of {t['dataset']} "
+              f"({t['epoch_tokens']:,} tokens an epoch at ~{t['tokens_per_s']:,.0f} tokens/s)")
+        print(f"  how: one decoder layer of this model trained on {t['timed_tokens']} tokens here in "
+              f"{t['timed_seconds']:.2f} s ({t['flops_per_s'] / 1e9:,.0f} GFLOP/s, {t['dtype']}), priced for every "
+              "layer and the LM head; other work on the machine slows it down")
     return 0

@@ -19,9 +19,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from talkalike import console
 from talkalike.errors import TalkalikeError
 from talkalike.files import read_jsonl, say, write_json
 from talkalike.memory import MEMORY_FILE, Memory
+from talkalike.prepare.dataset import data_size, too_little_data
 from talkalike.run import RUN_FILE, Run
 from talkalike.template import turn_end_ids
 from talkalike.train.recipe import Recipe, resolve_recipe
@@ -430,8 +432,11 @@ def _is_oom(error: BaseException) -> bool:
 def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = None, preset: str | None = None,
           name: str | None = None, epochs: float | None = None, max_steps: int | None = None,
           all_turns: bool = False, resume: str | None = None, callbacks: list | None = None,
-          progress: bool = True) -> Path:
-    """Train a run folder `runs/<name>/` from a dataset folder, or finish an interrupted run (`resume=name`)."""
+          progress: bool = True, force: bool = False) -> Path:
+    """Train a run folder `runs/<name>/` from a dataset folder, or finish an interrupted run (`resume=name`).
+
+    `force` replaces an existing run of that name, only once the new one is complete (a failed retrain keeps the old
+    run), and trains even on a dataset too small to learn from."""
     import torch
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -451,12 +456,19 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         dataset_path = Path(dataset).expanduser().resolve()
         name = name or f"{dataset_path.name}-{datetime.now():%Y%m%d-%H%M%S}"
         request = {"dataset": str(dataset_path), "base": base, "preset": preset, "name": name, "epochs": epochs,
-                   "max_steps": max_steps, "all_turns": all_turns}
+                   "max_steps": max_steps, "all_turns": all_turns, "force": force}
         work = runs / f"{name}.partial"
     final = runs / request["name"]
-    if final.exists():
-        raise TalkalikeError(f"a run named {request['name']!r} already exists at {final}; choose another --name.")
+    force = force or bool(request.get("force"))
+    if final.exists() and not force:
+        raise TalkalikeError(f"a run named {request['name']!r} already exists at {final}; choose another --name, or "
+                             "replace it with --force.")
     train_rows, eval_rows, dataset_info = read_dataset(Path(request["dataset"]))
+    too_little = too_little_data(*data_size(train_rows + eval_rows))
+    if too_little and not force:
+        raise TalkalikeError(f"{too_little}; train anyway with --force.")
+    if too_little:
+        say(f"warning: {too_little}; training anyway (--force)")
 
     cuda = torch.cuda.is_available()
     recipe, notes = resolve_recipe(request["preset"], cuda, epochs=request["epochs"],
@@ -500,7 +512,7 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     dtype = "bf16" if recipe.bf16 else "fp32"
     resolved = {"preset": recipe.name, "layout": layout, "device": device, "dtype": dtype, **recipe.as_dict()}
     say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
-    say("config: " + json.dumps(resolved))
+    console.detail("config: " + json.dumps(resolved))  # also saved in run.json
     say(f"data: {train_stats['samples']} train samples, {train_stats['tokens']:,} tokens "
          f"({train_stats['trained_tokens']:,} trained); {eval_stats['samples']} eval samples")
 
@@ -554,9 +566,21 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         "contacts": list((dataset_stats or {}).get("contacts") or {}),
     }
     Run.write(out, run_info)
-    os.rename(out, final)
+    _swap_into_place(out, final)
     shutil.rmtree(work)  # checkpoints are only for resuming; the run folder holds the best adapter
     return final
+
+
+def _swap_into_place(new: Path, final: Path) -> None:
+    """Rename the finished run to its name; a run already there (train --force) is moved aside first and deleted
+    only after the new one is in place, so at every moment one complete run carries the name."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+        os.rename(final, old)
+    os.rename(new, final)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def _checkpoint_step(path: str | None) -> int | None:
@@ -570,11 +594,15 @@ def cmd_train(args) -> int:
     home = resolve_home(args.home)
     try:
         run = train(args.dataset, home, base=args.base, preset=args.preset, name=args.name, epochs=args.epochs,
-                    max_steps=args.max_steps, all_turns=args.all_turns, resume=args.resume)
+                    max_steps=args.max_steps, all_turns=args.all_turns, resume=args.resume, force=args.force)
     except KeyboardInterrupt:
         name = args.resume or args.name
         hint = f"`talkalike train --resume {name}`" if name else "`talkalike train --resume NAME` (see runs/*.partial)"
         say(f"interrupted: continue from the last checkpoint with {hint}")
         raise
     print(run)
+    info = Run.open(run).info
+    loss = info.get("best_eval_loss")
+    summary = f"eval loss {loss:.2f}" if loss is not None else f"train loss {info['train_loss']:.2f}"
+    console.done(f"{info['steps']} steps, {summary}", f"talkalike eval {run.name}")
     return 0

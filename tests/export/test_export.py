@@ -175,7 +175,8 @@ def test_ollama_export_writes_a_modelfile_with_the_template_stops_and_tuned_samp
     assert 'PARAMETER stop "<eos>"' in text
     assert "PARAMETER temperature 0.7" in text and "PARAMETER repeat_penalty 1.1" in text
     assert "PARAMETER top_p 0.9" in text
-    assert "ollama create dana" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert "→ next: cd " in err and "ollama create dana -f Modelfile && ollama run dana" in err
 
 
 def test_go_template_reproduces_the_jinja_rendering_of_a_conversation(tiny_tokenizer):
@@ -318,3 +319,59 @@ def test_go_renders_the_modelfile_template_like_the_jinja_template(tiny_tokenize
     jinja = tiny_tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False,
                                               add_generation_prompt=True)
     assert tiny_tokenizer.bos_token + go.stdout == jinja
+
+
+def test_the_gguf_writer_holds_one_converted_tensor_at_a_time(home, run_dir, monkeypatch):
+    """The file is written as tensors are converted (a 270M model's tensors would otherwise all wait in memory)."""
+    import weakref
+
+    import talkalike.export.gguf as export_gguf
+
+    correct = export_gguf.gguf_tensors
+    alive, most = [], []
+
+    def watched(*args):
+        for item in correct(*args):
+            alive.append(weakref.ref(item[2]))
+            most.append(sum(ref() is not None for ref in alive))
+            yield item
+
+    monkeypatch.setattr(export_gguf, "gguf_tensors", watched)
+    assert main(["--home", str(home), "export", "dana", "--format", "gguf", "--gguf-type", "f32"]) == 0
+    assert len(alive) > 20
+    assert max(most) <= 2, f"up to {max(most)} converted tensors were held at once"
+
+
+def test_the_gguf_and_ollama_exports_of_one_run_share_one_file(home, run_dir, monkeypatch, capsys):
+    import talkalike.export.merged as export
+
+    assert main(["--home", str(home), "export", "dana", "--format", "gguf"]) == 0
+    gguf = run_dir / "export-gguf" / "model.gguf"
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the second export converted the model again")
+
+    monkeypatch.setattr(export, "load_adapter_model", no_model)
+    assert main(["--home", str(home), "export", "dana", "--format", "ollama"]) == 0
+    ollama = run_dir / "export-ollama" / "model.gguf"
+    assert os.stat(gguf).st_ino == os.stat(ollama).st_ino  # one file on disk, two names
+    report = json.loads((run_dir / "export-ollama" / "export.json").read_text())
+    assert report["shared_with"] == str(gguf) and report["format"] == "ollama"
+    assert "linked to the run's other export" in capsys.readouterr().err
+    # Exporting the first again keeps sharing, and deleting one export leaves the other whole.
+    assert main(["--home", str(home), "export", "dana", "--format", "gguf"]) == 0
+    assert os.stat(run_dir / "export-gguf" / "model.gguf").st_ino == os.stat(ollama).st_ino
+    shutil.rmtree(run_dir / "export-gguf")
+    assert ollama.stat().st_size > 0 and (run_dir / "export-ollama" / "Modelfile").is_file()
+
+
+def test_a_gguf_of_another_type_or_adapter_is_not_shared(home, run_dir, tiny_tokenizer, llama_cpp_base):
+    assert main(["--home", str(home), "export", "dana", "--format", "gguf"]) == 0
+    assert main(["--home", str(home), "export", "dana", "--format", "ollama", "--gguf-type", "f32"]) == 0
+    f16, f32 = run_dir / "export-gguf" / "model.gguf", run_dir / "export-ollama" / "model.gguf"
+    assert os.stat(f16).st_ino != os.stat(f32).st_ino
+    # A retrained adapter (another seed) makes another GGUF, even of the same type.
+    shutil.rmtree(run_dir)
+    make_run(run_dir, llama_cpp_base, tiny_tokenizer, seed=1)
+    assert main(["--home", str(home), "export", "dana", "--format", "gguf", "--gguf-type", "f32"]) == 0
+    assert "shared_with" not in json.loads((run_dir / "export-gguf" / "export.json").read_text())

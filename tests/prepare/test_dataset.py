@@ -567,3 +567,23 @@ def test_spanish_and_portuguese_laughter_counts_as_laughter():
         assert LAUGHTER.search(text), text
     for text in ("ja", "Jaime", "el jefe", "kk", "ojala"):
         assert not LAUGHTER.search(text), text
+
+
+def test_a_three_message_chat_builds_with_a_warning_that_train_will_refuse_it(tmp_path, capsys):
+    export = tmp_path / "WhatsApp Chat with Maya.txt"
+    export.write_text("05/01/2025, 10:00 - Maya: hi there\n05/01/2025, 10:01 - Noa: hey!\n"
+                      "05/01/2025, 10:02 - Maya: how are you?\n", encoding="utf-8")
+    assert run_cli(tmp_path / "home", "import", str(export)) == 0
+    capsys.readouterr()
+    assert run_cli(tmp_path / "home", "dataset", "--me", "Noa", "--out", str(tmp_path / "ds")) == 0
+    err = capsys.readouterr().err
+    assert "warning: too little to learn from: 1 message from the persona (at least 100 needed) and 1 " \
+           "conversation (at least 20 needed)" in err
+    assert "refuses this dataset without --force" in err
+
+
+def test_the_sample_chat_is_enough_to_learn_from():
+    from talkalike.prepare.dataset import too_little_data
+
+    assert too_little_data(3017, 307) is None  # the sample chat (README, "The sample chats")
+    assert too_little_data(99, 307) and too_little_data(3017, 19)

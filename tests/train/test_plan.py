@@ -22,7 +22,7 @@ def test_the_original_recipe_on_mistral_7b_trains_86_065_152_parameters(tmp_path
     folder = tmp_path / "mistral"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(MISTRAL_7B_64K))  # only a config: no weights anywhere
-    result = plan_json(capsys, tmp_path, "--base", str(folder), "--preset", "original")
+    result = plan_json(capsys, tmp_path, "--base", str(folder), "--preset", "original", "--no-timing")
     assert result["trainable_params"] == 86_065_152
     # Mistral-7B has 7,241,732,096 parameters at 32k vocab; 32k more rows in embedding and head, plus the LoRA
     assert result["total_params"] == 7_241_732_096 + 2 * 32_000 * 4096 + 86_065_152
@@ -56,3 +56,39 @@ def test_gradient_checkpointing_and_longer_sequences_move_the_estimate(tiny_mode
 def test_an_unknown_base_is_one_error_line_with_exit_2(tmp_path, capsys):
     assert main(["--home", str(tmp_path), "plan", "--base", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.startswith("error: no model folder")
+
+
+def test_plan_estimates_the_training_time_from_a_pass_timed_on_this_machine(tiny_model_dir, tmp_path, capsys):
+    assert main(["--home", str(tmp_path), "plan", "--base", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "training time here: ~" in out and "of the bundled sample chat (93,513 tokens an epoch" in out
+    assert "how: one decoder layer of this model trained on" in out
+    timing = plan_json(capsys, tmp_path, "--base", str(tiny_model_dir))["time"]
+    assert timing["tokens_per_s"] > 0 and timing["timed_seconds"] > 0
+    assert timing["seconds"] == round(timing["epoch_tokens"] * timing["epochs"] / timing["tokens_per_s"])
+    assert "time" not in plan_json(capsys, tmp_path, "--base", str(tiny_model_dir), "--no-timing")
+
+
+def test_the_time_estimate_scales_with_the_dataset_and_the_models_size(tiny_model_dir, tmp_path, capsys):
+    from talkalike.train.plan import load_config
+    from talkalike.train.speed import step_flops_per_token
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    row = {"messages": [{"role": "user", "content": "hey what's up"}, {"role": "assistant", "content": "ok haha"}]}
+    (folder / "train.jsonl").write_text((json.dumps(row) + "\n") * 100)
+    small = plan_json(capsys, tmp_path, "--base", str(tiny_model_dir), "--dataset", str(folder))["time"]
+    (folder / "train.jsonl").write_text((json.dumps(row) + "\n") * 300)
+    large = plan_json(capsys, tmp_path, "--base", str(tiny_model_dir), "--dataset", str(folder))["time"]
+    assert small["epoch_tokens"] > 0 and abs(large["epoch_tokens"] - 3 * small["epoch_tokens"]) <= 3  # rounding
+    # Work per token grows with layers and checkpointing's recomputation.
+    config = load_config(str(tiny_model_dir), tmp_path)
+    two, _ = step_flops_per_token(config, 2, 0.5, 256, checkpointing=False)
+    four, _ = step_flops_per_token(config, 4, 0.5, 256, checkpointing=False)
+    recomputed, _ = step_flops_per_token(config, 4, 0.5, 256, checkpointing=True)
+    assert two < four < recomputed
+
+
+def test_plan_of_a_missing_dataset_is_one_error_line(tiny_model_dir, tmp_path, capsys):
+    assert main(["--home", str(tmp_path), "plan", "--base", str(tiny_model_dir), "--dataset", str(tmp_path / "no")]) == 2
+    assert capsys.readouterr().err.startswith("error: no dataset at")

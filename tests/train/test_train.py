@@ -23,6 +23,7 @@ def conversation(i: int) -> dict:
 
 
 def write_dataset(folder: Path, n_train: int = 12, n_eval: int = 3) -> Path:
+    """A toy dataset, far below the minimum to learn from (dataset.MIN_CONVERSATIONS): train it with --force."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train.jsonl").write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(n_train)))
     (folder / "eval.jsonl").write_text("".join(json.dumps(conversation(100 + i)) + "\n" for i in range(n_eval)))
@@ -239,7 +240,7 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(tiny_
 
     data = write_dataset(tmp_path / "ds", n_train=40, n_eval=4)
     home = tmp_path / "home"
-    common = {"base": str(tiny_model_dir), "epochs": 2.0, "progress": False}
+    common = {"base": str(tiny_model_dir), "epochs": 2.0, "progress": False, "force": True}  # a toy dataset
     straight = train(data, home, name="straight", **common)
 
     with pytest.raises(KeyboardInterrupt):
@@ -261,13 +262,15 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(tiny_
 
 def test_the_run_folder_holds_exactly_the_expected_files(tiny_model_dir, dataset, tmp_path, capsys):
     home = tmp_path / "home"
-    code = main(["--home", str(home), "train", str(dataset), "--base", str(tiny_model_dir), "--name", "noa",
+    code = main(["--home", str(home), "train", "--force", str(dataset), "--base", str(tiny_model_dir), "--name", "noa",
                  "--epochs", "2"])
     captured = capsys.readouterr()
     run = home / "runs" / "noa"
     assert code == 0
     assert captured.out.strip() == str(run)  # stdout is the result; the rest went to stderr
-    assert "trainable parameters:" in captured.err and "config: {" in captured.err
+    assert "trainable parameters:" in captured.err
+    assert "config: {" not in captured.err  # the resolved config is in run.json; --verbose prints it
+    assert captured.err.strip().splitlines()[-1].endswith("→ next: talkalike eval noa")
     assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
     assert sorted(p.name for p in (home / "runs").iterdir()) == ["noa"]  # checkpoints removed
     info = json.loads((run / "run.json").read_text())
@@ -292,7 +295,8 @@ def test_a_finished_run_loads_with_its_adapter_switchable(tiny_model_dir, datase
 
     from talkalike.model import load_run
 
-    run = train(dataset, tmp_path / "home", base=str(tiny_model_dir), name="r", epochs=3.0, progress=False)
+    run = train(dataset, tmp_path / "home", base=str(tiny_model_dir), name="r", epochs=3.0, progress=False,
+                force=True)
     model, tokenizer, loaded = load_run(run, tmp_path / "home")
     ids = torch.tensor([tokenizer("hey what's up?")["input_ids"]])
     with torch.no_grad():
@@ -318,7 +322,7 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(setup, message, 
         write_dataset(data)
         base = str(tmp_path / "no-such-model")
     home = tmp_path / "home"
-    code = main(["--home", str(home), "train", str(data), "--base", base, "--name", "x"])
+    code = main(["--home", str(home), "train", "--force", str(data), "--base", base, "--name", "x"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("error: ") and message in err[-1]
@@ -334,7 +338,7 @@ def test_out_of_memory_is_a_user_error_that_points_at_plan(tiny_model_dir, datas
 
     monkeypatch.setattr(transformers.Trainer, "train", oom)
     home = tmp_path / "home"
-    code = main(["--home", str(home), "train", str(dataset), "--base", str(tiny_model_dir), "--name", "x"])
+    code = main(["--home", str(home), "train", "--force", str(dataset), "--base", str(tiny_model_dir), "--name", "x"])
     assert code == 2
     assert "talkalike plan" in capsys.readouterr().err
     assert not (home / "runs" / "x").exists()
@@ -344,7 +348,7 @@ def test_out_of_memory_is_a_user_error_that_points_at_plan(tiny_model_dir, datas
 def test_the_embedded_model_trains_a_few_steps_end_to_end(tmp_path):
     data = write_dataset(tmp_path / "ds", n_train=6, n_eval=2)
     home = tmp_path / "home"
-    assert main(["--home", str(home), "train", str(data), "--name", "e2e", "--max-steps", "2"]) == 0
+    assert main(["--home", str(home), "train", "--force", str(data), "--name", "e2e", "--max-steps", "2"]) == 0
     info = json.loads((home / "runs" / "e2e" / "run.json").read_text())
     assert info["base"]["id"] == "gemma-3-270m" and info["steps"] == 2
     assert info["trainable_params"] > 1_000_000
@@ -354,7 +358,7 @@ def test_the_original_preset_trains_a_lora_on_lm_head_without_a_gpu(tiny_model_d
     from safetensors.torch import load_file
 
     home = tmp_path / "home"
-    code = main(["--home", str(home), "train", str(dataset), "--base", str(tiny_model_dir), "--name", "orig",
+    code = main(["--home", str(home), "train", "--force", str(dataset), "--base", str(tiny_model_dir), "--name", "orig",
                  "--preset", "original", "--max-steps", "2"])
     err = capsys.readouterr().err
     assert code == 0
@@ -393,9 +397,50 @@ def test_a_run_keeps_the_datasets_memory_and_names_its_contacts(tiny_model_dir, 
     (folder / "dataset.json").write_text(json.dumps({"persona": "Noa", "layout": "chat", "contact": True}))
     (folder / "stats.json").write_text(json.dumps({"contacts": {"Maya": {"persona_turns": 20}, "Mom": {}}}))
     home = tmp_path / "home"
-    assert main(["--home", str(home), "train", str(folder), "--base", str(tiny_model_dir), "--name", "noa",
+    assert main(["--home", str(home), "train", "--force", str(folder), "--base", str(tiny_model_dir), "--name", "noa",
                  "--max-steps", "1"]) == 0
     run = Run.open(home / "runs" / "noa")
     assert sorted(p.name for p in run.dir.iterdir()) == sorted(RUN_FILES + (MEMORY_FILE,))
     assert run.contacts == ["Maya", "Mom"]
     assert len(Memory.open(run.dir)) == len(Memory.open(folder))
+
+
+def test_a_dataset_too_small_to_learn_from_is_refused_without_force(tiny_model_dir, tmp_path, capsys):
+    data = write_dataset(tmp_path / "ds", n_train=2, n_eval=1)  # a 3-conversation chat, a handful of messages
+    home = tmp_path / "home"
+    code = main(["--home", str(home), "train", str(data), "--base", str(tiny_model_dir), "--name", "x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: too little to learn from") and "--force" in err[0]
+    assert "3 conversations (at least 20 needed)" in err[0]
+    assert not (home / "runs").exists() or not list((home / "runs").iterdir())
+
+
+def test_train_force_replaces_a_run_only_once_the_new_one_is_complete(tiny_model_dir, dataset, tmp_path, monkeypatch,
+                                                                      capsys):
+    import torch
+    import transformers
+
+    home = tmp_path / "home"
+    old = home / "runs" / "noa"
+    old.mkdir(parents=True)
+    (old / "run.json").write_text(json.dumps({"name": "noa", "marker": "the old run"}))
+    argv = ["--home", str(home), "train", str(dataset), "--base", str(tiny_model_dir), "--name", "noa",
+            "--max-steps", "1"]
+    assert main(argv) == 2  # without --force: refused
+    assert "already exists" in capsys.readouterr().err
+
+    real_train = transformers.Trainer.train
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("out of memory")
+
+    monkeypatch.setattr(transformers.Trainer, "train", oom)
+    assert main(argv + ["--force"]) == 2
+    assert json.loads((old / "run.json").read_text())["marker"] == "the old run"  # a failed retrain keeps it
+
+    monkeypatch.setattr(transformers.Trainer, "train", real_train)
+    assert main(argv + ["--force"]) == 0
+    info = json.loads((old / "run.json").read_text())
+    assert "marker" not in info and info["steps"] == 1
+    assert sorted(p.name for p in (home / "runs").iterdir()) == ["noa"]  # the old one gone, no leftovers
