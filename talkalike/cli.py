@@ -21,6 +21,7 @@ HANDLERS = {
     "inspect": "talkalike.prepare.dataset:cmd_inspect",
     "plan": "talkalike.train.plan:cmd_plan",
     "train": "talkalike.train.trainer:cmd_train",
+    "update": "talkalike.train.update:cmd_update",
     "eval": "talkalike.evaluate.evaluate:cmd_eval",
     "tune-generation": "talkalike.evaluate.tune:cmd_tune_generation",
     "chat": "talkalike.frontends.chat:cmd_chat",
@@ -163,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an existing run of that name (only once the new one is complete), and train even "
                         "when the dataset is too small to learn from")
     p.add_argument("--all-turns", action="store_true", help="take loss on every turn, as the original did")
+
+    p = _sub(sub, "update", "catch a run up with later exports: import, rebuild its dataset, continue its adapter, "
+                            "keep the new one only if no fidelity measure dropped",
+             "talkalike update noa 'WhatsApp Chat with Maya.zip'",
+             "The old conversations are replayed beside the new ones (as many as new, at most all), so nothing is "
+             "forgotten. Both versions stay listed in `talkalike runs`; the one not kept is RUN@vN.")
+    p.add_argument("run", help="run name")
+    p.add_argument("files", nargs="+", metavar="FILE", help="the new WhatsApp .txt/.zip exports or Telegram result.json")
+    p.add_argument("--chat", action="append", metavar="NAME",
+                   help="chat name, as for `talkalike import` (default: the export's own name)")
+    p.add_argument("--date-order", choices=DATE_ORDERS, help="day/month order (default: inferred from the file's own dates)")
+    p.add_argument("--out", metavar="DIR",
+                   help="folder for the rebuilt dataset (default: DATA/datasets/RUN-YYYYmmdd-HHMMSS)")
+    p.add_argument("--epochs", type=float, help="override the preset's epochs (default: the preset's)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (default: no limit)")
+    p.add_argument("--limit", type=int, help="compare on at most this many held-out turns (default: all)")
+    p.add_argument("--force", action="store_true",
+                   help="train even when the new data is too small to learn from")
 
     p = _sub(sub, "eval", "measure how much the twin sounds like the persona; writes eval.json and report.html",
              "talkalike eval dana")

@@ -4,6 +4,8 @@
     talkalike runs --json
     talkalike rm noa-demo     # asks first; --yes does not
 
+`talkalike update` keeps earlier versions of a run beside it as runs/<name>@v<N>/; they are listed under the run.
+
 A run is a folder `runs/<name>/` with a run.json (talkalike/run.py); an interrupted one is `runs/<name>.partial/`
 with a resume.json. `rm` deletes only such folders, and only inside the data folder's runs/.
 """
@@ -19,9 +21,11 @@ from talkalike.errors import TalkalikeError
 from talkalike.files import say
 from talkalike.home import resolve_home, runs_dir
 from talkalike.run import Run
+from talkalike.train.update import family
 
 PARTIAL = ".partial"  # the suffix of a run still training, or interrupted (train/trainer.py)
 RESUME_FILE = "resume.json"
+NOT_KEPT = "*"  # marks an update whose adapter was not kept (talkalike/train/update.py)
 
 
 def disk_use(folder: Path) -> int:
@@ -81,22 +85,32 @@ def list_runs(home: Path) -> list[dict]:
     folder = runs_dir(home)
     rows = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if not path.is_dir() or path.is_symlink():
-            continue
+        if not path.is_dir() or path.is_symlink() or path.name.startswith("."):
+            continue  # dot names are scratch: a run being replaced, deleted or compared
         if Run.exists(path):
             run = Run.open(path)
             finished = run.info.get("finished")
+            update = run.info.get("update") or {}
             rows.append({"name": path.name, "state": "trained", "persona": run.persona,
                          "base": _base_name(run.info.get("base") or {}), "finished": finished,
-                         "scores": _scores(path), "bytes": disk_use(path), "path": str(path)})
+                         "scores": _scores(path), "bytes": disk_use(path), "path": str(path),
+                         "version": int(run.info.get("version") or 1), "of": family(path.name),
+                         "kept": update.get("kept", True), "dropped": update.get("dropped", [])})
         elif path.name.endswith(PARTIAL) and (path / RESUME_FILE).is_file():
             request = _read_json(path / RESUME_FILE)
             started = datetime.fromtimestamp((path / RESUME_FILE).stat().st_mtime).astimezone()
-            rows.append({"name": path.name.removesuffix(PARTIAL), "state": "interrupted", "persona": None,
+            name = path.name.removesuffix(PARTIAL)
+            rows.append({"name": name, "state": "interrupted", "persona": None,
                          "base": request.get("base") or "gemma-3-270m",
                          "finished": started.isoformat(timespec="seconds"), "scores": {},
-                         "bytes": disk_use(path), "path": str(path)})
-    rows.sort(key=lambda row: row["finished"] or "", reverse=True)
+                         "bytes": disk_use(path), "path": str(path), "version": None, "of": family(name),
+                         "kept": True, "dropped": []})
+    # newest first, each run's versions (talkalike update) right under it, newest version first
+    newest = {}
+    for row in rows:
+        newest[row["of"]] = max(newest.get(row["of"], ""), row["finished"] or "")
+    rows.sort(key=lambda row: (newest[row["of"]], row["of"], row["name"] == row["of"], row["version"] or 0,
+                               row["finished"] or ""), reverse=True)
     return rows
 
 
@@ -115,7 +129,8 @@ def format_table(rows: list[dict]) -> str:
         cells = [f"{s[key]:{spec}}" if key in s else "-"
                  for key, spec in (("r@1", ".0%"), ("auc", ".2f"), ("facts", ".0%"), ("perplexity", ".1f"))]
         persona = row["persona"] or "(interrupted)"
-        lines.append((row["name"], persona, row["base"], _date(row["finished"]), *cells, human_bytes(row["bytes"])))
+        name = row["name"] + ("" if row["kept"] else NOT_KEPT)
+        lines.append((name, persona, row["base"], _date(row["finished"]), *cells, human_bytes(row["bytes"])))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     numeric = {4, 5, 6, 7, 8}
     return "\n".join("  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
@@ -134,6 +149,9 @@ def cmd_runs(args) -> int:
         say(f"no runs yet in {runs_dir(home)}; train one with `talkalike train DATASET_DIR --name NAME`")
         return 0
     print(format_table(rows))
+    if not all(row["kept"] for row in rows):
+        say(f"{NOT_KEPT}: an update not kept because a fidelity measure dropped (`talkalike runs --json` says which); "
+            "RUN@vN is version N of RUN.")
     say("R@1: the real next reply ranked first of 10 (chance 10%); AUC: a real-vs-generated classifier (0.50 = it "
         "cannot tell); facts: facts recalled; ppl: perplexity of the held-out replies. From `talkalike eval RUN`.")
     return 0

@@ -464,6 +464,17 @@ def _describe_problems(parsed: ParsedExport, file: str, out) -> None:
 def cmd_import(args) -> int:
     """`talkalike import FILE... [--chat NAME | --chat EXPORTED=NAME]`: read every file first, then store them all in one
     transaction."""
+    counts = import_files(args)
+    from talkalike import console
+
+    console.done(f"{sum(c.added for c in counts):,} new messages stored",
+                 "talkalike people, then talkalike dataset --me NAME --out DIR")
+    return 0
+
+
+def import_files(args) -> list[ImportCounts]:
+    """What `talkalike import` does before its closing line (`talkalike update` imports this way too): read every
+    file of `args.files`, store them in one transaction, print a report per file; the counts per file."""
     sources = _sources()
     items = []
     for file in args.files:
@@ -485,11 +496,7 @@ def cmd_import(args) -> int:
     except KeyboardInterrupt:
         raise Interrupted("interrupted after the import was stored: every file given is in the store, only its "
                           "report was cut short (`talkalike chats` lists the chats).") from None
-    from talkalike import console
-
-    console.done(f"{sum(c.added for c in counts):,} new messages stored",
-                 "talkalike people, then talkalike dataset --me NAME --out DIR")
-    return 0
+    return counts
 
 
 def _targets(args, items: list[tuple[str, ParsedExport]]) -> list[str]:

@@ -702,19 +702,11 @@ def _pii_undo(connection, mark: int | None) -> None:
         connection.execute("DELETE FROM pii_map WHERE rowid > ?", (mark,))
 
 
-def cmd_dataset(args) -> int:
-    """`talkalike dataset`: build the dataset and print its summary."""
-    from talkalike.evaluate import facts
-    from talkalike.home import resolve_home, store_path
+def build_from_store(home: Path, config: DatasetConfig, out: Path) -> dict:
+    """build_dataset on the data folder's store (`dataset`, and `update` rebuilding a run's dataset); a failed build
+    leaves the store's privacy map as it found it."""
     from talkalike.store import ReadOnlyStore, Store
 
-    config = config_from_args(args)
-    home = resolve_home(args.home)
-    if not store_path(home).exists():
-        raise TalkalikeError("nothing imported yet: run `talkalike import 'WhatsApp Chat with NAME.txt'` first")
-    known = facts.read_facts(args.facts) if args.facts else []  # a bad facts file stops before the long build
-    console.detail("config: " + json.dumps(asdict(config), ensure_ascii=False))  # also saved as dataset.json
-    out = Path(args.out).expanduser()
     check_out(out)
     try:
         store = Store.open(home)
@@ -723,10 +715,25 @@ def cmd_dataset(args) -> int:
         store = Store.open(home, readonly=True)
     mark = _pii_mark(store.connection)
     try:
-        stats = build_dataset(store, config, out, home=home, progress=True)
+        return build_dataset(store, config, out, home=home, progress=True)
     except (TalkalikeError, KeyboardInterrupt):
         _pii_undo(store.connection, mark)  # a build that fails leaves the store as it found it
         raise
+
+
+def cmd_dataset(args) -> int:
+    """`talkalike dataset`: build the dataset and print its summary."""
+    from talkalike.evaluate import facts
+    from talkalike.home import resolve_home, store_path
+
+    config = config_from_args(args)
+    home = resolve_home(args.home)
+    if not store_path(home).exists():
+        raise TalkalikeError("nothing imported yet: run `talkalike import 'WhatsApp Chat with NAME.txt'` first")
+    known = facts.read_facts(args.facts) if args.facts else []  # a bad facts file stops before the long build
+    console.detail("config: " + json.dumps(asdict(config), ensure_ascii=False))  # also saved as dataset.json
+    out = Path(args.out).expanduser()
+    stats = build_from_store(home, config, out)
     print("\n".join(summary_lines(stats)))
     if known:
         facts.write_facts(out / facts.FACTS_FILE, known)

@@ -82,15 +82,18 @@ def lora_config(recipe: Recipe, turn_end_ids: list[int] | None = None):
                       trainable_token_indices=tokens or None)
 
 
-def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None):
-    """Wrap a base model with the recipe's LoRA; a 4-bit model is prepared for k-bit training first."""
-    from peft import get_peft_model
+def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, adapter: Path | None = None):
+    """Wrap a base model with the recipe's LoRA, or with the trained `adapter` as trainable to continue from it
+    (`talkalike update`); a 4-bit model is prepared for k-bit training first."""
+    from peft import PeftModel, get_peft_model
 
     from talkalike.train.qlora import prepare_kbit
 
     if getattr(model, "is_loaded_in_4bit", False):
         # Not peft's prepare_model_for_kbit_training: it up-casts the frozen embeddings and head to fp32.
         model = prepare_kbit(model, gradient_checkpointing=recipe.gradient_checkpointing)
+    if adapter is not None:  # its own adapter_config.json (rank, targets, trained token rows) applies
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     return get_peft_model(model, lora_config(recipe, turn_end_ids))
 
 
@@ -245,8 +248,9 @@ def _records_dataset(records: list[dict]):
 def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list[dict], recipe: Recipe,
                  output_dir: Path, *, max_steps: int | None = None, callbacks: list | None = None,
                  turn_end_ids: list[int] | None = None,
-                 token_counts: dict | None = None):
-    """Our training path for a loaded base model: LoRA + SFTTrainer with packing and the masked LM head.
+                 token_counts: dict | None = None, adapter: Path | None = None):
+    """Our training path for a loaded base model: LoRA + SFTTrainer with packing and the masked LM head; with
+    `adapter`, that trained LoRA continues instead of a fresh one.
 
     The GPU benchmark calls this with a model built in memory; `train` calls it with a loaded base.
     """
@@ -296,7 +300,7 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         ddp_find_unused_parameters=False,
     )
     set_seed(recipe.seed)  # LoRA's A matrices are drawn at random: seed them so reruns and resumes agree
-    model = apply_lora(model, recipe, turn_end_ids)
+    model = apply_lora(model, recipe, turn_end_ids, adapter)
     if recipe.bf16 and not torch.cuda.is_available():
         # Under CPU autocast, peft's cast of each LoRA input to the adapter's fp32 is undone at once by autocast's
         # cast back to bf16 for the matmul: two copies of the activations per adapted layer for the same product
@@ -432,11 +436,13 @@ def _is_oom(error: BaseException) -> bool:
 def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = None, preset: str | None = None,
           name: str | None = None, epochs: float | None = None, max_steps: int | None = None,
           all_turns: bool = False, resume: str | None = None, callbacks: list | None = None,
-          progress: bool = True, force: bool = False) -> Path:
+          progress: bool = True, force: bool = False, adapter: str | None = None,
+          train_file: str | None = None) -> Path:
     """Train a run folder `runs/<name>/` from a dataset folder, or finish an interrupted run (`resume=name`).
 
     `force` replaces an existing run of that name, only once the new one is complete (a failed retrain keeps the old
-    run), and trains even on a dataset too small to learn from."""
+    run), and trains even on a dataset too small to learn from. `adapter` continues that trained adapter instead of
+    a fresh LoRA, and `train_file` trains on its rows instead of the dataset's train.jsonl (`talkalike update`)."""
     import torch
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -456,7 +462,8 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         dataset_path = Path(dataset).expanduser().resolve()
         name = name or f"{dataset_path.name}-{datetime.now():%Y%m%d-%H%M%S}"
         request = {"dataset": str(dataset_path), "base": base, "preset": preset, "name": name, "epochs": epochs,
-                   "max_steps": max_steps, "all_turns": all_turns, "force": force}
+                   "max_steps": max_steps, "all_turns": all_turns, "force": force, "adapter": adapter,
+                   "train_file": train_file}
         work = runs / f"{name}.partial"
     final = runs / request["name"]
     force = force or bool(request.get("force"))
@@ -464,6 +471,8 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         raise TalkalikeError(f"a run named {request['name']!r} already exists at {final}; choose another --name, or "
                              "replace it with --force.")
     train_rows, eval_rows, dataset_info = read_dataset(Path(request["dataset"]))
+    if request.get("train_file"):
+        train_rows = read_jsonl(Path(request["train_file"]))
     too_little = too_little_data(*data_size(train_rows + eval_rows))
     if too_little and not force:
         raise TalkalikeError(f"{too_little}; train anyway with --force.")
@@ -506,7 +515,8 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     log = _run_log_callback(metrics_path, token_counts, progress)
     trainer = make_trainer(model, tokenizer, train_records, eval_records, recipe, work / "checkpoints",
                            max_steps=request["max_steps"], callbacks=[log, *(callbacks or [])],
-                           token_counts=token_counts, turn_end_ids=turn_end_ids(tokenizer, layout))
+                           token_counts=token_counts, turn_end_ids=turn_end_ids(tokenizer, layout),
+                           adapter=Path(request["adapter"]) if request.get("adapter") else None)
     trainable, total = count_parameters(trainer.model)
     device = "cuda" if cuda else "cpu"
     dtype = "bf16" if recipe.bf16 else "fp32"
@@ -556,6 +566,7 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         "name": request["name"], "base": base_info, "layout": layout, "preset": recipe.name,
         "all_turns": all_turns, "config": resolved, "dataset": request["dataset"], "dataset_info": dataset_info,
         "device": device, "dtype": dtype, "quantized": recipe.quantize_4bit,
+        "started_from": request.get("adapter"), "train_file": request.get("train_file"),
         "trainable_params": trainable, "total_params": total, "notes": notes,
         "steps": trainer.state.global_step, "epochs_done": round(trainer.state.epoch or 0.0, 4),
         "train_loss": result.training_loss, "best_eval_loss": trainer.state.best_metric,
