@@ -23,7 +23,7 @@ from pathlib import Path
 
 from talkalike import console
 from talkalike.errors import TalkalikeError
-from talkalike.files import read_jsonl, say, write_jsonl
+from talkalike.files import read_jsonl, say, write_json, write_jsonl
 from talkalike.run import Run
 
 # Replayed old conversations per new one, at most all of them. Continued training on the new month alone drifts the
@@ -31,6 +31,7 @@ from talkalike.run import Run
 # step half old, half new, so the new month weighs as much as the whole replayed past and no more.
 REPLAY_SHARE = 1.0
 UPDATE_FILE = "update.jsonl"  # in the new dataset folder: the rows the update trains on, new and replayed
+EVAL_FILE = "eval.json"  # as evaluate.py names it (not imported: that module pulls in the model code)
 VERSION_MARK = "@v"  # runs/<name>@v<N> holds version N of run <name> that does not carry the name now
 Z = 2.0  # a drop counts beyond noise past two standard errors of the difference (about 95%)
 PERPLEXITY_TOLERANCE = 0.02  # see dropped_measures
@@ -246,7 +247,16 @@ def update(run: str, files: list[str], home: Path, *, out: str | None = None, ch
         Run.write(current.dir, info | {"name": current.name})
         record["kept_as"] = current.name
         record["other"] = aside.name
+    _rescore(runs / (record["other"] if not dropped else record["kept_as"]), previous_result)
     return record
+
+
+def _rescore(folder: Path, result: dict) -> None:
+    """Give the previous adapter's folder its scores on the newest held-out turns, so `talkalike runs` shows both
+    versions measured alike; the eval.json it had is kept as eval-before-update.json."""
+    if (folder / EVAL_FILE).is_file():
+        os.replace(folder / EVAL_FILE, folder / "eval-before-update.json")
+    write_json(folder / EVAL_FILE, result)
 
 
 def cmd_update(args) -> int:
