@@ -1,7 +1,7 @@
 # `make demo` runs the whole pipeline on the bundled sample chat; `make test` runs the test suite; `make lint` runs ruff.
 # Each creates or reuses the virtual environment in .venv (scripts/setup.sh); `make test` also installs the test tools
 # (scripts/test-tools.sh). VERBOSE=1 shows the installers' warnings and the libraries' logs (talkalike --verbose).
-# `make test-lowest` runs the training and decoding tests again with the lowest dependency versions pyproject.toml
+# `make test-lowest` runs the training, decoding and export tests again with the lowest dependency versions pyproject.toml
 # allows, in a fresh .venv-lowest.
 VENV := .venv
 BIN := $(VENV)/bin
