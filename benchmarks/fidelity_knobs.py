@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=100, help="held-out turns for the sampling rows")
     parser.add_argument("--rank-turns", type=int, default=50, help="held-out turns ranked for R@1")
     parser.add_argument("--only", choices=("ranking", "sampling"), help="one kind of rows only")
+    parser.add_argument("--sampling", nargs="+", choices=list(SAMPLING), metavar="ROW",
+                        help="sampling rows to run (default: all)")
     args = parser.parse_args()
     home = resolve_home(args.home)
     run_dir = resolve_run(home, args.run)
@@ -93,19 +95,17 @@ def main() -> None:
         return
     real = [t.real for t in turns]
     rows = {"persona (real)": style_row(real, real)}
-    for name, overrides in SAMPLING.items():
-        generation = with_overrides(twin.defaults, max_new_tokens=config.max_new_tokens,
-                                    max_context_tokens=config.max_context_tokens, seed=config.seed)
-        generation = dataclasses.replace(generation, **overrides)
-        rows[name] = style_row(real, decode_many(twin, [t.context for t in turns], generation, use_adapter=True,
-                                                 batch_size=config.batch_size))
-        print(f"  {name}: done", flush=True)
     columns = list(rows["persona (real)"])
     print(f"\n| replies ({len(turns)} turns) | " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * len(columns))
-    for name, values in rows.items():
-        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values.values()) + " |")
-
+    print("| persona (real) | " + " | ".join(f"{v:.2f}" for v in rows["persona (real)"].values()) + " |", flush=True)
+    for name in args.sampling or list(SAMPLING):
+        generation = with_overrides(twin.defaults, max_new_tokens=config.max_new_tokens,
+                                    max_context_tokens=config.max_context_tokens, seed=config.seed)
+        generation = dataclasses.replace(generation, **SAMPLING[name])
+        values = style_row(real, decode_many(twin, [t.context for t in turns], generation, use_adapter=True,
+                                             batch_size=config.batch_size))
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values.values()) + " |", flush=True)
 
 if __name__ == "__main__":
     main()
