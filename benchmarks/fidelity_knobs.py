@@ -34,7 +34,7 @@ RANKING = {  # name -> GenerationConfig overrides for the scorer's prompt (recen
 }
 SAMPLING = {  # name -> GenerationConfig overrides for generation
     "defaults": {},
-    "whole vocabulary (own_words off)": {"own_words": False},
+    "persona's own tokens only (own_words on)": {"own_words": True},
     "no 3-token no-repeat rule": {"no_repeat_ngram": 0},
     "temperature 0.8": {"temperature": 0.8},
     "temperature 1.0": {"temperature": 1.0},

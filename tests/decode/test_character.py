@@ -83,7 +83,7 @@ def test_a_reply_uses_only_the_personas_own_tokens_and_the_conversations(remembe
     import talkalike.decode.stream as stream
 
     twin = remembering_twin
-    config = GenerationConfig(temperature=1.0, max_new_tokens=24, seed=3, memories=0, max_messages=0)
+    config = GenerationConfig(temperature=1.0, max_new_tokens=24, seed=3, memories=0, max_messages=0, own_words=True)
     prompt = fit_prompt(twin, HISTORY, config)
     allowed = set(vocabulary(twin, [prompt], config))
     assert set(twin.tokenizer.encode("haha ok", add_special_tokens=False)) <= allowed
@@ -108,11 +108,12 @@ def test_a_reply_uses_only_the_personas_own_tokens_and_the_conversations(remembe
 def test_batched_replies_from_the_restricted_head_match_the_single_streams_masked_ones(remembering_twin):
     """Eval's batches compute only the allowed rows of the head; the chat masks the whole vocabulary: same tokens."""
     twin = remembering_twin
-    config = GenerationConfig(temperature=0, max_new_tokens=16, memories=0, max_messages=0, repetition_penalty=1.1)
+    config = GenerationConfig(temperature=0, max_new_tokens=16, memories=0, max_messages=0, repetition_penalty=1.1,
+                              own_words=True)
     histories = [HISTORY, [{"role": "user", "content": "ok sure coming"}]]
     assert decode_many(twin, histories, config, batch_size=2) == [reply(twin, h, config) for h in histories]
 
 
 def test_a_twin_without_memory_keeps_the_whole_vocabulary(tiny_tokenizer):
     twin = Twin.of(build_tiny_model(len(tiny_tokenizer)), tiny_tokenizer)
-    assert vocabulary(twin, [[5, 6]], GenerationConfig()) is None
+    assert vocabulary(twin, [[5, 6]], GenerationConfig(own_words=True)) is None
