@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cli_checks import one_error, run
 
 from talkalike import store as store_module
-from talkalike.cli import main
 from talkalike.errors import TalkalikeError
 from talkalike.home import store_path
 from talkalike.sources import read_export
@@ -25,19 +25,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MAYA = FIXTURES / "import" / "WhatsApp Chat with Maya.txt"
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error(code: int, err: str, *words: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert "Traceback" not in err and [line for line in lines if line.startswith("error: ")] == lines[-1:], err
-    for word in words:
-        assert word in lines[-1], (word, lines[-1])
-    return lines[-1]
 
 
 def digest(path: Path) -> str:
