@@ -29,6 +29,7 @@ result per leg and table.txt go to --out.
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -264,10 +265,14 @@ def run_leg(args, name: str, config: str | None, processes: int, port: int, cap_
           file=sys.stderr, flush=True)
     started = time.perf_counter()
     with open(log, "w") as out:
+        # Its own process group, so a leg that hangs (one rank waiting on a collective) is ended whole.
+        leg = subprocess.Popen(launch + script, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                               start_new_session=True)
         try:
-            subprocess.run(launch + script, stdout=out, stderr=subprocess.STDOUT, timeout=args.leg_timeout,
-                           cwd=ROOT, env=env, start_new_session=True)
+            leg.wait(timeout=args.leg_timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(leg.pid, signal.SIGKILL)
+            leg.wait()
             return {"failed": f"no result within {args.leg_timeout}s"}
     result_path = args.out / f"{name}.json"
     if not result_path.is_file():
@@ -345,12 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     rows.append((f"1 {unit}", one))
     more = f"needs 2 or more GPUs (this machine has {gpus})"
     if args.legs in ("all", "scaling"):
-        label = f"DDP, {gpus} processes" if args.cpu else f"DDP, {gpus} GPUs"
+        label = f"DDP, {gpus} processes" if args.cpu else f"DDP, {gpus} GPUs" if gpus > 1 else "DDP, every GPU"
         rows.append((label, run_leg(args, f"ddp{gpus}", ddp, gpus, 29501) if gpus > 1 else more))
         if args.cpu:
             rows.append(("FSDP + QLoRA", "needs CUDA GPUs (4-bit weights)"))
         else:
-            rows.append((f"FSDP + QLoRA, {gpus} GPUs",
+            rows.append((f"FSDP + QLoRA, {gpus} GPUs" if gpus > 1 else "FSDP + QLoRA, every GPU",
                          run_leg(args, f"fsdp{gpus}", fsdp, gpus, 29502) if gpus > 1 else more))
     cap = None
     if args.legs in ("all", "demo") and not args.cpu:
@@ -361,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "more memory than its loading)"))
         else:
             rows.append((f"no sharding, 1 GPU @ {cap:.2f} GB", run_leg(args, "capped1", ddp, 1, 29503, cap)))
-            rows.append((f"FSDP + QLoRA, {gpus} GPUs @ {cap:.2f} GB",
+            rows.append((f"FSDP + QLoRA, {gpus if gpus > 1 else 'every'} GPU(s) @ {cap:.2f} GB",
                          run_leg(args, f"capped-fsdp{gpus}", fsdp, gpus, 29504, cap) if gpus > 1 else more))
     target = one["step_records"][-1]["tokens"] if "failed" not in one else None
     device = one.get("device", "?")
