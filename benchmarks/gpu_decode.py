@@ -1,10 +1,12 @@
 """Single-stream decode on one CUDA GPU for a 7B model in bf16: plain `generate` against talkalike's CUDA engines.
 
     python benchmarks/gpu_decode.py [--tokens 256] [--prompt 512] [--chat-run]
+    python benchmarks/gpu_decode.py --chat-run-smoke      # --chat-run's mechanics on a CPU, a tiny model
 
 The model has Mistral-7B's shapes with random weights (a merged twin has the same shapes). `--chat-run` also saves it
 as a run folder with a LoRA adapter on every projection and times a reply through the chat command's own path
-(`load_twin`, `stream_reply`: adapter merged at load, sampling and turn rules included). The limit is the weight
+(`load_twin`, `stream_reply`: adapter merged at load, sampling and turn rules included), with the host's text work
+per token, then the same engine and sampler without the text side (what the sampler costs). The limit is the weight
 bytes read per token divided by the card's bandwidth, given both from the card's datasheet figure and from a
 device-to-device copy measured here. Prints a table and writes gpu_decode.json under $OUT.
 """
@@ -123,21 +125,30 @@ def teacher_forced_agreement(model, decoder, prompt_ids: list[int], reference: l
     return sum(a == b for a, b in zip(picked, eager, strict=False)) / len(picked)
 
 
+def synchronize() -> None:
+    """Wait for the GPU (a no-op on a CPU, where chat_run_speed can be tried: `--chat-run-smoke`)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def time_tokens(fn) -> tuple[float, list[int]]:
-    torch.cuda.synchronize()
+    synchronize()
     t0 = time.perf_counter()
     out = fn()
-    torch.cuda.synchronize()
+    synchronize()
     return len(out) / (time.perf_counter() - t0), out
 
 
-def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -> dict:
-    """tok/s of `talkalike chat RUN`'s path on a run folder saved from `model` with a random LoRA adapter."""
+def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -> list[dict]:
+    """Rows: tok/s of `talkalike chat RUN`'s path on a run folder saved from `model` with a random LoRA adapter (and
+    the host's text work per token), then of the same engine and sampler without the text side."""
     import dataclasses
 
     from peft import LoraConfig, get_peft_model
 
     import talkalike.decode.stream as stream
+    from talkalike.decode.sampling import Sampler
+    from talkalike.decode.turns import fit_prompt, separator_ids
     from talkalike.decode.twin import load_twin
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -160,13 +171,15 @@ def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -
     t0 = time.perf_counter()
     twin = load_twin(str(run), None, folder)
     load_s = time.perf_counter() - t0
-    counted = [0]
+    counted, text_s = [0], [0.0]
     loop = stream.tokens
 
     def counting(*args, **kwargs):
         for token in loop(*args, **kwargs):
             counted[0] += 1
+            handed = time.perf_counter()
             yield token
+            text_s[0] += time.perf_counter() - handed  # the host's text work on this token (detokenise, split, mask)
 
     stream.tokens = counting
     history = [{"role": "user", "content": " ".join(["hello there"] * (prompt_words // 2))}]
@@ -174,19 +187,52 @@ def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -
                                  max_context_tokens=prompt_words * 4 + tokens_wanted)
     stream.reply(twin, history, config)  # picks, builds and captures the engine
     config = dataclasses.replace(config, max_new_tokens=tokens_wanted)
-    speeds = []
+    speeds, text_us = [], []
     for _ in range(2):
-        counted[0] = 0
-        torch.cuda.synchronize()
+        counted[0], text_s[0] = 0, 0.0
+        synchronize()
         t0 = time.perf_counter()
         stream.reply(twin, history, config)
-        torch.cuda.synchronize()
+        synchronize()
         speeds.append(counted[0] / (time.perf_counter() - t0))
+        text_us.append(text_s[0] / counted[0] * 1e6)
     stream.tokens = loop
-    engine = twin.engines.get("merged")
-    return {"variant": "talkalike chat RUN (load_twin + stream_reply, adapter merged at load)", "tok_s": max(speeds),
-            "runs_tok_s": speeds, "tokens": counted[0], "engine": type(engine).__name__ if engine else None,
-            "save_s": saved_s, "load_s": load_s}
+    engine = twin.engines.get("merged") or twin.engines.get(True)
+    rows = [{"variant": "talkalike chat RUN (load_twin + stream_reply, adapter merged at load)", "tok_s": max(speeds),
+             "runs_tok_s": speeds, "tokens": counted[0], "engine": type(engine).__name__ if engine else None,
+             "text_host_us_per_token": min(text_us), "save_s": saved_s, "load_s": load_s}]
+    # The same loop and sampler with no text: what the sampler's kernels cost against the bare engine's greedy row,
+    # and, against the row above, what the text side costs (nothing while the host keeps ahead of the device).
+    prompt_ids = fit_prompt(twin, history, config)
+    sampler = Sampler(config, twin.vocab_size, rows=1, device=engine.device,
+                      separator_ids=separator_ids(twin.tokenizer))
+    start = len(prompt_ids)
+
+    def sampled():
+        return list(stream.tokens(engine, prompt_ids, tokens_wanted, lambda logits, seen: sampler(
+            logits, seen, [config.temperature], [seen[0, start:]]), stops=set()))
+
+    sampled_speeds = [time_tokens(sampled)[0] for _ in range(2)]
+    rows.append({"variant": "talkalike tokens() with the chat's sampler, no text (same engine)",
+                 "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
+    return rows
+
+
+def chat_run_smoke() -> int:
+    """chat_run_speed's mechanics on a CPU (no limits, no table): a 2-layer Mistral of small shapes, 32 tokens."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    config = MistralConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                           sliding_window=None)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        for row in chat_run_speed(model, 32, 64, Path(folder)):
+            print(json.dumps(row), flush=True)
+    return 0
 
 
 def main() -> int:
@@ -198,7 +244,10 @@ def main() -> int:
     parser.add_argument("--variants", default="1,2", help="graph decoders to run, by index (see main)")
     parser.add_argument("--profile", action="store_true", help="kernel time table of 32 steps per decoder")
     parser.add_argument("--chat-run", action="store_true", help="also time the chat command's path on a run folder")
+    parser.add_argument("--chat-run-smoke", action="store_true", help="only try --chat-run's mechanics on a CPU")
     args = parser.parse_args()
+    if args.chat_run_smoke:
+        return chat_run_smoke()
     from talkalike.decode.engines.triton_step import TritonStep
 
     name = torch.cuda.get_device_name()
@@ -267,7 +316,7 @@ def main() -> int:
 
     if args.chat_run:
         try:
-            rows.append(chat_run_speed(model, args.tokens, args.prompt, Path(os.environ.get("TMPDIR", "/tmp"))
+            rows.extend(chat_run_speed(model, args.tokens, args.prompt, Path(os.environ.get("TMPDIR", "/tmp"))
                                        / "gpu-decode-run"))
         except Exception as error:  # the decoders' rows above stand without it
             import traceback

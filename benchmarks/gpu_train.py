@@ -15,6 +15,12 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
 - ours: talkalike's default GPU training path (talkalike.train.trainer), with loss on every token too, so the maths is the
   original's and the losses must agree.
 - ours-persona: the same path with its default loss on the persona's turns only (fewer trained tokens per sample).
+- trl-liger: the strong do-it-yourself baseline: TRL's own SFTTrainer with its packing (BFD, padding-free: position
+  ids, no attention across samples), Liger's kernels (use_liger_kernel=True: RMSNorm, RoPE, SwiGLU; TRL computes the
+  loss with its own chunked LM head and refuses Liger's fused cross-entropy) and SDPA attention, loss on every token,
+  the same batch geometry, optimizer and precision as ours (the CUDA recipe). One LoRA difference, forced by TRL: it
+  refuses an adapter on lm_head (its head multiplies by lm_head.weight, so the adapter would never train), so this
+  variant adapts the seven projections only. Needs liger-kernel (`pip install liger-kernel`).
 """
 
 import argparse
@@ -34,6 +40,7 @@ from talkalike.train.qlora import release_optimizer_overrides  # noqa: E402
 
 DENSE_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+VARIANTS = ("baseline", "ours", "ours-persona", "trl-liger")
 
 MODELS = {
     # Mistral-7B v0.1 shapes, vocab 32k (the issue's architecture)
@@ -234,14 +241,68 @@ def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool) -> StepT
     return timer
 
 
+def trl_liger_config(output_dir: str, use_cpu: bool = False):
+    """The do-it-yourself baseline's SFTConfig (TRL's options only): packing with TRL's BFD into padding-free rows of the
+    CUDA recipe's max_length, Liger's kernels, and the recipe's batch geometry, optimizer and learning rate, so that
+    its optimizer steps hold the same tokens as ours. `use_cpu`: the CPU test builds the same config and trainer
+    (without training: Liger and the 8-bit optimizer come in at train())."""
+    from trl import SFTConfig
+
+    from talkalike.train.recipe import resolve_recipe
+
+    recipe, _ = resolve_recipe(None, cuda=True, epochs=1.0, early_stopping_patience=0)
+    return SFTConfig(
+        output_dir=output_dir, num_train_epochs=1, per_device_train_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.grad_accum, gradient_checkpointing=recipe.gradient_checkpointing,
+        optim=recipe.optim, bf16=recipe.bf16, learning_rate=recipe.learning_rate, warmup_steps=2,
+        weight_decay=recipe.weight_decay, logging_steps=1, save_strategy="no", report_to="none", use_cpu=use_cpu,
+        packing=True, packing_strategy="bfd", padding_free=True, max_length=recipe.max_length,
+        use_liger_kernel=True, include_num_input_tokens_seen="non_padding",
+    )
+
+
+def trl_liger_lora():
+    """The benchmark's LoRA (r=32, alpha=64, dropout 0.07) on the seven projections: TRL refuses one on lm_head."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=32, lora_alpha=64, lora_dropout=0.07, bias="none", task_type="CAUSAL_LM",
+                      target_modules=[t for t in TARGETS if t != "lm_head"])
+
+
+def trl_liger_trainer(model, rows: list[dict], vocab_size: int, callbacks: list, use_cpu: bool = False):
+    """TRL's SFTTrainer over the already tokenized rows (loss on every token), LoRA applied by TRL itself."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    return SFTTrainer(model=model, args=trl_liger_config("/tmp/bench-trl-liger", use_cpu),
+                      train_dataset=Dataset.from_list([{"input_ids": r["input_ids"]} for r in rows]),
+                      processing_class=word_tokenizer(vocab_size), peft_config=trl_liger_lora(), callbacks=callbacks)
+
+
+def run_trl_liger(model, rows: list[dict], vocab_size: int) -> StepTimer:
+    """The do-it-yourself baseline (module docstring): TRL + packing + Liger + SDPA, timed like the others."""
+    from transformers.utils import is_liger_kernel_available
+
+    if not is_liger_kernel_available():  # Trainer would only fail at train(), after the model was wrapped
+        raise RuntimeError("trl-liger needs liger-kernel: pip install liger-kernel")
+    timer = StepTimer(lambda state: state.num_input_tokens_seen)
+    trainer = trl_liger_trainer(model, rows, vocab_size, [timer.callback])
+    trainer.train()
+    return timer
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu-bench"))
     parser.add_argument("--models", default="mistral-7b,gemma-1b-256k")
-    parser.add_argument("--variants", default="baseline,ours,ours-persona")
+    parser.add_argument("--variants", default="baseline,ours,ours-persona",
+                        help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--steps", type=int, default=12, help="baseline optimizer steps (8 samples each)")
     parser.add_argument("--ours-factor", type=int, default=6, help="ours gets this many times the baseline's samples")
     args = parser.parse_args()
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -259,6 +320,10 @@ def main() -> int:
                 if variant == "baseline":
                     timer = run_baseline(model, make_rows(vocab, 8 * args.steps), args.steps, vocab)
                     baseline_tokens[model_name] = timer.tokens_at_step[-1]
+                    row = timer.result()
+                elif variant == "trl-liger":
+                    # The same rows as ours: the same packing algorithm and row length make the same steps.
+                    timer = run_trl_liger(model, make_rows(vocab, 8 * args.steps * args.ours_factor), vocab)
                     row = timer.result()
                 else:
                     # Packed rows hold ~16k tokens per optimizer step: give ours enough samples for timed steps.

@@ -73,7 +73,10 @@ def block_repeats(logits, reply, n: int, separator) -> None:
     runs = reply.unfold(0, n, 1)  # [length - n + 1, n]: every run of n tokens so far
     repeats = (runs[:, :-1] == reply[reply.shape[0] - n + 1:]).all(-1)  # runs that the reply's tail would redo
     if separator.numel():
-        repeats &= ~torch.isin(runs, separator).any(-1) & ~torch.isin(reply[reply.shape[0] - n + 1:], separator).any()
+        # Compared one by one, not with torch.isin: on a GPU isin sorts through unique() once there are more than a
+        # dozen values, and unique() makes the host wait for the device on every token.
+        touches = (runs[:, :, None] == separator).any(-1)  # [runs, n]: which positions hold a separator token
+        repeats &= ~touches.any(-1) & ~touches[-1, 1:].any()
     # amin: a token banned by any run stays banned whatever the other runs say
     banned = torch.where(repeats, float("-inf"), float("inf"))
     logits.scatter_reduce_(0, runs[:, -1], banned, reduce="amin", include_self=True)
@@ -109,9 +112,9 @@ def choose(logits, seen, temperatures: list[float], config: GenerationConfig, ge
     if config.top_p < 1.0:
         drawn = _top_p(logits, config.top_p, generator)
     else:
-        block = torch.multinomial(sums, 1, generator=generator)
+        block = draw(sums, generator)
         inside = blocks.gather(1, block[:, :, None].expand(-1, 1, BLOCK)).squeeze(1)
-        drawn = (block * BLOCK + torch.multinomial(inside, 1, generator=generator)).squeeze(-1)
+        drawn = (block * BLOCK + draw(inside, generator)).squeeze(-1)
     if best is None:
         return drawn
     return torch.where(torch.tensor(greedy, device=logits.device), best, drawn)
@@ -121,8 +124,6 @@ def _top_p(weights, top_p: float, generator):
     """The nucleus (the most likely tokens until their mass crosses top_p, that one included). On a CPU it is
     looked for among the top TOP_P_CANDIDATES first, rows whose nucleus is wider getting a full sort; on a GPU the
     full sort is cheap and checking would make the host wait for the device."""
-    import torch
-
     probs = weights / weights.sum(-1, keepdim=True)
     values = None
     if probs.device.type == "cpu":
@@ -132,4 +133,15 @@ def _top_p(weights, top_p: float, generator):
     if values is None:
         values, order = probs.sort(dim=-1, descending=True)
     values = values.masked_fill(values.cumsum(-1) - values >= top_p, 0.0)
-    return order.gather(1, torch.multinomial(values, 1, generator=generator)).squeeze(-1)
+    return order.gather(1, draw(values, generator)).squeeze(-1)
+
+
+def draw(weights, generator):
+    """One column per row of `weights` [rows, n], drawn in proportion to the weights (each row's sum must be positive):
+    torch.multinomial(weights, 1)'s own method, the argmax of weights / Exp(1) noise, so the same generator draws the
+    same columns, without its checks of the weights, which cost eight more kernel launches per draw (each draw of the
+    single stream's loop runs two)."""
+    import torch
+
+    noise = torch.empty_like(weights).exponential_(generator=generator)
+    return torch.div(weights, noise, out=noise).argmax(dim=-1, keepdim=True)

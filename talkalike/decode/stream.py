@@ -97,29 +97,96 @@ def _stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | No
     blocked = outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, engine.device)
     temperature = [config.temperature]
     start = len(prompt_ids)
-    generated: list[int] = []
-    text = ""
+    text = Detokenizer(twin.tokenizer)
+    written = 0
     with twin.adapter(use_adapter):
         for token_id in tokens(engine, prompt_ids, config.max_new_tokens,
                                lambda logits, seen: sampler(logits, seen, temperature, [seen[0, start:]], blocked),
                                twin.stop_ids):
-            generated.append(token_id)
-            usage.completion_tokens = len(generated)
-            # Decode the whole reply each step: byte-level tokens can split a character (an emoji, a Hebrew
-            # letter); a trailing U+FFFD means "wait for the next token".
-            decoded = twin.tokenizer.decode(generated, skip_special_tokens=False)
-            if decoded.endswith("\ufffd") or not decoded.startswith(text):
-                continue
-            delta, text = decoded[len(text):], decoded
-            yield from splitter.feed(delta)
-            if splitter.done:
-                return
-        decoded = twin.tokenizer.decode(generated, skip_special_tokens=False)
-        yield from splitter.feed(decoded[len(text):] if decoded.startswith(text) else "")
+            written += 1
+            usage.completion_tokens = written
+            delta = text.add(token_id)
+            if delta:
+                yield from splitter.feed(delta)
+                if splitter.done:
+                    return
+        yield from splitter.feed(text.rest())
         # The token loop ran out with neither a stop token nor the end of the turn: max_new_tokens cut the reply.
-        if len(generated) == config.max_new_tokens and not splitter.done:
+        if written == config.max_new_tokens and not splitter.done:
             usage.finish_reason = "length"
         yield from splitter.finish()
+
+
+class Detokenizer:
+    """The reply's text as its tokens arrive, exactly as decoding the whole reply after each token would give it,
+    for a few tokens' work per token instead of the whole reply's.
+
+    What decoding the whole reply does: byte-level tokens can split a character (an emoji, a Hebrew letter), so
+    text that ends in U+FFFD waits for the next token, and new text is shown only while the decoded reply extends
+    what was shown. Here only a window of the latest tokens is decoded, and new text is the window's text past
+    that of its first tokens (the diff cancels a decoder's stripped leading space). The window starts where
+    shown text ended: there the text decoded so far is final, unless a byte-fallback token (`<0x..>`, which
+    combines with the byte tokens after it) ends it; such a start is skipped. A tokenizer whose decode rewrites
+    spaces across tokens (clean_up_tokenization_spaces), or a window whose text stops extending what was shown,
+    decodes the whole reply every token, as before. (tokenizers' DecodeStream raises on the latter and ignores
+    byte-fallback groups, so it would not match the whole-reply text.)"""
+
+    WINDOW = 16  # tokens decoded at most per step before the window's start moves up
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.start = 0  # the window's first token
+        self.read = 0  # tokens whose text has been shown
+        self.previous = 0  # `read` at the show before the last one: where the window may move to
+        self.prefix = ""  # decode(ids[start:read])
+        self.whole = bool(tokenizer.clean_up_tokenization_spaces)  # decode the whole reply, as before
+        self.shown: list[str] = []  # every piece returned, for the switch to `whole`
+
+    def add(self, token_id: int) -> str:
+        """The new text that `token_id` completes ("" while a character or a word is still incomplete)."""
+        self.ids.append(token_id)
+        if self.whole:
+            return self._add_whole()
+        window = self._decode(self.start)
+        if window.endswith("\ufffd"):
+            return ""
+        if not window.startswith(self.prefix):
+            self.whole = True
+            return self._add_whole()
+        delta = window[len(self.prefix):]
+        self.previous, self.read, self.prefix = self.read, len(self.ids), window
+        if len(self.ids) - self.start > self.WINDOW and self.previous > self.start and \
+                not _byte_token(self.tokenizer, self.ids[self.previous - 1]):
+            prefix = self._decode(self.previous)
+            if prefix:  # an empty one could not show a decoder's stripped leading space
+                self.start, self.prefix = self.previous, prefix
+        self.shown.append(delta)
+        return delta
+
+    def rest(self) -> str:
+        """The text after the last shown piece once the reply has ended (a trailing U+FFFD included)."""
+        if self.whole:
+            decoded, text = self._decode(0), "".join(self.shown)
+            return decoded[len(text):] if decoded.startswith(text) else ""
+        window = self._decode(self.start)
+        return window[len(self.prefix):] if window.startswith(self.prefix) else ""
+
+    def _add_whole(self) -> str:
+        decoded, text = self._decode(0), "".join(self.shown)
+        if decoded.endswith("\ufffd") or not decoded.startswith(text):
+            return ""
+        self.shown.append(decoded[len(text):])
+        return self.shown[-1]
+
+    def _decode(self, start: int) -> str:
+        return self.tokenizer.decode(self.ids[start:], skip_special_tokens=False)
+
+
+def _byte_token(tokenizer, token_id: int) -> bool:
+    """Whether the token is a byte-fallback token (`<0xE2>`): its text depends on the byte tokens next to it."""
+    token = tokenizer.convert_ids_to_tokens(token_id)
+    return isinstance(token, str) and len(token) == 6 and token.startswith("<0x") and token.endswith(">")
 
 
 def reply(twin: Twin, history: list[dict], config: GenerationConfig | None = None,

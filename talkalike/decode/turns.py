@@ -150,6 +150,11 @@ class Splitter:
 
     def __init__(self, stops: list[str], max_messages: int = 0):
         self.marks = [BUBBLE_MARK] + [s for s in stops if s]
+        # Every proper prefix of a mark, and where one can start: feed() then checks the few characters at the end
+        # of what it holds instead of trying each prefix of each mark (it runs once per token).
+        self.prefixes = {mark[:n] for mark in self.marks for n in range(1, len(mark))}
+        self.longest = max(map(len, self.prefixes), default=0)
+        self.firsts = {mark[0] for mark in self.marks}
         self.max_messages = max_messages  # the turn ends at the separator after this many messages (0: no cap)
         self.sent = 0  # messages closed so far
         self.pending = ""  # text received but not yet shown
@@ -174,12 +179,18 @@ class Splitter:
                 self.done = True
                 return events
         # Hold back a tail that could be the start of a mark, and trailing whitespace (it may precede a separator).
-        hold = max((n for mark in self.marks for n in range(1, len(mark)) if self.pending.endswith(mark[:n])),
-                   default=0)
+        hold = self._partial_mark()
         shown = self.pending[: len(self.pending) - hold].rstrip()
         self._show(shown, events)
         self.pending = self.pending[len(shown):]
         return events
+
+    def _partial_mark(self) -> int:
+        """The length of the longest end of `pending` that is the start of a mark (0: none)."""
+        tail = self.pending[-self.longest:] if self.longest else ""
+        if not any(first in tail for first in self.firsts):
+            return 0
+        return max((n for n in range(1, len(tail) + 1) if tail[-n:] in self.prefixes), default=0)
 
     def finish(self) -> list[Event]:
         """Events for the end of the reply; a half-written separator or stop at the very end is dropped."""

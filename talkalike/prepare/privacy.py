@@ -170,42 +170,51 @@ def mask_turn(texts: list[str]) -> list[str]:
 
 _MARKER = re.compile(r"^[\[({<]?(?:at|dot|@|\.)[\])}>]?$", re.IGNORECASE)
 _MARKER_START = re.compile(r"^[\[({<]?(?:a|at|d|do|dot|@|\.)?[\])}>]?$", re.IGNORECASE)
+_WORD = re.compile(r"\S+")
+_MARKER_REACH = 6  # the words at the end of a message read for a spelled-out `at` or `dot`
 
 
-def _safe_end(text: str) -> int:
+def _safe_end(text: str, lo: int = 0) -> tuple[int, int]:
     """How much of a growing message can be shown: up to the words that may still become part of a value (the last
-    word, digits and short words before it, and the words around a spelled-out `at`)."""
-    words = [(m.start(), m.group()) for m in re.finditer(r"\S+", text)]
+    word, digits and short words before it, and the words around a spelled-out `at`).
+
+    Only the words from `lo` (a word's start) on are read, so a long message costs the same per piece as a short
+    one. Returns (end, lo for the next call once `end` is shown): the start of the word _MARKER_REACH + 1 before
+    `end`, which keeps every word that could still hold `end` back (mask_stream's tests compare with lo=0)."""
+    words = [(m.start(), m.group()) for m in _WORD.finditer(text, lo)]
     if not words:
-        return len(text)
+        return len(text), lo
     hold = len(words) - 1  # the last word may still grow
     if _MARKER_START.match(words[hold][1]):  # it may grow into "[at]" or "dot": the word before may be a local part
         hold = max(0, hold - 1)
     while hold > 0 and (_DIGIT.search(words[hold - 1][1]) or len(words[hold - 1][1]) <= 2):
         hold -= 1
-    for j in range(max(1, len(words) - 6), len(words)):
+    for j in range(max(1, len(words) - _MARKER_REACH), len(words)):
         if _MARKER.match(words[j][1]) or "@" in words[j][1]:
             hold = min(hold, j - 1)
             break
-    return words[hold][0]
+    return words[hold][0], words[max(0, hold - _MARKER_REACH - 1)][0]
 
 
 def mask_stream(events: Iterable[tuple]) -> Iterator[tuple]:
     """stream_reply's events with personal data masked (`mask_turn`): the text that cannot be part of a value yet
-    streams at once; a message that ends in a digit waits for the next one, which may hold the rest of a number."""
+    streams at once; a message that ends in a digit waits for the next one, which may hold the rest of a number.
+    Each piece costs the same whatever the message's length: only its unshown tail and a few words before it are
+    read."""
     bubbles: list[str] = []  # messages not yet fully shown; only the first may have been shown in part
     shown = 0  # characters of bubbles[0] already sent
+    lo = 0  # where _safe_end starts reading bubbles[0]
     growing = False  # the last bubble is still receiving text
 
     def flush() -> Iterator[tuple]:
-        nonlocal bubbles, shown
+        nonlocal bubbles, shown, lo
         # What was shown ended at a word that could not be part of a value, so the rest can be masked on its own.
         for i, text in enumerate(mask_turn([bubbles[0][shown:], *bubbles[1:]])):
             if text:
                 yield ("text", text)
             if text or (i == 0 and shown):
                 yield ("end_message",)
-        bubbles, shown = [], 0
+        bubbles, shown, lo = [], 0, 0
 
     for event in events:
         if event[0] == "text":
@@ -215,10 +224,11 @@ def mask_stream(events: Iterable[tuple]) -> Iterator[tuple]:
                 bubbles.append("")
                 growing = True
             bubbles[-1] += event[1]
-            end = _safe_end(bubbles[0]) if len(bubbles) == 1 else shown
-            if end > shown:
-                yield ("text", mask_turn([bubbles[0][shown:end]])[0])
-                shown = end
+            if len(bubbles) == 1:
+                end, after = _safe_end(bubbles[0], lo)
+                if end > shown:
+                    yield ("text", mask_turn([bubbles[0][shown:end]])[0])
+                    shown, lo = end, after
         elif event[0] == "end_message":
             growing = False
             if bubbles and not bubbles[-1].rstrip()[-1:].isdigit():

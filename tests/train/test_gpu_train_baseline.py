@@ -1,0 +1,56 @@
+"""The GPU benchmark's do-it-yourself baseline (benchmarks/gpu_train.py, variant trl-liger), built on the CPU without
+training: TRL's packing into padding-free rows, Liger switched on, the CUDA recipe's batch geometry, and TRL's own LoRA
+on the seven projections. The timing itself needs a GPU (BENCHMARKS.md, "GPU training")."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from talkalike.train.recipe import resolve_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def gpu_train():
+    spec = importlib.util.spec_from_file_location("gpu_train", ROOT / "benchmarks" / "gpu_train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_baseline_config_packs_padding_free_with_liger_and_the_recipes_batches(gpu_train, tmp_path):
+    config = gpu_train.trl_liger_config(str(tmp_path), use_cpu=True)
+    recipe, _ = resolve_recipe(None, cuda=True)
+    assert (config.packing, config.packing_strategy, config.padding_free) == (True, "bfd", True)
+    assert config.use_liger_kernel
+    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps, config.max_length) == \
+        (recipe.batch_size, recipe.grad_accum, recipe.max_length)
+    assert (config.optim, config.bf16, config.learning_rate) == (recipe.optim, recipe.bf16, recipe.learning_rate)
+    assert config.include_num_input_tokens_seen == "non_padding"
+
+
+def test_the_baseline_trainer_adapts_the_projections_and_feeds_packed_rows_with_position_ids(gpu_train, tmp_path):
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    config = MistralConfig(vocab_size=1200, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    assert model.config._attn_implementation == "sdpa"
+    rows = gpu_train.make_rows(config.vocab_size, 12)
+    trainer = gpu_train.trl_liger_trainer(model, rows, config.vocab_size, [], use_cpu=True)
+    adapted = {name.rsplit(".", 1)[-1] for name, module in trainer.model.named_modules() if hasattr(module, "lora_A")}
+    assert adapted == set(gpu_train.TARGETS) - {"lm_head"}
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1  # padding-free: one flat row
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert len(starts) >= 2 and starts[0] == 0  # several samples packed, each counting its positions from 0
+    lengths = [len(r["input_ids"]) for r in rows]
+    pieces = torch.diff(torch.tensor(starts + [batch["input_ids"].shape[1]])).tolist()
+    assert all(piece in lengths for piece in pieces)  # whole samples, none cut or padded
+    # Loss on every token: labels are the inputs, except each sample's first (nothing predicts it).
+    expected = batch["input_ids"][0].clone()
+    expected[starts] = -100
+    assert torch.equal(batch["labels"][0], expected)
