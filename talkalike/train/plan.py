@@ -10,12 +10,13 @@ weights at their training precision, LoRA weights + gradients + optimizer states
 """
 
 import json
+import math
 import os
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
 from talkalike.files import say
-from talkalike.train.recipe import Recipe, resolve_recipe
+from talkalike.train.recipe import Recipe, epochs_for, resolve_recipe
 
 NF4_BITS = 4.127  # NF4 with double quantization: 4 bits + 64-weight blocks of 8-bit scales, themselves quantized
 PERSONA_SHARE = 0.5  # labelled share of tokens assumed for the LM head (persona-only loss; ~37% on the sample chat)
@@ -142,9 +143,11 @@ def training_time(config, recipe: Recipe, device: str, seq_len: int, dataset: st
 
     measured = speed.measure(config, recipe, device, seq_len)
     tokens = speed.dataset_tokens(Path(dataset).expanduser()) if dataset else speed.SAMPLE_EPOCH_TOKENS
-    seconds = tokens * recipe.epochs / measured["tokens_per_s"]
+    # Packed rows are nearly full, so an epoch's steps are about its tokens over a step's rows of max_length.
+    epochs = epochs_for(recipe, math.ceil(tokens / (recipe.max_length * recipe.batch_size * recipe.grad_accum)))
+    seconds = tokens * epochs / measured["tokens_per_s"]
     return {**measured, "dataset": dataset or "the bundled sample chat", "epoch_tokens": tokens,
-            "epochs": recipe.epochs, "seconds": round(seconds)}
+            "epochs": epochs, "seconds": round(seconds)}
 
 
 def cmd_plan(args) -> int:

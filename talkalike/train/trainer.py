@@ -12,6 +12,7 @@ taken, which for Gemma's 262k-token vocabulary is most of the work saved. A run 
 """
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -26,7 +27,7 @@ from talkalike.memory import MEMORY_FILE, Memory
 from talkalike.prepare.dataset import data_size, too_little_data
 from talkalike.run import RUN_FILE, Run
 from talkalike.template import turn_end_ids
-from talkalike.train.recipe import Recipe, resolve_recipe
+from talkalike.train.recipe import Recipe, epochs_for, resolve_recipe
 
 RUN_FILES = (RUN_FILE, "adapter", "tokenizer", "dataset_stats.json", "eval.jsonl", "metrics.jsonl", "loss.png")
 
@@ -327,6 +328,9 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
             token_counts=token_counts if token_counts is not None else {"tokens": 0, "trained_tokens": 0},
         )
     trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which is for results; see metrics.jsonl
+    # Packing decides how many rows (and so optimizer steps) an epoch holds: only now can a small chat's passes be set.
+    per_step = recipe.batch_size * recipe.grad_accum * trainer.accelerator.num_processes
+    trainer.args.num_train_epochs = epochs_for(recipe, math.ceil(len(trainer.train_dataset) / per_step))
     return trainer
 
 
@@ -520,7 +524,8 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     trainable, total = count_parameters(trainer.model)
     device = "cuda" if cuda else "cpu"
     dtype = "bf16" if recipe.bf16 else "fp32"
-    resolved = {"preset": recipe.name, "layout": layout, "device": device, "dtype": dtype, **recipe.as_dict()}
+    resolved = {"preset": recipe.name, "layout": layout, "device": device, "dtype": dtype, **recipe.as_dict(),
+                "epochs": trainer.args.num_train_epochs}
     say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     console.detail("config: " + json.dumps(resolved))  # also saved in run.json
     say(f"data: {train_stats['samples']} train samples, {train_stats['tokens']:,} tokens "

@@ -444,3 +444,25 @@ def test_train_force_replaces_a_run_only_once_the_new_one_is_complete(tiny_model
     info = json.loads((old / "run.json").read_text())
     assert "marker" not in info and info["steps"] == 1
     assert sorted(p.name for p in (home / "runs").iterdir()) == ["noa"]  # the old one gone, no leftovers
+
+
+def test_a_small_chat_gets_whole_extra_epochs_up_to_the_cap_and_an_explicit_epochs_is_kept():
+    from talkalike.train.recipe import PRESETS, epochs_for, resolve_recipe
+
+    default = PRESETS["default"]
+    assert epochs_for(default, 51) == 2.0  # 51 steps an epoch: two passes reach 100 steps
+    assert epochs_for(default, 27) == 3.0  # four passes would be needed: capped at three
+    assert epochs_for(default, 400) == 1.0  # a large chat: one pass
+    recipe, _ = resolve_recipe("default", cuda=False, epochs=1.0)
+    assert epochs_for(recipe, 27) == 1.0  # --epochs 1 means one
+    assert epochs_for(PRESETS["original"], 5) == PRESETS["original"].epochs  # the original's recipe as it was
+
+
+def test_the_trainer_sets_the_passes_from_the_packed_rows(tiny_model_dir, tiny_tokenizer, tmp_path):
+    import math
+
+    trainer = tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, [conversation(i) for i in range(6)],
+                           min_steps=40, max_epochs=5.0, epochs=1.0)
+    per_epoch = math.ceil(len(trainer.train_dataset) / (trainer.args.per_device_train_batch_size
+                                                        * trainer.args.gradient_accumulation_steps))
+    assert trainer.args.num_train_epochs == min(5.0, math.ceil(40 / per_epoch)) > 1.0
