@@ -18,7 +18,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "WhatsApp Chat with 
 SAMPLE_FACTS = SAMPLE.with_name("WhatsApp Chat with Noa.facts.jsonl")  # what Noa says about herself, for the probe
 PERSONA = "Noa"
 RUN = "noa-demo"
-QUICK_STEPS = 12  # a first look: the style starts to move; the full demo trains one epoch (26 steps)
+QUICK_STEPS = 12  # a first look: the style starts to move; the full demo trains two epochs (102 steps)
 QUICK_TURNS = 30  # held-out turns evaluated in --quick mode
 TURNS = 100  # held-out turns in the full demo, spread over the whole eval split
 # Invented secrets that examples/make_sample_chat.py plants in the sample chat (PLANTED_PII): the canary check
