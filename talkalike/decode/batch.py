@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from talkalike.decode.config import GenerationConfig
+from talkalike.decode.language import Steer
 from talkalike.decode.sampling import Sampler
 from talkalike.decode.turns import (
     ends_turn,
@@ -67,6 +68,8 @@ def decode_many(twin: Twin, histories: list[list[dict]], config: GenerationConfi
     prompts = [fit_prompt(twin, history, config) for history in histories]
     temps = temperatures if temperatures is not None else [config.temperature] * len(prompts)
     decoder = Batch(twin, config, batch_size, temps, allowed=vocabulary(twin, prompts, config))
+    if decoder.steer is not None:
+        decoder.shares = [decoder.steer.share(history) for history in histories]
     threads = threads or Threads(None)
     threads.restart()
     queue = deque(sorted(range(len(prompts)), key=lambda i: len(prompts[i])))
@@ -210,6 +213,11 @@ class Batch:
         if allowed is not None:
             self.own = self.column(torch.tensor(sorted(twin.own_tokens()), dtype=torch.long, device=self.device))
         self.head_rows = head_rows
+        # The persona's opening-script shares (decode/language.py), over the head's columns; per prompt in `shares`.
+        self.steer = Steer.of(twin, self.device) if config.steer_language else None
+        if self.steer is not None and self.keep is not None:
+            self.steer = self.steer.columns(self.keep)
+        self.shares: list[float | None] = [None] * len(temperatures)
         self.sampler = Sampler(config, head_rows, batch_size, self.device,
                                softcap=getattr(lm.config, "final_logit_softcapping", None), separator_ids=separators)
         self.head_out = torch.empty(batch_size, head_rows, dtype=self.head.weight.dtype, device=self.device) \
@@ -327,8 +335,10 @@ class Batch:
             logits = self.head(rows.hidden)
         replies = [self.column(torch.tensor(t, dtype=torch.long, device=self.device)) for t in rows.tokens] \
             if self.config.no_repeat_ngram > 1 else None
+        shift = None if self.steer is None else (lambda out, temps: self.steer.apply(
+            out, [self.shares[i] for i in rows.ids], temps, rows.tokens))
         drawn = self.sampler(logits, self.column(rows.seen), [self.temperatures[i] for i in rows.ids], replies,
-                             rows.blocked)
+                             rows.blocked, shift)
         tokens = (drawn if self.keep is None else self.keep[drawn]).tolist()
         finished = 0
         for k, token in enumerate(tokens):

@@ -40,6 +40,9 @@ class GenerationConfig:
     # messages closer to the persona's length, but doubled 3-word repeats (7% -> 15%) and cut Hebrew messages
     # (22% -> 19%), with the AUC unchanged (BENCHMARKS.md, "Following the conversation").
     own_words: bool = False
+    # Each message opens in the persona's other script (Hebrew, Cyrillic, ...) as often as theirs do after a message
+    # like the one answered (decode/language.py): a small model drifts toward its majority language.
+    steer_language: bool = False
 
 
 def load_generation_config(run_dir: Path | None) -> GenerationConfig:

@@ -33,11 +33,12 @@ class Sampler:
         # A fresh 30-70 MB tensor per step would cost page faults on every step: one buffer, reused.
         self.logits = torch.empty(rows, -(-vocab // BLOCK) * BLOCK, device=device)
 
-    def __call__(self, logits, seen, temperatures: list[float], generated: list | None = None, blocked=None):
+    def __call__(self, logits, seen, temperatures: list[float], generated: list | None = None, blocked=None,
+                 steer=None):
         """Next token id per row of `logits` [rows, vocab]; `seen` [rows, n] holds each row's ids so far (repeats
         change nothing), `temperatures` one value per row, `generated` each row's reply so far (1-D tensors), for
         the no-repeat rule, and `blocked` ([vocab] or [rows, vocab], True = never drawn) the tokens a reply may not
-        use (turns.vocabulary)."""
+        use (turns.vocabulary); `steer(logits, temperatures)` shifts the final logits in place (decode/language.py)."""
         n = logits.shape[0]
         buffer = self.logits[:n]
         buffer[:, : self.vocab].copy_(logits)
@@ -49,6 +50,8 @@ class Sampler:
         if generated is not None and self.config.no_repeat_ngram > 1:
             for row, reply in enumerate(generated):
                 block_repeats(buffer[row], reply, self.config.no_repeat_ngram, self.separator)
+        if steer is not None:
+            steer(buffer[:, : self.vocab], temperatures)
         return choose(buffer, seen, temperatures, self.config, self.generator, self.vocab)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.engines import Engine
+from talkalike.decode.language import Steer
 from talkalike.decode.sampling import Sampler, outside
 from talkalike.decode.turns import (
     Event,
@@ -97,12 +98,18 @@ def _stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | No
     blocked = outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, engine.device)
     temperature = [config.temperature]
     start = len(prompt_ids)
+    steer = Steer.of(twin, engine.device) if config.steer_language else None
+    shares = [steer.share(history)] if steer is not None else None
+
+    def sample(logits, seen):
+        reply = seen[0, start:]
+        shift = None if steer is None else (lambda rows, temps: steer.apply(rows, shares, temps, [reply]))
+        return sampler(logits, seen, temperature, [reply], blocked, shift)
+
     text = Detokenizer(twin.tokenizer)
     written = 0
     with twin.adapter(use_adapter):
-        for token_id in tokens(engine, prompt_ids, config.max_new_tokens,
-                               lambda logits, seen: sampler(logits, seen, temperature, [seen[0, start:]], blocked),
-                               twin.stop_ids):
+        for token_id in tokens(engine, prompt_ids, config.max_new_tokens, sample, twin.stop_ids):
             written += 1
             usage.completion_tokens = written
             delta = text.add(token_id)

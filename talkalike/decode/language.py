@@ -1,0 +1,153 @@
+"""Each message opens in the script the persona would open it in: a bias on a message's first token.
+
+A small tuned model drifts toward its majority language: on the sample, the twin wrote Hebrew in 19% of its messages
+and Noa in 29%. The persona's own replies in memory say, for the script the incoming message is written in, how
+often one of their messages opens in their other script (Hebrew, Arabic, Cyrillic, ...) rather than in Latin letters.
+At each message's first token, the sampler rescales the two scripts' probability mass, at the sampling temperature, to
+that share. Every other token (emoji, digits, punctuation) keeps its own mass. Greedy rows are left alone, and so is a
+persona who writes in one script.
+
+    steer = Steer.of(twin)                         # None: nothing to steer (one script, no memory)
+    share = steer.share(history)                   # for this conversation's latest message
+    steer.apply(logits, [share], [1.0], [reply])   # in place, on rows whose reply is at a message's start
+"""
+
+import functools
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+LATIN = "LATIN"
+MIN_MESSAGES = 20  # persona messages opening in a letter needed for a share of their own; else the overall share
+MIN_SHARE = 0.02  # a second script opening fewer of the persona's messages than this is not steered toward
+MAX_SHIFT = 4.0  # a script's mass is scaled by at most e^4 either way: a nudge toward the persona's mix
+
+
+def script(text: str) -> str | None:
+    """The script of the first letter in `text` ("LATIN", "HEBREW", "CYRILLIC", ...); None without a letter."""
+    for ch in text:
+        if ch.isalpha():
+            name = unicodedata.name(ch, "")
+            return name.split(" ", 1)[0] if name else None
+    return None
+
+
+def main_script(text: str) -> str | None:
+    """The script most of `text`'s letters are written in; None without a letter."""
+    counts = Counter(script(ch) for ch in text if ch.isalpha())
+    counts.pop(None, None)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def opening_shares(pairs: list[tuple[str, str]]) -> tuple[str, dict[str, float]] | None:
+    """From (incoming message, persona's reply messages) pairs: the persona's other script, and for each incoming
+    script ("other", "latin", "any") the share of their messages that open in it among those opening in it or in
+    Latin letters. None when the persona opens messages in one script only."""
+    openings = Counter(s for _, messages in pairs for s in map(script, messages) if s)
+    others = [(n, s) for s, n in openings.items() if s != LATIN]
+    total = sum(openings.values())
+    if not others or not total:
+        return None
+    count, other = max(others)
+    if count / total < MIN_SHARE:
+        return None
+    tallies = {key: [0, 0] for key in ("other", "latin", "any")}  # [opening in `other`, opening in either]
+    for incoming, messages in pairs:
+        key = "other" if main_script(incoming) == other else "latin"
+        for opened in map(script, messages):
+            if opened in (other, LATIN):
+                for k in (key, "any"):
+                    tallies[k][0] += opened == other
+                    tallies[k][1] += 1
+    overall = tallies["any"][0] / tallies["any"][1]
+    shares = {key: (hits / n if n >= MIN_MESSAGES else overall) for key, (hits, n) in tallies.items()}
+    return other, shares
+
+
+@functools.lru_cache(maxsize=4)
+def token_groups(tokenizer, vocab: int, other: str) -> tuple:
+    """Per token id: 1 if its text opens in Latin letters, 2 if in `other`, 0 otherwise (special and byte tokens
+    included), as a tuple; read once per tokenizer."""
+    special = set(tokenizer.all_special_ids)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(tokenizer)))))
+    groups = []
+    for i, piece in enumerate(pieces):
+        if i in special or piece is None or (piece.startswith("<") and piece.endswith(">")):
+            groups.append(0)
+            continue
+        opened = script(piece.replace("\u2581", " ").replace("\u0120", " "))
+        groups.append(1 if opened == LATIN else 2 if opened == other else 0)
+    return tuple(groups) + (0,) * (vocab - len(groups))
+
+
+@dataclass
+class Steer:
+    """The persona's opening-script shares and the vocabulary's script groups, on the decoding device."""
+
+    other: str
+    shares: dict[str, float]
+    masks: Any  # [vocab, 2] float: column 0 the Latin tokens, column 1 the `other` script's
+    start_tail: list[int]  # the message separator's last tokens: a new message starts right after them
+
+    @classmethod
+    def of(cls, twin, device) -> "Steer | None":
+        """The twin's steer, from the persona's replies in its memory; None when there is nothing to steer."""
+        import torch
+
+        from talkalike.template import BUBBLE_SEP, split_bubbles
+
+        if twin.memory is None:
+            return None
+        rows = twin.memory.connection.execute("SELECT context, reply FROM exchanges").fetchall()
+        found = opening_shares([(context, split_bubbles(reply)) for context, reply in rows])
+        if found is None:
+            return None
+        other, shares = found
+        groups = torch.tensor(token_groups(twin.tokenizer, twin.vocab_size, other), dtype=torch.long, device=device)
+        masks = torch.stack([groups == 1, groups == 2], dim=1).float()
+        tail = twin.tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)[-2:]
+        return cls(other=other, shares=shares, masks=masks, start_tail=tail)
+
+    def share(self, history: list[dict]) -> float:
+        """The share of messages opening in the other script, for the conversation's latest incoming message."""
+        incoming = next((m.get("content") or "" for m in reversed(history) if m.get("role") == "user"), "")
+        return self.shares["other" if main_script(incoming) == self.other else "latin"]
+
+    def at_start(self, reply):
+        """Whether the reply so far ends where a message starts (nothing yet, or the separator just written): a bool
+        for a list of ids; for a device tensor, a 0-dim tensor, so that a GPU's stream never waits for the host."""
+        import torch
+
+        n = len(self.start_tail)
+        if not torch.is_tensor(reply):
+            return not reply or reply[-n:] == self.start_tail
+        if reply.numel() == 0:
+            return True
+        if reply.numel() < n:
+            return False
+        start = (reply[-n:] == torch.tensor(self.start_tail, device=reply.device)).all()
+        return bool(start) if reply.device.type == "cpu" else start
+
+    def columns(self, keep) -> "Steer":
+        """The same steer over a restricted head's columns (`keep`: the token ids the head computes)."""
+        return Steer(self.other, self.shares, self.masks[keep], self.start_tail)
+
+    def apply(self, logits, shares: list[float | None], temperatures: list[float], replies: list) -> None:
+        """Rescale, in place in `logits` [rows, vocab], each sampled row at a message start to its share; `replies`
+        are each row's ids so far, host lists or device tensors (then the start is a device-side condition)."""
+        import torch
+
+        for row, (share, temperature, reply) in enumerate(zip(shares, temperatures, replies, strict=True)):
+            start = self.at_start(reply) if share is not None and temperature > 0 else False
+            if start is False:
+                continue
+            line = logits[row]
+            probs = torch.softmax(line / temperature, dim=-1)
+            latin, other = (probs @ self.masks).clamp_min(1e-12).unbind()
+            both = latin + other
+            shifts = torch.stack([((1 - share) * both / latin).log(), (share * both / other).log()])
+            shifts = shifts.clamp(-MAX_SHIFT, MAX_SHIFT).nan_to_num(0.0) * temperature
+            if start is not True:  # a device-side condition: no shift unless it holds
+                shifts = shifts * start
+            line.add_(self.masks @ shifts)

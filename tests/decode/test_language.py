@@ -1,0 +1,83 @@
+"""Language steering: the persona's opening-script shares, and the first-token rescaling that keeps them."""
+
+import pytest
+
+from talkalike.decode.language import MAX_SHIFT, Steer, main_script, opening_shares, script
+
+
+def test_script_reads_the_first_letter_and_main_script_the_majority():
+    assert script("😂 lol") == "LATIN"
+    assert script("  חחח ok") == "HEBREW"
+    assert script("123 🙈") is None
+    assert main_script("ok ok שלום חבר מה קורה") == "HEBREW"
+    assert main_script("Привет, how are you doing today") == "LATIN"
+
+
+def test_opening_shares_count_messages_by_the_incoming_message_s_script():
+    pairs = [("How are you?", ["good", "שלום", "😂"])] * 30 + [("מה נשמע", ["טוב", "טוב", "ok"])] * 30
+    other, shares = opening_shares(pairs)
+    assert other == "HEBREW"
+    assert shares["latin"] == pytest.approx(1 / 2)  # after English: "good" and "שלום" open in a letter; one Hebrew
+    assert shares["other"] == pytest.approx(2 / 3)
+    assert shares["any"] == pytest.approx(3 / 5)
+
+
+def test_few_messages_after_one_script_fall_back_to_the_overall_share_and_one_script_is_not_steered():
+    pairs = [("hi", ["ok", "שלום"])] * 30 + [("מה", ["טוב"])] * 2
+    _, shares = opening_shares(pairs)
+    assert shares["other"] == shares["any"] != shares["latin"]
+    assert opening_shares([("hi", ["ok", "sure 😂"])] * 40) is None
+
+
+def steer_over(vocab: int = 12):
+    import torch
+
+    groups = torch.zeros(vocab, dtype=torch.long)
+    groups[2:6] = 1  # Latin-opening tokens
+    groups[6:9] = 2  # the other script's
+    masks = torch.stack([groups == 1, groups == 2], dim=1).float()
+    return Steer(other="HEBREW", shares={"latin": 0.3, "other": 0.8, "any": 0.5}, masks=masks, start_tail=[10, 11])
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0])
+def test_at_a_message_start_the_other_script_gets_its_share_and_the_rest_keeps_its_mass(temperature):
+    import torch
+
+    steer = steer_over()
+    torch.manual_seed(0)
+    logits = torch.randn(1, 12) * 2
+    before = torch.softmax(logits / temperature, -1)
+    steer.apply(logits, [0.3], [temperature], [[4, 10, 11]])  # the separator's tail: a new message starts
+    after = torch.softmax(logits / temperature, -1)
+    latin, other = after[0, 2:6].sum().item(), after[0, 6:9].sum().item()
+    assert other / (latin + other) == pytest.approx(0.3, abs=1e-5)
+    assert after[0, [0, 1, 9, 10, 11]].sum().item() == pytest.approx(before[0, [0, 1, 9, 10, 11]].sum().item(), abs=1e-5)
+    # inside a group the model's own preferences stay
+    assert torch.allclose(after[0, 6:9] / other, before[0, 6:9] / before[0, 6:9].sum(), atol=1e-5)
+
+
+def test_mid_message_greedy_rows_and_rows_without_a_share_are_left_alone_and_shifts_are_bounded():
+    import torch
+
+    steer = steer_over()
+    logits = torch.randn(4, 12)
+    original = logits.clone()
+    steer.apply(logits, [0.3, 0.3, None, 0.3], [1.0, 0.0, 1.0, 1.0], [[4, 5], [], [], [10, 11]])
+    assert torch.equal(logits[:3], original[:3])  # mid-message, greedy, no share
+    assert not torch.equal(logits[3], original[3])
+    logits = torch.zeros(1, 12)
+    logits[0, 6:9] = -30.0  # the model all but never opens in the other script here
+    steer.apply(logits, [0.9], [1.0], [[]])
+    assert logits[0, 6].item() == pytest.approx(-30.0 + MAX_SHIFT)
+
+
+def test_a_device_tensor_reply_gives_the_same_shift_as_a_host_list():
+    import torch
+
+    steer = steer_over()
+    base = torch.randn(1, 12)
+    for reply in ([4, 10, 11], [4, 5, 6]):
+        host, tensor = base.clone(), base.clone()
+        steer.apply(host, [0.7], [1.0], [reply])
+        steer.apply(tensor, [0.7], [1.0], [torch.tensor(reply)])
+        assert torch.allclose(host, tensor)
