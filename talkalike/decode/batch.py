@@ -314,17 +314,23 @@ class Batch:
 
     # --- sampling -----------------------------------------------------------------------------------------------
 
-    def sample(self, rows: Rows) -> int:
-        """Draw the next token of every unfinished row and apply the stop rules; returns how many rows finished."""
+    def logits(self, rows: Rows):
+        """The head over each row's last hidden state: [rows, head columns], before any softcap (the sampler's)."""
         import torch
 
         n = len(rows.ids)
         if self.keep is not None:
-            logits = torch.mm(rows.hidden, self.head_weight.t(), out=self.head_out[:n])
-        elif self.plain_head:
-            logits = torch.mm(rows.hidden, self.head.weight.t(), out=self.head_out[:n])
-        else:  # a LoRA-wrapped head (the "original" preset trains it): its own forward, adapter switch included
-            logits = self.head(rows.hidden)
+            return torch.mm(rows.hidden, self.head_weight.t(), out=self.head_out[:n])
+        if self.plain_head:
+            return torch.mm(rows.hidden, self.head.weight.t(), out=self.head_out[:n])
+        # a LoRA-wrapped head (the "original" preset trains it): its own forward, adapter switch included
+        return self.head(rows.hidden)
+
+    def sample(self, rows: Rows) -> int:
+        """Draw the next token of every unfinished row and apply the stop rules; returns how many rows finished."""
+        import torch
+
+        logits = self.logits(rows)
         replies = [self.column(torch.tensor(t, dtype=torch.long, device=self.device)) for t in rows.tokens] \
             if self.config.no_repeat_ngram > 1 else None
         drawn = self.sampler(logits, self.column(rows.seen), [self.temperatures[i] for i in rows.ids], replies,
