@@ -55,6 +55,7 @@ class Live:
         self.batches: dict[bool, tuple[Batch, Twin]] = {}  # use_adapter -> its Batch and the twin it runs
         self.limit = 0  # longest prompt + reply that can share a batch (a sliding window would drop its tokens)
         self.worker: threading.Thread | None = None
+        self.working = False  # the worker holds the model (its rows, the adapter state): nothing may decode alone
         self.widest = 0  # the most rows one step has decoded together (for tests and benchmarks)
 
     def draw(self, twin: Twin, prompt_ids: list[int], config: GenerationConfig, use_adapter: bool) -> Iterator[int]:
@@ -68,8 +69,8 @@ class Live:
             self._prepare()
             shares = len(prompt_ids) + config.max_new_tokens <= self.limit
             if not shares:  # too long to share a batch: it waits for the model to be free, then holds it
-                self.changed.wait_for(lambda: self.solo is None and not self.held)
-            alone = self.solo is None and not self.held
+                self.changed.wait_for(self._free)
+            alone = self._free()
             if alone:
                 self.solo = reply
             else:
@@ -85,6 +86,14 @@ class Live:
         """Replies being decoded now, alone or batched."""
         with self.changed:
             return len(self.held) + (self.solo is not None)
+
+    def idle(self) -> bool:
+        """Whether nothing uses the model."""
+        with self.changed:
+            return self._free()
+
+    def _free(self) -> bool:
+        return self.solo is None and not self.held and not self.working
 
     # --- alone, in the reader's thread ---------------------------------------------------------------------------
 
@@ -175,7 +184,11 @@ class Live:
 
         while True:
             with self.changed:
+                # Between two steps, outside any adapter context: with no rows left, the model is free again.
+                self.working = bool(self.lanes)
+                self.changed.notify_all()
                 self.changed.wait_for(lambda: self.solo is None and self.held)
+                self.working = True
                 joining, self.waiting = self.waiting, []
             try:
                 with torch.inference_mode():

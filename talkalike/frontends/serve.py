@@ -25,6 +25,7 @@
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import json
 import os
@@ -425,22 +426,11 @@ async def unless_gone(request, work):
     return None
 
 
-def batched_stream(twin: Twin, rows: int) -> Callable:
-    """stream_reply drawing its tokens from one continuous batch of up to `rows` replies (plain stream_reply for
-    1: one reply at a time, the way serve worked before batching)."""
-    if rows <= 1:
-        return stream_reply
-    import functools
-
-    from talkalike.decode.live import Live
-
-    return functools.partial(stream_reply, draw=Live(twin, rows).draw)
-
-
 def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callable | None = None,
                chats: Path | None = None):
     """The FastAPI app: the chat page and its routes, the OpenAI-compatible /v1 and the Ollama-compatible /api.
-    `stream` is stream_reply's stand-in (tests); by default the twin's replies, batched (`batched_stream`)."""
+    `stream` is stream_reply's stand-in (tests); by default the twin's replies, drawn from one continuous batch
+    (decode/live.py) of up to `batch_rows` replies, or plain stream_reply for 1: one reply at a time."""
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
@@ -450,11 +440,18 @@ def create_app(twin: Twin, settings: ServeSettings | None = None, stream: Callab
 
     settings = settings or ServeSettings()
     check_settings(settings)
-    stream = stream or batched_stream(twin, settings.batch_rows)
+    live = None
+    if stream is None and settings.batch_rows > 1:
+        from talkalike.decode.live import Live
+
+        live = Live(twin, settings.batch_rows)
+        stream = functools.partial(stream_reply, draw=live.draw)
+    stream = stream or stream_reply
     app = FastAPI(title="talkalike", docs_url=None, redoc_url=None, openapi_url=None)
     queue = Queue(settings)
     models = model_ids(twin)
     app.state.twin, app.state.settings, app.state.stream, app.state.queue = twin, settings, stream, queue
+    app.state.live = live
 
     def error_response(request: Request, error: ApiError):
         if request.url.path in ollama.PATHS:
