@@ -144,6 +144,7 @@ def main() -> int:
     parser.add_argument("--run", default="noa-demo")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, help="torch threads (default: serve's, one per physical core)")
     parser.add_argument("--temperature", type=float, help="for every request (default: the run's; 0 with --random-7b)")
     parser.add_argument("--modes", default="queued,batched")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/serve-concurrency"))
@@ -163,11 +164,17 @@ def main() -> int:
     temperature = 0.0 if args.random_7b and args.temperature is None else args.temperature
     twin = random_7b_twin() if args.random_7b else tiny_twin() if args.tiny else run_twin(args.home, args.run)
     device = str(twin.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rows = []
     for mode in args.modes.split(","):
-        app = create_app(twin, ServeSettings(batch_rows=1 if mode == "queued" else max(args.streams, 2)))
+        # No 503s: queued streams wait as long as the ones before them take.
+        settings = ServeSettings(batch_rows=1 if mode == "queued" else max(args.streams, 2), queue_timeout_s=3600)
+        app = create_app(twin, settings)
         with live_server(app) as url:
-            fire(url, 2, 8)  # warm-up: engines built (and captured on a GPU), the batch's first steps
+            fire(url, 2, 4)  # warm-up: engines built (and captured on a GPU), the batch's first steps
             for streams in (1, args.streams):
                 row = {"mode": mode} | fire(url, streams, args.max_tokens)
                 rows.append(row)
