@@ -189,3 +189,22 @@ def test_a_runs_tuned_replies_decode_merged_through_the_triton_step_and_match_th
     with twin.adapter(False):
         assert greedy(twin.engine(64, use_adapter=False), prompt, 16) == base_expected
     assert engines.pick(twin, 64) != "triton"  # the adapter model itself never takes the plain-model engines
+
+
+def test_serves_slots_compiled_into_cuda_graphs_give_the_eager_slots_logits(tiny_tokenizer):
+    """slots.py's step for every row, compiled and replayed, against the same maths run eagerly: rows at different
+    positions, one slot idle, two steps (the second replays the graph)."""
+    from conftest import build_tiny_llama
+
+    from talkalike.decode.slots import Slots
+
+    model = build_tiny_llama("mistral").cuda()
+    compiled, eager = Slots(model, rows=4, max_len=64), Slots(model, rows=4, max_len=64, compile=False)
+    prompts = [[5, 9, 14, 2], [7, 7, 31], [40, 41, 42, 43, 44, 45]]
+    with torch.inference_mode():
+        rows = [slots.prefill(list(range(3)), prompts) for slots in (compiled, eager)]
+        for _ in range(2):
+            for slots, row in zip((compiled, eager), rows, strict=True):
+                row.tokens = [[int(t)] for t in row.hidden.argmax(-1)]
+                slots.step(row)
+            torch.testing.assert_close(rows[0].hidden, rows[1].hidden, atol=2e-4, rtol=2e-4)

@@ -3,7 +3,8 @@
 A reply that finds the model idle decodes alone on the twin's engine (stream.py's path: as fast as one chat, CUDA
 graphs and all). When another reply arrives, the lone one hands over between two tokens: its prompt and the tokens
 drawn so far are prefilled into a batch (batch.py's prefill, merge, drop and step) that one worker thread decodes
-for every reply together. Replies join and leave between steps. Each keeps its own Sampler (temperature, top_p,
+for every reply together (on a GPU, slots.py: one compiled step for every row). Replies join and leave between
+steps. Each keeps its own Sampler (temperature, top_p,
 penalties, seed, allowed tokens), so a greedy reply reads the same batched as alone. Replies with the adapter off
 (the base, for the A/B switch) form a second batch, stepped in turn with the first.
 
@@ -20,6 +21,7 @@ from typing import Any
 from talkalike.decode.batch import PREFILL_ROWS, Batch, Rows
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.sampling import Sampler, outside
+from talkalike.decode.slots import MAX_LEN, Slots
 from talkalike.decode.stream import tokens
 from talkalike.decode.turns import separator_ids, vocabulary
 from talkalike.decode.twin import Twin
@@ -52,7 +54,7 @@ class Live:
         self.waiting: list[Reply] = []  # replies handed to the worker, not yet in a batch
         self.held: set[Reply] = set()  # replies the worker holds, waiting or batched
         self.lanes: dict[bool, Rows] = {}  # use_adapter -> the rows decoding together
-        self.batches: dict[bool, tuple[Batch, Twin]] = {}  # use_adapter -> its Batch and the twin it runs
+        self.batches: dict[bool, tuple] = {}  # use_adapter -> its Batch (or Slots) and the twin it runs
         self.limit = 0  # longest prompt + reply that can share a batch (a sliding window would drop its tokens)
         self.worker: threading.Thread | None = None
         self.working = False  # the worker holds the model (its rows, the adapter state): nothing may decode alone
@@ -160,14 +162,23 @@ class Live:
         # A config whose every sequence fits the window: batch.py then keeps each layer's cache whole and lets rows
         # join mid-decode. Its own sampler is not used; each reply brings its own.
         bound = dataclasses.replace(twin.defaults, max_context_tokens=limit, max_new_tokens=0)
-        base = Batch(twin, bound, self.size, temperatures=[])
+        base = self._backend(twin, bound)
         self.batches = {False: (base, twin), True: (base, twin)}
         if twin.merged_model is not None:  # tuned rows decode the merged copy, as a lone tuned reply does
             merged = dataclasses.replace(twin, model=twin.merged_model, has_adapter=False, merged_model=None,
                                          engines={})
-            self.batches[True] = (Batch(merged, bound, self.size, temperatures=[]), merged)
-        self.limit = limit if base.mergeable else 0
+            self.batches[True] = (self._backend(merged, bound), merged)
+        slots = [b.max_len - 2 for b, _ in self.batches.values() if isinstance(b, Slots)]
+        self.limit = min([limit, *slots]) if base.mergeable else 0
         self.softcap = getattr(lm.config, "final_logit_softcapping", None)
+
+    def _backend(self, twin: Twin, bound: GenerationConfig) -> "Batch | Slots":
+        """Slots (one compiled step for every row) for a Llama-family model on a GPU, else batch.py's Batch."""
+        from talkalike.decode.engines.cuda_graph import FusedStep
+
+        if twin.device.type == "cuda" and FusedStep.supports(twin.model, MAX_LEN):
+            return Slots(twin.model, self.size)
+        return Batch(twin, bound, self.size, temperatures=[])
 
     def _hand_to_worker(self, reply: Reply) -> None:
         """Queue `reply` for the next batch step (the lock held)."""

@@ -181,3 +181,32 @@ def test_a_reply_too_long_for_the_sliding_window_waits_and_runs_alone(twin):
                                     (ask(WORDS[2]), long, True)], joining=2)
     assert live.widest == 2
     assert results[2] == alone(twin, ask(WORDS[2]), long)
+
+
+def test_on_slots_one_step_for_every_row_gives_each_reply_its_alone_tokens(tiny_tokenizer, monkeypatch):
+    """slots.py, the GPU's batch, runs eagerly here: a Llama-family model, rows joining at their own positions."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from talkalike.decode.slots import Slots
+
+    config = AutoConfig.for_model("llama", vocab_size=len(tiny_tokenizer), hidden_size=128, intermediate_size=96,
+                                  num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                                  max_position_embeddings=512)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    llama = Twin.of(model, tiny_tokenizer, name="noa", persona="Noa")
+    made = []
+    monkeypatch.setattr(Live, "_backend", lambda self, twin, bound: made.append(Slots(twin.model, self.size, 128))
+                        or made[-1])
+    live = Live(llama, rows=4)
+    settings = [{}, {"temperature": 1.0, "seed": 5}, {"max_new_tokens": 7}, {"repetition_penalty": 1.6}]
+    requests = [(ask(words), greedy(llama, **overrides), True) for words, overrides in zip(WORDS, settings,
+                                                                                          strict=False)]
+    batched = together(llama, live, requests)
+    assert live.widest == 4 and isinstance(live.batches[True][0], Slots)
+    for (history, config, _), result in zip(requests, batched, strict=True):
+        assert result == alone(llama, history, config)
+    assert sorted(made[0].free) == [0, 1, 2, 3]  # every slot free again
+    # a second round reuses the slots, stale caches and all
+    assert together(llama, live, requests[::-1]) == batched[::-1]
