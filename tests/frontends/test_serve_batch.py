@@ -155,3 +155,15 @@ def test_a_bad_request_among_concurrent_ones_is_one_clear_400_and_the_others_str
         status, message = results[0]
         assert status == 400 and "token" in message
         assert results[1:] == [chat(url, words) for words in WORDS[:3]]
+
+
+def test_a_stop_string_ends_a_batched_reply_where_it_ends_alone(app):
+    with live_server(app) as url:
+        whole = chat(url, "hey")["text"]
+        stop = whole[len(whole) // 2: len(whole) // 2 + 2]
+        calls = [(functools.partial(chat, stop=stop), url, "hey")] + [(chat, url, words) for words in WORDS[1:4]]
+        together = at_once(calls)
+        wait_idle(app.state.live)
+        assert together[0] == chat(url, "hey", stop=stop)
+        assert together[0]["text"] == whole[: whole.index(stop)] and together[0]["finish"] == "stop"
+        assert together[1:] == [chat(url, words) for words in WORDS[1:4]]
