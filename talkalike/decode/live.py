@@ -252,9 +252,9 @@ class Live:
             if self.softcap:  # as the model's own forward applies it, in its dtype
                 logits = torch.tanh(logits / self.softcap) * self.softcap
             drawn = []
-            width = rows.seen.shape[1]
             for k, reply in enumerate(rows.ids):
-                generated = rows.seen[k, width - len(reply.tokens):]  # the row ends with its reply: no host copy
+                # (not a slice of rows.seen: a merge pads a row's seen ids on the right)
+                generated = torch.tensor(reply.tokens, dtype=torch.long, device=batch.device)
                 drawn.append(reply.sampler(logits[k: k + 1], rows.seen[k: k + 1], [reply.config.temperature],
                                            [generated], reply.blocked).view(1))
             for k, token in enumerate(torch.cat(drawn).tolist()):  # one read back for every row
