@@ -4,9 +4,10 @@ A reply that finds the model idle decodes alone on the twin's engine (stream.py'
 graphs and all). When another reply arrives, the lone one hands over between two tokens: its prompt and the tokens
 drawn so far are prefilled into a batch (batch.py's prefill, merge, drop and step) that one worker thread decodes
 for every reply together (on a GPU, slots.py: one compiled step for every row). Replies join and leave between
-steps. Each keeps its own Sampler (temperature, top_p,
-penalties, seed, allowed tokens), so a greedy reply reads the same batched as alone. Replies with the adapter off
-(the base, for the A/B switch) form a second batch, stepped in turn with the first.
+steps. Each keeps its own Sampler (temperature, top_p, penalties, seed, allowed tokens), so a greedy reply reads the
+same batched as alone. Replies with the adapter off (the base, for the A/B switch) form a second batch, stepped in
+turn with the first. A reply too long to share a batch (a sliding window would drop its tokens) waits for the model
+to be free and decodes alone, as serve did before.
 
     live = Live(twin)
     events = stream_reply(twin, history, config, draw=live.draw)    # what serve's requests iterate, each in a thread
@@ -205,15 +206,19 @@ class Live:
                 with torch.inference_mode():
                     for use_adapter in (True, False):
                         self._join(use_adapter, [r for r in joining if r.use_adapter == use_adapter])
-                    joining = []
                     for use_adapter in list(self.lanes):
                         self._step(use_adapter)
-            except Exception as error:  # noqa: BLE001 - every reader hears of it, and the next replies start afresh
+            except Exception as error:  # noqa: BLE001 - every reader in the batch hears of it; the next start afresh
+                failed = set(joining).union(*(rows.ids for rows in self.lanes.values()))
                 self.lanes = {}
+                for batch, _ in self.batches.values():
+                    if isinstance(batch, Slots):
+                        batch.free = list(range(batch.rows))
                 with self.changed:
-                    for reply in self.held:
+                    failed &= self.held
+                    for reply in failed:
                         reply.out.put(error)
-                    self._finished(list(self.held))
+                    self._finished(list(failed))
 
     def _finished(self, replies: list[Reply]) -> None:
         """The worker is done with `replies` (the lock held or not)."""
