@@ -107,7 +107,7 @@ def draw_alone(twin: Twin, prompt_ids: list[int], config: GenerationConfig, use_
 
 
 def _stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | None, use_adapter: bool,
-                  usage: Usage, draw: Draw) -> Iterator[Event]:
+                  usage: Usage, draw: Draw = draw_alone) -> Iterator[Event]:
     config = config or twin.defaults
     prompt_ids = fit_prompt(twin, history, config)
     usage.prompt_tokens = len(prompt_ids)
