@@ -189,3 +189,72 @@ def test_a_runs_tuned_replies_decode_merged_through_the_triton_step_and_match_th
     with twin.adapter(False):
         assert greedy(twin.engine(64, use_adapter=False), prompt, 16) == base_expected
     assert engines.pick(twin, 64) != "triton"  # the adapter model itself never takes the plain-model engines
+
+
+def test_serves_slots_compiled_into_cuda_graphs_give_the_eager_slots_logits(tiny_tokenizer):
+    """slots.py's step for every row, compiled and replayed, against the same maths run eagerly: rows at different
+    positions, one slot idle, two steps (the second replays the graph)."""
+    from conftest import build_tiny_llama
+
+    from talkalike.decode.slots import Slots
+
+    model = build_tiny_llama("mistral").cuda()
+    compiled, eager = Slots(model, rows=4, max_len=64), Slots(model, rows=4, max_len=64, compile=False)
+    prompts = [[5, 9, 14, 2], [7, 7, 31], [40, 41, 42, 43, 44, 45]]
+    with torch.inference_mode():
+        rows = [slots.prefill(list(range(3)), prompts) for slots in (compiled, eager)]
+        for _ in range(2):
+            for slots, row in zip((compiled, eager), rows, strict=True):
+                row.tokens = [[int(t)] for t in row.hidden.argmax(-1)]
+                slots.step(row)
+            torch.testing.assert_close(rows[0].hidden, rows[1].hidden, atol=2e-4, rtol=2e-4)
+
+
+def test_serves_batch_on_a_gpu_gives_every_greedy_reply_its_alone_text(tiny_tokenizer):
+    """decode/live.py on CUDA: the first reply starts alone on its engine (which reads each token one step late, so
+    it hands over a token already drawn), the others join it in compiled slots; each reads as it does alone."""
+    import dataclasses
+    import itertools
+    import threading
+    import time
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from talkalike.decode.live import Live
+    from talkalike.decode.slots import Slots
+    from talkalike.decode.stream import stream_reply
+    from talkalike.decode.turns import collect_messages
+    from talkalike.decode.twin import Twin
+
+    config = AutoConfig.for_model("llama", vocab_size=len(tiny_tokenizer), hidden_size=128, intermediate_size=96,
+                                  num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                                  max_position_embeddings=4096)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).cuda().eval()
+    twin = Twin.of(model, tiny_tokenizer, name="noa", persona="Noa")
+    greedy = dataclasses.replace(twin.defaults, temperature=0.0, max_new_tokens=40, max_messages=0)
+    words = ["hey", "what's up at the beach", "שלום מה קורה", "ok see you at eight"]
+    alone = [collect_messages(stream_reply(twin, [{"role": "user", "content": w}], greedy)) for w in words]
+    live = Live(twin, rows=4)
+    results = [None] * len(words)
+
+    def answer(i, first=None):
+        events = stream_reply(twin, [{"role": "user", "content": words[i]}], greedy, draw=live.draw)
+        head = [next(events)] if first else []
+        if first:
+            first.set()
+            while live.running() < len(words):
+                time.sleep(0.005)
+        results[i] = collect_messages(itertools.chain(head, events))
+
+    started = threading.Event()
+    threads = [threading.Thread(target=answer, args=(0, started))]
+    threads[0].start()
+    started.wait(300)
+    threads += [threading.Thread(target=answer, args=(i,)) for i in range(1, len(words))]
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    assert isinstance(live.batches[True][0], Slots) and live.widest == len(words)
+    assert results == alone

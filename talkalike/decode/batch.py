@@ -216,10 +216,11 @@ class Batch:
         # The persona's opening-script shares (decode/language.py), over the head's columns; per prompt in `shares`.
         self.steer = Steer.of(twin, self.device) if config.steer_language else None
         if self.steer is not None and self.keep is not None:
-            self.steer = self.steer.columns(self.keep)
+            self.steer = self.steer.columns(self.keep, self.to_sub)
         self.shares: list[float | None] = [None] * len(temperatures)
         self.sampler = Sampler(config, head_rows, batch_size, self.device,
-                               softcap=getattr(lm.config, "final_logit_softcapping", None), separator_ids=separators)
+                               softcap=getattr(lm.config, "final_logit_softcapping", None), separator_ids=separators,
+                               steer=self.steer)
         self.head_out = torch.empty(batch_size, head_rows, dtype=self.head.weight.dtype, device=self.device) \
             if self.plain_head else None
         # Refill once a quarter of the batch is free: each merge copies the cache once, as one decode step does.
@@ -322,23 +323,27 @@ class Batch:
 
     # --- sampling -----------------------------------------------------------------------------------------------
 
-    def sample(self, rows: Rows) -> int:
-        """Draw the next token of every unfinished row and apply the stop rules; returns how many rows finished."""
+    def logits(self, rows: Rows):
+        """The head over each row's last hidden state: [rows, head columns], before any softcap (the sampler's)."""
         import torch
 
         n = len(rows.ids)
         if self.keep is not None:
-            logits = torch.mm(rows.hidden, self.head_weight.t(), out=self.head_out[:n])
-        elif self.plain_head:
-            logits = torch.mm(rows.hidden, self.head.weight.t(), out=self.head_out[:n])
-        else:  # a LoRA-wrapped head (the "original" preset trains it): its own forward, adapter switch included
-            logits = self.head(rows.hidden)
+            return torch.mm(rows.hidden, self.head_weight.t(), out=self.head_out[:n])
+        if self.plain_head:
+            return torch.mm(rows.hidden, self.head.weight.t(), out=self.head_out[:n])
+        # a LoRA-wrapped head (the "original" preset trains it): its own forward, adapter switch included
+        return self.head(rows.hidden)
+
+    def sample(self, rows: Rows) -> int:
+        """Draw the next token of every unfinished row and apply the stop rules; returns how many rows finished."""
+        import torch
+
+        logits = self.logits(rows)
         replies = [self.column(torch.tensor(t, dtype=torch.long, device=self.device)) for t in rows.tokens] \
-            if self.config.no_repeat_ngram > 1 else None
-        shift = None if self.steer is None else (lambda out, temps: self.steer.apply(
-            out, [self.shares[i] for i in rows.ids], temps, rows.tokens))
+            if self.config.no_repeat_ngram > 1 or self.steer is not None else None
         drawn = self.sampler(logits, self.column(rows.seen), [self.temperatures[i] for i in rows.ids], replies,
-                             rows.blocked, shift)
+                             rows.blocked, [self.shares[i] for i in rows.ids])
         tokens = (drawn if self.keep is None else self.keep[drawn]).tolist()
         finished = 0
         for k, token in enumerate(tokens):

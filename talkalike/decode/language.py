@@ -65,6 +65,16 @@ def opening_shares(pairs: list[tuple[str, str]]) -> tuple[str, dict[str, float]]
     return other, shares
 
 
+def _memory_shares(memory):
+    """opening_shares over a memory's exchanges, computed once per memory."""
+    from talkalike.template import split_bubbles
+
+    if not hasattr(memory, "opening_shares"):
+        rows = memory.connection.execute("SELECT context, reply FROM exchanges").fetchall()
+        memory.opening_shares = opening_shares([(context, split_bubbles(reply)) for context, reply in rows])
+    return memory.opening_shares
+
+
 @functools.lru_cache(maxsize=4)
 def token_groups(tokenizer, vocab: int, other: str) -> tuple:
     """Per token id: 1 if its text opens in Latin letters, 2 if in `other`, 0 otherwise (special and byte tokens
@@ -95,12 +105,11 @@ class Steer:
         """The twin's steer, from the persona's replies in its memory; None when there is nothing to steer."""
         import torch
 
-        from talkalike.template import BUBBLE_SEP, split_bubbles
+        from talkalike.template import BUBBLE_SEP
 
         if twin.memory is None:
             return None
-        rows = twin.memory.connection.execute("SELECT context, reply FROM exchanges").fetchall()
-        found = opening_shares([(context, split_bubbles(reply)) for context, reply in rows])
+        found = _memory_shares(twin.memory)
         if found is None:
             return None
         other, shares = found
@@ -108,6 +117,12 @@ class Steer:
         masks = torch.stack([groups == 1, groups == 2], dim=1).float()
         tail = twin.tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)[-2:]
         return cls(other=other, shares=shares, masks=masks, start_tail=tail)
+
+    @classmethod
+    def for_reply(cls, twin, device, config, history: list[dict] | None) -> tuple["Steer | None", list | None]:
+        """(steer, [share]) for one reply to `history` when config.steer_language is on, else (None, None)."""
+        steer = cls.of(twin, device) if config.steer_language else None
+        return (steer, [steer.share(history or [])]) if steer is not None else (None, None)
 
     def share(self, history: list[dict]) -> float:
         """The share of messages opening in the other script, for the conversation's latest incoming message."""
@@ -129,9 +144,10 @@ class Steer:
         start = (reply[-n:] == torch.tensor(self.start_tail, device=reply.device)).all()
         return bool(start) if reply.device.type == "cpu" else start
 
-    def columns(self, keep) -> "Steer":
-        """The same steer over a restricted head's columns (`keep`: the token ids the head computes)."""
-        return Steer(self.other, self.shares, self.masks[keep], self.start_tail)
+    def columns(self, keep, to_sub) -> "Steer":
+        """The same steer over a restricted head's columns (`keep`: the token ids the head computes, `to_sub`: id ->
+        column), whose replies hold column numbers."""
+        return Steer(self.other, self.shares, self.masks[keep], [int(to_sub[t]) for t in self.start_tail])
 
     def apply(self, logits, shares: list[float | None], temperatures: list[float], replies: list) -> None:
         """Rescale, in place in `logits` [rows, vocab], each sampled row at a message start to its share; `replies`

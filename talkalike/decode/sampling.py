@@ -23,10 +23,12 @@ class Sampler:
     width is whole blocks (the padding is -inf for max and argmax, 0 after exp())."""
 
     def __init__(self, config: GenerationConfig, vocab: int, rows: int, device, softcap: float | None = None,
-                 separator_ids: list[int] = ()):
+                 separator_ids: list[int] = (), steer=None, shares: list[float | None] | None = None):
         import torch
 
         self.config, self.vocab, self.softcap = config, vocab, softcap
+        # Language steering (decode/language.py) and each row's share, when config.steer_language is on.
+        self.steer, self.shares = steer, shares
         # Runs that touch the message separator's tokens are never blocked: every message boundary is one.
         self.separator = torch.tensor(sorted(set(separator_ids)), dtype=torch.long, device=device)
         self.generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
@@ -34,11 +36,11 @@ class Sampler:
         self.logits = torch.empty(rows, -(-vocab // BLOCK) * BLOCK, device=device)
 
     def __call__(self, logits, seen, temperatures: list[float], generated: list | None = None, blocked=None,
-                 steer=None):
+                 shares: list[float | None] | None = None):
         """Next token id per row of `logits` [rows, vocab]; `seen` [rows, n] holds each row's ids so far (repeats
         change nothing), `temperatures` one value per row, `generated` each row's reply so far (1-D tensors), for
         the no-repeat rule, and `blocked` ([vocab] or [rows, vocab], True = never drawn) the tokens a reply may not
-        use (turns.vocabulary); `steer(logits, temperatures)` shifts the final logits in place (decode/language.py)."""
+        use (turns.vocabulary); `shares` each row's opening-script share for the steer (default: the sampler's)."""
         n = logits.shape[0]
         buffer = self.logits[:n]
         buffer[:, : self.vocab].copy_(logits)
@@ -50,8 +52,8 @@ class Sampler:
         if generated is not None and self.config.no_repeat_ngram > 1:
             for row, reply in enumerate(generated):
                 block_repeats(buffer[row], reply, self.config.no_repeat_ngram, self.separator)
-        if steer is not None:
-            steer(buffer[:, : self.vocab], temperatures)
+        if self.steer is not None and generated is not None:
+            self.steer.apply(buffer[:, : self.vocab], shares or self.shares or [None] * n, temperatures, generated)
         return choose(buffer, seen, temperatures, self.config, self.generator, self.vocab)
 
 

@@ -12,6 +12,7 @@ the run's repetition penalty, temperature and top-p (sampling.py).
         ...
 """
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -78,38 +79,48 @@ def tokens(engine: Engine, prompt_ids: list[int], max_new_tokens: int, sample: C
 
 
 def stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | None = None,
-                 use_adapter: bool = True, usage: Usage | None = None) -> Iterator[Event]:
-    """The persona's next turn as events: ("text", chunk) while a message grows, ("end_message",) after each one."""
+                 use_adapter: bool = True, usage: Usage | None = None, draw: "Draw | None" = None
+                 ) -> Iterator[Event]:
+    """The persona's next turn as events: ("text", chunk) while a message grows, ("end_message",) after each one.
+    `draw` is where the reply's token ids come from (default `draw_alone`; serve's batch, live.py, is another)."""
     from talkalike.prepare.privacy import mask_stream
 
     # Chat, serve and the API all show what this yields: personal data the model writes is masked first.
-    return mask_stream(_stream_reply(twin, history, config, use_adapter, usage or Usage()))
+    return mask_stream(_stream_reply(twin, history, config, use_adapter, usage or Usage(), draw or draw_alone))
+
+
+# draw(twin, prompt_ids, config, use_adapter) -> the reply's token ids, ending at a stop id or max_new_tokens
+# (the history answered, for language steering, comes last)
+Draw = Callable[[Twin, list[int], GenerationConfig, bool, list[dict] | None], Iterator[int]]
+
+
+def draw_alone(twin: Twin, prompt_ids: list[int], config: GenerationConfig, use_adapter: bool,
+               history: list[dict] | None = None) -> Iterator[int]:
+    """One reply's token ids on the twin's engine, sampled with the config's settings."""
+    engine = twin.engine(len(prompt_ids) + config.max_new_tokens, use_adapter)
+    steer, shares = Steer.for_reply(twin, engine.device, config, history)
+    sampler = Sampler(config, twin.vocab_size, rows=1, device=engine.device,
+                      separator_ids=separator_ids(twin.tokenizer), steer=steer, shares=shares)
+    blocked = outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, engine.device)
+    temperature = [config.temperature]
+    start = len(prompt_ids)
+    with twin.adapter(use_adapter):
+        yield from tokens(engine, prompt_ids, config.max_new_tokens,
+                          lambda logits, seen: sampler(logits, seen, temperature, [seen[0, start:]], blocked),
+                          twin.stop_ids)
 
 
 def _stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | None, use_adapter: bool,
-                  usage: Usage) -> Iterator[Event]:
+                  usage: Usage, draw: Draw = draw_alone) -> Iterator[Event]:
     config = config or twin.defaults
     prompt_ids = fit_prompt(twin, history, config)
     usage.prompt_tokens = len(prompt_ids)
     splitter = Splitter(turn_stops(twin.tokenizer, twin.layout), message_cap(twin, config))
-    engine = twin.engine(len(prompt_ids) + config.max_new_tokens, use_adapter)
-    sampler = Sampler(config, twin.vocab_size, rows=1, device=engine.device,
-                      separator_ids=separator_ids(twin.tokenizer))
-    blocked = outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, engine.device)
-    temperature = [config.temperature]
-    start = len(prompt_ids)
-    steer = Steer.of(twin, engine.device) if config.steer_language else None
-    shares = [steer.share(history)] if steer is not None else None
-
-    def sample(logits, seen):
-        reply = seen[0, start:]
-        shift = None if steer is None else (lambda rows, temps: steer.apply(rows, shares, temps, [reply]))
-        return sampler(logits, seen, temperature, [reply], blocked, shift)
-
     text = Detokenizer(twin.tokenizer)
     written = 0
-    with twin.adapter(use_adapter):
-        for token_id in tokens(engine, prompt_ids, config.max_new_tokens, sample, twin.stop_ids):
+    # The token source is closed as soon as the turn ends (a stop string, the message cap) or the reader leaves.
+    with contextlib.closing(draw(twin, prompt_ids, config, use_adapter, history)) as token_ids:
+        for token_id in token_ids:
             written += 1
             usage.completion_tokens = written
             delta = text.add(token_id)

@@ -1,5 +1,5 @@
 """The OpenAI-compatible API, driven by the official `openai` client against a live uvicorn server on loopback:
-models, streaming and not, the API-key rule, limits, bad requests and the one-at-a-time queue. A FakeTwin answers."""
+models, streaming and not, the API-key rule, limits, bad requests and the queue. A FakeTwin answers."""
 
 import json
 import threading
@@ -146,9 +146,9 @@ def test_too_long_a_history_or_too_many_tokens_are_clear_400s():
                                                 stream=True)
 
 
-def test_concurrent_requests_are_answered_one_at_a_time():
-    twin, server = serve(FakeTwin(delay=0.01))
+def concurrent_replies(twin, **settings):
     results = []
+    _, server = serve(twin, **settings)
     with server as url:
         def ask():
             results.append(client(url).chat.completions.create(model="noa", messages=HEY).choices[0].message.content)
@@ -157,12 +157,23 @@ def test_concurrent_requests_are_answered_one_at_a_time():
             thread.start()
         for thread in threads:
             thread.join(60)
-    assert results == ["\n".join(TUNED)] * 4
+    return results
+
+
+def test_concurrent_requests_are_generated_together_up_to_the_batch_size():
+    twin = FakeTwin(delay=0.01)
+    assert concurrent_replies(twin, batch_rows=3) == ["\n".join(TUNED)] * 4
+    assert twin.most_active == 3  # the fourth waited for a free row
+
+
+def test_with_one_row_concurrent_requests_are_answered_one_at_a_time():
+    twin = FakeTwin(delay=0.01)
+    assert concurrent_replies(twin, batch_rows=1) == ["\n".join(TUNED)] * 4
     assert twin.most_active == 1
 
 
 def test_a_request_that_waits_too_long_gets_a_503_and_the_server_keeps_working():
-    twin, server = serve(FakeTwin(delay=0.1), queue_timeout_s=0.3)
+    twin, server = serve(FakeTwin(delay=0.1), queue_timeout_s=0.3, batch_rows=1)
     with server as url:
         slow = threading.Thread(target=lambda: client(url).chat.completions.create(model="noa", messages=HEY))
         slow.start()

@@ -293,7 +293,7 @@ def test_a_non_streaming_client_that_hangs_up_stops_its_reply_and_frees_its_plac
 
 def test_a_client_that_hangs_up_while_queued_never_generates():
     twin = FakeTwin(delay=0.01, tuned=["a long reply " * 10] * 3)  # about 1.2 s
-    with server(twin) as url:
+    with server(twin, batch_rows=1) as url:  # one row: the others queue
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=CHAT | {"stream": True}) as first:
             lines = first.iter_lines()
             next(lines)
