@@ -1,0 +1,38 @@
+"""A run's trained token rows at reply time: the same values as peft's merged table, without building it."""
+
+import pytest
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_token_rows_in_place_give_peft_s_logits_with_the_adapter_on_and_off(dtype):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from talkalike.model import token_rows_in_place
+    from tests.conftest import build_windowed_gemma
+
+    model = build_windowed_gemma(vocab_size=97).to(getattr(torch, dtype))
+    model.config.tie_word_embeddings = True
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=[5, 11],
+                                             init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "trainable_tokens_delta" in name:
+                p.normal_()
+    model.eval()
+    ids = torch.tensor([[2, 5, 3, 11, 11, 40, 5, 96]])
+
+    def logits():
+        with torch.no_grad():
+            on = model(input_ids=ids).logits
+            with model.disable_adapter():
+                off = model(input_ids=ids).logits
+        return on, off
+
+    peft_on, peft_off = logits()
+    assert token_rows_in_place(model) == 2  # the embedding and the tied head
+    ours_on, ours_off = logits()
+    assert torch.equal(ours_off, peft_off)
+    tolerance = 2e-2 if dtype == "bfloat16" else 1e-5
+    assert torch.allclose(ours_on, peft_on, atol=tolerance, rtol=tolerance)
+    assert not torch.allclose(peft_on, peft_off, atol=tolerance)  # the rows change the logits: the test can fail
