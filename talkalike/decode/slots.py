@@ -39,7 +39,10 @@ class Slots:
         if compile and self.device.type == "cuda":
             for tensor in [*self.keys, *self.values, self.slot_ids]:
                 torch._dynamo.mark_static_address(tensor)
-            self._step = torch.compile(self.step_all, mode="reduce-overhead", fullgraph=True, dynamic=False)
+            # CUDA graphs without inductor's graph trees: those are thread-local, and serve's batch is stepped by
+            # whichever worker thread holds it (on the H200 the tree asserted `_is_key_in_tls` in a second thread).
+            self._step = torch.compile(self.step_all, fullgraph=True, dynamic=False,
+                                       options={"triton.cudagraphs": True, "triton.cudagraph_trees": False})
 
     # --- what live.py calls, as on batch.Batch -----------------------------------------------------------------------
 
