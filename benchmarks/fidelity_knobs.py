@@ -40,6 +40,8 @@ SAMPLING = {  # name -> GenerationConfig overrides for generation
     "temperature 1.0": {"temperature": 1.0},
     "temperature 1.0, top-p 0.9": {"temperature": 1.0, "top_p": 0.9},
     "no memories": {"memories": 0},
+    "language steering": {"steer_language": True},
+    "language steering, temperature 0.8": {"steer_language": True, "temperature": 0.8},
 }
 
 
