@@ -1,4 +1,5 @@
-"""The demo end to end: the sample chat, the embedded model trained one epoch, and the evaluation it must pass."""
+"""The demo end to end: the sample chat, the embedded model trained by the default recipe (two passes over the sample),
+and the evaluation it must pass."""
 
 import json
 
@@ -22,6 +23,15 @@ def test_the_demo_trains_a_twin_that_beats_its_base_on_perplexity_and_style(tmp_
     assert headline["next-reply ranking"]["tuned"] >= MIN_RANKING
     facts = headline["facts recalled"]
     assert facts["tuned"] >= max(MIN_FACTS, facts["base"])
+    # The issue's targets that the default recipe meets, with margins from the measured runs (BENCHMARKS.md, "The demo
+    # at the new default"): two passes measured AUC 0.77-0.81 against the base's 0.91-0.94, 0-2% of replies with a
+    # repeated 3-word run (one pass: 7-15%), 2.5 messages a turn and 25% Hebrew against Noa's 2.4 and 29%.
+    auc = result["real vs generated auc"]
+    assert auc["tuned"] <= auc["base"] - 0.05
+    gaps = {gap["measure"]: gap for gap in result["style gaps"]["tuned"]}
+    for measure in ("messages per turn", "Hebrew messages"):
+        assert abs(gaps[measure]["generated"] - gaps[measure]["persona"]) <= 0.25 * gaps[measure]["persona"], measure
+    assert gaps["replies repeating a 3-word run"]["generated"] <= 0.05
     assert "the tuned twin clears every margin" in out
     assert "furthest from the persona: " in out and "classified as the persona" not in out
     if SAMPLE_FACTS.is_file():
