@@ -83,10 +83,14 @@ def token_groups(tokenizer, vocab: int, other: str) -> tuple:
     pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(tokenizer)))))
     groups = []
     for i, piece in enumerate(pieces):
-        if i in special or piece is None or (piece.startswith("<") and piece.endswith(">")):
-            groups.append(0)
+        piece = piece or ""
+        if i in special or piece.startswith("<") and piece.endswith(">"):
+            groups.append(0)  # special and byte-fallback tokens (<0xD7>) open nothing
             continue
-        opened = script(piece.replace("\u2581", " ").replace("\u0120", " "))
+        opened = script(piece)
+        if opened is None or opened == LATIN and not piece.replace("\u2581", "").replace("\u0120", "").isascii():
+            # A byte-level BPE (Llama 3, Qwen) spells other scripts in Latin-1 stand-ins: read what the token writes.
+            opened = script(tokenizer.decode([i]))
         groups.append(1 if opened == LATIN else 2 if opened == other else 0)
     return tuple(groups) + (0,) * (vocab - len(groups))
 

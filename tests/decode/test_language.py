@@ -81,3 +81,29 @@ def test_a_device_tensor_reply_gives_the_same_shift_as_a_host_list():
         steer.apply(host, [0.7], [1.0], [reply])
         steer.apply(tensor, [0.7], [1.0], [torch.tensor(reply)])
         assert torch.allclose(host, tensor)
+
+
+@pytest.mark.parametrize("byte_level", [True, False])
+def test_token_groups_read_what_a_token_writes_in_byte_level_and_sentencepiece_vocabularies(byte_level):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from talkalike.decode.language import token_groups
+
+    text = ["שלום מה קורה חברים", "hello how are you friends", "ok שלום hello"] * 20
+    if byte_level:  # GPT-2 / Llama 3 style: Hebrew letters spelled as Latin-1 stand-ins in the vocabulary
+        raw = Tokenizer(models.BPE())
+        raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        raw.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:  # SentencePiece style: pieces in their own script after a "▁"
+        raw = Tokenizer(models.BPE())
+        raw.pre_tokenizer = pre_tokenizers.Metaspace()
+        raw.decoder = decoders.Metaspace()
+        alphabet = []
+    raw.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet, special_tokens=["<s>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>")
+    groups = token_groups(tokenizer, len(tokenizer), "HEBREW")
+    ids = {tokenizer.decode([i]).strip(): i for i in range(len(tokenizer))}
+    assert groups[ids["שלום"]] == 2 and groups[ids["hello"]] == 1
+    assert groups[tokenizer.convert_tokens_to_ids("<s>")] == 0
