@@ -2,8 +2,7 @@
 time (serve before batching: `ServeSettings(batch_rows=1)`) against batched (decode/live.py).
 
     # CPU: the trained demo run (copy its home first if you mind sqlite touching it)
-    TALKALIKE_MODELS=/work/main/.cache/models nice -n 10 .venv/bin/python benchmarks/serve_concurrency.py \\
-        --home /work/tmp/demo1 --run noa-demo
+    nice -n 10 .venv/bin/python benchmarks/serve_concurrency.py --home HOME --run noa-demo
     # GPU: a Mistral-7B-shaped model with random weights in bf16 (benchmarks/gpu_decode.py's), no run folder
     .venv/bin/python benchmarks/serve_concurrency.py --random-7b
     # a smoke test of the mechanics in seconds: the tests' tiny random model
