@@ -24,6 +24,16 @@ CORPUS = [
 ]
 
 
+def load_script(path: Path):
+    """A script outside the package (benchmarks/, examples/) imported as a module, for tests of its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build_tiny_tokenizer():
     """A byte-level BPE tokenizer with a few hundred tokens and a Gemma-style chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

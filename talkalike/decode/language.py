@@ -95,6 +95,15 @@ def token_groups(tokenizer, vocab: int, other: str) -> tuple:
     return tuple(groups) + (0,) * (vocab - len(groups))
 
 
+@functools.lru_cache(maxsize=4)
+def _token_masks(tokenizer, vocab: int, other: str, device):
+    """token_groups as a [vocab, 2] float tensor on `device` (Latin, `other`), built once, not at every reply."""
+    import torch
+
+    groups = torch.tensor(token_groups(tokenizer, vocab, other), dtype=torch.long, device=device)
+    return torch.stack([groups == 1, groups == 2], dim=1).float()
+
+
 @dataclass
 class Steer:
     """The persona's opening-script shares and the vocabulary's script groups, on the decoding device."""
@@ -117,8 +126,7 @@ class Steer:
         if found is None:
             return None
         other, shares = found
-        groups = torch.tensor(token_groups(twin.tokenizer, twin.vocab_size, other), dtype=torch.long, device=device)
-        masks = torch.stack([groups == 1, groups == 2], dim=1).float()
+        masks = _token_masks(twin.tokenizer, twin.vocab_size, other, torch.device(device))
         tail = twin.tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)[-2:]
         return cls(other=other, shares=shares, masks=masks, start_tail=tail)
 

@@ -105,23 +105,13 @@ class Slots:
 
     def prefill_slot(self, slot: int, ids):
         """FusedStep.prefill into slot `slot`'s cache: the prompt `ids` [1, n] causally; its last logits [1, vocab]."""
-        import torch.nn.functional as F
-
-        f = self.fused
         n = ids.shape[1]
-        cos, sin = f.cos[:n][None, :, None, :], f.sin[:n][None, :, None, :]
-        x = self.model.model.embed_tokens(ids)
-        for i, layer in enumerate(f.layers):
-            q, k, v = f._qkv(i, layer.input_layernorm(x))
-            q, k = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2)
-            v = v.transpose(1, 2)
+
+        def store(i, k, v):
             self.keys[i][slot, :, :n] = k[0]
             self.values[i][slot, :, :n] = v[0]
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=f.scaling,
-                                                 enable_gqa=f.heads != f.kv_heads)
-            x = x + layer.self_attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
-            x = f._mlp(i, x)
-        return f._logits(x)
+
+        return self.fused.prefill(ids, store)
 
     def step_all(self, tokens, positions):
         """Every slot's token [rows] at its position [rows]: write their keys and values, return logits [rows, vocab].

@@ -2,11 +2,11 @@
 training: TRL's packing into padding-free rows, Liger switched on, the CUDA recipe's batch geometry, and TRL's own LoRA
 on the seven projections. The timing itself needs a GPU (BENCHMARKS.md, "GPU training")."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from talkalike.train.recipe import resolve_recipe
 
@@ -15,10 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def gpu_train():
-    spec = importlib.util.spec_from_file_location("gpu_train", ROOT / "benchmarks" / "gpu_train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "gpu_train.py")
 
 
 def test_the_baseline_config_packs_padding_free_with_liger_and_the_recipes_batches(gpu_train, tmp_path):

@@ -1,22 +1,19 @@
 """benchmarks/gpu_multi.py: the token counting and scaling arithmetic on hand-made numbers, and (slow) its CPU smoke
 mode end to end: two gloo processes, a tiny model, the same timed window and counting as on GPUs."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gpu_multi", ROOT / "benchmarks" / "gpu_multi.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "gpu_multi.py")
 
 
 def test_the_rate_sums_every_ranks_tokens_rather_than_multiplying_rank_0s(bench):

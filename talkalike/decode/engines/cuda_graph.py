@@ -177,8 +177,9 @@ class FusedStep:
         head = self.model.lm_head
         return self._linear(self.model.model.norm(x[:, -1:]), head.weight, head.bias)[:, -1, :]
 
-    def prefill(self, ids):
-        """Run the prompt `ids` [1, n] causally, writing its keys and values at positions 0..n-1; last logits."""
+    def prefill(self, ids, store=None):
+        """Run the prompt `ids` [1, n] causally, writing its keys and values at positions 0..n-1; last logits.
+        `store(layer, keys, values)` ([1, kv heads, n, head dim] each) writes them elsewhere (serve's slots)."""
         import torch.nn.functional as F
 
         n = ids.shape[1]
@@ -188,8 +189,11 @@ class FusedStep:
             q, k, v = self._qkv(i, layer.input_layernorm(x))
             q, k = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2)
             v = v.transpose(1, 2)
-            self.keys[i][:, :, :n] = k
-            self.values[i][:, :, :n] = v
+            if store is None:
+                self.keys[i][:, :, :n] = k
+                self.values[i][:, :, :n] = v
+            else:
+                store(i, k, v)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling,
                                                  enable_gqa=self.heads != self.kv_heads)
             x = x + layer.self_attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
