@@ -300,6 +300,12 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         # "Expected to mark a variable ready only once"); Trainer turns the search on for any PeftModel.
         ddp_find_unused_parameters=False,
     )
+    if recipe.packing and not torch.cuda.is_available():
+        # A CPU computes every block of SDPA's dense mask over a packed row; per-sample attention skips the masked
+        # ones (train/packed.py).
+        from talkalike.train.packed import use_packed_attention
+
+        use_packed_attention(model)
     set_seed(recipe.seed)  # LoRA's A matrices are drawn at random: seed them so reruns and resumes agree
     model = apply_lora(model, recipe, turn_end_ids, adapter)
     if recipe.bf16 and not torch.cuda.is_available():

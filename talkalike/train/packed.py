@@ -1,0 +1,76 @@
+"""Attention over packed rows, one sample at a time: no work on the pairs that packing masks out.
+
+Training packs several samples into one row of up to 1,024 tokens (padding-free: the position ids restart at each
+sample). transformers' SDPA path then builds a dense row x row mask that blocks attention across samples, and the CPU
+kernel computes every block of it, masked or not: on the embedded model that was 18% of a training step on a 2-core CPU
+(the demo's samples average ~380 tokens, so a row holds two or three). `packed_attention` instead runs SDPA on each
+sample's own slice of the row with `is_causal`, which is the same maths (tests/train/test_packed.py checks the loss
+and every gradient against the masked path) for a fraction of the work.
+
+    use_packed_attention(model)   # before training; the row's samples are read from its position ids
+"""
+
+NAME = "talkalike_packed"
+
+
+def _sdpa(module, query, key, value, attention_mask, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                     sliding_window: int | None = None, position_ids=None, **kwargs):
+    """SDPA per packed sample of a single row with no mask (what `packed_mask` leaves for a padding-free row); any
+    other call (a padding mask, a cache, several rows, a soft cap) goes to transformers' own SDPA path unchanged."""
+    import torch
+
+    q_length = query.shape[2]
+    if (attention_mask is not None or position_ids is None or query.shape[0] != 1 or key.shape[2] != q_length
+            or kwargs.get("softcap") is not None):
+        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                     sliding_window=sliding_window, position_ids=position_ids, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    # A sample starts wherever the position does not follow on, as transformers' own packed-sequence mask reads it.
+    positions = position_ids[0]
+    starts = ((positions[1:] - positions[:-1]) != 1).nonzero().flatten().add(1).tolist()
+    bounds = [0, *starts, q_length]
+    outputs = []
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        length = end - start
+        if sliding_window and length > sliding_window:  # a local layer: each token sees its last `window` tokens
+            rows = torch.arange(length, device=query.device)
+            offset = rows[:, None] - rows[None, :]
+            band = (offset >= 0) & (offset < sliding_window)
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=band, dropout_p=dropout,
+                                                                    scale=scaling)
+        else:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
+                                                                    is_causal=True)
+        outputs.append(out)
+    output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def packed_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                attention_mask=None, **kwargs):
+    """No mask for a single padding-free row without a cache (`packed_attention` reads the samples from the position
+    ids); SDPA's own mask otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None and batch_size == 1 and q_length == kv_length and not q_offset and not kv_offset:
+        return None
+    return sdpa_mask(batch_size, q_length, kv_length, q_offset, kv_offset, attention_mask=attention_mask, **kwargs)
+
+
+def use_packed_attention(model) -> None:
+    """Switch `model` (loaded with SDPA attention) to per-sample attention over packed rows."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    AttentionInterface.register(NAME, packed_attention)
+    AttentionMaskInterface.register(NAME, packed_mask)
+    model.set_attn_implementation(NAME)
