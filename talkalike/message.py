@@ -1,9 +1,16 @@
 """The plain records that flow out of the import stage: `Message`, and what parsing one export yields."""
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
 KINDS = ("text", "media", "deleted", "system")
+
+# Emoji: pictographs, dingbats and symbols, with skin tones, variation selectors and zero-width-joiner sequences kept
+# as one emoji, so "🏃‍♀️" counts once, as a person would see it.
+EMOJI_CORE = "[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\u2300-\u23FF\u203C\u2049\u3030\u303D]"
+_EMOJI_TAIL = "[\U0001F3FB-\U0001F3FF\uFE0F\u20E3]*"
+EMOJI_RE = re.compile(f"{EMOJI_CORE}{_EMOJI_TAIL}(?:\u200D{EMOJI_CORE}{_EMOJI_TAIL})*")
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,9 @@ class GenerationConfig:
     # 2-epoch twin: Hebrew messages 21% -> 25% (Noa 29%), real-vs-generated AUC 0.81 -> 0.77 (BENCHMARKS.md,
     # "Language steering"). A persona who writes one script is not steered.
     steer_language: bool = True
+    # The tokens that write an emoji keep, together, the probability they have at temperature 1, where the trained
+    # model's odds are the persona's; below 1 the draw sharpens toward plain text (decode/language.py).
+    keep_emoji_rate: bool = True
 
 
 def load_generation_config(run_dir: Path | None) -> GenerationConfig:

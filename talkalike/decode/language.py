@@ -10,9 +10,16 @@ persona who writes in one script.
     steer = Steer.of(twin)                         # None: nothing to steer (one script, no memory)
     share = steer.share(history)                   # for this conversation's latest message
     steer.apply(logits, [share], [1.0], [reply])   # in place, on rows whose reply is at a message's start
+
+Emoji get the same kind of care at every token (`keep_emoji_mass`): a temperature under 1 makes replies coherent but
+sharpens each draw toward the majority, plain text, and the sample's twin put an emoji in 20% of its messages at
+temperature 0.5 against Noa's 38%. The tokens that write an emoji keep, together, the share of the mass they have at
+temperature 1, where a trained model's odds are its training data's; the choice among them, and among the rest,
+stays sharpened.
 """
 
 import functools
+import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -179,3 +186,56 @@ class Steer:
             if start is not True:  # a device-side condition: no shift unless it holds
                 shifts = shifts * start
             line.add_(self.masks @ shifts)
+
+
+@functools.lru_cache(maxsize=4)
+def emoji_token_ids(tokenizer, vocab: int) -> tuple[int, ...]:
+    """The ids of the tokens whose text holds an emoji (special tokens aside), read once per tokenizer. A byte-level
+    vocabulary's pieces of one emoji's bytes write nothing alone and are not counted."""
+    from talkalike.message import EMOJI_CORE
+
+    core = re.compile(EMOJI_CORE)
+    special = set(tokenizer.all_special_ids)
+    count = min(vocab, len(tokenizer))
+    texts = tokenizer.batch_decode([[i] for i in range(count)])
+    return tuple(i for i, text in enumerate(texts) if i not in special and core.search(text))
+
+
+def emoji_columns(twin, device, config) -> "Any | None":
+    """The emoji tokens' ids as a tensor on `device` when config.keep_emoji_rate is on, else None."""
+    import torch
+
+    if not config.keep_emoji_rate:
+        return None
+    return _emoji_tensor(twin.tokenizer, twin.vocab_size, torch.device(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _emoji_tensor(tokenizer, vocab: int, device):
+    import torch
+
+    return torch.tensor(emoji_token_ids(tokenizer, vocab), dtype=torch.long, device=device)
+
+
+def keep_emoji_mass(logits, ids, temperatures) -> None:
+    """Shift, in place in `logits` [rows, vocab], the columns `ids` of each row so that at the row's temperature they
+    hold together the probability they hold at temperature 1 (within e^MAX_SHIFT). `temperatures`: one number for
+    every row, or a [rows, 1] tensor (1 for greedy rows, which this leaves alone). Device ops only: nothing waits for
+    the host."""
+    import torch
+
+    if ids.numel() == 0:
+        return
+
+    def log_odds(log_share):  # log(p / (1 - p)) from log p
+        return log_share - torch.log(-torch.expm1(log_share.clamp(max=-1e-7)))
+
+    chosen = logits.index_select(1, ids)
+    at_one = torch.logsumexp(chosen, -1) - torch.logsumexp(logits, -1)
+    scaled = logits / temperatures
+    at_t = torch.logsumexp(chosen / temperatures, -1) - torch.logsumexp(scaled, -1)
+    scale = temperatures[:, 0] if torch.is_tensor(temperatures) else temperatures
+    shift = ((log_odds(at_one) - log_odds(at_t)) * scale).nan_to_num(0.0, 0.0, 0.0)
+    bound = MAX_SHIFT * scale
+    shift = shift.clamp(-bound, bound) if not torch.is_tensor(bound) else torch.maximum(torch.minimum(shift, bound), -bound)
+    logits.index_add_(1, ids, shift[:, None].expand(-1, ids.numel()).contiguous())

@@ -14,13 +14,10 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
+from talkalike.message import EMOJI_RE
+
 Reply = list[str]  # one persona turn: its messages (bubbles) in order
 
-# Emoji: pictographs, dingbats and symbols, with skin tones, variation selectors and zero-width-joiner sequences kept
-# as one emoji, so "🏃‍♀️" counts once, as a person would see it.
-_EMOJI_CORE = "[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\u2300-\u23FF\u203C\u2049\u3030\u303D]"
-_EMOJI_TAIL = "[\U0001F3FB-\U0001F3FF\uFE0F\u20E3]*"
-EMOJI_RE = re.compile(f"{_EMOJI_CORE}{_EMOJI_TAIL}(?:\u200D{_EMOJI_CORE}{_EMOJI_TAIL})*")
 
 # Laughter markers across the languages of the chats we see; the first matching kind names a message's laughter.
 LAUGHTER = {
