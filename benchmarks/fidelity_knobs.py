@@ -42,7 +42,7 @@ SAMPLING = {  # name -> GenerationConfig overrides for generation
     "no memories": {"memories": 0},
     "language steering": {"steer_language": True},
     "language steering, temperature 0.8": {"steer_language": True, "temperature": 0.8},
-    "emoji at the sampling temperature": {"keep_emoji_rate": False},
+    "habits at the sampling temperature": {"keep_habits": False},
 }
 
 

@@ -12,6 +12,17 @@ EMOJI_CORE = "[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\u2300-\u23FF\u203
 _EMOJI_TAIL = "[\U0001F3FB-\U0001F3FF\uFE0F\u20E3]*"
 EMOJI_RE = re.compile(f"{EMOJI_CORE}{_EMOJI_TAIL}(?:\u200D{EMOJI_CORE}{_EMOJI_TAIL})*")
 
+# Laughter markers across the languages of the chats we see; the first matching kind names a message's laughter.
+LAUGHTER = {
+    "haha": re.compile(r"\b(?:[ah]*ha){2,}h*\b|\b(?:he){2,}\b|\bhihi+\b", re.IGNORECASE),
+    "חחח": re.compile("ח{3,}|(?<![\u0590-\u05FF])(?:חח|ה{3,})(?![\u0590-\u05FF])"),
+    "lol": re.compile(r"\blo+l+\b|\blmf?ao+\b|\brofl\b", re.IGNORECASE),
+    "jaja": re.compile(r"\b(?:ja){2,}\b|\bjej(?:ej)+\b", re.IGNORECASE),
+    "kkk": re.compile(r"\bk{3,}\b|\brs(?:rs)+\b", re.IGNORECASE),
+    "xd": re.compile(r"\bx+d+\b", re.IGNORECASE),
+    "😂": re.compile("[\U0001F602\U0001F923\U0001F606\U0001F639]"),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Message:

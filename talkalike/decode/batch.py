@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from talkalike.decode.config import GenerationConfig
-from talkalike.decode.language import Steer, emoji_columns
+from talkalike.decode.language import Steer, habit_columns
 from talkalike.decode.sampling import Sampler
 from talkalike.decode.turns import (
     ends_turn,
@@ -218,12 +218,12 @@ class Batch:
         if self.steer is not None and self.keep is not None:
             self.steer = self.steer.columns(self.keep, self.to_sub)
         self.shares: list[float | None] = [None] * len(temperatures)
-        emoji = emoji_columns(twin, self.device, config)
-        if emoji is not None and self.keep is not None:  # the emoji tokens the restricted head computes, as columns
-            emoji = self.to_sub[emoji[torch.isin(emoji, self.keep)]]
+        habits = habit_columns(twin, self.device, config)
+        if habits and self.keep is not None:  # the habit tokens the restricted head computes, as its columns
+            habits = [self.to_sub[ids[torch.isin(ids, self.keep)]] for ids in habits]
         self.sampler = Sampler(config, head_rows, batch_size, self.device,
                                softcap=getattr(lm.config, "final_logit_softcapping", None), separator_ids=separators,
-                               steer=self.steer, emoji=emoji)
+                               steer=self.steer, habits=habits)
         self.head_out = torch.empty(batch_size, head_rows, dtype=self.head.weight.dtype, device=self.device) \
             if self.plain_head else None
         # Refill once a quarter of the batch is free: each merge copies the cache once, as one decode step does.

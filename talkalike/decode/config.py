@@ -45,9 +45,11 @@ class GenerationConfig:
     # 2-epoch twin: Hebrew messages 21% -> 25% (Noa 29%), real-vs-generated AUC 0.81 -> 0.77 (BENCHMARKS.md,
     # "Language steering"). A persona who writes one script is not steered.
     steer_language: bool = True
-    # The tokens that write an emoji keep, together, the probability they have at temperature 1, where the trained
-    # model's odds are the persona's; below 1 the draw sharpens toward plain text (decode/language.py).
-    keep_emoji_rate: bool = True
+    # The tokens that write an emoji, and those that write a laugh, each keep together the probability they have at
+    # temperature 1, where the trained model's odds are the persona's: below 1 the draw sharpens toward plain text.
+    # On the sample's twin at 0.5, messages with an emoji 20% -> 35% (Noa 38%) (BENCHMARKS.md, "Habits at their
+    # temperature-1 rate"; decode/language.py).
+    keep_habits: bool = True
 
 
 def load_generation_config(run_dir: Path | None) -> GenerationConfig:

@@ -23,13 +23,14 @@ class Sampler:
     width is whole blocks (the padding is -inf for max and argmax, 0 after exp())."""
 
     def __init__(self, config: GenerationConfig, vocab: int, rows: int, device, softcap: float | None = None,
-                 separator_ids: list[int] = (), steer=None, shares: list[float | None] | None = None, emoji=None):
+                 separator_ids: list[int] = (), steer=None, shares: list[float | None] | None = None, habits=None):
         import torch
 
         self.config, self.vocab, self.softcap = config, vocab, softcap
         # Language steering (decode/language.py) and each row's share, when config.steer_language is on.
         self.steer, self.shares = steer, shares
-        self.emoji = emoji  # the emoji tokens' ids (columns), which keep their mass at temperature 1 (language.py)
+        # Token classes (emoji, laughs: ids or head columns) that keep their mass at temperature 1 (language.py)
+        self.habits = habits or []
         # Runs that touch the message separator's tokens are never blocked: every message boundary is one.
         self.separator = torch.tensor(sorted(set(separator_ids)), dtype=torch.long, device=device)
         self.generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
@@ -44,7 +45,7 @@ class Sampler:
         use (turns.vocabulary); `shares` each row's opening-script share for the steer (default: the sampler's)."""
         import torch
 
-        from talkalike.decode.language import keep_emoji_mass
+        from talkalike.decode.language import keep_mass
 
         n = logits.shape[0]
         buffer = self.logits[:n]
@@ -59,9 +60,11 @@ class Sampler:
                 block_repeats(buffer[row], reply, self.config.no_repeat_ngram, self.separator)
         if self.steer is not None and generated is not None:
             self.steer.apply(buffer[:, : self.vocab], shares or self.shares or [None] * n, temperatures, generated)
-        if self.emoji is not None and any(t > 0 and t != 1 for t in temperatures):
-            keep_emoji_mass(buffer[:, : self.vocab], self.emoji, temperatures[0] if len(set(temperatures)) == 1 else
-                            torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=buffer.device)[:, None])
+        if self.habits and any(t > 0 and t != 1 for t in temperatures):
+            scale = temperatures[0] if len(set(temperatures)) == 1 else \
+                torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=buffer.device)[:, None]
+            for ids in self.habits:
+                keep_mass(buffer[:, : self.vocab], ids, scale)
         return choose(buffer, seen, temperatures, self.config, self.generator, self.vocab)
 
 

@@ -14,21 +14,9 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
-from talkalike.message import EMOJI_RE
+from talkalike.message import EMOJI_RE, LAUGHTER
 
 Reply = list[str]  # one persona turn: its messages (bubbles) in order
-
-
-# Laughter markers across the languages of the chats we see; the first matching kind names a message's laughter.
-LAUGHTER = {
-    "haha": re.compile(r"\b(?:[ah]*ha){2,}h*\b|\b(?:he){2,}\b|\bhihi+\b", re.IGNORECASE),
-    "חחח": re.compile("ח{3,}|(?<![\u0590-\u05FF])(?:חח|ה{3,})(?![\u0590-\u05FF])"),
-    "lol": re.compile(r"\blo+l+\b|\blmf?ao+\b|\brofl\b", re.IGNORECASE),
-    "jaja": re.compile(r"\b(?:ja){2,}\b|\bjej(?:ej)+\b", re.IGNORECASE),
-    "kkk": re.compile(r"\bk{3,}\b|\brs(?:rs)+\b", re.IGNORECASE),
-    "xd": re.compile(r"\bx+d+\b", re.IGNORECASE),
-    "😂": re.compile("[\U0001F602\U0001F923\U0001F606\U0001F639]"),
-}
 
 PUNCTUATION = ".,!?…-:;'\"()"
 HEBREW_RE = re.compile("[\u0590-\u05FF]")

@@ -113,7 +113,7 @@ def test_token_groups_read_what_a_token_writes_in_byte_level_and_sentencepiece_v
 def test_emoji_tokens_keep_their_temperature_one_mass_and_the_choice_inside_each_group_stays_sharpened(temperature):
     import torch
 
-    from talkalike.decode.language import keep_emoji_mass
+    from talkalike.decode.language import keep_mass
 
     torch.manual_seed(1)
     logits = torch.randn(3, 40) * 1.5
@@ -122,7 +122,7 @@ def test_emoji_tokens_keep_their_temperature_one_mass_and_the_choice_inside_each
     at_one = torch.softmax(logits, -1)[:, 30:].sum(-1)
     before = torch.softmax(logits / temperature, -1)
     assert not torch.allclose(before[:, 30:].sum(-1), at_one, atol=1e-3)  # the temperature moved their share
-    keep_emoji_mass(logits, ids, temperature)
+    keep_mass(logits, ids, temperature)
     after = torch.softmax(logits / temperature, -1)
     torch.testing.assert_close(after[:, 30:].sum(-1), at_one, atol=1e-5, rtol=1e-4)
     for block in (slice(0, 30), slice(30, 40)):  # proportions inside each group are the temperature's own
@@ -133,13 +133,13 @@ def test_emoji_tokens_keep_their_temperature_one_mass_and_the_choice_inside_each
 def test_emoji_mass_leaves_greedy_rows_and_blocked_emoji_alone_and_is_bounded():
     import torch
 
-    from talkalike.decode.language import keep_emoji_mass
+    from talkalike.decode.language import keep_mass
 
     logits = torch.randn(3, 20)
     logits[1, 15:] = float("-inf")  # every emoji blocked (own words, no-repeat): nothing to rescale
     logits[2, 15:] = -60.0  # far below the rest: the shift that would restore their mass is capped
     original = logits.clone()
-    keep_emoji_mass(logits, torch.arange(15, 20), torch.tensor([[1.0], [0.5], [0.5]]))
+    keep_mass(logits, torch.arange(15, 20), torch.tensor([[1.0], [0.5], [0.5]]))
     assert torch.equal(logits[:2], original[:2])
     assert 0 < (logits[2, 15:] - original[2, 15:]).max().item() <= MAX_SHIFT * 0.5 + 1e-5
     assert torch.equal(logits[2, :15], original[2, :15])
@@ -158,8 +158,8 @@ def test_the_sampler_draws_emoji_at_the_models_own_rate_when_kept_and_less_often
     seen = torch.zeros(1, 1, dtype=torch.long)
     rates = {}
     for keep in (True, False):
-        config = GenerationConfig(temperature=0.5, repetition_penalty=1.0, seed=0, keep_emoji_rate=keep)
-        sampler = Sampler(config, 64, rows=1, device="cpu", emoji=torch.arange(60, 64) if keep else None)
+        config = GenerationConfig(temperature=0.5, repetition_penalty=1.0, seed=0, keep_habits=keep)
+        sampler = Sampler(config, 64, rows=1, device="cpu", habits=[torch.arange(60, 64)] if keep else None)
         draws = [int(sampler(logits, seen, [0.5])[0]) for _ in range(3000)]
         rates[keep] = sum(d >= 60 for d in draws) / len(draws)
     assert rates[True] == pytest.approx(at_one, abs=0.03)
@@ -167,13 +167,13 @@ def test_the_sampler_draws_emoji_at_the_models_own_rate_when_kept_and_less_often
 
 
 @pytest.mark.parametrize("byte_level", [True, False])
-def test_emoji_token_ids_find_the_tokens_that_write_an_emoji(byte_level):
+def test_habit_token_ids_find_the_tokens_that_write_an_emoji_or_a_laugh(byte_level):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from talkalike.decode.language import emoji_token_ids
+    from talkalike.decode.language import habit_token_ids
 
-    text = ["haha 😂 ok", "love it ❤️ so much", "ok ok 🙈", "nice one"] * 20
+    text = ["haha 😂 ok", "love it ❤️ so much", "ok ok 🙈 lol", "nice one חחחח", "hahaha have a hat", "lol"] * 20
     raw = Tokenizer(models.BPE())
     if byte_level:
         raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -185,8 +185,10 @@ def test_emoji_token_ids_find_the_tokens_that_write_an_emoji(byte_level):
         alphabet = []
     raw.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet, special_tokens=["<s>"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>")
-    found = {tokenizer.decode([i]) for i in emoji_token_ids(tokenizer, len(tokenizer))}
-    assert found and all(any(e in t for e in "😂❤🙈") for t in found)
+    found = {name: {tokenizer.decode([i]).strip() for i in ids}
+             for name, ids in habit_token_ids(tokenizer, len(tokenizer)).items()}
+    assert all(any(e in t for e in "😂❤🙈") for t in found["emoji"])
     for emoji in ("😂", "🙈"):
-        assert any(emoji in t for t in found), emoji
-    assert not any("nice" in t or t.strip() == "ok" for t in found)
+        assert any(emoji in t for t in found["emoji"]), emoji
+    assert {"haha", "lol", "חחחח"} <= found["laughter"]
+    assert not {"ha", "have", "hat", "nice", "ok"} & (found["laughter"] | found["emoji"])
