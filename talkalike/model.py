@@ -231,7 +231,8 @@ def token_rows_in_place(model) -> int:
     peft builds the whole merged table (`weight.index_copy(rows)`, 262k x 640 on the embedded model) on every
     forward, in the embedding and again in the head: on a CPU a decode step with the adapter on took 1.4 s against
     0.11 s with it off. Here the frozen table is used as it is and the trained rows are put in where they belong:
-    the embedding of their ids, the head's logits of their columns. The same values. Returns the layers switched."""
+    the embedding of their ids, the head's logits of their columns. The same values, and in training the same
+    gradients, without the whole table's gradient (train/trainer.py switches it on too). Returns the layers switched."""
     import types
 
     import torch

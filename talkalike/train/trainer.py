@@ -260,6 +260,8 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
     from transformers import PrinterCallback, set_seed
     from trl import SFTConfig
 
+    from talkalike.model import token_rows_in_place
+
     datasets.disable_progress_bars()  # per-map bars drown the training bar; our summary line says what was built
     has_eval = bool(eval_records)
     config = SFTConfig(
@@ -308,6 +310,9 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         use_packed_attention(model)
     set_seed(recipe.seed)  # LoRA's A matrices are drawn at random: seed them so reruns and resumes agree
     model = apply_lora(model, recipe, turn_end_ids, adapter)
+    # The trained turn-end rows without peft's copy of the whole 262k-row table at every forward and its whole-table
+    # gradient at every backward: the same loss and gradients (tests/test_model_rows.py).
+    token_rows_in_place(model)
     if recipe.bf16 and not torch.cuda.is_available():
         # Under CPU autocast, peft's cast of each LoRA input to the adapter's fp32 is undone at once by autocast's
         # cast back to bf16 for the matmul: two copies of the activations per adapted layer for the same product
@@ -503,7 +508,7 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     # also saves it with the run and spares template lookups per sample.
     tokenizer.chat_template = chat_template(tokenizer, layout)
     all_turns = not recipe.persona_only_loss
-    memory = Memory.open(Path(request["dataset"])) if recipe.memories else None
+    memory = Memory.open(Path(request["dataset"]))
     if recipe.memories and memory is None:
         say(f"note: {request['dataset']} has no {MEMORY_FILE} (built before memory existed): training without recall")
     train_records, train_stats = render_rows(train_rows, tokenizer, layout, all_turns, recipe.max_length, memory,
@@ -566,7 +571,9 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         shutil.copyfile(eval_src, out / "eval.jsonl")
     else:
         (out / "eval.jsonl").write_text("")
-    if memory is not None:  # chat, serve and eval recall from the run folder, as training did
+    if memory is not None:
+        # chat, serve and eval recall from the run folder (and read the persona's script shares and messages per
+        # turn there), whether or not training recalled too
         shutil.copyfile(memory.path, out / MEMORY_FILE)
     source_stats = Path(request["dataset"]) / "stats.json"
     dataset_stats = json.loads(source_stats.read_text()) if source_stats.is_file() else None

@@ -386,9 +386,16 @@ def test_recalled_exchanges_lengthen_samples_but_add_no_trained_token(tiny_token
     assert len(recalled[5]["input_ids"]) > len(plain[5]["input_ids"])
 
 
-def test_a_run_keeps_the_datasets_memory_and_names_its_contacts(tiny_model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("recalled", [3, 0])
+def test_a_run_keeps_the_datasets_memory_and_names_its_contacts(tiny_model_dir, tmp_path, capsys, monkeypatch, recalled):
+    """Also when training recalls nothing: chat and eval still recall, steer and cap messages from the run's memory."""
+    from dataclasses import replace
+
     from talkalike.memory import MEMORY_FILE, Memory
     from talkalike.run import Run
+    from talkalike.train import recipe
+
+    monkeypatch.setitem(recipe.PRESETS, "default", replace(recipe.PRESETS["default"], memories=recalled))
 
     folder = write_dataset(tmp_path / "ds")
     rows = [dated(i) for i in range(12)]
