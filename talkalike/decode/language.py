@@ -228,24 +228,33 @@ def _habit_tensors(tokenizer, vocab: int, device) -> list:
             for ids in habit_token_ids(tokenizer, vocab).values() if ids]
 
 
-def keep_mass(logits, ids, temperatures) -> None:
-    """Shift, in place in `logits` [rows, vocab], the columns `ids` of each row so that at the row's temperature they
-    hold together the probability they hold at temperature 1 (within e^MAX_SHIFT). `temperatures`: one number for
-    every row, or a [rows, 1] tensor (1 for greedy rows, which this leaves alone). Device ops only: nothing waits for
-    the host."""
+def keep_mass(logits, classes: list, temperatures) -> None:
+    """Shift, in place in `logits` [rows, vocab], each class's columns (`classes`: disjoint id tensors) so that at the
+    row's temperature each class holds together the probability it holds at temperature 1 (within e^MAX_SHIFT).
+    `temperatures`: one number for every row, or a [rows, 1] tensor (1 for greedy rows, which this leaves alone).
+
+    In closed form, for all classes at once: with masses m_c at the temperature, p_c at 1 and r = 1 - sum(m) for the
+    rest, scaling class c by f_c = p_c r / (m_c (1 - sum(p))) gives it p_c exactly. Two passes over the vocabulary
+    (its log-normaliser at 1 and at the temperature), however many classes. Device ops only: nothing waits for the
+    host."""
     import torch
 
-    if ids.numel() == 0:
+    classes = [ids for ids in classes if ids.numel()]
+    if not classes:
         return
-    def log_odds(log_share):  # log(p / (1 - p)) from log p
-        return log_share - torch.log(-torch.expm1(log_share.clamp(max=-1e-7)))
-
-    chosen = logits.index_select(1, ids)
-    at_one = torch.logsumexp(chosen, -1) - torch.logsumexp(logits, -1)
-    scaled = logits / temperatures
-    at_t = torch.logsumexp(chosen / temperatures, -1) - torch.logsumexp(scaled, -1)
     scale = temperatures[:, 0] if torch.is_tensor(temperatures) else temperatures
-    shift = ((log_odds(at_one) - log_odds(at_t)) * scale).nan_to_num(0.0, 0.0, 0.0)
+    whole_one = torch.logsumexp(logits, -1)
+    whole_t = torch.logsumexp(logits / temperatures, -1)
+    chosen = [logits.index_select(1, ids) for ids in classes]
+    at_one = torch.stack([torch.logsumexp(c, -1) for c in chosen]) - whole_one  # [classes, rows]: log p_c
+    at_t = torch.stack([torch.logsumexp(c / temperatures, -1) for c in chosen]) - whole_t  # log m_c
+
+    def log_rest(log_shares):  # log(1 - sum of the shares), from their logs
+        return torch.log((-torch.expm1(torch.logsumexp(log_shares, 0))).clamp_min(1e-12))
+
+    log_factor = at_one - at_t + log_rest(at_t) - log_rest(at_one)
+    shift = (log_factor * scale).nan_to_num(0.0, 0.0, 0.0)  # a class blocked whole (-inf - -inf) stays as it is
     bound = MAX_SHIFT * scale
     shift = shift.clamp(-bound, bound) if not torch.is_tensor(bound) else torch.maximum(torch.minimum(shift, bound), -bound)
-    logits.index_add_(1, ids, shift[:, None].expand(-1, ids.numel()).contiguous())
+    for ids, row_shift in zip(classes, shift, strict=True):
+        logits.index_add_(1, ids, row_shift[:, None].expand(-1, ids.numel()).contiguous())

@@ -63,8 +63,7 @@ class Sampler:
         if self.habits and any(t > 0 and t != 1 for t in temperatures):
             scale = temperatures[0] if len(set(temperatures)) == 1 else \
                 torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=buffer.device)[:, None]
-            for ids in self.habits:
-                keep_mass(buffer[:, : self.vocab], ids, scale)
+            keep_mass(buffer[:, : self.vocab], self.habits, scale)
         return choose(buffer, seen, temperatures, self.config, self.generator, self.vocab)
 
 

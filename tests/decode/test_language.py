@@ -122,7 +122,7 @@ def test_emoji_tokens_keep_their_temperature_one_mass_and_the_choice_inside_each
     at_one = torch.softmax(logits, -1)[:, 30:].sum(-1)
     before = torch.softmax(logits / temperature, -1)
     assert not torch.allclose(before[:, 30:].sum(-1), at_one, atol=1e-3)  # the temperature moved their share
-    keep_mass(logits, ids, temperature)
+    keep_mass(logits, [ids], temperature)
     after = torch.softmax(logits / temperature, -1)
     torch.testing.assert_close(after[:, 30:].sum(-1), at_one, atol=1e-5, rtol=1e-4)
     for block in (slice(0, 30), slice(30, 40)):  # proportions inside each group are the temperature's own
@@ -139,7 +139,7 @@ def test_emoji_mass_leaves_greedy_rows_and_blocked_emoji_alone_and_is_bounded():
     logits[1, 15:] = float("-inf")  # every emoji blocked (own words, no-repeat): nothing to rescale
     logits[2, 15:] = -60.0  # far below the rest: the shift that would restore their mass is capped
     original = logits.clone()
-    keep_mass(logits, torch.arange(15, 20), torch.tensor([[1.0], [0.5], [0.5]]))
+    keep_mass(logits, [torch.arange(15, 20)], torch.tensor([[1.0], [0.5], [0.5]]))
     assert torch.equal(logits[:2], original[:2])
     assert 0 < (logits[2, 15:] - original[2, 15:]).max().item() <= MAX_SHIFT * 0.5 + 1e-5
     assert torch.equal(logits[2, :15], original[2, :15])
@@ -192,3 +192,21 @@ def test_habit_token_ids_find_the_tokens_that_write_an_emoji_or_a_laugh(byte_lev
         assert any(emoji in t for t in found["emoji"]), emoji
     assert {"haha", "lol", "חחחח"} <= found["laughter"]
     assert not {"ha", "have", "hat", "nice", "ok"} & (found["laughter"] | found["emoji"])
+
+
+def test_two_habit_classes_each_keep_their_temperature_one_mass_at_once():
+    import torch
+
+    from talkalike.decode.language import keep_mass
+
+    torch.manual_seed(2)
+    logits = torch.randn(4, 60)
+    logits[:, 40:50] -= 1.0  # emoji
+    logits[:, 50:] -= 1.5  # laughs
+    classes = [torch.arange(40, 50), torch.arange(50, 60)]
+    at_one = torch.softmax(logits, -1)
+    temperatures = torch.tensor([[0.5], [0.7], [1.0], [1.3]])
+    keep_mass(logits, classes, temperatures)
+    after = torch.softmax(logits / temperatures, -1)
+    for ids in classes:
+        torch.testing.assert_close(after[:, ids].sum(-1), at_one[:, ids].sum(-1), atol=1e-5, rtol=1e-4)
