@@ -228,7 +228,7 @@ def _habit_tensors(tokenizer, vocab: int, device) -> list:
             for ids in habit_token_ids(tokenizer, vocab).values() if ids]
 
 
-def keep_mass(logits, classes: list, temperatures) -> None:
+def keep_mass(logits, classes: list, temperatures, work=None) -> None:
     """Shift, in place in `logits` [rows, vocab], each class's columns (`classes`: disjoint id tensors) so that at the
     row's temperature each class holds together the probability it holds at temperature 1 (within e^MAX_SHIFT).
     `temperatures`: one number for every row, or a [rows, 1] tensor (1 for greedy rows, which this leaves alone).
@@ -236,15 +236,18 @@ def keep_mass(logits, classes: list, temperatures) -> None:
     In closed form, for all classes at once: with masses m_c at the temperature, p_c at 1 and r = 1 - sum(m) for the
     rest, scaling class c by f_c = p_c r / (m_c (1 - sum(p))) gives it p_c exactly. Two passes over the vocabulary
     (its log-normaliser at 1 and at the temperature), however many classes. Device ops only: nothing waits for the
-    host."""
+    host. `work`: a reused buffer shaped like `logits` (a fresh 262k-wide tensor per step costs page faults on a CPU).
+    """
     import torch
 
     classes = [ids for ids in classes if ids.numel()]
     if not classes:
         return
     scale = temperatures[:, 0] if torch.is_tensor(temperatures) else temperatures
-    whole_one = torch.logsumexp(logits, -1)
-    whole_t = torch.logsumexp(logits / temperatures, -1)
+    work = torch.empty_like(logits) if work is None else work
+    peak = logits.amax(-1, keepdim=True)
+    whole_one = torch.sub(logits, peak, out=work).exp_().sum(-1).log() + peak[:, 0]
+    whole_t = torch.sub(logits, peak, out=work).div_(temperatures).exp_().sum(-1).log() + peak[:, 0] / scale
     chosen = [logits.index_select(1, ids) for ids in classes]
     at_one = torch.stack([torch.logsumexp(c, -1) for c in chosen]) - whole_one  # [classes, rows]: log p_c
     at_t = torch.stack([torch.logsumexp(c / temperatures, -1) for c in chosen]) - whole_t  # log m_c

@@ -31,6 +31,7 @@ class Sampler:
         self.steer, self.shares = steer, shares
         # Token classes (emoji, laughs: ids or head columns) that keep their mass at temperature 1 (language.py)
         self.habits = habits or []
+        self.work = None  # keep_mass's scratch, [rows, vocab], made on first use
         # Runs that touch the message separator's tokens are never blocked: every message boundary is one.
         self.separator = torch.tensor(sorted(set(separator_ids)), dtype=torch.long, device=device)
         self.generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
@@ -63,7 +64,9 @@ class Sampler:
         if self.habits and any(t > 0 and t != 1 for t in temperatures):
             scale = temperatures[0] if len(set(temperatures)) == 1 else \
                 torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=buffer.device)[:, None]
-            keep_mass(buffer[:, : self.vocab], self.habits, scale)
+            if self.work is None or self.work.shape[0] < n:
+                self.work = torch.empty(n, self.vocab, device=buffer.device)
+            keep_mass(buffer[:, : self.vocab], self.habits, scale, self.work[:n])
         return choose(buffer, seen, temperatures, self.config, self.generator, self.vocab)
 
 
