@@ -47,8 +47,8 @@ class GenerationConfig:
     steer_language: bool = True
     # The tokens that write an emoji, and those that write a laugh, each keep together the probability they have at
     # temperature 1, where the trained model's odds are the persona's: below 1 the draw sharpens toward plain text.
-    # On the sample's twin at 0.5, messages with an emoji 20% -> 35% (Noa 38%) (BENCHMARKS.md, "Habits at their
-    # temperature-1 rate"; decode/language.py).
+    # On the sample's twin at 0.5, messages with an emoji 20% -> 32-35% (Noa 38%), with laughter 14% -> 24% (Noa
+    # 27%) (BENCHMARKS.md, "Habits at their temperature-1 rate"; decode/language.py).
     keep_habits: bool = True
 
 
