@@ -10,7 +10,8 @@ the same persona-only labels on the same conversations, one epoch, each in its o
 - ours: `talkalike.train.trainer.make_trainer` with the `default` preset: BFD packing with per-sample position ids, the LM
   head only on labelled positions, no gradient checkpointing, fp32.
 Attribution rows: baseline-nockpt (no checkpointing), baseline-bf16 and ours-bf16 (bf16 weights + autocast),
-ours-dense-mask (ours with SDPA's dense mask over each packed row instead of attention per packed sample).
+ours-dense-mask (ours with SDPA's dense mask over each packed row instead of attention per packed sample),
+ours-peft-rows (ours with peft's trained token rows, which copy the whole embedding table at every forward).
 Tokens/s counts real (non-padding) tokens. The final loss must agree within noise: a speed-up that changes the maths
 does not count. `--demo` runs `talkalike train` on the whole sample chat with the defaults and reports its wall time.
 """
@@ -69,7 +70,11 @@ def run_variant(variant: str, home: Path, count: int) -> dict:
         from talkalike.train import packed
 
         packed.use_packed_attention = lambda model: None
-    if variant in ("ours", "ours-dense-mask"):  # exactly what `talkalike train` picks on this machine
+    if variant == "ours-peft-rows":  # attribution: ours with peft's own trained token rows (whole-table copies)
+        import talkalike.model
+
+        talkalike.model.token_rows_in_place = lambda model: 0
+    if variant in ("ours", "ours-dense-mask", "ours-peft-rows"):  # exactly what `talkalike train` picks here
         recipe, _ = resolve_recipe("default", cuda=False, epochs=1.0, early_stopping_patience=0)
         bf16 = recipe.bf16
     else:  # attribution rows name their dtype; the baseline computes in fp32, as a plain CPU run does
