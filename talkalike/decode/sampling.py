@@ -12,6 +12,7 @@ host, so on a GPU the draw is queued behind the step like any other kernel.
 """
 
 from talkalike.decode.config import GenerationConfig
+from talkalike.decode.language import keep_mass
 
 BLOCK = 512  # two-stage sampling: 262,144 = 512 x 512, so each stage draws from 512 values
 TOP_P_CANDIDATES = 1024  # top-p looks for its nucleus among the most likely tokens first (exact; else a full sort)
@@ -44,10 +45,6 @@ class Sampler:
         change nothing), `temperatures` one value per row, `generated` each row's reply so far (1-D tensors), for
         the no-repeat rule, and `blocked` ([vocab] or [rows, vocab], True = never drawn) the tokens a reply may not
         use (turns.vocabulary); `shares` each row's opening-script share for the steer (default: the sampler's)."""
-        import torch
-
-        from talkalike.decode.language import keep_mass
-
         n = logits.shape[0]
         buffer = self.logits[:n]
         buffer[:, : self.vocab].copy_(logits)
@@ -62,6 +59,8 @@ class Sampler:
         if self.steer is not None and generated is not None:
             self.steer.apply(buffer[:, : self.vocab], shares or self.shares or [None] * n, temperatures, generated)
         if self.habits and any(t > 0 and t != 1 for t in temperatures):
+            import torch
+
             scale = temperatures[0] if len(set(temperatures)) == 1 else \
                 torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=buffer.device)[:, None]
             if self.work is None or self.work.shape[0] < n:
