@@ -1,8 +1,9 @@
 """Which training recipe makes the twin follow the conversation: the fidelity measures per recipe, in one table.
 
 Each variant is the demo's `default` recipe with one setting changed (epochs, learning rate, LoRA rank, the history
-window carried into each sample, recalled memories). Every variant trains the same sample from the same seed and is
-evaluated as the demo evaluates (`talkalike eval --facts`), tuned against base, so the rows differ by that one setting.
+window carried into each sample, recalled memories, preference tuning after the supervised passes). Every variant
+trains the same sample from the same seed and is evaluated as the demo evaluates (`talkalike eval --facts`), tuned
+against base, so the rows differ by that one setting.
 Defaults are picked by these measures, not by the loss alone (issue: "Recipe").
 
     python benchmarks/recipe_scan.py --home DIR [--sample noa] [--variants default epochs2 ...] [--turns 100]
@@ -37,6 +38,9 @@ VARIANTS = {
     "r64": ({"lora_r": 64, "lora_alpha": 128}, []),
     "window512": ({}, ["--max-tokens", "512"]),
     "memories0": ({"memories": 0}, []),
+    # DPO after the supervised passes (train/preference.py) on every answering persona turn (Noa: 921 pairs)
+    "dpo": ({"preference_pairs": 5000}, []),
+    "dpo-lr2e-4": ({"preference_pairs": 5000, "preference_lr": 2e-4}, []),
 }
 DEFAULT = recipes.PRESETS["default"]
 
@@ -92,6 +96,7 @@ def summary(result: dict, run_dir: Path) -> dict:
         "eval loss": run.get("best_eval_loss"),
         "steps": run.get("steps"),
         "gaps": {m: (g["generated"], g["persona"]) for m, g in gaps.items()},
+        "preference": run.get("preference"),
     }
 
 

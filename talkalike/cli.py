@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an existing run of that name (only once the new one is complete), and train even "
                         "when the dataset is too small to learn from")
     p.add_argument("--all-turns", action="store_true", help="take loss on every turn, as the original did")
+    p.add_argument("--preference-pairs", type=int, metavar="N",
+                   help="after the supervised passes, DPO on N pairs of the persona's real reply against one of theirs "
+                        "from another conversation (default: the preset's, 0)")
 
     p = _sub(sub, "update", "catch a run up with later exports: import, rebuild its dataset, continue its adapter, "
                             "keep the new one only if no fidelity measure dropped",

@@ -182,6 +182,19 @@ def render_sample(messages: list[dict], tokenizer, layout: str = "chat", all_tur
     return Rendered(text, ids, mask)
 
 
+def render_reply(history: list[dict], reply: str, tokenizer, layout: str = "chat") -> tuple[list[int], int]:
+    """(token ids, where the reply's trained tokens start): `history` plus `reply` as the persona's next turn, rendered
+    as training renders it; the reply's tokens (its content and end-of-turn marker, the trailing run of the loss
+    mask) run to the end of the ids. Eval scores candidates so and preference tuning compares replies so."""
+    rendered = render_sample(history + [{"role": "assistant", "content": reply}], tokenizer, layout)
+    mask = rendered.mask
+    start = len(mask)
+    while start > 0 and mask[start - 1]:
+        start -= 1
+    assert start < len(mask), "the reply turn carries no loss tokens"
+    return rendered.input_ids, start
+
+
 def _system_span(tokenizer, messages: list[dict], template: str, text: str) -> tuple[int, int]:
     """Where the leading system message's text sits in `text`: where it differs from a rendering without that text.
 

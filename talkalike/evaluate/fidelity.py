@@ -134,17 +134,12 @@ def identify_contexts(twin, turns: list[HeldOutTurn], sets: dict[str, list[Reply
 
 def candidate_tokens(tokenizer, layout: str, turns: list[dict], reply: Reply, max_tokens: int) -> tuple[list, int]:
     """(token ids, where the scored tokens start): the history plus the candidate as the persona's turn, rendered as
-    training renders it (template.render_sample); scored are the tokens training puts loss on in that last turn
+    training renders it (template.render_reply); scored are the tokens training puts loss on in that last turn
     (its content and end-of-turn marker), at most `max_tokens` of them, and the ids stop after the last one."""
-    from talkalike.template import join_bubbles, render_sample
+    from talkalike.template import join_bubbles, render_reply
 
-    rendered = render_sample(turns + [{"role": "assistant", "content": join_bubbles(reply)}], tokenizer, layout)
-    mask = rendered.mask
-    start = len(mask)
-    while start > 0 and mask[start - 1]:  # the last turn's loss tokens are the trailing run of the mask
-        start -= 1
-    assert start < len(mask), "the candidate turn carries no loss tokens"
-    return rendered.input_ids[: min(len(mask), start + max_tokens)], start
+    ids, start = render_reply(turns, join_bubbles(reply), tokenizer, layout)
+    return ids[: start + max_tokens], start
 
 
 def model_scorer(twin, use_adapter: bool, max_context_tokens: int = 160, max_candidate_tokens: int = 48,

@@ -48,6 +48,12 @@ class Recipe:
     masked_head: bool = True  # LM head only where a label is taken
     early_stopping_patience: int = 1  # evaluations without a better eval loss before stopping; 0 = off
     memories: int = 0  # past exchanges recalled into each sample (talkalike.memory); the original recalled none
+    # Preference tuning after the supervised passes (train/preference.py, DPO): this many pairs of "the real reply
+    # beats the persona's reply from another conversation", one pass; 0 = none.
+    preference_pairs: int = 0
+    preference_beta: float = 0.1  # DPO's beta: how far the twin may move from the supervised one
+    preference_lr: float = 5e-5
+    preference_batch: int = 16  # pairs per optimizer step
     seed: int = 42
 
     def as_dict(self) -> dict:

@@ -452,12 +452,13 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
           name: str | None = None, epochs: float | None = None, max_steps: int | None = None,
           all_turns: bool = False, resume: str | None = None, callbacks: list | None = None,
           progress: bool = True, force: bool = False, adapter: str | None = None,
-          train_file: str | None = None) -> Path:
+          train_file: str | None = None, preference_pairs: int | None = None) -> Path:
     """Train a run folder `runs/<name>/` from a dataset folder, or finish an interrupted run (`resume=name`).
 
     `force` replaces an existing run of that name, only once the new one is complete (a failed retrain keeps the old
     run), and trains even on a dataset too small to learn from. `adapter` continues that trained adapter instead of
-    a fresh LoRA, and `train_file` trains on its rows instead of the dataset's train.jsonl (`talkalike update`)."""
+    a fresh LoRA, and `train_file` trains on its rows instead of the dataset's train.jsonl (`talkalike update`).
+    `preference_pairs` overrides the recipe's preference tuning after the supervised passes (train/preference.py)."""
     import torch
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -478,7 +479,7 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         name = name or f"{dataset_path.name}-{datetime.now():%Y%m%d-%H%M%S}"
         request = {"dataset": str(dataset_path), "base": base, "preset": preset, "name": name, "epochs": epochs,
                    "max_steps": max_steps, "all_turns": all_turns, "force": force, "adapter": adapter,
-                   "train_file": train_file}
+                   "train_file": train_file, "preference_pairs": preference_pairs}
         work = runs / f"{name}.partial"
     final = runs / request["name"]
     force = force or bool(request.get("force"))
@@ -496,7 +497,8 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
 
     cuda = torch.cuda.is_available()
     recipe, notes = resolve_recipe(request["preset"], cuda, epochs=request["epochs"],
-                                   persona_only_loss=False if request["all_turns"] else None)
+                                   persona_only_loss=False if request["all_turns"] else None,
+                                   preference_pairs=request.get("preference_pairs"))
     for note in notes:
         say(f"note: {note}")
     if not eval_rows:
@@ -532,6 +534,9 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
                            max_steps=request["max_steps"], callbacks=[log, *(callbacks or [])],
                            token_counts=token_counts, turn_end_ids=turn_end_ids(tokenizer, layout),
                            adapter=Path(request["adapter"]) if request.get("adapter") else None)
+    if recipe.preference_pairs and trainer.accelerator.num_processes > 1:
+        raise TalkalikeError("preference tuning runs in one process: train without `accelerate launch`, or with "
+                             "--preference-pairs 0")
     trainable, total = count_parameters(trainer.model)
     device = "cuda" if cuda else "cpu"
     dtype = "bf16" if recipe.bf16 else "fp32"
@@ -553,6 +558,10 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
             raise _oom_error(request["base"], recipe.name) from None
         raise
 
+    preference = None
+    if recipe.preference_pairs:
+        preference = _preference_tuning(trainer, tokenizer, layout, train_rows, eval_rows, memory, recipe,
+                                        metrics_path, progress)
     trainer.accelerator.wait_for_everyone()
     if trainer.is_fsdp_enabled:  # the sharded adapter is gathered by all processes, written by the main one
         trainer.save_model(str(work / "fsdp-adapter"))
@@ -590,6 +599,7 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         "train_loss": result.training_loss, "best_eval_loss": trainer.state.best_metric,
         "best_checkpoint_step": _checkpoint_step(trainer.state.best_model_checkpoint),
         "train_seconds": round(time.time() - started, 1), "tokens_trained": token_counts,
+        "preference": preference,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         # whom the persona talked to, most turns first: chat and serve name the first in the contact line
         "contacts": list((dataset_stats or {}).get("contacts") or {}),
@@ -598,6 +608,28 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     _swap_into_place(out, final)
     shutil.rmtree(work)  # checkpoints are only for resuming; the run folder holds the best adapter
     return final
+
+
+def _preference_tuning(trainer, tokenizer, layout: str, train_rows: list[dict], eval_rows: list[dict], memory,
+                       recipe: Recipe, metrics_path: Path, progress: bool) -> dict:
+    """DPO on the supervised twin (train/preference.py): pairs from the training rows, and held-out pairs from the
+    eval rows to say whether the twin now prefers the real reply more often; its steps go into metrics.jsonl."""
+    from talkalike.train import preference
+
+    pairs = preference.preference_pairs(train_rows, memory, recipe.memories, recipe.preference_pairs, recipe.seed)
+    held_out = preference.preference_pairs(eval_rows, memory, recipe.memories, 200, recipe.seed)
+    say(f"preference tuning: {len(pairs)} pairs of the real reply against one from another conversation")
+
+    def log(record: dict) -> None:
+        with metrics_path.open("a") as out:
+            out.write(json.dumps({"step": trainer.state.global_step, **record}) + "\n")
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    report = preference.tune(model, tokenizer, layout, pairs, held_out, recipe, on_log=log, progress=progress)
+    held = report.get("real reply preferred (held out)")
+    if held:
+        say(f"preference tuning: held-out real reply preferred {held['before']:.0%} -> {held['after']:.0%}")
+    return report
 
 
 def _swap_into_place(new: Path, final: Path) -> None:
@@ -623,7 +655,8 @@ def cmd_train(args) -> int:
     home = resolve_home(args.home)
     try:
         run = train(args.dataset, home, base=args.base, preset=args.preset, name=args.name, epochs=args.epochs,
-                    max_steps=args.max_steps, all_turns=args.all_turns, resume=args.resume, force=args.force)
+                    max_steps=args.max_steps, all_turns=args.all_turns, resume=args.resume, force=args.force,
+                    preference_pairs=args.preference_pairs)
     except KeyboardInterrupt:
         name = args.resume or args.name
         hint = f"`talkalike train --resume {name}`" if name else "`talkalike train --resume NAME` (see runs/*.partial)"

@@ -1,0 +1,135 @@
+"""Preference tuning (train/preference.py): the pairs, the packed log-likelihoods, the DPO loop, the run it writes."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from talkalike.cli import main
+from talkalike.memory import MEMORY_KEY, Exchange
+from talkalike.train import preference
+from talkalike.train.recipe import PRESETS
+from tests.train.test_train import conversation, write_dataset
+
+torch = pytest.importorskip("torch")
+
+TOPICS = [("what's the cat called?", "pita"), ("where do you work?", "the studio"),
+          ("which beach tomorrow?", "gordon beach"), ("coffee or tea?", "coffee always")]
+
+
+def topic_row(i: int) -> dict:
+    """A conversation whose persona reply is fixed by the question: only a model that reads the question can tell
+    the real reply from another conversation's."""
+    question, answer = TOPICS[i % len(TOPICS)]
+    return {"messages": [{"role": "system", "content": "Noa is texting with Dan."},
+                         {"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+            "id": f"c{i}", "start": f"2025-01-{1 + i % 28:02d}T10:00:00"}
+
+
+def test_pairs_pit_a_real_reply_against_another_conversations_reply_to_the_same_history():
+    rows = [conversation(i) for i in range(12)]
+    pairs = preference.preference_pairs(rows, seed=3)
+    answering = sum(1 for row in rows for j, m in enumerate(row["messages"]) if m["role"] == "assistant" and j > 0)
+    assert len(pairs) == answering  # every persona turn that answers a message
+    for pair in pairs:
+        row = next(r for r in rows if r["messages"][: len(pair.history)] == pair.history
+                   and r["messages"][len(pair.history)]["content"] == pair.chosen)
+        assert pair.history[-1]["role"] == "user" and pair.rejected != pair.chosen
+        others = [m["content"] for r in rows if r is not row for m in r["messages"] if m["role"] == "assistant"]
+        assert pair.rejected in others
+    assert preference.preference_pairs(rows, seed=3) == pairs  # the same seed draws the same pairs
+    assert preference.preference_pairs(rows, seed=4) != pairs
+    limited = preference.preference_pairs(rows, limit=5, seed=3)
+    assert len(limited) == 5 and len({json.dumps(p.history) for p in limited}) == 5  # spread, not the first five
+
+
+def test_pairs_carry_the_exchanges_recalled_for_their_row_and_never_the_row_itself():
+    class Recall:
+        def recall(self, query, k, before=None, besides=None):
+            self.asked = (before, besides)
+            return [Exchange("earlier question", "earlier answer", "2024-12-01T09:00:00", "old")][:k]
+
+    rows = [topic_row(i) for i in range(6)]
+    memory = Recall()
+    pairs = preference.preference_pairs(rows, memory, memories=1, seed=0)
+    assert len(pairs) == 6
+    for pair in pairs:
+        assert pair.history[0]["role"] == "system"
+        assert [m["content"] for m in pair.history if m.get(MEMORY_KEY)] == ["earlier question", "earlier answer"]
+        assert pair.history[-1]["content"] in dict(TOPICS)
+    assert memory.asked == ("2025-01-06T10:00:00", "c5")  # only earlier conversations, never the row itself
+
+
+def _tiny_peft(tiny_model_dir, tmp_path, recipe):
+    from talkalike.model import load_base
+    from talkalike.train.trainer import apply_lora
+
+    torch.manual_seed(0)
+    return apply_lora(load_base(str(tiny_model_dir), tmp_path), recipe)
+
+
+def test_packed_log_likelihoods_equal_each_sequence_scored_alone(tiny_model_dir, tiny_tokenizer, tmp_path):
+    recipe = PRESETS["default"]
+    model = _tiny_peft(tiny_model_dir, tmp_path, recipe).eval()
+    rows = [conversation(i) for i in range(6)]
+    encoded, too_long = preference.encode(preference.preference_pairs(rows, seed=1)[:3], tiny_tokenizer, "chat", 256)
+    assert len(encoded) == 3 and too_long == 0
+    with torch.no_grad():
+        packed = preference.sequence_logps(model, encoded, [0, 1, 2], torch.device("cpu"))
+        for n, pair in enumerate(encoded):
+            for side, (ids, start) in enumerate(((pair.chosen, pair.chosen_start),
+                                                 (pair.rejected, pair.rejected_start))):
+                logits = model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+                alone = sum(float(logits[p - 1, ids[p]]) for p in range(start, len(ids)))
+                assert packed[n, side].item() == pytest.approx(alone, rel=1e-4, abs=1e-4)
+
+
+def test_a_too_long_pair_is_left_out_and_rows_keep_pairs_whole(tiny_tokenizer):
+    rows = [conversation(i) for i in range(6)]
+    pairs = preference.preference_pairs(rows, seed=1)
+    encoded, too_long = preference.encode(pairs, tiny_tokenizer, "chat", 40)
+    assert too_long > 0 and len(encoded) + too_long == len(pairs)
+    assert all(max(len(e.chosen), len(e.rejected)) <= 40 for e in encoded)
+    everything, _ = preference.encode(pairs, tiny_tokenizer, "chat", 256)
+    packed = preference.pack(everything, 120)
+    assert sorted(k for row in packed for k in row) == list(range(len(everything)))
+    for row in packed:
+        assert len(row) == 1 or sum(len(everything[k].chosen) + len(everything[k].rejected) for k in row) <= 120
+
+
+def test_dpo_teaches_the_twin_to_prefer_the_reply_that_answers_the_question(tiny_model_dir, tiny_tokenizer, tmp_path):
+    recipe = replace(PRESETS["default"], bf16=False, max_length=128, preference_lr=3e-3, preference_batch=4,
+                     preference_beta=0.5)
+    model = _tiny_peft(tiny_model_dir, tmp_path, recipe)
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    train_pairs = preference.preference_pairs([topic_row(i) for i in range(48)], seed=0) * 3
+    held_out = preference.preference_pairs([topic_row(100 + i) for i in range(16)], seed=1)
+    logged = []
+    report = preference.tune(model, tiny_tokenizer, "chat", train_pairs, held_out, recipe, on_log=logged.append,
+                             progress=False)
+    assert report["pairs"] == 144 and report["steps"] == len(logged) >= 30
+    assert report["first loss"] == pytest.approx(0.6931, abs=1e-3)  # the policy starts as its reference
+    assert report["last loss"] < 0.3 and report["last reward accuracy"] > 0.9
+    held = report["real reply preferred (held out)"]
+    assert report["reward accuracy (held out)"] >= 0.9, report  # new conversations on the same questions
+    assert held["after"] > held["before"], report
+    after = dict(model.named_parameters())
+    assert any(not torch.equal(after[n], p) for n, p in lora_before.items())
+    assert all(torch.equal(after[n], p) for n, p in base_before.items())  # only the adapter trains
+    assert {"preference_step", "preference_loss", "reward_accuracy"} <= logged[0].keys()
+
+
+def test_train_with_preference_pairs_records_the_stage_in_the_run(tiny_model_dir, tmp_path, capsys):
+    dataset = write_dataset(tmp_path / "ds")
+    home = tmp_path / "home"
+    code = main(["--home", str(home), "train", "--force", str(dataset), "--base", str(tiny_model_dir), "--name", "noa",
+                 "--epochs", "1", "--preference-pairs", "6"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "preference tuning: 6 pairs" in err and "held-out real reply preferred" in err
+    info = json.loads((home / "runs" / "noa" / "run.json").read_text())
+    assert info["config"]["preference_pairs"] == 6
+    assert info["preference"]["pairs"] == 6 and info["preference"]["held-out pairs"] > 0
+    records = [json.loads(line) for line in (home / "runs" / "noa" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("preference_loss" in r for r in records) == info["preference"]["steps"] >= 1
