@@ -41,6 +41,8 @@ VARIANTS = {
     # DPO after the supervised passes (train/preference.py) on every answering persona turn (Noa: 921 pairs)
     "dpo": ({"preference_pairs": 5000}, []),
     "dpo-lr2e-4": ({"preference_pairs": 5000, "preference_lr": 2e-4}, []),
+    "dpo-lr1e-5": ({"preference_pairs": 5000, "preference_lr": 1e-5}, []),
+    "dpo-nll": ({"preference_pairs": 5000, "preference_nll": 1.0}, []),
 }
 DEFAULT = recipes.PRESETS["default"]
 

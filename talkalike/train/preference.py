@@ -208,12 +208,16 @@ def tune(model, tokenizer, layout: str, pairs: list[Pair], held_out: list[Pair],
     bar = tqdm(total=len(steps), unit="step", desc="preference", file=sys.stderr, disable=not progress)
     for step, step_rows in enumerate(steps, 1):
         total = sum(len(members) for members in step_rows)
+        real_tokens = sum(len(encoded[k].chosen) - encoded[k].chosen_start for members in step_rows for k in members)
         step_loss, step_correct = 0.0, 0
         for members in step_rows:
             with autocast():
                 policy = sequence_logps(model, encoded, members, device).float()
             loss, margin = dpo_loss(policy, reference[members].to(device), recipe.preference_beta)
-            (loss.sum() / total).backward()
+            # With preference_nll, the real reply's own loss per token too (RPO): DPO alone can raise the real
+            # reply over the other by lowering both, and the twin then drifts from the persona's style.
+            objective = loss.sum() / total - recipe.preference_nll * policy[:, 0].sum() / real_tokens
+            objective.backward()
             step_loss += float(loss.detach().sum())
             step_correct += int((margin.detach() > 0).sum())
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -234,6 +238,7 @@ def tune(model, tokenizer, layout: str, pairs: list[Pair], held_out: list[Pair],
         "left out (too long)": too_long,
         "steps": len(steps),
         "beta": recipe.preference_beta,
+        "nll weight": recipe.preference_nll,
         "learning rate": recipe.preference_lr,
         "first loss": round(losses[0], 4),  # log 2 = 0.6931: the policy starts as the reference
         "last loss": round(sum(losses[-5:]) / len(losses[-5:]), 4),

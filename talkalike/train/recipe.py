@@ -54,6 +54,9 @@ class Recipe:
     preference_beta: float = 0.1  # DPO's beta: how far the twin may move from the supervised one
     preference_lr: float = 5e-5
     preference_batch: int = 16  # pairs per optimizer step
+    # Weight of the real reply's own per-token loss beside DPO's (RPO, Pang et al. 2024, "Iterative Reasoning
+    # Preference Optimization"); 0 = DPO alone.
+    preference_nll: float = 0.0
     seed: int = 42
 
     def as_dict(self) -> dict:
