@@ -38,11 +38,12 @@ VARIANTS = {
     "r64": ({"lora_r": 64, "lora_alpha": 128}, []),
     "window512": ({}, ["--max-tokens", "512"]),
     "memories0": ({"memories": 0}, []),
-    # DPO after the supervised passes (train/preference.py) on every answering persona turn (Noa: 921 pairs)
-    "dpo": ({"preference_pairs": 5000}, []),
-    "dpo-lr2e-4": ({"preference_pairs": 5000, "preference_lr": 2e-4}, []),
-    "dpo-lr1e-5": ({"preference_pairs": 5000, "preference_lr": 1e-5}, []),
-    "dpo-nll": ({"preference_pairs": 5000, "preference_nll": 1.0}, []),
+    # The default on a GPU ends with preference tuning (train/preference.py: DPO with the real reply's own loss, on
+    # every answering persona turn; Noa: 921 pairs); these change or drop it.
+    "no-preference": ({"preference_pairs": 0}, []),
+    "dpo-alone": ({"preference_nll": 0.0}, []),
+    "dpo-lr2e-4": ({"preference_lr": 2e-4}, []),
+    "dpo-lr1e-5": ({"preference_lr": 1e-5}, []),
 }
 DEFAULT = recipes.PRESETS["default"]
 
@@ -69,7 +70,12 @@ def run_variant(home: Path, sample: str, name: str, turns: int, rank_turns: int,
         recipes.PRESETS["default"] = dataclasses.replace(DEFAULT, **fields)
         try:
             start = time.perf_counter()
-            train(dataset, home, preset="default", name=run, progress=False, max_steps=max_steps)
+            # A variant that sets the preference stage asks for it explicitly, so that it runs on a CPU too (where
+            # the default skips it); the default itself is left to the machine, as `talkalike train` leaves it.
+            preference = fields.get("preference_pairs", DEFAULT.preference_pairs) \
+                if any(key.startswith("preference") for key in fields) else None
+            train(dataset, home, preset="default", name=run, progress=False, max_steps=max_steps,
+                  preference_pairs=preference)
             timings["train s"] = time.perf_counter() - start
         finally:
             recipes.PRESETS["default"] = DEFAULT

@@ -133,3 +133,42 @@ def test_train_with_preference_pairs_records_the_stage_in_the_run(tiny_model_dir
     assert info["preference"]["pairs"] == 6 and info["preference"]["held-out pairs"] > 0
     records = [json.loads(line) for line in (home / "runs" / "noa" / "metrics.jsonl").read_text().splitlines()]
     assert sum("preference_loss" in r for r in records) == info["preference"]["steps"] >= 1
+
+
+def test_the_default_recipe_tunes_preferences_on_a_gpu_and_a_cpu_only_when_asked():
+    from talkalike.train.recipe import resolve_recipe
+
+    gpu, _ = resolve_recipe("default", cuda=True)
+    assert gpu.preference_pairs > 0 and gpu.preference_nll > 0
+    cpu, notes = resolve_recipe("default", cuda=False)
+    assert cpu.preference_pairs == 0 and any("no preference tuning" in note for note in notes)
+    asked, notes = resolve_recipe("default", cuda=False, preference_pairs=50)
+    assert asked.preference_pairs == 50 and not any("preference" in note for note in notes)
+    original, _ = resolve_recipe("original", cuda=True)
+    assert original.preference_pairs == 0  # the original recipe stays the original's
+
+
+def test_the_real_replys_own_loss_keeps_its_likelihood_up_while_dpo_ranks_it_first(tiny_model_dir, tiny_tokenizer,
+                                                                                  tmp_path):
+    """DPO alone may lift the real reply over the other by pushing both down; with preference_nll the real reply's
+    likelihood rises too."""
+    results = {}
+    train_pairs = preference.preference_pairs([topic_row(i) for i in range(32)], seed=0) * 2
+    for nll in (0.0, 1.0):
+        recipe = replace(PRESETS["default"], bf16=False, max_length=128, preference_lr=3e-3, preference_batch=4,
+                         preference_beta=0.5, preference_nll=nll)
+        model = _tiny_peft(tiny_model_dir, tmp_path, recipe)
+        encoded, _ = preference.encode(train_pairs, tiny_tokenizer, "chat", 128)
+        rows = preference.pack(encoded, 256)
+        before = preference._all_logps(model.eval(), encoded, rows, torch.device("cpu"), _no_autocast)
+        report = preference.tune(model, tiny_tokenizer, "chat", train_pairs, [], recipe, progress=False)
+        after = preference._all_logps(model.eval(), encoded, rows, torch.device("cpu"), _no_autocast)
+        assert report["nll weight"] == nll and report["last reward accuracy"] > 0.9
+        results[nll] = float((after[:, 0] - before[:, 0]).mean())
+    assert results[1.0] > 0 and results[1.0] > results[0.0], results
+
+
+def _no_autocast():
+    import contextlib
+
+    return contextlib.nullcontext()
