@@ -126,6 +126,7 @@ def plan(base: str | None, home: Path | None, preset: str | None = None, seq_len
     recipe, notes = resolve_recipe(preset, cuda)
     config = load_config(base, home)
     result = {"base": base or "gemma-3-270m", "preset": recipe.name, "notes": notes,
+              "preference_pairs": recipe.preference_pairs,
               **estimate(config, recipe, hardware["device"], seq_len)}
     if not cuda:  # what the same preset would need on a CUDA GPU, for planning a GPU run from a laptop
         gpu_recipe, _ = resolve_recipe(preset or "original", True)
@@ -184,4 +185,7 @@ def cmd_plan(args) -> int:
         print(f"  how: one decoder layer of this model trained on {t['timed_tokens']} tokens here in "
               f"{t['timed_seconds']:.2f} s ({t['flops_per_s'] / 1e9:,.0f} GFLOP/s, {t['dtype']}), priced for every "
               "layer and the LM head; other work on the machine slows it down")
+    if result["preference_pairs"]:
+        print(f"then preference tuning (DPO) on up to {result['preference_pairs']:,} pairs, not in the time above: "
+              "each pair runs its history twice, forward and backward, plus once for the reference")
     return 0

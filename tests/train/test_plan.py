@@ -37,6 +37,17 @@ def test_plan_reports_counts_memory_and_a_verdict_for_a_local_model(tiny_model_d
     assert {"trainable_params", "total_params", "peak_memory_gb", "fits", "hardware"} <= result.keys()
     assert 0 < result["trainable_params"] < result["total_params"]
     assert result["fits"] is True and result["preset"] == "default"
+    # no CUDA here: the plan says the preference stage is skipped, as training will
+    assert result["preference_pairs"] == 0 and any("no preference tuning" in note for note in result["notes"])
+
+
+def test_plan_on_a_gpu_says_the_preference_stage_is_not_in_the_time(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from talkalike.train import plan
+
+    monkeypatch.setattr(plan, "detect_hardware", lambda: {"device": "cuda", "name": "a GPU", "memory_gb": 80.0})
+    assert main(["--home", str(tmp_path), "plan", "--base", str(tiny_model_dir), "--preset", "default",
+                 "--no-timing"]) == 0
+    assert "then preference tuning (DPO) on up to 2,000 pairs" in capsys.readouterr().out
 
 
 def test_gradient_checkpointing_and_longer_sequences_move_the_estimate(tiny_model_dir, tmp_path):
