@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -535,8 +536,16 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
                            token_counts=token_counts, turn_end_ids=turn_end_ids(tokenizer, layout),
                            adapter=Path(request["adapter"]) if request.get("adapter") else None)
     if recipe.preference_pairs and trainer.accelerator.num_processes > 1:
-        raise TalkalikeError("preference tuning runs in one process: train without `accelerate launch`, or with "
-                             "--preference-pairs 0")
+        # The preference loop is a single process's (train/preference.py): asked for, that is an error before any
+        # step; left to the preset, the run trains without it and says so.
+        if request.get("preference_pairs"):
+            raise TalkalikeError("preference tuning runs in one process: train without `accelerate launch`, or "
+                                 "without --preference-pairs")
+        note = (f"{trainer.accelerator.num_processes} processes: no preference tuning after the supervised passes "
+                "(it runs in one process; train on one GPU for it)")
+        say(f"note: {note}")
+        notes.append(note)
+        recipe = replace(recipe, preference_pairs=0)
     trainable, total = count_parameters(trainer.model)
     device = "cuda" if cuda else "cpu"
     dtype = "bf16" if recipe.bf16 else "fp32"

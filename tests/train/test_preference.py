@@ -172,3 +172,41 @@ def _no_autocast():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+@pytest.fixture
+def two_processes(monkeypatch):
+    """Training as under `accelerate launch` with two processes (the count is all the check reads)."""
+    from accelerate import Accelerator
+
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
+
+
+def test_several_processes_refuse_an_asked_for_preference_stage_before_any_step(tiny_model_dir, tmp_path, capsys,
+                                                                               two_processes):
+    dataset = write_dataset(tmp_path / "ds")
+    code = main(["--home", str(tmp_path / "home"), "train", "--force", str(dataset), "--base", str(tiny_model_dir),
+                 "--name", "noa", "--epochs", "1", "--preference-pairs", "6"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: preference tuning runs in one process" in err and "Traceback" not in err
+    assert not (tmp_path / "home" / "runs" / "noa").exists()
+
+
+def test_several_processes_train_the_default_without_its_preference_stage_and_say_so(tiny_model_dir, tmp_path,
+                                                                                    capsys, monkeypatch,
+                                                                                    two_processes):
+    from talkalike.train import trainer
+    from talkalike.train.recipe import resolve_recipe
+
+    def with_preferences(*args, **kwargs):  # the default as a GPU resolves it
+        recipe, notes = resolve_recipe(*args, **kwargs)
+        return replace(recipe, preference_pairs=6), notes
+
+    monkeypatch.setattr(trainer, "resolve_recipe", with_preferences)
+    dataset = write_dataset(tmp_path / "ds")
+    run = trainer.train(dataset, tmp_path / "home", base=str(tiny_model_dir), name="noa", epochs=1.0, progress=False,
+                        force=True)
+    info = json.loads((run / "run.json").read_text())
+    assert info["preference"] is None and info["config"]["preference_pairs"] == 0
+    assert any("2 processes: no preference tuning" in note for note in info["notes"])
+    assert "2 processes: no preference tuning" in capsys.readouterr().err
