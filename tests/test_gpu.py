@@ -32,6 +32,29 @@ def make_dataset(folder, n: int = 24):
     return folder
 
 
+def test_the_default_recipe_on_a_gpu_ends_with_preference_tuning_in_bf16(tmp_path, tiny_model_dir, home):
+    """The GPU default's DPO stage (train/preference.py) under bf16 autocast: it runs, trains, and is recorded."""
+    from talkalike.cli import main
+
+    assert torch.cuda.is_available()
+    rows = [{"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+             "id": f"c{i}"}
+            for i, (question, answer) in enumerate([("cat's name?", "pita"), ("where do you work?", "the studio"),
+                                                    ("which beach?", "gordon"), ("coffee or tea?", "coffee")] * 6)]
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    (dataset / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    (dataset / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
+    (dataset / "dataset.json").write_text(json.dumps({"persona": "Noa", "layout": "chat"}))
+    assert main(["--home", str(home), "train", "--force", str(dataset), "--base", str(tiny_model_dir), "--name", "p",
+                 "--preset", "default", "--epochs", "1"]) == 0
+    info = json.loads((home / "runs" / "p" / "run.json").read_text())
+    assert info["device"] == "cuda" and info["dtype"] == "bf16"
+    report = info["preference"]
+    assert report["pairs"] == 20 and report["held-out pairs"] == 4 and report["steps"] == 2
+    assert report["first loss"] == pytest.approx(0.6931, abs=1e-3)  # the policy starts as its reference
+
+
 def test_qlora_trains_the_adapter_in_4bit_and_leaves_the_quantized_base_alone(tmp_path, tiny_model_dir, home):
     from safetensors.torch import load_file
 
