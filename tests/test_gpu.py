@@ -32,7 +32,7 @@ def make_dataset(folder, n: int = 24):
     return folder
 
 
-def test_the_default_recipe_on_a_gpu_ends_with_preference_tuning_in_bf16(tmp_path, tiny_model_dir, home):
+def test_preference_tuning_runs_on_a_gpu_in_bf16(tmp_path, tiny_model_dir, home):
     """The GPU default's DPO stage (train/preference.py) under bf16 autocast: it runs, trains, and is recorded."""
     from talkalike.cli import main
 
@@ -47,7 +47,7 @@ def test_the_default_recipe_on_a_gpu_ends_with_preference_tuning_in_bf16(tmp_pat
     (dataset / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
     (dataset / "dataset.json").write_text(json.dumps({"persona": "Noa", "layout": "chat"}))
     assert main(["--home", str(home), "train", "--force", str(dataset), "--base", str(tiny_model_dir), "--name", "p",
-                 "--preset", "default", "--epochs", "1"]) == 0
+                 "--preset", "default", "--epochs", "1", "--preference-pairs", "20"]) == 0
     info = json.loads((home / "runs" / "p" / "run.json").read_text())
     assert info["device"] == "cuda" and info["dtype"] == "bf16"
     report = info["preference"]

@@ -54,6 +54,9 @@ class Recipe:
     preference_beta: float = 0.1  # DPO's beta: how far the twin may move from the supervised one
     preference_lr: float = 5e-5
     preference_batch: int = 16  # pairs per optimizer step
+    # Left to the preset, a chat with fewer pairs skips the stage: 388 and 921 pairs moved every fidelity measure
+    # the right way (GPU); 150 pairs (a CPU run) lifted R@1 and facts but sent the AUC from 0.75 to 0.89.
+    preference_min_pairs: int = 300
     # Weight of the real reply's own per-token loss beside DPO's (RPO, Pang et al. 2024, "Iterative Reasoning
     # Preference Optimization"); 0 = DPO alone.
     preference_nll: float = 0.0

@@ -570,7 +570,7 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     preference = None
     if recipe.preference_pairs:
         preference = _preference_tuning(trainer, tokenizer, layout, train_rows, eval_rows, memory, recipe,
-                                        metrics_path, progress)
+                                        metrics_path, progress, asked=bool(request.get("preference_pairs")))
     trainer.accelerator.wait_for_everyone()
     if trainer.is_fsdp_enabled:  # the sharded adapter is gathered by all processes, written by the main one
         trainer.save_model(str(work / "fsdp-adapter"))
@@ -620,12 +620,19 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
 
 
 def _preference_tuning(trainer, tokenizer, layout: str, train_rows: list[dict], eval_rows: list[dict], memory,
-                       recipe: Recipe, metrics_path: Path, progress: bool) -> dict:
+                       recipe: Recipe, metrics_path: Path, progress: bool, asked: bool = False) -> dict:
     """DPO on the supervised twin (train/preference.py): pairs from the training rows, and held-out pairs from the
-    eval rows to say whether the twin now prefers the real reply more often; its steps go into metrics.jsonl."""
+    eval rows to say whether the twin now prefers the real reply more often; its steps go into metrics.jsonl. Left
+    to the preset, a chat with fewer than `recipe.preference_min_pairs` pairs skips it (`asked`: the user set
+    --preference-pairs, which always runs)."""
     from talkalike.train import preference
 
     pairs = preference.preference_pairs(train_rows, memory, recipe.memories, recipe.preference_pairs, recipe.seed)
+    if len(pairs) < recipe.preference_min_pairs and not asked:
+        note = (f"no preference tuning: {len(pairs)} pairs, fewer than the {recipe.preference_min_pairs} it needs "
+                "to help (--preference-pairs N runs it anyway)")
+        say(f"note: {note}")
+        return {"pairs": 0, "skipped": note}
     held_out = preference.preference_pairs(eval_rows, memory, recipe.memories, 200, recipe.seed)
     say(f"preference tuning: {len(pairs)} pairs of the real reply against one from another conversation")
 

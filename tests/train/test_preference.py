@@ -210,3 +210,23 @@ def test_several_processes_train_the_default_without_its_preference_stage_and_sa
     assert info["preference"] is None and info["config"]["preference_pairs"] == 0
     assert any("2 processes: no preference tuning" in note for note in info["notes"])
     assert "2 processes: no preference tuning" in capsys.readouterr().err
+
+
+def test_left_to_the_preset_a_chat_with_too_few_pairs_skips_the_stage_and_says_so(tiny_model_dir, tmp_path, capsys,
+                                                                                 monkeypatch):
+    from talkalike.train import trainer
+    from talkalike.train.recipe import resolve_recipe
+
+    def with_preferences(*args, **kwargs):  # the default as a GPU resolves it
+        recipe, notes = resolve_recipe(*args, **kwargs)
+        return replace(recipe, preference_pairs=2000), notes
+
+    monkeypatch.setattr(trainer, "resolve_recipe", with_preferences)
+    dataset = write_dataset(tmp_path / "ds")  # 12 conversations: far fewer pairs than preference_min_pairs
+    run = trainer.train(dataset, tmp_path / "home", base=str(tiny_model_dir), name="noa", epochs=1.0, progress=False,
+                        force=True)
+    info = json.loads((run / "run.json").read_text())
+    assert info["preference"]["pairs"] == 0 and "fewer than the 300" in info["preference"]["skipped"]
+    assert "note: no preference tuning:" in capsys.readouterr().err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any("preference_loss" in r for r in records)
