@@ -289,7 +289,24 @@ def _training(run_dir: Path) -> str:
         ", ".join(f"{label.split(' (')[0]} {value:.2f}" for label, value in last.items())
     return (_png(fig) + f'<p class="note">{_esc(summary)}. The training loss is measured on the batch just learned '
             "from; the held-out loss on conversations kept out of training. Held-out loss rising while training loss "
-            "falls means the model is memorising rather than learning the style.</p>")
+            "falls means the model is memorising rather than learning the style.</p>" + _preference(run_dir))
+
+
+def _preference(run_dir: Path) -> str:
+    """One sentence on the preference stage after the supervised passes (train/preference.py), from run.json."""
+    path = Path(run_dir) / "run.json"
+    report = json.loads(path.read_text(encoding="utf-8")).get("preference") if path.is_file() else None
+    if not report:
+        return ""
+    if not report.get("pairs"):
+        return f'<p class="note">Preference tuning: skipped ({_esc(report.get("skipped", "no pairs"))}).</p>'
+    text = (f"Then preference tuning: {report['pairs']:,} pairs of the real reply against one from another "
+            f"conversation, {report['steps']} steps")
+    held = report.get("real reply preferred (held out)")
+    if held:
+        text += (f"; on {report['held-out pairs']} held-out pairs the real reply is now the likelier one "
+                 f"{held['after']:.0%} of the time, against {held['before']:.0%} before")
+    return f'<p class="note">{_esc(text)}.</p>'
 
 
 def _bars(groups: list[str], series: dict[str, list[float]], ylabel: str, figsize=(7, 3.2), rotate=False) -> str:

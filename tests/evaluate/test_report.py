@@ -339,6 +339,26 @@ def test_the_loss_curves_have_axis_titles_and_a_legend_of_training_and_held_out_
     assert "10 steps (1 epoch); last training loss 2.00, held-out loss 2.40" in text
 
 
+@pytest.mark.parametrize("preference, said", [
+    ({"pairs": 921, "steps": 55, "held-out pairs": 200, "real reply preferred (held out)": {"before": 0.71,
+                                                                                          "after": 0.82}},
+     "Then preference tuning: 921 pairs of the real reply against one from another conversation, 55 steps; on 200 "
+     "held-out pairs the real reply is now the likelier one 82% of the time, against 71% before."),
+    ({"pairs": 0, "skipped": "no preference tuning: 40 pairs, fewer than the 300 it needs"},
+     "Preference tuning: skipped (no preference tuning: 40 pairs, fewer than the 300 it needs)."),
+    (None, None),
+])
+def test_the_training_section_says_what_preference_tuning_did(tmp_path, monkeypatch, preference, said):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "epoch": 1.0, "loss": 2.0}) + "\n")
+    (tmp_path / "run.json").write_text(json.dumps({"name": "noa", "preference": preference}))
+    monkeypatch.setattr(report, "_png", lambda fig: "")
+    text = " ".join(" ".join(_parse(report.write_report(tmp_path, _result(tmp_path))).text).split())
+    if said is None:
+        assert "reference tuning" not in text
+    else:
+        assert said in text
+
+
 # --- in a real browser, at a phone's width ------------------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"
