@@ -44,6 +44,10 @@ class Reply:
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # token ids, then None; or an exception
     handover: bool = False  # set while it decodes alone: another reply is waiting for the model
     closed: bool = False  # its reader went away: the worker drops its row
+    # `tokens` on the model's device, for the sampler's no-repeat rule: made once when the reply joins a batch, then
+    # grown on the device by each drawn token, so no step copies it from the host (a blocking copy on a GPU, eight
+    # of them a step with eight rows).
+    generated: Any = None
 
 
 class Live:
@@ -232,6 +236,8 @@ class Live:
 
     def _join(self, use_adapter: bool, replies: list[Reply]) -> None:
         """Prefill new rows (prompt and what each drew alone) and merge them into their batch."""
+        import torch
+
         ready, ended = [], []
         for reply in replies:
             if reply.pending is not None:
@@ -242,6 +248,8 @@ class Live:
             (ended if reply.closed else ready).append(reply)
         self._finished(ended)
         batch, twin = self.batches[use_adapter]
+        for reply in ready:
+            reply.generated = torch.tensor(reply.tokens, dtype=torch.long, device=batch.device)
         with twin.adapter(use_adapter):
             for start in range(0, len(ready), PREFILL_ROWS):
                 part = ready[start: start + PREFILL_ROWS]
@@ -263,9 +271,10 @@ class Live:
             drawn = []
             for k, reply in enumerate(rows.ids):
                 # (not a slice of rows.seen: a merge pads a row's seen ids on the right)
-                generated = torch.tensor(reply.tokens, dtype=torch.long, device=batch.device)
-                drawn.append(reply.sampler(logits[k: k + 1], rows.seen[k: k + 1], [reply.config.temperature],
-                                           [generated], reply.blocked).view(1))
+                token = reply.sampler(logits[k: k + 1], rows.seen[k: k + 1], [reply.config.temperature],
+                                      [reply.generated], reply.blocked).view(1)
+                reply.generated = torch.cat([reply.generated, token])
+                drawn.append(token)
             for k, token in enumerate(torch.cat(drawn).tolist()):  # one read back for every row
                 reply = rows.ids[k]
                 rows.done[k] = reply.closed or not self._accept(reply, token)

@@ -93,13 +93,16 @@ class Slots:
         for slot, generated in zip(rows.cache, rows.tokens, strict=True):
             tokens[slot], positions[slot] = generated[-1], self.position[slot]
             self.position[slot] += 1
+        # Every copy from the host comes before the replay, while the device is idle (the worker has just read the
+        # drawn tokens back): after it is queued nothing waits, so the next step's samplers queue behind it.
         fed = torch.tensor([tokens[s] for s in rows.cache], device=self.device)
         rows.seen = torch.cat([rows.seen, fed[:, None]], dim=1)
         table = torch.tensor([tokens, positions], device=self.device)
+        index = torch.tensor(rows.cache, device=self.device)
         if self._step is not self.step_all:
             torch.compiler.cudagraph_mark_step_begin()
         # A replay's output lives in a buffer the next one overwrites: keep this step's rows apart.
-        rows.hidden = self._step(table[0], table[1])[torch.tensor(rows.cache, device=self.device)].clone()
+        rows.hidden = self._step(table[0], table[1])[index].clone()
 
     # --- the maths --------------------------------------------------------------------------------------------------
 
