@@ -51,7 +51,7 @@ def test_preference_tuning_runs_on_a_gpu_in_bf16(tmp_path, tiny_model_dir, home)
     info = json.loads((home / "runs" / "p" / "run.json").read_text())
     assert info["device"] == "cuda" and info["dtype"] == "bf16"
     report = info["preference"]
-    assert report["pairs"] == 20 and report["held-out pairs"] == 4 and report["steps"] == 2
+    assert report["pairs"] == 20 and report["held-out pairs"] == 4 and report["steps"] == 2  # 16 pairs, then 4
     assert report["first loss"] == pytest.approx(0.6931, abs=1e-3)  # the policy starts as its reference
 
 

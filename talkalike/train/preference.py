@@ -98,12 +98,13 @@ def encode(pairs: list[Pair], tokenizer, layout: str, max_length: int) -> tuple[
     return encoded, too_long
 
 
-def pack(encoded: list[Encoded], budget: int) -> list[list[int]]:
-    """Pairs (as indices) grouped into rows of at most `budget` tokens, in order; a pair never spans two rows."""
+def pack(encoded: list[Encoded], budget: int, most: int | None = None) -> list[list[int]]:
+    """Pairs (as indices) grouped into rows of at most `budget` tokens and `most` pairs, in order; a pair never spans
+    two rows."""
     rows, row, used = [], [], 0
     for k, pair in enumerate(encoded):
         size = len(pair.chosen) + len(pair.rejected)
-        if row and used + size > budget:
+        if row and (used + size > budget or (most is not None and len(row) >= most)):
             rows.append(row)
             row, used = [], 0
         row.append(k)
@@ -179,7 +180,8 @@ def tune(model, tokenizer, layout: str, pairs: list[Pair], held_out: list[Pair],
     held, _ = encode(held_out, tokenizer, layout, recipe.max_length)
     if not encoded:
         return {"pairs": 0, "left out (too long)": too_long}
-    rows, held_rows = pack(encoded, budget), pack(held, budget)
+    # A row holds at most one step's pairs, so that short pairs still make steps of about `preference_batch`.
+    rows, held_rows = pack(encoded, budget, recipe.preference_batch), pack(held, budget, recipe.preference_batch)
 
     model.eval()
     reference = _all_logps(model, encoded, rows, device, autocast)

@@ -95,6 +95,8 @@ def test_a_too_long_pair_is_left_out_and_rows_keep_pairs_whole(tiny_tokenizer):
     assert sorted(k for row in packed for k in row) == list(range(len(everything)))
     for row in packed:
         assert len(row) == 1 or sum(len(everything[k].chosen) + len(everything[k].rejected) for k in row) <= 120
+    capped = preference.pack(everything, 10_000, most=3)
+    assert [len(row) for row in capped] == [3] * (len(everything) // 3) + ([len(everything) % 3] if len(everything) % 3 else [])
 
 
 def test_dpo_teaches_the_twin_to_prefer_the_reply_that_answers_the_question(tiny_model_dir, tiny_tokenizer, tmp_path):
