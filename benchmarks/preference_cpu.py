@@ -29,13 +29,13 @@ CANARIES = ("050-234-5678", "+44 7700 123456", "noa.levi.design@example.com")  #
 def tune_copy(home: Path, source: Run, name: str, pairs: int, dataset: Path) -> tuple[Path, dict]:
     """A copy of `source` whose adapter went through preference tuning on `pairs` pairs; its report."""
     import torch
-    from peft import PeftModel
     from transformers import AutoTokenizer
 
     from talkalike.model import load_base, token_rows_in_place
     from talkalike.train import preference
     from talkalike.train.packed import use_packed_attention
     from talkalike.train.recipe import resolve_recipe
+    from talkalike.train.trainer import apply_lora
 
     out = runs_dir(home) / name
     shutil.rmtree(out, ignore_errors=True)
@@ -52,7 +52,7 @@ def tune_copy(home: Path, source: Run, name: str, pairs: int, dataset: Path) -> 
     model = load_base(source.base_id, home, dtype=torch.bfloat16 if recipe.bf16 else None)
     if not torch.cuda.is_available():
         use_packed_attention(model)  # as make_trainer does on a CPU
-    model = PeftModel.from_pretrained(model, str(source.adapter_dir), is_trainable=True)
+    model = apply_lora(model, recipe, adapter=source.adapter_dir)  # the trained adapter, trainable, as train does
     token_rows_in_place(model)
     tokenizer = AutoTokenizer.from_pretrained(str(source.tokenizer_dir))
     memory = Memory.open(dataset)
