@@ -4,8 +4,9 @@ A reply that finds the model idle decodes alone on the twin's engine (stream.py'
 graphs and all). When another reply arrives, the lone one hands over between two tokens: its prompt and the tokens
 drawn so far are prefilled into a batch (batch.py's prefill, merge, drop and step) that one worker thread decodes
 for every reply together (on a GPU, slots.py: one compiled step for every row). Replies join and leave between
-steps. Each keeps its own Sampler (temperature, top_p, penalties, seed, allowed tokens), so a greedy reply reads the
-same batched as alone. Replies with the adapter off (the base, for the A/B switch) form a second batch, stepped in
+steps. Each keeps its own Sampler (temperature, top_p, penalties, seed, allowed tokens), so a reply reads the same
+batched as alone; rows whose samplers differ only in seed and temperature draw in one call (sampling.Together).
+Replies with the adapter off (the base, for the A/B switch) form a second batch, stepped in
 turn with the first. A reply too long to share a batch (a sliding window would drop its tokens) waits for the model
 to be free and decodes alone, as serve did before.
 
@@ -22,7 +23,7 @@ from typing import Any
 from talkalike.decode.batch import PREFILL_ROWS, Batch, Rows
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.language import Steer, habit_columns
-from talkalike.decode.sampling import Sampler, outside
+from talkalike.decode.sampling import Sampler, Together, outside
 from talkalike.decode.slots import MAX_LEN, Slots
 from talkalike.decode.stream import tokens
 from talkalike.decode.turns import separator_ids, vocabulary
@@ -65,6 +66,8 @@ class Live:
         self.worker: threading.Thread | None = None
         self.working = False  # the worker holds the model (its rows, the adapter state): nothing may decode alone
         self.widest = 0  # the most rows one step has decoded together (for tests and benchmarks)
+        # Each row draws with its own sampler, rows whose samplers differ only in seed and temperature in one call
+        self.together = Together(rows)
 
     def draw(self, twin: Twin, prompt_ids: list[int], config: GenerationConfig, use_adapter: bool,
              history: list[dict] | None = None) -> Iterator[int]:
@@ -268,14 +271,13 @@ class Live:
             logits = batch.logits(rows)
             if self.softcap:  # as the model's own forward applies it, in its dtype
                 logits = torch.tanh(logits / self.softcap) * self.softcap
-            drawn = []
-            for k, reply in enumerate(rows.ids):
-                # (not a slice of rows.seen: a merge pads a row's seen ids on the right)
-                token = reply.sampler(logits[k: k + 1], rows.seen[k: k + 1], [reply.config.temperature],
-                                      [reply.generated], reply.blocked).view(1)
-                reply.generated = torch.cat([reply.generated, token])
-                drawn.append(token)
-            for k, token in enumerate(torch.cat(drawn).tolist()):  # one read back for every row
+            replies = rows.ids
+            drawn = self.together([r.sampler for r in replies], logits, rows.seen,
+                                  [r.config.temperature for r in replies], [r.generated for r in replies],
+                                  [r.blocked for r in replies])
+            for k, reply in enumerate(replies):
+                reply.generated = torch.cat([reply.generated, drawn[k: k + 1]])
+            for k, token in enumerate(drawn.tolist()):  # one read back for every row
                 reply = rows.ids[k]
                 rows.done[k] = reply.closed or not self._accept(reply, token)
             if any(rows.done):

@@ -210,3 +210,17 @@ def test_on_slots_one_step_for_every_row_gives_each_reply_its_alone_tokens(tiny_
     assert sorted(made[0].free) == [0, 1, 2, 3]  # every slot free again
     # a second round reuses the slots, stale caches and all
     assert together(llama, live, requests[::-1]) == batched[::-1]
+
+
+def test_rows_that_differ_in_seed_and_temperature_draw_in_one_sampler_call_a_step(twin):
+    settings = [dict(temperature=1.0, seed=7), dict(temperature=0.7, seed=3), dict(temperature=1.3, seed=11),
+                dict(temperature=0.0)]
+    requests = [(ask(words), greedy(twin, max_new_tokens=30, **overrides), True)
+                for words, overrides in zip(WORDS, settings, strict=False)]
+    live = Live(twin, rows=4)
+    steps, step = [], live._step
+    live._step = lambda use_adapter: steps.append(use_adapter) or step(use_adapter)
+    batched = together(twin, live, requests)
+    for (history, config, _), result in zip(requests, batched, strict=True):
+        assert result == alone(twin, history, config)
+    assert live.widest == 4 and live.together.calls == len(steps)  # one draw a step for all four rows
