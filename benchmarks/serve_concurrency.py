@@ -95,14 +95,20 @@ async def one_stream(client, url: str, model: str, prompt: str, fields: dict) ->
     first, usage = None, None
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
         assert response.status_code == 200, await response.aread()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                first = time.perf_counter()
+        # Events end at a line feed (the SSE rule): aiter_lines() would also split at U+2028 or U+0085 inside a
+        # chunk's JSON text, which a random model's reply can hold.
+        buffered = b""
+        async for data in response.aiter_bytes():
+            buffered += data
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                if not line.startswith(b"data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    first = time.perf_counter()
     ended = time.perf_counter()
     return {"started": started, "first": first or ended, "ended": ended, "tokens": usage["completion_tokens"]}
 
