@@ -54,6 +54,36 @@ PROMPTS = [
 ]
 
 
+TIMES: dict[int, dict[str, list[float]]] = {}  # rows in a step -> "step", "draw", "gap" (seconds each)
+
+
+def profile_worker() -> None:
+    """Times live.Live's worker from outside: each batched step (its draw included, up to the read-back that waits
+    for the device), the draw's host time (sampling.Together), and the gap from a step's end to the next one's start
+    (the worker's loop, joins, and waiting for the GIL)."""
+    from talkalike.decode import live, sampling
+
+    step, draw, last = live.Live._step, sampling.Together.__call__, [None]
+
+    def timed_step(self, use_adapter):
+        rows = len(self.lanes[use_adapter].ids)
+        times = TIMES.setdefault(rows, {"step": [], "draw": [], "gap": []})
+        start = time.perf_counter()
+        if last[0] is not None:
+            times["gap"].append(start - last[0])
+        step(self, use_adapter)
+        last[0] = time.perf_counter()
+        times["step"].append(last[0] - start)
+
+    def timed_draw(self, samplers, *args):
+        start = time.perf_counter()
+        drawn = draw(self, samplers, *args)
+        TIMES.setdefault(len(samplers), {"step": [], "draw": [], "gap": []})["draw"].append(time.perf_counter() - start)
+        return drawn
+
+    live.Live._step, sampling.Together.__call__ = timed_step, timed_draw
+
+
 def random_7b_twin():
     """A Mistral-7B-shaped twin with random bf16 weights on CUDA and the tests' tiny tokenizer."""
     import torch
@@ -153,7 +183,11 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, help="for every request (default: the run's; 0 with --random-7b)")
     parser.add_argument("--modes", default="queued,batched")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/serve-concurrency"))
+    parser.add_argument("--profile", action="store_true",
+                        help="also time the batch worker: each step, its draw, and the gap before the next step")
     args = parser.parse_args()
+    if args.profile:
+        profile_worker()
     import multiprocessing
 
     from fake_twin import live_server
@@ -195,6 +229,11 @@ def main() -> int:
         print(f"| {row['mode']} | {row['streams']} | {row['tokens']} | {row['wall_s']:.1f} | "
               f"{row['aggregate_tok_s']:.1f} | {row['per_stream_tok_s']:.1f} | {row['ttft_median_s']:.2f} | "
               f"{row['ttft_max_s']:.2f} | {row['aggregate_tok_s'] / single[row['mode']]:.2f}x |")
+    if args.profile:
+        for rows_in_step in sorted(TIMES, reverse=True)[:2]:
+            times = TIMES[rows_in_step]
+            print(f"\nworker, steps of {rows_in_step} rows ({len(times['step'])} steps), median ms: " + ", ".join(
+                f"{name} {statistics.median(values) * 1e3:.2f}" for name, values in times.items() if values))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve_concurrency.json").write_text(json.dumps({"device": device, "rows": rows}, indent=1))
