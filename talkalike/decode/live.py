@@ -68,6 +68,10 @@ class Live:
         self.widest = 0  # the most rows one step has decoded together (for tests and benchmarks)
         # Each row draws with its own sampler, rows whose samplers differ only in seed and temperature in one call
         self.together = Together(rows)
+        # On a GPU the next step is queued before the readers hear of this one: their text work, and the GIL it
+        # takes, then overlaps the device's step instead of delaying its launch. A CPU computes the step where it is
+        # called, so there each reader gets its token first.
+        self.launch_first = twin.device.type == "cuda"
 
     def draw(self, twin: Twin, prompt_ids: list[int], config: GenerationConfig, use_adapter: bool,
              history: list[dict] | None = None) -> Iterator[int]:
@@ -277,26 +281,47 @@ class Live:
                                   [r.blocked for r in replies])
             for k, reply in enumerate(replies):
                 reply.generated = torch.cat([reply.generated, drawn[k: k + 1]])
-            for k, token in enumerate(drawn.tolist()):  # one read back for every row
-                reply = rows.ids[k]
-                rows.done[k] = reply.closed or not self._accept(reply, token)
-            if any(rows.done):
-                self._finished([reply for reply, done in zip(rows.ids, rows.done, strict=True) if done])
+            drawn = drawn.tolist()  # one read back for every row
+            going = [self._take(reply, token) for reply, token in zip(replies, drawn, strict=True)]
+            rows.done = [reply.closed or not goes for reply, goes in zip(replies, going, strict=True)]
+            finished = [reply for reply, done in zip(replies, rows.done, strict=True) if done]
+            if finished:
                 rows = batch.drop_finished(rows)
-            if rows is None:
-                del self.lanes[use_adapter]
-                return
-            self.lanes[use_adapter] = rows
-            batch.step(rows)
+            if not self.launch_first:
+                self._hand_all(replies, drawn, going)
+            try:
+                if rows is None:
+                    del self.lanes[use_adapter]
+                else:
+                    self.lanes[use_adapter] = rows
+                    batch.step(rows)
+            finally:  # (also when the step fails: the finished replies end, the others then hear of the error)
+                if self.launch_first:
+                    self._hand_all(replies, drawn, going)
+                if finished:
+                    self._finished(finished)
 
-    def _accept(self, reply: Reply, token: int) -> bool:
-        """Hand `token` to the reader; whether the reply goes on (not a stop id, below max_new_tokens)."""
+    def _take(self, reply: Reply, token: int) -> bool:
+        """Record `token` as the reply's next (a stop id ends it unrecorded); whether the reply goes on (not a stop
+        id, below max_new_tokens)."""
         if token in self.twin.stop_ids:
-            reply.out.put(None)
             return False
         reply.tokens.append(token)
-        reply.out.put(token)
-        if len(reply.tokens) >= reply.config.max_new_tokens:
+        return len(reply.tokens) < reply.config.max_new_tokens
+
+    def _hand(self, reply: Reply, token: int, goes_on: bool) -> None:
+        """Give the reader `token` (unless a stop id) and, when the reply ends, the end."""
+        if token not in self.twin.stop_ids:
+            reply.out.put(token)
+        if not goes_on:
             reply.out.put(None)
-            return False
-        return True
+
+    def _hand_all(self, replies: list[Reply], tokens: list[int], going: list[bool]) -> None:
+        for reply, token, goes_on in zip(replies, tokens, going, strict=True):
+            self._hand(reply, token, goes_on)
+
+    def _accept(self, reply: Reply, token: int) -> bool:
+        """Record `token` and hand it to the reader; whether the reply goes on."""
+        goes_on = self._take(reply, token)
+        self._hand(reply, token, goes_on)
+        return goes_on

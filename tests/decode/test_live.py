@@ -26,6 +26,20 @@ def twin(tiny_tokenizer):
     return Twin.of(build_tiny_model(len(tiny_tokenizer)).eval(), tiny_tokenizer, name="noa", persona="Noa")
 
 
+@pytest.fixture(params=[False, True], ids=["hand-then-step", "step-then-hand"])
+def order(request, monkeypatch):
+    """Both orders of a batched step: each reader gets its token before the next step (a CPU's), or after the next
+    step is launched (a GPU's, Live.launch_first); both run here on the CPU."""
+    init = Live.__init__
+
+    def made(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.launch_first = request.param
+
+    monkeypatch.setattr(Live, "__init__", made)
+    return request.param
+
+
 def ask(words: str) -> list[dict]:
     return [{"role": "user", "content": words}]
 
@@ -76,7 +90,7 @@ def alone(twin, history, config, use_adapter=True):
     return collect_messages(stream_reply(twin, history, config, use_adapter, usage)), usage
 
 
-def test_greedy_replies_decoded_together_read_exactly_as_alone(twin):
+def test_greedy_replies_decoded_together_read_exactly_as_alone(twin, order):
     requests = [(ask(words), greedy(twin), True) for words in WORDS[:4]]
     live = Live(twin, rows=8)
     batched = together(twin, live, requests)
@@ -87,7 +101,7 @@ def test_greedy_replies_decoded_together_read_exactly_as_alone(twin):
         assert usage == expected_usage
 
 
-def test_each_reply_keeps_its_own_sampling_settings_in_one_batch(twin):
+def test_each_reply_keeps_its_own_sampling_settings_in_one_batch(twin, order):
     settings = [dict(temperature=1.0, seed=7, max_new_tokens=30), dict(temperature=0.7, top_p=0.8, seed=3),
                 dict(temperature=0.0, repetition_penalty=1.5, max_new_tokens=5),
                 dict(temperature=1.3, seed=11, no_repeat_ngram=0, max_new_tokens=25)]
@@ -121,7 +135,7 @@ def test_base_and_tuned_replies_decode_side_by_side_as_they_would_alone(tmp_path
     assert tuned != base  # the switch is real: the adapter changes the reply
 
 
-def test_a_reader_that_leaves_mid_reply_frees_its_row_and_the_others_finish(twin):
+def test_a_reader_that_leaves_mid_reply_frees_its_row_and_the_others_finish(twin, order):
     live = Live(twin, rows=8)
     config = greedy(twin)
     long = dataclasses.replace(config, max_new_tokens=100)
@@ -143,7 +157,7 @@ def test_a_reader_that_leaves_mid_reply_frees_its_row_and_the_others_finish(twin
     assert not live.lanes and not live.held and live.solo is None
 
 
-def test_an_error_in_the_batch_reaches_every_reader_and_the_next_reply_works(twin, monkeypatch):
+def test_an_error_in_the_batch_reaches_every_reader_and_the_next_reply_works(twin, order, monkeypatch):
     live = Live(twin, rows=8)
     config = greedy(twin)
     first = stream_reply(twin, ask(WORDS[0]), config, draw=live.draw)
@@ -183,7 +197,7 @@ def test_a_reply_too_long_for_the_sliding_window_waits_and_runs_alone(twin):
     assert results[2] == alone(twin, ask(WORDS[2]), long)
 
 
-def test_on_slots_one_step_for_every_row_gives_each_reply_its_alone_tokens(tiny_tokenizer, monkeypatch):
+def test_on_slots_one_step_for_every_row_gives_each_reply_its_alone_tokens(tiny_tokenizer, order, monkeypatch):
     """slots.py, the GPU's batch, runs eagerly here: a Llama-family model, rows joining at their own positions."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
