@@ -70,8 +70,8 @@ class Live:
         self.together = Together(rows)
         # On a GPU the next step is queued before the readers hear of this one: their text work, and the GIL it
         # takes, then overlaps the device's step instead of delaying its launch. A CPU computes the step where it is
-        # called, so there each reader gets its token first.
-        self.launch_first = twin.device.type == "cuda"
+        # called, so there each reader gets its token first. None: by the twin's device, once the batches are built.
+        self.launch_first: bool | None = None
 
     def draw(self, twin: Twin, prompt_ids: list[int], config: GenerationConfig, use_adapter: bool,
              history: list[dict] | None = None) -> Iterator[int]:
@@ -172,6 +172,8 @@ class Live:
         import dataclasses
 
         twin = self.twin
+        if self.launch_first is None:
+            self.launch_first = twin.device.type == "cuda"
         lm = causal_lm(twin.model)
         window = getattr(lm.config, "sliding_window", None)
         limit = window - 2 if window else (twin.max_positions or 1 << 30)
