@@ -44,6 +44,8 @@ VARIANTS = {
     "dpo-alone": ({"preference_nll": 0.0}, []),
     "dpo-lr2e-4": ({"preference_lr": 2e-4}, []),
     "dpo-lr1e-5": ({"preference_lr": 1e-5}, []),
+    # half the pairs reject the base model's own reply to the history instead of another conversation's
+    "dpo-base-half": ({"preference_base_share": 0.5}, []),
     # The LoRA rank of the supervised passes alone (what a CPU trains), against `no-preference` (rank 16)
     "r4-supervised": ({"lora_r": 4, "lora_alpha": 8, "preference_pairs": 0}, []),
     "r64-supervised": ({"lora_r": 64, "lora_alpha": 128, "preference_pairs": 0}, []),

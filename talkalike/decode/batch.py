@@ -54,18 +54,20 @@ class Rows:
 
 def decode_many(twin: Twin, histories: list[list[dict]], config: GenerationConfig, use_adapter: bool = True,
                 batch_size: int = 128, temperatures: list[float] | None = None,
-                progress: Callable[[int], None] | None = None, threads: "Threads | None" = None) -> list[list[str]]:
+                progress: Callable[[int], None] | None = None, threads: "Threads | None" = None,
+                prompts: list[list[int]] | None = None) -> list[list[str]]:
     """The persona's next turn for every history (lists of messages, in the caller's order).
 
     `temperatures` overrides config.temperature per history (0 = greedy), so greedy and sampled generations share
     one batch; `progress(n)` is called as replies finish; `threads` (a Threads) picks the thread count by timing
-    the decode steps.
+    the decode steps; `prompts` are the histories' prompt ids when the caller has rendered them (else fit_prompt's).
     """
     import time
 
     import torch
 
-    prompts = [fit_prompt(twin, history, config) for history in histories]
+    if prompts is None:
+        prompts = [fit_prompt(twin, history, config) for history in histories]
     temps = temperatures if temperatures is not None else [config.temperature] * len(prompts)
     decoder = Batch(twin, config, batch_size, temps, allowed=vocabulary(twin, prompts, config))
     if decoder.steer is not None:

@@ -33,7 +33,7 @@ class Pair:
 
     history: list
     chosen: str  # what the persona replied
-    rejected: str  # what they replied in another conversation
+    rejected: str  # what they replied in another conversation (or the base model's reply: with_base_replies)
 
 
 def _persona_turns(row: dict) -> list[int]:
@@ -73,6 +73,47 @@ def preference_pairs(rows: list[dict], memory=None, memories: int = 0, limit: in
         shift = len(messages) - len(rows[r]["messages"])  # recalled turns sit before the row's own
         pairs.append(Pair(messages[: j + shift], chosen, rejected))
     return pairs
+
+
+def with_base_replies(model, tokenizer, layout: str, pairs: list[Pair], share: float, seed: int = 0,
+                      max_new_tokens: int = 64, batch_size: int = 64) -> tuple[list[Pair], int]:
+    """`pairs` with a `share` of them (spread evenly) rejecting the base model's own reply to their history instead:
+    sampled with `model`'s adapter off (a PEFT model), at the chat's default settings, from the very prompt the pair
+    is scored on. Returns the pairs and how many now reject a base reply (an empty one, or the real reply itself,
+    leaves its pair as it was)."""
+    import dataclasses
+
+    from talkalike.decode.batch import decode_many
+    from talkalike.decode.config import GenerationConfig
+    from talkalike.decode.twin import Twin
+    from talkalike.template import join_bubbles
+
+    count = min(len(pairs), round(share * len(pairs)))
+    if count <= 0:
+        return pairs, 0
+    picks = [int(k * len(pairs) / count) for k in range(count)]
+    prompts = []
+    for k in picks:
+        ids, start = render_reply(pairs[k].history, "", tokenizer, layout)
+        prompts.append(ids[:start])
+    # The base as it is: no memories to recall (the history holds them), no steering toward the persona's habits.
+    config = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed, memories=0, max_messages=0,
+                              steer_language=False, keep_habits=False)
+    twin = Twin.of(model, tokenizer, layout, has_adapter=True)
+    training = model.training
+    model.eval()
+    try:
+        replies = decode_many(twin, [pairs[k].history for k in picks], config, use_adapter=False,
+                              batch_size=batch_size, prompts=prompts)
+    finally:
+        model.train(training)
+    changed, used = list(pairs), 0
+    for k, messages in zip(picks, replies, strict=True):
+        text = join_bubbles(messages)
+        if text.strip() and text != pairs[k].chosen:
+            changed[k] = dataclasses.replace(pairs[k], rejected=text)
+            used += 1
+    return changed, used
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,10 @@ class Recipe:
     # Weight of the real reply's own per-token loss beside DPO's (RPO, Pang et al. 2024, "Iterative Reasoning
     # Preference Optimization"); 0 = DPO alone.
     preference_nll: float = 0.0
+    # This share of the pairs (spread over them) rejects the base model's own reply to the history instead, sampled
+    # with the adapter off before the stage: a reply in the base model's manner, where the others are the persona's
+    # own. 0 = none. Not measured yet, so off in every preset (benchmarks/recipe_scan.py --variants dpo-base-half).
+    preference_base_share: float = 0.0
     seed: int = 42
 
     def as_dict(self) -> dict:

@@ -634,14 +634,23 @@ def _preference_tuning(trainer, tokenizer, layout: str, train_rows: list[dict], 
         say(f"note: {note}")
         return {"pairs": 0, "skipped": note}
     held_out = preference.preference_pairs(eval_rows, memory, recipe.memories, 200, recipe.seed)
-    say(f"preference tuning: {len(pairs)} pairs of the real reply against one from another conversation")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    base_replies = 0
+    if recipe.preference_base_share:
+        say(f"preference tuning: sampling the base model's reply to {recipe.preference_base_share:.0%} of the "
+            "histories")
+        pairs, base_replies = preference.with_base_replies(model, tokenizer, layout, pairs,
+                                                           recipe.preference_base_share, recipe.seed)
+    say(f"preference tuning: {len(pairs)} pairs of the real reply against one from another conversation"
+        + (f" ({base_replies} against the base model's reply)" if base_replies else ""))
 
     def log(record: dict) -> None:
         with metrics_path.open("a") as out:
             out.write(json.dumps({"step": trainer.state.global_step, **record}) + "\n")
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
     report = preference.tune(model, tokenizer, layout, pairs, held_out, recipe, on_log=log, progress=progress)
+    if recipe.preference_base_share:
+        report["against the base model's reply"] = base_replies
     held = report.get("real reply preferred (held out)")
     if held:
         say(f"preference tuning: held-out real reply preferred {held['before']:.0%} -> {held['after']:.0%}")

@@ -232,3 +232,60 @@ def test_left_to_the_preset_a_chat_with_too_few_pairs_skips_the_stage_and_says_s
     assert "note: no preference tuning:" in capsys.readouterr().err
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert not any("preference_loss" in r for r in records)
+
+
+def test_a_share_of_the_pairs_rejects_the_base_models_own_reply_sampled_with_the_adapter_off(tiny_model_dir,
+                                                                                             tiny_tokenizer, tmp_path):
+    from talkalike.decode.batch import decode_many
+    from talkalike.decode.config import GenerationConfig
+    from talkalike.decode.twin import Twin
+    from talkalike.model import load_base
+    from talkalike.template import join_bubbles, render_reply
+
+    model = _tiny_peft(tiny_model_dir, tmp_path, PRESETS["default"])
+    with torch.no_grad():  # a trained adapter: with it on, the model writes otherwise
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.5)
+    model.train()
+    pairs = preference.preference_pairs([topic_row(i) for i in range(12)], seed=0)
+    changed, used = preference.with_base_replies(model, tiny_tokenizer, "chat", pairs, 0.5, seed=3,
+                                                 max_new_tokens=12)
+    picks = [int(k * len(pairs) / round(0.5 * len(pairs))) for k in range(round(0.5 * len(pairs)))]
+    assert model.training  # as it was
+    assert [p.history for p in changed] == [p.history for p in pairs] and [p.chosen for p in changed] == [
+        p.chosen for p in pairs]
+    moved = [k for k, (new, old) in enumerate(zip(changed, pairs, strict=True)) if new.rejected != old.rejected]
+    assert moved == picks and used == len(picks) == 6  # half of the 12, spread over them
+    # The base model alone, loaded afresh, writes exactly those replies from the pairs' own prompts; the adapter
+    # would have written others.
+    prompts = [render_reply(pairs[k].history, "", tiny_tokenizer, "chat") for k in picks]
+    prompts = [ids[:start] for ids, start in prompts]
+    config = GenerationConfig(max_new_tokens=12, seed=3, memories=0, max_messages=0, steer_language=False,
+                              keep_habits=False)
+    histories = [pairs[k].history for k in picks]
+    base = Twin.of(load_base(str(tiny_model_dir), tmp_path).eval(), tiny_tokenizer)
+    alone = [join_bubbles(m) for m in decode_many(base, histories, config, prompts=prompts)]
+    assert [changed[k].rejected for k in picks] == alone
+    model.eval()
+    tuned = [join_bubbles(m) for m in decode_many(Twin.of(model, tiny_tokenizer, has_adapter=True), histories,
+                                                  config, prompts=prompts)]
+    assert tuned != alone
+
+
+def test_train_records_how_many_pairs_rejected_the_base_models_reply(tiny_model_dir, tmp_path, capsys,
+                                                                   monkeypatch):
+    from talkalike.train.recipe import default_preset
+
+    preset = default_preset(cuda=False)
+    monkeypatch.setitem(PRESETS, preset, replace(PRESETS[preset], preference_base_share=0.5))
+    dataset = write_dataset(tmp_path / "ds")
+    home = tmp_path / "home"
+    code = main(["--home", str(home), "train", "--force", str(dataset), "--base", str(tiny_model_dir), "--name", "noa",
+                 "--epochs", "1", "--preference-pairs", "6"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    info = json.loads((home / "runs" / "noa" / "run.json").read_text())
+    based = info["preference"]["against the base model's reply"]
+    assert 1 <= based <= 3 and f"({based} against the base model's reply)" in err
+    assert info["config"]["preference_base_share"] == 0.5
