@@ -34,6 +34,7 @@ from talkalike.frontends.serve import (
     _Strict,
     deltas,
     model_ids,
+    one_line_json,
     parse_history,
     parse_request,
     pick_model,
@@ -250,10 +251,8 @@ def make_router():
 
 async def _lines(events, job: Job, model: str, piece):
     """Ollama's NDJSON stream: a line per piece of text, then the last line with the counts."""
-    from json import dumps
-
     def line(fields: dict) -> str:
-        return dumps({"model": model, "created_at": _now()} | fields, ensure_ascii=False) + "\n"
+        return one_line_json({"model": model, "created_at": _now()} | fields) + "\n"
 
     try:
         async for text, _ in deltas(events):

@@ -521,8 +521,22 @@ def _include_conversations(app, twin: Twin, chats: Path | None) -> None:
         app.include_router(conversations.make_router(folder, twin.persona, f"{twin.name} · web page"))
 
 
+# Characters that str.splitlines() and httpx's aiter_lines() end a line at but JSON leaves unescaped: a reply holding
+# one would cut its event or NDJSON line in two for such a client. Escaped, the JSON reads the same.
+_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def one_line_json(data: dict) -> str:
+    """`data` as JSON on one line for every line splitter: UTF-8 kept, Unicode line breaks escaped."""
+    text = json.dumps(data, ensure_ascii=False)
+    for char, escaped in _LINE_BREAKS.items():
+        if char in text:
+            text = text.replace(char, escaped)
+    return text
+
+
 def _sse(data: dict | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+    return f"data: {data if isinstance(data, str) else one_line_json(data)}\n\n"
 
 
 def _stream(body, media_type: str = "text/event-stream"):

@@ -65,6 +65,22 @@ def test_the_raw_stream_is_server_sent_events_ending_with_done():
     json.loads(events[0][6:])
 
 
+def test_a_reply_holding_unicode_line_breaks_streams_one_event_a_line_for_any_line_splitter():
+    """U+2028, U+2029 and U+0085 end a line for str.splitlines() and httpx's aiter_lines(), which many clients read
+    a stream with; the events escape them, and the text arrives whole."""
+    reply = ["one\u2028two", "three\u2029four\x85five שלום"]
+    _, server = serve(FakeTwin(tuned=reply))
+    with server as url:
+        raw = httpx.post(f"{url}/v1/chat/completions", json={"model": "noa", "messages": HEY, "stream": True}).text
+        with httpx.stream("POST", f"{url}/api/chat", json={"model": "noa", "messages": HEY}) as response:
+            ndjson = [json.loads(line) for line in response.iter_lines()]
+    events = [line for line in raw.splitlines() if line]
+    assert all(line.startswith("data: ") for line in events)
+    chunks = [json.loads(line[6:]) for line in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "\n".join(reply)
+    assert "".join(line["message"]["content"] for line in ndjson) == "\n".join(reply)
+
+
 def test_the_base_model_id_answers_with_the_adapter_off():
     twin, server = serve()
     with server as url:
