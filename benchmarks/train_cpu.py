@@ -54,8 +54,9 @@ def records(home: Path, count: int) -> tuple[list[dict], object]:
     return rendered, tokenizer
 
 
-def run_variant(variant: str, home: Path, count: int) -> dict:
-    """Train one epoch over the samples with one variant; returns its numbers."""
+def run_variant(variant: str, home: Path, count: int, profile: bool = False) -> dict:
+    """Train one epoch over the samples with one variant; returns its numbers (`profile`: and where its operator
+    time went, the ten costliest operators' seconds)."""
     import resource
     from dataclasses import replace
 
@@ -107,7 +108,17 @@ def run_variant(variant: str, home: Path, count: int) -> dict:
     torch.manual_seed(0)
     cpu_start = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    result = trainer.train()
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        with profiler(activities=[ProfilerActivity.CPU]) as recorded:
+            result = trainer.train()
+        ops = sorted(recorded.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in ops)
+        top = {e.key: round(e.self_cpu_time_total / 1e6, 2) for e in ops[:10]}
+    else:
+        result = trainer.train()
     seconds = time.perf_counter() - start
     cpu_end = resource.getrusage(resource.RUSAGE_SELF)
     # CPU time is the fairer measure on a shared machine: other jobs steal wall time, not our CPU seconds
@@ -118,7 +129,8 @@ def run_variant(variant: str, home: Path, count: int) -> dict:
             "tokens_per_cpu_s": round(tokens / cpu_seconds, 2),
             "tokens_per_s": round(tokens / seconds, 1), "trained_tokens_per_s": round(trained / seconds, 1),
             "train_loss": round(result.training_loss, 4), "last_loss": round(losses[-1], 4) if losses else None,
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)} | (
+        {"operator_s": round(total / 1e6, 1), "top_operators_s": top} if profile else {})
 
 
 def run_demo(home: Path) -> dict:
@@ -146,6 +158,8 @@ def main() -> None:
     parser.add_argument("--demo", action="store_true", help="also time the demo's whole training step")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per variant (0: torch's default); 1 keeps a shared machine's numbers steady")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile each variant's training (torch.profiler): operator seconds, costliest ten")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     args = parser.parse_args()
     home = Path(args.home)
@@ -155,13 +169,13 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(args.threads)
-        print(json.dumps(run_variant(args.variant, home, args.samples)))
+        print(json.dumps(run_variant(args.variant, home, args.samples, args.profile)))
         return
     build_dataset(home)
     results = []
     for variant in args.variants.split(","):
         line = subprocess.run([sys.executable, __file__, "--variant", variant, "--samples", str(args.samples),
-                               "--threads", str(args.threads),
+                               "--threads", str(args.threads), *(["--profile"] if args.profile else []),
                                "--home", str(home)], check=True, stdout=subprocess.PIPE, text=True).stdout
         results.append(json.loads(line.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr)
@@ -175,6 +189,10 @@ def main() -> None:
         print(f"| {r['variant']} | {r['samples']} | {r['tokens']} | {r['steps']} | {r['seconds']} | {r['tokens_per_s']} "
               f"| {r['cpu_seconds']} | {r['tokens_per_cpu_s']} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x / "
               f"{r['tokens_per_cpu_s'] / base['tokens_per_cpu_s']:.2f}x | {r['train_loss']} | {r['peak_rss_gb']} |")
+    for r in results:
+        if "top_operators_s" in r:
+            print(f"\n{r['variant']}: {r['operator_s']} s in operators; costliest: " + ", ".join(
+                f"{name} {sec} s ({sec / r['operator_s']:.0%})" for name, sec in r["top_operators_s"].items()))
     if args.demo:
         print(json.dumps(run_demo(home)))
 
