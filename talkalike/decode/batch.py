@@ -250,9 +250,15 @@ class Batch:
     # --- the KV cache -------------------------------------------------------------------------------------------
 
     def prefill(self, ids: list[int], prompts: list[list[int]]) -> Rows:
-        """A group of prompts, left-padded to the longest, run through the model once."""
+        """A group of prompts, left-padded to the longest, run through the model once. A prompt that comes more than
+        once (the facts probe's greedy and sampled replies to one question) runs once, its row copied to the others."""
         import torch
 
+        distinct = {tuple(prompt): None for prompt in prompts}
+        if len(distinct) < len(prompts):
+            position = {prompt: k for k, prompt in enumerate(distinct)}
+            once = self.prefill(list(range(len(distinct))), [list(prompt) for prompt in distinct])
+            return self._copied(once, ids, [position[tuple(prompt)] for prompt in prompts])
         width = max(len(p) for p in prompts)
         tensor, mask, positions = left_pad(prompts, self.pad, self.device)
         seen = torch.tensor([[p[0]] * (width - len(p)) + p for p in prompts], device=self.device)
@@ -267,6 +273,19 @@ class Batch:
                 blocked[row, self.column(torch.tensor(prompt, device=self.device))] = False
         return Rows(ids, cache, mask, positions[:, -1:], seen, out.last_hidden_state[:, -1].contiguous(),
                      [[] for _ in ids], [False] * len(ids), blocked)
+
+    def _copied(self, rows: Rows, ids: list, index: list[int]) -> Rows:
+        """`rows` re-dealt: row k of the result is row index[k] of `rows`, cache included, under the id ids[k]."""
+        import torch
+
+        index = torch.tensor(index, device=self.device)
+        if self.mergeable:
+            for layer in rows.cache.layers:
+                layer.assign(layer.keys[index], layer.values[index])
+        else:
+            rows.cache.batch_select_indices(index)
+        return Rows(ids, rows.cache, rows.mask[index], rows.positions[index], rows.seen[index], rows.hidden[index],
+                    [[] for _ in ids], [False] * len(ids), None if rows.blocked is None else rows.blocked[index])
 
     def _mergeable(self, cache, window: int | None) -> bool:
         """Whether groups can join a batch mid-decode: plain dynamic cache layers only, and every sequence within a

@@ -71,6 +71,23 @@ def test_a_batch_mixes_greedy_and_sampled_rows(twin):
     assert again == got, "a fixed seed gives the same samples"
 
 
+def test_a_prompt_asked_several_times_is_prefilled_once_and_each_copy_decodes_as_alone(twin, monkeypatch):
+    """The facts probe asks each question for a greedy and several sampled replies: one prefill per distinct prompt,
+    the cache copied to every row that shares it, and each row then decodes on its own."""
+    config = GenerationConfig(temperature=0.0, max_new_tokens=10, max_context_tokens=96)
+    prefilled = []
+    left_pad = evaldecode.left_pad
+    monkeypatch.setattr(evaldecode, "left_pad", lambda prompts, *a: prefilled.append(len(prompts)) or
+                        left_pad(prompts, *a))
+    histories = [HISTORIES[2], HISTORIES[4], HISTORIES[2], HISTORIES[0], HISTORIES[4], HISTORIES[2]]
+    got = evaldecode.decode_many(twin, histories, config)
+    assert prefilled == [3]
+    assert got == [reply(twin, h, config) for h in histories]
+    sampled = evaldecode.decode_many(twin, histories, GenerationConfig(temperature=1.5, max_new_tokens=10,
+                                                                       max_context_tokens=96, seed=1))
+    assert len({tuple(map(tuple, sampled[k])) for k in (0, 2, 5)}) > 1  # copies of one prompt sample apart
+
+
 def _reference(scores, seen, config: GenerationConfig):
     """The probabilities transformers' processors give: repetition penalty, temperature, top-p, softmax."""
     from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
