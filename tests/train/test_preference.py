@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -122,15 +123,20 @@ def test_dpo_teaches_the_twin_to_prefer_the_reply_that_answers_the_question(tiny
     assert {"preference_step", "preference_loss", "reward_accuracy"} <= logged[0].keys()
 
 
-def test_train_with_preference_pairs_records_the_stage_in_the_run(tiny_model_dir, tmp_path, capsys):
+def train_with_pairs(tiny_model_dir, tmp_path, capsys, pairs: int = 6) -> tuple[str, dict, Path]:
+    """`talkalike train --preference-pairs N` on the test dataset: (stderr, run.json, home)."""
     dataset = write_dataset(tmp_path / "ds")
     home = tmp_path / "home"
     code = main(["--home", str(home), "train", "--force", str(dataset), "--base", str(tiny_model_dir), "--name", "noa",
-                 "--epochs", "1", "--preference-pairs", "6"])
+                 "--epochs", "1", "--preference-pairs", str(pairs)])
     err = capsys.readouterr().err
     assert code == 0, err
+    return err, json.loads((home / "runs" / "noa" / "run.json").read_text()), home
+
+
+def test_train_with_preference_pairs_records_the_stage_in_the_run(tiny_model_dir, tmp_path, capsys):
+    err, info, home = train_with_pairs(tiny_model_dir, tmp_path, capsys)
     assert "preference tuning: 6 pairs" in err and "held-out real reply preferred" in err
-    info = json.loads((home / "runs" / "noa" / "run.json").read_text())
     assert info["config"]["preference_pairs"] == 6
     assert info["preference"]["pairs"] == 6 and info["preference"]["held-out pairs"] > 0
     records = [json.loads(line) for line in (home / "runs" / "noa" / "metrics.jsonl").read_text().splitlines()]
@@ -279,13 +285,7 @@ def test_train_records_how_many_pairs_rejected_the_base_models_reply(tiny_model_
 
     preset = default_preset(cuda=False)
     monkeypatch.setitem(PRESETS, preset, replace(PRESETS[preset], preference_base_share=0.5))
-    dataset = write_dataset(tmp_path / "ds")
-    home = tmp_path / "home"
-    code = main(["--home", str(home), "train", "--force", str(dataset), "--base", str(tiny_model_dir), "--name", "noa",
-                 "--epochs", "1", "--preference-pairs", "6"])
-    err = capsys.readouterr().err
-    assert code == 0, err
-    info = json.loads((home / "runs" / "noa" / "run.json").read_text())
+    err, info, _ = train_with_pairs(tiny_model_dir, tmp_path, capsys)
     based = info["preference"]["against the base model's reply"]
     assert 1 <= based <= 3 and f"({based} against the base model's reply)" in err
     assert info["config"]["preference_base_share"] == 0.5
