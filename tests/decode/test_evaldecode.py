@@ -71,9 +71,13 @@ def test_a_batch_mixes_greedy_and_sampled_rows(twin):
     assert again == got, "a fixed seed gives the same samples"
 
 
-def test_a_prompt_asked_several_times_is_prefilled_once_and_each_copy_decodes_as_alone(twin, monkeypatch):
+@pytest.mark.parametrize("mergeable", [True, False], ids=["slot-cache", "transformers-cache"])
+def test_a_prompt_asked_several_times_is_prefilled_once_and_each_copy_decodes_as_alone(twin, monkeypatch, mergeable):
     """The facts probe asks each question for a greedy and several sampled replies: one prefill per distinct prompt,
-    the cache copied to every row that shares it, and each row then decodes on its own."""
+    the cache copied to every row that shares it, and each row then decodes on its own; with the batch's own cache
+    layers, or transformers' (a batch that cannot merge: sequences longer than a sliding window)."""
+    if not mergeable:
+        monkeypatch.setattr(evaldecode.Batch, "_mergeable", lambda self, cache, window: False)
     config = GenerationConfig(temperature=0.0, max_new_tokens=10, max_context_tokens=96)
     prefilled = []
     left_pad = evaldecode.left_pad
