@@ -15,6 +15,10 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
 - ours: talkalike's default GPU training path (talkalike.train.trainer), with loss on every token too, so the maths is the
   original's and the losses must agree.
 - ours-persona: the same path with its default loss on the persona's turns only (fewer trained tokens per sample).
+- ours-persona-plain, -noliger, -nooffload: ours-persona without the speed-ups that keep the maths (attention per
+  packed sample, Liger's layer kernels, no fp32 round trip of LoRA inputs) and checkpoint offloading, without
+  Liger's kernels alone, or without offloading alone.
+- ours-persona-b4, -b8, -b8-nooffload: 4 or 8 packed rows per micro-batch (same tokens per optimizer step).
 - trl-liger: the strong do-it-yourself baseline: TRL's own SFTTrainer with its packing (BFD, padding-free: position
   ids, no attention across samples), Liger's kernels (use_liger_kernel=True: RMSNorm, RoPE, SwiGLU; TRL computes the
   loss with its own chunked LM head and refuses Liger's fused cross-entropy) and SDPA attention, loss on every token,
@@ -40,7 +44,21 @@ from talkalike.train.qlora import release_optimizer_overrides  # noqa: E402
 
 DENSE_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
-VARIANTS = ("baseline", "ours", "ours-persona", "trl-liger")
+# ours and ours-persona run with every speed-up of talkalike.train.trainer.SPEEDUPS and the CUDA recipe as it is; the
+# other rows change one thing each, to show what each moved. Liger patches the model classes of its
+# architecture process-wide, so a row without it must run before any row with it (the default order does).
+# The b4/b8 rows put 4 or 8 packed rows in a micro-batch (accumulating 2 or 1): the same tokens per optimizer step.
+ALL = None
+NO_OFFLOAD = {"offload_checkpoints": False}
+OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
+    "ours-persona-plain": ((), NO_OFFLOAD),
+    "ours-persona-noliger": (("packed-attention", "lora-input-cast"), NO_OFFLOAD),
+    "ours-persona-nooffload": (ALL, NO_OFFLOAD),
+    "ours-persona-b4": (ALL, {"batch_size": 4, "grad_accum": 2}),
+    "ours-persona-b8": (ALL, {"batch_size": 8, "grad_accum": 1}),
+    "ours-persona-b8-nooffload": (ALL, {"batch_size": 8, "grad_accum": 1, **NO_OFFLOAD}),
+}
+VARIANTS = ("baseline", "ours", *OURS_VARIANTS, "ours-persona", "trl-liger")
 
 MODELS = {
     # Mistral-7B v0.1 shapes, vocab 32k (the issue's architecture)
@@ -148,19 +166,30 @@ class StepTimer:
 
     `tokens(state)` reads the running count of non-padding tokens trained so far."""
 
-    def __init__(self, tokens, warmup: int = 2):
+    def __init__(self, tokens, warmup: int = 2, profile: bool = False):
         from transformers import TrainerCallback
 
         outer = self
+        self.profile: dict = {}
 
         class _Callback(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
                 torch.cuda.synchronize()
+                if profile and state.global_step == warmup + 1:
+                    outer.profiler = torch.profiler.profile(
+                        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+                    outer.profiler.__enter__()
                 outer.begin, outer.begin_tokens = time.perf_counter(), tokens(state)
 
             def on_step_end(self, args, state, control, **kwargs):
                 torch.cuda.synchronize()
-                if state.global_step > warmup:
+                profiled = getattr(outer, "profiler", None) is not None
+                if profiled:  # the profiled step is not timed
+                    wall = time.perf_counter() - outer.begin
+                    outer.profiler.__exit__(None, None, None)
+                    outer.profile = summarize_profile(outer.profiler, wall, tokens(state) - outer.begin_tokens)
+                    outer.profiler = None
+                if state.global_step > warmup and not profiled:
                     outer.seconds += time.perf_counter() - outer.begin
                     outer.timed_tokens += tokens(state) - outer.begin_tokens
                 outer.tokens_at_step.append(tokens(state))
@@ -188,6 +217,27 @@ class StepTimer:
                 "tokens_at_step": self.tokens_at_step, "trained_tokens": self.tokens_at_step[-1],
                 "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
                 "reserved_gb": torch.cuda.max_memory_reserved() / 2**30}
+
+
+def summarize_profile(profiler, wall_s: float, tokens: int) -> dict:
+    """Where one optimizer step's time went: the GPU's busy share (kernel time over wall time), how many kernels it
+    launched, the costliest kernels and the costliest operators on the host (self time)."""
+    from torch.autograd import DeviceType
+
+    events = profiler.key_averages()
+    # Kernels only: an operator's own device time is its kernels' time again.
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
+                                                         "cuLaunchKernelEx"))
+    top_gpu = sorted(kernels, key=lambda e: -e.self_device_time_total)[:15]
+    top_cpu = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+    return {
+        "wall_s": round(wall_s, 3), "tokens": tokens, "gpu_busy_s": round(busy, 3),
+        "gpu_busy_share": round(busy / wall_s, 3), "kernel_launches": launches,
+        "top_kernels_ms": [(e.key[:70], e.count, round(e.self_device_time_total / 1e3, 1)) for e in top_gpu],
+        "top_host_ms": [(e.key[:70], e.count, round(e.self_cpu_time_total / 1e3, 1)) for e in top_cpu],
+    }
 
 
 def word_tokenizer(vocab_size: int):
@@ -223,18 +273,19 @@ def run_baseline(model, rows: list[dict], steps: int, vocab_size: int) -> StepTi
     return timer
 
 
-def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool) -> StepTimer:
+def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool, profile: bool = False,
+             speedups=None, changes: dict | None = None) -> StepTimer:
     """talkalike's GPU path (talkalike.train.trainer.make_trainer with the CUDA default recipe), on the same rows."""
     from talkalike.train.recipe import resolve_recipe
     from talkalike.train.trainer import make_trainer
 
-    recipe, _ = resolve_recipe(None, cuda=True, epochs=1.0, early_stopping_patience=0)
+    recipe, _ = resolve_recipe(None, cuda=True, epochs=1.0, early_stopping_patience=0, **(changes or {}))
     records = [{"input_ids": r["input_ids"],
                 "assistant_masks": [1] * len(r["mask"]) if all_turns else r["mask"]} for r in rows]
     counts = {"tokens": 0, "trained_tokens": 0}
-    timer = StepTimer(lambda state: counts["tokens"])
+    timer = StepTimer(lambda state: counts["tokens"], profile=profile)
     trainer = make_trainer(model, word_tokenizer(vocab_size), records, [], recipe, Path("/tmp/bench-ours"),
-                           callbacks=[timer.callback], token_counts=counts)
+                           callbacks=[timer.callback], token_counts=counts, speedups=speedups)
     trainer.args.save_strategy = "no"
     trainer.train()
     timer.trained = counts["trained_tokens"]
@@ -299,6 +350,8 @@ def main() -> int:
                         help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--steps", type=int, default=12, help="baseline optimizer steps (8 samples each)")
     parser.add_argument("--ours-factor", type=int, default=6, help="ours gets this many times the baseline's samples")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one optimizer step of ours/ours-persona (torch.profiler; not timed)")
     args = parser.parse_args()
     unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
     if unknown:
@@ -328,8 +381,12 @@ def main() -> int:
                 else:
                     # Packed rows hold ~16k tokens per optimizer step: give ours enough samples for timed steps.
                     timer = run_ours(model, make_rows(vocab, 8 * args.steps * args.ours_factor), vocab,
-                                     all_turns=(variant == "ours"))
+                                     all_turns=(variant == "ours"), profile=args.profile,
+                                     speedups=OURS_VARIANTS.get(variant, (ALL, {}))[0],
+                                     changes=OURS_VARIANTS.get(variant, (ALL, {}))[1])
                     row = timer.result()
+                    if timer.profile:
+                        row["profile"] = timer.profile
                     row["persona_tokens"] = timer.trained
                 row["loss_at_baseline_tokens"] = timer.loss_after(baseline_tokens.get(model_name, 0))
             except Exception as error:  # one variant failing must not lose the others' numbers
@@ -351,6 +408,15 @@ def main() -> int:
             gc.collect()
             torch.cuda.empty_cache()
     (out / "gpu_train.json").write_text(json.dumps(results, indent=1))
+    for r in results:
+        if "profile" in r:
+            prof = r["profile"]
+            print(f"\nprofiled step, {r['model']} {r['variant']}: {prof['wall_s']} s wall for {prof['tokens']} tokens, "
+                  f"GPU busy {prof['gpu_busy_s']} s ({prof['gpu_busy_share']:.0%}), {prof['kernel_launches']} launches")
+            for name, count, ms in prof["top_kernels_ms"]:
+                print(f"  gpu {ms:9.1f} ms {count:6d}x  {name}")
+            for name, count, ms in prof["top_host_ms"]:
+                print(f"  cpu {ms:9.1f} ms {count:6d}x  {name}")
     print(f"\n{'model':14} {'variant':13} {'tok/s':>9} {'x base':>6} {'MFU':>6} {'peak GB':>8} {'model GB':>8} "
           f"{'leftover':>8} {'first-step loss':>15} {'loss @ baseline tokens':>22}")
     base_speed = {r["model"]: r["tokens_per_s"] for r in results if r["variant"] == "baseline" and "error" not in r}

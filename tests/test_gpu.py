@@ -281,3 +281,85 @@ def test_serves_batch_on_a_gpu_gives_every_greedy_reply_its_alone_text(tiny_toke
         thread.join(600)
     assert isinstance(live.batches[True][0], Slots) and live.widest == len(words)
     assert results == alone
+
+
+def _bf16_loss_and_grads(model, ids, positions, **extra):
+    model.zero_grad()
+    logits = model(input_ids=ids, position_ids=positions, use_cache=False, **extra).logits.float()
+    loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+    loss.backward()
+    return loss.detach(), {name: p.grad.float().clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_close_grads(grads, reference, tolerance: float):
+    assert grads.keys() == reference.keys() and grads
+    for name, grad in grads.items():
+        error = (grad - reference[name]).norm() / reference[name].norm().clamp(min=1e-12)
+        assert error < tolerance, f"{name}: relative error {error:.4f}"
+
+
+@pytest.mark.parametrize("kind", ["mistral", "windowed-gemma"])
+def test_packed_rows_attend_through_varlen_flash_with_the_masked_paths_loss_and_gradients(kind, monkeypatch):
+    """On a GPU the packed row's samples go through one varlen flash call per layer (train/packed.py), with the loss
+    and gradients of SDPA's dense block mask; samples longer than Gemma's 8-token window cross it."""
+    from talkalike.train import packed
+    from tests.conftest import build_tiny_llama, build_windowed_gemma
+
+    build = (lambda: build_tiny_llama("mistral")) if kind == "mistral" else (lambda: build_windowed_gemma(211))
+    model = build().to("cuda", torch.bfloat16).train()
+    model.set_attn_implementation("sdpa")
+    lengths = [13, 5, 1, 40, 8]
+    ids = torch.randint(3, 211, (1, sum(lengths)), generator=torch.Generator().manual_seed(0)).cuda()
+    positions = torch.cat([torch.arange(n) for n in lengths])[None].cuda()
+    reference_loss, reference = _bf16_loss_and_grads(model, ids, positions)
+    calls = []
+    varlen = packed._varlen
+    monkeypatch.setattr(packed, "_varlen", lambda *a, **k: calls.append(varlen(*a, **k)) or calls[-1])
+    packed.use_packed_attention(model)
+    loss, grads = _bf16_loss_and_grads(model, ids, positions, **packed.sample_bounds(positions))
+    # A sliding window needs varlen_attn's window_size (PyTorch 2.11 on); without it those layers loop per sample.
+    windowed_ok = kind == "mistral" or "window_size" in packed._varlen_function()[1]
+    assert calls and all((out is not None) == windowed_ok for out in calls), "varlen wherever it can serve the call"
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-2, atol=1e-2)
+    _assert_close_grads(grads, reference, 0.03)
+
+
+def test_liger_layer_kernels_keep_a_training_steps_loss_and_gradients():
+    """Liger's RMSNorm and SwiGLU (talkalike.train.trainer._liger_layers) give the model's own loss and gradients in
+    bf16 within rounding, and leave the architecture's module as it was for models built later."""
+    pytest.importorskip("liger_kernel")
+    from transformers.models.mistral import modeling_mistral
+
+    from talkalike.train.trainer import _liger_layers
+    from tests.conftest import build_tiny_llama
+
+    module_before = dict(vars(modeling_mistral))
+    ids = torch.randint(3, 211, (1, 48), generator=torch.Generator().manual_seed(1)).cuda()
+    positions = torch.arange(48)[None].cuda()
+    plain = build_tiny_llama("mistral").to("cuda", torch.bfloat16).train()
+    reference_loss, reference = _bf16_loss_and_grads(plain, ids, positions)
+    fused = build_tiny_llama("mistral").to("cuda", torch.bfloat16).train()
+    assert _liger_layers(fused)
+    for module in (fused.model.norm, fused.model.layers[0].mlp, fused.model.layers[0].input_layernorm):
+        assert "liger" in module.forward.__func__.__module__, module  # Liger's forward is bound to the module
+    assert {k: v for k, v in vars(modeling_mistral).items() if module_before.get(k) is not v} == {}
+    loss, grads = _bf16_loss_and_grads(fused, ids, positions)
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-2, atol=1e-2)
+    _assert_close_grads(grads, reference, 0.03)
+
+
+def test_offloaded_checkpoints_on_a_gpu_give_plain_checkpointings_loss_and_gradients():
+    """On a GPU the checkpointed layers' inputs go to pinned host memory on a side stream and come back for the
+    backward pass (train/qlora.py); loss and gradients are plain checkpointing's, dropout's masks replayed."""
+    from talkalike.train.qlora import use_offloaded_checkpoints
+    from tests.train.test_offload import _lora_model, _loss_and_grads
+
+    ids = torch.randint(3, 211, (2, 96), generator=torch.Generator().manual_seed(0)).cuda()
+    model = _lora_model().cuda()
+    reference_loss, reference = _loss_and_grads(model, ids)
+    assert use_offloaded_checkpoints(model) == 2
+    loss, grads = _loss_and_grads(model, ids)
+    torch.testing.assert_close(loss, reference_loss)
+    assert grads.keys() == reference.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], msg=name)

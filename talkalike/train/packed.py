@@ -8,7 +8,15 @@ sample's own slice of the row with `is_causal`, which is the same maths (tests/t
 and every gradient against the masked path) for a fraction of the work.
 
     use_packed_attention(model)   # before training; the row's samples are read from its position ids
+    model(..., position_ids=positions, **sample_bounds(positions))   # on a GPU: the bounds, found once per forward
+
+On a CUDA GPU, with `sample_bounds`' keyword arguments (the names transformers' flash-attention path reads), a bf16 or
+fp16 row goes through PyTorch's variable-length flash attention (`torch.nn.attention.varlen`) in one call per layer:
+no mask, no masked blocks, and no per-sample loop whose Python and launches would stall a GPU that waits on its host
+(the QLoRA step was host-bound: BENCHMARKS.md, "GPU training").
 """
+
+from functools import cache
 
 NAME = "talkalike_packed"
 
@@ -30,14 +38,16 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
             or kwargs.get("softcap") is not None):
         return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                      sliding_window=sliding_window, position_ids=position_ids, **kwargs)
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    if cu_seq_lens is not None and query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and not dropout:
+        output = _varlen(query, key, value, cu_seq_lens, kwargs["max_length_q"], scaling, sliding_window)
+        if output is not None:
+            return output, None
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
-    # A sample starts wherever the position does not follow on, as transformers' own packed-sequence mask reads it.
-    positions = position_ids[0]
-    starts = ((positions[1:] - positions[:-1]) != 1).nonzero().flatten().add(1).tolist()
-    bounds = [0, *starts, q_length]
+    bounds = cu_seq_lens.tolist() if cu_seq_lens is not None else _bounds(position_ids[0])
     outputs = []
     for start, end in zip(bounds, bounds[1:], strict=False):
         q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
@@ -54,6 +64,62 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         outputs.append(out)
     output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
     return output.transpose(1, 2).contiguous(), None
+
+
+def _bounds(positions) -> list[int]:
+    """Where each packed sample starts, and the row's end: a sample starts wherever the position does not follow on, as
+    transformers' own packed-sequence mask reads it."""
+    starts = ((positions[1:] - positions[:-1]) != 1).nonzero().flatten().add(1).tolist()
+    return [0, *starts, positions.numel()]
+
+
+def sample_bounds(position_ids) -> dict:
+    """The keyword arguments that tell `packed_attention` where the samples of a padding-free row start: cumulative
+    lengths (int32, on the row's device) and the longest sample, read once for every layer of a forward."""
+    import torch
+
+    bounds = _bounds(position_ids[0])
+    cumulative = torch.tensor(bounds, dtype=torch.int32).to(position_ids.device, non_blocking=True)
+    longest = max(end - start for start, end in zip(bounds, bounds[1:], strict=False))
+    return {"cu_seq_lens_q": cumulative, "cu_seq_lens_k": cumulative, "max_length_q": longest,
+            "max_length_k": longest}
+
+
+@cache
+def _varlen_function():
+    """PyTorch's varlen_attn and the names of its parameters (they changed between releases), or (None, ())."""
+    import inspect
+
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None, ()
+    return varlen_attn, tuple(inspect.signature(varlen_attn).parameters)
+
+
+def _varlen(query, key, value, cu_seq_lens, longest: int, scaling, sliding_window):
+    """Causal attention within each packed sample through PyTorch's variable-length flash attention, [1, T, H, D];
+    None where this PyTorch has none (before 2.10) or lacks what the call needs (a sliding window)."""
+    varlen_attn, accepts = _varlen_function()
+    if varlen_attn is None:
+        return None
+    options = {"scale": scaling}
+    if "window_size" in accepts:  # (left, right): -1 is unbounded; a window of W sees the W - 1 tokens before
+        options["window_size"] = (sliding_window - 1 if sliding_window else -1, 0)
+    elif "is_causal" in accepts and not sliding_window:
+        options["is_causal"] = True
+    else:
+        return None
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, heads, D]
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in accepts:
+            options["enable_gqa"] = True
+        else:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    output = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu_seq_lens, cu_seq_lens, longest, longest,
+                         **options)
+    return output[None]
 
 
 def packed_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,

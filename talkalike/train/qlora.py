@@ -14,6 +14,7 @@ chunk's logits exist at a time, in the forward and again in the backward.
 """
 
 from contextlib import contextmanager
+from functools import cache
 
 
 def prepare_kbit(model, gradient_checkpointing: bool = True):
@@ -64,6 +65,109 @@ def head_loss_sum(head, hidden, targets, chunk_rows: int | None = None):
         total = total + checkpoint(chunk_loss, hidden[start : start + rows], targets[start : start + rows],
                                    use_reentrant=False)
     return total
+
+
+def offloaded_checkpoint(function, hidden, *args):
+    """Activation checkpointing of one decoder layer that keeps the layer's input in pinned host memory, not on the GPU.
+
+    Plain checkpointing keeps each layer's input on the GPU until the backward pass (at 8k tokens a micro-batch, 64 MB
+    a layer for a 7B model, 2 GB in all). This copies it to the host on a side stream while the next layers compute,
+    and back when the backward pass reaches the layer, which then runs again with gradients, as checkpointing does,
+    with the same random state (LoRA dropout draws the same masks). It lets a micro-batch hold several times the
+    tokens at the same peak memory, and a micro-batch's cost on the GPU host is mostly fixed (BENCHMARKS.md, "GPU
+    training"). Used as transformers' `_gradient_checkpointing_func`: `function` is the layer with its keyword
+    arguments bound, `hidden` its input hidden states.
+    """
+    import torch
+
+    if any(torch.is_tensor(arg) and arg.requires_grad for arg in args):  # only the hidden states are replayed
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(function, hidden, *args, use_reentrant=False)
+    return _offloaded_layer().apply(function, hidden, *args)
+
+
+def _copy_stream(device):
+    import torch
+
+    streams = _copy_stream.__dict__.setdefault("streams", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device)
+    return streams[device]
+
+
+def _offload(tensor):
+    """A host copy of a GPU tensor made on a side stream (and the event that marks it done); a CPU tensor as it is."""
+    import torch
+
+    if tensor.device.type != "cuda":
+        return tensor.detach(), None
+    stream = _copy_stream(tensor.device)
+    stream.wait_stream(torch.cuda.current_stream(tensor.device))
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    with torch.cuda.stream(stream):
+        host.copy_(tensor, non_blocking=True)
+    tensor.record_stream(stream)  # the allocator must not reuse its memory before the copy has read it
+    return host, stream.record_event()
+
+
+def _reload(saved, device):
+    import torch
+
+    host, done = saved
+    if done is None:
+        return host
+    torch.cuda.current_stream(device).wait_event(done)
+    return host.to(device, non_blocking=True)
+
+
+@cache
+def _offloaded_layer():
+    """The autograd function behind `offloaded_checkpoint` (defined once, on first use: torch is heavy)."""
+    import torch
+
+    class OffloadedLayer(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, function, hidden, *args):
+            ctx.function, ctx.args, ctx.device = function, args, hidden.device
+            ctx.autocast = [(kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+                            for kind in ("cpu", "cuda")]
+            ctx.rng = torch.get_rng_state(), (torch.cuda.get_rng_state(hidden.device) if hidden.is_cuda else None)
+            ctx.saved = _offload(hidden)
+            return function(hidden, *args)  # autograd records nothing inside: nothing but the output stays
+
+        @staticmethod
+        def backward(ctx, *grads):
+            from contextlib import ExitStack
+
+            hidden = _reload(ctx.saved, ctx.device).detach().requires_grad_(True)
+            devices = [ctx.device] if ctx.rng[1] is not None else []
+            with torch.random.fork_rng(devices=devices), torch.enable_grad(), ExitStack() as stack:
+                torch.set_rng_state(ctx.rng[0])
+                if ctx.rng[1] is not None:
+                    torch.cuda.set_rng_state(ctx.rng[1], ctx.device)
+                for kind, enabled, dtype in ctx.autocast:
+                    stack.enter_context(torch.autocast(kind, enabled=enabled, dtype=dtype))
+                outputs = ctx.function(hidden, *ctx.args)
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            pairs = [(out, grad) for out, grad in zip(outputs, grads, strict=False)
+                     if grad is not None and torch.is_tensor(out) and out.requires_grad]
+            torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
+            arguments = len(ctx.args)
+            ctx.saved = ctx.function = ctx.args = None
+            return None, hidden.grad, *[None] * arguments
+
+    return OffloadedLayer
+
+
+def use_offloaded_checkpoints(model) -> int:
+    """Make every checkpointed decoder layer of `model` offload its input (`offloaded_checkpoint`); how many."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    for layer in layers:
+        layer._gradient_checkpointing_func = offloaded_checkpoint
+    return len(layers)
 
 
 def release_optimizer_overrides() -> None:

@@ -99,6 +99,43 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
     return get_peft_model(model, lora_config(recipe, turn_end_ids))
 
 
+# Changes that speed training up and leave its maths as it is (benchmarks/gpu_train.py measures each):
+# - packed-attention: attention within each packed sample, no dense mask (train/packed.py)
+# - liger: on a CUDA GPU, Liger's Triton kernels for RMSNorm and SwiGLU where liger-kernel is installed
+# - lora-input-cast: under bf16 autocast, no fp32 copy of each LoRA input that autocast casts straight back
+SPEEDUPS = ("packed-attention", "liger", "lora-input-cast")
+
+
+def _liger_layers(model) -> bool:
+    """Liger's fused RMSNorm and SwiGLU for this model's own layers (its loss kernels stay off: our masked head
+    computes the loss); False where liger-kernel is not installed or does not know the architecture.
+
+    Liger also replaces the classes and RoPE function of the architecture's module for the whole process; those are
+    put back at once, so models built later (a decoder compiled after training, say) are transformers' own. RoPE is
+    a module function, so it is not swapped at all.
+    """
+    import importlib
+
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        return False
+    module = importlib.import_module(type(model).__module__)
+    before = dict(vars(module))
+    try:
+        _apply_liger_kernel_to_instance(model=model, rope=False, rms_norm=True, swiglu=True, cross_entropy=False,
+                                        fused_linear_cross_entropy=False)
+    except Exception:  # an architecture Liger has no kernels for: train on with the model's own layers
+        return False
+    finally:
+        for name, value in before.items():
+            if getattr(module, name, None) is not value:
+                setattr(module, name, value)
+        for name in set(vars(module)) - set(before):
+            delattr(module, name)
+    return True
+
+
 TURN_END_LR_SCALE = 10  # the turn-end token rows' learning rate, as a multiple of the adapters'
 
 
@@ -108,6 +145,7 @@ def _trainer_class():
     from trl import SFTTrainer
 
     from talkalike.train.headloss import frozen_head_loss_sum
+    from talkalike.train.packed import sample_bounds
     from talkalike.train.qlora import deferred_head, head_loss_sum
 
     class PersonaTrainer(SFTTrainer):
@@ -144,11 +182,14 @@ def _trainer_class():
             keep = torch.zeros_like(labels[0], dtype=torch.bool)
             keep[:-1] = targets != -100
             model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+            unwrapped = self.accelerator.unwrap_model(model)
+            if labels.is_cuda and "position_ids" in model_inputs and _packed(unwrapped):
+                # Where the row's samples start, read once for every layer (train/packed.py: varlen attention)
+                model_inputs.update(sample_bounds(model_inputs["position_ids"]))
             # `logits_to_keep` as a boolean mask goes through the model's own forward (so DDP and a LoRA on lm_head
             # work) and keeps only the labelled positions. A 1-D mask: transformers before 5.21 (the GPU image's
             # 5.17) slices `hidden_states[:, logits_to_keep, :]`, where a 2-D one raises IndexError.
             chosen = targets[keep[:-1]]
-            unwrapped = self.accelerator.unwrap_model(model)
             frozen = None if labels.is_cuda or self.is_fsdp_enabled else _frozen_plain_head(unwrapped)
             if frozen is not None:
                 # Nothing trains the head but a few token rows: its loss gradient is taken while the logits exist
@@ -180,6 +221,26 @@ def _trainer_class():
             return (loss, {"loss": loss}) if return_outputs else loss
 
     return PersonaTrainer
+
+
+def _offload_callback():
+    """Once Trainer has turned checkpointing on (at train()), the checkpointed layers offload their inputs."""
+    from transformers import TrainerCallback
+
+    from talkalike.train.qlora import use_offloaded_checkpoints
+
+    class OffloadCheckpoints(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            use_offloaded_checkpoints(model)
+
+    return OffloadCheckpoints()
+
+
+def _packed(model) -> bool:
+    """Whether the model attends through train/packed.py's per-sample attention."""
+    from talkalike.train.packed import NAME
+
+    return getattr(model.get_base_model().config, "_attn_implementation", None) == NAME
 
 
 def _frozen_plain_head(model) -> dict | None:
@@ -250,9 +311,10 @@ def _records_dataset(records: list[dict]):
 def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list[dict], recipe: Recipe,
                  output_dir: Path, *, max_steps: int | None = None, callbacks: list | None = None,
                  turn_end_ids: list[int] | None = None,
-                 token_counts: dict | None = None, adapter: Path | None = None):
+                 token_counts: dict | None = None, adapter: Path | None = None, speedups=None):
     """Our training path for a loaded base model: LoRA + SFTTrainer with packing and the masked LM head; with
-    `adapter`, that trained LoRA continues instead of a fresh one.
+    `adapter`, that trained LoRA continues instead of a fresh one. `speedups` (default: all of `SPEEDUPS`) names the
+    changes that leave the maths as it is; the GPU benchmark turns them off one at a time.
 
     The GPU benchmark calls this with a model built in memory; `train` calls it with a loaded base.
     """
@@ -303,27 +365,33 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         # "Expected to mark a variable ready only once"); Trainer turns the search on for any PeftModel.
         ddp_find_unused_parameters=False,
     )
-    if recipe.packing and not torch.cuda.is_available():
-        # A CPU computes every block of SDPA's dense mask over a packed row; per-sample attention skips the masked
-        # ones (train/packed.py).
+    speedups = set(SPEEDUPS if speedups is None else speedups)
+    if recipe.packing and "packed-attention" in speedups:
+        # SDPA computes every block of its dense mask over a packed row on a CPU, and on a GPU builds the mask and
+        # goes through cuDNN's masked kernel (1 ms of host time a call, in a host-bound step); per-sample attention
+        # skips the masked blocks, in one varlen flash call per layer on a GPU (train/packed.py).
         from talkalike.train.packed import use_packed_attention
 
         use_packed_attention(model)
+    if torch.cuda.is_available() and "liger" in speedups:
+        _liger_layers(model)
     set_seed(recipe.seed)  # LoRA's A matrices are drawn at random: seed them so reruns and resumes agree
     model = apply_lora(model, recipe, turn_end_ids, adapter)
     # The trained turn-end rows without peft's copy of the whole 262k-row table at every forward and its whole-table
     # gradient at every backward: the same loss and gradients (tests/test_model_rows.py).
     token_rows_in_place(model)
-    if recipe.bf16 and not torch.cuda.is_available():
-        # Under CPU autocast, peft's cast of each LoRA input to the adapter's fp32 is undone at once by autocast's
-        # cast back to bf16 for the matmul: two copies of the activations per adapted layer for the same product
-        # (8% of a training step of the embedded model here).
+    if recipe.bf16 and "lora-input-cast" in speedups:
+        # Under autocast, peft's cast of each LoRA input to the adapter's fp32 is undone at once by autocast's cast
+        # back to bf16 for the matmul: two copies of the activations per adapted layer for the same product (8% of a
+        # training step of the embedded model on a CPU; on a GPU two more launches per layer in a host-bound step).
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         for module in model.modules():
             if isinstance(module, BaseTunerLayer):
                 module.cast_input_dtype_enabled = False
     callbacks = list(callbacks or [])
+    if torch.cuda.is_available() and recipe.gradient_checkpointing and recipe.offload_checkpoints:
+        callbacks.append(_offload_callback())
     if has_eval and recipe.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 
