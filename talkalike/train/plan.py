@@ -85,8 +85,12 @@ def estimate(config, recipe: Recipe, device: str, seq_len: int | None = None) ->
     tokens = seq * recipe.batch_size  # one micro-batch (packed rows of seq tokens)
     act_bytes = 2 if recipe.bf16 else 4
     per_layer_token = 12 * hidden + 5 * intermediate  # saved tensors of one decoder layer (LoRA inputs included)
+    offloaded = 0
     if recipe.gradient_checkpointing:
-        activations = tokens * hidden * act_bytes * layers + tokens * per_layer_token * act_bytes
+        checkpoints = tokens * hidden * act_bytes * layers  # every layer's input, kept for the recomputation
+        if device == "cuda" and recipe.offload_checkpoints:  # in pinned host memory instead (train/qlora.py)
+            checkpoints, offloaded = tokens * hidden * act_bytes, checkpoints
+        activations = checkpoints + tokens * per_layer_token * act_bytes
     else:
         activations = tokens * per_layer_token * act_bytes * layers
     # attention scores of one layer when the kernel materializes them (CPU / masked SDPA); flash kernels do not
@@ -100,7 +104,8 @@ def estimate(config, recipe: Recipe, device: str, seq_len: int | None = None) ->
             "trainable_percent": round(100 * trainable / total, 4), "method": method, "device": device,
             "seq_len": seq, "batch_size": recipe.batch_size, "gradient_checkpointing": recipe.gradient_checkpointing,
             "memory_gb": {"base_weights": round(base_gb, 3), "lora_weights_grads_optimizer": round(lora_gb, 3),
-                          "activations_and_logits": round(activation_gb, 3), "overhead": OVERHEAD_GB[device]},
+                          "activations_and_logits": round(activation_gb, 3), "overhead": OVERHEAD_GB[device],
+                          "offloaded_to_host": round(offloaded / 1e9, 3)},
             "peak_memory_gb": round(peak, 2)}
 
 
@@ -172,6 +177,8 @@ def cmd_plan(args) -> int:
     print(f"peak memory: ~{result['peak_memory_gb']:.1f} GB (base weights {memory['base_weights']:.2f}, "
           f"LoRA+grads+optimizer {memory['lora_weights_grads_optimizer']:.2f}, activations+logits "
           f"{memory['activations_and_logits']:.2f}, overhead {memory['overhead']:.1f})")
+    if memory.get("offloaded_to_host"):
+        print(f"host memory: {memory['offloaded_to_host']:.2f} GB of checkpointed layer inputs, offloaded from the GPU")
     if "peak_memory_gb_on_cuda" in result:
         print(f"on a CUDA GPU (4-bit where the preset says so): ~{result['peak_memory_gb_on_cuda']:.1f} GB")
     verdict = "fits" if result["fits"] else "does NOT fit: try --preset original on a GPU, a smaller --base or --seq-len"

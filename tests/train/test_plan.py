@@ -64,6 +64,29 @@ def test_gradient_checkpointing_and_longer_sequences_move_the_estimate(tiny_mode
     assert short < long and checkpointed <= long
 
 
+def test_offloaded_checkpoints_leave_the_gpu_estimate_and_are_counted_on_the_host(tmp_path):
+    from dataclasses import replace
+
+    from talkalike.train.plan import estimate, load_config
+    from talkalike.train.recipe import PRESETS
+
+    folder = tmp_path / "mistral"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(MISTRAL_7B_64K))
+    config = load_config(str(folder), tmp_path)
+    recipe = PRESETS["original"]
+    offloaded = estimate(config, recipe, "cuda", 1024)
+    kept = estimate(config, replace(recipe, offload_checkpoints=False), "cuda", 1024)
+    moved = offloaded["memory_gb"]["offloaded_to_host"]
+    assert moved > 0 and kept["memory_gb"]["offloaded_to_host"] == 0
+    # 4 rows x 1,024 tokens x 4,096 x bf16 for each of 32 layers on the host; on the GPU one layer's at a time
+    one_layer = 4 * 1024 * 4096 * 2 / 1e9
+    assert abs(moved - 32 * one_layer) < 1e-3
+    assert abs(kept["peak_memory_gb"] - offloaded["peak_memory_gb"] - 31 * one_layer) < 0.02
+    # A CPU has no host to offload to: the same recipe keeps its checkpoints where they are.
+    assert estimate(config, recipe, "cpu", 1024)["memory_gb"]["offloaded_to_host"] == 0
+
+
 def test_an_unknown_base_is_one_error_line_with_exit_2(tmp_path, capsys):
     assert main(["--home", str(tmp_path), "plan", "--base", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.startswith("error: no model folder")
