@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.language import Steer, habit_columns
-from talkalike.decode.sampling import Sampler
+from talkalike.decode.sampling import Sampler, word_classes
 from talkalike.decode.turns import (
     ends_turn,
     fit_prompt,
@@ -225,7 +225,10 @@ class Batch:
             habits = [self.to_sub[ids[torch.isin(ids, self.keep)]] for ids in habits]
         self.sampler = Sampler(config, head_rows, batch_size, self.device,
                                softcap=getattr(lm.config, "final_logit_softcapping", None), separator_ids=separators,
-                               steer=self.steer, habits=habits)
+                               steer=self.steer, habits=habits,
+                               # a restricted head's columns are not token ids: there the rule compares tokens
+                               words=word_classes(twin.tokenizer, head_rows, self.device, config)
+                               if self.keep is None else None)
         self.head_out = torch.empty(batch_size, head_rows, dtype=self.head.weight.dtype, device=self.device) \
             if self.plain_head else None
         # Refill once a quarter of the batch is free: each merge copies the cache once, as one decode step does.

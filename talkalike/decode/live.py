@@ -23,7 +23,7 @@ from typing import Any
 from talkalike.decode.batch import PREFILL_ROWS, Batch, Rows
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.language import Steer, habit_columns
-from talkalike.decode.sampling import Sampler, Together, outside
+from talkalike.decode.sampling import Sampler, Together, outside, word_classes
 from talkalike.decode.slots import MAX_LEN, Slots
 from talkalike.decode.stream import tokens
 from talkalike.decode.turns import separator_ids, vocabulary
@@ -81,7 +81,8 @@ class Live:
         reply = Reply(prompt_ids, config, use_adapter,
                       Sampler(config, twin.vocab_size, rows=1, device=twin.device,
                               separator_ids=separator_ids(twin.tokenizer), steer=steer, shares=shares,
-                              habits=habit_columns(twin, twin.device, config)),
+                              habits=habit_columns(twin, twin.device, config),
+                              words=word_classes(twin.tokenizer, twin.vocab_size, twin.device, config)),
                       outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, twin.device))
         with self.changed:
             self._prepare()

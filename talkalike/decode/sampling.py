@@ -1,6 +1,6 @@
 """The one sampler: the next token of every row, drawn as transformers' logits processors would draw it.
 
-No run of `no_repeat_ngram` tokens twice inside a reply, repetition penalty over every token already in the row
+No run of `no_repeat_ngram` words twice inside a reply (tokens compared by the word they spell), repetition penalty over every token already in the row
 (prompt included), temperature, then top-p; a row whose temperature is 0 or less takes the argmax. The single-stream loop (stream.py) and eval's batches (batch.py) both
 draw through `Sampler`. On a 262k vocabulary whole-vocabulary passes cost more than the forward pass on a CPU, so:
 the penalty touches the seen tokens only, and a token is drawn in two stages (a block of the vocabulary by its
@@ -10,6 +10,8 @@ host, so on a GPU the draw is queued behind the step like any other kernel.
     sampler = Sampler(config, vocab=len(tokenizer), rows=1, device=device)
     token = sampler(logits, seen_ids, [config.temperature])
 """
+
+import functools
 
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.language import keep_mass
@@ -24,7 +26,8 @@ class Sampler:
     width is whole blocks (the padding is -inf for max and argmax, 0 after exp())."""
 
     def __init__(self, config: GenerationConfig, vocab: int, rows: int, device, softcap: float | None = None,
-                 separator_ids: list[int] = (), steer=None, shares: list[float | None] | None = None, habits=None):
+                 separator_ids: list[int] = (), steer=None, shares: list[float | None] | None = None, habits=None,
+                 words: "WordClasses | None" = None):
         import torch
 
         self.config, self.vocab, self.softcap = config, vocab, softcap
@@ -36,6 +39,7 @@ class Sampler:
         # Runs that touch the message separator's tokens are never blocked: every message boundary is one.
         self.separator_ids = tuple(sorted(set(separator_ids)))
         self.separator = torch.tensor(self.separator_ids, dtype=torch.long, device=device)
+        self.words = words  # the no-repeat rule compares words, not token ids (WordClasses)
         self.generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
         # A fresh 30-70 MB tensor per step would cost page faults on every step: one buffer, reused.
         self.logits = torch.empty(rows, -(-vocab // BLOCK) * BLOCK, device=device)
@@ -57,7 +61,7 @@ class Sampler:
             buffer[:, : self.vocab].masked_fill_(blocked, float("-inf"))
         if generated is not None and self.config.no_repeat_ngram > 1:
             for row, reply in enumerate(generated):
-                block_repeats(buffer[row], reply, self.config.no_repeat_ngram, self.separator)
+                block_repeats(buffer[row], reply, self.config.no_repeat_ngram, self.separator, self.words)
         if self.steer is not None and generated is not None:
             self.steer.apply(buffer[:, : self.vocab], shares or self.shares or [None] * n, temperatures, generated)
         if self.habits and any(t > 0 and t != 1 for t in temperatures):
@@ -77,7 +81,7 @@ class Sampler:
         (`Together`)."""
         steer = self.steer
         return (self.config.repetition_penalty, self.config.top_p, self.config.no_repeat_ngram, self.softcap,
-                self.vocab, self.separator_ids, tuple(map(id, self.habits)), str(self.logits.device),
+                self.vocab, self.separator_ids, tuple(map(id, self.habits)), str(self.logits.device), id(self.words),
                 None if steer is None else (steer.other, tuple(sorted(steer.shares.items())), id(steer.masks),
                                             tuple(steer.start_tail)))
 
@@ -86,7 +90,7 @@ class Sampler:
         import dataclasses
 
         return Sampler(dataclasses.replace(self.config, seed=None), self.vocab, rows, self.logits.device,
-                       self.softcap, self.separator_ids, self.steer, None, self.habits)
+                       self.softcap, self.separator_ids, self.steer, None, self.habits, self.words)
 
 
 class Together:
@@ -152,23 +156,80 @@ def outside(allowed: list[int] | None, vocab: int, device):
     return blocked
 
 
-def block_repeats(logits, reply, n: int, separator) -> None:
+def block_repeats(logits, reply, n: int, separator, words: "WordClasses | None" = None) -> None:
     """Set to -inf, in `logits` [vocab], every token that would repeat a run of `n` tokens already in `reply` (1-D),
-    runs touching `separator` tokens aside. Device ops only: on a GPU nothing waits for the host."""
+    runs touching `separator` tokens aside. With `words`, tokens are compared by the word they spell (case and a
+    leading space aside) and every spelling of a banned one is banned. Device ops only: on a GPU nothing waits for
+    the host."""
     import torch
 
     if reply.shape[0] < n:
         return
-    runs = reply.unfold(0, n, 1)  # [length - n + 1, n]: every run of n tokens so far
-    repeats = (runs[:, :-1] == reply[reply.shape[0] - n + 1:]).all(-1)  # runs that the reply's tail would redo
+    raw = reply.unfold(0, n, 1)  # [length - n + 1, n]: every run of n tokens so far
+    ids = reply if words is None else words.of[reply]
+    runs = raw if words is None else ids.unfold(0, n, 1)
+    repeats = (runs[:, :-1] == ids[ids.shape[0] - n + 1:]).all(-1)  # runs that the reply's tail would redo
     if separator.numel():
         # Compared one by one, not with torch.isin: on a GPU isin sorts through unique() once there are more than a
         # dozen values, and unique() makes the host wait for the device on every token.
-        touches = (runs[:, :, None] == separator).any(-1)  # [runs, n]: which positions hold a separator token
+        touches = (raw[:, :, None] == separator).any(-1)  # [runs, n]: which positions hold a separator token
         repeats &= ~touches.any(-1) & ~touches[-1, 1:].any()
     # amin: a token banned by any run stays banned whatever the other runs say
     banned = torch.where(repeats, float("-inf"), float("inf"))
-    logits.scatter_reduce_(0, runs[:, -1], banned, reduce="amin", include_self=True)
+    if words is None:
+        logits.scatter_reduce_(0, runs[:, -1], banned, reduce="amin", include_self=True)
+    else:  # every spelling of each run's last word
+        spellings = words.members[runs[:, -1]]  # [runs, most spellings]
+        logits.scatter_reduce_(0, spellings.flatten(), banned.repeat_interleave(spellings.shape[1]), reduce="amin",
+                               include_self=True)
+
+
+class WordClasses:
+    """The tokens of a vocabulary grouped by the word each spells, case and a leading space aside ("ok", " ok", "OK"
+    and " Ok" are one), so the no-repeat rule also stops the loops that come back in another spelling ("ok ok ok ok",
+    the eval's repeat measure reads words case-blind). `of` [vocab]: each token's class; `members` [classes, k]: each
+    class's tokens (at most MAX_SPELLINGS; short classes repeat their first). Tokens that spell nothing but space,
+    bytes of a longer character, and ids past the tokenizer are classes of their own."""
+
+    MAX_SPELLINGS = 16
+
+    def __init__(self, texts: list[str], vocab: int, device):
+        import torch
+
+        index: dict[str, int] = {}
+        of, members = [], []
+        for token in range(vocab):
+            key = texts[token].strip().lower() if token < len(texts) else ""
+            if "\ufffd" in key:  # a byte of a longer character (byte fallback): no word of its own to share
+                key = ""
+            found = index.get(key) if key else None
+            if found is None:
+                found = len(members)
+                members.append([])
+                if key:
+                    index[key] = found
+            of.append(found)
+            if len(members[found]) < self.MAX_SPELLINGS:
+                members[found].append(token)
+        widest = max(map(len, members))
+        self.of = torch.tensor(of, dtype=torch.long, device=device)
+        self.members = torch.tensor([m + [m[0]] * (widest - len(m)) for m in members], dtype=torch.long,
+                                    device=device)
+
+
+def word_classes(tokenizer, vocab: int, device, config: GenerationConfig) -> WordClasses | None:
+    """The vocabulary's WordClasses on `device` when the config blocks repeats (else None), built once per tokenizer
+    (a second or two for 262k tokens)."""
+    import torch
+
+    if config.no_repeat_ngram <= 1:
+        return None
+    return _word_classes(tokenizer, vocab, torch.device(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _word_classes(tokenizer, vocab: int, device) -> WordClasses:
+    return WordClasses(tokenizer.batch_decode([[token] for token in range(len(tokenizer))]), vocab, device)
 
 
 def choose(logits, seen, temperatures: list[float], config: GenerationConfig, generator, vocab: int):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.engines import Engine
 from talkalike.decode.language import Steer, habit_columns
-from talkalike.decode.sampling import Sampler, outside
+from talkalike.decode.sampling import Sampler, outside, word_classes
 from talkalike.decode.turns import (
     Event,
     Splitter,
@@ -101,7 +101,8 @@ def draw_alone(twin: Twin, prompt_ids: list[int], config: GenerationConfig, use_
     steer, shares = Steer.for_reply(twin, engine.device, config, history)
     sampler = Sampler(config, twin.vocab_size, rows=1, device=engine.device,
                       separator_ids=separator_ids(twin.tokenizer), steer=steer, shares=shares,
-                      habits=habit_columns(twin, engine.device, config))
+                      habits=habit_columns(twin, engine.device, config),
+                      words=word_classes(twin.tokenizer, twin.vocab_size, engine.device, config))
     blocked = outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, engine.device)
     temperature = [config.temperature]
     start = len(prompt_ids)

@@ -39,6 +39,48 @@ def test_runs_through_the_message_separator_are_never_blocked():
     assert logits[4] == float("-inf")
 
 
+# A vocabulary where one word has several spellings, and two byte-fallback tokens that decode to U+FFFD alone.
+SPELLINGS = ["<pad>", "ok", " ok", "OK", " no", "\n", "<|msg|>", "\ufffd", "\ufffd", " yes"]
+
+
+def test_a_run_that_comes_back_in_another_spelling_is_blocked_in_every_spelling():
+    """"ok ok ok" then " ok" redoes the run "ok ok ok" as words; as token ids ("ok", " ok", " ok") it is new."""
+    from talkalike.decode.sampling import WordClasses
+
+    words = WordClasses(SPELLINGS, 10, "cpu")
+    reply = torch.tensor([1, 2, 2])
+    plain = torch.zeros(10)
+    block_repeats(plain, reply, 3, torch.tensor([], dtype=torch.long))
+    assert torch.isfinite(plain).all()  # token ids alone miss the loop
+    logits = torch.zeros(10)
+    block_repeats(logits, reply, 3, torch.tensor([], dtype=torch.long), words)
+    assert (logits[[1, 2, 3]] == float("-inf")).all()  # "ok", " ok" and "OK"
+    assert torch.isfinite(logits[[0, 4, 5, 6, 7, 8, 9]]).all()
+
+
+def test_word_classes_keep_bytes_space_and_ids_past_the_tokenizer_apart():
+    from talkalike.decode.sampling import WordClasses
+
+    words = WordClasses(SPELLINGS, 12, "cpu")  # a head two rows wider than the tokenizer
+    assert words.of[1] == words.of[2] == words.of[3]
+    classes = [int(words.of[i]) for i in (0, 4, 5, 6, 7, 8, 9, 10, 11)]
+    assert len(set(classes)) == len(classes) and int(words.of[1]) not in classes
+    logits = torch.zeros(12)
+    block_repeats(logits, torch.tensor([7, 9, 7, 9]), 3, torch.tensor([], dtype=torch.long), words)
+    assert logits[7] == float("-inf") and logits[8] == 0  # one byte token's repeat bans no other byte token
+
+
+def test_greedy_sampling_with_word_classes_moves_past_every_spelling_of_a_loop():
+    from talkalike.decode.sampling import WordClasses
+
+    config = GenerationConfig(temperature=0, repetition_penalty=1.0, no_repeat_ngram=3)
+    sampler = Sampler(config, vocab=10, rows=1, device="cpu", separator_ids=[6],
+                      words=WordClasses(SPELLINGS, 10, "cpu"))
+    logits = torch.tensor([[0.0, 5, 9, 8, 1, 0, 0, 0, 0, 7]])  # " ok", then "OK", then " yes"
+    reply = torch.tensor([1, 2, 2])
+    assert int(sampler(logits, reply[None], [0.0], [reply])) == 9
+
+
 def test_greedy_sampling_takes_the_next_best_token_when_the_best_repeats():
     config = GenerationConfig(temperature=0, repetition_penalty=1.0, no_repeat_ngram=3)
     sampler = Sampler(config, vocab=10, rows=1, device="cpu", separator_ids=[9])
@@ -117,3 +159,20 @@ def test_batched_replies_from_the_restricted_head_match_the_single_streams_maske
 def test_a_twin_without_memory_keeps_the_whole_vocabulary(tiny_tokenizer):
     twin = Twin.of(build_tiny_model(len(tiny_tokenizer)), tiny_tokenizer)
     assert vocabulary(twin, [[5, 6]], GenerationConfig(own_words=True)) is None
+
+
+def test_a_tokenizers_word_classes_join_the_spellings_it_has(tiny_tokenizer):
+    """Built from a real (byte-level BPE) tokenizer: a word and its space-led token are one class; off with the rule."""
+    from talkalike.decode.sampling import word_classes
+
+    config = GenerationConfig(no_repeat_ngram=3)
+    words = word_classes(tiny_tokenizer, len(tiny_tokenizer), "cpu", config)
+    pairs = [(tiny_tokenizer.convert_tokens_to_ids(w), tiny_tokenizer.convert_tokens_to_ids("Ġ" + w))
+             for w in ("the", "you", "ok")]
+    pairs = [(a, b) for a, b in pairs if a != tiny_tokenizer.unk_token_id and b != tiny_tokenizer.unk_token_id
+             and a is not None and b is not None]
+    assert pairs, "the tiny vocabulary has a word both with and without a leading space"
+    for bare, spaced in pairs:
+        assert words.of[bare] == words.of[spaced]
+        assert spaced in words.members[words.of[bare]].tolist()
+    assert word_classes(tiny_tokenizer, len(tiny_tokenizer), "cpu", GenerationConfig(no_repeat_ngram=0)) is None
