@@ -380,10 +380,10 @@ def main() -> int:
                     row = timer.result()
                 else:
                     # Packed rows hold ~16k tokens per optimizer step: give ours enough samples for timed steps.
+                    speedups, changes = OURS_VARIANTS.get(variant, (ALL, {}))
                     timer = run_ours(model, make_rows(vocab, 8 * args.steps * args.ours_factor), vocab,
-                                     all_turns=(variant == "ours"), profile=args.profile,
-                                     speedups=OURS_VARIANTS.get(variant, (ALL, {}))[0],
-                                     changes=OURS_VARIANTS.get(variant, (ALL, {}))[1])
+                                     all_turns=(variant == "ours"), profile=args.profile, speedups=speedups,
+                                     changes=changes)
                     row = timer.result()
                     if timer.profile:
                         row["profile"] = timer.profile

@@ -1,8 +1,8 @@
 """The one sampler: the next token of every row, drawn as transformers' logits processors would draw it.
 
-No run of `no_repeat_ngram` words twice inside a reply (tokens compared by the word they spell), repetition penalty over every token already in the row
-(prompt included), temperature, then top-p; a row whose temperature is 0 or less takes the argmax. The single-stream loop (stream.py) and eval's batches (batch.py) both
-draw through `Sampler`. On a 262k vocabulary whole-vocabulary passes cost more than the forward pass on a CPU, so:
+No run of `no_repeat_ngram` words twice inside a reply (tokens compared by the word they spell), repetition penalty
+over every token already in the row (prompt included), temperature, then top-p; a row whose temperature is 0 or less
+takes the argmax. The single-stream loop (stream.py) and eval's batches (batch.py) both draw through `Sampler`. On a 262k vocabulary whole-vocabulary passes cost more than the forward pass on a CPU, so:
 the penalty touches the seen tokens only, and a token is drawn in two stages (a block of the vocabulary by its
 mass, then a token inside it): the same distribution with one exp() pass. Nothing here reads a value back to the
 host, so on a GPU the draw is queued behind the step like any other kernel.

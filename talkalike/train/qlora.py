@@ -13,7 +13,7 @@ then applies the real head (LoRA included) and the cross-entropy in row chunks u
 chunk's logits exist at a time, in the forward and again in the backward.
 """
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import cache
 
 
@@ -87,13 +87,12 @@ def offloaded_checkpoint(function, hidden, *args):
     return _offloaded_layer().apply(function, hidden, *args)
 
 
+@cache
 def _copy_stream(device):
+    """The side stream that copies checkpointed inputs to the host, one per GPU."""
     import torch
 
-    streams = _copy_stream.__dict__.setdefault("streams", {})
-    if device not in streams:
-        streams[device] = torch.cuda.Stream(device)
-    return streams[device]
+    return torch.cuda.Stream(device)
 
 
 def _offload(tensor):
@@ -138,8 +137,6 @@ def _offloaded_layer():
 
         @staticmethod
         def backward(ctx, *grads):
-            from contextlib import ExitStack
-
             hidden = _reload(ctx.saved, ctx.device).detach().requires_grad_(True)
             devices = [ctx.device] if ctx.rng[1] is not None else []
             with torch.random.fork_rng(devices=devices), torch.enable_grad(), ExitStack() as stack:
