@@ -19,6 +19,7 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
   packed sample, Liger's layer kernels, no fp32 round trip of LoRA inputs) and checkpoint offloading, without
   Liger's kernels alone, or without offloading alone.
 - ours-persona-b4, -b8, -b8-nooffload: 4 or 8 packed rows per micro-batch (same tokens per optimizer step).
+- ours-persona-nolean, -b8-nolean: the default, or 8 rows, with peft's own LoRA branch (train/lean_lora.py).
 - trl-liger: the strong do-it-yourself baseline: TRL's own SFTTrainer with its packing (BFD, padding-free: position
   ids, no attention across samples), Liger's kernels (use_liger_kernel=True: RMSNorm, RoPE, SwiGLU; TRL computes the
   loss with its own chunked LM head and refuses Liger's fused cross-entropy) and SDPA attention, loss on every token,
@@ -50,6 +51,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 # The b4/b8 rows put 4 or 8 packed rows in a micro-batch (accumulating 2 or 1): the same tokens per optimizer step.
 ALL = None
 NO_OFFLOAD = {"offload_checkpoints": False}
+NO_LEAN = ("packed-attention", "liger", "lora-input-cast")  # every speed-up but the lean LoRA branch
 OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-plain": ((), NO_OFFLOAD),
     "ours-persona-noliger": (("packed-attention", "lora-input-cast"), NO_OFFLOAD),
@@ -57,6 +59,8 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-b4": (ALL, {"batch_size": 4, "grad_accum": 2}),
     "ours-persona-b8": (ALL, {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b8-nooffload": (ALL, {"batch_size": 8, "grad_accum": 1, **NO_OFFLOAD}),
+    "ours-persona-nolean": (NO_LEAN, {}),
+    "ours-persona-b8-nolean": (NO_LEAN, {"batch_size": 8, "grad_accum": 1}),
 }
 VARIANTS = ("baseline", "ours", *OURS_VARIANTS, "ours-persona", "trl-liger")
 

@@ -363,3 +363,52 @@ def test_offloaded_checkpoints_on_a_gpu_give_plain_checkpointings_loss_and_gradi
     assert grads.keys() == reference.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grad, reference[name], msg=name)
+
+
+@pytest.mark.parametrize("four_bit", [False, True], ids=["bf16", "nf4"])
+def test_the_lean_lora_branch_gives_peft_s_loss_and_gradients_on_a_gpu(four_bit):
+    """LoRA's branch without a kept copy of its input (train/lean_lora.py) under bf16 autocast, as the GPU recipe
+    trains: the fused dropout kernel's mask drawn again in the backward, over an NF4 base too; and it holds less."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig
+
+    from talkalike.train.lean_lora import use_lean_lora
+    from tests.conftest import build_tiny_llama
+
+    model = build_tiny_llama("mistral").train()
+    if four_bit:
+        import tempfile
+
+        from transformers import AutoModelForCausalLM
+
+        with tempfile.TemporaryDirectory() as folder:
+            model.save_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map={"": 0},
+                                                         quantization_config=(
+                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                                   bnb_4bit_use_double_quant=True))).train()
+    else:
+        model = model.to("cuda", torch.bfloat16)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    ids = torch.randint(3, 211, (2, 96), generator=torch.Generator().manual_seed(0)).cuda()
+
+    def loss_and_grads():
+        model.zero_grad()
+        torch.manual_seed(7)
+        torch.cuda.reset_peak_memory_stats()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    reference_loss, reference = loss_and_grads()
+    assert use_lean_lora(model) == 2 * 7
+    loss, grads = loss_and_grads()
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == reference.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-3, atol=1e-5, msg=name)

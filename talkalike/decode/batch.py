@@ -226,9 +226,9 @@ class Batch:
         self.sampler = Sampler(config, head_rows, batch_size, self.device,
                                softcap=getattr(lm.config, "final_logit_softcapping", None), separator_ids=separators,
                                steer=self.steer, habits=habits,
-                               # a restricted head's columns are not token ids: there the rule compares tokens
-                               words=word_classes(twin.tokenizer, head_rows, self.device, config)
-                               if self.keep is None else None)
+                               # a restricted head's ids are its columns: its word classes are over them
+                               words=word_classes(twin.tokenizer, head_rows, self.device, config,
+                                                  columns=None if self.keep is None else allowed))
         self.head_out = torch.empty(batch_size, head_rows, dtype=self.head.weight.dtype, device=self.device) \
             if self.plain_head else None
         # Refill once a quarter of the batch is free: each merge copies the cache once, as one decode step does.

@@ -159,8 +159,10 @@ def outside(allowed: list[int] | None, vocab: int, device):
 def block_repeats(logits, reply, n: int, separator, words: "WordClasses | None" = None) -> None:
     """Set to -inf, in `logits` [vocab], every token that would repeat a run of `n` tokens already in `reply` (1-D),
     runs touching `separator` tokens aside. With `words`, tokens are compared by the word they spell (case and a
-    leading space aside) and every spelling of a banned one is banned. Device ops only: on a GPU nothing waits for
-    the host."""
+    leading space aside), every spelling of a banned one is banned, and a run inside one word is let be: "חחחח" is
+    four tokens ("▁ח", "ח", "ח", "ח") and one word, a laugh and no loop (the eval's repeat measure reads words too).
+    There only the spellings that would open a new word are banned, until the word is MAX_WORD_TOKENS long. Device
+    ops only: on a GPU nothing waits for the host."""
     import torch
 
     if reply.shape[0] < n:
@@ -175,13 +177,23 @@ def block_repeats(logits, reply, n: int, separator, words: "WordClasses | None" 
         touches = (raw[:, :, None] == separator).any(-1)  # [runs, n]: which positions hold a separator token
         repeats &= ~touches.any(-1) & ~touches[-1, 1:].any()
     # amin: a token banned by any run stays banned whatever the other runs say
-    banned = torch.where(repeats, float("-inf"), float("inf"))
     if words is None:
+        banned = torch.where(repeats, float("-inf"), float("inf"))
         logits.scatter_reduce_(0, runs[:, -1], banned, reduce="amin", include_self=True)
-    else:  # every spelling of each run's last word
-        spellings = words.members[runs[:, -1]]  # [runs, most spellings]
-        logits.scatter_reduce_(0, spellings.flatten(), banned.repeat_interleave(spellings.shape[1]), reduce="amin",
-                               include_self=True)
+        return
+    # A word starts before reply[i] where reply[i] opens with a space or reply[i - 1] ends with one.
+    starts = words.opens[reply[1:]] | words.closes[reply[:-1]]  # [length - 1]: before positions 1 ...
+    # The run being completed crosses a word boundary before its last token: whatever that token, it is a loop.
+    crossing = starts[starts.shape[0] - n + 2:].any() | words.closes[reply[-1]] if n > 2 else words.closes[reply[-1]]
+    where = torch.where(starts, torch.arange(1, reply.shape[0], device=reply.device), 0)
+    long_word = reply.shape[0] - where.amax() >= MAX_WORD_TOKENS  # the word being written is already this long
+    every = crossing | long_word
+    spellings = words.members[runs[:, -1]]  # [runs, most spellings]: every spelling of each run's last word
+    banned = torch.where(repeats[:, None] & (every | words.opens[spellings]), float("-inf"), float("inf"))
+    logits.scatter_reduce_(0, spellings.flatten(), banned.flatten(), reduce="amin", include_self=True)
+
+
+MAX_WORD_TOKENS = 10  # a word this many tokens long (a laugh, an emoji run) gets no more of a repeated run
 
 
 class WordClasses:
@@ -189,7 +201,8 @@ class WordClasses:
     and " Ok" are one), so the no-repeat rule also stops the loops that come back in another spelling ("ok ok ok ok",
     the eval's repeat measure reads words case-blind). `of` [vocab]: each token's class; `members` [classes, k]: each
     class's tokens (at most MAX_SPELLINGS; short classes repeat their first). Tokens that spell nothing but space,
-    bytes of a longer character, and ids past the tokenizer are classes of their own."""
+    bytes of a longer character, and ids past the tokenizer are classes of their own. `opens` / `closes` [vocab]:
+    whether a token's text starts / ends with white space, so where words start inside a reply."""
 
     MAX_SPELLINGS = 16
 
@@ -197,8 +210,10 @@ class WordClasses:
         import numpy as np
         import torch
 
-        keys = []
+        keys, opens, closes = [], [False] * vocab, [False] * vocab
         for token in range(vocab):
+            if token < len(texts) and texts[token]:
+                opens[token], closes[token] = texts[token][0].isspace(), texts[token][-1].isspace()
             key = texts[token].strip().lower() if token < len(texts) else ""
             # a byte of a longer character (byte fallback) or nothing but space: a class of its own
             keys.append(f"\0{token}" if not key or "\ufffd" in key else key)
@@ -213,24 +228,36 @@ class WordClasses:
         members[of[order][kept], place[kept]] = order[kept]
         self.of = torch.as_tensor(of, dtype=torch.long).to(device)
         self.members = torch.as_tensor(members, dtype=torch.long).to(device)
+        self.opens = torch.tensor(opens, dtype=torch.bool, device=device)
+        self.closes = torch.tensor(closes, dtype=torch.bool, device=device)
 
 
-def word_classes(tokenizer, vocab: int, device, config: GenerationConfig) -> WordClasses | None:
+def word_classes(tokenizer, vocab: int, device, config: GenerationConfig, columns: list[int] | None = None
+                 ) -> WordClasses | None:
     """The vocabulary's WordClasses on `device` when the config blocks repeats (else None), built once per tokenizer
-    (about half a second for 262k tokens)."""
+    (about a second for 262k tokens). `columns`: the token ids a restricted head computes, whose classes are then
+    over those columns (the head's ids)."""
     import torch
 
     if config.no_repeat_ngram <= 1:
         return None
+    if columns is not None:
+        texts = _token_texts(tokenizer)
+        return WordClasses([texts[i] if i < len(texts) else "" for i in columns], len(columns), torch.device(device))
     return _word_classes(tokenizer, vocab, torch.device(device))
 
 
 @functools.lru_cache(maxsize=4)
-def _word_classes(tokenizer, vocab: int, device) -> WordClasses:
+def _token_texts(tokenizer) -> list[str]:
+    """Each token's text alone, special tokens included."""
     ids = [[token] for token in range(len(tokenizer))]
     backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer decodes them 6x faster itself
-    texts = backend.decode_batch(ids, skip_special_tokens=False) if backend is not None else tokenizer.batch_decode(ids)
-    return WordClasses(texts, vocab, device)
+    return backend.decode_batch(ids, skip_special_tokens=False) if backend is not None else tokenizer.batch_decode(ids)
+
+
+@functools.lru_cache(maxsize=4)
+def _word_classes(tokenizer, vocab: int, device) -> WordClasses:
+    return WordClasses(_token_texts(tokenizer), vocab, device)
 
 
 def choose(logits, seen, temperatures: list[float], config: GenerationConfig, generator, vocab: int):

@@ -103,7 +103,8 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
 # - packed-attention: attention within each packed sample, no dense mask (train/packed.py)
 # - liger: on a CUDA GPU, Liger's Triton kernels for RMSNorm and SwiGLU where liger-kernel is installed
 # - lora-input-cast: under bf16 autocast, no fp32 copy of each LoRA input that autocast casts straight back
-SPEEDUPS = ("packed-attention", "liger", "lora-input-cast")
+# - lean-lora: on a CUDA GPU, LoRA's branch keeps no dropped-out copy of its input for the backward (train/lean_lora.py)
+SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora")
 
 
 def _liger_layers(model) -> bool:
@@ -389,6 +390,12 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         for module in model.modules():
             if isinstance(module, BaseTunerLayer):
                 module.cast_input_dtype_enabled = False
+    if torch.cuda.is_available() and "lean-lora" in speedups:
+        # Per adapted projection, peft keeps the dropped-out input and its mask for the backward: at 8 packed rows of
+        # a 7B model that is most of the layer being recomputed; the lean branch draws the mask again instead.
+        from talkalike.train.lean_lora import use_lean_lora
+
+        use_lean_lora(model)
     callbacks = list(callbacks or [])
     if torch.cuda.is_available() and recipe.gradient_checkpointing and recipe.offload_checkpoints:
         callbacks.append(_offload_callback())

@@ -70,6 +70,41 @@ def test_word_classes_keep_bytes_space_and_ids_past_the_tokenizer_apart():
     assert logits[7] == float("-inf") and logits[8] == 0  # one byte token's repeat bans no other byte token
 
 
+# Letters that make one word when written without spaces: a Hebrew laugh is "▁ח" then "ח" three times or more.
+LAUGH = ["<pad>", "\u05d7", " \u05d7", " ok", "ok", " ", "\n"]
+
+
+def test_a_run_inside_one_word_is_no_loop_but_the_same_run_as_new_words_is():
+    from talkalike.decode.sampling import MAX_WORD_TOKENS, WordClasses
+
+    words = WordClasses(LAUGH, 7, "cpu")
+    none = torch.tensor([], dtype=torch.long)
+    logits = torch.zeros(7)
+    block_repeats(logits, torch.tensor([2, 1, 1, 1]), 3, none, words)  # "חחחח" so far: its run of three again
+    assert logits[1] == 0  # one more letter of the same word is let be ...
+    assert logits[2] == float("-inf")  # ... a new word " ח" would repeat the run
+    # a word already MAX_WORD_TOKENS long gets no more of its run, in any spelling
+    logits = torch.zeros(7)
+    block_repeats(logits, torch.tensor([2] + [1] * (MAX_WORD_TOKENS - 1)), 3, none, words)
+    assert logits[1] == logits[2] == float("-inf")
+    # the same three letters written as words, "ח ח ח ח": a loop of words, every spelling banned
+    logits = torch.zeros(7)
+    block_repeats(logits, torch.tensor([2, 2, 2, 2]), 3, none, words)
+    assert logits[1] == logits[2] == float("-inf")
+    # a space token between them ends the word: "ok" after "ok ok" + " " repeats words
+    logits = torch.zeros(7)
+    block_repeats(logits, torch.tensor([4, 3, 5, 4, 3, 5]), 3, none, words)
+    assert logits[4] == logits[3] == float("-inf")
+
+
+def test_word_classes_read_where_a_token_opens_and_closes_a_word():
+    from talkalike.decode.sampling import WordClasses
+
+    words = WordClasses(LAUGH, 8, "cpu")  # one id past the tokenizer
+    assert words.opens.tolist() == [False, False, True, True, False, True, True, False]
+    assert words.closes.tolist() == [False, False, False, False, False, True, True, False]
+
+
 def test_greedy_sampling_with_word_classes_moves_past_every_spelling_of_a_loop():
     from talkalike.decode.sampling import WordClasses
 

@@ -1,0 +1,156 @@
+"""LoRA's branch, `dropout(x) @ A.T @ B.T * scaling`, as one autograd function that keeps no copy of its input.
+
+peft computes the branch with three modules (dropout, lora_A, lora_B). For its backward autograd then keeps, for each
+adapted projection, the dropped-out input (lora_A's weight gradient needs it) and the dropout mask: per token of a
+Mistral-7B layer, four 4,096-wide copies on the attention side (q, k, v and o each drop out on their own), two on the
+MLP's gate and up, one 14,336-wide for down, and a byte-wide mask for each. Under checkpointing that is the working
+set of the layer being recomputed, and it is what a micro-batch of 8 packed rows overshot the original recipe's peak
+memory by (BENCHMARKS.md, "GPU training").
+
+`LoraBranch` keeps a reference to the input itself (q, k and v share one; autograd holds most inputs anyway), the
+r-wide product `dropout(x) @ A.T`, and the random state the dropout drew from; the backward draws the very same mask
+again. The maths is the same as peft's to the bit: the same dropout call on the same random state, the same products
+in the same dtypes (tests/train/test_lean_lora.py compares outputs and gradients). peft also clones a 4-bit base
+layer's output before adding to it; the out-of-place add here needs no clone.
+
+    use_lean_lora(peft_model)   # every vanilla LoRA Linear (plain or bitsandbytes 4-bit) of the model, per instance
+"""
+
+import types
+
+
+def _dropout(x, p: float):
+    """(dropped-out x, a function taking a gradient back through the same mask) as `torch.nn.functional.dropout`
+    would drop it out in training: the fused kernel on a GPU, a Bernoulli mask in x's dtype elsewhere (ATen's
+    choice), so the same random state gives the same values."""
+    import torch
+
+    if x.is_cuda:
+        out, mask = torch.native_dropout(x, p, True)
+        return out, lambda grad: torch.ops.aten.native_dropout_backward(grad, mask, 1 / (1 - p))
+    noise = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)
+    return x * noise, lambda grad: grad * noise
+
+
+def _random_state(device):
+    import torch
+
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_random_state(device, state) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def _branch_function():
+    import torch
+
+    class LoraBranch(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, a, b, scaling: float, p: float, dtype, early):
+            state = _random_state(x.device) if p > 0 else None  # (forward runs with grad off)
+            dropped = x.to(early)
+            if p > 0:
+                dropped = _dropout(dropped, p)[0]
+            low = dropped.to(dtype) @ a.to(dtype).t()
+            ctx.save_for_backward(x, a, b, low)
+            ctx.state, ctx.scaling, ctx.p, ctx.dtype, ctx.early = state, scaling, p, dtype, early
+            return (low @ b.to(dtype).t()) * scaling
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, a, b, low = ctx.saved_tensors
+            dtype = ctx.dtype
+            grad = (grad.to(dtype) * ctx.scaling).reshape(-1, grad.shape[-1])  # through `* scaling`, as autograd does
+            grad_b = grad.t() @ low.reshape(-1, low.shape[-1])
+            grad_low = grad @ b.to(dtype)
+            dropped = x.reshape(-1, x.shape[-1]).to(ctx.early)
+            if ctx.p > 0:  # the forward's mask, drawn again from the random state it was drawn from
+                outer = _random_state(x.device)
+                _set_random_state(x.device, ctx.state)
+                try:
+                    dropped, through_mask = _dropout(dropped, ctx.p)
+                finally:
+                    _set_random_state(x.device, outer)
+            grad_a = grad_low.t() @ dropped.to(dtype)
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = (grad_low @ a.to(dtype)).to(ctx.early)
+                if ctx.p > 0:
+                    grad_x = through_mask(grad_x)
+                grad_x = grad_x.reshape(x.shape).to(x.dtype)
+            return grad_x, grad_a.to(a.dtype), grad_b.to(b.dtype), None, None, None, None
+
+    return LoraBranch
+
+
+_FUNCTION = None
+
+
+def lora_branch(x, a, b, scaling: float, p: float, dtype, early=None):
+    """`dropout(x.to(early), p).to(dtype) @ a.T @ b.T * scaling` (the products in `dtype`; `early`: the dtype x is
+    dropped out in, default x's own), keeping no copy of x for the backward."""
+    global _FUNCTION
+    if _FUNCTION is None:
+        _FUNCTION = _branch_function()
+    return _FUNCTION.apply(x, a, b, scaling, p, dtype, x.dtype if early is None else early)
+
+
+def _lean_forward(self, x, *args, **kwargs):
+    """A vanilla LoRA Linear's forward (peft's, adapters on, not merged) with the branch as `lora_branch`."""
+    import torch
+
+    if (self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None
+            or any(name in self.lora_variant for name in self.active_adapters)):
+        return type(self).forward(self, x, *args, **kwargs)
+    result = self.base_layer(x, *args, **kwargs)
+    out_dtype = result.dtype
+    for name in self.active_adapters:
+        if name not in self.lora_A:
+            continue
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        dropout = self.lora_dropout[name]
+        p = dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
+        # autocast's dtype where it is on (it would cast both sides of each product to it), else the adapter's
+        on = torch.is_autocast_enabled(x.device.type)
+        dtype = torch.get_autocast_dtype(x.device.type) if on else a.dtype
+        # peft casts x to the adapter's dtype before the dropout, unless told not to (train/trainer.py: lora-input-cast)
+        # and, on a 4-bit layer, under autocast
+        cast = getattr(self, "cast_input_dtype_enabled", True) and not (on and _four_bit(self))
+        with torch.autocast(x.device.type, enabled=False):
+            result = result + lora_branch(x, a, b, self.scaling[name], p, dtype, a.dtype if cast else x.dtype)
+    return result.to(out_dtype)
+
+
+def _four_bit(layer) -> bool:
+    try:
+        from peft.tuners.lora.bnb import Linear4bit
+    except ImportError:
+        return False
+    return isinstance(layer, Linear4bit)
+
+
+def use_lean_lora(model) -> int:
+    """Give every vanilla LoRA Linear of `model` (no bias on B, no DoRA or other variant) the lean branch, per
+    instance; returns how many. Layers that peft builds otherwise keep their own forward."""
+    from peft.tuners.lora import Linear
+
+    try:
+        from peft.tuners.lora.bnb import Linear4bit
+        kinds: tuple = (Linear, Linear4bit)
+    except ImportError:  # no bitsandbytes
+        kinds = (Linear,)
+    count = 0
+    for module in model.modules():
+        if type(module) not in kinds or module.lora_variant:
+            continue
+        if any(b.bias is not None for b in module.lora_B.values()):
+            continue
+        module.forward = types.MethodType(_lean_forward, module)
+        count += 1
+    return count

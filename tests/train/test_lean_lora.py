@@ -1,0 +1,120 @@
+"""LoRA's branch as one function that keeps no copy of its input (train/lean_lora.py) computes what peft computes:
+the same outputs and gradients, dropout's mask drawn again in the backward from the forward's random state."""
+
+import pytest
+
+from tests.conftest import build_tiny_llama
+
+torch = pytest.importorskip("torch")
+
+
+def _lora_model(dropout: float = 0.3, targets=("q_proj", "k_proj", "down_proj", "lm_head")):
+    from peft import LoraConfig, get_peft_model
+
+    model = build_tiny_llama("mistral").train()
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=list(targets)))
+    with torch.no_grad():  # B starts at zero, which would hide a wrong gradient for A
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    return model
+
+
+def _loss_and_grads(model, ids, autocast: bool = False, seed: int = 7):
+    model.zero_grad()
+    torch.manual_seed(seed)  # the dropout masks of the forward pass
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+IDS = torch.randint(3, 211, (2, 24), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_the_lean_branch_gives_peft_s_loss_and_gradients(autocast, dropout):
+    from talkalike.train.lean_lora import use_lean_lora
+
+    model = _lora_model(dropout)
+    reference_loss, reference = _loss_and_grads(model, IDS, autocast)
+    assert use_lean_lora(model) == 2 * 3 + 1  # q, k and down in both layers, and the head
+    loss, grads = _loss_and_grads(model, IDS, autocast)
+    assert grads.keys() == reference.keys() and sum("lora_A" in name for name in grads) == 7
+    torch.testing.assert_close(loss, reference_loss, rtol=0, atol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=0, atol=0, msg=name)
+    if dropout:  # another random state would draw other masks: the comparison above can fail
+        assert not torch.equal(_loss_and_grads(model, IDS, autocast, seed=8)[0], reference_loss)
+
+
+def test_the_mask_is_drawn_again_under_checkpointing_and_random_draws_in_between():
+    """The backward runs long after the forward, with other layers' draws in between; it must still use its own."""
+    from talkalike.train.lean_lora import use_lean_lora
+
+    model = _lora_model()
+    model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    reference_loss, reference = _loss_and_grads(model, IDS)
+    use_lean_lora(model)
+    loss, grads = _loss_and_grads(model, IDS)
+    torch.testing.assert_close(loss, reference_loss, rtol=0, atol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=0, atol=0, msg=name)
+
+
+def test_the_branch_keeps_no_copy_of_its_input():
+    """What autograd holds for the backward: peft's branch keeps a dropped-out copy of x; the lean one only x itself
+    and the r-wide product."""
+    from talkalike.train.lean_lora import use_lean_lora
+
+    def saved_bytes(model):
+        layer = model.base_model.model.model.layers[0].mlp.down_proj
+        x = torch.randn(64, layer.in_features, requires_grad=True)
+        seen = []
+
+        def pack(tensor):
+            if tensor.data_ptr() != x.data_ptr():
+                seen.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(x)
+        return sum(seen)
+
+    model = _lora_model(targets=("down_proj",))
+    with model.disable_adapter():
+        base = saved_bytes(model)  # what the base layer keeps (its weight)
+    before = saved_bytes(model) - base
+    use_lean_lora(model)
+    after = saved_bytes(model) - base
+    down = model.base_model.model.model.layers[0].mlp.down_proj
+    assert before >= 64 * down.in_features * 4  # the dropped-out copy of x, in fp32
+    lora = sum(p.numel() * 4 for p in (down.lora_A["default"].weight, down.lora_B["default"].weight))
+    assert 0 < after <= 64 * 4 * 4 + lora  # dropout(x) @ A.T (64 rows of r = 4), and the adapter's own weights
+
+
+def test_disabled_adapters_and_eval_mode_take_the_usual_path():
+    from talkalike.train.lean_lora import use_lean_lora
+
+    model = _lora_model()
+    use_lean_lora(model)
+    model.eval()
+    with torch.no_grad():
+        on = model(input_ids=IDS).logits
+        with model.disable_adapter():
+            off = model(input_ids=IDS).logits
+    assert not torch.allclose(on, off)
+    model.unload()  # drops the adapters: the base model's own modules
+    with torch.no_grad():
+        torch.testing.assert_close(model.base_model.model(input_ids=IDS).logits, off)
+
+
+def test_dora_layers_keep_peft_s_forward():
+    from peft import LoraConfig, get_peft_model
+
+    from talkalike.train.lean_lora import use_lean_lora
+
+    model = get_peft_model(build_tiny_llama("mistral"), LoraConfig(r=4, use_dora=True, target_modules=["q_proj"]))
+    assert use_lean_lora(model) == 0
