@@ -147,8 +147,7 @@ def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -
     from peft import LoraConfig, get_peft_model
 
     import talkalike.decode.stream as stream
-    from talkalike.decode.sampling import Sampler
-    from talkalike.decode.turns import fit_prompt, separator_ids
+    from talkalike.decode.turns import fit_prompt
     from talkalike.decode.twin import load_twin
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -204,13 +203,12 @@ def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -
     # The same loop and sampler with no text: what the sampler's kernels cost against the bare engine's greedy row,
     # and, against the row above, what the text side costs (nothing while the host keeps ahead of the device).
     prompt_ids = fit_prompt(twin, history, config)
-    sampler = Sampler(config, twin.vocab_size, rows=1, device=engine.device,
-                      separator_ids=separator_ids(twin.tokenizer))
+    sampler, blocked = stream.reply_sampler(twin, engine.device, prompt_ids, config, history)  # the chat's own
     start = len(prompt_ids)
 
     def sampled():
         return list(stream.tokens(engine, prompt_ids, tokens_wanted, lambda logits, seen: sampler(
-            logits, seen, [config.temperature], [seen[0, start:]]), stops=set()))
+            logits, seen, [config.temperature], [seen[0, start:]], blocked), stops=set()))
 
     sampled_speeds = [time_tokens(sampled)[0] for _ in range(2)]
     rows.append({"variant": "talkalike tokens() with the chat's sampler, no text (same engine)",

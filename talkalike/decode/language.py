@@ -22,7 +22,7 @@ import functools
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 LATIN = "LATIN"
@@ -120,6 +120,7 @@ class Steer:
     shares: dict[str, float]
     masks: Any  # [vocab, 2] float: column 0 the Latin tokens, column 1 the `other` script's
     start_tail: list[int]  # the message separator's last tokens: a new message starts right after them
+    _tails: dict = field(default_factory=dict, repr=False, compare=False)  # start_tail as a tensor, per device
 
     @classmethod
     def of(cls, twin, device) -> "Steer | None":
@@ -161,7 +162,10 @@ class Steer:
             return True
         if reply.numel() < n:
             return False
-        start = (reply[-n:] == torch.tensor(self.start_tail, device=reply.device)).all()
+        tail = self._tails.get(reply.device)
+        if tail is None:  # made once per device: a host list copied to a GPU at every token would wait for it
+            tail = self._tails[reply.device] = torch.tensor(self.start_tail, device=reply.device)
+        start = (reply[-n:] == tail).all()
         return bool(start) if reply.device.type == "cpu" else start
 
     def columns(self, keep, to_sub) -> "Steer":

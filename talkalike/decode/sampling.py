@@ -184,7 +184,10 @@ def block_repeats(logits, reply, n: int, separator, words: "WordClasses | None" 
     # A word starts before reply[i] where reply[i] opens with a space or reply[i - 1] ends with one.
     starts = words.opens[reply[1:]] | words.closes[reply[:-1]]  # [length - 1]: before positions 1 ...
     # The run being completed crosses a word boundary before its last token: whatever that token, it is a loop.
-    crossing = starts[starts.shape[0] - n + 2:].any() | words.closes[reply[-1]] if n > 2 else words.closes[reply[-1]]
+    # (reply[-1:], not reply[-1]: indexing with a 0-dim device tensor reads it back to the host)
+    crossing = words.closes[reply[-1:]][0]
+    if n > 2:
+        crossing = crossing | starts[starts.shape[0] - n + 2:].any()
     where = torch.where(starts, torch.arange(1, reply.shape[0], device=reply.device), 0)
     long_word = reply.shape[0] - where.amax() >= MAX_WORD_TOKENS  # the word being written is already this long
     every = crossing | long_word

@@ -98,18 +98,25 @@ def draw_alone(twin: Twin, prompt_ids: list[int], config: GenerationConfig, use_
                history: list[dict] | None = None) -> Iterator[int]:
     """One reply's token ids on the twin's engine, sampled with the config's settings."""
     engine = twin.engine(len(prompt_ids) + config.max_new_tokens, use_adapter)
-    steer, shares = Steer.for_reply(twin, engine.device, config, history)
-    sampler = Sampler(config, twin.vocab_size, rows=1, device=engine.device,
-                      separator_ids=separator_ids(twin.tokenizer), steer=steer, shares=shares,
-                      habits=habit_columns(twin, engine.device, config),
-                      words=word_classes(twin.tokenizer, twin.vocab_size, engine.device, config))
-    blocked = outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, engine.device)
+    sampler, blocked = reply_sampler(twin, engine.device, prompt_ids, config, history)
     temperature = [config.temperature]
     start = len(prompt_ids)
     with twin.adapter(use_adapter):
         yield from tokens(engine, prompt_ids, config.max_new_tokens,
                           lambda logits, seen: sampler(logits, seen, temperature, [seen[0, start:]], blocked),
                           twin.stop_ids)
+
+
+def reply_sampler(twin: Twin, device, prompt_ids: list[int], config: GenerationConfig,
+                  history: list[dict] | None = None):
+    """(the Sampler of one reply to `history`, the [vocab] mask of tokens it may not use or None): every rule that
+    keeps a reply in character (decode/sampling.py, decode/language.py) on `device`."""
+    steer, shares = Steer.for_reply(twin, device, config, history)
+    sampler = Sampler(config, twin.vocab_size, rows=1, device=device,
+                      separator_ids=separator_ids(twin.tokenizer), steer=steer, shares=shares,
+                      habits=habit_columns(twin, device, config),
+                      words=word_classes(twin.tokenizer, twin.vocab_size, device, config))
+    return sampler, outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, device)
 
 
 def _stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | None, use_adapter: bool,
