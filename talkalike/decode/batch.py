@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from talkalike.decode.config import GenerationConfig
-from talkalike.decode.language import Steer, habit_columns
+from talkalike.decode.language import MessageStart, Steer, habit_columns
 from talkalike.decode.sampling import Sampler, word_classes
 from talkalike.decode.turns import (
     ends_turn,
@@ -228,7 +228,8 @@ class Batch:
                                steer=self.steer, habits=habits,
                                # a restricted head's ids are its columns: its word classes are over them
                                words=word_classes(twin.tokenizer, head_rows, self.device, config,
-                                                  columns=None if self.keep is None else allowed))
+                                                  columns=None if self.keep is None else allowed),
+                               starts=self._starts(twin.tokenizer, allowed))
         self.head_out = torch.empty(batch_size, head_rows, dtype=self.head.weight.dtype, device=self.device) \
             if self.plain_head else None
         # Refill once a quarter of the batch is free: each merge copies the cache once, as one decode step does.
@@ -236,6 +237,13 @@ class Batch:
         self.compact_min = max(1, batch_size // 8)  # a finished row costs a row of compute per step until dropped
         self.mergeable = self._mergeable(DynamicCache(config=self.cache_config),
                                          getattr(model.config, "sliding_window", None))
+
+    def _starts(self, tokenizer, allowed: list[int] | None) -> MessageStart | None:
+        """Where a message starts, over the head's columns (None where a restricted head lacks the separator)."""
+        starts = MessageStart.of(tokenizer)
+        if self.keep is None:
+            return starts
+        return starts.columns(self.to_sub) if set(starts.tail) <= set(allowed) else None
 
     def column(self, ids):
         """Token ids as the head's columns (the same ids without a restricted head)."""

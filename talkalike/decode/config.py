@@ -45,11 +45,18 @@ class GenerationConfig:
     # 2-epoch twin: Hebrew messages 21% -> 25% (Noa 29%), real-vs-generated AUC 0.81 -> 0.77 (BENCHMARKS.md,
     # "Language steering"). A persona who writes one script is not steered.
     steer_language: bool = True
-    # The tokens that write an emoji, and those that write a laugh, each keep together the probability they have at
-    # temperature 1, where the trained model's odds are the persona's: below 1 the draw sharpens toward plain text.
+    # The tokens that write an emoji, and those that write a laugh, are drawn with their temperature-1 odds, where the
+    # trained model's odds are the persona's: below 1 the draw sharpens toward plain text and the likeliest habit.
     # On the sample's twin at 0.5, messages with an emoji 20% -> 32-35% (Noa 38%), with laughter 14% -> 24% (Noa
     # 27%) (BENCHMARKS.md, "Habits at their temperature-1 rate"; decode/language.py).
     keep_habits: bool = True
+    # The first token of each message after the turn's first is drawn at this temperature (None: the reply's own).
+    # A message's first word is where a persona's habits show most ("ok", "wait", "חחחח", "כן"), and a temperature
+    # under 1 sharpens it toward the likeliest one: at 0.5 the sample's twin opened 20% of its later messages with
+    # "ok" and 12% with "the", Noa 8% and 3%. The turn's first message answers the message in front of it, so it
+    # opens at `temperature`: drawn at 1 too, the twin's sampled answers to the facts probe held the fact 34% of the
+    # time instead of 49% (BENCHMARKS.md, "A message's first word at temperature 1").
+    opener_temperature: float | None = 1.0
 
 
 def load_generation_config(run_dir: Path | None) -> GenerationConfig:

@@ -14,8 +14,9 @@ persona who writes in one script.
 Habits get the same kind of care at every token (`keep_mass`): a temperature under 1 makes replies coherent but
 sharpens each draw toward the majority, plain text, and the sample's twin put an emoji in 20% of its messages at
 temperature 0.5 against Noa's 38%, and laughed in 14% against her 27%. The tokens that write an emoji, and those that
-write a laugh ("haha", "lol", "חחח", "jaja"), each keep, together, the share of the mass they have at temperature 1,
-where a trained model's odds are its training data's; the choice among them, and among the rest, stays sharpened.
+write a laugh ("haha", "lol", "jaja"), are drawn with their temperature-1 odds, where a trained model's odds are its
+training data's: as often as the persona uses them, and in the persona's own mix (at 0.5 the twin wrote "lol" three
+times as often as Noa and her "💀" a third as often). The choice among the other tokens stays sharpened.
 """
 
 import functools
@@ -112,6 +113,46 @@ def _token_masks(tokenizer, vocab: int, other: str, device):
     return torch.stack([groups == 1, groups == 2], dim=1).float()
 
 
+class MessageStart:
+    """Whether a reply so far ends where a message starts: nothing written yet, or the separator's last tokens
+    (`tail`) just written. For a device tensor the answer is a 0-dim tensor, so that a GPU's stream never waits for
+    the host; a host list or a CPU tensor gives a bool.
+
+        start = MessageStart.of(tokenizer)
+        start(reply_ids)
+    """
+
+    def __init__(self, tail: list[int]):
+        self.tail = list(tail)
+        self._tails: dict = {}  # the tail as a tensor, per device
+
+    @classmethod
+    def of(cls, tokenizer) -> "MessageStart":
+        from talkalike.template import BUBBLE_SEP
+
+        return cls(tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)[-2:])
+
+    def columns(self, to_sub) -> "MessageStart":
+        """The same over a restricted head's columns (`to_sub`: id -> column)."""
+        return MessageStart([int(to_sub[t]) for t in self.tail])
+
+    def __call__(self, reply):
+        import torch
+
+        n = len(self.tail)
+        if not torch.is_tensor(reply):
+            return not reply or list(reply[-n:]) == self.tail
+        if reply.numel() == 0:
+            return True
+        if reply.numel() < n:
+            return False
+        tail = self._tails.get(reply.device)
+        if tail is None:  # made once per device: a host list copied to a GPU at every token would wait for it
+            tail = self._tails[reply.device] = torch.tensor(self.tail, device=reply.device)
+        start = (reply[-n:] == tail).all()
+        return bool(start) if reply.device.type == "cpu" else start
+
+
 @dataclass
 class Steer:
     """The persona's opening-script shares and the vocabulary's script groups, on the decoding device."""
@@ -120,14 +161,12 @@ class Steer:
     shares: dict[str, float]
     masks: Any  # [vocab, 2] float: column 0 the Latin tokens, column 1 the `other` script's
     start_tail: list[int]  # the message separator's last tokens: a new message starts right after them
-    _tails: dict = field(default_factory=dict, repr=False, compare=False)  # start_tail as a tensor, per device
+    _start: "MessageStart | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, twin, device) -> "Steer | None":
         """The twin's steer, from the persona's replies in its memory; None when there is nothing to steer."""
         import torch
-
-        from talkalike.template import BUBBLE_SEP
 
         if twin.memory is None:
             return None
@@ -136,8 +175,7 @@ class Steer:
             return None
         other, shares = found
         masks = _token_masks(twin.tokenizer, twin.vocab_size, other, torch.device(device))
-        tail = twin.tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)[-2:]
-        return cls(other=other, shares=shares, masks=masks, start_tail=tail)
+        return cls(other=other, shares=shares, masks=masks, start_tail=MessageStart.of(twin.tokenizer).tail)
 
     @classmethod
     def for_reply(cls, twin, device, config, history: list[dict] | None) -> tuple["Steer | None", list | None]:
@@ -151,37 +189,29 @@ class Steer:
         return self.shares["other" if main_script(incoming) == self.other else "latin"]
 
     def at_start(self, reply):
-        """Whether the reply so far ends where a message starts (nothing yet, or the separator just written): a bool
-        for a list of ids; for a device tensor, a 0-dim tensor, so that a GPU's stream never waits for the host."""
-        import torch
-
-        n = len(self.start_tail)
-        if not torch.is_tensor(reply):
-            return not reply or reply[-n:] == self.start_tail
-        if reply.numel() == 0:
-            return True
-        if reply.numel() < n:
-            return False
-        tail = self._tails.get(reply.device)
-        if tail is None:  # made once per device: a host list copied to a GPU at every token would wait for it
-            tail = self._tails[reply.device] = torch.tensor(self.start_tail, device=reply.device)
-        start = (reply[-n:] == tail).all()
-        return bool(start) if reply.device.type == "cpu" else start
+        """MessageStart over the separator's tail (a bool, or a 0-dim device tensor for a device reply)."""
+        if self._start is None:
+            self._start = MessageStart(self.start_tail)
+        return self._start(reply)
 
     def columns(self, keep, to_sub) -> "Steer":
         """The same steer over a restricted head's columns (`keep`: the token ids the head computes, `to_sub`: id ->
         column), whose replies hold column numbers."""
         return Steer(self.other, self.shares, self.masks[keep], [int(to_sub[t]) for t in self.start_tail])
 
-    def apply(self, logits, shares: list[float | None], temperatures: list[float], replies: list) -> None:
+    def apply(self, logits, shares: list[float | None], temperatures: list[float], replies: list,
+              scales: list | None = None) -> None:
         """Rescale, in place in `logits` [rows, vocab], each sampled row at a message start to its share; `replies`
-        are each row's ids so far, host lists or device tensors (then the start is a device-side condition)."""
+        are each row's ids so far, host lists or device tensors (then the start is a device-side condition).
+        `scales`: each row's temperature at this token where it differs from `temperatures` (a message's opener,
+        Sampler), numbers or 0-dim device tensors."""
         import torch
 
         for row, (share, temperature, reply) in enumerate(zip(shares, temperatures, replies, strict=True)):
             start = self.at_start(reply) if share is not None and temperature > 0 else False
             if start is False:
                 continue
+            temperature = temperature if scales is None else scales[row]
             line = logits[row]
             probs = torch.softmax(line / temperature, dim=-1)
             latin, other = (probs @ self.masks).clamp_min(1e-12).unbind()
@@ -239,34 +269,35 @@ def _habit_tensors(tokenizer, vocab: int, device) -> list:
 
 
 def keep_mass(logits, classes: list, temperatures, work=None) -> None:
-    """Shift, in place in `logits` [rows, vocab], each class's columns (`classes`: disjoint id tensors) so that at the
-    row's temperature each class holds together the probability it holds at temperature 1 (within e^MAX_SHIFT).
+    """Rewrite, in place in `logits` [rows, vocab], the columns of the habit classes (`classes`: disjoint id tensors)
+    so that at the row's temperature each habit token is drawn with its temperature-1 odds against the rest of the
+    vocabulary: each class holds together the probability it holds at temperature 1, and the choice inside it is the
+    temperature-1 choice too (Noa's "lol", "haha", "💀" in her own proportions, not the likeliest one every time).
     `temperatures`: one number for every row, or a [rows, 1] tensor (1 for greedy rows, which this leaves alone).
 
-    In closed form, for all classes at once: with masses m_c at the temperature, p_c at 1 and r = 1 - sum(m) for the
-    rest, scaling class c by f_c = p_c r / (m_c (1 - sum(p))) gives it p_c exactly. Two passes over the vocabulary
-    (its log-normaliser at 1 and at the temperature), however many classes. Device ops only: nothing waits for the
-    host. `work`: a reused buffer shaped like `logits` (a fresh 262k-wide tensor per step costs page faults on a CPU).
+    In closed form: with T the temperature and L_rest(x) the log-sum-exp of x over the other columns, a habit token's
+    logit l becomes T l + T (L_rest(l / T) - L_rest(l)); at temperature T its weight is then e^l e^(L_rest(l / T)) /
+    e^(L_rest(l)), its temperature-1 odds against the rest, whose own weights stay as they are. Two passes over the
+    vocabulary (its log-normaliser at 1 and at T). Device ops only: nothing waits for the host. `work`: a reused
+    buffer shaped like `logits` (a fresh 262k-wide tensor per step costs page faults on a CPU).
     """
     import torch
 
     classes = [ids for ids in classes if ids.numel()]
     if not classes:
         return
+    ids = torch.cat(classes) if len(classes) > 1 else classes[0]
     scale = temperatures[:, 0] if torch.is_tensor(temperatures) else temperatures
     work = torch.empty_like(logits) if work is None else work
     peak = logits.amax(-1, keepdim=True)
     whole_one = torch.sub(logits, peak, out=work).exp_().sum(-1).log() + peak[:, 0]
     whole_t = torch.sub(logits, peak, out=work).div_(temperatures).exp_().sum(-1).log() + peak[:, 0] / scale
-    chosen = [logits.index_select(1, ids) for ids in classes]
-    at_one = torch.stack([torch.logsumexp(c, -1) for c in chosen]) - whole_one  # [classes, rows]: log p_c
-    at_t = torch.stack([torch.logsumexp(c / temperatures, -1) for c in chosen]) - whole_t  # log m_c
+    chosen = logits.index_select(1, ids)
+    habits_one = torch.logsumexp(chosen, -1)
+    habits_t = torch.logsumexp(chosen / temperatures, -1)
 
-    def log_rest(log_shares):  # log(1 - sum of the shares), from their logs
-        return torch.log((-torch.expm1(torch.logsumexp(log_shares, 0))).clamp_min(1e-12))
+    def log_rest(whole, habits):  # log-sum-exp over the other columns, from the whole's and the habits'
+        return whole + torch.log((-torch.expm1(habits - whole)).clamp_min(1e-12))
 
-    log_factor = at_one - at_t + log_rest(at_t) - log_rest(at_one)
-    shift = (log_factor * scale).nan_to_num(0.0, 0.0, 0.0)  # a class blocked whole (-inf - -inf) stays as it is
-    shift = torch.clamp(shift, -MAX_SHIFT * scale, MAX_SHIFT * scale)
-    for ids, row_shift in zip(classes, shift, strict=True):
-        logits.index_add_(1, ids, row_shift[:, None].expand(-1, ids.numel()).contiguous())
+    shift = ((log_rest(whole_t, habits_t) - log_rest(whole_one, habits_one)) * scale).nan_to_num(0.0, 0.0, 0.0)
+    logits.index_copy_(1, ids, chosen * temperatures + shift[:, None])

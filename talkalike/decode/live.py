@@ -22,11 +22,9 @@ from typing import Any
 
 from talkalike.decode.batch import PREFILL_ROWS, Batch, Rows
 from talkalike.decode.config import GenerationConfig
-from talkalike.decode.language import Steer, habit_columns
-from talkalike.decode.sampling import Sampler, Together, outside, word_classes
+from talkalike.decode.sampling import Together
 from talkalike.decode.slots import MAX_LEN, Slots
-from talkalike.decode.stream import tokens
-from talkalike.decode.turns import separator_ids, vocabulary
+from talkalike.decode.stream import reply_sampler, tokens
 from talkalike.decode.twin import Twin
 from talkalike.model import causal_lm
 
@@ -77,13 +75,7 @@ class Live:
              history: list[dict] | None = None) -> Iterator[int]:
         """stream.py's `draw`: the reply's token ids, alone or batched, ending at a stop id or max_new_tokens."""
         assert twin is self.twin, "a Live serves the twin it was made for"
-        steer, shares = Steer.for_reply(twin, twin.device, config, history)
-        reply = Reply(prompt_ids, config, use_adapter,
-                      Sampler(config, twin.vocab_size, rows=1, device=twin.device,
-                              separator_ids=separator_ids(twin.tokenizer), steer=steer, shares=shares,
-                              habits=habit_columns(twin, twin.device, config),
-                              words=word_classes(twin.tokenizer, twin.vocab_size, twin.device, config)),
-                      outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, twin.device))
+        reply = Reply(prompt_ids, config, use_adapter, *reply_sampler(twin, twin.device, prompt_ids, config, history))
         with self.changed:
             self._prepare()
             shares = len(prompt_ids) + config.max_new_tokens <= self.limit

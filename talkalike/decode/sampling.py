@@ -27,7 +27,7 @@ class Sampler:
 
     def __init__(self, config: GenerationConfig, vocab: int, rows: int, device, softcap: float | None = None,
                  separator_ids: list[int] = (), steer=None, shares: list[float | None] | None = None, habits=None,
-                 words: "WordClasses | None" = None):
+                 words: "WordClasses | None" = None, starts=None):
         import torch
 
         self.config, self.vocab, self.softcap = config, vocab, softcap
@@ -40,6 +40,8 @@ class Sampler:
         self.separator_ids = tuple(sorted(set(separator_ids)))
         self.separator = torch.tensor(self.separator_ids, dtype=torch.long, device=device)
         self.words = words  # the no-repeat rule compares words, not token ids (WordClasses)
+        # Where a message starts (language.MessageStart): its first token is drawn at config.opener_temperature
+        self.starts = starts if config.opener_temperature is not None else None
         self.generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
         # A fresh 30-70 MB tensor per step would cost page faults on every step: one buffer, reused.
         self.logits = torch.empty(rows, -(-vocab // BLOCK) * BLOCK, device=device)
@@ -62,19 +64,48 @@ class Sampler:
         if generated is not None and self.config.no_repeat_ngram > 1:
             for row, reply in enumerate(generated):
                 block_repeats(buffer[row], reply, self.config.no_repeat_ngram, self.separator, self.words)
+        scales = self._opener_scales(temperatures, generated)
+        if scales is not None and all(not hasattr(t, "shape") for t in scales):
+            temperatures, scales = scales, None  # every start known on the host: plain numbers
         if self.steer is not None and generated is not None:
-            self.steer.apply(buffer[:, : self.vocab], shares or self.shares or [None] * n, temperatures, generated)
-        if self.habits and any(t > 0 and t != 1 for t in temperatures):
-            import torch
+            self.steer.apply(buffer[:, : self.vocab], shares or self.shares or [None] * n, temperatures, generated,
+                             scales)
+        import torch
 
-            scale = temperatures[0] if len(set(temperatures)) == 1 else \
-                torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=buffer.device)[:, None]
+        scale = None if scales is None else torch.stack([  # greedy rows: 1, as choose() has them
+            torch.as_tensor(t if hasattr(t, "shape") or t > 0 else 1.0, dtype=torch.float32, device=buffer.device)
+            for t in scales])[:, None]
+        if self.habits and (scale is not None or any(t > 0 and t != 1 for t in temperatures)):
+            if scale is None:
+                scale = temperatures[0] if len(set(temperatures)) == 1 else \
+                    torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=buffer.device)[:, None]
             if self.work is None or self.work.shape[0] < n:
                 self.work = torch.empty(n, self.vocab, device=buffer.device)
             keep_mass(buffer[:, : self.vocab], self.habits, scale, self.work[:n])
+            scale = None if scales is None else scale
         return choose(buffer, seen, temperatures, self.config, self.generator if generators is None else generators,
-                      self.vocab)
+                      self.vocab, scale)
 
+    def _opener_scales(self, temperatures: list[float], generated: list | None) -> list | None:
+        """Each row's temperature for this token when a sampled row is at the start of a message after the turn's
+        first (None: no row is, or the rule is off): config.opener_temperature there, the row's own elsewhere; a
+        0-dim tensor where the start is a device-side condition (decode/config.py says why)."""
+        if self.starts is None or generated is None:
+            return None
+        opener = self.config.opener_temperature
+        found, scales = False, []
+        for temperature, reply in zip(temperatures, generated, strict=True):
+            # the turn's first message answers the message in front of it: it opens at the reply's temperature
+            start = self.starts(reply) if temperature > 0 and temperature != opener and len(reply) else False
+            if start is False:
+                scales.append(temperature)
+            elif start is True:
+                found = True
+                scales.append(opener)
+            else:
+                found = True
+                scales.append(temperature + (opener - temperature) * start)
+        return scales if found else None
 
     def kind(self) -> tuple:
         """What this sampler does to a row apart from its seed and temperature: samplers of one kind draw together
@@ -82,6 +113,7 @@ class Sampler:
         steer = self.steer
         return (self.config.repetition_penalty, self.config.top_p, self.config.no_repeat_ngram, self.softcap,
                 self.vocab, self.separator_ids, tuple(map(id, self.habits)), str(self.logits.device), id(self.words),
+                self.config.opener_temperature, None if self.starts is None else tuple(self.starts.tail),
                 None if steer is None else (steer.other, tuple(sorted(steer.shares.items())), id(steer.masks),
                                             tuple(steer.start_tail)))
 
@@ -90,7 +122,7 @@ class Sampler:
         import dataclasses
 
         return Sampler(dataclasses.replace(self.config, seed=None), self.vocab, rows, self.logits.device,
-                       self.softcap, self.separator_ids, self.steer, None, self.habits, self.words)
+                       self.softcap, self.separator_ids, self.steer, None, self.habits, self.words, self.starts)
 
 
 class Together:
@@ -263,8 +295,10 @@ def _word_classes(tokenizer, vocab: int, device) -> WordClasses:
     return WordClasses(_token_texts(tokenizer), vocab, device)
 
 
-def choose(logits, seen, temperatures: list[float], config: GenerationConfig, generator, vocab: int):
-    """Next token per row from fp32 logits whose columns past `vocab` are -inf; `logits` is overwritten."""
+def choose(logits, seen, temperatures: list[float], config: GenerationConfig, generator, vocab: int, scale=None):
+    """Next token per row from fp32 logits whose columns past `vocab` are -inf; `logits` is overwritten. `scale`:
+    each row's temperature as a [rows, 1] tensor where it is a device-side value (greedy rows still by
+    `temperatures`)."""
     import torch
 
     if config.repetition_penalty != 1.0:
@@ -277,8 +311,9 @@ def choose(logits, seen, temperatures: list[float], config: GenerationConfig, ge
         return logits.argmax(dim=-1)
     best = logits.argmax(dim=-1) if any(greedy) else None
     # One temperature (a single stream) stays a host number, so the draw never waits for a host-to-device copy.
-    scale = temperatures[0] if len(set(temperatures)) == 1 else \
-        torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=logits.device)[:, None]
+    if scale is None:
+        scale = temperatures[0] if len(set(temperatures)) == 1 else \
+            torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=logits.device)[:, None]
     blocks = logits.view(logits.shape[0], -1, BLOCK)
     sums = torch.empty(blocks.shape[:2], device=logits.device)
     # A few rows at a time, so the five passes below find a row in the CPU cache (a 262k-vocabulary row is 1 MB).

@@ -98,7 +98,7 @@ def with_base_replies(model, tokenizer, layout: str, pairs: list[Pair], share: f
         prompts.append(ids[:start])
     # The base as it is: no memories to recall (the history holds them), no steering toward the persona's habits.
     config = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed, memories=0, max_messages=0,
-                              steer_language=False, keep_habits=False)
+                              steer_language=False, keep_habits=False, opener_temperature=None)
     twin = Twin.of(model, tokenizer, layout, has_adapter=True)
     training = model.training
     model.eval()

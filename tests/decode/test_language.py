@@ -110,7 +110,7 @@ def test_token_groups_read_what_a_token_writes_in_byte_level_and_sentencepiece_v
 
 
 @pytest.mark.parametrize("temperature", [0.5, 0.8, 1.5])
-def test_emoji_tokens_keep_their_temperature_one_mass_and_the_choice_inside_each_group_stays_sharpened(temperature):
+def test_habit_tokens_are_drawn_with_their_temperature_one_odds_and_the_rest_stays_at_the_temperature(temperature):
     import torch
 
     from talkalike.decode.language import keep_mass
@@ -119,29 +119,33 @@ def test_emoji_tokens_keep_their_temperature_one_mass_and_the_choice_inside_each
     logits = torch.randn(3, 40) * 1.5
     logits[:, 30:] -= 2.0  # the emoji columns start out less likely, as in a chat model's head
     ids = torch.arange(30, 40)
-    at_one = torch.softmax(logits, -1)[:, 30:].sum(-1)
+    at_one = torch.softmax(logits, -1)
     before = torch.softmax(logits / temperature, -1)
-    assert not torch.allclose(before[:, 30:].sum(-1), at_one, atol=1e-3)  # the temperature moved their share
+    assert not torch.allclose(before[:, 30:].sum(-1), at_one[:, 30:].sum(-1), atol=1e-3)  # the temperature moved it
     keep_mass(logits, [ids], temperature)
     after = torch.softmax(logits / temperature, -1)
-    torch.testing.assert_close(after[:, 30:].sum(-1), at_one, atol=1e-5, rtol=1e-4)
-    for block in (slice(0, 30), slice(30, 40)):  # proportions inside each group are the temperature's own
-        torch.testing.assert_close(after[:, block] / after[:, block].sum(-1, keepdim=True),
-                                   before[:, block] / before[:, block].sum(-1, keepdim=True), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(after[:, 30:].sum(-1), at_one[:, 30:].sum(-1), atol=1e-5, rtol=1e-4)
+
+    def inside(probs, block):
+        return probs[:, block] / probs[:, block].sum(-1, keepdim=True)
+
+    # which emoji: the temperature-1 choice; among the other tokens: the temperature's own
+    torch.testing.assert_close(inside(after, slice(30, 40)), inside(at_one, slice(30, 40)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(inside(after, slice(0, 30)), inside(before, slice(0, 30)), atol=1e-5, rtol=1e-4)
 
 
-def test_emoji_mass_leaves_greedy_rows_and_blocked_emoji_alone_and_is_bounded():
+def test_habit_odds_leave_greedy_rows_and_blocked_habits_alone_and_unlikely_ones_unlikely():
     import torch
 
     from talkalike.decode.language import keep_mass
 
     logits = torch.randn(3, 20)
     logits[1, 15:] = float("-inf")  # every emoji blocked (own words, no-repeat): nothing to rescale
-    logits[2, 15:] = -60.0  # far below the rest: the shift that would restore their mass is capped
+    logits[2, 15:] = -60.0  # far below the rest: they stay as unlikely as at temperature 1
     original = logits.clone()
     keep_mass(logits, [torch.arange(15, 20)], torch.tensor([[1.0], [0.5], [0.5]]))
     assert torch.equal(logits[:2], original[:2])
-    assert 0 < (logits[2, 15:] - original[2, 15:]).max().item() <= MAX_SHIFT * 0.5 + 1e-5
+    assert torch.softmax(logits[2] / 0.5, -1)[15:].sum() < 1e-20
     assert torch.equal(logits[2, :15], original[2, :15])
 
 
@@ -210,3 +214,58 @@ def test_two_habit_classes_each_keep_their_temperature_one_mass_at_once():
     after = torch.softmax(logits / temperatures, -1)
     for ids in classes:
         torch.testing.assert_close(after[:, ids].sum(-1), at_one[:, ids].sum(-1), atol=1e-5, rtol=1e-4)
+
+
+def _opener_draws(reply, opener, samples: int = 2000, device_side: bool = False, seed: int = 0):
+    """How often the sampler draws token 1 (the likelier of two) for a reply that is or is not at a message start."""
+    import torch
+
+    from talkalike.decode.config import GenerationConfig
+    from talkalike.decode.language import MessageStart
+    from talkalike.decode.sampling import Sampler
+
+    config = GenerationConfig(temperature=0.5, repetition_penalty=1.0, no_repeat_ngram=0, seed=seed,
+                              opener_temperature=opener, keep_habits=False)
+    starts = MessageStart([5, 6])
+    if device_side:  # what a GPU's reply gives: the start as a 0-dim tensor, never read back
+        host = starts
+        starts = lambda r: torch.tensor(host(r))  # noqa: E731
+    sampler = Sampler(config, 8, rows=1, device="cpu", starts=starts)
+    logits = torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    seen = torch.zeros(1, 1, dtype=torch.long)
+    return sum(int(sampler(logits, seen, [0.5], [reply])[0]) == 1 for _ in range(samples)) / samples
+
+
+def test_each_later_messages_first_token_is_drawn_at_the_opener_temperature_and_the_rest_at_the_replys():
+    """A message after the turn's first opens at the opener temperature; the turn's first message (it answers the
+    message in front of it) and every other token stay at the reply's."""
+    import math
+
+    import torch
+
+    at = {t: math.exp(1 / t) / (math.exp(1 / t) + 7) for t in (0.5, 1.0)}  # token 1's probability at t
+    assert at[0.5] - at[1.0] > 0.15
+    empty, after_separator, inside = torch.tensor([], dtype=torch.long), torch.tensor([3, 5, 6]), torch.tensor([3, 4])
+    assert _opener_draws(after_separator, 1.0) == pytest.approx(at[1.0], abs=0.04)
+    assert _opener_draws(empty, 1.0) == pytest.approx(at[0.5], abs=0.04)
+    assert _opener_draws(inside, 1.0) == pytest.approx(at[0.5], abs=0.04)
+    assert _opener_draws(after_separator, None) == pytest.approx(at[0.5], abs=0.04)  # off: the reply's throughout
+
+
+def test_an_opener_known_only_on_the_device_draws_as_one_known_on_the_host():
+    import torch
+
+    for reply in (torch.tensor([], dtype=torch.long), torch.tensor([3, 5, 6]), torch.tensor([3, 4])):
+        assert _opener_draws(reply, 1.0, 300, device_side=True, seed=4) == _opener_draws(reply, 1.0, 300, seed=4)
+
+
+def test_message_start_reads_host_lists_and_tensors_alike():
+    import torch
+
+    from talkalike.decode.language import MessageStart
+
+    start = MessageStart([5, 6])
+    for reply, expected in (([], True), ([3, 5, 6], True), ([5, 6, 3], False), ([6], False), ([3, 4], False)):
+        assert start(reply) is expected
+        assert start(torch.tensor(reply, dtype=torch.long)) is expected
+    assert MessageStart([5, 6]).columns(torch.arange(10) + 100).tail == [105, 106]
