@@ -437,9 +437,18 @@ def test_the_chat_sampler_never_makes_the_host_wait_for_the_device(tiny_tokenize
     seen = torch.cat([torch.arange(20, device=device), reply])[None]
     sampler(logits, seen, [0.5], [reply])  # first call: buffers made, kernels loaded
     torch.cuda.synchronize()
+    # serve's batch: rows with their own temperatures (one greedy), at a message start or not, drawn together
+    rows = sampler.widened(3)
+    generators = [torch.Generator(device=device).manual_seed(k) for k in range(3)]
+    three = logits.expand(3, -1).contiguous()
+    replies = [reply, reply[:7], reply[:4]]  # inside a message, just after the separator, inside again
+    rows(three, seen.expand(3, -1), [0.5, 0.8, 0.0], replies, shares=[0.3, 0.3, 0.3], generators=generators)
+    torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for length in range(3, len(reply) + 1):
             sampler(logits, seen, [0.5], [reply[:length]])
+        for _ in range(3):
+            rows(three, seen.expand(3, -1), [0.5, 0.8, 0.0], replies, shares=[0.3, 0.3, 0.3], generators=generators)
     finally:
         torch.cuda.set_sync_debug_mode(0)

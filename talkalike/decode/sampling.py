@@ -73,12 +73,12 @@ class Sampler:
         import torch
 
         scale = None if scales is None else torch.stack([  # greedy rows: 1, as choose() has them
-            torch.as_tensor(t if hasattr(t, "shape") or t > 0 else 1.0, dtype=torch.float32, device=buffer.device)
+            t.float() if hasattr(t, "shape") else torch.full((), t if t > 0 else 1.0, device=buffer.device)
             for t in scales])[:, None]
         if self.habits and (scale is not None or any(t > 0 and t != 1 for t in temperatures)):
             if scale is None:
                 scale = temperatures[0] if len(set(temperatures)) == 1 else \
-                    torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=buffer.device)[:, None]
+                    host_values([t if t > 0 else 1.0 for t in temperatures], buffer.device)[:, None]
             if self.work is None or self.work.shape[0] < n:
                 self.work = torch.empty(n, self.vocab, device=buffer.device)
             keep_mass(buffer[:, : self.vocab], self.habits, scale, self.work[:n])
@@ -155,7 +155,7 @@ class Together:
             shared = self.shared.get(kind)
             if shared is None or shared.logits.shape[0] < len(rows):
                 shared = self.shared[kind] = samplers[rows[0]].widened(max(self.rows, len(rows)))
-            pick = slice(None) if len(rows) == len(samplers) else torch.tensor(rows, device=logits.device)
+            pick = slice(None) if len(rows) == len(samplers) else host_values(rows, logits.device)
             own = [samplers[row] for row in rows]
             drawn[pick] = shared(logits[pick], seen[pick], [temperatures[row] for row in rows],
                                  [generated[row] for row in rows], _stacked([blocked[row] for row in rows]),
@@ -313,7 +313,7 @@ def choose(logits, seen, temperatures: list[float], config: GenerationConfig, ge
     # One temperature (a single stream) stays a host number, so the draw never waits for a host-to-device copy.
     if scale is None:
         scale = temperatures[0] if len(set(temperatures)) == 1 else \
-            torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=logits.device)[:, None]
+            host_values([t if t > 0 else 1.0 for t in temperatures], logits.device)[:, None]
     blocks = logits.view(logits.shape[0], -1, BLOCK)
     sums = torch.empty(blocks.shape[:2], device=logits.device)
     # A few rows at a time, so the five passes below find a row in the CPU cache (a 262k-vocabulary row is 1 MB).
@@ -333,7 +333,18 @@ def choose(logits, seen, temperatures: list[float], config: GenerationConfig, ge
         drawn = (block * BLOCK + draw(inside, generator)).squeeze(-1)
     if best is None:
         return drawn
-    return torch.where(torch.tensor(greedy, device=logits.device), best, drawn)
+    return torch.where(host_values(greedy, logits.device), best, drawn)
+
+
+def host_values(values: list, device):
+    """A host list as a tensor on `device`. To a GPU it goes through pinned memory without blocking: a plain copy from
+    the host would make the host wait for every kernel queued before it, the model's step included."""
+    import torch
+
+    tensor = torch.tensor(values)
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _top_p(weights, top_p: float, generator):
