@@ -211,3 +211,29 @@ def test_a_tokenizers_word_classes_join_the_spellings_it_has(tiny_tokenizer):
         assert words.of[bare] == words.of[spaced]
         assert spaced in words.members[words.of[bare]].tolist()
     assert word_classes(tiny_tokenizer, len(tiny_tokenizer), "cpu", GenerationConfig(no_repeat_ngram=0)) is None
+
+
+@pytest.mark.parametrize("with_words", [True, False], ids=["words", "tokens"])
+def test_the_rule_over_a_batchs_rows_bans_what_it_bans_row_by_row(with_words):
+    """serve's batch draws every row in one call: block_repeats_rows must ban exactly what block_repeats bans for
+    each row alone, over replies of any lengths (shorter than the run too), separators, word-internal runs and loops
+    in other spellings."""
+    from talkalike.decode.sampling import MAX_WORD_TOKENS, WordClasses, block_repeats_rows
+
+    vocab = len(LAUGH) + len(SPELLINGS)
+    words = WordClasses(LAUGH + SPELLINGS, vocab, "cpu") if with_words else None
+    separator = torch.tensor([6 + len(LAUGH)])
+    generator = torch.Generator().manual_seed(3)
+    replies = [torch.tensor([2] + [1] * (MAX_WORD_TOKENS + 2)), torch.tensor([2, 1, 1, 1]), torch.tensor([3]),
+               torch.tensor([], dtype=torch.long), torch.tensor([4, 3, 5, 4, 3, 5]), torch.tensor([1, 2, 2])]
+    replies += [torch.randint(0, vocab, (int(torch.randint(0, 14, (1,), generator=generator)),), generator=generator)
+                for _ in range(40)]
+    replies += [torch.randint(7, 10, (12,), generator=generator) for _ in range(10)]  # few tokens: many repeats
+    for n in (2, 3, 4):
+        alone = torch.zeros(len(replies), vocab + 3)  # a sampler's buffer is wider than the vocabulary
+        for row, reply in enumerate(replies):
+            block_repeats(alone[row], reply, n, separator, words)
+        together = torch.zeros(len(replies), vocab + 3)
+        block_repeats_rows(together, replies, n, separator, words)
+        assert torch.isinf(alone).any()  # the comparison below can fail
+        assert torch.equal(together, alone), n
