@@ -195,6 +195,9 @@ def test_a_runs_generation_json_overrides_the_defaults_and_flags_override_both(t
     assert (tuned.temperature, tuned.top_p, tuned.repetition_penalty) == (0.8, 0.95, 1.025)
     flagged = with_overrides(tuned, temperature=0.3, top_p=None)
     assert (flagged.temperature, flagged.top_p) == (0.3, 0.95)
+    assert tuned.opener_temperature == 1.0
+    (tmp_path / "generation.json").write_text('{"opener_temperature": null}')
+    assert load_generation_config(tmp_path).opener_temperature is None  # the message opener's rule off
 
 
 @pytest.mark.slow
