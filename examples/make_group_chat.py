@@ -47,6 +47,10 @@ PLANTED_PII = {
 LAUGH = ["jajaja", "jajajaja", "jaja", "JAJAJA", "jajajajaja"]
 EMOJI = ["😂", "🙈", "❤️", "🍻", "😅"]
 DROPPED = ("<adjunto>", "Se eliminó este mensaje.")  # lines the dataset drops from a turn
+AFTERTHOUGHTS = ["{lol}", "Anyway", "Literally", "Bueno", "So yeah", "{e}", "Y nada", "Ya os contaré",
+                 "Qué le vamos a hacer"]
+AFTERTHOUGHT_SHARE = 0.45  # Lucía's turns that end with one of them
+VARIANTS = [", bueno", ", y nada", ", literally", ", anyway", "...", ", ya veréis", ", en fin", " de verdad"]
 MARTA_EMOJI = ["😂", "😍", "🥳", "💃", "🙌", "😘", "🔥", "🥹"]
 
 # Each topic: "qa" pairs (a friend asks Lucía, in their phrasings; her answers to THAT question), "ask" pairs (Lucía
@@ -338,15 +342,21 @@ class Chat:
         self.seen: set[tuple[str, ...]] = set()
 
     def lucia(self, lines: list[str], s: dict) -> None:
-        """Lucía's turn: one or two longer messages, the odd laugh or emoji; a turn already sent is varied."""
+        """Lucía's turn: one or two longer messages, now and then a short one after them (the odd laugh or emoji); a
+        turn already sent is varied inside its last message, so that her habits stay the same all through the chat
+        (adding a message to every repeat made her later turns longer than her earlier ones)."""
         rng, w = self.rng, self.w
         out = [fill(line, rng, s, LAUGH, EMOJI) for line in lines]
+        if rng.random() < AFTERTHOUGHT_SHARE:
+            out.append(fill(rng.choice(AFTERTHOUGHTS), rng, s, LAUGH, EMOJI))
         for _ in range(20):
             key = tuple(x for x in out if x not in DROPPED)  # what the dataset keeps of the turn
             if key not in self.seen:
                 break
-            out = out + [fill(rng.choice(["{lol}", "Anyway", "Literally", "Bueno", "So yeah", "{e}", "Y nada",
-                                          "Ya os contaré", "Qué le vamos a hacer"]), rng, s, LAUGH, EMOJI)]
+            kept = [i for i, x in enumerate(out) if x not in DROPPED]
+            if not kept:
+                break
+            out[kept[-1]] = out[kept[-1]] + rng.choice(VARIANTS)
         self.seen.add(key)
         for line in out:
             w.say(LUCIA, attachment(w) if line == "<adjunto>" else line)
