@@ -231,8 +231,8 @@ def test_the_rule_over_a_batchs_rows_bans_what_it_bans_row_by_row(with_words):
     replies += [torch.randint(7, 10, (12,), generator=generator) for _ in range(10)]  # few tokens: many repeats
     for n in (2, 3, 4):
         alone = torch.zeros(len(replies), vocab + 3)  # a sampler's buffer is wider than the vocabulary
-        for row, reply in enumerate(replies):
-            block_repeats(alone[row], reply, n, separator, words)
+        for row, one in enumerate(replies):
+            block_repeats(alone[row], one, n, separator, words)
         together = torch.zeros(len(replies), vocab + 3)
         block_repeats_rows(together, replies, n, separator, words)
         assert torch.isinf(alone).any()  # the comparison below can fail

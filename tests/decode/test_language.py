@@ -269,3 +269,24 @@ def test_message_start_reads_host_lists_and_tensors_alike():
         assert start(reply) is expected
         assert start(torch.tensor(reply, dtype=torch.long)) is expected
     assert MessageStart([5, 6]).columns(torch.arange(10) + 100).tail == [105, 106]
+
+
+def test_a_habit_the_temperature_all_but_silenced_is_nudged_at_most_e4_toward_its_temperature_one_mass():
+    import math
+
+    import torch
+
+    from talkalike.decode.language import MAX_SHIFT, keep_mass
+
+    logits = torch.zeros(1, 40)
+    logits[0, 0] = 10.0  # one token the model is sure of
+    logits[0, 30:] = 3.0  # the habit: 1% of the mass at temperature 1, e^-14 times less at 0.5
+    ids = torch.arange(30, 40)
+    at_one = torch.softmax(logits, -1)[0, 30:].sum().item()
+    before = torch.softmax(logits / 0.5, -1)[0, 30:].sum().item()
+    keep_mass(logits, [ids], 0.5)
+    after = torch.softmax(logits / 0.5, -1)[0, 30:].sum().item()
+    assert before < after < at_one
+    assert math.log(after / before) == pytest.approx(MAX_SHIFT, abs=0.01)
+    inside = torch.softmax(logits[0, 30:] / 0.5, -1)  # which one: still the temperature-1 choice (here: even)
+    torch.testing.assert_close(inside, torch.full((10,), 0.1))
