@@ -53,6 +53,8 @@ class Sampler:
         the no-repeat rule, and `blocked` ([vocab] or [rows, vocab], True = never drawn) the tokens a reply may not
         use (turns.vocabulary); `shares` each row's opening-script share for the steer (default: the sampler's);
         `generators` one generator per row (None in it: the default one) instead of the sampler's own."""
+        import torch
+
         n = logits.shape[0]
         buffer = self.logits[:n]
         buffer[:, : self.vocab].copy_(logits)
@@ -62,32 +64,30 @@ class Sampler:
         if blocked is not None:
             buffer[:, : self.vocab].masked_fill_(blocked, float("-inf"))
         if generated is not None and self.config.no_repeat_ngram > 1:
-            if len(generated) > 1 and all(hasattr(reply, "shape") for reply in generated):
+            if len(generated) > 1 and all(torch.is_tensor(reply) for reply in generated):
                 block_repeats_rows(buffer, generated, self.config.no_repeat_ngram, self.separator, self.words)
             else:
                 for row, reply in enumerate(generated):
                     block_repeats(buffer[row], reply, self.config.no_repeat_ngram, self.separator, self.words)
         scales = self._opener_scales(temperatures, generated)
-        if scales is not None and all(not hasattr(t, "shape") for t in scales):
-            temperatures, scales = scales, None  # every start known on the host: plain numbers
+        if scales is not None and not any(torch.is_tensor(t) for t in scales):
+            temperatures, scales = scales, None  # every message start known on the host: plain numbers
+        # Each row's temperature as a [rows, 1] device tensor where a message start is known on the device only
+        # (greedy rows 1, as choose() has them); None: `temperatures` say it all.
+        on_device = None if scales is None else torch.stack([
+            t.float() if torch.is_tensor(t) else torch.full((), t if t > 0 else 1.0, device=buffer.device)
+            for t in scales])[:, None]
         if self.steer is not None and generated is not None:
             self.steer.apply(buffer[:, : self.vocab], shares or self.shares or [None] * n, temperatures, generated,
                              scales)
-        import torch
-
-        scale = None if scales is None else torch.stack([  # greedy rows: 1, as choose() has them
-            t.float() if hasattr(t, "shape") else torch.full((), t if t > 0 else 1.0, device=buffer.device)
-            for t in scales])[:, None]
-        if self.habits and (scale is not None or any(t > 0 and t != 1 for t in temperatures)):
-            if scale is None:
-                scale = temperatures[0] if len(set(temperatures)) == 1 else \
-                    host_values([t if t > 0 else 1.0 for t in temperatures], buffer.device)[:, None]
+        if self.habits and (on_device is not None or any(t > 0 and t != 1 for t in temperatures)):
+            scale = on_device if on_device is not None else temperatures[0] if len(set(temperatures)) == 1 else \
+                host_values([t if t > 0 else 1.0 for t in temperatures], buffer.device)[:, None]
             if self.work is None or self.work.shape[0] < n:
                 self.work = torch.empty(n, self.vocab, device=buffer.device)
             keep_mass(buffer[:, : self.vocab], self.habits, scale, self.work[:n])
-            scale = None if scales is None else scale
         return choose(buffer, seen, temperatures, self.config, self.generator if generators is None else generators,
-                      self.vocab, scale)
+                      self.vocab, on_device)
 
     def _opener_scales(self, temperatures: list[float], generated: list | None) -> list | None:
         """Each row's temperature for this token when a sampled row is at the start of a message after the turn's
