@@ -23,7 +23,7 @@ import functools
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 LATIN = "LATIN"
@@ -128,13 +128,14 @@ class MessageStart:
 
     @classmethod
     def of(cls, tokenizer) -> "MessageStart":
+        """After the message separator's last two tokens, one shared instance per tokenizer."""
         from talkalike.template import BUBBLE_SEP
 
-        return cls(tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)[-2:])
+        return message_start(tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)[-2:])
 
     def columns(self, to_sub) -> "MessageStart":
         """The same over a restricted head's columns (`to_sub`: id -> column)."""
-        return MessageStart([int(to_sub[t]) for t in self.tail])
+        return message_start([int(to_sub[t]) for t in self.tail])
 
     def __call__(self, reply):
         import torch
@@ -153,6 +154,16 @@ class MessageStart:
         return bool(start) if reply.device.type == "cpu" else start
 
 
+def message_start(tail: list[int]) -> MessageStart:
+    """The MessageStart of `tail`, one instance per tail: its tail reaches each device once, not at every reply."""
+    return _message_start(tuple(tail))
+
+
+@functools.lru_cache(maxsize=16)
+def _message_start(tail: tuple[int, ...]) -> MessageStart:
+    return MessageStart(list(tail))
+
+
 @dataclass
 class Steer:
     """The persona's opening-script shares and the vocabulary's script groups, on the decoding device."""
@@ -161,7 +172,6 @@ class Steer:
     shares: dict[str, float]
     masks: Any  # [vocab, 2] float: column 0 the Latin tokens, column 1 the `other` script's
     start_tail: list[int]  # the message separator's last tokens: a new message starts right after them
-    _start: "MessageStart | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, twin, device) -> "Steer | None":
@@ -190,9 +200,7 @@ class Steer:
 
     def at_start(self, reply):
         """MessageStart over the separator's tail (a bool, or a 0-dim device tensor for a device reply)."""
-        if self._start is None:
-            self._start = MessageStart(self.start_tail)
-        return self._start(reply)
+        return message_start(self.start_tail)(reply)
 
     def columns(self, keep, to_sub) -> "Steer":
         """The same steer over a restricted head's columns (`keep`: the token ids the head computes, `to_sub`: id ->

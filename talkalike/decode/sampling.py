@@ -64,11 +64,7 @@ class Sampler:
         if blocked is not None:
             buffer[:, : self.vocab].masked_fill_(blocked, float("-inf"))
         if generated is not None and self.config.no_repeat_ngram > 1:
-            if len(generated) > 1 and all(torch.is_tensor(reply) for reply in generated):
-                block_repeats_rows(buffer, generated, self.config.no_repeat_ngram, self.separator, self.words)
-            else:
-                for row, reply in enumerate(generated):
-                    block_repeats(buffer[row], reply, self.config.no_repeat_ngram, self.separator, self.words)
+            block_repeats_rows(buffer, generated, self.config.no_repeat_ngram, self.separator, self.words)
         scales = self._opener_scales(temperatures, generated)
         if scales is not None and not any(torch.is_tensor(t) for t in scales):
             temperatures, scales = scales, None  # every message start known on the host: plain numbers
@@ -198,37 +194,7 @@ def block_repeats(logits, reply, n: int, separator, words: "WordClasses | None" 
     four tokens ("▁ח", "ח", "ח", "ח") and one word, a laugh and no loop (the eval's repeat measure reads words too).
     There only the spellings that would open a new word are banned, until the word is MAX_WORD_TOKENS long. Device
     ops only: on a GPU nothing waits for the host."""
-    import torch
-
-    if reply.shape[0] < n:
-        return
-    raw = reply.unfold(0, n, 1)  # [length - n + 1, n]: every run of n tokens so far
-    ids = reply if words is None else words.of[reply]
-    runs = raw if words is None else ids.unfold(0, n, 1)
-    repeats = (runs[:, :-1] == ids[ids.shape[0] - n + 1:]).all(-1)  # runs that the reply's tail would redo
-    if separator.numel():
-        # Compared one by one, not with torch.isin: on a GPU isin sorts through unique() once there are more than a
-        # dozen values, and unique() makes the host wait for the device on every token.
-        touches = (raw[:, :, None] == separator).any(-1)  # [runs, n]: which positions hold a separator token
-        repeats &= ~touches.any(-1) & ~touches[-1, 1:].any()
-    # amin: a token banned by any run stays banned whatever the other runs say
-    if words is None:
-        banned = torch.where(repeats, float("-inf"), float("inf"))
-        logits.scatter_reduce_(0, runs[:, -1], banned, reduce="amin", include_self=True)
-        return
-    # A word starts before reply[i] where reply[i] opens with a space or reply[i - 1] ends with one.
-    starts = words.opens[reply[1:]] | words.closes[reply[:-1]]  # [length - 1]: before positions 1 ...
-    # The run being completed crosses a word boundary before its last token: whatever that token, it is a loop.
-    # (reply[-1:], not reply[-1]: indexing with a 0-dim device tensor reads it back to the host)
-    crossing = words.closes[reply[-1:]][0]
-    if n > 2:
-        crossing = crossing | starts[starts.shape[0] - n + 2:].any()
-    where = torch.where(starts, torch.arange(1, reply.shape[0], device=reply.device), 0)
-    long_word = reply.shape[0] - where.amax() >= MAX_WORD_TOKENS  # the word being written is already this long
-    every = crossing | long_word
-    spellings = words.members[runs[:, -1]]  # [runs, most spellings]: every spelling of each run's last word
-    banned = torch.where(repeats[:, None] & (every | words.opens[spellings]), float("-inf"), float("inf"))
-    logits.scatter_reduce_(0, spellings.flatten(), banned.flatten(), reduce="amin", include_self=True)
+    block_repeats_rows(logits[None], [reply], n, separator, words)
 
 
 MAX_WORD_TOKENS = 10  # a word this many tokens long (a laugh, an emoji run) gets no more of a repeated run
@@ -246,9 +212,9 @@ def _left_padded(replies: list, pad: int):
 
 def block_repeats_rows(logits, replies: list, n: int, separator, words: "WordClasses | None" = None) -> None:
     """`block_repeats` for every row of `logits` [rows, vocab] at once (`replies`: each row's reply so far, 1-D
-    tensors of any lengths): the same bans, in some thirty launches for the batch instead of that many per row, which
-    on a GPU were most of a batched step's host time. Replies are left-padded to one length; padding never matches a
-    token, starts a word, or ends one."""
+    tensors of any lengths): some thirty launches for the batch instead of that many per row, which on a GPU were
+    most of a batched step's host time. Replies of different lengths are left-padded to one; what the padding would
+    say (runs, word starts) is masked out."""
     import torch
 
     lengths = [int(reply.shape[0]) for reply in replies]
@@ -256,39 +222,40 @@ def block_repeats_rows(logits, replies: list, n: int, separator, words: "WordCla
     if width < n:
         return
     device = logits.device
-    vocab = logits.shape[1]
-    pad = vocab if words is None else words.of.shape[0]  # one past every real id: its own class
-    padded = _left_padded(replies, pad)
-    first = host_values([width - length for length in lengths], device)  # where each row's reply begins
-    raw = padded.unfold(1, n, 1)  # [rows, runs, n]
-    ids = padded if words is None else torch.cat([words.of, words.of.new_full((1,), -1)])[padded]
+    ragged = min(lengths) < width
+    padded = _left_padded(replies, 0) if ragged else replies[0][None] if len(replies) == 1 else torch.stack(replies)
+    raw = padded.unfold(1, n, 1)  # [rows, runs, n]: every run of n tokens so far
+    ids = padded if words is None else words.of[padded]
     runs = raw if words is None else ids.unfold(1, n, 1)
-    repeats = (runs[:, :, :-1] == ids[:, width - n + 1:, None].transpose(1, 2)).all(-1)  # [rows, runs]
-    # a run must lie inside the reply, and the tail it would redo too (a reply shorter than n redoes nothing)
-    repeats &= torch.arange(raw.shape[1], device=device)[None] >= first[:, None]
-    repeats &= (first <= width - n)[:, None]
+    repeats = (runs[:, :, :-1] == ids[:, width - n + 1:, None].transpose(1, 2)).all(-1)  # runs the tail would redo
+    if ragged:  # a run must lie inside the reply, and the tail it would redo too (shorter than n: none)
+        first = host_values([width - length for length in lengths], device)  # where each row's reply begins
+        repeats &= torch.arange(raw.shape[1], device=device)[None] >= first[:, None]
+        repeats &= (first <= width - n)[:, None]
     if separator.numel():
-        touches = (raw[:, :, :, None] == separator).any(-1)  # [rows, runs, n]
+        # Compared one by one, not with torch.isin: on a GPU isin sorts through unique() once there are more than a
+        # dozen values, and unique() makes the host wait for the device on every token.
+        touches = (raw[:, :, :, None] == separator).any(-1)  # [rows, runs, n]: which positions hold a separator
         repeats &= ~touches.any(-1) & ~touches[:, -1:, 1:].any(-1)
+    # amin: a token banned by any run stays banned whatever the other runs say
     if words is None:
         banned = torch.where(repeats, float("-inf"), float("inf"))
-        target = raw[:, :, -1].clamp(max=vocab - 1)
-        logits.scatter_reduce_(1, target, banned, reduce="amin", include_self=True)
+        logits.scatter_reduce_(1, raw[:, :, -1], banned, reduce="amin", include_self=True)
         return
-    opens = torch.cat([words.opens, words.opens.new_zeros(1)])
-    closes = torch.cat([words.closes, words.closes.new_zeros(1)])
-    starts = opens[padded[:, 1:]] | closes[padded[:, :-1]]  # [rows, width - 1]: a word starts before 1 ...
-    crossing = closes[padded[:, -1]]
+    # A word starts before position p where its token opens with a space or the one before p ends with one.
+    starts = words.opens[padded[:, 1:]] | words.closes[padded[:, :-1]]  # [rows, width - 1]: before positions 1 ...
+    # The run being completed crosses a word boundary before its last token: whatever that token, it is a loop.
+    crossing = words.closes[padded[:, -1]]
     if n > 2:
         crossing = crossing | starts[:, width - n + 1:].any(-1)
-    where = torch.where(starts, torch.arange(1, width, device=device)[None], 0).amax(-1)
-    long_word = width - torch.maximum(where, first) >= MAX_WORD_TOKENS
+    last_start = torch.where(starts, torch.arange(1, width, device=device)[None], 0).amax(-1)
+    if ragged:
+        last_start = torch.maximum(last_start, first)
+    long_word = width - last_start >= MAX_WORD_TOKENS  # the word being written is already this long
     every = (crossing | long_word)[:, None, None]
-    last = raw[:, :, -1].clamp(max=words.of.shape[0] - 1)  # (padding's runs are never repeats)
-    spellings = words.members[words.of[last]]  # [rows, runs, most spellings]
+    spellings = words.members[runs[:, :, -1]]  # [rows, runs, most spellings]: every spelling of each run's last word
     banned = torch.where(repeats[:, :, None] & (every | words.opens[spellings]), float("-inf"), float("inf"))
-    logits[:, : words.of.shape[0]].scatter_reduce_(1, spellings.flatten(1), banned.flatten(1), reduce="amin",
-                                                   include_self=True)
+    logits.scatter_reduce_(1, spellings.flatten(1), banned.flatten(1), reduce="amin", include_self=True)
 
 
 class WordClasses:

@@ -3,9 +3,9 @@
 peft computes the branch with three modules (dropout, lora_A, lora_B). For its backward autograd then keeps, for each
 adapted projection, the dropped-out input (lora_A's weight gradient needs it) and the dropout mask: per token of a
 Mistral-7B layer, four 4,096-wide copies on the attention side (q, k, v and o each drop out on their own), two on the
-MLP's gate and up, one 14,336-wide for down, and a byte-wide mask for each. Under checkpointing that is the working
-set of the layer being recomputed, and it is what a micro-batch of 8 packed rows overshot the original recipe's peak
-memory by (BENCHMARKS.md, "GPU training").
+MLP's gate and up, one 14,336-wide for down, and a byte-wide mask for each, in the working set of the layer being
+recomputed. Measured on an H200 (BENCHMARKS.md, "GPU training"): 5% faster at the default 4 rows a micro-batch, and
+0.06-0.12 GB less at the peak (most of a recomputed layer's working set is its MLP's, not these copies).
 
 `LoraBranch` keeps a reference to the input itself (q, k and v share one; autograd holds most inputs anyway), the
 r-wide product `dropout(x) @ A.T`, and the random state the dropout drew from; the backward draws the very same mask
@@ -17,6 +17,7 @@ layer's output before adding to it; the out-of-place add here needs no clone.
 """
 
 import types
+from functools import cache
 
 
 def _dropout(x, p: float):
@@ -47,6 +48,7 @@ def _set_random_state(device, state) -> None:
         torch.set_rng_state(state)
 
 
+@cache
 def _branch_function():
     import torch
 
@@ -89,16 +91,10 @@ def _branch_function():
     return LoraBranch
 
 
-_FUNCTION = None
-
-
 def lora_branch(x, a, b, scaling: float, p: float, dtype, early=None):
     """`dropout(x.to(early), p).to(dtype) @ a.T @ b.T * scaling` (the products in `dtype`; `early`: the dtype x is
     dropped out in, default x's own), keeping no copy of x for the backward."""
-    global _FUNCTION
-    if _FUNCTION is None:
-        _FUNCTION = _branch_function()
-    return _FUNCTION.apply(x, a, b, scaling, p, dtype, x.dtype if early is None else early)
+    return _branch_function().apply(x, a, b, scaling, p, dtype, x.dtype if early is None else early)
 
 
 def _lean_forward(self, x, *args, **kwargs):
@@ -121,18 +117,10 @@ def _lean_forward(self, x, *args, **kwargs):
         dtype = torch.get_autocast_dtype(x.device.type) if on else a.dtype
         # peft casts x to the adapter's dtype before the dropout, unless told not to (train/trainer.py: lora-input-cast)
         # and, on a 4-bit layer, under autocast
-        cast = getattr(self, "cast_input_dtype_enabled", True) and not (on and _four_bit(self))
+        cast = getattr(self, "cast_input_dtype_enabled", True) and not (on and self.lean_four_bit)
         with torch.autocast(x.device.type, enabled=False):
             result = result + lora_branch(x, a, b, self.scaling[name], p, dtype, a.dtype if cast else x.dtype)
     return result.to(out_dtype)
-
-
-def _four_bit(layer) -> bool:
-    try:
-        from peft.tuners.lora.bnb import Linear4bit
-    except ImportError:
-        return False
-    return isinstance(layer, Linear4bit)
 
 
 def use_lean_lora(model) -> int:
@@ -151,6 +139,7 @@ def use_lean_lora(model) -> int:
             continue
         if any(b.bias is not None for b in module.lora_B.values()):
             continue
+        module.lean_four_bit = type(module) is not Linear  # (read at every forward: decided once here)
         module.forward = types.MethodType(_lean_forward, module)
         count += 1
     return count

@@ -391,8 +391,8 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
             if isinstance(module, BaseTunerLayer):
                 module.cast_input_dtype_enabled = False
     if torch.cuda.is_available() and "lean-lora" in speedups:
-        # Per adapted projection, peft keeps the dropped-out input and its mask for the backward: at 8 packed rows of
-        # a 7B model that is most of the layer being recomputed; the lean branch draws the mask again instead.
+        # Per adapted projection, peft keeps the dropped-out input and its mask for the backward; the lean branch
+        # draws the mask again instead (5% faster on an H200 at the default geometry, the same maths).
         from talkalike.train.lean_lora import use_lean_lora
 
         use_lean_lora(model)
