@@ -139,33 +139,40 @@ def time_tokens(fn) -> tuple[float, list[int]]:
     return len(out) / (time.perf_counter() - t0), out
 
 
-def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -> list[dict]:
-    """Rows: tok/s of `talkalike chat RUN`'s path on a run folder saved from `model` with a random LoRA adapter (and
-    the host's text work per token), then of the same engine and sampler without the text side."""
-    import dataclasses
-
+def save_run(model, folder: Path) -> Path:
+    """`model` saved as a base under `folder` and a run folder on it with a random LoRA adapter on every projection
+    (the tests' tiny tokenizer: a few hundred tokens; ids past them decode to nothing, which costs the same)."""
     from peft import LoraConfig, get_peft_model
-
-    import talkalike.decode.stream as stream
-    from talkalike.decode.turns import fit_prompt
-    from talkalike.decode.twin import load_twin
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import build_tiny_tokenizer
 
     run = folder / "runs" / "twin7b"
-    t0 = time.perf_counter()
     model.save_pretrained(folder / "base")
-    tokenizer = build_tiny_tokenizer()  # a few hundred tokens: ids past them decode to nothing, which costs the same
+    tokenizer = build_tiny_tokenizer()
     tokenizer.save_pretrained(folder / "base")
     tokenizer.save_pretrained(run / "tokenizer")
     lora = LoraConfig(r=16, lora_alpha=32, init_lora_weights=False,
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     peft_model = get_peft_model(model, lora)
     peft_model.save_pretrained(run / "adapter")
-    peft_model.unload()  # the benchmark's model is used again without the adapter
+    peft_model.unload()  # the caller's model is used again without the adapter
     (run / "run.json").write_text(json.dumps({"base": {"id": str(folder / "base"), "source": "local"},
                                               "layout": "chat", "persona": "Noa"}))
+    return run
+
+
+def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -> list[dict]:
+    """Rows: tok/s of `talkalike chat RUN`'s path on a run folder saved from `model` with a random LoRA adapter (and
+    the host's text work per token), then of the same engine and sampler without the text side."""
+    import dataclasses
+
+    import talkalike.decode.stream as stream
+    from talkalike.decode.turns import fit_prompt
+    from talkalike.decode.twin import load_twin
+
+    t0 = time.perf_counter()
+    run = save_run(model, folder)
     saved_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     twin = load_twin(str(run), None, folder)
