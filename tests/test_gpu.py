@@ -233,6 +233,31 @@ def test_serves_slots_compiled_into_cuda_graphs_give_the_eager_slots_logits(tiny
             torch.testing.assert_close(rows[0].hidden, rows[1].hidden, atol=2e-4, rtol=2e-4)
 
 
+def test_serves_compiled_slots_with_triton_attention_give_the_eager_sdpa_slots_tokens(tiny_tokenizer):
+    """slots.py's Triton attention (each slot's own positions) compiled and replayed as a CUDA graph, against eager
+    SDPA over every position, masked: rows at different positions, two of them crossing a 64-position block, one
+    slot idle; greedy tokens, each side fed its own."""
+    from conftest import build_tiny_llama
+
+    from talkalike.decode.slots import Slots
+
+    model = build_tiny_llama("mistral", sliding_window=None).cuda()
+    compiled = Slots(model, rows=4, max_len=256, attention="triton")
+    eager = Slots(model, rows=4, max_len=256, compile=False, attention="sdpa")
+    assert Slots(model, rows=4, max_len=256, compile=False).attention == "triton"  # the default on CUDA
+    prompts = [[5, 9, 14, 2], list(range(3, 63)), [40 + i % 50 for i in range(125)]]
+    tokens = [[], []]
+    with torch.inference_mode():
+        rows = [slots.prefill(list(range(3)), prompts) for slots in (compiled, eager)]
+        for _ in range(8):  # the second and third rows write positions 60 to 67 and 125 to 132
+            for slots, row, drawn in zip((compiled, eager), rows, tokens, strict=True):
+                row.tokens = [[int(t)] for t in row.hidden.argmax(-1)]
+                drawn.append([t[0] for t in row.tokens])
+                slots.step(row)
+            torch.testing.assert_close(rows[0].hidden, rows[1].hidden, atol=2e-4, rtol=2e-4)
+    assert tokens[0] == tokens[1]
+
+
 def test_serves_batch_on_a_gpu_gives_every_greedy_reply_its_alone_text(tiny_tokenizer):
     """decode/live.py on CUDA: the first reply starts alone on its engine (which reads each token one step late, so
     it hands over a token already drawn), the others join it in compiled slots; each reads as it does alone."""

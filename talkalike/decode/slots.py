@@ -7,8 +7,17 @@ prefilling its slot (eagerly: the prompt has its own length) and every step runs
 torch.compile'd graph, replayed as a CUDA graph, whatever rows are live (an idle slot computes and is ignored). No
 padding, no cache copies when rows join or leave. `Slots` offers the calls live.py makes on batch.py's Batch.
 
+Each slot attends only to its own positions: on CUDA the attention is engines/triton_step.slot_attention, split over
+64-position blocks of each slot's cache, whose programs past a slot's position exit without reading (an idle slot
+reads one position). SDPA with a mask, the other choice (and the one for CPU runs), reads all max_len positions of
+every slot for every step, however short the replies: at 8 slots of a 7B model, 8 x 32 layers x 2,048 positions of
+keys and values.
+
     slots = Slots(model, rows=8, max_len=2048)      # live.py builds it for a fusable model on a CUDA device
+    Slots(model, rows=8, attention="sdpa")           # every slot's whole cache, masked (benchmarks/gpu_slots.py)
 """
+
+import os
 
 from talkalike.decode.batch import Rows, _pad_seen
 from talkalike.decode.engines import apply_rope
@@ -22,12 +31,21 @@ class Slots:
 
     mergeable = True  # rows join whenever a slot is free
 
-    def __init__(self, model, rows: int, max_len: int = MAX_LEN, compile: bool = True):
+    def __init__(self, model, rows: int, max_len: int = MAX_LEN, compile: bool = True, attention: str | None = None):
+        """`attention`: "triton" (each slot's own positions; CUDA, or the CPU under TRITON_INTERPRET=1) or "sdpa"
+        (every position, masked); None picks "triton" where it runs and the head shape fits its tiles."""
         import torch
 
         self.fused = FusedStep(model, max_len)  # the fused weights, the RoPE table, the layer maths
         self.model, self.rows, self.max_len = model, rows, max_len
         self.device = self.fused.cos.device
+        self.attention = attention or ("triton" if self._triton_fits() else "sdpa")
+        assert self.attention in ("triton", "sdpa"), f"unknown attention {self.attention!r}"
+        if self.attention == "triton":
+            # Imported here: triton is heavy, and tests load it under its interpreter (tests/decode/test_tritondecode.py)
+            from talkalike.decode.engines.triton_step import slot_attention
+
+            self._slot_attention = slot_attention
         weight = self.fused.qkv[0]
         shape = (rows, self.fused.kv_heads, max_len, self.fused.head_dim)
         self.keys = [torch.zeros(shape, device=self.device, dtype=weight.dtype) for _ in self.fused.layers]
@@ -43,6 +61,15 @@ class Slots:
             # whichever worker thread holds it (on the H200 the tree asserted `_is_key_in_tls` in a second thread).
             self._step = torch.compile(self.step_all, fullgraph=True, dynamic=False,
                                        options={"triton.cudagraphs": True, "triton.cudagraph_trees": False})
+
+    def _triton_fits(self) -> bool:
+        """Whether slot_attention runs here (CUDA, or Triton's interpreter) and takes this head shape."""
+        if self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            return False
+        from talkalike.decode.engines.triton_step import GROUP_PAD
+
+        f = self.fused
+        return f.head_dim >= 16 and f.head_dim & (f.head_dim - 1) == 0 and f.heads // f.kv_heads <= GROUP_PAD
 
     # --- what live.py calls, as on batch.Batch -----------------------------------------------------------------------
 
@@ -118,13 +145,15 @@ class Slots:
 
     def step_all(self, tokens, positions):
         """Every slot's token [rows] at its position [rows]: write their keys and values, return logits [rows, vocab].
-        FusedStep.step with a row per slot, each attending to its own cache up to its own position."""
+        FusedStep.step with a row per slot, each attending to its own cache up to its own position (an idle slot, at
+        max_len - 1, sees that position alone under slot_attention: its row is finite and ignored)."""
         import torch.nn.functional as F
 
         f = self.fused
         rows, group, d = self.rows, f.heads // f.kv_heads, f.head_dim
         cos, sin = f.cos[positions][:, None, None, :], f.sin[positions][:, None, None, :]
-        visible = (f.positions[None, :] <= positions[:, None]).view(rows, 1, 1, -1)
+        if self.attention == "sdpa":
+            visible = (f.positions[None, :] <= positions[:, None]).view(rows, 1, 1, -1)
         x = self.model.model.embed_tokens(tokens[:, None])
         q_size, kv_size = f.heads * d, f.kv_heads * d
         for i, layer in enumerate(f.layers):
@@ -135,9 +164,12 @@ class Slots:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             self.keys[i][self.slot_ids, :, positions] = k[:, 0]
             self.values[i][self.slot_ids, :, positions] = v[:, 0]
-            q = q.view(rows, f.kv_heads, group, d)
-            attended = F.scaled_dot_product_attention(q, self.keys[i], self.values[i], attn_mask=visible,
-                                                      scale=f.scaling)
+            if self.attention == "triton":
+                attended = self._slot_attention(q.view(rows, f.heads, d), self.keys[i], self.values[i], positions,
+                                                f.scaling)
+            else:
+                attended = F.scaled_dot_product_attention(q.view(rows, f.kv_heads, group, d), self.keys[i],
+                                                          self.values[i], attn_mask=visible, scale=f.scaling)
             o_proj = layer.self_attn.o_proj
             x = x + f._linear(attended.reshape(rows, 1, -1), o_proj.weight, o_proj.bias)
             x = f._mlp(i, x)

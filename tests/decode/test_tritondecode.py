@@ -1,4 +1,5 @@
-"""The Triton decode step (engines/triton_step.py) computes what the model's own forward computes.
+"""The Triton decode step (engines/triton_step.py) computes what the model's own forward computes, and serve's slots
+(decode/slots.py) attend with its batched attention as with masked SDPA.
 
 On a GPU its kernels run compiled inside one CUDA graph (tests/test_gpu.py). Here they run under Triton's interpreter
 (TRITON_INTERPRET=1, numpy on the CPU) on tiny Llama-family models: the same indexing, masks and maths, slowly, so the
@@ -118,3 +119,48 @@ def test_the_matvec_kernel_folds_rmsnorm_gating_bias_and_residual_into_one_produ
     plain = torch.empty(2 * n)
     tritondecode.matvec(x, weight, plain, (4, 32, 4), residual=torch.cat([residual, residual]))
     torch.testing.assert_close(plain, weight @ x + torch.cat([residual, residual]), rtol=1e-5, atol=1e-5)
+
+
+def test_slot_attention_sees_each_rows_own_positions_as_masked_sdpa_does(tritondecode):
+    """Rows at 0, either side of a block boundary, mid-block and idle (max_len - 1, which sees itself alone); every
+    cache position a row must not see is NaN, so a read of one would show."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(3)
+    rows, heads, kv_heads, max_len, dim = 6, 8, 2, 192, 16  # query groups of 4; 3 blocks of 64 positions
+    positions = torch.tensor([0, 63, 64, 100, max_len - 1, 130])
+    q = torch.randn(rows, heads, dim)
+    keys, values = torch.randn(rows, kv_heads, max_len, dim), torch.randn(rows, kv_heads, max_len, dim)
+    n = torch.arange(max_len)
+    first = torch.where(positions == max_len - 1, positions, 0)
+    visible = (n[None] <= positions[:, None]) & (n[None] >= first[:, None])  # [rows, max_len]
+    expected = F.scaled_dot_product_attention(q.view(rows, kv_heads, heads // kv_heads, dim), keys, values,
+                                              attn_mask=visible.view(rows, 1, 1, max_len), scale=0.3)
+    hidden = ~visible[:, None, :, None]
+    out = tritondecode.slot_attention(q, keys.masked_fill(hidden, float("nan")),
+                                      values.masked_fill(hidden, float("nan")), positions, 0.3)
+    assert out.shape == (rows, heads, dim) and out.dtype == q.dtype
+    torch.testing.assert_close(out, expected.view(rows, heads, dim), rtol=1e-5, atol=1e-5)
+    # the idle row is its one position's value, for every query head of the group
+    torch.testing.assert_close(out[4].view(kv_heads, -1, dim), values[4, :, -1:].expand(-1, 4, -1))
+
+
+def test_slots_with_triton_attention_give_the_sdpa_slots_logits_step_after_step(tritondecode):
+    """decode/slots.py, eagerly: the Triton attention against SDPA's masked attention over every position, rows at
+    different positions (one crossing a block boundary), one slot idle, the same tokens fed to both."""
+    from talkalike.decode.slots import Slots
+
+    model = build_tiny_llama("mistral", sliding_window=None)
+    triton_slots = Slots(model, rows=4, max_len=128, compile=False, attention="triton")
+    sdpa_slots = Slots(model, rows=4, max_len=128, compile=False, attention="sdpa")
+    assert Slots(model, rows=4, max_len=128, compile=False).attention == "triton"  # the default under the interpreter
+    prompts = [[5, 9, 14, 2], list(range(3, 64)), [40, 41]]  # the second's steps write positions 61 to 65
+    with torch.inference_mode():
+        rows = [slots.prefill(list(range(3)), prompts) for slots in (triton_slots, sdpa_slots)]
+        for _ in range(5):
+            tokens = [[int(t)] for t in rows[1].hidden.argmax(-1)]
+            for slots, row in zip((triton_slots, sdpa_slots), rows, strict=True):
+                row.tokens = tokens
+                slots.step(row)
+            torch.testing.assert_close(rows[0].hidden, rows[1].hidden, rtol=1e-4, atol=1e-4)
+    assert triton_slots.position[:3] == [9, 66, 7]

@@ -191,6 +191,95 @@ def _attention_combine_kernel(part_out_ptr, part_stats_ptr, pos_ptr, out_ptr, DI
     tl.store(out_ptr + h * DIM + d, out.to(out_ptr.dtype.element_ty))
 
 
+@triton.jit
+def _slot_attention_split_kernel(q_ptr, keys_ptr, values_ptr, pos_ptr, part_out_ptr, part_stats_ptr, scale,
+                                 HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUP: tl.constexpr,
+                                 GROUP_PAD: tl.constexpr, DIM: tl.constexpr, CACHE: tl.constexpr,
+                                 BLOCK: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr):
+    """One slot's key/value head's query group against BLOCK positions of that slot's cache: partial softmax
+    statistics and output, or nothing at all where the block holds none of the slot's positions."""
+    dtype = q_ptr.dtype.element_ty
+    row = tl.program_id(0)
+    kv = tl.program_id(1)
+    split = tl.program_id(2)
+    pos = tl.load(pos_ptr + row)
+    first = tl.where(pos == CACHE - 1, pos, 0)  # an idle slot (stepped at the last position) sees only that one
+    start = split * BLOCK
+    if (start > pos) | (start + BLOCK <= first):
+        return  # most programs of a long cache: no loads, no stores (the combine reads only the splits in range)
+    d = tl.arange(0, DIM)
+    g = tl.arange(0, GROUP_PAD)
+    g_ok = g < GROUP
+    h = kv * GROUP + g
+    q = tl.load(q_ptr + (row * HEADS + h)[:, None] * DIM + d[None, :], mask=g_ok[:, None], other=0.0)
+    n = start + tl.arange(0, BLOCK)
+    seen = (n <= pos) & (n >= first)
+    at = (row * KV_HEADS + kv) * CACHE * DIM + n[:, None] * DIM + d[None, :]
+    k = tl.load(keys_ptr + at, mask=seen[:, None], other=0.0)
+    v = tl.load(values_ptr + at, mask=seen[:, None], other=0.0)
+    scores = _dot(q.to(dtype), tl.trans(k), EXACT) * scale  # [GROUP_PAD, BLOCK]
+    scores = tl.where(seen[None, :], scores, float("-inf"))
+    top = tl.max(scores, axis=1)  # finite: the block holds a visible position
+    p = tl.exp(scores - top[:, None])
+    total = tl.sum(p, axis=1)
+    out = _dot(p.to(dtype), v, EXACT)  # [GROUP_PAD, DIM]
+    part = (row * HEADS + h) * SPLITS + split
+    tl.store(part_out_ptr + part[:, None] * DIM + d[None, :], out, mask=g_ok[:, None])
+    tl.store(part_stats_ptr + part * 2, top, mask=g_ok)
+    tl.store(part_stats_ptr + part * 2 + 1, total, mask=g_ok)
+
+
+@triton.jit
+def _slot_attention_combine_kernel(part_out_ptr, part_stats_ptr, pos_ptr, out_ptr, HEADS: tl.constexpr,
+                                   DIM: tl.constexpr, CACHE: tl.constexpr, BLOCK: tl.constexpr,
+                                   SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr):
+    """One slot's query head: the splits that saw one of the slot's positions, rescaled to one maximum."""
+    row = tl.program_id(0)
+    h = tl.program_id(1)
+    pos = tl.load(pos_ptr + row)
+    first = tl.where(pos == CACHE - 1, pos, 0)
+    s = tl.arange(0, SPLITS_PAD)
+    s_ok = (s >= first // BLOCK) & (s <= pos // BLOCK)
+    part = (row * HEADS + h) * SPLITS + s
+    top = tl.load(part_stats_ptr + part * 2, mask=s_ok, other=float("-inf"))
+    total = tl.load(part_stats_ptr + part * 2 + 1, mask=s_ok, other=0.0)
+    weight = tl.where(s_ok, tl.exp(top - tl.max(top, axis=0)), 0.0)
+    d = tl.arange(0, DIM)
+    parts = tl.load(part_out_ptr + part[:, None] * DIM + d[None, :], mask=s_ok[:, None], other=0.0)
+    out = tl.sum(weight[:, None] * parts, axis=0) / tl.sum(weight * total, axis=0)
+    tl.store(out_ptr + (row * HEADS + h) * DIM + d, out.to(out_ptr.dtype.element_ty))
+
+
+def slot_attention(q, keys, values, positions, scale: float, out=None):
+    """Each row's query heads q [rows, heads, dim] against its own cache keys/values [rows, kv_heads, max_len, dim]
+    at positions 0..positions[row] (a row at max_len - 1, an idle slot, sees only that one): [rows, heads, dim].
+
+    Reads no position past a row's own (its programs over later blocks exit at once) and never reads `positions`
+    on the host, so a CUDA graph replays it for any positions."""
+    import torch
+
+    rows, heads, dim = q.shape
+    kv_heads, max_len = keys.shape[1], keys.shape[2]
+    assert keys.is_contiguous() and values.is_contiguous() and keys.shape == values.shape
+    assert heads // kv_heads <= GROUP_PAD and dim >= 16 and dim & (dim - 1) == 0
+    q, positions = q.contiguous(), positions.contiguous()
+    splits = triton.cdiv(max_len, ATTENTION_BLOCK)
+    # Exact fp32 products for fp32 models and under the interpreter, as TritonStep (see its comment).
+    exact = q.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
+    part_out = torch.empty(rows, heads, splits, dim, dtype=torch.float32, device=q.device)
+    part_stats = torch.empty(rows, heads, splits, 2, dtype=torch.float32, device=q.device)
+    if out is None:
+        out = torch.empty_like(q)
+    _slot_attention_split_kernel[(rows, kv_heads, splits)](
+        q, keys, values, positions, part_out, part_stats, scale, HEADS=heads, KV_HEADS=kv_heads,
+        GROUP=heads // kv_heads, GROUP_PAD=GROUP_PAD, DIM=dim, CACHE=max_len, BLOCK=ATTENTION_BLOCK, SPLITS=splits,
+        EXACT=exact, num_warps=4)
+    _slot_attention_combine_kernel[(rows, heads)](
+        part_out, part_stats, positions, out, HEADS=heads, DIM=dim, CACHE=max_len, BLOCK=ATTENTION_BLOCK,
+        SPLITS=splits, SPLITS_PAD=max(2, triton.next_power_of_2(splits)), num_warps=4)
+    return out
+
+
 def matvec(x, weight, out, config, norm=None, eps: float = 0.0, bias=None, residual=None, gated: bool = False):
     """Launch `_matvec_kernel`: out = W x (gated: rows of SiLU(gate) * up, W holding gate then up rows)."""
     n = weight.shape[0] // 2 if gated else weight.shape[0]
