@@ -244,7 +244,6 @@ def test_serves_compiled_slots_with_triton_attention_give_the_eager_sdpa_slots_t
     model = build_tiny_llama("mistral", sliding_window=None).cuda()
     compiled = Slots(model, rows=4, max_len=256, attention="triton")
     eager = Slots(model, rows=4, max_len=256, compile=False, attention="sdpa")
-    assert Slots(model, rows=4, max_len=256, compile=False).attention == "triton"  # the default on CUDA
     prompts = [[5, 9, 14, 2], list(range(3, 63)), [40 + i % 50 for i in range(125)]]
     tokens = [[], []]
     with torch.inference_mode():

@@ -7,14 +7,15 @@ prefilling its slot (eagerly: the prompt has its own length) and every step runs
 torch.compile'd graph, replayed as a CUDA graph, whatever rows are live (an idle slot computes and is ignored). No
 padding, no cache copies when rows join or leave. `Slots` offers the calls live.py makes on batch.py's Batch.
 
-Each slot attends only to its own positions: on CUDA the attention is engines/triton_step.slot_attention, split over
-64-position blocks of each slot's cache, whose programs past a slot's position exit without reading (an idle slot
-reads one position). SDPA with a mask, the other choice (and the one for CPU runs), reads all max_len positions of
-every slot for every step, however short the replies: at 8 slots of a 7B model, 8 x 32 layers x 2,048 positions of
-keys and values.
+The attention is SDPA with a mask, which reads all max_len positions of every slot at every step, however short the
+replies (at 8 slots of a 7B model, 8 x 32 layers x 2,048 positions of keys and values). `attention="triton"` attends
+each slot to its own positions only: engines/triton_step.slot_attention, split over 64-position blocks of each slot's
+cache, whose programs past a slot's position exit without reading (an idle slot reads one position). It matches SDPA
+under Triton's interpreter (tests/decode/test_tritondecode.py); it becomes the default on CUDA once
+`tests/test_gpu.py` and benchmarks/gpu_slots.py have run it on a GPU (not yet: no GPU was lent since it was written).
 
     slots = Slots(model, rows=8, max_len=2048)      # live.py builds it for a fusable model on a CUDA device
-    Slots(model, rows=8, attention="sdpa")           # every slot's whole cache, masked (benchmarks/gpu_slots.py)
+    Slots(model, rows=8, attention="triton")         # each slot's own positions (benchmarks/gpu_slots.py compares)
 """
 
 import os
@@ -32,15 +33,16 @@ class Slots:
     mergeable = True  # rows join whenever a slot is free
 
     def __init__(self, model, rows: int, max_len: int = MAX_LEN, compile: bool = True, attention: str | None = None):
-        """`attention`: "triton" (each slot's own positions; CUDA, or the CPU under TRITON_INTERPRET=1) or "sdpa"
-        (every position, masked); None picks "triton" where it runs and the head shape fits its tiles."""
+        """`attention`: "sdpa" (every position, masked; the default) or "triton" (each slot's own positions; CUDA, or
+        the CPU under TRITON_INTERPRET=1, for a head shape that fits its tiles)."""
         import torch
 
         self.fused = FusedStep(model, max_len)  # the fused weights, the RoPE table, the layer maths
         self.model, self.rows, self.max_len = model, rows, max_len
         self.device = self.fused.cos.device
-        self.attention = attention or ("triton" if self._triton_fits() else "sdpa")
+        self.attention = attention or "sdpa"
         assert self.attention in ("triton", "sdpa"), f"unknown attention {self.attention!r}"
+        assert self.attention == "sdpa" or self._triton_fits(), "slot_attention needs CUDA (or Triton's interpreter)"
         if self.attention == "triton":
             # Imported here: triton is heavy, and tests load it under its interpreter (tests/decode/test_tritondecode.py)
             from talkalike.decode.engines.triton_step import slot_attention
