@@ -87,6 +87,11 @@ class Memory:
         """Every persona reply indexed (what the persona has written)."""
         return [reply for (reply,) in self.connection.execute("SELECT reply FROM exchanges")]
 
+    def line_break_share(self) -> float:
+        """The share of the persona's messages written over several lines (0 when nothing is indexed)."""
+        messages = [message for reply in self.replies() for message in split_bubbles(reply)]
+        return sum("\n" in message for message in messages) / len(messages) if messages else 0.0
+
     def messages_per_turn(self, share: float = 0.9) -> int:
         """The number of messages that `share` of the persona's replies stay within (nearest rank); 0 if none."""
         counts = sorted(len(split_bubbles(reply)) for (reply,) in self.connection.execute("SELECT reply FROM exchanges"))

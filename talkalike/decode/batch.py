@@ -20,6 +20,7 @@ from talkalike.decode.config import GenerationConfig
 from talkalike.decode.language import MessageStart, Steer, habit_columns
 from talkalike.decode.sampling import Sampler, word_classes
 from talkalike.decode.turns import (
+    LineBreakOpens,
     ends_turn,
     fit_prompt,
     message_cap,
@@ -101,7 +102,7 @@ def decode_many(twin: Twin, histories: list[list[dict]], config: GenerationConfi
                 decoder.step(rows)
                 threads.record((time.perf_counter() - started) / len(rows.ids))
     text_stops, cap = turn_stops(twin.tokenizer, twin.layout), message_cap(twin, config)
-    return [split_reply(twin.tokenizer.decode(tokens, skip_special_tokens=False), text_stops, cap)
+    return [split_reply(twin.tokenizer.decode(tokens, skip_special_tokens=False), text_stops, cap, twin.line_breaks)
             for tokens in results]
 
 
@@ -229,7 +230,9 @@ class Batch:
                                # a restricted head's ids are its columns: its word classes are over them
                                words=word_classes(twin.tokenizer, head_rows, self.device, config,
                                                   columns=None if self.keep is None else allowed),
-                               starts=self._starts(twin.tokenizer, allowed))
+                               starts=self._starts(twin.tokenizer, allowed),
+                               breaks=None if twin.line_breaks else LineBreakOpens.of(
+                                   twin.tokenizer, head_rows, self.device, None if self.keep is None else allowed))
         self.head_out = torch.empty(batch_size, head_rows, dtype=self.head.weight.dtype, device=self.device) \
             if self.plain_head else None
         # Refill once a quarter of the batch is free: each merge copies the cache once, as one decode step does.

@@ -22,6 +22,7 @@ from talkalike.decode.language import MessageStart, Steer, habit_columns
 from talkalike.decode.sampling import Sampler, outside, word_classes
 from talkalike.decode.turns import (
     Event,
+    LineBreakOpens,
     Splitter,
     collect_messages,
     fit_prompt,
@@ -116,7 +117,8 @@ def reply_sampler(twin: Twin, device, prompt_ids: list[int], config: GenerationC
                       separator_ids=separator_ids(twin.tokenizer), steer=steer, shares=shares,
                       habits=habit_columns(twin, device, config),
                       words=word_classes(twin.tokenizer, twin.vocab_size, device, config),
-                      starts=MessageStart.of(twin.tokenizer))
+                      starts=MessageStart.of(twin.tokenizer),
+                      breaks=None if twin.line_breaks else LineBreakOpens.of(twin.tokenizer, twin.vocab_size, device))
     return sampler, outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, device)
 
 
@@ -125,7 +127,7 @@ def _stream_reply(twin: Twin, history: list[dict], config: GenerationConfig | No
     config = config or twin.defaults
     prompt_ids = fit_prompt(twin, history, config)
     usage.prompt_tokens = len(prompt_ids)
-    splitter = Splitter(turn_stops(twin.tokenizer, twin.layout), message_cap(twin, config))
+    splitter = Splitter(turn_stops(twin.tokenizer, twin.layout), message_cap(twin, config), twin.line_breaks)
     text = Detokenizer(twin.tokenizer)
     written = 0
     # The token source is closed as soon as the turn ends (a stop string, the message cap) or the reader leaves.

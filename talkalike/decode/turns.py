@@ -5,6 +5,7 @@ between messages (template.BUBBLE_MARK) and the text that ends the turn never re
 single stream, eval's batches) stops on `stop_token_ids` and on `ends_turn`, and splits text with `Splitter`.
 """
 
+import functools
 from typing import TYPE_CHECKING
 
 from talkalike.errors import TalkalikeError
@@ -125,6 +126,70 @@ def separator_ids(tokenizer) -> list[int]:
     return tokenizer.encode(BUBBLE_MARK, add_special_tokens=False)
 
 
+class LineBreakOpens:
+    """For a persona who writes no line breaks inside a message (Twin.line_breaks False): a line break the twin writes
+    opens the message separator, whose first token it is (template.BUBBLE_SEP), so the token after it is the
+    separator's mark. Left alone, a small model that has written that first token sometimes goes on with text
+    ("so tired\n😂"): a line the persona would have sent as a message of its own, and a turn that no longer follows
+    the separators it was trained on (on the sample, lists of ten lines in one message, past the message cap). A line
+    break after the mark closes the separator and is left alone. Device ops only (no read-back on a GPU).
+
+        rule = LineBreakOpens.of(tokenizer, vocab, device)      # None: the separator is not newline, mark, newline
+        rule.apply(logits, replies)                             # in place, logits [rows, vocab]
+    """
+
+    def __init__(self, newlines: list[int], mark_first: int, mark_last: int, vocab: int, device):
+        import torch
+
+        self.mark_first, self.mark_last = mark_first, mark_last
+        self.newline = torch.zeros(vocab, dtype=torch.bool, device=device)  # tokens that write only line breaks
+        self.newline[torch.tensor(newlines, dtype=torch.long, device=device)] = True
+        self.other = torch.ones(vocab, dtype=torch.bool, device=device)  # every token but the mark's first
+        self.other[mark_first] = False
+        self.pad = torch.tensor([mark_first, mark_first], device=device)  # before a reply's first tokens: no break
+
+    @classmethod
+    def of(cls, tokenizer, vocab: int, device, columns: list[int] | None = None) -> "LineBreakOpens | None":
+        """The rule over token ids, or over a restricted head's `columns` (the ids it computes, in order); None where
+        the separator does not tokenize as line break, mark, line break, or the head lacks its tokens."""
+        import torch
+
+        return _line_break_opens(tokenizer, vocab, torch.device(device), None if columns is None else tuple(columns))
+
+    def apply(self, logits, replies: list) -> None:
+        """Leave only the mark's first token to the rows (`replies`: each row's reply so far, 1-D tensors) whose
+        last token writes only line breaks and does not close a separator."""
+        import torch
+
+        lasts = torch.stack([reply[-2:] if reply.shape[0] >= 2 else torch.cat([self.pad[reply.shape[0]:], reply])
+                             for reply in replies])
+        opens = self.newline[lasts[:, 1]] & (lasts[:, 0] != self.mark_last)
+        logits.masked_fill_(opens[:, None] & self.other, float("-inf"))
+
+
+@functools.lru_cache(maxsize=8)
+def _line_break_opens(tokenizer, vocab: int, device, columns: tuple[int, ...] | None) -> LineBreakOpens | None:
+    from talkalike.decode.sampling import _token_texts
+
+    texts = _token_texts(tokenizer)
+    separator = tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)
+    if len(separator) < 4 or not all(_only_line_breaks(texts[t]) for t in (separator[0], separator[-1])):
+        return None
+    ids = range(len(texts)) if columns is not None else range(min(vocab, len(texts)))  # ids, not columns
+    newlines = [t for t in ids if _only_line_breaks(texts[t])]
+    first, last = separator[1], separator[-2]
+    if columns is not None:
+        place = {token: column for column, token in enumerate(columns)}
+        if first not in place or last not in place:
+            return None
+        newlines, first, last = [place[t] for t in newlines if t in place], place[first], place[last]
+    return LineBreakOpens(newlines, first, last, vocab, device) if newlines else None
+
+
+def _only_line_breaks(text: str) -> bool:
+    return bool(text) and set(text) <= {"\n"}
+
+
 def vocabulary(twin: "Twin", prompts: list[list[int]], config: "GenerationConfig") -> list[int] | None:
     """The token ids a reply may use (config.own_words), sorted: the persona's own (Twin.own_tokens) and every token of
     `prompts`, so that names and words of the conversation itself can be answered with. None: the whole vocabulary
@@ -148,8 +213,11 @@ class Splitter:
     """Turns the reply text as it grows into message events; holds back whatever may still become a separator or
     a stop string, so neither ever reaches the user."""
 
-    def __init__(self, stops: list[str], max_messages: int = 0):
-        self.marks = [BUBBLE_MARK] + [s for s in stops if s]
+    def __init__(self, stops: list[str], max_messages: int = 0, line_breaks: bool = True):
+        # Marks that close a message: the separator's, and a line break when the persona writes none inside one
+        # (Twin.line_breaks); any other mark (a stop string) ends the turn.
+        self.closing = (BUBBLE_MARK,) if line_breaks else (BUBBLE_MARK, "\n")
+        self.marks = [*self.closing] + [s for s in stops if s]
         # Every proper prefix of a mark, and where one can start: feed() then checks the few characters at the end
         # of what it holds instead of trying each prefix of each mark (it runs once per token).
         self.prefixes = {mark[:n] for mark in self.marks for n in range(1, len(mark))}
@@ -171,11 +239,12 @@ class Splitter:
             found = [(self.pending.find(s), s) for s in self.marks if s in self.pending]
             if not found:
                 break
-            at, mark = min(found)
+            # the first mark; of two at one place the longer (a stop string that begins with a line break)
+            at, _, mark = min((at, -len(mark), mark) for at, mark in found)
             self._show(self.pending[:at].rstrip(), events)
             self._close(events)
             self.pending = self.pending[at + len(mark):]
-            if mark != BUBBLE_MARK or (self.max_messages and self.sent >= self.max_messages):
+            if mark not in self.closing or (self.max_messages and self.sent >= self.max_messages):
                 self.done = True
                 return events
         # Hold back a tail that could be the start of a mark, and trailing whitespace (it may precede a separator).
@@ -235,7 +304,8 @@ def collect_messages(events) -> list[str]:
     return messages
 
 
-def split_reply(text: str, stops: list[str], max_messages: int = 0) -> list[str]:
-    """A whole generated text cut at the first stop string (or after `max_messages`) and split into messages."""
-    splitter = Splitter(stops, max_messages)
+def split_reply(text: str, stops: list[str], max_messages: int = 0, line_breaks: bool = True) -> list[str]:
+    """A whole generated text cut at the first stop string (or after `max_messages`) and split into messages (at
+    line breaks too unless `line_breaks`)."""
+    splitter = Splitter(stops, max_messages, line_breaks)
     return collect_messages(splitter.feed(text) + splitter.finish())

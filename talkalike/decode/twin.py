@@ -18,6 +18,10 @@ from talkalike.errors import TalkalikeError
 from talkalike.files import say
 from talkalike.run import Run
 
+# Under 1 message in 100 over several lines: this persona breaks a line by sending another message. (Both samples'
+# personas wrote 1 such message in over a thousand; people who format lists or addresses write them far more.)
+LINE_BREAK_SHARE = 0.01
+
 
 @dataclass
 class Twin:
@@ -40,6 +44,9 @@ class Twin:
     # Whom the persona talks to, most frequent first, when the run was trained with the contact line; None: no line
     contacts: list[str] | None = None
     max_messages: int = 0  # the persona's 90th percentile of messages per turn (from memory); 0: no cap known
+    # Whether the persona writes line breaks inside a message (from memory). Someone who doesn't sends a new message
+    # instead, so there a line break the twin writes starts one (turns.Splitter), and counts toward the cap.
+    line_breaks: bool = True
     # On a GPU with room for it: the base with the adapter merged into plain weights (model.load_merged), which the
     # fastest engines decode; the tuned replies come from it, the base's from `model` with the adapter off.
     merged_model: Any = field(default=None, repr=False)
@@ -203,7 +210,8 @@ def _run_fields(run: Run) -> dict:
     memory = Memory.open(run.dir)
     return {"layout": run.layout, "name": run.name, "persona": run.persona, "run_dir": run.dir,
             "defaults": load_generation_config(run.dir), "memory": memory, "contacts": run.contacts,
-            "max_messages": memory.messages_per_turn(0.9) if memory is not None else 0}
+            "max_messages": memory.messages_per_turn(0.9) if memory is not None else 0,
+            "line_breaks": memory is None or memory.line_break_share() >= LINE_BREAK_SHARE}
 
 
 def load_twin(run: str | None, base: str | None, home: Path, switchable: bool = True) -> Twin:

@@ -11,8 +11,8 @@ from talkalike.decode.batch import decode_many
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.sampling import Sampler, block_repeats
 from talkalike.decode.stream import reply
-from talkalike.decode.turns import fit_prompt, split_reply, vocabulary
-from talkalike.decode.twin import Twin
+from talkalike.decode.turns import LineBreakOpens, Splitter, collect_messages, fit_prompt, split_reply, vocabulary
+from talkalike.decode.twin import LINE_BREAK_SHARE, Twin
 from talkalike.memory import Memory
 from talkalike.template import join_bubbles
 
@@ -142,6 +142,32 @@ def test_the_persona_cap_is_the_90th_percentile_of_their_messages_per_turn(tmp_p
     assert Memory.build(rows, tmp_path / "memory.db").messages_per_turn(0.9) == 3
 
 
+def test_a_line_break_starts_a_message_for_a_persona_who_never_writes_one_inside_a_message():
+    """The twin writes "text\n😂" or a list of lines in one message; a persona without line breaks would have sent
+    each line as its own message, and the lines count toward the cap."""
+    text = "so tired\n😂" + join_bubbles(["", "ok\n\nsee you", "bye"])
+    assert split_reply(text, [], line_breaks=False) == ["so tired", "😂", "ok", "see you", "bye"]
+    assert split_reply(text, [], line_breaks=True) == ["so tired\n😂", "ok\n\nsee you", "bye"]
+    assert split_reply("a\nb\nc\nd\ne", [], max_messages=2, line_breaks=False) == ["a", "b"]
+    # a stop string that begins with a line break still ends the turn where it starts
+    assert split_reply("hi\nDaniel: and you?", ["\nDaniel:"], line_breaks=False) == ["hi"]
+    streamed = Splitter([], 3, line_breaks=False)
+    events = [event for char in "hey\n" + join_bubbles(["how", "are\nyou", "x"]) for event in streamed.feed(char)]
+    assert collect_messages(events + streamed.finish()) == ["hey", "how", "are"]
+
+
+def test_a_persona_writes_line_breaks_when_at_least_one_message_in_a_hundred_has_one(tmp_path):
+    def memory(lined: int, name: str) -> Memory:
+        rows = [{"messages": [{"role": "user", "content": f"q{i}"},
+                              {"role": "assistant", "content": join_bubbles(["a\nb" if i < lined else "a", "c"])}],
+                 "start": f"{i:04d}"} for i in range(100)]
+        return Memory.build(rows, tmp_path / name)
+
+    assert memory(0, "none.db").line_break_share() == 0
+    assert memory(10, "some.db").line_break_share() == 10 / 200
+    assert memory(1, "rare.db").line_break_share() < LINE_BREAK_SHARE <= memory(2, "two.db").line_break_share()
+
+
 @pytest.fixture(scope="module")
 def remembering_twin(tiny_tokenizer, tmp_path_factory):
     rows = [{"messages": [{"role": "user", "content": f"question {i}"},
@@ -189,6 +215,54 @@ def test_batched_replies_from_the_restricted_head_match_the_single_streams_maske
                               own_words=True)
     histories = [HISTORY, [{"role": "user", "content": "ok sure coming"}]]
     assert decode_many(twin, histories, config, batch_size=2) == [reply(twin, h, config) for h in histories]
+
+
+def test_after_a_line_break_only_the_separators_mark_may_follow_unless_the_break_closes_a_separator(tiny_tokenizer):
+    """For a persona without line breaks a line break is the separator's first token: the next token is its mark, so
+    the model goes on over the separators it was trained on. After the mark the closing line break is free."""
+    from talkalike.template import BUBBLE_SEP
+
+    tokenizer = tiny_tokenizer
+    rule = LineBreakOpens.of(tokenizer, len(tokenizer), "cpu")
+    newline, mark, *_ = tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)
+    encode = lambda text: torch.tensor(tokenizer.encode(text, add_special_tokens=False), dtype=torch.long)  # noqa: E731
+    replies = [encode("so tired\n"), encode("so tired"), encode("ok" + BUBBLE_SEP), torch.tensor([newline]),
+               torch.tensor([], dtype=torch.long), encode("ok\n\n")]
+    logits = torch.zeros(len(replies), len(tokenizer))
+    rule.apply(logits, replies)
+    opened = torch.isfinite(logits)
+    for row in (0, 3, 5):
+        assert opened[row].nonzero().flatten().tolist() == [mark], row
+    assert opened[[1, 2, 4]].all()
+    # the sampler draws the mark there whatever the model prefers, and is free again after the separator
+    config = GenerationConfig(temperature=1.0, repetition_penalty=1.0, no_repeat_ngram=0, seed=0)
+    sampler = Sampler(config, len(tokenizer), rows=1, device="cpu", breaks=rule)
+    prefers_text = torch.zeros(1, len(tokenizer))
+    prefers_text[0, tokenizer.encode("so", add_special_tokens=False)[0]] = 30.0
+    assert int(sampler(prefers_text, replies[0][None], [1.0], [replies[0]])) == mark
+    assert int(sampler(prefers_text, replies[2][None], [1.0], [replies[2]])) != mark
+
+
+def test_a_restricted_heads_line_break_rule_is_over_its_columns(tiny_tokenizer):
+    from talkalike.template import BUBBLE_SEP
+
+    newline, mark, *_, close, _ = tiny_tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)
+    columns = sorted({newline, mark, close, 5, 6, 7})
+    rule = LineBreakOpens.of(tiny_tokenizer, len(columns), "cpu", columns=columns)
+    assert rule.mark_first == columns.index(mark) and rule.mark_last == columns.index(close)
+    assert rule.newline.nonzero().flatten().tolist() == [columns.index(newline)]
+    assert LineBreakOpens.of(tiny_tokenizer, 3, "cpu", columns=[newline, 5, 6]) is None  # no mark to open
+
+
+def test_the_chat_shows_a_line_break_as_a_new_message_when_the_persona_writes_none(remembering_twin):
+    from talkalike.decode.stream import stream_reply
+
+    ids = remembering_twin.tokenizer.encode("so tired\nok sure", add_special_tokens=False)
+    config = GenerationConfig(memories=0, max_messages=0)
+    for line_breaks, expected in ((False, ["so tired", "ok sure"]), (True, ["so tired\nok sure"])):
+        twin = dataclasses.replace(remembering_twin, line_breaks=line_breaks)
+        events = stream_reply(twin, HISTORY, config, draw=lambda *args: (token for token in ids))
+        assert collect_messages(events) == expected
 
 
 def test_a_twin_without_memory_keeps_the_whole_vocabulary(tiny_tokenizer):
