@@ -17,15 +17,25 @@ def test_opening_shares_count_messages_by_the_incoming_message_s_script():
     pairs = [("How are you?", ["good", "שלום", "😂"])] * 30 + [("מה נשמע", ["טוב", "טוב", "ok"])] * 30
     other, shares = opening_shares(pairs)
     assert other == "HEBREW"
-    assert shares["latin"] == pytest.approx(1 / 2)  # after English: "good" and "שלום" open in a letter; one Hebrew
-    assert shares["other"] == pytest.approx(2 / 3)
-    assert shares["any"] == pytest.approx(3 / 5)
+    # after English the turn's first message opens in English, its second in Hebrew ("😂" opens in no letter)
+    assert shares["latin"] == pytest.approx((0, 1))
+    assert shares["other"] == pytest.approx((1, 1 / 2))  # after Hebrew: "טוב", then "טוב" and "ok"
+    assert shares["any"] == pytest.approx((1 / 2, 2 / 3))
+
+
+def test_opening_shares_tell_a_turns_first_message_from_its_later_ones():
+    """People often answer in the message's language and switch after: the shares follow them at each position."""
+    pairs = [("How are you?", ["good", "שלום"])] * 15 + [("How are you?", ["ok", "sure"])] * 15
+    _, shares = opening_shares(pairs)
+    assert shares["latin"] == pytest.approx((0, 1 / 2))
 
 
 def test_few_messages_after_one_script_fall_back_to_the_overall_share_and_one_script_is_not_steered():
-    pairs = [("hi", ["ok", "שלום"])] * 30 + [("מה", ["טוב"])] * 2
+    pairs = [("hi", ["ok", "שלום"])] * 30 + [("מה", ["טוב"])] * 2 + [("hi", ["ok"])] * 10
     _, shares = opening_shares(pairs)
-    assert shares["other"] == shares["any"] != shares["latin"]
+    overall = 32 / 72  # Hebrew openings among all 72 messages
+    assert shares["other"] == pytest.approx((overall, overall))  # 2 messages after Hebrew: the overall share
+    assert shares["latin"] == pytest.approx((0, 1))  # 40 first messages, 30 later ones: their own shares
     assert opening_shares([("hi", ["ok", "sure 😂"])] * 40) is None
 
 
@@ -54,6 +64,18 @@ def test_at_a_message_start_the_other_script_gets_its_share_and_the_rest_keeps_i
     assert after[0, [0, 1, 9, 10, 11]].sum().item() == pytest.approx(before[0, [0, 1, 9, 10, 11]].sum().item(), abs=1e-5)
     # inside a group the model's own preferences stay
     assert torch.allclose(after[0, 6:9] / other, before[0, 6:9] / before[0, 6:9].sum(), atol=1e-5)
+
+
+def test_a_turns_first_message_takes_the_first_share_and_a_later_one_the_later_share():
+    import torch
+
+    steer = steer_over()
+    for reply, expected in (([], 0.1), ([4, 10, 11], 0.6)):
+        logits = torch.zeros(1, 12)
+        steer.apply(logits, [(0.1, 0.6)], [1.0], [reply])
+        after = torch.softmax(logits, -1)
+        latin, other = after[0, 2:6].sum().item(), after[0, 6:9].sum().item()
+        assert other / (latin + other) == pytest.approx(expected, abs=1e-5)
 
 
 def test_mid_message_greedy_rows_and_rows_without_a_share_are_left_alone_and_shifts_are_bounded():
