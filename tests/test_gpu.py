@@ -441,11 +441,10 @@ def test_the_lean_lora_branch_gives_peft_s_loss_and_gradients_on_a_gpu(four_bit)
 def test_the_chat_sampler_never_makes_the_host_wait_for_the_device(tiny_tokenizer):
     """The chat's draw queues behind the step on the GPU: the host must run ahead while the step computes. Every
     piece a chat reply's sampler has (repetition penalty, the no-repeat rule by words, language steering, habits,
-    a message opener's temperature, a line break opening the separator, the two-stage draw) runs under CUDA's sync check, which raises at any operation that waits for the device."""
+    a message opener's temperature, the two-stage draw) runs under CUDA's sync check, which raises at any operation that waits for the device."""
     from talkalike.decode.config import GenerationConfig
     from talkalike.decode.language import MessageStart, Steer, _habit_tensors
     from talkalike.decode.sampling import Sampler, WordClasses, _token_texts
-    from talkalike.decode.turns import LineBreakOpens
 
     vocab = 32000
     device = torch.device("cuda")
@@ -456,10 +455,9 @@ def test_the_chat_sampler_never_makes_the_host_wait_for_the_device(tiny_tokenize
     config = GenerationConfig(seed=0)
     sampler = Sampler(config, vocab, rows=1, device=device, separator_ids=[5, 6], steer=steer, shares=[0.3],
                       habits=_habit_tensors(tiny_tokenizer, vocab, device),
-                      words=WordClasses(_token_texts(tiny_tokenizer), vocab, device), starts=MessageStart([5, 6]),
-                      breaks=LineBreakOpens([44], mark_first=5, mark_last=6, vocab=vocab, device=device))
+                      words=WordClasses(_token_texts(tiny_tokenizer), vocab, device), starts=MessageStart([5, 6]))
     logits = torch.randn(1, vocab, device=device)
-    reply = torch.tensor([40, 41, 42, 40, 41, 5, 6, 43, 43, 43, 44], device=device)  # 44: a line break
+    reply = torch.tensor([40, 41, 42, 40, 41, 5, 6, 43, 43, 43], device=device)
     seen = torch.cat([torch.arange(20, device=device), reply])[None]
     sampler(logits, seen, [0.5], [reply])  # first call: buffers made, kernels loaded
     torch.cuda.synchronize()

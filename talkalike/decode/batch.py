@@ -20,7 +20,6 @@ from talkalike.decode.config import GenerationConfig
 from talkalike.decode.language import MessageStart, Steer, habit_columns
 from talkalike.decode.sampling import Sampler, word_classes
 from talkalike.decode.turns import (
-    LineBreakOpens,
     ends_turn,
     fit_prompt,
     message_cap,
@@ -230,9 +229,7 @@ class Batch:
                                # a restricted head's ids are its columns: its word classes are over them
                                words=word_classes(twin.tokenizer, head_rows, self.device, config,
                                                   columns=None if self.keep is None else allowed),
-                               starts=self._starts(twin.tokenizer, allowed),
-                               breaks=None if twin.line_breaks else LineBreakOpens.of(
-                                   twin.tokenizer, head_rows, self.device, None if self.keep is None else allowed))
+                               starts=self._starts(twin.tokenizer, allowed))
         self.head_out = torch.empty(batch_size, head_rows, dtype=self.head.weight.dtype, device=self.device) \
             if self.plain_head else None
         # Refill once a quarter of the batch is free: each merge copies the cache once, as one decode step does.

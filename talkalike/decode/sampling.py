@@ -27,7 +27,7 @@ class Sampler:
 
     def __init__(self, config: GenerationConfig, vocab: int, rows: int, device, softcap: float | None = None,
                  separator_ids: list[int] = (), steer=None, shares: list[float | None] | None = None, habits=None,
-                 words: "WordClasses | None" = None, starts=None, breaks=None):
+                 words: "WordClasses | None" = None, starts=None):
         import torch
 
         self.config, self.vocab, self.softcap = config, vocab, softcap
@@ -42,8 +42,6 @@ class Sampler:
         self.words = words  # the no-repeat rule compares words, not token ids (WordClasses)
         # Where a message starts (language.MessageStart): its first token is drawn at config.opener_temperature
         self.starts = starts if config.opener_temperature is not None else None
-        # A line break opens the separator, for a persona who writes none inside a message (turns.LineBreakOpens)
-        self.breaks = breaks
         self.generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
         # A fresh 30-70 MB tensor per step would cost page faults on every step: one buffer, reused.
         self.logits = torch.empty(rows, -(-vocab // BLOCK) * BLOCK, device=device)
@@ -65,8 +63,6 @@ class Sampler:
             buffer[:, : self.vocab].div_(self.softcap).tanh_().mul_(self.softcap)
         if blocked is not None:
             buffer[:, : self.vocab].masked_fill_(blocked, float("-inf"))
-        if self.breaks is not None and generated is not None:
-            self.breaks.apply(buffer[:, : self.vocab], generated)
         if generated is not None and self.config.no_repeat_ngram > 1:
             block_repeats_rows(buffer, generated, self.config.no_repeat_ngram, self.separator, self.words)
         scales = self._opener_scales(temperatures, generated)
@@ -117,7 +113,6 @@ class Sampler:
         return (self.config.repetition_penalty, self.config.top_p, self.config.no_repeat_ngram, self.softcap,
                 self.vocab, self.separator_ids, tuple(map(id, self.habits)), str(self.logits.device), id(self.words),
                 self.config.opener_temperature, None if self.starts is None else tuple(self.starts.tail),
-                id(self.breaks),
                 None if steer is None else (steer.other, tuple(sorted(steer.shares.items())), id(steer.masks),
                                             tuple(steer.start_tail)))
 
@@ -126,8 +121,7 @@ class Sampler:
         import dataclasses
 
         return Sampler(dataclasses.replace(self.config, seed=None), self.vocab, rows, self.logits.device,
-                       self.softcap, self.separator_ids, self.steer, None, self.habits, self.words, self.starts,
-                       self.breaks)
+                       self.softcap, self.separator_ids, self.steer, None, self.habits, self.words, self.starts)
 
 
 class Together:

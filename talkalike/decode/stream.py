@@ -22,7 +22,6 @@ from talkalike.decode.language import MessageStart, Steer, habit_columns
 from talkalike.decode.sampling import Sampler, outside, word_classes
 from talkalike.decode.turns import (
     Event,
-    LineBreakOpens,
     Splitter,
     collect_messages,
     fit_prompt,
@@ -117,8 +116,7 @@ def reply_sampler(twin: Twin, device, prompt_ids: list[int], config: GenerationC
                       separator_ids=separator_ids(twin.tokenizer), steer=steer, shares=shares,
                       habits=habit_columns(twin, device, config),
                       words=word_classes(twin.tokenizer, twin.vocab_size, device, config),
-                      starts=MessageStart.of(twin.tokenizer),
-                      breaks=None if twin.line_breaks else LineBreakOpens.of(twin.tokenizer, twin.vocab_size, device))
+                      starts=MessageStart.of(twin.tokenizer))
     return sampler, outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, device)
 
 

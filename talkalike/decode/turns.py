@@ -5,7 +5,6 @@ between messages (template.BUBBLE_MARK) and the text that ends the turn never re
 single stream, eval's batches) stops on `stop_token_ids` and on `ends_turn`, and splits text with `Splitter`.
 """
 
-import functools
 from typing import TYPE_CHECKING
 
 from talkalike.errors import TalkalikeError
@@ -124,70 +123,6 @@ def stop_token_ids(tokenizer, layout: str, model_eos: int | list[int] | None = N
 def separator_ids(tokenizer) -> list[int]:
     """The token ids of the message separator's mark (not its newlines, which a looping reply repeats too)."""
     return tokenizer.encode(BUBBLE_MARK, add_special_tokens=False)
-
-
-class LineBreakOpens:
-    """For a persona who writes no line breaks inside a message (Twin.line_breaks False): a line break the twin writes
-    opens the message separator, whose first token it is (template.BUBBLE_SEP), so the token after it is the
-    separator's mark. Left alone, a small model that has written that first token sometimes goes on with text
-    ("so tired\n😂"): a line the persona would have sent as a message of its own, and a turn that no longer follows
-    the separators it was trained on (on the sample, lists of ten lines in one message, past the message cap). A line
-    break after the mark closes the separator and is left alone. Device ops only (no read-back on a GPU).
-
-        rule = LineBreakOpens.of(tokenizer, vocab, device)      # None: the separator is not newline, mark, newline
-        rule.apply(logits, replies)                             # in place, logits [rows, vocab]
-    """
-
-    def __init__(self, newlines: list[int], mark_first: int, mark_last: int, vocab: int, device):
-        import torch
-
-        self.mark_first, self.mark_last = mark_first, mark_last
-        self.newline = torch.zeros(vocab, dtype=torch.bool, device=device)  # tokens that write only line breaks
-        self.newline[torch.tensor(newlines, dtype=torch.long, device=device)] = True
-        self.other = torch.ones(vocab, dtype=torch.bool, device=device)  # every token but the mark's first
-        self.other[mark_first] = False
-        self.pad = torch.tensor([mark_first, mark_first], device=device)  # before a reply's first tokens: no break
-
-    @classmethod
-    def of(cls, tokenizer, vocab: int, device, columns: list[int] | None = None) -> "LineBreakOpens | None":
-        """The rule over token ids, or over a restricted head's `columns` (the ids it computes, in order); None where
-        the separator does not tokenize as line break, mark, line break, or the head lacks its tokens."""
-        import torch
-
-        return _line_break_opens(tokenizer, vocab, torch.device(device), None if columns is None else tuple(columns))
-
-    def apply(self, logits, replies: list) -> None:
-        """Leave only the mark's first token to the rows (`replies`: each row's reply so far, 1-D tensors) whose
-        last token writes only line breaks and does not close a separator."""
-        import torch
-
-        lasts = torch.stack([reply[-2:] if reply.shape[0] >= 2 else torch.cat([self.pad[reply.shape[0]:], reply])
-                             for reply in replies])
-        opens = self.newline[lasts[:, 1]] & (lasts[:, 0] != self.mark_last)
-        logits.masked_fill_(opens[:, None] & self.other, float("-inf"))
-
-
-@functools.lru_cache(maxsize=8)
-def _line_break_opens(tokenizer, vocab: int, device, columns: tuple[int, ...] | None) -> LineBreakOpens | None:
-    from talkalike.decode.sampling import _token_texts
-
-    texts = _token_texts(tokenizer)
-    separator = tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)
-    if len(separator) < 4 or not all(_only_line_breaks(texts[t]) for t in (separator[0], separator[-1])):
-        return None
-    ids = range(len(texts)) if columns is not None else range(min(vocab, len(texts)))  # ids, not columns
-    newlines = [t for t in ids if _only_line_breaks(texts[t])]
-    first, last = separator[1], separator[-2]
-    if columns is not None:
-        place = {token: column for column, token in enumerate(columns)}
-        if first not in place or last not in place:
-            return None
-        newlines, first, last = [place[t] for t in newlines if t in place], place[first], place[last]
-    return LineBreakOpens(newlines, first, last, vocab, device) if newlines else None
-
-
-def _only_line_breaks(text: str) -> bool:
-    return bool(text) and set(text) <= {"\n"}
 
 
 def vocabulary(twin: "Twin", prompts: list[list[int]], config: "GenerationConfig") -> list[int] | None:

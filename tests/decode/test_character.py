@@ -11,7 +11,7 @@ from talkalike.decode.batch import decode_many
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.sampling import Sampler, block_repeats
 from talkalike.decode.stream import reply
-from talkalike.decode.turns import LineBreakOpens, Splitter, collect_messages, fit_prompt, split_reply, vocabulary
+from talkalike.decode.turns import Splitter, collect_messages, fit_prompt, split_reply, vocabulary
 from talkalike.decode.twin import LINE_BREAK_SHARE, Twin
 from talkalike.memory import Memory
 from talkalike.template import join_bubbles
@@ -215,43 +215,6 @@ def test_batched_replies_from_the_restricted_head_match_the_single_streams_maske
                               own_words=True)
     histories = [HISTORY, [{"role": "user", "content": "ok sure coming"}]]
     assert decode_many(twin, histories, config, batch_size=2) == [reply(twin, h, config) for h in histories]
-
-
-def test_after_a_line_break_only_the_separators_mark_may_follow_unless_the_break_closes_a_separator(tiny_tokenizer):
-    """For a persona without line breaks a line break is the separator's first token: the next token is its mark, so
-    the model goes on over the separators it was trained on. After the mark the closing line break is free."""
-    from talkalike.template import BUBBLE_SEP
-
-    tokenizer = tiny_tokenizer
-    rule = LineBreakOpens.of(tokenizer, len(tokenizer), "cpu")
-    newline, mark, *_ = tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)
-    encode = lambda text: torch.tensor(tokenizer.encode(text, add_special_tokens=False), dtype=torch.long)  # noqa: E731
-    replies = [encode("so tired\n"), encode("so tired"), encode("ok" + BUBBLE_SEP), torch.tensor([newline]),
-               torch.tensor([], dtype=torch.long), encode("ok\n\n")]
-    logits = torch.zeros(len(replies), len(tokenizer))
-    rule.apply(logits, replies)
-    opened = torch.isfinite(logits)
-    for row in (0, 3, 5):
-        assert opened[row].nonzero().flatten().tolist() == [mark], row
-    assert opened[[1, 2, 4]].all()
-    # the sampler draws the mark there whatever the model prefers, and is free again after the separator
-    config = GenerationConfig(temperature=1.0, repetition_penalty=1.0, no_repeat_ngram=0, seed=0)
-    sampler = Sampler(config, len(tokenizer), rows=1, device="cpu", breaks=rule)
-    prefers_text = torch.zeros(1, len(tokenizer))
-    prefers_text[0, tokenizer.encode("so", add_special_tokens=False)[0]] = 30.0
-    assert int(sampler(prefers_text, replies[0][None], [1.0], [replies[0]])) == mark
-    assert int(sampler(prefers_text, replies[2][None], [1.0], [replies[2]])) != mark
-
-
-def test_a_restricted_heads_line_break_rule_is_over_its_columns(tiny_tokenizer):
-    from talkalike.template import BUBBLE_SEP
-
-    newline, mark, *_, close, _ = tiny_tokenizer.encode(BUBBLE_SEP, add_special_tokens=False)
-    columns = sorted({newline, mark, close, 5, 6, 7})
-    rule = LineBreakOpens.of(tiny_tokenizer, len(columns), "cpu", columns=columns)
-    assert rule.mark_first == columns.index(mark) and rule.mark_last == columns.index(close)
-    assert rule.newline.nonzero().flatten().tolist() == [columns.index(newline)]
-    assert LineBreakOpens.of(tiny_tokenizer, 3, "cpu", columns=[newline, 5, 6]) is None  # no mark to open
 
 
 def test_the_chat_shows_a_line_break_as_a_new_message_when_the_persona_writes_none(remembering_twin):
