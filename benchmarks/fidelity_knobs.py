@@ -7,7 +7,7 @@ Training is the slow part on a CPU, so this takes a trained run and varies only 
   eval's headline reports (emoji, Hebrew, messages a turn, 3-word repeats) against the persona's real replies, and the
   real-vs-generated AUC.
 
-    python benchmarks/fidelity_knobs.py RUN --home DIR [--turns 100] [--rank-turns 50]
+    python benchmarks/fidelity_knobs.py RUN --home DIR [--turns 100] [--rank-turns 50] [--rank-tokens 16]
 
 Prints one table per kind; every row uses the same held-out turns, seed and distractors.
 """
@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--home")
     parser.add_argument("--turns", type=int, default=100, help="held-out turns for the sampling rows")
     parser.add_argument("--rank-turns", type=int, default=50, help="held-out turns ranked for R@1")
+    parser.add_argument("--rank-tokens", type=int, default=EvalConfig.rank_tokens,
+                        help="scored tokens per candidate (the first ones of the turn)")
     parser.add_argument("--only", choices=("ranking", "sampling"), help="one kind of rows only")
     parser.add_argument("--sampling", nargs="+", choices=list(SAMPLING), metavar="ROW",
                         help="sampling rows to run (default: all)")
@@ -85,10 +87,11 @@ def main() -> None:
     home = resolve_home(args.home)
     run_dir = resolve_run(home, args.run)
     twin = Twin.from_run(run_dir, home)
-    config = dataclasses.replace(EvalConfig(), rank_turns=args.rank_turns)
+    config = dataclasses.replace(EvalConfig(), rank_turns=args.rank_turns, rank_tokens=args.rank_tokens)
     turns = held_out_turns(read_jsonl(run_dir / "eval.jsonl"), args.turns)
     if args.only != "sampling":
-        print(f"| prompt for ranking ({args.rank_turns} turns) | R@1 tuned | R@1 base | seconds |")
+        print(f"| prompt for ranking ({args.rank_turns} turns, {args.rank_tokens} tokens) | R@1 tuned | R@1 base "
+              "| seconds |")
         print("|---|---:|---:|---:|")
         for name, overrides in RANKING.items():
             started = time.perf_counter()

@@ -86,7 +86,8 @@ def run_variant(home: Path, sample: str, name: str, turns: int, rank_turns: int,
             recipes.PRESETS["default"] = DEFAULT
     chat, _, _ = SAMPLES[sample]
     start = time.perf_counter()
-    evaluate_run(runs_dir(home) / run, home, EvalConfig(limit=turns, rank_turns=rank_turns, fact_samples=fact_samples,
+    evaluate_run(runs_dir(home) / run, home, EvalConfig(limit=turns, rank_turns=rank_turns, identify_turns=rank_turns,
+                                                         fact_samples=fact_samples,
                                                          facts=str(chat.with_suffix(".facts.jsonl"))))
     timings["eval s"] = time.perf_counter() - start
     return json.loads((runs_dir(home) / run / EVAL_FILE).read_text(encoding="utf-8")), timings

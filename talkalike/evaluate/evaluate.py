@@ -50,10 +50,13 @@ class EvalConfig:
     fact_samples: int = 4  # replies per facts-probe question: greedy plus sampled ones
     canaries: tuple[str, ...] = ()  # secrets to look for besides those found in train.jsonl
     facts: str | None = None  # facts file for the probe (None: facts.jsonl in the run's dataset folder, if any)
-    # R@1 and context identification score 50 candidates per ranked turn (10 by each model, 10 per reply set). On
-    # the embedded model (fp32, 2-core CPU) a scored token cost 10 ms on a quiet machine and 28-90 ms beside other
-    # jobs, two thirds of it in the 262k-word head: 30 turns x 50 x at most 16 tokens is about 3 minutes when quiet.
-    rank_turns: int | None = 30
+    # R@1 ranks every evaluated turn, as the measure is defined (None: all of them): 10 candidates per turn and
+    # model, 46 s per model for 100 turns on the embedded model (bf16, quiet 2-core CPU). On 30 turns its 95%
+    # interval is about +-17 points, too wide to tell a 10-point gain over the base from none.
+    rank_turns: int | None = None
+    # Context identification scores 30 candidates per turn (10 contexts for each of three reply sets), with most of
+    # the time in the 262k-word head: 30 turns spread over the evaluated ones, about 40 s when quiet.
+    identify_turns: int | None = 30
     rank_tokens: int = 16  # scored tokens per candidate: a reply's opening shows whether it answers the message
 
 
@@ -539,7 +542,7 @@ def headline(result: dict) -> dict:
 # to a gap. The margins sit inside those figures so noise does not fail the demo, yet a twin that learned nothing
 # (perplexity ratio ~1, R@1 at chance, no facts) does.
 MAX_PERPLEXITY_RATIO = 0.5  # tuned perplexity at most half the base's
-MIN_RANKING = 0.3  # tuned R@1 of 10 at least 3x chance (30 ranked turns: the 95% interval of 57% starts at 39%)
+MIN_RANKING = 0.3  # tuned R@1 of 10 at least 3x chance (100 ranked turns: the 95% interval of 47% starts at 38%)
 MIN_FACTS = 0.4  # at least 40% of the planted facts recalled (27 facts: 59% measured)
 
 

@@ -107,18 +107,20 @@ def context_identification(turns: list[HeldOutTurn], sets: dict[str, list[Reply]
 
 
 def rank_next_replies(twin, turns: list[HeldOutTurn], use_adapter: bool, config: EvalConfig) -> dict:
-    """R@1 of 10 for the twin with or without its adapter, on `config.rank_turns` turns spread over `turns`."""
+    """R@1 of 10 for the twin with or without its adapter, on `config.rank_turns` turns spread over `turns` (None:
+    all)."""
     score = model_scorer(twin, use_adapter, config.max_context_tokens, config.rank_tokens)
     return next_reply_ranking(spread(turns, config.rank_turns), score, pool=turns, seed=config.seed)
 
 
 def identify_contexts(twin, turns: list[HeldOutTurn], sets: dict[str, list[Reply]], config: EvalConfig) -> dict:
     """Context identification of each set of replies (one per turn, "real" among them) judged by the base model
-    (adapter off), on `config.rank_turns` turns spread over `turns`; each other set's rate as a share of the real's.
+    (adapter off), on `config.identify_turns` turns spread over `turns`; each other set's rate as a share of the
+    real's.
 
     The rival contexts come from those same turns, so each history is run once for all the replies scored under it.
     """
-    picks = spread(list(range(len(turns))), config.rank_turns)
+    picks = spread(list(range(len(turns))), config.identify_turns)
     score = model_scorer(twin, False, config.max_context_tokens, config.rank_tokens)
     result = context_identification([turns[i] for i in picks], {name: [replies[i] for i in picks]
                                                                  for name, replies in sets.items()},
