@@ -181,7 +181,7 @@ class Steer:
     """The persona's opening-script shares and the vocabulary's script groups, on the decoding device."""
 
     other: str
-    shares: dict[str, float]
+    shares: dict[str, tuple[float, float]]  # incoming script -> (a turn's first message, its later ones)
     masks: Any  # [vocab, 2] float: column 0 the Latin tokens, column 1 the `other` script's
     start_tail: list[int]  # the message separator's last tokens: a new message starts right after them
 

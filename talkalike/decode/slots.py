@@ -68,10 +68,9 @@ class Slots:
         """Whether slot_attention runs here (CUDA, or Triton's interpreter) and takes this head shape."""
         if self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             return False
-        from talkalike.decode.engines.triton_step import GROUP_PAD
+        from talkalike.decode.engines.triton_step import head_fits
 
-        f = self.fused
-        return f.head_dim >= 16 and f.head_dim & (f.head_dim - 1) == 0 and f.heads // f.kv_heads <= GROUP_PAD
+        return head_fits(self.fused.heads, self.fused.kv_heads, self.fused.head_dim)
 
     # --- what live.py calls, as on batch.Batch -----------------------------------------------------------------------
 

@@ -43,10 +43,14 @@ def fits(twin, max_len: int) -> bool:
     model = twin.model
     if twin.device.type != "cuda" or not FusedStep.supports(model, max_len):
         return False
-    head_dim = model.model.layers[0].self_attn.head_dim
-    group = model.config.num_attention_heads // model.config.num_key_value_heads
-    return model.config.hidden_act == "silu" and head_dim >= 16 and head_dim & (head_dim - 1) == 0 \
-        and group <= GROUP_PAD
+    return model.config.hidden_act == "silu" and head_fits(
+        model.config.num_attention_heads, model.config.num_key_value_heads, model.model.layers[0].self_attn.head_dim)
+
+
+def head_fits(heads: int, kv_heads: int, head_dim: int) -> bool:
+    """Whether the attention kernels' tiles take these heads: a head size that is a power of 2, at least 16, and at
+    most GROUP_PAD query heads per key/value head."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0 and heads // kv_heads <= GROUP_PAD
 
 
 def build(twin, max_len: int, tune_kernels: bool = True) -> "TritonStep":
@@ -261,7 +265,7 @@ def slot_attention(q, keys, values, positions, scale: float, out=None):
     rows, heads, dim = q.shape
     kv_heads, max_len = keys.shape[1], keys.shape[2]
     assert keys.is_contiguous() and values.is_contiguous() and keys.shape == values.shape
-    assert heads // kv_heads <= GROUP_PAD and dim >= 16 and dim & (dim - 1) == 0
+    assert head_fits(heads, kv_heads, dim)
     q, positions = q.contiguous(), positions.contiguous()
     splits = triton.cdiv(max_len, ATTENTION_BLOCK)
     # Exact fp32 products for fp32 models and under the interpreter, as TritonStep (see its comment).
@@ -308,9 +312,8 @@ class TritonStep:
         weight = fused.qkv[0]
         device, dtype = weight.device, weight.dtype
         self.device = device
-        assert fused.head_dim >= 16 and fused.head_dim & (fused.head_dim - 1) == 0, "head_dim: a power of 2, >= 16"
+        assert head_fits(fused.heads, fused.kv_heads, fused.head_dim), "head_dim: a power of 2, >= 16; group <= 16"
         self.group = fused.heads // fused.kv_heads
-        assert self.group <= GROUP_PAD
         self.splits = triton.cdiv(fused.max_cache_len, ATTENTION_BLOCK)
         # Exact fp32 products for fp32 models (tf32 would round their operands), and under Triton's interpreter,
         # which multiplies bf16 operands' bit patterns as integers; bf16 products are exact in fp32 either way.
