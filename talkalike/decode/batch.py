@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from talkalike.decode.config import GenerationConfig
-from talkalike.decode.language import MessageStart, Steer, habit_columns
+from talkalike.decode.language import MessageStart, Steer, foreign_emoji, habit_columns
 from talkalike.decode.sampling import Sampler, word_classes
 from talkalike.decode.turns import (
     ends_turn,
@@ -221,15 +221,17 @@ class Batch:
             self.steer = self.steer.columns(self.keep, self.to_sub)
         self.shares: list[float | None] = [None] * len(temperatures)
         habits = habit_columns(twin, self.device, config)
-        if habits and self.keep is not None:  # the habit tokens the restricted head computes, as its columns
-            habits = [self.to_sub[ids[torch.isin(ids, self.keep)]] for ids in habits]
+        banned = foreign_emoji(twin, self.device, config)
+        if self.keep is not None:  # the habit and banned tokens the restricted head computes, as its columns
+            habits = [self.to_sub[ids[torch.isin(ids, self.keep)]] for ids in habits or []]
+            banned = None if banned is None else self.to_sub[banned[torch.isin(banned, self.keep)]]
         self.sampler = Sampler(config, head_rows, batch_size, self.device,
                                softcap=getattr(lm.config, "final_logit_softcapping", None), separator_ids=separators,
                                steer=self.steer, habits=habits,
                                # a restricted head's ids are its columns: its word classes are over them
                                words=word_classes(twin.tokenizer, head_rows, self.device, config,
                                                   columns=None if self.keep is None else allowed),
-                               starts=self._starts(twin.tokenizer, allowed))
+                               starts=self._starts(twin.tokenizer, allowed), banned=banned)
         self.head_out = torch.empty(batch_size, head_rows, dtype=self.head.weight.dtype, device=self.device) \
             if self.plain_head else None
         # Refill once a quarter of the batch is free: each merge copies the cache once, as one decode step does.

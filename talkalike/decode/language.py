@@ -256,9 +256,27 @@ def habit_token_ids(tokenizer, vocab: int) -> dict[str, tuple[int, ...]]:
 
     core = re.compile(EMOJI_CORE)
     laughs = [pattern for name, pattern in LAUGHTER.items() if not core.search(name)]  # emoji laughs are emoji
+    laughter = [i for i, text in _token_texts(tokenizer, vocab)
+                if not core.search(text) and text.strip() and any(p.fullmatch(text.strip()) for p in laughs)]
+    return {"emoji": tuple(emoji_tokens(tokenizer, vocab)), "laughter": tuple(laughter)}
+
+
+@functools.lru_cache(maxsize=4)
+def emoji_tokens(tokenizer, vocab: int) -> dict[int, frozenset[str]]:
+    """Each token whose text holds an emoji, with the emoji it writes (their core characters: "🤦", "♀", a skin
+    tone), read once per tokenizer."""
+    from talkalike.message import EMOJI_CORE
+
+    core = re.compile(EMOJI_CORE)
+    return {i: frozenset(found) for i, text in _token_texts(tokenizer, vocab) if (found := core.findall(text))}
+
+
+@functools.lru_cache(maxsize=2)
+def _token_texts(tokenizer, vocab: int) -> list[tuple[int, str]]:
+    """(id, the text it writes) of every token but the special ones, spaces for word markers."""
     special = set(tokenizer.all_special_ids)
     pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(tokenizer)))))
-    found: dict[str, list[int]] = {"emoji": [], "laughter": []}
+    texts = []
     for i, piece in enumerate(pieces):
         if i in special or not piece:
             continue
@@ -268,11 +286,20 @@ def habit_token_ids(tokenizer, vocab: int) -> dict[str, tuple[int, ...]]:
         text = piece.replace("\u2581", " ").replace("\u0120", " ")
         if BYTE_STAND_INS.search(text):
             text = tokenizer.decode([i])
-        if core.search(text):
-            found["emoji"].append(i)
-        elif text.strip() and any(pattern.fullmatch(text.strip()) for pattern in laughs):
-            found["laughter"].append(i)
-    return {name: tuple(ids) for name, ids in found.items()}
+        texts.append((i, text))
+    return texts
+
+
+def foreign_emoji(twin, device, config) -> "Any | None":
+    """The ids of the tokens that write an emoji the persona never wrote (Twin.own_emoji), as one tensor on
+    `device`, when config.own_emoji is on and the twin has a memory to read the persona's emoji from; else None."""
+    import torch
+
+    own = twin.own_emoji() if config.own_emoji else None
+    if own is None:
+        return None
+    ids = [i for i, found in emoji_tokens(twin.tokenizer, twin.vocab_size).items() if not found <= own]
+    return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
 
 
 def habit_columns(twin, device, config) -> "list | None":

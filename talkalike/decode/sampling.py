@@ -27,7 +27,7 @@ class Sampler:
 
     def __init__(self, config: GenerationConfig, vocab: int, rows: int, device, softcap: float | None = None,
                  separator_ids: list[int] = (), steer=None, shares: list[float | None] | None = None, habits=None,
-                 words: "WordClasses | None" = None, starts=None):
+                 words: "WordClasses | None" = None, starts=None, banned=None):
         import torch
 
         self.config, self.vocab, self.softcap = config, vocab, softcap
@@ -35,6 +35,8 @@ class Sampler:
         self.steer, self.shares = steer, shares
         # Token classes (emoji, laughs: ids or head columns) that keep their mass at temperature 1 (language.py)
         self.habits = habits or []
+        # Token ids (or head columns) no row ever draws: the emoji the persona never wrote (language.foreign_emoji)
+        self.banned = banned if banned is not None and banned.numel() else None
         self.work = None  # keep_mass's scratch, [rows, vocab], made on first use
         # Runs that touch the message separator's tokens are never blocked: every message boundary is one.
         self.separator_ids = tuple(sorted(set(separator_ids)))
@@ -63,6 +65,8 @@ class Sampler:
             buffer[:, : self.vocab].div_(self.softcap).tanh_().mul_(self.softcap)
         if blocked is not None:
             buffer[:, : self.vocab].masked_fill_(blocked, float("-inf"))
+        if self.banned is not None:
+            buffer.index_fill_(1, self.banned, float("-inf"))
         if generated is not None and self.config.no_repeat_ngram > 1:
             block_repeats_rows(buffer, generated, self.config.no_repeat_ngram, self.separator, self.words)
         scales = self._opener_scales(temperatures, generated)
@@ -111,7 +115,8 @@ class Sampler:
         (`Together`)."""
         steer = self.steer
         return (self.config.repetition_penalty, self.config.top_p, self.config.no_repeat_ngram, self.softcap,
-                self.vocab, self.separator_ids, tuple(map(id, self.habits)), str(self.logits.device), id(self.words),
+                self.vocab, self.separator_ids, tuple(map(id, self.habits)), id(self.banned), str(self.logits.device),
+                id(self.words),
                 self.config.opener_temperature, None if self.starts is None else tuple(self.starts.tail),
                 None if steer is None else (steer.other, tuple(sorted(steer.shares.items())), id(steer.masks),
                                             tuple(steer.start_tail)))
@@ -121,7 +126,8 @@ class Sampler:
         import dataclasses
 
         return Sampler(dataclasses.replace(self.config, seed=None), self.vocab, rows, self.logits.device,
-                       self.softcap, self.separator_ids, self.steer, None, self.habits, self.words, self.starts)
+                       self.softcap, self.separator_ids, self.steer, None, self.habits, self.words, self.starts,
+                       self.banned)
 
 
 class Together:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from talkalike.decode.config import GenerationConfig
 from talkalike.decode.engines import Engine
-from talkalike.decode.language import MessageStart, Steer, habit_columns
+from talkalike.decode.language import MessageStart, Steer, foreign_emoji, habit_columns
 from talkalike.decode.sampling import Sampler, outside, word_classes
 from talkalike.decode.turns import (
     Event,
@@ -116,7 +116,7 @@ def reply_sampler(twin: Twin, device, prompt_ids: list[int], config: GenerationC
                       separator_ids=separator_ids(twin.tokenizer), steer=steer, shares=shares,
                       habits=habit_columns(twin, device, config),
                       words=word_classes(twin.tokenizer, twin.vocab_size, device, config),
-                      starts=MessageStart.of(twin.tokenizer))
+                      starts=MessageStart.of(twin.tokenizer), banned=foreign_emoji(twin, device, config))
     return sampler, outside(vocabulary(twin, [prompt_ids], config), twin.vocab_size, device)
 
 

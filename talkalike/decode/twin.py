@@ -7,6 +7,7 @@
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from talkalike.decode.config import GenerationConfig, load_generation_config
 from talkalike.decode.turns import stop_token_ids
 from talkalike.errors import TalkalikeError
 from talkalike.files import say
+from talkalike.message import EMOJI_CORE
 from talkalike.run import Run
 
 # Under 1 message in 100 over several lines: this persona breaks a line by sending another message. (Both samples'
@@ -51,6 +53,7 @@ class Twin:
     # fastest engines decode; the tuned replies come from it, the base's from `model` with the adapter off.
     merged_model: Any = field(default=None, repr=False)
     own: frozenset | None = field(default=None, repr=False)  # own_tokens(), once computed
+    emoji: frozenset | None = field(default=None, repr=False)  # own_emoji(), once computed
 
     @classmethod
     def of(cls, model, tokenizer, layout: str = "chat", **fields) -> "Twin":
@@ -169,6 +172,16 @@ class Twin:
                 ids.update(encoded)
             self.own = frozenset(ids)
         return self.own
+
+    def own_emoji(self) -> frozenset[str] | None:
+        """The emoji the persona has written in their replies in memory (core characters, as
+        language.emoji_tokens has them); None without a memory."""
+        if self.memory is None:
+            return None
+        if self.emoji is None:
+            core = re.compile(EMOJI_CORE)
+            self.emoji = frozenset(found for reply in self.memory.replies() for found in core.findall(reply))
+        return self.emoji
 
     def adapter(self, use_adapter: bool = True):
         """A context in which the model runs with or without its adapter."""

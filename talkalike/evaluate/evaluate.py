@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from talkalike.errors import TalkalikeError
+from talkalike.evaluate.facts import ALONE
 from talkalike.files import read_jsonl, say, write_json
 from talkalike.model import causal_lm, pad_id
 from talkalike.run import Run
@@ -406,6 +407,13 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
                 started = time.perf_counter()
                 ask = fact_probe.twin_generate_fn(twin, generation, use_adapter, config.batch_size, threads)
                 recalled[name] = fact_probe.probe(ask, facts, config.fact_samples, generation.temperature or 1.0)
+                if not use_adapter and twin.memory is not None and generation.memories:
+                    # The base gets the same recalled exchanges as the twin, and copies answers out of them; the
+                    # pretrained model as it comes, with nothing recalled, shows what memory and training add.
+                    alone = fact_probe.twin_generate_fn(twin, with_overrides(generation, memories=0), False,
+                                                        config.batch_size, threads)
+                    recalled[fact_probe.ALONE] = fact_probe.probe(alone, facts, config.fact_samples,
+                                                                  generation.temperature or 1.0)
                 timings["facts"] += time.perf_counter() - started
             started = time.perf_counter()
             ranking[name] = fidelity.rank_next_replies(twin, turns, use_adapter, config)
@@ -527,6 +535,8 @@ def headline(result: dict) -> dict:
         h["facts recalled"] = {m: facts[m]["recalled"] for m in ("tuned", "base")}
         h["facts recalled"].update({"greedy " + m: facts[m]["greedy recalled"] for m in ("tuned", "base")},
                                    facts=facts["tuned"]["facts"], samples=facts["tuned"].get("samples", 1))
+        if ALONE in facts:
+            h["facts recalled"][ALONE] = facts[ALONE]["recalled"]
     gaps = (result.get("style gaps") or {}).get("tuned")
     if gaps:
         h["furthest style features"] = [g["text"] for g in gaps[:3]]
@@ -590,7 +600,8 @@ def headline_lines(result: dict) -> list[str]:
         f = h["facts recalled"]
         lines.append(f"facts from the persona's history recalled ({f['facts']} questions, any of {f['samples']} "
                      f"replies): tuned {f['tuned']:.0%} vs base {f['base']:.0%} (greedy reply alone: "
-                     f"{f['greedy tuned']:.0%} vs {f['greedy base']:.0%})")
+                     f"{f['greedy tuned']:.0%} vs {f['greedy base']:.0%})"
+                     + (f"; the base with no memories recalled: {f[ALONE]:.0%}" if ALONE in f else ""))
     if "furthest style features" in h:
         lines.append("furthest from the persona: " + "; ".join(h["furthest style features"]))
     lines.append(f"perplexity of the persona's held-out replies: tuned {h['perplexity']['tuned']:.2f} vs base "

@@ -5,8 +5,9 @@ A facts file is JSONL, one fact a line, each question phrased as the other perso
     {"question": "what's your cat called again?", "answers": ["Pita"], "topic": "pet"}
 
 Each question is sent as a one-turn history; the twin answers greedily and a few times sampled, and the fact counts
-as recalled when any reply contains any answer. `talkalike eval RUN --facts FILE` runs it tuned vs base; without the
-flag eval uses facts.jsonl in the run's dataset folder (`talkalike dataset --facts FILE` puts it there).
+as recalled when any reply contains any answer. `talkalike eval RUN --facts FILE` runs it tuned vs base, both with the
+same recalled memories, and the base again with none (ALONE); without the flag eval uses facts.jsonl in the run's
+dataset folder (`talkalike dataset --facts FILE` puts it there).
 """
 
 import json
@@ -19,6 +20,7 @@ from pathlib import Path
 from talkalike.errors import TalkalikeError
 
 FACTS_FILE = "facts.jsonl"  # its name inside a dataset folder
+ALONE = "base without memory"  # eval's third probe: the base model with no past exchanges recalled into its prompt
 SAMPLES = 4  # replies per question: one greedy, the rest sampled (a fact the model holds at lower rank still shows)
 HEBREW_RE = re.compile("[\u0590-\u05FF]")
 FORMAT = 'write one fact a line as {"question": "...", "answers": ["..."], "topic": "..."}'

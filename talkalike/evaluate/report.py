@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from talkalike.evaluate.evaluate import MAX_PERPLEXITY_RATIO, MIN_FACTS, MIN_RANKING
+from talkalike.evaluate.facts import ALONE
 from talkalike.evaluate.metrics import GAP_MEASURES
 from talkalike.files import read_jsonl, write_atomic
 from talkalike.template import split_bubbles
@@ -215,7 +216,8 @@ def _measures(result: dict) -> str:
         f = h["facts recalled"]
         items.append(f"<b>Knows {persona}'s life:</b> asked {f['facts']} questions about things {persona} wrote, "
                      f"the twin gets {percent(f['tuned'])} right in at least one of {f['samples']} tries (base model "
-                     f"{percent(f['base'])}).")
+                     f"{percent(f['base'])} with the same recalled memories"
+                     + (f", {percent(f[ALONE])} with none" if ALONE in f else "") + ").")
     ppl, style = h["perplexity"], h["style distance"]
     items.append(f"<b>Expects {persona}'s words:</b> perplexity on {persona}'s held-out replies {ppl['tuned']:.1f} "
                  f"vs {ppl['base']:.1f} for the base model (how surprised the model is by each word; lower is closer).")
@@ -466,7 +468,10 @@ def _facts(result: dict) -> str:
     parts = [f"<p>Each question from {_esc(Path(facts['file']).name)} is sent as the other person's message; a fact "
              f"is recalled when any of {tuned['samples']} replies (one greedy, the rest sampled) contains an answer. "
              f"<b>Tuned {percent(tuned['recalled'])}</b> (Wilson 95% {percent(low)}–{percent(high)}) vs base "
-             f"{percent(base['recalled'])} of {tuned['facts']} facts.</p>"]
+             f"{percent(base['recalled'])} of {tuned['facts']} facts, both with the same past exchanges recalled into "
+             "the prompt"
+             + (f"; the base with none recalled: {percent(facts[ALONE]['recalled'])}" if ALONE in facts else "")
+             + ".</p>"]
     rows = [[f'<span dir="auto">{_esc(t["question"])}</span>',
              f'<span dir="auto">{_esc(", ".join(t["answers"]))}</span>',
              f'<span class="{"safe" if t["hit"] else "leak"}">{"yes" if t["hit"] else "no"}</span>',

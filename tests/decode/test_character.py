@@ -274,3 +274,46 @@ def test_the_rule_over_a_batchs_rows_bans_what_it_bans_row_by_row(with_words):
         block_repeats_rows(together, replies, n, separator, words)
         assert torch.isinf(alone).any()  # the comparison below can fail
         assert torch.equal(together, alone), n
+
+
+def test_the_personas_own_emoji_are_read_from_memory(remembering_twin, tiny_tokenizer):
+    assert remembering_twin.own_emoji() == {"😂"}
+    assert Twin.of(build_tiny_model(len(tiny_tokenizer)), tiny_tokenizer).own_emoji() is None
+
+
+def test_chat_and_batched_replies_never_draw_an_emoji_the_persona_never_wrote(remembering_twin, monkeypatch):
+    """Tokens said to write 🙈 (the persona only ever wrote 😂) are drawn by a random model left alone, and never
+    with own_emoji on: in the chat's single stream, eval's batches and the restricted head of own_words."""
+    import talkalike.decode.batch as batch
+    import talkalike.decode.language as language
+    import talkalike.decode.stream as stream
+
+    twin = remembering_twin
+    foreign = set(range(100, 300))
+    monkeypatch.setattr(language, "emoji_tokens", lambda tokenizer, vocab: {i: frozenset("🙈") for i in foreign})
+    drawn, batch_drawn, loop, sample = [], set(), stream.tokens, batch.Batch.sample
+
+    def recording(*args, **kwargs):
+        for token in loop(*args, **kwargs):
+            drawn.append(token)
+            yield token
+
+    def recording_sample(self, rows):
+        finished = sample(self, rows)
+        batch_drawn.update(token for tokens in rows.tokens for token in tokens)
+        return finished
+
+    monkeypatch.setattr(stream, "tokens", recording)
+    monkeypatch.setattr(batch.Batch, "sample", recording_sample)
+    histories = [HISTORY, [{"role": "user", "content": "ok sure coming"}]]
+    for own_emoji in (False, True):
+        config = GenerationConfig(temperature=1.0, max_new_tokens=24, seed=3, memories=0, max_messages=0,
+                                  no_repeat_ngram=0, own_emoji=own_emoji)
+        drawn.clear()
+        for history in histories:
+            reply(twin, history, config)
+        for own_words in (False, True):
+            batch_drawn.clear()
+            decode_many(twin, histories * 4, dataclasses.replace(config, own_words=own_words), batch_size=8)
+            assert batch_drawn and bool(foreign & batch_drawn) is not own_emoji, own_words
+        assert drawn and bool(foreign & set(drawn)) is not own_emoji

@@ -192,12 +192,10 @@ def test_the_sampler_draws_emoji_at_the_models_own_rate_when_kept_and_less_often
     assert rates[False] < at_one - 0.04
 
 
-@pytest.mark.parametrize("byte_level", [True, False])
-def test_habit_token_ids_find_the_tokens_that_write_an_emoji_or_a_laugh(byte_level):
+def _habit_tokenizer(byte_level: bool):
+    """A small BPE whose vocabulary holds whole emoji (😂, ❤️, 🙈) and laughs."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from talkalike.decode.language import habit_token_ids
 
     text = ["haha 😂 ok", "love it ❤️ so much", "ok ok 🙈 lol", "nice one חחחח", "hahaha have a hat", "lol"] * 20
     raw = Tokenizer(models.BPE())
@@ -210,7 +208,14 @@ def test_habit_token_ids_find_the_tokens_that_write_an_emoji_or_a_laugh(byte_lev
         raw.decoder = decoders.Metaspace()
         alphabet = []
     raw.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet, special_tokens=["<s>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>")
+    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>")
+
+
+@pytest.mark.parametrize("byte_level", [True, False])
+def test_habit_token_ids_find_the_tokens_that_write_an_emoji_or_a_laugh(byte_level):
+    from talkalike.decode.language import habit_token_ids
+
+    tokenizer = _habit_tokenizer(byte_level)
     found = {name: {tokenizer.decode([i]).strip() for i in ids}
              for name, ids in habit_token_ids(tokenizer, len(tokenizer)).items()}
     assert all(any(e in t for e in "😂❤🙈") for t in found["emoji"])
@@ -218,6 +223,48 @@ def test_habit_token_ids_find_the_tokens_that_write_an_emoji_or_a_laugh(byte_lev
         assert any(emoji in t for t in found["emoji"]), emoji
     assert {"haha", "lol", "חחחח"} <= found["laughter"]
     assert not {"ha", "have", "hat", "nice", "ok"} & (found["laughter"] | found["emoji"])
+
+
+@pytest.mark.parametrize("byte_level", [True, False])
+def test_foreign_emoji_are_the_tokens_that_write_an_emoji_the_persona_never_wrote(byte_level):
+    from types import SimpleNamespace
+
+    from talkalike.decode.config import GenerationConfig
+    from talkalike.decode.language import emoji_tokens, foreign_emoji
+
+    tokenizer = _habit_tokenizer(byte_level)
+    twin = SimpleNamespace(tokenizer=tokenizer, vocab_size=len(tokenizer), own_emoji=lambda: frozenset("😂"))
+    banned = foreign_emoji(twin, "cpu", GenerationConfig())
+    texts = {int(i): tokenizer.decode([int(i)]) for i in banned}
+    assert texts and not any("😂" in text for text in texts.values())
+    for emoji in ("🙈", "❤"):
+        assert any(emoji in text for text in texts.values()), emoji
+    # every emoji token is either the persona's own or banned
+    assert {i for i, found in emoji_tokens(tokenizer, len(tokenizer)).items() if found != {"😂"}} == set(texts)
+    assert foreign_emoji(twin, "cpu", GenerationConfig(own_emoji=False)) is None
+    assert foreign_emoji(SimpleNamespace(**{**vars(twin), "own_emoji": lambda: None}), "cpu", GenerationConfig()) is None
+
+
+def test_banned_tokens_are_never_drawn_and_the_persona_s_own_emoji_keep_their_temperature_one_odds():
+    import torch
+
+    from talkalike.decode.config import GenerationConfig
+    from talkalike.decode.sampling import Sampler
+
+    logits = torch.zeros(1, 64)
+    logits[0, :4] = 3.0
+    logits[0, 60:] = 2.5  # four emoji; the last two the persona never wrote
+    banned = torch.tensor([62, 63])
+    config = GenerationConfig(temperature=0.5, repetition_penalty=1.0, seed=0)
+    sampler = Sampler(config, 64, rows=1, device="cpu", habits=[torch.arange(60, 64)], banned=banned)
+    seen = torch.zeros(1, 1, dtype=torch.long)
+    draws = [int(sampler(logits, seen, [0.5])[0]) for _ in range(3000)]
+    assert not {62, 63} & set(draws)
+    allowed = logits.clone()
+    allowed[0, 62:] = float("-inf")
+    at_one = torch.softmax(allowed, -1)[0, 60:62].sum().item()  # the kept emoji's mass at 1, the banned ones gone
+    assert sum(d in (60, 61) for d in draws) / len(draws) == pytest.approx(at_one, abs=0.03)
+    assert Sampler(config, 64, 1, "cpu", banned=banned).kind() != Sampler(config, 64, 1, "cpu").kind()
 
 
 def test_two_habit_classes_each_keep_their_temperature_one_mass_at_once():

@@ -10,6 +10,7 @@ from conftest import make_run
 
 from talkalike.evaluate import evaluate
 from talkalike.files import read_jsonl, write_jsonl
+from talkalike.memory import Memory
 from talkalike.template import join_bubbles, render_sample
 
 PERSONA_REPLIES = [["haha ok", "see u 😂"], ["חחח יאללה"], ["lol no way"], ["sure", "8?"], ["omg 🙈"], ["ok ok"]]
@@ -119,6 +120,7 @@ def test_eval_writes_every_figure_the_report_and_the_blind_test_pairs(tiny_run, 
     dataset = Path(json.loads((tiny_run / "run.json").read_text())["dataset"])
     write_facts(dataset / "facts.jsonl", [Fact("what's your cat called again?", ("Pita",), "pet"),
                                           Fact("where do you live?", ("Florentin",), "home")])
+    Memory.build(read_jsonl(dataset / "train.jsonl"), tiny_run / "memory.db")  # as `train` copies it in
     assert cli.main(["--home", str(home), "eval", str(tiny_run), "--limit", "8"]) == 0
     out = capsys.readouterr().out
     assert "perplexity" in out and "style distance" in out and "furthest from the persona" in out
@@ -151,6 +153,10 @@ def test_eval_writes_every_figure_the_report_and_the_blind_test_pairs(tiny_run, 
     assert result["facts"]["file"] == str(dataset / "facts.jsonl")
     assert [len(r["replies"]) for r in result["facts"]["tuned"]["results"]] == [4, 4]
     assert result["facts"]["base"]["facts"] == 2 and 0 <= result["facts"]["tuned"]["recalled"] <= 1
+    # and of the base once more with nothing recalled: the pretrained model as it comes
+    alone = result["facts"]["base without memory"]
+    assert alone["facts"] == 2 and result["headline"]["facts recalled"]["base without memory"] == alone["recalled"]
+    assert "the base with no memories recalled" in out
     assert (tiny_run / "report.html").is_file()
     pairs = read_jsonl(tiny_run / "ab" / "pairs.jsonl")
     assert pairs and all(p["context"][-1]["role"] == "user" and p["real"] and p["twin"] for p in pairs)

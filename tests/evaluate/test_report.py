@@ -61,7 +61,9 @@ def _result(run_dir, following: bool = False, base: list = BASE) -> dict:
                                             (("tuned", 0.2), ("base", 0.1), ("real", 0.5))}
         result["context identification"].update({"tuned share of real": 0.4, "base share of real": 0.2})
         result["fooled rate at equal error"] = {"tuned": 0.18, "base": 0.04}
-        result["facts"] = {"file": "/x/noa.facts.jsonl", **{m: _probe(m) for m in ("tuned", "base")}}
+        result["facts"] = {"file": "/x/noa.facts.jsonl",
+                           **{m: _probe(m) for m in ("tuned", "base", "base without memory")}}
+        result["facts"]["base without memory"]["recalled"] = 0.25
     result["headline"] = evaluate.headline(result)
     return result
 
@@ -184,7 +186,8 @@ def test_the_headline_leads_with_following_the_conversation_and_facts(tmp_path):
     assert "R@1, chance 10%): tuned 30% vs base 12% over 40" in lines[0]
     assert "real 50%, tuned 20% (40% of the real rate), base 10%" in lines[1]
     assert "tuned 18% vs base 4%" in lines[2]
-    assert "(2 questions, any of 4 replies): tuned 50% vs base 0% (greedy reply alone: 0% vs 0%)" in lines[3]
+    assert "(2 questions, any of 4 replies): tuned 50% vs base 0% (greedy reply alone: 0% vs 0%); the base with " \
+           "no memories recalled: 25%" in lines[3]
     assert lines[4].count(" vs persona ") == 3
     assert lines[5].startswith("perplexity") and lines[6].startswith("style distance")
 
@@ -214,7 +217,8 @@ def test_the_report_leads_with_the_verdict_then_one_plain_sentence_per_measure_a
         in text
     assert "is still wrong 18% of the time (base model 4%; 50% would mean it cannot tell them apart at all)" in text
     assert "asked 2 questions about things Noa wrote, the twin gets 50% right in at least one of 4 tries (base " \
-           "model 0%)" in text
+           "model 0% with the same recalled memories, 25% with none)" in text
+    assert "the base with none recalled: 25%" in text
     assert "perplexity on Noa's held-out replies 12.5 vs 48.1 for the base model" in text
     assert "real next reply ranked first of 10" in text and "fooled at equal error" in text  # the numbers table
     assert "what's your cat called again?" in text and "פלורנטין" in text and "Tuned 50%" in text
