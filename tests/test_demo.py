@@ -23,6 +23,9 @@ def test_the_demo_trains_a_twin_that_beats_its_base_on_perplexity_and_style(tmp_
     assert headline["next-reply ranking"]["tuned"] >= MIN_RANKING
     facts = headline["facts recalled"]
     assert facts["tuned"] >= max(MIN_FACTS, facts["base"])
+    # at least twice the base model's own knowledge (nothing recalled: 0% measured) and its greedy reply's with the
+    # twin's recalled memories by a margin (41-52% vs 22-26% measured over the sessions: 1.6-2.2x)
+    assert facts["tuned"] >= 2 * facts["base without memory"] and facts["greedy tuned"] >= 1.25 * facts["greedy base"]
     # The issue's targets that the default recipe meets, with margins from the measured runs (BENCHMARKS.md, "The demo
     # at the new default"): two passes measured AUC 0.77-0.81 against the base's 0.91-0.94, 0-2% of replies with a
     # repeated 3-word run (one pass: 7-15%), 2.5 messages a turn and 25% Hebrew against Noa's 2.4 and 29%.
