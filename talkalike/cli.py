@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--facts", metavar="FILE", help="facts the twin should know (JSONL: question, answers, topic; "
                                                    "default: facts.jsonl in the run's dataset folder, if there)")
 
-    p = _sub(sub, "tune-generation", "scan sampling settings on held-out conversations and save the best",
+    p = _sub(sub, "tune-generation", "scan sampling settings and in-character switches on held-out conversations, save the best",
              "talkalike tune-generation dana --limit 8 --top-p 1.0")
     p.add_argument("run", help="run name or folder")
     p.add_argument("--limit", type=int, help="at most this many held-out turns (default 32)")
@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, nargs="+", metavar="P",
                    help="repetition penalties to try (default 1.0 1.025 1.1)")
     p.add_argument("--top-p", type=float, nargs="+", metavar="P", help="top-p values to try (default 1.0 0.9)")
+    p.add_argument("--sampling-only", action="store_true",
+                   help="scan the sampling grid alone, not the in-character switches after it")
 
     p = _sub(sub, "chat", "chat with the twin in the terminal", "talkalike chat dana --compare")
     p.add_argument("run", nargs="?", help="run name or folder")

@@ -63,21 +63,24 @@ def test_the_setting_known_to_match_the_persona_is_saved_and_read_back(home, run
     assert (config.temperature, config.repetition_penalty, config.top_p) == BEST
     # The tuning caps and seed are for the scan only; the saved defaults keep the run's reply length.
     assert config.max_new_tokens == 200 and config.seed is None
-    assert len(calls) == len(tune.TuneConfig().grid()) and all(c.seed == 0 for c in calls)
+    switches = sum(len(values) - 1 for _, values in tune.CHARACTER_SWITCHES)
+    assert len(calls) == len(tune.TuneConfig().grid()) + switches and all(c.seed == 0 for c in calls)
+    assert config.own_words is False and config.own_emoji is True  # no switch scored better: the defaults stay
     saved = json.loads((run_dir / "generation.json").read_text())
     assert len(saved["tuning"]["table"]) == len(calls) and saved["tuning"]["held_out_turns"] == 8
 
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["temperature", "rep_penalty", "top_p", "style_dist", "style_gap", "separable",
-                              "off_context", "score"]
-    assert out[1].startswith("*") and out[1].split()[1:4] == ["0.80", "1.100", "0.90"]
+                              "off_context", "score", "changes"]
+    assert out[1].startswith("*") and out[1].split()[1:4] == ["0.80", "1.100", "0.90"] and out[1].endswith(" -")
     assert len(out) == 1 + len(calls) + 1 and out[-1].startswith("best: temperature 0.8")
 
 
 def test_every_measure_ranks_the_persona_like_setting_first(home, run_dir):
     from talkalike.evaluate.tune import TuneConfig, tune
 
-    config = TuneConfig(temperatures=(0.5, 0.8), repetition_penalties=(1.1,), top_ps=(0.9,), limit=None)
+    config = TuneConfig(temperatures=(0.5, 0.8), repetition_penalties=(1.1,), top_ps=(0.9,), limit=None,
+                        characters=False)
     rows, best, turns = tune(run_dir, home, config, generate=fake_generator([]), judge=fake_judge)
     assert turns == len(OTHERS)
     assert (best.temperature, best.repetition_penalty, best.top_p) == BEST
@@ -99,7 +102,8 @@ def test_a_setting_whose_replies_ignore_the_message_loses_to_one_that_answers_it
         replies = [real[h[-1]["content"]].split("\n<|msg|>\n") for h in histories]
         return replies if config.temperature == 0.8 else replies[1:] + replies[:1]
 
-    config = TuneConfig(temperatures=(0.5, 0.8), repetition_penalties=(1.1,), top_ps=(0.9,), limit=None)
+    config = TuneConfig(temperatures=(0.5, 0.8), repetition_penalties=(1.1,), top_ps=(0.9,), limit=None,
+                        characters=False)
     rows, best, _ = tune(run_dir, home, config, generate=shuffled, judge=fake_judge)
     assert best.temperature == 0.8
     assert rows[0].style_distance == pytest.approx(best.style_distance) and rows[0].off_context == 1.0
@@ -111,7 +115,7 @@ def test_the_grid_comes_from_the_command_line(home, run_dir, monkeypatch):
     calls = []
     monkeypatch.setattr(tune, "twin_tools", lambda run, home, batch: (fake_generator(calls), fake_judge))
     assert main(["--home", str(home), "tune-generation", "dana", "--temperature", "0.5", "0.8",
-                 "--repetition-penalty", "1.1", "--top-p", "0.9", "--limit", "3"]) == 0
+                 "--repetition-penalty", "1.1", "--top-p", "0.9", "--limit", "3", "--sampling-only"]) == 0
     assert sorted(c.temperature for c in calls) == [0.5, 0.8]
     saved = json.loads((run_dir / "generation.json").read_text())
     assert saved["temperature"] == 0.8 and saved["tuning"]["held_out_turns"] == 3
@@ -122,3 +126,35 @@ def test_a_run_without_held_out_conversations_is_a_one_line_error(home, run_dir,
     assert main(["--home", str(home), "tune-generation", "dana"]) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("error: dana has no eval.jsonl") and "Traceback" not in err
+
+
+def test_an_in_character_switch_is_kept_only_where_it_brings_the_replies_closer(home, run_dir, monkeypatch, capsys):
+    """At the best sampling setting the twin adds a formal line of the base model's text, unless held to the
+    persona's own words: own_words is switched on and saved; the switches after it are tried with it on, and none of
+    them, changing nothing here, is kept."""
+    import talkalike.evaluate.tune as tune
+    from talkalike.decode.config import load_generation_config
+
+    calls, persona_like = [], fake_generator([])
+
+    def generate(histories, config):
+        calls.append(config)
+        replies = persona_like(histories, config)
+        return replies if config.own_words else [reply + ["Certainly, I shall reply in due course."] for reply in replies]
+
+    monkeypatch.setattr(tune, "twin_tools", lambda run, home, batch: (generate, fake_judge))
+    assert main(["--home", str(home), "tune-generation", "dana", "--temperature", "0.5", "0.8",
+                 "--repetition-penalty", "1.1", "--top-p", "0.9"]) == 0
+    config = load_generation_config(run_dir)
+    assert config.own_words is True and (config.temperature, config.no_repeat_ngram, config.max_messages) == (0.8, 3, None)
+    trials = calls[2:]
+    assert [c.own_words for c in trials] == [True] * len(trials) and len(trials) == len(tune.CHARACTER_SWITCHES)
+    assert [(c.own_emoji, c.keep_habits, c.steer_language, c.no_repeat_ngram, c.max_messages) for c in trials[1:]] == [
+        (False, True, True, 3, None), (True, False, True, 3, None), (True, True, False, 3, None),
+        (True, True, True, 0, None), (True, True, True, 3, 0)]
+    saved = json.loads((run_dir / "generation.json").read_text())
+    assert [row["changes"] for row in saved["tuning"]["table"][2:4]] == [{"own_words": True},
+                                                                         {"own_words": True, "own_emoji": False}]
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("*") and out[1].endswith("own_words=true")
+    assert out[-1].startswith("best: temperature 0.8, repetition_penalty 1.1, top_p 0.9, own_words=true")
