@@ -150,7 +150,11 @@ def _characters(base, best: Row, rows: list[Row], histories: list, turns: list, 
                 generate: Generator, judge, real_rate: float | None) -> Row:
     """Flip each in-character switch in turn at the best sampling setting, keeping a flip only where the score
     drops; the trials are appended to `rows`, and the best row (its `changes` the switches kept) is returned."""
+    from tqdm import tqdm
+
     sampling = (best.temperature, best.repetition_penalty, best.top_p)
+    bar = tqdm(total=sum(len(values) - 1 for _, values in CHARACTER_SWITCHES), desc="in-character switches",
+               unit="setting", file=sys.stderr)
     for name, values in CHARACTER_SWITCHES:
         for value in values:
             if value == best.changes.get(name, getattr(base, name)):
@@ -162,8 +166,10 @@ def _characters(base, best: Row, rows: list[Row], histories: list, turns: list, 
             row = _row(sampling, generate(histories, settings), turns, judge, real_rate,
                        {key: v for key, v in changes.items() if v != getattr(base, key)})
             rows.append(row)
+            bar.update()
             if row.score < best.score:
                 best = row
+    bar.close()
     return best
 
 
