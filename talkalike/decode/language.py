@@ -293,12 +293,17 @@ def _token_texts(tokenizer, vocab: int) -> list[tuple[int, str]]:
 def foreign_emoji(twin, device, config) -> "Any | None":
     """The ids of the tokens that write an emoji the persona never wrote (Twin.own_emoji), as one tensor on
     `device`, when config.own_emoji is on and the twin has a memory to read the persona's emoji from; else None."""
+    own = twin.own_emoji() if config.own_emoji else None
+    return None if own is None else _foreign_tensor(twin.tokenizer, twin.vocab_size, own, device)
+
+
+@functools.lru_cache(maxsize=8)
+def _foreign_tensor(tokenizer, vocab: int, own: frozenset[str], device):
+    # One tensor per persona and device: every reply's Sampler then holds the same one, and serve's rows stay of one
+    # kind (sampling.Together draws a kind in one call).
     import torch
 
-    own = twin.own_emoji() if config.own_emoji else None
-    if own is None:
-        return None
-    ids = [i for i, found in emoji_tokens(twin.tokenizer, twin.vocab_size).items() if not found <= own]
+    ids = [i for i, found in emoji_tokens(tokenizer, vocab).items() if not found <= own]
     return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
 
 

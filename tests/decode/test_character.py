@@ -281,7 +281,18 @@ def test_the_personas_own_emoji_are_read_from_memory(remembering_twin, tiny_toke
     assert Twin.of(build_tiny_model(len(tiny_tokenizer)), tiny_tokenizer).own_emoji() is None
 
 
-def test_chat_and_batched_replies_never_draw_an_emoji_the_persona_never_wrote(remembering_twin, monkeypatch):
+@pytest.fixture
+def fresh_foreign_emoji():
+    """The banned-emoji tensors are cached per persona; tests that fake the emoji tokens start and end without them."""
+    from talkalike.decode.language import _foreign_tensor
+
+    _foreign_tensor.cache_clear()
+    yield
+    _foreign_tensor.cache_clear()
+
+
+def test_chat_and_batched_replies_never_draw_an_emoji_the_persona_never_wrote(remembering_twin, monkeypatch,
+                                                                              fresh_foreign_emoji):
     """Tokens said to write 🙈 (the persona only ever wrote 😂) are drawn by a random model left alone, and never
     with own_emoji on: in the chat's single stream, eval's batches and the restricted head of own_words."""
     import talkalike.decode.batch as batch
@@ -317,3 +328,16 @@ def test_chat_and_batched_replies_never_draw_an_emoji_the_persona_never_wrote(re
             decode_many(twin, histories * 4, dataclasses.replace(config, own_words=own_words), batch_size=8)
             assert batch_drawn and bool(foreign & batch_drawn) is not own_emoji, own_words
         assert drawn and bool(foreign & set(drawn)) is not own_emoji
+
+
+def test_every_reply_of_one_persona_bans_with_one_tensor_so_serve_draws_its_rows_together(remembering_twin,
+                                                                                          monkeypatch,
+                                                                                          fresh_foreign_emoji):
+    import talkalike.decode.language as language
+    from talkalike.decode.stream import reply_sampler
+
+    monkeypatch.setattr(language, "emoji_tokens", lambda tokenizer, vocab: {i: frozenset("🙈") for i in range(7, 9)})
+    config = GenerationConfig(memories=0)
+    first, _ = reply_sampler(remembering_twin, "cpu", [5, 6], config, HISTORY)
+    second, _ = reply_sampler(remembering_twin, "cpu", [5, 6, 7], dataclasses.replace(config, temperature=1.0), HISTORY)
+    assert first.banned.tolist() == [7, 8] and first.banned is second.banned and first.kind() == second.kind()
