@@ -292,7 +292,9 @@ def _token_texts(tokenizer, vocab: int) -> list[tuple[int, str]]:
 
 def foreign_emoji(twin, device, config) -> "Any | None":
     """The ids of the tokens that write an emoji the persona never wrote (Twin.own_emoji), as one tensor on
-    `device`, when config.own_emoji is on and the twin has a memory to read the persona's emoji from; else None."""
+    `device`, when config.own_emoji is on and the twin has a memory to read the persona's emoji from; else None.
+    A byte-level vocabulary (Llama 3, Qwen) spells most emoji over several byte tokens, none an emoji alone: there
+    only the emoji that have a token of their own are held back."""
     own = twin.own_emoji() if config.own_emoji else None
     return None if own is None else _foreign_tensor(twin.tokenizer, twin.vocab_size, own, device)
 
