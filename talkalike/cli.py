@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--facts", metavar="FILE", help="facts the twin should know (JSONL: question, answers, topic; "
                                                    "default: facts.jsonl in the run's dataset folder, if there)")
 
-    p = _sub(sub, "tune-generation", "scan sampling settings and in-character switches on held-out conversations, save the best",
+    p = _sub(sub, "tune-generation",
+             "scan sampling settings and in-character switches on held-out conversations, save the best",
              "talkalike tune-generation dana --limit 8 --top-p 1.0")
     p.add_argument("run", help="run name or folder")
     p.add_argument("--limit", type=int, help="at most this many held-out turns (default 32)")

@@ -140,13 +140,15 @@ def test_an_in_character_switch_is_kept_only_where_it_brings_the_replies_closer(
     def generate(histories, config):
         calls.append(config)
         replies = persona_like(histories, config)
-        return replies if config.own_words else [reply + ["Certainly, I shall reply in due course."] for reply in replies]
+        formal = ["Certainly, I shall reply in due course."]
+        return replies if config.own_words else [reply + formal for reply in replies]
 
     monkeypatch.setattr(tune, "twin_tools", lambda run, home, batch: (generate, fake_judge))
     assert main(["--home", str(home), "tune-generation", "dana", "--temperature", "0.5", "0.8",
                  "--repetition-penalty", "1.1", "--top-p", "0.9"]) == 0
     config = load_generation_config(run_dir)
-    assert config.own_words is True and (config.temperature, config.no_repeat_ngram, config.max_messages) == (0.8, 3, None)
+    assert config.own_words is True
+    assert (config.temperature, config.no_repeat_ngram, config.max_messages) == (0.8, 3, None)
     trials = calls[2:]
     assert [c.own_words for c in trials] == [True] * len(trials) and len(trials) == len(tune.CHARACTER_SWITCHES)
     assert [(c.own_emoji, c.keep_habits, c.steer_language, c.no_repeat_ngram, c.max_messages) for c in trials[1:]] == [
