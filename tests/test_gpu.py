@@ -441,7 +441,8 @@ def test_the_lean_lora_branch_gives_peft_s_loss_and_gradients_on_a_gpu(four_bit)
 def test_the_chat_sampler_never_makes_the_host_wait_for_the_device(tiny_tokenizer):
     """The chat's draw queues behind the step on the GPU: the host must run ahead while the step computes. Every
     piece a chat reply's sampler has (repetition penalty, the no-repeat rule by words, language steering, habits,
-    a message opener's temperature, the two-stage draw) runs under CUDA's sync check, which raises at any operation that waits for the device."""
+    the emoji the persona never sends held back, a message opener's temperature, the two-stage draw) runs under
+    CUDA's sync check, which raises at any operation that waits for the device."""
     from talkalike.decode.config import GenerationConfig
     from talkalike.decode.language import MessageStart, Steer, _habit_tensors
     from talkalike.decode.sampling import Sampler, WordClasses, _token_texts
@@ -455,7 +456,8 @@ def test_the_chat_sampler_never_makes_the_host_wait_for_the_device(tiny_tokenize
     config = GenerationConfig(seed=0)
     sampler = Sampler(config, vocab, rows=1, device=device, separator_ids=[5, 6], steer=steer, shares=[0.3],
                       habits=_habit_tensors(tiny_tokenizer, vocab, device),
-                      words=WordClasses(_token_texts(tiny_tokenizer), vocab, device), starts=MessageStart([5, 6]))
+                      words=WordClasses(_token_texts(tiny_tokenizer), vocab, device), starts=MessageStart([5, 6]),
+                      banned=torch.tensor([7, 8, 9], device=device))
     logits = torch.randn(1, vocab, device=device)
     reply = torch.tensor([40, 41, 42, 40, 41, 5, 6, 43, 43, 43], device=device)
     seen = torch.cat([torch.arange(20, device=device), reply])[None]
@@ -476,3 +478,9 @@ def test_the_chat_sampler_never_makes_the_host_wait_for_the_device(tiny_tokenize
             rows(three, seen.expand(3, -1), [0.5, 0.8, 0.0], replies, shares=[0.3, 0.3, 0.3], generators=generators)
     finally:
         torch.cuda.set_sync_debug_mode(0)
+    favoured = logits.clone()
+    favoured[0, 7:10] = 100.0  # held back, however likely
+    assert int(sampler(favoured, seen, [0.5], [reply])[0]) not in (7, 8, 9)
+    drawn = rows(favoured.expand(3, -1).contiguous(), seen.expand(3, -1), [0.5, 0.8, 0.0], replies,
+                 shares=[0.3, 0.3, 0.3], generators=generators)
+    assert not {7, 8, 9} & set(drawn.tolist())
