@@ -11,6 +11,7 @@ KINDS = ("text", "media", "deleted", "system")
 EMOJI_CORE = "[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\u2300-\u23FF\u203C\u2049\u3030\u303D]"
 _EMOJI_TAIL = "[\U0001F3FB-\U0001F3FF\uFE0F\u20E3]*"
 EMOJI_RE = re.compile(f"{EMOJI_CORE}{_EMOJI_TAIL}(?:\u200D{EMOJI_CORE}{_EMOJI_TAIL})*")
+EMOJI_CORE_RE = re.compile(EMOJI_CORE)  # one emoji's characters each (a ZWJ sequence's parts, a skin tone)
 
 # Laughter markers across the languages of the chats we see; the first matching kind names a message's laughter.
 LAUGHTER = {

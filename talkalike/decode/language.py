@@ -252,12 +252,11 @@ def habit_token_ids(tokenizer, vocab: int) -> dict[str, tuple[int, ...]]:
     """The ids of the tokens whose text holds an emoji, and of those whose text is a laugh by itself ("haha", "lol",
     "חחח"; special tokens aside), read once per tokenizer. A byte-level vocabulary's pieces of one emoji's bytes, and
     a laugh spelled over several tokens, write none alone and are not counted."""
-    from talkalike.message import EMOJI_CORE, LAUGHTER
+    from talkalike.message import EMOJI_CORE_RE, LAUGHTER
 
-    core = re.compile(EMOJI_CORE)
-    laughs = [pattern for name, pattern in LAUGHTER.items() if not core.search(name)]  # emoji laughs are emoji
-    laughter = [i for i, text in _token_texts(tokenizer, vocab)
-                if not core.search(text) and text.strip() and any(p.fullmatch(text.strip()) for p in laughs)]
+    laughs = [pattern for name, pattern in LAUGHTER.items() if not EMOJI_CORE_RE.search(name)]  # emoji laughs are emoji
+    laughter = [i for i, text in _token_texts(tokenizer, vocab) if not EMOJI_CORE_RE.search(text) and text.strip()
+                and any(p.fullmatch(text.strip()) for p in laughs)]
     return {"emoji": tuple(emoji_tokens(tokenizer, vocab)), "laughter": tuple(laughter)}
 
 
@@ -265,10 +264,9 @@ def habit_token_ids(tokenizer, vocab: int) -> dict[str, tuple[int, ...]]:
 def emoji_tokens(tokenizer, vocab: int) -> dict[int, frozenset[str]]:
     """Each token whose text holds an emoji, with the emoji it writes (their core characters: "🤦", "♀", a skin
     tone), read once per tokenizer."""
-    from talkalike.message import EMOJI_CORE
+    from talkalike.message import EMOJI_CORE_RE
 
-    core = re.compile(EMOJI_CORE)
-    return {i: frozenset(found) for i, text in _token_texts(tokenizer, vocab) if (found := core.findall(text))}
+    return {i: frozenset(found) for i, text in _token_texts(tokenizer, vocab) if (found := EMOJI_CORE_RE.findall(text))}
 
 
 @functools.lru_cache(maxsize=2)

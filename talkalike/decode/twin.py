@@ -7,7 +7,6 @@
 import contextlib
 import dataclasses
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from talkalike.decode.config import GenerationConfig, load_generation_config
 from talkalike.decode.turns import stop_token_ids
 from talkalike.errors import TalkalikeError
 from talkalike.files import say
-from talkalike.message import EMOJI_CORE
+from talkalike.message import EMOJI_CORE_RE
 from talkalike.run import Run
 
 # Under 1 message in 100 over several lines: this persona breaks a line by sending another message. (Both samples'
@@ -179,8 +178,7 @@ class Twin:
         if self.memory is None:
             return None
         if self.emoji is None:
-            core = re.compile(EMOJI_CORE)
-            self.emoji = frozenset(found for reply in self.memory.replies() for found in core.findall(reply))
+            self.emoji = frozenset(found for reply in self.memory.replies() for found in EMOJI_CORE_RE.findall(reply))
         return self.emoji
 
     def adapter(self, use_adapter: bool = True):

@@ -412,8 +412,8 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
                     # pretrained model as it comes, with nothing recalled, shows what memory and training add.
                     alone = fact_probe.twin_generate_fn(twin, with_overrides(generation, memories=0), False,
                                                         config.batch_size, threads)
-                    recalled[fact_probe.ALONE] = fact_probe.probe(alone, facts, config.fact_samples,
-                                                                  generation.temperature or 1.0)
+                    recalled[ALONE] = fact_probe.probe(alone, facts, config.fact_samples,
+                                                       generation.temperature or 1.0)
                 timings["facts"] += time.perf_counter() - started
             started = time.perf_counter()
             ranking[name] = fidelity.rank_next_replies(twin, turns, use_adapter, config)

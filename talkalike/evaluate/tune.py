@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ CHARACTER_SWITCHES = (
     ("no_repeat_ngram", (3, 0)),
     ("max_messages", (None, 0)),  # the persona's 90th percentile, or no cap
 )
+SWITCH_TRIALS = sum(len(values) - 1 for _, values in CHARACTER_SWITCHES)  # settings the switch stage decodes
 
 
 @dataclass(frozen=True)
@@ -153,18 +155,16 @@ def _characters(base, best: Row, rows: list[Row], histories: list, turns: list, 
     from tqdm import tqdm
 
     sampling = (best.temperature, best.repetition_penalty, best.top_p)
-    bar = tqdm(total=sum(len(values) - 1 for _, values in CHARACTER_SWITCHES), desc="in-character switches",
-               unit="setting", file=sys.stderr)
+    bar = tqdm(total=SWITCH_TRIALS, desc="in-character switches", unit="setting", file=sys.stderr)
     for name, values in CHARACTER_SWITCHES:
         for value in values:
-            if value == best.changes.get(name, getattr(base, name)):
+            if value == getattr(base, name):
                 continue
             changes = {**best.changes, name: value}
             settings = dataclasses.replace(base, temperature=sampling[0], repetition_penalty=sampling[1],
                                            top_p=sampling[2], max_new_tokens=config.max_new_tokens,
                                            max_context_tokens=config.max_context_tokens, seed=config.seed, **changes)
-            row = _row(sampling, generate(histories, settings), turns, judge, real_rate,
-                       {key: v for key, v in changes.items() if v != getattr(base, key)})
+            row = _row(sampling, generate(histories, settings), turns, judge, real_rate, changes)
             rows.append(row)
             bar.update()
             if row.score < best.score:
@@ -188,8 +188,6 @@ def format_table(rows: list[Row], best: Row) -> str:
 
 def describe(changes: dict) -> str:
     """In-character switches as `name=value` (JSON spelling), or "-" for none."""
-    import json
-
     return ", ".join(f"{name}={json.dumps(value)}" for name, value in changes.items()) or "-"
 
 
@@ -216,7 +214,7 @@ def cmd_tune_generation(args) -> int:
     chosen = {"limit": args.limit, "temperatures": args.temperature, "repetition_penalties": args.repetition_penalty,
               "top_ps": args.top_p, "characters": False if args.sampling_only else None}
     config = TuneConfig(**{key: tuple(v) if isinstance(v, list) else v for key, v in chosen.items() if v is not None})
-    switches = sum(len(values) - 1 for _, values in CHARACTER_SWITCHES) if config.characters else 0
+    switches = SWITCH_TRIALS if config.characters else 0
     say(f"tuning {run_dir.name}: {len(config.grid())} settings, then {switches} in-character switches, x up to "
         f"{config.limit} held-out turns")
     rows, best, turns = tune(run_dir, home, config)
