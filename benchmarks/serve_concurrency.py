@@ -181,7 +181,8 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, help="torch threads (default: serve's, one per physical core)")
     parser.add_argument("--temperature", type=float, help="for every request (default: the run's; 0 with --random-7b)")
-    parser.add_argument("--modes", default="queued,batched")
+    parser.add_argument("--modes", default="queued,batched",
+                        help="queued, batched, and on CUDA batched-triton (the slots' Triton attention)")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/serve-concurrency"))
     parser.add_argument("--profile", action="store_true",
                         help="also time the batch worker: each step, its draw, and the gap before the next step")
@@ -209,6 +210,9 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     rows = []
     for mode in args.modes.split(","):
+        from talkalike.decode import slots
+
+        slots.ATTENTION = "triton" if mode == "batched-triton" else "sdpa"
         # No 503s: queued streams wait as long as the ones before them take.
         settings = ServeSettings(batch_rows=1 if mode == "queued" else max(args.streams, 2), queue_timeout_s=3600)
         app = create_app(twin, settings)

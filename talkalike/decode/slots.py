@@ -25,6 +25,7 @@ from talkalike.decode.engines import apply_rope
 from talkalike.decode.engines.cuda_graph import FusedStep
 
 MAX_LEN = 2048  # positions per slot: the default 1,024-token context and serve's longest reply (max_tokens 1,024)
+ATTENTION = "sdpa"  # what Slots attends with when not told (benchmarks/serve_concurrency.py's batched-triton sets it)
 
 
 class Slots:
@@ -33,14 +34,14 @@ class Slots:
     mergeable = True  # rows join whenever a slot is free
 
     def __init__(self, model, rows: int, max_len: int = MAX_LEN, compile: bool = True, attention: str | None = None):
-        """`attention`: "sdpa" (every position, masked; the default) or "triton" (each slot's own positions; CUDA, or
-        the CPU under TRITON_INTERPRET=1, for a head shape that fits its tiles)."""
+        """`attention`: "sdpa" (every position, masked) or "triton" (each slot's own positions; CUDA, or the CPU under
+        TRITON_INTERPRET=1, for a head shape that fits its tiles); ATTENTION when not given."""
         import torch
 
         self.fused = FusedStep(model, max_len)  # the fused weights, the RoPE table, the layer maths
         self.model, self.rows, self.max_len = model, rows, max_len
         self.device = self.fused.cos.device
-        self.attention = attention or "sdpa"
+        self.attention = attention or ATTENTION
         assert self.attention in ("triton", "sdpa"), f"unknown attention {self.attention!r}"
         assert self.attention == "sdpa" or self._triton_fits(), "slot_attention needs CUDA (or Triton's interpreter)"
         if self.attention == "triton":
