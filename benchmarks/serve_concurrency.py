@@ -1,5 +1,5 @@
-"""Several people at once: `talkalike serve` answering 1 and then N concurrent streaming requests, queued one at a
-time (serve before batching: `ServeSettings(batch_rows=1)`) against batched (decode/live.py).
+"""Several people at once: `talkalike serve` answering N streaming requests one at a time and then all at once, queued
+(serve before batching: `ServeSettings(batch_rows=1)`) against batched (decode/live.py).
 
     # CPU: the trained demo run (copy its home first if you mind sqlite touching it)
     nice -n 10 .venv/bin/python benchmarks/serve_concurrency.py --home HOME --run noa-demo
@@ -9,12 +9,16 @@ time (serve before batching: `ServeSettings(batch_rows=1)`) against batched (dec
     .venv/bin/python benchmarks/serve_concurrency.py --tiny --max-tokens 16
 
 Both modes start the real app (serve.create_app) under uvicorn on a free loopback port in this process and stream
-from the OpenAI-compatible endpoint with httpx (asyncio, in a client process of its own), all sent together: fixed
-prompts (one per stream), fixed max_tokens, each request with its own fixed seed, so that both modes generate the same tokens. Tokens
-are the server's own count (usage, stream_options.include_usage). Time to first token is from sending the request to
-its first streamed text (the response starts once the reply's first text exists). Aggregate tok/s is every stream's
-tokens over the wall time from sending to the last stream's end; per-stream tok/s is one stream's tokens over its own
-request time (queueing included), median over the streams. Prints one markdown table, and writes it as JSON to --out.
+from the OpenAI-compatible endpoint with httpx (asyncio, in a client process of its own): fixed prompts (one per
+stream), fixed max_tokens, each request with its own fixed seed, so that both modes generate the same tokens. The N
+requests are sent first one at a time (each once the one before has ended: the single-stream row, the same prompts
+and tokens as the concurrent row), then all together. Tokens are the server's own count (usage,
+stream_options.include_usage). Time to first token is from sending a request to its first streamed text (the
+response starts once the reply's first text exists). Aggregate tok/s is every request's tokens over the wall time
+(one at a time: the sum of the requests' own times; together: from sending to the last stream's end); per-stream
+tok/s is one stream's tokens over its own request time (queueing included), median over the streams; "x single
+stream" is the concurrent row's aggregate over the one-at-a-time row's, in the same mode. Prints one markdown table,
+and writes it as JSON to --out.
 
 The random 7B model's head gives every token past the small test tokenizer's (and its special ones) a zero row, and
 its requests are greedy (--temperature 0), so draws stay on tokens that decode to text and never end the turn early:
@@ -115,7 +119,7 @@ def run_twin(home: str, run: str):
     from talkalike.decode.twin import load_twin
     from talkalike.home import resolve_home
 
-    return load_twin(run, None, resolve_home(home))
+    return load_twin(run, None, resolve_home(home), batched=True)
 
 
 async def one_stream(client, url: str, model: str, prompt: str, fields: dict) -> dict:
@@ -143,8 +147,22 @@ async def one_stream(client, url: str, model: str, prompt: str, fields: dict) ->
     return {"started": started, "first": first or ended, "ended": ended, "tokens": usage["completion_tokens"]}
 
 
-def streams_at_once(url: str, model: str, streams: int, max_tokens: int, temperature: float | None) -> dict:
-    """`streams` requests sent together, each with its own prompt and seed (in the client process); the row."""
+def one_at_a_time(url: str, model: str, streams: int, max_tokens: int, temperature: float | None) -> dict:
+    """The same `streams` requests as streams_at_once, each sent alone once the one before has ended; the row (the
+    single-stream rate over the same prompts and tokens, not over one prompt whose reply may be a word long)."""
+    parts = [streams_at_once(url, model, 1, max_tokens, temperature, first=i) for i in range(streams)]
+    tokens, wall = sum(p["tokens"] for p in parts), sum(p["wall_s"] for p in parts)
+    ttft = [p["ttft_max_s"] for p in parts]
+    return {"streams": 1, "tokens": tokens, "wall_s": wall, "aggregate_tok_s": tokens / wall,
+            "per_stream_tok_s": statistics.median(p["per_stream_tok_s"] for p in parts),
+            "ttft_median_s": statistics.median(ttft), "ttft_max_s": max(ttft),
+            "tokens_per_stream": [p["tokens"] for p in parts]}
+
+
+def streams_at_once(url: str, model: str, streams: int, max_tokens: int, temperature: float | None,
+                    first: int = 0) -> dict:
+    """`streams` requests sent together, each with its own prompt and seed (in the client process), the first
+    `first` of the list skipped; the row."""
     import asyncio
 
     import httpx
@@ -153,7 +171,7 @@ def streams_at_once(url: str, model: str, streams: int, max_tokens: int, tempera
         limits = httpx.Limits(max_connections=streams)
         async with httpx.AsyncClient(limits=limits, timeout=600) as client:
             requests = []
-            for i in range(streams):
+            for i in range(first, first + streams):
                 fields = {"max_tokens": max_tokens, "seed": 1000 + i}
                 if temperature is not None:
                     fields["temperature"] = temperature
@@ -198,8 +216,9 @@ def main() -> int:
     # The clients run in a process of their own: in this one they would take the server's GIL to parse their streams.
     clients = multiprocessing.get_context("spawn").Pool(1)
 
-    def fire(url, streams, max_tokens):
-        return clients.apply(streams_at_once, (url, twin.name, streams, max_tokens, temperature))
+    def fire(url, streams, max_tokens, alone=False):
+        return clients.apply(one_at_a_time if alone else streams_at_once,
+                             (url, twin.name, streams, max_tokens, temperature))
 
     temperature = 0.0 if args.random_7b and args.temperature is None else args.temperature
     twin = random_7b_twin() if args.random_7b else tiny_twin() if args.tiny else run_twin(args.home, args.run)
@@ -218,8 +237,8 @@ def main() -> int:
         app = create_app(twin, settings)
         with live_server(app) as url:
             fire(url, 2, 4)  # warm-up: engines built (and captured on a GPU), the batch's first steps
-            for streams in (1, args.streams):
-                row = {"mode": mode} | fire(url, streams, args.max_tokens)
+            for alone in (True, False):
+                row = {"mode": mode} | fire(url, args.streams, args.max_tokens, alone)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
             if app.state.live is not None:

@@ -567,7 +567,7 @@ def cmd_serve(args) -> int:
     sock = listen(settings)  # so is a port that is taken
     try:
         home = resolve_home(args.home)
-        twin = load_twin(args.run, args.base, home)
+        twin = load_twin(args.run, args.base, home, batched=True)
         talk_as(twin, args.as_name, args.memories)
         app = create_app(twin, settings, chats=(twin.run_dir or home) / "chats")  # where `chat` saves too
         address = f"[{settings.host}]" if ":" in settings.host else settings.host

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, make_run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -237,3 +237,36 @@ def test_the_embedded_model_streams_a_reply_as_messages_and_stops(tmp_path, monk
     assert main(["--home", str(home), "chat", "emb", "--temperature", "0", "--max-new-tokens", "20"]) == 0
     assert capsys.readouterr().out.startswith("Noa: ")
     assert "you: how are you?" in next((run / "chats").glob("*.txt")).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_serve_loads_a_run_in_the_batch_dtype_and_chat_compare_in_fp32(tmp_path, tiny_tokenizer, tiny_model_dir,
+                                                                       monkeypatch, native):
+    import talkalike.train.recipe
+    from talkalike.decode.twin import load_twin
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr(talkalike.train.recipe, "cpu_computes_bf16", lambda: native)
+    make_run(tmp_path / "runs" / "noa", tiny_model_dir, tiny_tokenizer, name="noa")
+    served = load_twin("noa", None, tmp_path, batched=True)  # serve: concurrent requests decode together
+    compared = load_twin("noa", None, tmp_path)  # chat --compare: one conversation
+    assert next(served.model.parameters()).dtype == (torch.bfloat16 if native else torch.float32)
+    assert next(compared.model.parameters()).dtype == torch.float32
+
+
+def test_the_prefills_last_position_reaches_the_head_with_plain_strides(tiny_tokenizer):
+    from talkalike.model import causal_lm
+
+    twin = Twin.of(build_tiny_model(len(tiny_tokenizer)), tiny_tokenizer, name="noa", persona="Noa")
+    twin.prepare()
+    seen = []
+    head = causal_lm(twin.model).lm_head
+    head.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    ids = torch.tensor([[5, 9, 14, 20, 33, 41]])
+    with torch.inference_mode():
+        kept = twin.model(input_ids=ids, logits_to_keep=1).logits
+        whole = twin.model(input_ids=ids).logits
+    # transformers hands the head a view of the last position whose outer stride is the prompt's (6 x hidden): a bf16
+    # product on a CPU copies the whole head for it; the head now gets a tensor laid out as a fresh one
+    assert seen[0].shape == (1, 1, seen[0].shape[-1]) and seen[0].stride() == (seen[0].shape[-1],) * 2 + (1,)
+    torch.testing.assert_close(kept[0, -1], whole[0, -1])

@@ -123,7 +123,9 @@ def test_base_and_tuned_replies_decode_side_by_side_as_they_would_alone(tmp_path
     import torch
 
     run = make_run(tmp_path / "run", tiny_model_dir, tiny_tokenizer, name="noa")
-    twin = Twin.from_run(run, tmp_path, dtype=torch.float32)  # serve's CPU dtype
+    # fp32: batched rows then read exactly as alone (serve takes bf16 on a CPU that computes it natively, where a
+    # batch of rows rounds differently from one row)
+    twin = Twin.from_run(run, tmp_path, dtype=torch.float32)
     requests = [(ask(words), greedy(twin), use_adapter) for words, use_adapter
                 in zip(WORDS, [True, False, True, False, False], strict=False)]
     live = Live(twin, rows=8)
@@ -238,3 +240,15 @@ def test_rows_that_differ_in_seed_and_temperature_draw_in_one_sampler_call_a_ste
     for (history, config, _), result in zip(requests, batched, strict=True):
         assert result == alone(twin, history, config)
     assert live.widest == 4 and live.together.calls == len(steps)  # one draw a step for all four rows
+
+
+def test_a_batch_of_tuned_replies_never_switches_the_adapter_off(twin, monkeypatch):
+    # Entering twin.adapter(False) walks every LoRA layer (18 ms a step on the embedded model's CPU): an empty base
+    # lane must not pay it at every step
+    switched = []
+    adapter = twin.adapter
+    monkeypatch.setattr(twin, "adapter", lambda use_adapter=True: switched.append(use_adapter) or adapter(use_adapter))
+    live = Live(twin, rows=4)
+    requests = [(ask(words), greedy(twin), True) for words in WORDS[:3]]
+    together(twin, live, requests)
+    assert live.widest == 3 and switched and False not in switched

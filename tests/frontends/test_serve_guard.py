@@ -72,7 +72,7 @@ def test_with_a_key_every_route_with_chat_content_needs_it_and_raters_get_only_t
 def test_the_raters_link_is_printed_at_startup_and_the_port_is_checked_before_the_model_loads(run_dir, monkeypatch,
                                                                                             capsys, tmp_path):
     served = []
-    monkeypatch.setattr(serve, "load_twin", lambda run, base, home: FakeTwin(run_dir=run_dir))
+    monkeypatch.setattr(serve, "load_twin", lambda run, base, home, batched: FakeTwin(run_dir=run_dir))
     monkeypatch.setattr(serve, "talk_as", lambda twin, name, memories: None)
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append((self.config.app, sockets)))
     monkeypatch.setenv("TALKALIKE_API_KEY", "from-env")
@@ -86,7 +86,7 @@ def test_the_raters_link_is_printed_at_startup_and_the_port_is_checked_before_th
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        monkeypatch.setattr(serve, "load_twin", lambda *a: pytest.fail("the model loaded before the port was checked"))
+        monkeypatch.setattr(serve, "load_twin", lambda *a, **k: pytest.fail("the model loaded before the port was checked"))
         assert main(["--home", str(tmp_path), "serve", "noa", "--port", str(port)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and f"port {port}" in lines[0] and "--port" in lines[0]
@@ -94,7 +94,7 @@ def test_the_raters_link_is_printed_at_startup_and_the_port_is_checked_before_th
 
 def test_the_api_key_can_come_from_a_file_and_a_bad_file_is_one_clear_error(run_dir, monkeypatch, capsys, tmp_path):
     served = []
-    monkeypatch.setattr(serve, "load_twin", lambda run, base, home: FakeTwin(run_dir=run_dir))
+    monkeypatch.setattr(serve, "load_twin", lambda run, base, home, batched: FakeTwin(run_dir=run_dir))
     monkeypatch.setattr(serve, "talk_as", lambda twin, name, memories: None)
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(self.config.app))
     monkeypatch.setenv("TALKALIKE_API_KEY", "from-env")
