@@ -72,7 +72,7 @@ def main() -> int:
     from gpu_decode import save_run
     from transformers import AutoModelForCausalLM, MistralConfig
 
-    from talkalike.decode import sampling
+    from talkalike.decode import language, sampling
     from talkalike.decode.language import keep_mass
     from talkalike.decode.stream import reply_sampler
     from talkalike.decode.twin import Twin
@@ -100,8 +100,19 @@ def main() -> int:
         logits = torch.randn(1, args.vocab, device=device) * 3
         temperature = [generation.temperature]
         buffer = sampler.logits[:1]
+        def unfused(fn):  # `fn` with keep_mass in torch ops (language.FUSED_HABITS off)
+            def run():
+                language.FUSED_HABITS = False
+                try:
+                    return fn()
+                finally:
+                    language.FUSED_HABITS = True
+            return run
+
+        whole = lambda: sampler(logits, seen, temperature, [reply], blocked)  # noqa: E731
         parts = {
-            "the chat's whole draw (Sampler.__call__)": lambda: sampler(logits, seen, temperature, [reply], blocked),
+            "the chat's whole draw (Sampler.__call__)": whole,
+            "the same, keep_mass in torch ops": unfused(whole),
             "copy + pad + blocked mask": lambda: (buffer[:, : args.vocab].copy_(logits),
                                                   buffer[:, args.vocab:].fill_(float("-inf")),
                                                   blocked is None or buffer[:, : args.vocab].masked_fill_(
@@ -114,8 +125,9 @@ def main() -> int:
             parts["message start (MessageStart)"] = lambda: sampler._opener_scales(temperature, [reply])
         if sampler.habits:
             work = torch.empty(1, args.vocab, device=device)
-            parts["habits (keep_mass)"] = lambda: keep_mass(buffer[:, : args.vocab], sampler.habits,
-                                                            temperature[0], work)
+            habits = lambda: keep_mass(buffer[:, : args.vocab], sampler.habits, temperature[0], work)  # noqa: E731
+            parts["habits (keep_mass, one Triton kernel on CUDA)"] = habits
+            parts["habits (keep_mass in torch ops)"] = unfused(habits)
         parts["penalty + draw (choose)"] = lambda: sampling.choose(
             buffer, seen, temperature, generation, sampler.generator, args.vocab)
         for name, fn in parts.items():

@@ -484,3 +484,25 @@ def test_the_chat_sampler_never_makes_the_host_wait_for_the_device(tiny_tokenize
     drawn = rows(favoured.expand(3, -1).contiguous(), seen.expand(3, -1), [0.5, 0.8, 0.0], replies,
                  shares=[0.3, 0.3, 0.3], generators=generators)
     assert not {7, 8, 9} & set(drawn.tolist())
+
+
+@pytest.mark.parametrize("vocab", [32000, 262144])
+def test_the_fused_habit_kernel_gives_keep_mass_s_logits_on_a_gpu(vocab, monkeypatch):
+    """keep_mass on CUDA is one Triton kernel (engines/triton_sampler.py): the torch ops' logits, within fp32 noise,
+    for one row at a number and for rows at their own temperatures (a greedy one left as it is)."""
+    from talkalike.decode import language
+
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    logits = torch.randn(3, vocab, device=device) * 4
+    emoji = torch.randperm(vocab - 100, device=device)[:1500] + 50
+    laughs = torch.arange(10, 34, device=device)
+    logits[1, emoji] += 9.0
+    for temperatures in (0.5, torch.tensor([[0.5], [1.0], [1.7]], device=device)):
+        fused, plain = logits.clone(), logits.clone()
+        language.keep_mass(fused, [emoji, laughs], temperatures)
+        monkeypatch.setattr(language, "FUSED_HABITS", False)
+        language.keep_mass(plain, [emoji, laughs], temperatures)
+        monkeypatch.setattr(language, "FUSED_HABITS", True)
+        assert not torch.equal(plain, logits)
+        torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)

@@ -30,6 +30,7 @@ LATIN = "LATIN"
 MIN_MESSAGES = 20  # persona messages opening in a letter needed for a share of their own; else the overall share
 MIN_SHARE = 0.02  # a second script opening fewer of the persona's messages than this is not steered toward
 MAX_SHIFT = 4.0  # a script's mass is scaled by at most e^4 either way: a nudge toward the persona's mix
+FUSED_HABITS = True  # keep_mass on a CUDA device as one Triton kernel (benchmarks/gpu_sampler.py times both)
 BYTE_STAND_INS = re.compile("[\u00a1-\u0143]")  # how a byte-level BPE spells the bytes outside printable ASCII
 
 
@@ -343,6 +344,11 @@ def keep_mass(logits, classes: list, temperatures, work=None) -> None:
 
     classes = [ids for ids in classes if ids.numel()]
     if not classes:
+        return
+    if logits.is_cuda and FUSED_HABITS:  # one kernel instead of some sixty (engines/triton_sampler.py)
+        from talkalike.decode.engines.triton_sampler import keep_mass_fused
+
+        keep_mass_fused(logits, classes, temperatures, MAX_SHIFT)
         return
     ids = torch.cat(classes) if len(classes) > 1 else classes[0]
     scale = temperatures[:, 0] if torch.is_tensor(temperatures) else temperatures

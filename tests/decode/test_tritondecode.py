@@ -23,22 +23,31 @@ def _python_triton_modules() -> list[str]:
             and not name.startswith("triton._C")]
 
 
-@pytest.fixture(scope="module")
-def tritondecode():
-    """talkalike.decode.engines.triton_step with its kernels defined under the interpreter, and forgotten afterwards.
+def _interpreted(name: str):
+    """Module `name` with its Triton kernels defined under the interpreter, forgotten after the caller is done.
 
     Triton decides at import whether its own library functions (tl.sum, tl.max...) are interpreted, so a triton
     that another test's import brought in first is set aside here and given back afterwards."""
     patch = pytest.MonkeyPatch()
     patch.setenv("TRITON_INTERPRET", "1")
-    saved = {name: sys.modules.pop(name) for name in [*_python_triton_modules(), "talkalike.decode.engines.triton_step"]
-             if name in sys.modules}
-    module = importlib.import_module("talkalike.decode.engines.triton_step")
-    yield module
-    for name in [*_python_triton_modules(), "talkalike.decode.engines.triton_step"]:
-        sys.modules.pop(name, None)
+    saved = {module: sys.modules.pop(module) for module in [*_python_triton_modules(), name] if module in sys.modules}
+    yield importlib.import_module(name)
+    for module in [*_python_triton_modules(), name]:
+        sys.modules.pop(module, None)
     sys.modules.update(saved)
     patch.undo()
+
+
+@pytest.fixture(scope="module")
+def tritondecode():
+    """talkalike.decode.engines.triton_step under the interpreter."""
+    yield from _interpreted("talkalike.decode.engines.triton_step")
+
+
+@pytest.fixture(scope="module")
+def tritonsampler():
+    """talkalike.decode.engines.triton_sampler under the interpreter."""
+    yield from _interpreted("talkalike.decode.engines.triton_sampler")
 
 
 def triton_step(tritondecode, model, max_cache_len: int):
@@ -163,3 +172,23 @@ def test_slots_with_triton_attention_give_the_sdpa_slots_logits_step_after_step(
                 slots.step(row)
             torch.testing.assert_close(rows[0].hidden, rows[1].hidden, rtol=1e-4, atol=1e-4)
     assert triton_slots.position[:3] == [9, 66, 7]
+
+
+@pytest.mark.parametrize("temperature", [0.5, "rows"])
+def test_the_fused_habit_kernel_gives_keep_mass_s_logits(tritonsampler, temperature):
+    from talkalike.decode.language import MAX_SHIFT, keep_mass
+
+    torch.manual_seed(0)
+    vocab = 5000  # more than one block of columns, and of habit columns
+    logits = torch.randn(3, vocab) * 4
+    logits[:, 4000:] = float("-inf")  # a padded or blocked tail
+    emoji = torch.randperm(3900)[:700] + 50
+    laughs = torch.arange(10, 40)
+    logits[1, emoji] += 9.0  # a row whose emoji the temperature would inflate past the bound
+    logits[2, laughs] = float("-inf")  # a class banned outright
+    temperatures = 0.5 if temperature == 0.5 else torch.tensor([[0.5], [1.0], [1.7]])
+    expected, fused = logits.clone(), logits.clone()
+    keep_mass(expected, [emoji, laughs], temperatures)
+    tritonsampler.keep_mass_fused(fused, [emoji, laughs], temperatures, MAX_SHIFT)
+    assert not torch.equal(expected, logits)  # keep_mass moved something: the comparison is not of two no-ops
+    torch.testing.assert_close(fused, expected, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,133 @@
+"""The habits' temperature-1 odds (language.keep_mass) as one Triton kernel, for the sampler on a CUDA GPU.
+
+keep_mass in torch is some sixty small kernels a draw (four log-sum-exps, a loop over the classes, the gathers and
+the scatter), each a few microseconds of device time behind the decode step: most of what the chat's draw costs the
+device over the bare engine. Here one program per row makes two passes over the vocabulary's logits (the log-sum-exp
+at temperature 1 and at T, online) and two over the habit columns (each class's log-sum-exp, then the rewrite), with
+keep_mass's maths: the same closed form, the same bound on a class's move, non-finite shifts taken as none.
+
+    keep_mass_fused(logits, classes, temperatures)     # CUDA, or the CPU under TRITON_INTERPRET=1 (the tests)
+"""
+
+import triton
+import triton.language as tl
+
+BLOCK_V = 2048  # vocabulary columns a program reads per iteration
+BLOCK_K = 512  # habit columns per iteration
+
+
+@triton.jit
+def _lse_update(m, s, x):
+    """Online log-sum-exp: the running max `m` and sum `s` of exp(. - m), with a block `x` added."""
+    new = tl.maximum(m, tl.max(x, 0))
+    safe = tl.where(new == float("-inf"), 0.0, new)  # all -inf so far: keep the sum at 0, not nan
+    s = s * tl.exp(m - safe) + tl.sum(tl.exp(x - safe), 0)
+    return new, s
+
+
+@triton.jit
+def _lse(m, s):
+    return tl.where(s > 0, tl.log(s) + m, float("-inf"))
+
+
+@triton.jit
+def _log_rest(whole, part):
+    """log(e^whole - e^part), the log-sum-exp of the columns outside `part` (keep_mass's log_rest), with expm1's
+    precision where `part` holds nearly all the mass (a series there: its error is under 1e-9)."""
+    d = part - whole
+    expm1 = tl.where(tl.abs(d) < 1e-2, d + d * d * 0.5 + d * d * d / 6.0, tl.exp(d) - 1.0)
+    return whole + tl.log(tl.maximum(-expm1, 1e-12))
+
+
+@triton.jit
+def _finite_or_zero(x):
+    return tl.where((x == x) & (tl.abs(x) != float("inf")), x, 0.0)
+
+
+@triton.jit
+def _keep_mass_kernel(logits_ptr, row_stride, temps_ptr, ids_ptr, cls_ptr, max_shift, V, K,
+                      CLASSES: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0)
+    base = logits_ptr + row * row_stride
+    t = tl.load(temps_ptr + row)
+    # The whole vocabulary's log-normaliser at 1 and at T (keep_mass: whole_one, whole_t).
+    m1 = float("-inf")
+    s1 = 0.0
+    mt = float("-inf")
+    st = 0.0
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        x = tl.load(base + cols, mask=cols < V, other=float("-inf"))
+        m1, s1 = _lse_update(m1, s1, x)
+        mt, st = _lse_update(mt, st, x / t)
+    whole_one = _lse(m1, s1)
+    whole_t = _lse(mt, st)
+    # Every habit column's at 1 and at T, and each class's (keep_mass: habits_one, habits_t; before, after).
+    h1 = float("-inf")
+    hs1 = 0.0
+    ht = float("-inf")
+    hst = 0.0
+    for start in range(0, K, BLOCK_K):
+        k = start + tl.arange(0, BLOCK_K)
+        ids = tl.load(ids_ptr + k, mask=k < K, other=0)
+        x = tl.load(base + ids, mask=k < K, other=float("-inf"))
+        h1, hs1 = _lse_update(h1, hs1, x)
+        ht, hst = _lse_update(ht, hst, x / t)
+    habits_one = _lse(h1, hs1)
+    habits_t = _lse(ht, hst)
+    shift = _finite_or_zero((_log_rest(whole_t, habits_t) - _log_rest(whole_one, habits_one)) * t)
+    # Each class's move, bounded: its log-sum-exp at T before (chosen / T) and after (chosen + shift / T).
+    for c in tl.static_range(CLASSES):
+        c1 = float("-inf")
+        cs1 = 0.0
+        ct = float("-inf")
+        cst = 0.0
+        for start in range(0, K, BLOCK_K):
+            k = start + tl.arange(0, BLOCK_K)
+            own = (k < K) & (tl.load(cls_ptr + k, mask=k < K, other=-1) == c)
+            ids = tl.load(ids_ptr + k, mask=own, other=0)
+            x = tl.load(base + ids, mask=own, other=float("-inf"))
+            c1, cs1 = _lse_update(c1, cs1, x)
+            ct, cst = _lse_update(ct, cst, x / t)
+        change = _finite_or_zero(_lse(c1, cs1) + shift / t - _lse(ct, cst))
+        excess = change - tl.minimum(tl.maximum(change, -max_shift), max_shift)
+        for start in range(0, K, BLOCK_K):
+            k = start + tl.arange(0, BLOCK_K)
+            own = (k < K) & (tl.load(cls_ptr + k, mask=k < K, other=-1) == c)
+            ids = tl.load(ids_ptr + k, mask=own, other=0)
+            x = tl.load(base + ids, mask=own, other=0.0)
+            tl.store(base + ids, x * t + shift - excess * t, mask=own)
+
+
+_COLUMNS: dict[tuple, tuple] = {}  # ids of the class tensors -> (the classes, their ids as one tensor, each one's class)
+
+
+def _columns(classes: tuple) -> tuple:
+    """The classes' ids as one tensor and each id's class index, made once per set of class tensors (language.py
+    caches those per tokenizer and device; the entry holds them, so their ids are not reused)."""
+    import torch
+
+    key = tuple(map(id, classes))
+    if key not in _COLUMNS:
+        owner = [torch.full((c.numel(),), n, dtype=torch.int32, device=c.device) for n, c in enumerate(classes)]
+        _COLUMNS[key] = (classes, torch.cat(classes), torch.cat(owner))
+    return _COLUMNS[key][1:]
+
+
+def keep_mass_fused(logits, classes: list, temperatures, max_shift: float) -> None:
+    """language.keep_mass on `logits` [rows, vocab] (fp32, rows contiguous), in place, in one kernel launch (and a
+    fill when `temperatures` is one number)."""
+    import torch
+
+    classes = tuple(ids for ids in classes if ids.numel())
+    if not classes:
+        return
+    ids, owner = _columns(classes)
+    rows, vocab = logits.shape
+    assert logits.stride(1) == 1 and logits.dtype == torch.float32
+    if torch.is_tensor(temperatures):
+        temps = temperatures.reshape(-1).float()
+    else:
+        temps = torch.full((rows,), float(temperatures), device=logits.device)
+    _keep_mass_kernel[(rows,)](logits, logits.stride(0), temps, ids, owner, float(max_shift), vocab, ids.numel(),
+                               CLASSES=len(classes), BLOCK_V=BLOCK_V, BLOCK_K=BLOCK_K, num_warps=8)
