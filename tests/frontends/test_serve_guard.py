@@ -86,7 +86,8 @@ def test_the_raters_link_is_printed_at_startup_and_the_port_is_checked_before_th
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        monkeypatch.setattr(serve, "load_twin", lambda *a, **k: pytest.fail("the model loaded before the port was checked"))
+        monkeypatch.setattr(serve, "load_twin",
+                            lambda *a, **k: pytest.fail("the model loaded before the port was checked"))
         assert main(["--home", str(tmp_path), "serve", "noa", "--port", str(port)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and f"port {port}" in lines[0] and "--port" in lines[0]

@@ -99,7 +99,8 @@ def _keep_mass_kernel(logits_ptr, row_stride, temps_ptr, ids_ptr, cls_ptr, max_s
             tl.store(base + ids, x * t + shift - excess * t, mask=own)
 
 
-_COLUMNS: dict[tuple, tuple] = {}  # ids of the class tensors -> (the classes, their ids as one tensor, each one's class)
+# ids of the class tensors -> (the classes, their ids as one tensor, each id's class)
+_COLUMNS: dict[tuple, tuple] = {}
 
 
 def _columns(classes: tuple) -> tuple:
