@@ -220,14 +220,15 @@ def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -
     sampled_speeds = [time_tokens(sampled)[0] for _ in range(2)]
     rows.append({"variant": "talkalike tokens() with the chat's sampler, no text (same engine)",
                  "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
-    from talkalike.decode import language
+    from talkalike.decode import language, sampling
 
-    language.FUSED_HABITS = False  # the habits' odds in torch ops, as before engines/triton_sampler.py
+    # the habits' odds and the no-repeat rule in torch ops, as before engines/triton_sampler.py
+    language.FUSED_HABITS = sampling.FUSED_REPEATS = False
     try:
         sampled_speeds = [time_tokens(sampled)[0] for _ in range(2)]
     finally:
-        language.FUSED_HABITS = True
-    rows.append({"variant": "the same, the habits' odds in torch ops (keep_mass unfused)",
+        language.FUSED_HABITS = sampling.FUSED_REPEATS = True
+    rows.append({"variant": "the same, the habits' odds and the no-repeat rule in torch ops (unfused)",
                  "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
     return rows
 

@@ -100,27 +100,33 @@ def main() -> int:
         logits = torch.randn(1, args.vocab, device=device) * 3
         temperature = [generation.temperature]
         buffer = sampler.logits[:1]
-        def unfused(fn):  # `fn` with keep_mass in torch ops (language.FUSED_HABITS off)
+        def unfused(fn):  # `fn` with keep_mass and the no-repeat rule in torch ops (the Triton kernels off)
             def run():
-                language.FUSED_HABITS = False
+                language.FUSED_HABITS = sampling.FUSED_REPEATS = False
                 try:
                     return fn()
                 finally:
-                    language.FUSED_HABITS = True
+                    language.FUSED_HABITS = sampling.FUSED_REPEATS = True
             return run
 
         whole = lambda: sampler(logits, seen, temperature, [reply], blocked)  # noqa: E731
+        inside = torch.randint(10, 300, (args.reply,), device=device)  # no separator at its end: inside a message
+        within = lambda: sampler(logits, seen, temperature, [inside], blocked)  # noqa: E731
         parts = {
-            "the chat's whole draw (Sampler.__call__)": whole,
-            "the same, keep_mass in torch ops": unfused(whole),
+            "the chat's whole draw at a message start (Sampler.__call__)": whole,
+            "the same, keep_mass and the no-repeat rule in torch ops": unfused(whole),
+            "the chat's whole draw inside a message (most tokens)": within,
+            "the same inside, keep_mass and the no-repeat rule in torch ops": unfused(within),
             "copy + pad + blocked mask": lambda: (buffer[:, : args.vocab].copy_(logits),
                                                   buffer[:, args.vocab:].fill_(float("-inf")),
                                                   blocked is None or buffer[:, : args.vocab].masked_fill_(
                                                       blocked, float("-inf"))),
         }
         if generation.no_repeat_ngram > 1:
-            parts["no-repeat rule by words (block_repeats_rows)"] = lambda: sampling.block_repeats_rows(
+            rule = lambda: sampling.block_repeats_rows(  # noqa: E731
                 buffer, [reply], generation.no_repeat_ngram, sampler.separator, sampler.words)
+            parts["no-repeat rule by words (block_repeats_rows, one Triton kernel on CUDA)"] = rule
+            parts["no-repeat rule by words in torch ops"] = unfused(rule)
         if sampler.starts is not None:
             parts["message start (MessageStart)"] = lambda: sampler._opener_scales(temperature, [reply])
         if sampler.habits:

@@ -506,3 +506,34 @@ def test_the_fused_habit_kernel_gives_keep_mass_s_logits_on_a_gpu(vocab, monkeyp
         monkeypatch.setattr(language, "FUSED_HABITS", True)
         assert not torch.equal(plain, logits)
         torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_words", [True, False], ids=["words", "tokens"])
+def test_the_fused_no_repeat_kernel_bans_what_the_rule_bans_on_a_gpu(tiny_tokenizer, with_words, monkeypatch):
+    """The no-repeat rule on CUDA is one Triton kernel (engines/triton_sampler.py): it bans exactly what the rule's
+    torch ops ban, for a batch of replies of any lengths and for one reply alone."""
+    from talkalike.decode import sampling
+
+    device = torch.device("cuda")
+    vocab = 32000
+    words = sampling.WordClasses(sampling._token_texts(tiny_tokenizer), vocab, device) if with_words else None
+    generator = torch.Generator().manual_seed(3)
+    replies = [torch.randint(0, len(tiny_tokenizer), (int(torch.randint(0, 40, (1,), generator=generator)),),
+                             generator=generator) for _ in range(20)]
+    replies += [torch.randint(40, 44, (30,), generator=generator) for _ in range(4)]  # few tokens: many repeats
+    replies = [reply.to(device) for reply in replies]
+    separator = torch.tensor([5, 6], device=device)
+    for n in (2, 3):
+        fused = torch.zeros(len(replies), vocab + 64, device=device)
+        sampling.block_repeats_rows(fused, replies, n, separator, words)
+        monkeypatch.setattr(sampling, "FUSED_REPEATS", False)
+        plain = torch.zeros(len(replies), vocab + 64, device=device)
+        sampling.block_repeats_rows(plain, replies, n, separator, words)
+        alone = torch.zeros(1, vocab + 64, device=device)
+        sampling.block_repeats_rows(alone, replies[-1:], n, separator, words)
+        monkeypatch.setattr(sampling, "FUSED_REPEATS", True)
+        assert torch.isinf(plain).any()
+        assert torch.equal(fused, plain), n
+        one = torch.zeros(1, vocab + 64, device=device)
+        sampling.block_repeats_rows(one, replies[-1:], n, separator, words)
+        assert torch.equal(one, alone), n

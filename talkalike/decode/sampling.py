@@ -19,6 +19,7 @@ from talkalike.decode.language import keep_mass
 BLOCK = 512  # two-stage sampling: 262,144 = 512 x 512, so each stage draws from 512 values
 TOP_P_CANDIDATES = 1024  # top-p looks for its nucleus among the most likely tokens first (exact; else a full sort)
 CHUNK_ROWS = 2  # rows of logits transformed together while they sit in the CPU's L2 cache
+FUSED_REPEATS = True  # the no-repeat rule on a CUDA device as one Triton kernel (benchmarks/gpu_sampler.py times both)
 
 
 class Sampler:
@@ -230,12 +231,17 @@ def block_repeats_rows(logits, replies: list, n: int, separator, words: "WordCla
     device = logits.device
     ragged = min(lengths) < width
     padded = _left_padded(replies, 0) if ragged else replies[0][None] if len(replies) == 1 else torch.stack(replies)
+    first = host_values([width - length for length in lengths], device) if ragged else None  # where each begins
+    if logits.is_cuda and FUSED_REPEATS:  # one kernel instead of some thirty (engines/triton_sampler.py)
+        from talkalike.decode.engines.triton_sampler import block_repeats_fused
+
+        block_repeats_fused(logits, padded, first, n, separator, words)
+        return
     raw = padded.unfold(1, n, 1)  # [rows, runs, n]: every run of n tokens so far
     ids = padded if words is None else words.of[padded]
     runs = raw if words is None else ids.unfold(1, n, 1)
     repeats = (runs[:, :, :-1] == ids[:, width - n + 1:, None].transpose(1, 2)).all(-1)  # runs the tail would redo
     if ragged:  # a run must lie inside the reply, and the tail it would redo too (shorter than n: none)
-        first = host_values([width - length for length in lengths], device)  # where each row's reply begins
         repeats &= torch.arange(raw.shape[1], device=device)[None] >= first[:, None]
         repeats &= (first <= width - n)[:, None]
     if separator.numel():

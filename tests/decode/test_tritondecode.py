@@ -192,3 +192,38 @@ def test_the_fused_habit_kernel_gives_keep_mass_s_logits(tritonsampler, temperat
     tritonsampler.keep_mass_fused(fused, [emoji, laughs], temperatures, MAX_SHIFT)
     assert not torch.equal(expected, logits)  # keep_mass moved something: the comparison is not of two no-ops
     torch.testing.assert_close(fused, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_words", [True, False], ids=["words", "tokens"])
+def test_the_fused_no_repeat_kernel_bans_what_the_rule_bans(tritonsampler, with_words):
+    """The no-repeat rule's one kernel against block_repeats_rows's torch ops, over the rule's own test replies
+    (tests/decode/test_character.py): any lengths, shorter than the run too, separators, word-internal runs, loops in
+    other spellings; every row alone and all of them left-padded into one batch."""
+    from test_character import LAUGH, SPELLINGS
+
+    from talkalike.decode.sampling import MAX_WORD_TOKENS, WordClasses, _left_padded, block_repeats_rows
+
+    vocab = len(LAUGH) + len(SPELLINGS)
+    words = WordClasses(LAUGH + SPELLINGS, vocab, "cpu") if with_words else None
+    generator = torch.Generator().manual_seed(3)
+    replies = [torch.tensor([2] + [1] * (MAX_WORD_TOKENS + 2)), torch.tensor([2, 1, 1, 1]), torch.tensor([3]),
+               torch.tensor([4, 3, 5, 4, 3, 5]), torch.tensor([1, 2, 2])]
+    replies += [torch.randint(0, vocab, (int(torch.randint(1, 14, (1,), generator=generator)),), generator=generator)
+                for _ in range(30)]
+    replies += [torch.randint(7, 10, (12,), generator=generator) for _ in range(10)]  # few tokens: many repeats
+    replies += [torch.randint(0, vocab, (300,), generator=generator)]  # more than one block of positions
+    for separator in (torch.tensor([6 + len(LAUGH)]), torch.tensor([], dtype=torch.long)):
+        for n in (2, 3, 4):
+            expected = torch.zeros(len(replies), vocab + 3)
+            block_repeats_rows(expected, replies, n, separator, words)
+            assert torch.isinf(expected).any()  # the comparison below can fail
+            width = max(len(reply) for reply in replies)
+            first = torch.tensor([width - len(reply) for reply in replies])
+            fused = torch.zeros(len(replies), vocab + 3)
+            tritonsampler.block_repeats_fused(fused, _left_padded(replies, 0), first, n, separator, words)
+            assert torch.equal(fused, expected), (n, separator)
+            for row, reply in enumerate(replies):  # alone: no padding
+                if len(reply) >= n:
+                    alone = torch.zeros(1, vocab + 3)
+                    tritonsampler.block_repeats_fused(alone, reply[None], None, n, separator, words)
+                    assert torch.equal(alone[0], expected[row]), (n, row)

@@ -14,6 +14,7 @@ import triton.language as tl
 
 BLOCK_V = 2048  # vocabulary columns a program reads per iteration
 BLOCK_K = 512  # habit columns per iteration
+BLOCK_RUNS = 128  # a reply's positions (runs, word starts) per iteration
 
 
 @triton.jit
@@ -132,3 +133,81 @@ def keep_mass_fused(logits, classes: list, temperatures, max_shift: float) -> No
         temps = torch.full((rows,), float(temperatures), device=logits.device)
     _keep_mass_kernel[(rows,)](logits, logits.stride(0), temps, ids, owner, float(max_shift), vocab, ids.numel(),
                                CLASSES=len(classes), BLOCK_V=BLOCK_V, BLOCK_K=BLOCK_K, num_warps=8)
+
+
+@triton.jit
+def _block_repeats_kernel(logits_ptr, row_stride, padded_ptr, width, first_ptr, sep_ptr, S, of_ptr, opens_ptr,
+                          closes_ptr, members_ptr, SPELLINGS, N: tl.constexpr, WORDS: tl.constexpr,
+                          RAGGED: tl.constexpr, MAX_WORD: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    reply = padded_ptr + row * width
+    out = logits_ptr + row * row_stride
+    if RAGGED:
+        first = tl.load(first_ptr + row).to(tl.int32)
+    else:
+        first = 0
+    # The tail: the last N - 1 tokens (their words), which a run's first N - 1 must equal; one touching the message
+    # separator means no run is a loop.
+    tail_clear = width >= N
+    for j in tl.static_range(N - 1):
+        tail = tl.load(reply + width - N + 1 + j)
+        for s in range(S):
+            tail_clear = tail_clear & (tail != tl.load(sep_ptr + s))
+    every = False
+    if WORDS:
+        # Whether the next token starts a new word: the last one ends with a space, or a word starts inside the
+        # run being completed; or the word being written is already MAX_WORD tokens long. Then every spelling of a
+        # repeated word is banned, else only those that open a new word.
+        every = tl.load(closes_ptr + tl.load(reply + width - 1)) != 0
+        last_start = first
+        for start in range(1, width, BLOCK):
+            p = start + tl.arange(0, BLOCK)
+            ok = p < width
+            token = tl.load(reply + p, mask=ok, other=0)
+            before = tl.load(reply + p - 1, mask=ok, other=0)
+            starts = ((tl.load(opens_ptr + token, mask=ok, other=0) != 0)
+                      | (tl.load(closes_ptr + before, mask=ok, other=0) != 0)) & ok
+            last_start = tl.maximum(last_start, tl.max(tl.where(starts, p, 0), 0))
+            if N > 2:
+                every = every | (tl.sum((starts & (p >= width - N + 2)).to(tl.int32), 0) > 0)
+        every = every | (width - last_start >= MAX_WORD)
+    for start in range(0, width - N + 1, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        repeats = (i <= width - N) & (i >= first)
+        for j in tl.static_range(N):
+            token = tl.load(reply + i + j, mask=repeats, other=0)
+            for s in range(S):
+                repeats = repeats & (token != tl.load(sep_ptr + s))
+            if j < N - 1:
+                tail = tl.load(reply + width - N + 1 + j)
+                if WORDS:
+                    repeats = repeats & (tl.load(of_ptr + token, mask=repeats, other=-1) == tl.load(of_ptr + tail))
+                else:
+                    repeats = repeats & (token == tail)
+        # (scalars broadcast to the block first: Triton's interpreter refuses masks made from a one-element one)
+        repeats = repeats & (tl.zeros([BLOCK], dtype=tl.int1) | tail_clear)
+        # `token` is each run's last: the one the tail would redo
+        if WORDS:
+            every_row = tl.zeros([BLOCK], dtype=tl.int1) | every
+            word = tl.load(of_ptr + token, mask=repeats, other=0)
+            for k in range(SPELLINGS):
+                spelling = tl.load(members_ptr + word * SPELLINGS + k, mask=repeats, other=0)
+                banned = repeats & ((tl.load(opens_ptr + spelling, mask=repeats, other=0) != 0) | every_row)
+                tl.store(out + spelling, float("-inf"), mask=banned)
+        else:
+            tl.store(out + token, float("-inf"), mask=repeats)
+
+
+def block_repeats_fused(logits, padded, first, n: int, separator, words) -> None:
+    """sampling.block_repeats_rows's bans in one kernel launch: `padded` [rows, width] the replies left-padded to
+    one width (width >= n), `first` [rows] where each reply begins (None: none is padded), `words` WordClasses or
+    None; -inf written into `logits` [rows, >= vocab] (rows contiguous) on every banned token."""
+    from talkalike.decode.sampling import MAX_WORD_TOKENS
+
+    rows, width = padded.shape
+    padded = padded.contiguous()
+    table = (words.of, words.opens, words.closes, words.members) if words is not None else (padded,) * 4
+    _block_repeats_kernel[(rows,)](
+        logits, logits.stride(0), padded, width, padded if first is None else first, separator, separator.numel(),
+        *table, words.members.shape[1] if words is not None else 0, N=n, WORDS=words is not None,
+        RAGGED=first is not None, MAX_WORD=MAX_WORD_TOKENS, BLOCK=BLOCK_RUNS, num_warps=4)
