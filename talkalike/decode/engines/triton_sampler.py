@@ -46,51 +46,46 @@ def _finite_or_zero(x):
 
 
 @triton.jit
+def _lse_at_one_and_t(base, ids_ptr, cls_ptr, n, t, c, GATHER: tl.constexpr, CLASS: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """The log-sum-exp at temperature 1 and at `t` of a row's columns 0..n-1, online (GATHER: of the columns
+    ids[0..n-1] instead; CLASS: of those whose class is `c`)."""
+    m1 = float("-inf")
+    s1 = 0.0
+    mt = float("-inf")
+    st = 0.0
+    for start in range(0, n, BLOCK):
+        k = start + tl.arange(0, BLOCK)
+        ok = k < n
+        if CLASS:
+            ok = ok & (tl.load(cls_ptr + k, mask=ok, other=-1) == c)
+        if GATHER:
+            columns = tl.load(ids_ptr + k, mask=ok, other=0)
+        else:
+            columns = k
+        x = tl.load(base + columns, mask=ok, other=float("-inf"))
+        m1, s1 = _lse_update(m1, s1, x)
+        mt, st = _lse_update(mt, st, x / t)
+    return _lse(m1, s1), _lse(mt, st)
+
+
+@triton.jit
 def _keep_mass_kernel(logits_ptr, row_stride, temps_ptr, ids_ptr, cls_ptr, max_shift, V, K,
                       CLASSES: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
     row = tl.program_id(0)
     base = logits_ptr + row * row_stride
     t = tl.load(temps_ptr + row)
-    # The whole vocabulary's log-normaliser at 1 and at T (keep_mass: whole_one, whole_t).
-    m1 = float("-inf")
-    s1 = 0.0
-    mt = float("-inf")
-    st = 0.0
-    for start in range(0, V, BLOCK_V):
-        cols = start + tl.arange(0, BLOCK_V)
-        x = tl.load(base + cols, mask=cols < V, other=float("-inf"))
-        m1, s1 = _lse_update(m1, s1, x)
-        mt, st = _lse_update(mt, st, x / t)
-    whole_one = _lse(m1, s1)
-    whole_t = _lse(mt, st)
-    # Every habit column's at 1 and at T, and each class's (keep_mass: habits_one, habits_t; before, after).
-    h1 = float("-inf")
-    hs1 = 0.0
-    ht = float("-inf")
-    hst = 0.0
-    for start in range(0, K, BLOCK_K):
-        k = start + tl.arange(0, BLOCK_K)
-        ids = tl.load(ids_ptr + k, mask=k < K, other=0)
-        x = tl.load(base + ids, mask=k < K, other=float("-inf"))
-        h1, hs1 = _lse_update(h1, hs1, x)
-        ht, hst = _lse_update(ht, hst, x / t)
-    habits_one = _lse(h1, hs1)
-    habits_t = _lse(ht, hst)
+    # The whole vocabulary's log-normaliser at 1 and at T, and the habit columns' (keep_mass: whole_one, whole_t,
+    # habits_one, habits_t).
+    whole_one, whole_t = _lse_at_one_and_t(base, ids_ptr, cls_ptr, V, t, 0, GATHER=False, CLASS=False, BLOCK=BLOCK_V)
+    habits_one, habits_t = _lse_at_one_and_t(base, ids_ptr, cls_ptr, K, t, 0, GATHER=True, CLASS=False,
+                                             BLOCK=BLOCK_K)
     shift = _finite_or_zero((_log_rest(whole_t, habits_t) - _log_rest(whole_one, habits_one)) * t)
     # Each class's move, bounded: its log-sum-exp at T before (chosen / T) and after (chosen + shift / T).
     for c in tl.static_range(CLASSES):
-        c1 = float("-inf")
-        cs1 = 0.0
-        ct = float("-inf")
-        cst = 0.0
-        for start in range(0, K, BLOCK_K):
-            k = start + tl.arange(0, BLOCK_K)
-            own = (k < K) & (tl.load(cls_ptr + k, mask=k < K, other=-1) == c)
-            ids = tl.load(ids_ptr + k, mask=own, other=0)
-            x = tl.load(base + ids, mask=own, other=float("-inf"))
-            c1, cs1 = _lse_update(c1, cs1, x)
-            ct, cst = _lse_update(ct, cst, x / t)
-        change = _finite_or_zero(_lse(c1, cs1) + shift / t - _lse(ct, cst))
+        class_one, class_t = _lse_at_one_and_t(base, ids_ptr, cls_ptr, K, t, c, GATHER=True, CLASS=True,
+                                               BLOCK=BLOCK_K)
+        change = _finite_or_zero(class_one + shift / t - class_t)
         excess = change - tl.minimum(tl.maximum(change, -max_shift), max_shift)
         for start in range(0, K, BLOCK_K):
             k = start + tl.arange(0, BLOCK_K)
