@@ -200,7 +200,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default: serve's, one per physical core)")
     parser.add_argument("--temperature", type=float, help="for every request (default: the run's; 0 with --random-7b)")
     parser.add_argument("--modes", default="queued,batched",
-                        help="queued, batched, and on CUDA batched-triton (the slots' Triton attention)")
+                        help="queued, batched, and on CUDA batched-sdpa (the slots' attention over every position)")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/serve-concurrency"))
     parser.add_argument("--profile", action="store_true",
                         help="also time the batch worker: each step, its draw, and the gap before the next step")
@@ -231,7 +231,7 @@ def main() -> int:
     for mode in args.modes.split(","):
         from talkalike.decode import slots
 
-        slots.ATTENTION = "triton" if mode == "batched-triton" else "sdpa"
+        slots.ATTENTION = "sdpa" if mode == "batched-sdpa" else "triton"
         # No 503s: queued streams wait as long as the ones before them take.
         settings = ServeSettings(batch_rows=1 if mode == "queued" else max(args.streams, 2), queue_timeout_s=3600)
         app = create_app(twin, settings)

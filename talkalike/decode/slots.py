@@ -7,15 +7,15 @@ prefilling its slot (eagerly: the prompt has its own length) and every step runs
 torch.compile'd graph, replayed as a CUDA graph, whatever rows are live (an idle slot computes and is ignored). No
 padding, no cache copies when rows join or leave. `Slots` offers the calls live.py makes on batch.py's Batch.
 
-The attention is SDPA with a mask, which reads all max_len positions of every slot at every step, however short the
-replies (at 8 slots of a 7B model, 8 x 32 layers x 2,048 positions of keys and values). `attention="triton"` attends
-each slot to its own positions only: engines/triton_step.slot_attention, split over 64-position blocks of each slot's
-cache, whose programs past a slot's position exit without reading (an idle slot reads one position). It matches SDPA
-under Triton's interpreter (tests/decode/test_tritondecode.py); it becomes the default on CUDA once
-`tests/test_gpu.py` and benchmarks/gpu_slots.py have run it on a GPU (not yet: no GPU was lent since it was written).
+Each slot attends to its own positions only (`attention="triton"`, the default where it fits):
+engines/triton_step.slot_attention, split over 64-position blocks of each slot's cache, whose programs past a slot's
+position exit without reading (an idle slot reads one position). It matches SDPA under Triton's interpreter
+(tests/decode/test_tritondecode.py) and on a GPU (tests/test_gpu.py). `attention="sdpa"` is SDPA with a mask, which
+reads all max_len positions of every slot at every step, however short the replies (at 8 slots of a 7B model,
+8 x 32 layers x 2,048 positions of keys and values): the CPU's, and head shapes the Triton tiles do not take.
 
     slots = Slots(model, rows=8, max_len=2048)      # live.py builds it for a fusable model on a CUDA device
-    Slots(model, rows=8, attention="triton")         # each slot's own positions (benchmarks/gpu_slots.py compares)
+    Slots(model, rows=8, attention="sdpa")           # every position, masked (benchmarks/gpu_slots.py compares)
 """
 
 import os
@@ -25,7 +25,10 @@ from talkalike.decode.engines import apply_rope
 from talkalike.decode.engines.cuda_graph import FusedStep
 
 MAX_LEN = 2048  # positions per slot: the default 1,024-token context and serve's longest reply (max_tokens 1,024)
-ATTENTION = "sdpa"  # what Slots attends with when not told (benchmarks/serve_concurrency.py's batched-triton sets it)
+# What Slots attends with when not told: each slot's own positions where slot_attention fits (CUDA, a head shape its
+# tiles take), else masked SDPA. On an H200, 8 streams of a 7B model: 4.27x one stream's tokens/s with Triton, 3.04x
+# with SDPA in the same run (BENCHMARKS.md, "Several people at once"). benchmarks/serve_concurrency.py sets it.
+ATTENTION = "triton"
 
 
 class Slots:
@@ -41,7 +44,7 @@ class Slots:
         self.fused = FusedStep(model, max_len)  # the fused weights, the RoPE table, the layer maths
         self.model, self.rows, self.max_len = model, rows, max_len
         self.device = self.fused.cos.device
-        self.attention = attention or ATTENTION
+        self.attention = attention or (ATTENTION if ATTENTION == "sdpa" or self._triton_fits() else "sdpa")
         assert self.attention in ("triton", "sdpa"), f"unknown attention {self.attention!r}"
         assert self.attention == "sdpa" or self._triton_fits(), "slot_attention needs CUDA (or Triton's interpreter)"
         if self.attention == "triton":
