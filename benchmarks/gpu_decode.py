@@ -222,13 +222,13 @@ def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -
                  "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
     from talkalike.decode import language, sampling
 
-    # the habits' odds and the no-repeat rule in torch ops, as before engines/triton_sampler.py
-    language.FUSED_HABITS = sampling.FUSED_REPEATS = False
+    # the habits' odds, the steer and the no-repeat rule in torch ops, as before engines/triton_sampler.py
+    language.FUSED_HABITS = language.FUSED_STEER = sampling.FUSED_REPEATS = False
     try:
         sampled_speeds = [time_tokens(sampled)[0] for _ in range(2)]
     finally:
-        language.FUSED_HABITS = sampling.FUSED_REPEATS = True
-    rows.append({"variant": "the same, the habits' odds and the no-repeat rule in torch ops (unfused)",
+        language.FUSED_HABITS = language.FUSED_STEER = sampling.FUSED_REPEATS = True
+    rows.append({"variant": "the same, the habits' odds, the steer and the no-repeat rule in torch ops (unfused)",
                  "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
     return rows
 

@@ -100,13 +100,13 @@ def main() -> int:
         logits = torch.randn(1, args.vocab, device=device) * 3
         temperature = [generation.temperature]
         buffer = sampler.logits[:1]
-        def unfused(fn):  # `fn` with keep_mass and the no-repeat rule in torch ops (the Triton kernels off)
+        def unfused(fn):  # `fn` with keep_mass, the steer and the no-repeat rule in torch ops (the Triton kernels off)
             def run():
-                language.FUSED_HABITS = sampling.FUSED_REPEATS = False
+                language.FUSED_HABITS = language.FUSED_STEER = sampling.FUSED_REPEATS = False
                 try:
                     return fn()
                 finally:
-                    language.FUSED_HABITS = sampling.FUSED_REPEATS = True
+                    language.FUSED_HABITS = language.FUSED_STEER = sampling.FUSED_REPEATS = True
             return run
 
         whole = lambda: sampler(logits, seen, temperature, [reply], blocked)  # noqa: E731
@@ -114,9 +114,9 @@ def main() -> int:
         within = lambda: sampler(logits, seen, temperature, [inside], blocked)  # noqa: E731
         parts = {
             "the chat's whole draw at a message start (Sampler.__call__)": whole,
-            "the same, keep_mass and the no-repeat rule in torch ops": unfused(whole),
+            "the same, keep_mass, the steer and the no-repeat rule in torch ops": unfused(whole),
             "the chat's whole draw inside a message (most tokens)": within,
-            "the same inside, keep_mass and the no-repeat rule in torch ops": unfused(within),
+            "the same inside, keep_mass, the steer and the no-repeat rule in torch ops": unfused(within),
             "copy + pad + blocked mask": lambda: (buffer[:, : args.vocab].copy_(logits),
                                                   buffer[:, args.vocab:].fill_(float("-inf")),
                                                   blocked is None or buffer[:, : args.vocab].masked_fill_(
@@ -129,6 +129,11 @@ def main() -> int:
             parts["no-repeat rule by words in torch ops"] = unfused(rule)
         if sampler.starts is not None:
             parts["message start (MessageStart)"] = lambda: sampler._opener_scales(temperature, [reply])
+        if sampler.steer is not None:
+            steer = lambda: sampler.steer.apply(buffer[:, : args.vocab], sampler.shares, temperature,  # noqa: E731
+                                                [inside])
+            parts["language steer (Steer.apply, one Triton kernel on CUDA)"] = steer
+            parts["language steer in torch ops"] = unfused(steer)
         if sampler.habits:
             work = torch.empty(1, args.vocab, device=device)
             habits = lambda: keep_mass(buffer[:, : args.vocab], sampler.habits, temperature[0], work)  # noqa: E731

@@ -537,3 +537,28 @@ def test_the_fused_no_repeat_kernel_bans_what_the_rule_bans_on_a_gpu(tiny_tokeni
         one = torch.zeros(1, vocab + 64, device=device)
         sampling.block_repeats_rows(one, replies[-1:], n, separator, words)
         assert torch.equal(one, alone), n
+
+
+def test_the_fused_steer_kernel_rescales_as_the_steer_does_on_a_gpu(monkeypatch):
+    """The language steer on CUDA is one Triton kernel (engines/triton_sampler.py): the torch ops' logits, for a
+    device reply at a message start and not, at a number and at a device temperature (a message's opener)."""
+    from talkalike.decode import language
+
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    vocab = 32000
+    masks = torch.zeros(vocab, 2, device=device)
+    masks[:9000, 0] = 1
+    masks[20000:26000, 1] = 1
+    steer = language.Steer(other="HEBREW", shares={"latin": 0.3, "other": 0.8, "any": 0.5}, masks=masks,
+                           start_tail=[10, 11])
+    logits = torch.randn(1, vocab, device=device) * 3
+    for reply in (torch.tensor([4, 10, 11], device=device), torch.tensor([4, 10, 12], device=device)):
+        for scales in (None, [torch.tensor(0.9, device=device)]):
+            fused, plain = logits.clone(), logits.clone()
+            steer.apply(fused, [0.3], [0.7], [reply], scales)
+            monkeypatch.setattr(language, "FUSED_STEER", False)
+            steer.apply(plain, [0.3], [0.7], [reply], scales)
+            monkeypatch.setattr(language, "FUSED_STEER", True)
+            assert torch.equal(plain, logits) == (int(reply[-1]) == 12)
+            torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)

@@ -30,7 +30,8 @@ LATIN = "LATIN"
 MIN_MESSAGES = 20  # persona messages opening in a letter needed for a share of their own; else the overall share
 MIN_SHARE = 0.02  # a second script opening fewer of the persona's messages than this is not steered toward
 MAX_SHIFT = 4.0  # a script's mass is scaled by at most e^4 either way: a nudge toward the persona's mix
-FUSED_HABITS = True  # keep_mass on a CUDA device as one Triton kernel (benchmarks/gpu_sampler.py times both)
+# keep_mass and the steer on a CUDA device as one Triton kernel each (benchmarks/gpu_sampler.py times both ways)
+FUSED_HABITS = FUSED_STEER = True
 BYTE_STAND_INS = re.compile("[\u00a1-\u0143]")  # how a byte-level BPE spells the bytes outside printable ASCII
 
 
@@ -238,6 +239,11 @@ class Steer:
             if isinstance(share, tuple):  # a reply's length is known on the host, on a GPU too
                 share = share[0] if len(reply) == 0 else share[1]
             line = logits[row]
+            if line.is_cuda and FUSED_STEER and line.is_contiguous():  # one kernel (engines/triton_sampler.py)
+                from talkalike.decode.engines.triton_sampler import steer_fused
+
+                steer_fused(line, self.masks, share, temperature, start, MAX_SHIFT)
+                continue
             probs = torch.softmax(line / temperature, dim=-1)
             latin, other = (probs @ self.masks).clamp_min(1e-12).unbind()
             both = latin + other

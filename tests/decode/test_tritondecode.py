@@ -227,3 +227,27 @@ def test_the_fused_no_repeat_kernel_bans_what_the_rule_bans(tritonsampler, with_
                     alone = torch.zeros(1, vocab + 3)
                     tritonsampler.block_repeats_fused(alone, reply[None], None, n, separator, words)
                     assert torch.equal(alone[0], expected[row]), (n, row)
+
+
+@pytest.mark.parametrize("start", [True, "held", "not held"])
+@pytest.mark.parametrize("temperature", [0.7, "tensor"])
+def test_the_fused_steer_kernel_rescales_as_the_steer_does(tritonsampler, start, temperature):
+    from talkalike.decode.language import MAX_SHIFT, Steer
+
+    torch.manual_seed(0)
+    vocab = 5000  # more than one block of columns
+    masks = torch.zeros(vocab, 2)
+    masks[:1500, 0] = 1  # Latin-script tokens
+    masks[3000:4200, 1] = 1  # the other script's
+    steer = Steer(other="HEBREW", shares={"latin": 0.3, "other": 0.8, "any": 0.5}, masks=masks, start_tail=[10, 11])
+    logits = torch.randn(1, vocab) * 3
+    logits[0, 4500:] = float("-inf")
+    reply = torch.tensor([4, 10, 11] if start != "not held" else [4, 10, 12])
+    scale = None if temperature == 0.7 else [torch.tensor(0.7)]
+    expected, fused = logits.clone(), logits.clone()
+    steer.apply(expected, [0.3], [0.7], [reply if start != True else [4, 10, 11]], scale)
+    # on a GPU the start of a device reply is a 0-dim device tensor (the CPU's reply gives a bool)
+    at_start = True if start is True else torch.tensor(steer.at_start(reply))
+    tritonsampler.steer_fused(fused[0], masks, 0.3, 0.7 if scale is None else scale[0], at_start, MAX_SHIFT)
+    assert torch.equal(expected, logits) == (start == "not held")  # the steer moved it, unless no message starts
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)

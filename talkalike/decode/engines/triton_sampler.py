@@ -206,3 +206,63 @@ def block_repeats_fused(logits, padded, first, n: int, separator, words) -> None
         logits, logits.stride(0), padded, width, padded if first is None else first, separator, separator.numel(),
         *table, words.members.shape[1] if words is not None else 0, N=n, WORDS=words is not None,
         RAGGED=first is not None, MAX_WORD=MAX_WORD_TOKENS, BLOCK=BLOCK_RUNS, num_warps=4)
+
+
+@triton.jit
+def _steer_kernel(line_ptr, masks_ptr, V, t_ptr, t_value, start_ptr, share, max_shift, T_TENSOR: tl.constexpr,
+                  START_TENSOR: tl.constexpr, BLOCK: tl.constexpr):
+    if T_TENSOR:
+        t = tl.load(t_ptr).to(tl.float32)
+    else:
+        t = t_value
+    # The probability the two scripts' tokens hold at temperature t: a softmax's sums, online.
+    m = float("-inf")
+    total = 0.0
+    latin = 0.0
+    other = 0.0
+    for start in range(0, V, BLOCK):
+        v = start + tl.arange(0, BLOCK)
+        ok = v < V
+        y = tl.load(line_ptr + v, mask=ok, other=float("-inf")) / t
+        new = tl.maximum(m, tl.max(y, 0))
+        safe = tl.where(new == float("-inf"), 0.0, new)
+        rescale = tl.exp(m - safe)
+        weight = tl.exp(y - safe)
+        total = total * rescale + tl.sum(weight, 0)
+        latin = latin * rescale + tl.sum(weight * tl.load(masks_ptr + 2 * v, mask=ok, other=0.0), 0)
+        other = other * rescale + tl.sum(weight * tl.load(masks_ptr + 2 * v + 1, mask=ok, other=0.0), 0)
+        m = new
+    latin = tl.maximum(latin / total, 1e-12)
+    other = tl.maximum(other / total, 1e-12)
+    both = latin + other
+    shift_latin = tl.minimum(tl.maximum(tl.log((1 - share) * both / latin), -max_shift), max_shift)
+    shift_other = tl.minimum(tl.maximum(tl.log(share * both / other), -max_shift), max_shift)
+    shift_latin = tl.where(shift_latin == shift_latin, shift_latin, 0.0) * t
+    shift_other = tl.where(shift_other == shift_other, shift_other, 0.0) * t
+    if START_TENSOR:  # a device-side condition: no shift unless it holds
+        at_start = tl.load(start_ptr).to(tl.float32)
+        shift_latin = shift_latin * at_start
+        shift_other = shift_other * at_start
+    for start in range(0, V, BLOCK):
+        v = start + tl.arange(0, BLOCK)
+        ok = v < V
+        x = tl.load(line_ptr + v, mask=ok, other=0.0)
+        x += tl.load(masks_ptr + 2 * v, mask=ok, other=0.0) * shift_latin
+        x += tl.load(masks_ptr + 2 * v + 1, mask=ok, other=0.0) * shift_other
+        tl.store(line_ptr + v, x, mask=ok)
+
+
+def steer_fused(line, masks, share: float, temperature, start, max_shift: float) -> None:
+    """language.Steer.apply's rescaling of one row `line` [vocab] (fp32, contiguous) in one kernel launch: `masks`
+    [vocab, 2] (contiguous), `temperature` a number or a 0-dim device tensor, `start` the message-start condition
+    (a bool, or a 0-dim device tensor)."""
+    import torch
+
+    if start is False:
+        return
+    assert line.is_contiguous() and masks.is_contiguous() and line.dtype == torch.float32
+    t_tensor, start_tensor = torch.is_tensor(temperature), torch.is_tensor(start)
+    _steer_kernel[(1,)](line, masks.float() if masks.dtype != torch.float32 else masks, line.shape[0],
+                        temperature if t_tensor else line, 1.0 if t_tensor else float(temperature),
+                        start if start_tensor else line, float(share), float(max_shift), T_TENSOR=t_tensor,
+                        START_TENSOR=start_tensor, BLOCK=BLOCK_V, num_warps=8)
