@@ -220,15 +220,15 @@ def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -
     sampled_speeds = [time_tokens(sampled)[0] for _ in range(2)]
     rows.append({"variant": "talkalike tokens() with the chat's sampler, no text (same engine)",
                  "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
-    from talkalike.decode import language, sampling
+    from talkalike.decode import sampling
 
-    # the habits' odds, the steer and the no-repeat rule in torch ops, as before engines/triton_sampler.py
-    language.FUSED_HABITS = language.FUSED_STEER = sampling.FUSED_REPEATS = False
+    # the sampler in torch ops, no Triton kernels, as before engines/triton_sampler.py
+    sampling.use_kernels(False)
     try:
         sampled_speeds = [time_tokens(sampled)[0] for _ in range(2)]
     finally:
-        language.FUSED_HABITS = language.FUSED_STEER = sampling.FUSED_REPEATS = True
-    rows.append({"variant": "the same, the habits' odds, the steer and the no-repeat rule in torch ops (unfused)",
+        sampling.use_kernels(True)
+    rows.append({"variant": "the same, the sampler in torch ops, no Triton kernels (unfused)",
                  "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
     return rows
 

@@ -72,7 +72,7 @@ def main() -> int:
     from gpu_decode import save_run
     from transformers import AutoModelForCausalLM, MistralConfig
 
-    from talkalike.decode import language, sampling
+    from talkalike.decode import sampling
     from talkalike.decode.language import keep_mass
     from talkalike.decode.stream import reply_sampler
     from talkalike.decode.twin import Twin
@@ -100,13 +100,13 @@ def main() -> int:
         logits = torch.randn(1, args.vocab, device=device) * 3
         temperature = [generation.temperature]
         buffer = sampler.logits[:1]
-        def unfused(fn):  # `fn` with keep_mass, the steer and the no-repeat rule in torch ops (the Triton kernels off)
+        def unfused(fn):  # `fn` with the sampler in torch ops (no Triton kernels)
             def run():
-                language.FUSED_HABITS = language.FUSED_STEER = sampling.FUSED_REPEATS = False
+                sampling.use_kernels(False)
                 try:
                     return fn()
                 finally:
-                    language.FUSED_HABITS = language.FUSED_STEER = sampling.FUSED_REPEATS = True
+                    sampling.use_kernels(True)
             return run
 
         whole = lambda: sampler(logits, seen, temperature, [reply], blocked)  # noqa: E731
@@ -114,9 +114,9 @@ def main() -> int:
         within = lambda: sampler(logits, seen, temperature, [inside], blocked)  # noqa: E731
         parts = {
             "the chat's whole draw at a message start (Sampler.__call__)": whole,
-            "the same, keep_mass, the steer and the no-repeat rule in torch ops": unfused(whole),
+            "the same, the sampler in torch ops (no Triton kernels)": unfused(whole),
             "the chat's whole draw inside a message (most tokens)": within,
-            "the same inside, keep_mass, the steer and the no-repeat rule in torch ops": unfused(within),
+            "the same inside, the sampler in torch ops (no Triton kernels)": unfused(within),
             "copy + pad + blocked mask": lambda: (buffer[:, : args.vocab].copy_(logits),
                                                   buffer[:, args.vocab:].fill_(float("-inf")),
                                                   blocked is None or buffer[:, : args.vocab].masked_fill_(
@@ -139,8 +139,10 @@ def main() -> int:
             habits = lambda: keep_mass(buffer[:, : args.vocab], sampler.habits, temperature[0], work)  # noqa: E731
             parts["habits (keep_mass, one Triton kernel on CUDA)"] = habits
             parts["habits (keep_mass in torch ops)"] = unfused(habits)
-        parts["penalty + draw (choose)"] = lambda: sampling.choose(
+        draw = lambda: sampling.choose(  # noqa: E731
             buffer, seen, temperature, generation, sampler.generator, args.vocab)
+        parts["penalty + draw (choose, the penalty and the weights in Triton on CUDA)"] = draw
+        parts["penalty + draw in torch ops"] = unfused(draw)
         for name, fn in parts.items():
             rows.append({"part": name, "device_ms": device_ms(device, fn, args.draws), "kernels": kernels(device, fn)})
             print(json.dumps(rows[-1]), flush=True)

@@ -562,3 +562,29 @@ def test_the_fused_steer_kernel_rescales_as_the_steer_does_on_a_gpu(monkeypatch)
             monkeypatch.setattr(language, "FUSED_STEER", True)
             assert torch.equal(plain, logits) == (int(reply[-1]) == 12)
             torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_the_fused_penalty_and_weights_draw_the_tokens_the_torch_ops_draw_on_a_gpu(monkeypatch):
+    """choose's penalty and first-stage weights on CUDA are Triton kernels (engines/triton_sampler.py): with the same
+    generator the same tokens come out as from the torch ops, rows at their own temperatures, one of them greedy."""
+    from talkalike.decode import sampling
+    from talkalike.decode.config import GenerationConfig
+
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    vocab = 32000
+    width = -(-vocab // sampling.BLOCK) * sampling.BLOCK
+    config = GenerationConfig(repetition_penalty=1.3, top_p=1.0)
+    drawn = {}
+    for fused in (True, False):
+        monkeypatch.setattr(sampling, "FUSED_DRAW", fused)
+        generator = torch.Generator(device=device).manual_seed(5)
+        picks = []
+        for k in range(20):
+            made = torch.Generator(device=device).manual_seed(k)
+            logits = torch.full((3, width), float("-inf"), device=device)
+            logits[:, :vocab] = torch.randn(3, vocab, device=device, generator=made) * 2
+            seen = torch.randint(0, vocab, (3, 600), device=device, generator=made)
+            picks.append(sampling.choose(logits, seen, [0.7, 0.0, 1.3], config, generator, vocab))
+        drawn[fused] = torch.stack(picks)
+    assert torch.equal(drawn[True], drawn[False])

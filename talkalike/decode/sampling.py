@@ -19,7 +19,18 @@ from talkalike.decode.language import keep_mass
 BLOCK = 512  # two-stage sampling: 262,144 = 512 x 512, so each stage draws from 512 values
 TOP_P_CANDIDATES = 1024  # top-p looks for its nucleus among the most likely tokens first (exact; else a full sort)
 CHUNK_ROWS = 2  # rows of logits transformed together while they sit in the CPU's L2 cache
-FUSED_REPEATS = True  # the no-repeat rule on a CUDA device as one Triton kernel (benchmarks/gpu_sampler.py times both)
+# On a CUDA device, the no-repeat rule, and the penalty and the draw's weights, as Triton kernels
+# (engines/triton_sampler.py; benchmarks/gpu_sampler.py times both ways)
+FUSED_REPEATS = FUSED_DRAW = True
+
+
+def use_kernels(on: bool) -> None:
+    """Whether the sampler's parts run as Triton kernels on a CUDA device (the default) or as torch ops: the habits,
+    the steer, the no-repeat rule, the penalty and the draw's weights (benchmarks compare both in one run)."""
+    from talkalike.decode import language
+
+    global FUSED_REPEATS, FUSED_DRAW
+    FUSED_REPEATS = FUSED_DRAW = language.FUSED_HABITS = language.FUSED_STEER = on
 
 
 class Sampler:
@@ -340,7 +351,12 @@ def choose(logits, seen, temperatures: list[float], config: GenerationConfig, ge
     `temperatures`)."""
     import torch
 
-    if config.repetition_penalty != 1.0:
+    fused = logits.is_cuda and FUSED_DRAW  # the penalty and the first stage's weights in one kernel each
+    if config.repetition_penalty != 1.0 and fused:
+        from talkalike.decode.engines.triton_sampler import penalty_fused
+
+        penalty_fused(logits, seen if seen.stride(1) == 1 else seen.contiguous(), config.repetition_penalty)
+    elif config.repetition_penalty != 1.0:
         # HF's RepetitionPenaltyLogitsProcessor on the seen tokens only; a repeated id gets the same value twice.
         picked = logits.gather(1, seen)
         picked = torch.where(picked > 0, picked / config.repetition_penalty, picked * config.repetition_penalty)
@@ -355,8 +371,12 @@ def choose(logits, seen, temperatures: list[float], config: GenerationConfig, ge
             host_values([t if t > 0 else 1.0 for t in temperatures], logits.device)[:, None]
     blocks = logits.view(logits.shape[0], -1, BLOCK)
     sums = torch.empty(blocks.shape[:2], device=logits.device)
+    if fused:
+        from talkalike.decode.engines.triton_sampler import weights_fused
+
+        weights_fused(logits, scale, vocab, sums, BLOCK)
     # A few rows at a time, so the five passes below find a row in the CPU cache (a 262k-vocabulary row is 1 MB).
-    for start in range(0, logits.shape[0], CHUNK_ROWS):
+    for start in range(0, 0 if fused else logits.shape[0], CHUNK_ROWS):
         part = logits[start: start + CHUNK_ROWS]
         rows_scale = scale[start: start + CHUNK_ROWS] if torch.is_tensor(scale) else scale
         # softmax(l / T) without normalising: exp((l - max) / T), in place. Clamped at -80: below fp32's normal

@@ -251,3 +251,33 @@ def test_the_fused_steer_kernel_rescales_as_the_steer_does(tritonsampler, start,
     tritonsampler.steer_fused(fused[0], masks, 0.3, 0.7 if scale is None else scale[0], at_start, MAX_SHIFT)
     assert torch.equal(expected, logits) == (start == "not held")  # the steer moved it, unless no message starts
     torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.7, "rows"])
+def test_the_fused_penalty_and_weights_give_the_draw_s_first_stage(tritonsampler, temperature):
+    """sampling.choose's repetition penalty (each seen id once, however often seen) and its first stage (the
+    unnormalised softmax at each row's temperature, 0 past the vocabulary, and every block's sum) in two kernels."""
+    from talkalike.decode.sampling import BLOCK
+
+    torch.manual_seed(0)
+    vocab, width = 4300, 9 * BLOCK  # padded to whole blocks past the vocabulary; tiles of 8 blocks, the last cut
+    logits = torch.full((3, width), float("-inf"))
+    logits[:, :vocab] = torch.randn(3, vocab) * 3
+    logits[1, 100:120] = float("-inf")  # blocked tokens
+    seen = torch.randint(0, vocab, (3, 700))
+    seen[:, 600:] = seen[:, :100]  # ids seen twice: penalised once
+    scale = 0.7 if temperature == 0.7 else torch.tensor([[0.7], [1.0], [1.6]])
+    expected = logits.clone()
+    picked = expected.gather(1, seen)
+    expected.scatter_(1, seen, torch.where(picked > 0, picked / 1.3, picked * 1.3))
+    penalised = expected.clone()
+    expected.sub_(expected.amax(-1, keepdim=True)).div_(scale).clamp_(min=-80.0).exp_()
+    expected[:, vocab:] = 0.0
+    expected_sums = expected.view(3, -1, BLOCK).sum(-1)
+    fused = logits.clone()
+    tritonsampler.penalty_fused(fused, seen, 1.3)
+    assert torch.equal(fused, penalised)
+    sums = torch.empty(3, width // BLOCK)
+    tritonsampler.weights_fused(fused, scale, vocab, sums, BLOCK)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=0)
+    torch.testing.assert_close(sums, expected_sums, rtol=1e-5, atol=0)

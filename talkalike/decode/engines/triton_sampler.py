@@ -266,3 +266,78 @@ def steer_fused(line, masks, share: float, temperature, start, max_shift: float)
                         temperature if t_tensor else line, 1.0 if t_tensor else float(temperature),
                         start if start_tensor else line, float(share), float(max_shift), T_TENSOR=t_tensor,
                         START_TENSOR=start_tensor, BLOCK=BLOCK_V, num_warps=8)
+
+
+@triton.jit
+def _penalty_kernel(logits_ptr, row_stride, seen_ptr, seen_stride, scratch_ptr, n, penalty, BLOCK: tl.constexpr):
+    """The repetition penalty on every seen token of a row, each once however often seen: all the seen logits are
+    read (into `scratch`) before any is written, as gather-then-scatter does."""
+    row = tl.program_id(0)
+    out = logits_ptr + row * row_stride
+    for start in range(0, n, BLOCK):
+        k = start + tl.arange(0, BLOCK)
+        ok = k < n
+        ids = tl.load(seen_ptr + row * seen_stride + k, mask=ok, other=0)
+        x = tl.load(out + ids, mask=ok, other=0.0)
+        tl.store(scratch_ptr + row * n + k, tl.where(x > 0, x / penalty, x * penalty), mask=ok)
+    tl.debug_barrier()
+    for start in range(0, n, BLOCK):
+        k = start + tl.arange(0, BLOCK)
+        ok = k < n
+        ids = tl.load(seen_ptr + row * seen_stride + k, mask=ok, other=0)
+        tl.store(out + ids, tl.load(scratch_ptr + row * n + k, mask=ok, other=0.0), mask=ok)
+
+
+@triton.jit
+def _weights_kernel(logits_ptr, row_stride, sums_ptr, width, vocab, t_ptr, t_value, T_TENSOR: tl.constexpr,
+                    DRAW_BLOCK: tl.constexpr, TILE: tl.constexpr):
+    """A row's unnormalised softmax at its temperature, exp(max((l - max) / T, -80)), in place (0 past `vocab`), and
+    its sum over every DRAW_BLOCK columns into `sums` (sampling.choose's first stage)."""
+    row = tl.program_id(0)
+    base = logits_ptr + row * row_stride
+    if T_TENSOR:
+        t = tl.load(t_ptr + row)
+    else:
+        t = t_value
+    peak = float("-inf")
+    for start in range(0, width, TILE):
+        v = start + tl.arange(0, TILE)
+        peak = tl.maximum(peak, tl.max(tl.load(base + v, mask=v < width, other=float("-inf")), 0))
+    blocks = width // DRAW_BLOCK
+    for start in range(0, width, TILE):
+        v = start + tl.arange(0, TILE)
+        ok = v < width
+        x = tl.load(base + v, mask=ok, other=float("-inf"))
+        y = tl.exp(tl.maximum((x - peak) / t, -80.0))
+        y = tl.where(v < vocab, y, 0.0)
+        tl.store(base + v, y, mask=ok)
+        block = start // DRAW_BLOCK + tl.arange(0, TILE // DRAW_BLOCK)
+        tl.store(sums_ptr + row * blocks + block, tl.sum(tl.reshape(y, (TILE // DRAW_BLOCK, DRAW_BLOCK)), 1),
+                 mask=block < blocks)
+
+
+def penalty_fused(logits, seen, penalty: float) -> None:
+    """HF's repetition penalty on `logits` [rows, >= vocab] over each row's `seen` ids [rows, n], in one launch."""
+    import torch
+
+    rows, n = seen.shape
+    assert seen.stride(1) == 1 and logits.stride(1) == 1
+    scratch = torch.empty(rows, n, device=logits.device)
+    _penalty_kernel[(rows,)](logits, logits.stride(0), seen, seen.stride(0), scratch, n, float(penalty),
+                             BLOCK=BLOCK_K, num_warps=4)
+
+
+def weights_fused(logits, scale, vocab: int, sums, draw_block: int) -> None:
+    """sampling.choose's exp((l - max) / T) in place and the per-block sums `sums` [rows, width / draw_block], in one
+    launch: `logits` [rows, width] fp32 (rows contiguous, -inf past `vocab`), `scale` one number for every row or a
+    [rows, 1] device tensor."""
+    import torch
+
+    rows, width = logits.shape
+    assert logits.stride(1) == 1 and width % draw_block == 0 and sums.is_contiguous()
+    tile = max(draw_block, 8 * draw_block if width >= 8 * draw_block else draw_block)
+    t_tensor = torch.is_tensor(scale)
+    _weights_kernel[(rows,)](logits, logits.stride(0), sums, width, vocab,
+                             scale.reshape(-1).float().contiguous() if t_tensor else logits,
+                             1.0 if t_tensor else float(scale), T_TENSOR=t_tensor, DRAW_BLOCK=draw_block, TILE=tile,
+                             num_warps=8)
