@@ -222,14 +222,12 @@ def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -
                  "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
     from talkalike.decode import sampling
 
-    # the sampler in torch ops, no Triton kernels, as before engines/triton_sampler.py
-    sampling.use_kernels(False)
-    try:
-        sampled_speeds = [time_tokens(sampled)[0] for _ in range(2)]
-    finally:
-        sampling.use_kernels(True)
-    rows.append({"variant": "the same, the sampler in torch ops, no Triton kernels (unfused)",
-                 "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
+    # every sampler kernel, those still off by default included; then none, as before engines/triton_sampler.py
+    for on, variant in ((True, "the same, every sampler kernel (steer, penalty and weights too)"),
+                        (False, "the same, the sampler in torch ops, no Triton kernels (unfused)")):
+        with sampling.kernels(on):
+            sampled_speeds = [time_tokens(sampled)[0] for _ in range(2)]
+        rows.append({"variant": variant, "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
     return rows
 
 

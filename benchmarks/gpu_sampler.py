@@ -100,22 +100,24 @@ def main() -> int:
         logits = torch.randn(1, args.vocab, device=device) * 3
         temperature = [generation.temperature]
         buffer = sampler.logits[:1]
-        def unfused(fn):  # `fn` with the sampler in torch ops (no Triton kernels)
+        def switched(fn, on):  # `fn` with every sampler part as a Triton kernel (on) or in torch ops
             def run():
-                sampling.use_kernels(False)
-                try:
+                with sampling.kernels(on):
                     return fn()
-                finally:
-                    sampling.use_kernels(True)
             return run
+
+        def unfused(fn):
+            return switched(fn, False)
 
         whole = lambda: sampler(logits, seen, temperature, [reply], blocked)  # noqa: E731
         inside = torch.randint(10, 300, (args.reply,), device=device)  # no separator at its end: inside a message
         within = lambda: sampler(logits, seen, temperature, [inside], blocked)  # noqa: E731
         parts = {
             "the chat's whole draw at a message start (Sampler.__call__)": whole,
+            "the same, every sampler kernel (steer, penalty and weights too)": switched(whole, True),
             "the same, the sampler in torch ops (no Triton kernels)": unfused(whole),
             "the chat's whole draw inside a message (most tokens)": within,
+            "the same inside, every sampler kernel": switched(within, True),
             "the same inside, the sampler in torch ops (no Triton kernels)": unfused(within),
             "copy + pad + blocked mask": lambda: (buffer[:, : args.vocab].copy_(logits),
                                                   buffer[:, args.vocab:].fill_(float("-inf")),
@@ -125,23 +127,23 @@ def main() -> int:
         if generation.no_repeat_ngram > 1:
             rule = lambda: sampling.block_repeats_rows(  # noqa: E731
                 buffer, [reply], generation.no_repeat_ngram, sampler.separator, sampler.words)
-            parts["no-repeat rule by words (block_repeats_rows, one Triton kernel on CUDA)"] = rule
+            parts["no-repeat rule by words (block_repeats_rows, one Triton kernel on CUDA)"] = switched(rule, True)
             parts["no-repeat rule by words in torch ops"] = unfused(rule)
         if sampler.starts is not None:
             parts["message start (MessageStart)"] = lambda: sampler._opener_scales(temperature, [reply])
         if sampler.steer is not None:
             steer = lambda: sampler.steer.apply(buffer[:, : args.vocab], sampler.shares, temperature,  # noqa: E731
                                                 [inside])
-            parts["language steer (Steer.apply, one Triton kernel on CUDA)"] = steer
+            parts["language steer (Steer.apply, one Triton kernel on CUDA)"] = switched(steer, True)
             parts["language steer in torch ops"] = unfused(steer)
         if sampler.habits:
             work = torch.empty(1, args.vocab, device=device)
             habits = lambda: keep_mass(buffer[:, : args.vocab], sampler.habits, temperature[0], work)  # noqa: E731
-            parts["habits (keep_mass, one Triton kernel on CUDA)"] = habits
+            parts["habits (keep_mass, one Triton kernel on CUDA)"] = switched(habits, True)
             parts["habits (keep_mass in torch ops)"] = unfused(habits)
         draw = lambda: sampling.choose(  # noqa: E731
             buffer, seen, temperature, generation, sampler.generator, args.vocab)
-        parts["penalty + draw (choose, the penalty and the weights in Triton on CUDA)"] = draw
+        parts["penalty + draw (choose, the penalty and the weights in Triton on CUDA)"] = switched(draw, True)
         parts["penalty + draw in torch ops"] = unfused(draw)
         for name, fn in parts.items():
             rows.append({"part": name, "device_ms": device_ms(device, fn, args.draws), "kernels": kernels(device, fn)})

@@ -11,6 +11,7 @@ host, so on a GPU the draw is queued behind the step like any other kernel.
     token = sampler(logits, seen_ids, [config.temperature])
 """
 
+import contextlib
 import functools
 
 from talkalike.decode.config import GenerationConfig
@@ -20,17 +21,27 @@ BLOCK = 512  # two-stage sampling: 262,144 = 512 x 512, so each stage draws from
 TOP_P_CANDIDATES = 1024  # top-p looks for its nucleus among the most likely tokens first (exact; else a full sort)
 CHUNK_ROWS = 2  # rows of logits transformed together while they sit in the CPU's L2 cache
 # On a CUDA device, the no-repeat rule, and the penalty and the draw's weights, as Triton kernels
-# (engines/triton_sampler.py; benchmarks/gpu_sampler.py times both ways)
-FUSED_REPEATS = FUSED_DRAW = True
+# (engines/triton_sampler.py; benchmarks/gpu_sampler.py times both ways). The no-repeat kernel has run on a GPU
+# against the torch ops; the penalty and weights kernels have matched them only under Triton's interpreter, so they
+# stay off until a GPU test has run them (tests/test_gpu.py; benchmarks compare with `kernels(True)`).
+FUSED_REPEATS = True
+FUSED_DRAW = False
 
 
-def use_kernels(on: bool) -> None:
-    """Whether the sampler's parts run as Triton kernels on a CUDA device (the default) or as torch ops: the habits,
-    the steer, the no-repeat rule, the penalty and the draw's weights (benchmarks compare both in one run)."""
+@contextlib.contextmanager
+def kernels(on: bool):
+    """Within the block, every part of the sampler runs as a Triton kernel on a CUDA device (`on`) or as torch ops:
+    the habits, the steer, the no-repeat rule, the penalty and the draw's weights; then the defaults are back
+    (benchmarks compare the defaults, every kernel and none in one run)."""
     from talkalike.decode import language
 
     global FUSED_REPEATS, FUSED_DRAW
+    saved = FUSED_REPEATS, FUSED_DRAW, language.FUSED_HABITS, language.FUSED_STEER
     FUSED_REPEATS = FUSED_DRAW = language.FUSED_HABITS = language.FUSED_STEER = on
+    try:
+        yield
+    finally:
+        FUSED_REPEATS, FUSED_DRAW, language.FUSED_HABITS, language.FUSED_STEER = saved
 
 
 class Sampler:
