@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preference-pairs", type=int, metavar="N",
                    help="after the supervised passes, DPO on N pairs of the persona's real reply against one of theirs "
                         "from another conversation (default: the preset's, 0)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="skip the last step, which answers some training turns with the new twin and scales its emoji "
+                        "and laugh odds toward the persona's rates (RUN/generation.json; default: calibrate)")
 
     p = _sub(sub, "update", "catch a run up with later exports: import, rebuild its dataset, continue its adapter, "
                             "keep the new one only if no fidelity measure dropped",

@@ -49,7 +49,7 @@ def cmd_demo(args) -> int:
     else:
         train = ["train", str(dataset), "--name", RUN]
         if args.quick:
-            train += ["--max-steps", str(QUICK_STEPS)]
+            train += ["--max-steps", str(QUICK_STEPS), "--no-calibrate"]  # a first look: no habit calibration
         _step("3/4 fine-tune the embedded Gemma 3 270M with LoRA", common + train)
     limit = QUICK_TURNS if args.quick else TURNS
     canaries = [arg for secret in CANARIES for arg in ("--canary", secret)]

@@ -24,6 +24,9 @@ from talkalike.template import split_bubbles
 
 MEMORY_FILE = "memory.db"
 MEMORY_KEY = "memory"  # set on recalled turns: the renderer gives them no loss, fit_prompt keeps them apart
+# Set on a message of a history taken from the training rows ({"before": the row's start, "besides": its id}):
+# recall at reply time then keeps to earlier conversations, as training's did (evaluate/calibrate.py)
+RECALL_LIMIT = "recall_limit"
 MAX_QUERY_TERMS = 24  # the most distinctive words of the message; BM25 over more adds noise and time
 WORD = re.compile(r"[^\W_]{2,}")  # letters and digits of any script (Hebrew included); emoji and punctuation split
 
@@ -132,12 +135,18 @@ def with_recalled(row: dict, memory: "Memory | None", k: int) -> list[dict]:
     return messages[:head] + as_turns(found) + messages[head:]
 
 
-def recall_turns(memory: "Memory | None", history: list[dict], k: int, before: str | None = None) -> list[dict]:
+def recall_turns(memory: "Memory | None", history: list[dict], k: int, before: str | None = None,
+                 besides: str | None = None) -> list[dict]:
     """Recalled exchanges as earlier turns (user, persona, ...), oldest first, marked with MEMORY_KEY; [] without
-    a memory or with k = 0."""
+    a memory or with k = 0. `before` and `besides` as in Memory.recall."""
     if memory is None or k <= 0:
         return []
-    return as_turns(memory.recall(query_of(history), k, before))
+    return as_turns(memory.recall(query_of(history), k, before, besides))
+
+
+def recall_limit(history: list[dict]) -> dict:
+    """The RECALL_LIMIT a history's messages carry ({"before": ..., "besides": ...}), or {} (recall from anything)."""
+    return next((m[RECALL_LIMIT] for m in history if m.get(RECALL_LIMIT)), {})
 
 
 def as_turns(found: list[Exchange]) -> list[dict]:

@@ -90,3 +90,22 @@ def test_a_training_row_recalls_only_earlier_conversations_after_its_system_line
     alone = with_recalled({"messages": ROWS[1]["messages"], "id": ROWS[1]["id"]}, memory, k=5)
     assert "doors at 9" not in [m["content"] for m in alone[:-2]]
     assert with_recalled(row, memory, k=0) == row["messages"]
+
+
+def test_a_reply_to_a_training_turn_recalls_only_conversations_before_its_own_as_training_did(tmp_path):
+    from types import SimpleNamespace
+
+    from talkalike.decode.config import GenerationConfig
+    from talkalike.decode.turns import prompt_messages
+    from talkalike.memory import RECALL_LIMIT
+
+    twin = SimpleNamespace(memory=Memory.build(ROWS, tmp_path / "memory.db"), contacts=None, persona="Noa")
+    history = [{"role": "user", "content": "coffee at Nechama? and how is Pita"}]
+    _, anything, _ = prompt_messages(twin, history, GenerationConfig(memories=5))
+    assert "yesss" in [m["content"] for m in anything]  # a plain chat recalls from every conversation
+    marked = [history[0] | {RECALL_LIMIT: {"before": ROWS[1]["start"], "besides": ROWS[3]["id"]}}]
+    _, recalled, turns = prompt_messages(twin, marked, GenerationConfig(memories=5))
+    assert recalled and {m["content"] for m in recalled} <= {"how is Pita doing?", "and the scooter?",
+                                                             "pita is asleep on my laptop again 🙈",
+                                                             "still broken" + BUBBLE_SEP + "ugh"}
+    assert turns == history  # the mark stays out of the prompt

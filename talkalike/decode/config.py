@@ -55,6 +55,12 @@ class GenerationConfig:
     # On the sample's twin at 0.5, messages with an emoji 20% -> 32-35% (Noa 38%), with laughter 14% -> 24% (Noa
     # 27%) (BENCHMARKS.md, "Habits at their temperature-1 rate"; decode/language.py).
     keep_habits: bool = True
+    # With keep_habits, each habit class's mass is then multiplied by its scale at every sampled token: the trained
+    # model's own odds can still miss the persona's rate (Noa's twin put an emoji in 31% of its messages at
+    # temperature 1 against her 38.5%). `talkalike train` measures the twin on its own training turns and writes
+    # the scales that bring each rate to the persona's (evaluate/calibrate.py); 1.0 leaves the class as it is.
+    emoji_scale: float = 1.0
+    laughter_scale: float = 1.0
     # The first token of each message after the turn's first is drawn at this temperature (None: the reply's own).
     # A message's first word is where a persona's habits show most ("ok", "wait", "חחחח", "כן"), and a temperature
     # under 1 sharpens it toward the likeliest one: at 0.5 the sample's twin opened 20% of its later messages with
@@ -64,23 +70,40 @@ class GenerationConfig:
     opener_temperature: float | None = 1.0
 
 
-def load_generation_config(run_dir: Path | None) -> GenerationConfig:
-    """The run's tuned defaults (generation.json, written by `tune-generation`), else the original's."""
+def _read(run_dir: Path | None) -> dict:
+    """generation.json's content ({} when there is none)."""
     if run_dir is None or not (Path(run_dir) / GENERATION_FILE).is_file():
-        return GenerationConfig()
+        return {}
     path = Path(run_dir) / GENERATION_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise TalkalikeError(f"{path} is not valid JSON ({error}); fix it or delete it to use the defaults") from None
+    if not isinstance(data, dict):
+        raise TalkalikeError(f"{path} holds no settings object; fix it or delete it to use the defaults")
+    return data
+
+
+def load_generation_config(run_dir: Path | None) -> GenerationConfig:
+    """The run's defaults (generation.json, written by `train`'s habit calibration and `tune-generation`), else the
+    original's."""
+    data = _read(run_dir)
     # Only the sampling fields are settings; anything else in the file (the tuning table, scores) is a record.
     names = {f.name for f in dataclasses.fields(GenerationConfig)}
-    return GenerationConfig(**{key: value for key, value in data.items() if key in names})
+    config = GenerationConfig(**{key: value for key, value in data.items() if key in names})
+    for name in ("emoji_scale", "laughter_scale"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise TalkalikeError(f"{Path(run_dir) / GENERATION_FILE}: {name} must be a number above 0, not {value!r}")
+    return config
 
 
 def save_generation_config(run_dir: Path, config: GenerationConfig, extra: dict | None = None) -> Path:
-    """Write the run's sampling defaults atomically; `extra` (e.g. the tuning table) is stored beside them."""
-    return write_json(Path(run_dir) / GENERATION_FILE, dataclasses.asdict(config) | (extra or {}))
+    """Write the run's sampling defaults atomically; `extra` (e.g. the tuning table) is stored beside them, and the
+    records already there (the habit calibration's, an earlier tuning's) stay unless `extra` replaces them."""
+    names = {f.name for f in dataclasses.fields(GenerationConfig)}
+    kept = {key: value for key, value in _read(run_dir).items() if key not in names}
+    return write_json(Path(run_dir) / GENERATION_FILE, dataclasses.asdict(config) | kept | (extra or {}))
 
 
 def with_overrides(config: GenerationConfig, **overrides: Any) -> GenerationConfig:

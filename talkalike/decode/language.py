@@ -318,7 +318,8 @@ def _foreign_tensor(tokenizer, vocab: int, own: frozenset[str], device):
 
 
 def habit_columns(twin, device, config) -> "list | None":
-    """The habit classes' token ids, one tensor each on `device`, when config.keep_habits is on, else None."""
+    """The habit classes' token ids, one tensor each on `device` in HABITS order (empty where the vocabulary writes
+    none), when config.keep_habits is on, else None."""
     import torch
 
     if not config.keep_habits:
@@ -326,12 +327,20 @@ def habit_columns(twin, device, config) -> "list | None":
     return _habit_tensors(twin.tokenizer, twin.vocab_size, torch.device(device))
 
 
+HABITS = ("emoji", "laughter")  # habit_token_ids's classes, in the order of habit_columns and habit_scales
+
+
+def habit_scales(config) -> tuple[float, ...]:
+    """Each habit class's mass multiplier (config.emoji_scale, config.laughter_scale), in HABITS order."""
+    return config.emoji_scale, config.laughter_scale
+
+
 @functools.lru_cache(maxsize=4)
 def _habit_tensors(tokenizer, vocab: int, device) -> list:
     import torch
 
-    return [torch.tensor(ids, dtype=torch.long, device=device)
-            for ids in habit_token_ids(tokenizer, vocab).values() if ids]
+    found = habit_token_ids(tokenizer, vocab)
+    return [torch.tensor(found[name], dtype=torch.long, device=device) for name in HABITS]
 
 
 def keep_mass(logits, classes: list, temperatures, work=None) -> None:

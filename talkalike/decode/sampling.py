@@ -15,7 +15,7 @@ import contextlib
 import functools
 
 from talkalike.decode.config import GenerationConfig
-from talkalike.decode.language import keep_mass
+from talkalike.decode.language import habit_scales, keep_mass
 
 BLOCK = 512  # two-stage sampling: 262,144 = 512 x 512, so each stage draws from 512 values
 TOP_P_CANDIDATES = 1024  # top-p looks for its nucleus among the most likely tokens first (exact; else a full sort)
@@ -56,8 +56,10 @@ class Sampler:
         self.config, self.vocab, self.softcap = config, vocab, softcap
         # Language steering (decode/language.py) and each row's share, when config.steer_language is on.
         self.steer, self.shares = steer, shares
-        # Token classes (emoji, laughs: ids or head columns) that keep their mass at temperature 1 (language.py)
+        # Token classes (emoji, laughs: ids or head columns, language.HABITS order) that keep their mass at
+        # temperature 1 (language.py), then have it multiplied by the run's calibrated scale (habit_scales)
         self.habits = habits or []
+        self.habit_bias = _habit_bias(self.habits, habit_scales(config))
         # Token ids (or head columns) no row ever draws: the emoji the persona never wrote (language.foreign_emoji)
         self.banned = banned if banned is not None and banned.numel() else None
         self.work = None  # keep_mass's scratch, [rows, vocab], made on first use
@@ -109,8 +111,24 @@ class Sampler:
             if self.work is None or self.work.shape[0] < n:
                 self.work = torch.empty(n, self.vocab, device=buffer.device)
             keep_mass(buffer[:, : self.vocab], self.habits, scale, self.work[:n])
+        if self.habit_bias is not None:
+            self._scale_habits(buffer, temperatures, on_device)
         return choose(buffer, seen, temperatures, self.config, self.generator if generators is None else generators,
                       self.vocab, on_device)
+
+    def _scale_habits(self, buffer, temperatures: list[float], on_device) -> None:
+        """Multiply each scaled habit class's mass by its scale on the sampled rows: log(scale) added to its logits
+        at the row's temperature (they are divided by it in the draw); greedy rows are left alone."""
+        import torch
+
+        if all(t <= 0 for t in temperatures):
+            return
+        ids, logs = self.habit_bias
+        if on_device is not None:
+            weights = on_device * host_values([float(t > 0) for t in temperatures], buffer.device)[:, None]
+        else:
+            weights = host_values([max(t, 0.0) for t in temperatures], buffer.device)[:, None]
+        buffer.index_add_(1, ids, torch.mul(weights, logs))
 
     def _opener_scales(self, temperatures: list[float], generated: list | None) -> list | None:
         """Each row's temperature for this token when a sampled row is at the start of a message after the turn's
@@ -138,7 +156,8 @@ class Sampler:
         (`Together`)."""
         steer = self.steer
         return (self.config.repetition_penalty, self.config.top_p, self.config.no_repeat_ngram, self.softcap,
-                self.vocab, self.separator_ids, tuple(map(id, self.habits)), id(self.banned), str(self.logits.device),
+                self.vocab, self.separator_ids, tuple(map(id, self.habits)), habit_scales(self.config), id(self.banned),
+                str(self.logits.device),
                 id(self.words),
                 self.config.opener_temperature, None if self.starts is None else tuple(self.starts.tail),
                 None if steer is None else (steer.other, tuple(sorted(steer.shares.items())), id(steer.masks),
@@ -151,6 +170,24 @@ class Sampler:
         return Sampler(dataclasses.replace(self.config, seed=None), self.vocab, rows, self.logits.device,
                        self.softcap, self.separator_ids, self.steer, None, self.habits, self.words, self.starts,
                        self.banned)
+
+
+def _habit_bias(habits: list, scales: tuple[float, ...]):
+    """(the ids of every habit class whose scale is not 1, each id's log(scale)) on the classes' device; None when
+    nothing is scaled."""
+    import math
+
+    import torch
+
+    chosen = [(ids, scale) for ids, scale in zip(habits, scales, strict=False) if ids.numel() and scale != 1.0]
+    if not chosen:
+        return None
+    for _, scale in chosen:
+        if not scale > 0:
+            raise ValueError(f"a habit scale must be above 0, not {scale}")
+    ids = torch.cat([ids for ids, _ in chosen])
+    logs = torch.cat([torch.full((ids.numel(),), math.log(scale), device=ids.device) for ids, scale in chosen])
+    return ids, logs
 
 
 class Together:

@@ -8,7 +8,7 @@ single stream, eval's batches) stops on `stop_token_ids` and on `ends_turn`, and
 from typing import TYPE_CHECKING
 
 from talkalike.errors import TalkalikeError
-from talkalike.memory import recall_turns
+from talkalike.memory import recall_limit, recall_turns
 from talkalike.template import BUBBLE_MARK, BUBBLE_SEP, chat_template, contact_line, render_prompt, stop_strings
 
 if TYPE_CHECKING:
@@ -52,7 +52,8 @@ def prompt_messages(twin: "Twin", history: list[dict], config: "GenerationConfig
     if not system and twin.contacts is not None:
         others = [config.contact] if config.contact else twin.contacts[:1]
         system = [contact_line(twin.persona, others)] if others else []
-    return system, recall_turns(twin.memory, turns, config.memories), turns
+    limit = recall_limit(history)  # a training row's turn recalls only from earlier conversations
+    return system, recall_turns(twin.memory, turns, config.memories, limit.get("before"), limit.get("besides")), turns
 
 
 def fit_messages(twin: "Twin", history: list[dict], config: "GenerationConfig") -> list[dict]:

@@ -311,7 +311,7 @@ def _contiguous_input(module, args):
     return (args[0].contiguous(),) + tuple(args[1:])
 
 
-def _prepare_for_eval(twin, config: EvalConfig) -> None:
+def prepare_for_eval(twin, config: EvalConfig) -> None:
     """Thread count, and a contiguous input for the LM head.
 
     With logits_to_keep=1 a batched prefill hands the head a strided [rows, 1, hidden] slice; torch's linear then
@@ -328,7 +328,7 @@ def _prepare_for_eval(twin, config: EvalConfig) -> None:
 
 
 @contextlib.contextmanager
-def _merged(twin, use_adapter: bool):
+def merged_adapter(twin, use_adapter: bool):
     """A context in which the adapter is merged into the weights (CPU, adapter on), else nothing changes."""
     merge = twin.has_adapter and use_adapter and twin.device.type == "cpu"
     if merge:
@@ -385,7 +385,7 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     timings["load"] = time.perf_counter() - started
     say(f"evaluating {run.name} on {len(turns)} held-out turns: {json.dumps(asdict(config))}")
 
-    _prepare_for_eval(twin, config)
+    prepare_for_eval(twin, config)
     threads = Threads(None if config.threads else torch.get_num_threads())
     threads.calibrate(twin)
     generation = with_overrides(twin.defaults, max_new_tokens=config.max_new_tokens,
@@ -396,7 +396,7 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     # Base first with the adapter switched off, then the tuned model with the adapter merged into the weights
     # (on CPU an unmerged LoRA on every linear layer costs up to half again per forward).
     for name, use_adapter in (("base", False), ("tuned", True)):
-        with _merged(twin, use_adapter):
+        with merged_adapter(twin, use_adapter):
             started = time.perf_counter()
             ppl[name] = perplexity(twin, rows, turns, use_adapter=use_adapter, batch_size=8, threads=threads)
             timings["perplexity"] += time.perf_counter() - started
@@ -444,7 +444,7 @@ def evaluate_run(run_dir: Path, home: Path, config: EvalConfig = EvalConfig(), t
     started = time.perf_counter()
     secrets = list(dict.fromkeys(list(config.canaries) + detect_secrets(persona_train)))
     canaries = find_canaries(train_rows, secrets)
-    with _merged(twin, True):
+    with merged_adapter(twin, True):
         leaks = leak_check(twin, canaries, config.canary_samples, config.max_new_tokens, seed=config.seed,
                            batch_size=config.batch_size, threads=threads)
     timings["canaries"] = time.perf_counter() - started

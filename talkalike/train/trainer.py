@@ -762,9 +762,28 @@ def cmd_train(args) -> int:
         hint = f"`talkalike train --resume {name}`" if name else "`talkalike train --resume NAME` (see runs/*.partial)"
         say(f"interrupted: continue from the last checkpoint with {hint}")
         raise
+    if not args.no_calibrate and int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, the main one
+        calibrate_habits(run, home)
     print(run)
     info = Run.open(run).info
     loss = info.get("best_eval_loss")
     summary = f"eval loss {loss:.2f}" if loss is not None else f"train loss {info['train_loss']:.2f}"
     console.done(f"{info['steps']} steps, {summary}", f"talkalike eval {run.name}")
     return 0
+
+
+def calibrate_habits(run: Path, home: Path) -> None:
+    """The run's emoji and laugh rates calibrated on its own training turns (evaluate/calibrate.py), once the
+    trainer's memory is given back."""
+    import gc
+
+    import torch
+
+    from talkalike.evaluate.calibrate import calibrate_run, summary
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    record = calibrate_run(run, home)
+    if record is not None:
+        say(summary(record))

@@ -174,7 +174,7 @@ def update(run: str, files: list[str], home: Path, *, out: str | None = None, ch
     from talkalike.home import resolve_run, runs_dir
     from talkalike.prepare.dataset import build_from_store
     from talkalike.store import import_files
-    from talkalike.train.trainer import train
+    from talkalike.train.trainer import calibrate_habits, train
 
     evaluate = evaluate or evaluate_run
     eval_config = eval_config or EvalConfig()
@@ -220,6 +220,7 @@ def update(run: str, files: list[str], home: Path, *, out: str | None = None, ch
                       name=candidate_name, epochs=epochs, max_steps=max_steps,
                       all_turns=bool(current.info.get("all_turns")), force=force, progress=progress,
                       adapter=str(current.adapter_dir.resolve()), train_file=str(new_dataset / UPDATE_FILE))
+    calibrate_habits(candidate, home)  # as `train` does: both adapters are then scored with the new scales
 
     say(f"evaluating the previous and the new adapter on the newest held-out turns of {new_dataset}")
     try:

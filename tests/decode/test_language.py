@@ -192,6 +192,39 @@ def test_the_sampler_draws_emoji_at_the_models_own_rate_when_kept_and_less_often
     assert rates[False] < at_one - 0.04
 
 
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_a_calibrated_habit_scale_multiplies_the_class_odds_on_sampled_rows_and_leaves_greedy_rows_alone(scale):
+    import torch
+
+    from talkalike.decode.config import GenerationConfig
+    from talkalike.decode.sampling import Sampler
+
+    logits = torch.zeros(2, 64)
+    logits[:, :4] = 3.0
+    logits[:, 60:] = 2.0  # the emoji class: 18% of the mass at temperature 1
+    at_one = torch.softmax(logits[0], -1)[60:].sum().item()
+    expected = scale * at_one / (scale * at_one + 1 - at_one)  # the class's odds against the rest times the scale
+    seen = torch.zeros(2, 1, dtype=torch.long)
+    config = GenerationConfig(temperature=0.5, repetition_penalty=1.0, seed=0, emoji_scale=scale, laughter_scale=3.0)
+    no_laughs = torch.tensor([], dtype=torch.long)  # a vocabulary without laughs: its scale has nothing to move
+    sampler = Sampler(config, 64, rows=2, device="cpu", habits=[torch.arange(60, 64), no_laughs])
+    draws = [sampler(logits, seen, [0.5, 0.0]) for _ in range(3000)]
+    assert sum(int(d[0]) >= 60 for d in draws) / len(draws) == pytest.approx(expected, abs=0.03)
+    assert all(int(d[1]) < 4 for d in draws)  # the greedy row still takes a plain token
+    plain = Sampler(GenerationConfig(temperature=0.5), 64, 2, "cpu", habits=[torch.arange(60, 64), no_laughs])
+    assert sampler.kind() != plain.kind() and plain.habit_bias is None  # rows of other scales are drawn apart
+
+
+def test_a_habit_scale_must_be_above_zero():
+    import torch
+
+    from talkalike.decode.config import GenerationConfig
+    from talkalike.decode.sampling import Sampler
+
+    with pytest.raises(ValueError, match="above 0"):
+        Sampler(GenerationConfig(emoji_scale=0.0), 64, 1, "cpu", habits=[torch.arange(60, 64), torch.arange(50, 52)])
+
+
 def _habit_tokenizer(byte_level: bool):
     """A small BPE whose vocabulary holds whole emoji (😂, ❤️, 🙈) and laughs."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

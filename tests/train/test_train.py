@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from talkalike.cli import main
+from talkalike.decode.config import GENERATION_FILE
+from talkalike.evaluate.calibrate import RECORD
 from talkalike.train.recipe import PRESETS, cpu_computes_bf16, resolve_recipe
 from talkalike.train.trainer import RUN_FILES, _frozen_plain_head, make_trainer, render_rows, train
 
@@ -271,7 +273,11 @@ def test_the_run_folder_holds_exactly_the_expected_files(tiny_model_dir, dataset
     assert "trainable parameters:" in captured.err
     assert "config: {" not in captured.err  # the resolved config is in run.json; --verbose prints it
     assert captured.err.strip().splitlines()[-1].endswith("→ next: talkalike eval noa")
-    assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
+    # the last step answered training turns with the new twin and wrote its habit scales (evaluate/calibrate.py)
+    assert "habits calibrated on " in captured.err
+    assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES + (GENERATION_FILE,))
+    calibration = json.loads((run / GENERATION_FILE).read_text())[RECORD]
+    assert calibration["training turns"] > 0 and 0 < calibration["emoji"]["scale"] and calibration["messages"] > 0
     assert sorted(p.name for p in (home / "runs").iterdir()) == ["noa"]  # checkpoints removed
     info = json.loads((run / "run.json").read_text())
     assert info["base"]["id"] == str(tiny_model_dir) and info["base"]["revision"]
@@ -407,7 +413,7 @@ def test_a_run_keeps_the_datasets_memory_and_names_its_contacts(tiny_model_dir, 
     assert main(["--home", str(home), "train", "--force", str(folder), "--base", str(tiny_model_dir), "--name", "noa",
                  "--max-steps", "1"]) == 0
     run = Run.open(home / "runs" / "noa")
-    assert sorted(p.name for p in run.dir.iterdir()) == sorted(RUN_FILES + (MEMORY_FILE,))
+    assert sorted(p.name for p in run.dir.iterdir()) == sorted(RUN_FILES + (MEMORY_FILE, GENERATION_FILE))
     assert run.contacts == ["Maya", "Mom"]
     assert len(Memory.open(run.dir)) == len(Memory.open(folder))
 
