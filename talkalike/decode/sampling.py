@@ -102,9 +102,6 @@ class Sampler:
         on_device = None if scales is None else torch.stack([
             t.float() if torch.is_tensor(t) else torch.full((), t if t > 0 else 1.0, device=buffer.device)
             for t in scales])[:, None]
-        if self.steer is not None and generated is not None:
-            self.steer.apply(buffer[:, : self.vocab], shares or self.shares or [None] * n, temperatures, generated,
-                             scales)
         if self.habits and (on_device is not None or any(t > 0 and t != 1 for t in temperatures)):
             scale = on_device if on_device is not None else temperatures[0] if len(set(temperatures)) == 1 else \
                 host_values([t if t > 0 else 1.0 for t in temperatures], buffer.device)[:, None]
@@ -113,6 +110,11 @@ class Sampler:
             keep_mass(buffer[:, : self.vocab], self.habits, scale, self.work[:n])
         if self.habit_bias is not None:
             self._scale_habits(buffer, temperatures, on_device)
+        # The steer last: it sets a message's opening script share from the draw's own masses at its temperature,
+        # the habits' included (a laugh is written in a script too: "lol", "חחח")
+        if self.steer is not None and generated is not None:
+            self.steer.apply(buffer[:, : self.vocab], shares or self.shares or [None] * n, temperatures, generated,
+                             scales)
         return choose(buffer, seen, temperatures, self.config, self.generator if generators is None else generators,
                       self.vocab, on_device)
 

@@ -66,6 +66,26 @@ def test_at_a_message_start_the_other_script_gets_its_share_and_the_rest_keeps_i
     assert torch.allclose(after[0, 6:9] / other, before[0, 6:9] / before[0, 6:9].sum(), atol=1e-5)
 
 
+def test_the_steer_sets_the_opening_share_after_the_habits_are_kept_and_scaled():
+    """A laugh is written in a script ("lol", "חחח"): the habits' odds and scales move the scripts' masses, so the
+    steer comes last and the draw opens in the other script as often as the share says."""
+    import torch
+
+    from talkalike.decode.config import GenerationConfig
+    from talkalike.decode.sampling import Sampler
+
+    config = GenerationConfig(temperature=0.5, repetition_penalty=1.0, no_repeat_ngram=0, seed=0,
+                              opener_temperature=None, emoji_scale=2.0, laughter_scale=3.0)
+    habits = [torch.tensor([0]), torch.tensor([4, 5])]  # an emoji; two Latin laughs
+    sampler = Sampler(config, 12, rows=1, device="cpu", steer=steer_over(), shares=[0.3], habits=habits)
+    torch.manual_seed(3)
+    logits = torch.randn(1, 12)
+    seen = torch.zeros(1, 1, dtype=torch.long)
+    draws = [int(sampler(logits, seen, [0.5], [torch.tensor([4, 10, 11])])[0]) for _ in range(4000)]
+    latin, other = sum(2 <= d < 6 for d in draws), sum(6 <= d < 9 for d in draws)
+    assert other / (latin + other) == pytest.approx(0.3, abs=0.03)
+
+
 def test_a_turns_first_message_takes_the_first_share_and_a_later_one_the_later_share():
     import torch
 

@@ -16,15 +16,17 @@ from talkalike.memory import RECALL_LIMIT
 
 def test_the_correction_brings_a_twin_that_sends_too_few_or_too_many_to_the_persona_s_rate():
     for twin, persona in ((0.30, 0.385), (0.21, 0.16), (0.05, 0.25)):
-        c = correction(twin, persona, messages=2000)
+        c = correction(twin, persona, 2000, 2000)
         assert (c > 1) == (persona > twin)
         smoothed = (twin * 2000 + 0.5) / 2001
         assert 1 - (1 - smoothed) ** c == pytest.approx(persona, abs=1e-9)  # per-token mass times c -> the rate
 
 
-def test_a_gap_within_the_twin_s_sampling_noise_changes_nothing():
-    assert correction(0.30, 0.33, messages=100) == 1.0  # one standard error is 4.6 points here
-    assert correction(0.30, 0.33, messages=5000) > 1.0  # and 0.6 points here
+def test_a_gap_within_two_standard_errors_of_the_two_shares_changes_nothing():
+    assert correction(0.30, 0.33, 300, 1000) == 1.0  # two standard errors: 6.1 points here
+    assert correction(0.30, 0.33, 5000, 5000) > 1.0  # and 1.9 points here
+    assert correction(0.057, 0.034, 246, 790) == 1.0  # Lucía's emoji: 14 of the twin's messages, 27 of hers
+    assert correction(0.301, 0.409, 342, 2415) > 1.0  # Noa's: 103 of the twin's messages, 988 of hers
 
 
 def test_a_habit_the_persona_never_has_is_damped_to_the_bound_and_scales_compose():
