@@ -440,9 +440,9 @@ def test_the_lean_lora_branch_gives_peft_s_loss_and_gradients_on_a_gpu(four_bit)
 
 def test_the_chat_sampler_never_makes_the_host_wait_for_the_device(tiny_tokenizer):
     """The chat's draw queues behind the step on the GPU: the host must run ahead while the step computes. Every
-    piece a chat reply's sampler has (repetition penalty, the no-repeat rule by words, language steering, habits,
-    the emoji the persona never sends held back, a message opener's temperature, the two-stage draw) runs under
-    CUDA's sync check, which raises at any operation that waits for the device."""
+    piece a chat reply's sampler has (repetition penalty, the no-repeat rule by words, language steering, habits and
+    their calibrated scales, the emoji the persona never sends held back, a message opener's temperature, the
+    two-stage draw) runs under CUDA's sync check, which raises at any operation that waits for the device."""
     from talkalike.decode.config import GenerationConfig
     from talkalike.decode.language import MessageStart, Steer, _habit_tensors
     from talkalike.decode.sampling import Sampler, WordClasses, _token_texts
@@ -453,9 +453,11 @@ def test_the_chat_sampler_never_makes_the_host_wait_for_the_device(tiny_tokenize
     masks[: vocab // 2, 0] = 1
     masks[vocab // 2:, 1] = 1
     steer = Steer(other="HEBREW", shares={"other": 0.3, "latin": 0.3, "any": 0.3}, masks=masks, start_tail=[5, 6])
-    config = GenerationConfig(seed=0)
+    config = GenerationConfig(seed=0, emoji_scale=1.5, laughter_scale=0.7)
+    habits = [ids if ids.numel() else torch.arange(first, first + 20, device=device)  # scaled classes either way
+              for ids, first in zip(_habit_tensors(tiny_tokenizer, vocab, device), (100, 200), strict=True)]
     sampler = Sampler(config, vocab, rows=1, device=device, separator_ids=[5, 6], steer=steer, shares=[0.3],
-                      habits=_habit_tensors(tiny_tokenizer, vocab, device),
+                      habits=habits,
                       words=WordClasses(_token_texts(tiny_tokenizer), vocab, device), starts=MessageStart([5, 6]),
                       banned=torch.tensor([7, 8, 9], device=device))
     logits = torch.randn(1, vocab, device=device)
@@ -463,6 +465,7 @@ def test_the_chat_sampler_never_makes_the_host_wait_for_the_device(tiny_tokenize
     seen = torch.cat([torch.arange(20, device=device), reply])[None]
     sampler(logits, seen, [0.5], [reply])  # first call: buffers made, kernels loaded
     torch.cuda.synchronize()
+    assert sampler.habit_bias is not None
     # serve's batch: rows with their own temperatures (one greedy), at a message start or not, drawn together
     rows = sampler.widened(3)
     generators = [torch.Generator(device=device).manual_seed(k) for k in range(3)]
