@@ -31,11 +31,29 @@ def _interpreted(name: str):
     patch = pytest.MonkeyPatch()
     patch.setenv("TRITON_INTERPRET", "1")
     saved = {module: sys.modules.pop(module) for module in [*_python_triton_modules(), name] if module in sys.modules}
-    yield importlib.import_module(name)
+    module = importlib.import_module(name)
+    _squeeze_scalar_index(patch)
+    yield module
     for module in [*_python_triton_modules(), name]:
         sys.modules.pop(module, None)
     sys.modules.update(saved)
     patch.undo()
+
+
+def _squeeze_scalar_index(patch: pytest.MonkeyPatch) -> None:
+    """Triton's interpreter before 3.9 reads a scalar's index as int() of a one-element array, which NumPy 2.4 refuses
+    where a scalar reaches a loop bound through a device function (the sampler's kernels); 3.9 squeezes the array
+    first. The same read here, so that the lowest triton pyproject.toml allows runs these tests too (compiled on a
+    GPU, a kernel never takes this path)."""
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patch.setattr(interpreter, "_patch_lang_tensor", patched)
 
 
 @pytest.fixture(scope="module")
