@@ -70,6 +70,10 @@ class GenerationConfig:
     opener_temperature: float | None = 1.0
 
 
+# Each habit class (decode/language.habit_token_ids) and the field holding its calibrated mass scale
+HABIT_SCALES = {"emoji": "emoji_scale", "laughter": "laughter_scale"}
+
+
 def _read(run_dir: Path | None) -> dict:
     """generation.json's content ({} when there is none)."""
     if run_dir is None or not (Path(run_dir) / GENERATION_FILE).is_file():
@@ -91,7 +95,7 @@ def load_generation_config(run_dir: Path | None) -> GenerationConfig:
     # Only the sampling fields are settings; anything else in the file (the tuning table, scores) is a record.
     names = {f.name for f in dataclasses.fields(GenerationConfig)}
     config = GenerationConfig(**{key: value for key, value in data.items() if key in names})
-    for name in ("emoji_scale", "laughter_scale"):
+    for name in HABIT_SCALES.values():
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise TalkalikeError(f"{Path(run_dir) / GENERATION_FILE}: {name} must be a number above 0, not {value!r}")

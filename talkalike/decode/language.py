@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from talkalike.decode.config import HABIT_SCALES
+
 LATIN = "LATIN"
 MIN_MESSAGES = 20  # persona messages opening in a letter needed for a share of their own; else the overall share
 MIN_SHARE = 0.02  # a second script opening fewer of the persona's messages than this is not steered toward
@@ -327,12 +329,12 @@ def habit_columns(twin, device, config) -> "list | None":
     return _habit_tensors(twin.tokenizer, twin.vocab_size, torch.device(device))
 
 
-HABITS = ("emoji", "laughter")  # habit_token_ids's classes, in the order of habit_columns and habit_scales
+HABITS = tuple(HABIT_SCALES)  # habit_token_ids's classes, in the order of habit_columns and habit_scales
 
 
 def habit_scales(config) -> tuple[float, ...]:
     """Each habit class's mass multiplier (config.emoji_scale, config.laughter_scale), in HABITS order."""
-    return config.emoji_scale, config.laughter_scale
+    return tuple(getattr(config, field) for field in HABIT_SCALES.values())
 
 
 @functools.lru_cache(maxsize=4)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from talkalike.decode.config import HABIT_SCALES
 from talkalike.files import read_jsonl
 from talkalike.memory import RECALL_LIMIT
 from talkalike.message import EMOJI_RE, LAUGHTER
@@ -39,7 +40,6 @@ HABIT_TESTS = {
     "emoji": lambda message: bool(EMOJI_RE.search(message)),
     "laughter": lambda message: any(pattern.search(message) for pattern in WORD_LAUGHS),
 }
-SCALE_FIELDS = {"emoji": "emoji_scale", "laughter": "laughter_scale"}
 
 
 def share(replies: list[list[str]], habit: str) -> tuple[float, int]:
@@ -63,7 +63,7 @@ def correction(twin: float, persona: float, twin_messages: int, persona_messages
     return math.log1p(-target) / math.log1p(-ours)
 
 
-def habit_scales(generated: list[list[str]], persona: list[list[str]], current: dict[str, float]) -> dict:
+def new_scales(generated: list[list[str]], persona: list[list[str]], current: dict[str, float]) -> dict:
     """Each habit's measured shares and its new scale (the current one times its correction, within bounds)."""
     found = {}
     for habit, old in current.items():
@@ -75,20 +75,18 @@ def habit_scales(generated: list[list[str]], persona: list[list[str]], current: 
     return found
 
 
-def training_turns(rows: list[dict], limit: int = TURNS) -> tuple[list[list[dict]], list[list[str]]]:
-    """(histories, the persona's real replies) for up to `limit` turns spread over the training rows; each history
-    marks its row, so that recall keeps to earlier conversations."""
+def training_turns(rows: list[dict], limit: int = TURNS) -> list[list[dict]]:
+    """The histories of up to `limit` persona turns spread over the training rows; each marks its row, so that
+    recall keeps to earlier conversations."""
     from talkalike.evaluate.evaluate import held_out_turns
 
-    histories, real = [], []
+    histories = []
     for turn in held_out_turns(rows, limit):
         row = rows[turn.row]
-        limit_of_row = {"before": row.get("start") or None, "besides": row.get("id") or None}
         history = [dict(m) for m in turn.context]
-        history[-1][RECALL_LIMIT] = limit_of_row
+        history[-1][RECALL_LIMIT] = {"before": row.get("start") or None, "besides": row.get("id") or None}
         histories.append(history)
-        real.append(turn.real)
-    return histories, real
+    return histories
 
 
 def calibrate_run(run_dir: Path, home: Path, turns: int = TURNS,
@@ -106,7 +104,7 @@ def calibrate_run(run_dir: Path, home: Path, turns: int = TURNS,
         return None
     rows = read_jsonl(dataset_dir(run) / "train.jsonl")
     persona = [split_bubbles(m["content"]) for row in rows for m in row["messages"] if m["role"] == "assistant"]
-    histories, _ = training_turns(rows, turns)
+    histories = training_turns(rows, turns)
     if not histories or not persona:
         return None
     # eval's reply settings (a short history window, its reply length and seed), so the scales are measured as
@@ -116,11 +114,11 @@ def calibrate_run(run_dir: Path, home: Path, turns: int = TURNS,
                                    max_context_tokens=defaults.max_context_tokens, seed=defaults.seed)
     started = time.perf_counter()
     generated = (generate or _twin_generate(run.dir, home))(histories, sampling)
-    current = {habit: getattr(config, field) for habit, field in SCALE_FIELDS.items()}
-    found = habit_scales(generated, persona, current)
+    current = {habit: getattr(config, field) for habit, field in HABIT_SCALES.items()}
+    found = new_scales(generated, persona, current)
     record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "training turns": len(histories),
               "messages": sum(map(len, generated)), "seconds": round(time.perf_counter() - started, 1), **found}
-    scaled = dataclasses.replace(config, **{SCALE_FIELDS[habit]: v["scale"] for habit, v in found.items()})
+    scaled = dataclasses.replace(config, **{HABIT_SCALES[habit]: v["scale"] for habit, v in found.items()})
     save_generation_config(run.dir, scaled, extra={RECORD: record})
     return record
 
@@ -152,5 +150,5 @@ def _twin_generate(run_dir: Path, home: Path):
 def summary(record: dict) -> str:
     """One line for the console: each habit's shares and scale."""
     parts = [f"{habit} {v['twin']:.0%} vs {v['persona']:.0%} -> scale {v['scale']:.2f}"
-             for habit, v in record.items() if habit in SCALE_FIELDS]
+             for habit, v in record.items() if habit in HABIT_SCALES]
     return f"habits calibrated on {record['training turns']} training turns: " + ", ".join(parts)

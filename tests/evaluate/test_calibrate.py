@@ -9,7 +9,7 @@ import pytest
 
 from talkalike.decode.config import GenerationConfig, load_generation_config, save_generation_config
 from talkalike.errors import TalkalikeError
-from talkalike.evaluate.calibrate import MAX_SCALE, RECORD, calibrate_run, correction, habit_scales
+from talkalike.evaluate.calibrate import MAX_SCALE, RECORD, calibrate_run, correction, new_scales
 from talkalike.files import write_jsonl
 from talkalike.memory import RECALL_LIMIT
 
@@ -32,10 +32,10 @@ def test_a_gap_within_two_standard_errors_of_the_two_shares_changes_nothing():
 def test_a_habit_the_persona_never_has_is_damped_to_the_bound_and_scales_compose():
     generated = [["haha ok", "lol"], ["sure"]] * 50  # laughs in 2 of 3 messages
     persona = [["ok"], ["sure thing ❤️"]] * 50  # never laughs, emoji in half
-    found = habit_scales(generated, persona, {"emoji": 1.0, "laughter": 1.0})
+    found = new_scales(generated, persona, {"emoji": 1.0, "laughter": 1.0})
     assert found["laughter"]["scale"] == pytest.approx(1 / MAX_SCALE)
     assert found["emoji"]["twin"] == 0 and found["emoji"]["scale"] == MAX_SCALE
-    again = habit_scales([["ok 🙈"], ["sure"]] * 60, [["ok 🙈"], ["sure 🙈"], ["no"]] * 40, {"emoji": 2.0, "laughter": 1.0})
+    again = new_scales([["ok 🙈"], ["sure"]] * 60, [["ok 🙈"], ["sure 🙈"], ["no"]] * 40, {"emoji": 2.0, "laughter": 1.0})
     assert again["emoji"]["scale before"] == 2.0 and 2.0 < again["emoji"]["scale"] <= MAX_SCALE
     assert again["laughter"]["scale"] == 1.0  # neither laughs: within noise
 
