@@ -389,10 +389,12 @@ def test_offloaded_checkpoints_on_a_gpu_give_plain_checkpointings_loss_and_gradi
         torch.testing.assert_close(grad, reference[name], msg=name)
 
 
+@pytest.mark.parametrize("fused_add", [False, True], ids=["add", "fused-add"])
 @pytest.mark.parametrize("four_bit", [False, True], ids=["bf16", "nf4"])
-def test_the_lean_lora_branch_gives_peft_s_loss_and_gradients_on_a_gpu(four_bit):
+def test_the_lean_lora_branch_gives_peft_s_loss_and_gradients_on_a_gpu(four_bit, fused_add):
     """LoRA's branch without a kept copy of its input (train/lean_lora.py) under bf16 autocast, as the GPU recipe
-    trains: the fused dropout kernel's mask drawn again in the backward, over an NF4 base too; and it holds less."""
+    trains: the fused dropout kernel's mask drawn again in the backward, over an NF4 base too. With the add inside the
+    branch's last product (one rounding instead of three), the same to bf16's rounding."""
     from peft import LoraConfig, get_peft_model
     from transformers import BitsAndBytesConfig
 
@@ -430,12 +432,17 @@ def test_the_lean_lora_branch_gives_peft_s_loss_and_gradients_on_a_gpu(four_bit)
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     reference_loss, reference = loss_and_grads()
-    assert use_lean_lora(model) == 2 * 7
+    assert use_lean_lora(model, fused_add=fused_add) == 2 * 7
     loss, grads = loss_and_grads()
-    torch.testing.assert_close(loss, reference_loss, rtol=1e-4, atol=1e-5)
     assert grads.keys() == reference.keys() and grads
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, reference[name], rtol=1e-3, atol=1e-5, msg=name)
+    if not fused_add:
+        torch.testing.assert_close(loss, reference_loss, rtol=1e-4, atol=1e-5)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, reference[name], rtol=1e-3, atol=1e-5, msg=name)
+        return
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-3, atol=1e-3)
+    for name, grad in grads.items():  # bf16's rounding of the sum, relative to the gradient's size (CPU: <= 2%)
+        assert (grad - reference[name]).abs().max() <= 0.05 * reference[name].abs().max(), name
 
 
 def test_the_chat_sampler_never_makes_the_host_wait_for_the_device(tiny_tokenizer):

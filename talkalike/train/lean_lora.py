@@ -48,53 +48,93 @@ def _set_random_state(device, state) -> None:
         torch.set_rng_state(state)
 
 
+def _forward_low(ctx, x, a, b, scaling: float, p: float, dtype, early):
+    """`dropout(x) @ a.T` in `dtype`, with what the backward needs kept on `ctx` (the random state, not the mask)."""
+    state = _random_state(x.device) if p > 0 else None  # (forward runs with grad off)
+    dropped = x.to(early)
+    if p > 0:
+        dropped = _dropout(dropped, p)[0]
+    low = dropped.to(dtype) @ a.to(dtype).t()
+    ctx.save_for_backward(x, a, b, low)
+    ctx.state, ctx.scaling, ctx.p, ctx.dtype, ctx.early = state, scaling, p, dtype, early
+    return low
+
+
+def _branch_grads(ctx, grad, scale_after: bool):
+    """The gradients of x, A and B from the gradient of the branch's output. `scale_after`: the scaling multiplies
+    the two r-wide products instead of the output-wide gradient (the fused add's rounding; one pass less)."""
+    x, a, b, low = ctx.saved_tensors
+    dtype = ctx.dtype
+    grad = grad.to(dtype).reshape(-1, grad.shape[-1])
+    if not scale_after:
+        grad = grad * ctx.scaling  # through `* scaling`, as autograd does
+    grad_b = grad.t() @ low.reshape(-1, low.shape[-1])
+    grad_low = grad @ b.to(dtype)
+    if scale_after:
+        grad_b, grad_low = grad_b.mul_(ctx.scaling), grad_low.mul_(ctx.scaling)
+    dropped = x.reshape(-1, x.shape[-1]).to(ctx.early)
+    if ctx.p > 0:  # the forward's mask, drawn again from the random state it was drawn from
+        outer = _random_state(x.device)
+        _set_random_state(x.device, ctx.state)
+        try:
+            dropped, through_mask = _dropout(dropped, ctx.p)
+        finally:
+            _set_random_state(x.device, outer)
+    grad_a = grad_low.t() @ dropped.to(dtype)
+    grad_x = None
+    if ctx.needs_input_grad[-7]:  # x: the seventh argument from the end in both functions
+        grad_x = (grad_low @ a.to(dtype)).to(ctx.early)
+        if ctx.p > 0:
+            grad_x = through_mask(grad_x)
+        grad_x = grad_x.reshape(x.shape).to(x.dtype)
+    return grad_x, grad_a.to(a.dtype), grad_b.to(b.dtype)
+
+
 @cache
-def _branch_function():
+def _branch_functions():
     import torch
 
     class LoraBranch(torch.autograd.Function):
+        """The branch alone, as peft computes it: `(dropout(x) @ A.T @ B.T) * scaling`."""
+
         @staticmethod
         def forward(ctx, x, a, b, scaling: float, p: float, dtype, early):
-            state = _random_state(x.device) if p > 0 else None  # (forward runs with grad off)
-            dropped = x.to(early)
-            if p > 0:
-                dropped = _dropout(dropped, p)[0]
-            low = dropped.to(dtype) @ a.to(dtype).t()
-            ctx.save_for_backward(x, a, b, low)
-            ctx.state, ctx.scaling, ctx.p, ctx.dtype, ctx.early = state, scaling, p, dtype, early
+            low = _forward_low(ctx, x, a, b, scaling, p, dtype, early)
             return (low @ b.to(dtype).t()) * scaling
 
         @staticmethod
         def backward(ctx, grad):
-            x, a, b, low = ctx.saved_tensors
-            dtype = ctx.dtype
-            grad = (grad.to(dtype) * ctx.scaling).reshape(-1, grad.shape[-1])  # through `* scaling`, as autograd does
-            grad_b = grad.t() @ low.reshape(-1, low.shape[-1])
-            grad_low = grad @ b.to(dtype)
-            dropped = x.reshape(-1, x.shape[-1]).to(ctx.early)
-            if ctx.p > 0:  # the forward's mask, drawn again from the random state it was drawn from
-                outer = _random_state(x.device)
-                _set_random_state(x.device, ctx.state)
-                try:
-                    dropped, through_mask = _dropout(dropped, ctx.p)
-                finally:
-                    _set_random_state(x.device, outer)
-            grad_a = grad_low.t() @ dropped.to(dtype)
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                grad_x = (grad_low @ a.to(dtype)).to(ctx.early)
-                if ctx.p > 0:
-                    grad_x = through_mask(grad_x)
-                grad_x = grad_x.reshape(x.shape).to(x.dtype)
-            return grad_x, grad_a.to(a.dtype), grad_b.to(b.dtype), None, None, None, None
+            return *_branch_grads(ctx, grad, scale_after=False), None, None, None, None
 
-    return LoraBranch
+    class LoraAdd(torch.autograd.Function):
+        """`result + scaling * (dropout(x) @ A.T @ B.T)` as one matrix product that adds into the base layer's
+        output (cuBLAS's beta = 1): no output-wide product, scaling and sum in three more passes over memory, and
+        none for the scaling in the backward. One rounding of the sum instead of three: not peft's bits."""
+
+        @staticmethod
+        def forward(ctx, result, x, a, b, scaling: float, p: float, dtype, early):
+            low = _forward_low(ctx, x, a, b, scaling, p, dtype, early)
+            out = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]),
+                              b.to(dtype).t(), alpha=scaling)
+            return out.reshape(result.shape)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad, *_branch_grads(ctx, grad, scale_after=True), None, None, None, None
+
+    return LoraBranch, LoraAdd
 
 
 def lora_branch(x, a, b, scaling: float, p: float, dtype, early=None):
     """`dropout(x.to(early), p).to(dtype) @ a.T @ b.T * scaling` (the products in `dtype`; `early`: the dtype x is
     dropped out in, default x's own), keeping no copy of x for the backward."""
-    return _branch_function().apply(x, a, b, scaling, p, dtype, x.dtype if early is None else early)
+    return _branch_functions()[0].apply(x, a, b, scaling, p, dtype, x.dtype if early is None else early)
+
+
+def lora_add(result, x, a, b, scaling: float, p: float, dtype, early=None):
+    """`result + lora_branch(x, a, b, scaling, p, dtype, early)` in one matrix product that adds into `result`
+    (which must be in `dtype`)."""
+    return _branch_functions()[1].apply(result, x, a, b, scaling, p, dtype, x.dtype if early is None else early)
 
 
 def _lean_forward(self, x, *args, **kwargs):
@@ -118,14 +158,19 @@ def _lean_forward(self, x, *args, **kwargs):
         # peft casts x to the adapter's dtype before the dropout, unless told not to (train/trainer.py: lora-input-cast)
         # and, on a 4-bit layer, under autocast
         cast = getattr(self, "cast_input_dtype_enabled", True) and not (on and self.lean_four_bit)
+        early = a.dtype if cast else x.dtype
         with torch.autocast(x.device.type, enabled=False):
-            result = result + lora_branch(x, a, b, self.scaling[name], p, dtype, a.dtype if cast else x.dtype)
+            if self.lean_fused_add and result.dtype == dtype:
+                result = lora_add(result, x, a, b, self.scaling[name], p, dtype, early)
+            else:
+                result = result + lora_branch(x, a, b, self.scaling[name], p, dtype, early)
     return result.to(out_dtype)
 
 
-def use_lean_lora(model) -> int:
+def use_lean_lora(model, fused_add: bool = False) -> int:
     """Give every vanilla LoRA Linear of `model` (no bias on B, no DoRA or other variant) the lean branch, per
-    instance; returns how many. Layers that peft builds otherwise keep their own forward."""
+    instance; returns how many. Layers that peft builds otherwise keep their own forward. `fused_add`: the branch
+    adds into the base layer's output inside its last matrix product (`lora_add`) where the two share a dtype."""
     from peft.tuners.lora import Linear
 
     try:
@@ -140,6 +185,7 @@ def use_lean_lora(model) -> int:
         if any(b.bias is not None for b in module.lora_B.values()):
             continue
         module.lean_four_bit = type(module) is not Linear  # (read at every forward: decided once here)
+        module.lean_fused_add = fused_add
         module.forward = types.MethodType(_lean_forward, module)
         count += 1
     return count

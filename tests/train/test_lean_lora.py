@@ -49,6 +49,56 @@ def test_the_lean_branch_gives_peft_s_loss_and_gradients(autocast, dropout):
         assert not torch.equal(_loss_and_grads(model, IDS, autocast, seed=8)[0], reference_loss)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_the_fused_add_is_as_close_to_fp32_as_peft_s_bf16(dropout):
+    """The branch added inside its last product rounds once where peft rounds three times. In fp32 it gives peft's
+    loss and gradients to fp32's rounding; under bf16 autocast each gradient is about as far from the fp32 one as
+    peft's own bf16 gradient is (no more than 1.5 times as far, and never by more than 1% of its size)."""
+    from talkalike.train import lean_lora
+
+    model = _lora_model(dropout)
+    exact_loss, exact = _loss_and_grads(model, IDS)
+    _, peft_bf16 = _loss_and_grads(model, IDS, autocast=True)
+    assert lean_lora.use_lean_lora(model, fused_add=True) == 2 * 3 + 1
+    fused_calls = []
+    add = lean_lora.lora_add
+    lean_lora.lora_add = lambda *args: fused_calls.append(1) or add(*args)
+    try:
+        loss, fp32 = _loss_and_grads(model, IDS)
+        assert len(fused_calls) == 7  # every adapted projection took the fused add
+        _, bf16 = _loss_and_grads(model, IDS, autocast=True)
+        assert len(fused_calls) == 14  # under autocast too (the base's output and the branch are both bf16)
+    finally:
+        lean_lora.lora_add = add
+    torch.testing.assert_close(loss, exact_loss, rtol=1e-6, atol=1e-6)
+    assert fp32.keys() == exact.keys() == bf16.keys()
+    for name, grad in fp32.items():
+        torch.testing.assert_close(grad, exact[name], rtol=1e-4, atol=1e-6, msg=name)
+        size = exact[name].abs().max()
+        ours, peft = ((g[name] - exact[name]).abs().max() / size for g in (bf16, peft_bf16))
+        assert ours <= max(1.5 * peft, 0.01), name
+
+
+def test_lora_add_adds_into_a_3d_output_and_takes_its_gradients():
+    """`lora_add` adds into a 3-d base output of any batch and length, and returns its shape."""
+    from talkalike.train.lean_lora import lora_add, lora_branch
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 8, generator=gen, requires_grad=True)
+    result = torch.randn(2, 5, 6, generator=gen, requires_grad=True)
+    a = torch.randn(3, 8, generator=gen, requires_grad=True)
+    b = torch.randn(6, 3, generator=gen, requires_grad=True)
+    fused = lora_add(result, x, a, b, 2.0, 0.0, torch.float32)
+    plain = result + lora_branch(x, a, b, 2.0, 0.0, torch.float32)
+    assert fused.shape == result.shape
+    torch.testing.assert_close(fused, plain)
+    weights = torch.randn(2, 5, 6, generator=gen)
+    got = torch.autograd.grad((fused * weights).sum(), (result, x, a, b))
+    want = torch.autograd.grad((plain * weights).sum(), (result, x, a, b))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
 def test_the_mask_is_drawn_again_under_checkpointing_and_random_draws_in_between():
     """The backward runs long after the forward, with other layers' draws in between; it must still use its own."""
     from talkalike.train.lean_lora import use_lean_lora
