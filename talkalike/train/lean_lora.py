@@ -13,7 +13,14 @@ again. The maths is the same as peft's to the bit: the same dropout call on the 
 in the same dtypes (tests/train/test_lean_lora.py compares outputs and gradients). peft also clones a 4-bit base
 layer's output before adding to it; the out-of-place add here needs no clone.
 
+`LoraAdd` (`fused_add=True`, the trainer's speed-up "lora-add") also folds the sum into the branch's last product:
+`addmm(base_output, low, B.T, alpha=scaling)`, which cuBLAS computes with the base output as its accumulator, where
+peft writes the output-wide product, then its scaled copy, then the sum (and its backward scales the output-wide
+gradient). The sum is rounded once instead of three times, so its bits are not peft's: tests/train/test_lean_lora.py
+checks that its bf16 gradients are as close to the fp32 ones as peft's own.
+
     use_lean_lora(peft_model)   # every vanilla LoRA Linear (plain or bitsandbytes 4-bit) of the model, per instance
+    use_lean_lora(peft_model, fused_add=True)
 """
 
 import types
