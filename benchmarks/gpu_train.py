@@ -42,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from talkalike.train.qlora import release_optimizer_overrides  # noqa: E402
+from talkalike.train.trainer import SPEEDUPS  # noqa: E402
 
 DENSE_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
@@ -52,7 +53,6 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 ALL = None
 NO_OFFLOAD = {"offload_checkpoints": False}
 NO_LEAN = ("packed-attention", "liger", "lora-input-cast")  # every speed-up but the lean LoRA branch
-WITH_ADD = (*NO_LEAN, "lean-lora", "lora-add")  # the default's, and the branch's add inside its last product
 FUSED_ADAM = {"optim": "adamw_torch_fused"}  # fp32 AdamW states, one multi-tensor kernel (not paged 8-bit)
 OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-plain": ((), NO_OFFLOAD),
@@ -63,8 +63,8 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-b8-nooffload": (ALL, {"batch_size": 8, "grad_accum": 1, **NO_OFFLOAD}),
     "ours-persona-nolean": (NO_LEAN, {}),
     "ours-persona-b8-nolean": (NO_LEAN, {"batch_size": 8, "grad_accum": 1}),
-    "ours-persona-add": (WITH_ADD, {}),
-    "ours-persona-b8-add": (WITH_ADD, {"batch_size": 8, "grad_accum": 1}),
+    "ours-persona-add": (SPEEDUPS, {}),  # the default's, and lora-add
+    "ours-persona-b8-add": (SPEEDUPS, {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-adam": (ALL, FUSED_ADAM),
     "ours-persona-b8-adam": (ALL, {"batch_size": 8, "grad_accum": 1, **FUSED_ADAM}),
 }

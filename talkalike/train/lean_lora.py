@@ -67,9 +67,10 @@ def _forward_low(ctx, x, a, b, scaling: float, p: float, dtype, early):
     return low
 
 
-def _branch_grads(ctx, grad, scale_after: bool):
-    """The gradients of x, A and B from the gradient of the branch's output. `scale_after`: the scaling multiplies
-    the two r-wide products instead of the output-wide gradient (the fused add's rounding; one pass less)."""
+def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool):
+    """The gradients of x (None unless `needs_x`), A and B from the gradient of the branch's output. `scale_after`:
+    the scaling multiplies the two r-wide products instead of the output-wide gradient (the fused add's rounding; one
+    pass less)."""
     x, a, b, low = ctx.saved_tensors
     dtype = ctx.dtype
     grad = grad.to(dtype).reshape(-1, grad.shape[-1])
@@ -89,7 +90,7 @@ def _branch_grads(ctx, grad, scale_after: bool):
             _set_random_state(x.device, outer)
     grad_a = grad_low.t() @ dropped.to(dtype)
     grad_x = None
-    if ctx.needs_input_grad[-7]:  # x: the seventh argument from the end in both functions
+    if needs_x:
         grad_x = (grad_low @ a.to(dtype)).to(ctx.early)
         if ctx.p > 0:
             grad_x = through_mask(grad_x)
@@ -111,7 +112,7 @@ def _branch_functions():
 
         @staticmethod
         def backward(ctx, grad):
-            return *_branch_grads(ctx, grad, scale_after=False), None, None, None, None
+            return *_branch_grads(ctx, grad, False, ctx.needs_input_grad[0]), None, None, None, None
 
     class LoraAdd(torch.autograd.Function):
         """`result + scaling * (dropout(x) @ A.T @ B.T)` as one matrix product that adds into the base layer's
@@ -127,7 +128,7 @@ def _branch_functions():
 
         @staticmethod
         def backward(ctx, grad):
-            return grad, *_branch_grads(ctx, grad, scale_after=True), None, None, None, None
+            return grad, *_branch_grads(ctx, grad, True, ctx.needs_input_grad[1]), None, None, None, None
 
     return LoraBranch, LoraAdd
 
@@ -145,7 +146,8 @@ def lora_add(result, x, a, b, scaling: float, p: float, dtype, early=None):
 
 
 def _lean_forward(self, x, *args, **kwargs):
-    """A vanilla LoRA Linear's forward (peft's, adapters on, not merged) with the branch as `lora_branch`."""
+    """A vanilla LoRA Linear's forward (peft's, adapters on, not merged) with the branch as `lora_branch`, or added
+    inside its last product (`lora_add`) where the layer was given the fused add."""
     import torch
 
     if (self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None

@@ -107,7 +107,7 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
 # - lora-add: with lean-lora, the branch adds into the base layer's output inside its last matrix product (one rounding
 #   of the sum instead of three: the loss agrees within noise, not to the bit). Opt-in until a GPU has timed it.
 SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add")
-DEFAULT_SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora")
+DEFAULT_SPEEDUPS = tuple(name for name in SPEEDUPS if name != "lora-add")
 
 
 def _liger_layers(model) -> bool:
