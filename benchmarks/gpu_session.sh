@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One device call's worth of GPU measurements (a call may run 10 minutes), each step under its own time limit, every
+# log under $OUT. Wheels come from benchmarks/device_wheels.sh; carry [".whl", ".whl-unsloth"].
+#
+#   benchmarks/gpu_session.sh decode   # GPU tests of the kernels, the sampler's table, the chat's rate (~6 min)
+#   benchmarks/gpu_session.sh train    # training rows of talkalike (default, lora-add, 8 rows), Unsloth's (~9 min)
+#   benchmarks/gpu_session.sh extra    # the fused-AdamW rows and the original recipe's, for the memory bound
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export OUT=${OUT:-/tmp/gpu-session} PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+site() {  # folder, wheels...: install the carried wheels into a folder of their own
+  local folder=$1
+  shift
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$folder" "$@"
+}
+step() {  # seconds, log name, command...
+  local seconds=$1 log=$2
+  shift 2
+  echo "== $* (limit ${seconds} s)"
+  local start=$SECONDS
+  timeout "$seconds" "$@" > "$OUT/$log.log" 2>&1
+  local rc=$?
+  tail -n 40 "$OUT/$log.log"
+  echo "== rc $rc after $((SECONDS - start)) s"
+}
+nvidia-smi -L
+site /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site
+MODEL=${MODEL:-mistral-7b}
+case "${1:-decode}" in
+  decode)
+    step 170 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k "lean or fused or sampler"
+    step 60 sampler python3 benchmarks/gpu_sampler.py
+    step 330 decode python3 benchmarks/gpu_decode.py --variants 2 --chat-run
+    ;;
+  train)
+    step 320 train python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
+      --variants ours-persona,ours-persona-add,ours-persona-b8,ours-persona-b8-add
+    if [ -d .whl-unsloth ]; then  # Unsloth's own packages over the image's transformers 5.17 (not ours)
+      site /tmp/site-unsloth .whl-unsloth/*.whl .whl/bitsandbytes-*.whl
+      PYTHONPATH=/tmp/site-unsloth step 220 unsloth python3 benchmarks/gpu_unsloth.py --models "$MODEL" --steps 6
+    fi
+    ;;
+  extra)
+    step 560 extra python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
+      --variants baseline,ours-persona,ours-persona-adam,ours-persona-b8-adam
+    ;;
+  *) echo "usage: $0 decode|train|extra" >&2; exit 2 ;;
+esac
