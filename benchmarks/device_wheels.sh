@@ -22,6 +22,8 @@ fetch .whl transformers==5.25.0 peft==0.21.2 trl==1.16.0 datasets==5.2.0 bitsand
 (cd .whl && zip -q -d bitsandbytes-*.whl $(unzip -Z1 bitsandbytes-*.whl | grep '\.so$' \
   | grep -v -e libbitsandbytes_cpu.so -e libbitsandbytes_cuda130.so) || true)
 # Unsloth pins trl <= 1.15 and datasets < 5; the rest are its imports the image lacks (KINDS.md lists the image).
+# Not xformers: PyPI's newest (0.0.35) is built for torch 2.10 + CUDA 12.8 and does not load beside the image's 2.11 +
+# CUDA 13 (Unsloth then says so and uses PyTorch's attention, as it does without it; gpu_unsloth.py records which).
 fetch .whl-unsloth unsloth==2026.10.9 unsloth_zoo==2026.10.9 trl==1.15.0 datasets==4.8.5 torchao==0.18.0 \
   cut_cross_entropy==25.1.1 tyro==1.0.17 docstring-parser typeguard shtab msgspec hf_transfer diffusers==0.42.1 \
   nest_asyncio structlog json5 pydantic pydantic-core annotated-types typing-inspection dill multiprocess

@@ -28,9 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-import unsloth  # noqa: F401  (must come before transformers, peft and trl: it patches them)
-from unsloth import FastLanguageModel
+# The device has no network: no hub lookups, no usage statistics (Unsloth's own switches)
+for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "UNSLOTH_DISABLE_STATISTICS"):
+    os.environ.setdefault(_name, "1")
+
+import torch  # noqa: E402
+import unsloth  # noqa: E402, F401  (must come before transformers, peft and trl: it patches them)
+from unsloth import FastLanguageModel  # noqa: E402
+from unsloth.models import _utils as unsloth_utils  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -63,6 +68,13 @@ def write_model(name: str, folder: Path) -> int:
     gc.collect()
     torch.cuda.empty_cache()
     return matmul_params
+
+
+def attention() -> str:
+    """Which attention Unsloth found: xformers (varlen over packed rows), flash-attn, or PyTorch's SDPA."""
+    if getattr(unsloth_utils, "xformers", None) is not None:
+        return "xformers " + str(unsloth_utils.xformers_version)
+    return "flash-attn" if getattr(unsloth_utils, "HAS_FLASH_ATTENTION", False) else "sdpa"
 
 
 def sft_config(output_dir: str, max_length: int):
@@ -137,7 +149,8 @@ def main() -> int:
                 traceback.print_exc()
                 row = {"error": f"{type(error).__name__}: {error}"}
             row.update(model=model_name, variant=variant, wall_s=time.perf_counter() - t0,
-                       matmul_params=matmul_params, unsloth=unsloth.__version__, card=torch.cuda.get_device_name())
+                       matmul_params=matmul_params, unsloth=unsloth.__version__, card=torch.cuda.get_device_name(),
+                       attention=attention())
             if "tokens_per_s" in row:
                 row["mfu"] = row["tokens_per_s"] * 4 * matmul_params / peak_flops()
             results.append(row)
@@ -145,13 +158,13 @@ def main() -> int:
             gc.collect()
             torch.cuda.empty_cache()
     (out / "gpu_unsloth.json").write_text(json.dumps(results, indent=1))
-    print(f"\n{'model':14} {'variant':18} {'tok/s':>9} {'MFU':>6} {'peak GB':>8} {'first-step loss':>15}")
+    print(f"\n{'model':14} {'variant':18} {'tok/s':>9} {'MFU':>6} {'peak GB':>8} {'first-step loss':>15} attention")
     for r in results:
         if "error" in r:
             print(f"{r['model']:14} {r['variant']:18} ERROR {r['error'][:90]}")
         else:
             print(f"{r['model']:14} {r['variant']:18} {r['tokens_per_s']:9.0f} {r['mfu']:6.1%} {r['peak_gb']:8.2f} "
-                  f"{r['first_step_loss']:15.3f}")
+                  f"{r['first_step_loss']:15.3f} {r['attention']}")
     return 0 if all("error" not in r for r in results) else 1
 
 
