@@ -2,9 +2,9 @@
 # One device call's worth of GPU measurements (a call may run 10 minutes), each step under its own time limit, every
 # log under $OUT. Wheels come from benchmarks/device_wheels.sh; carry [".whl", ".whl-unsloth"].
 #
-#   benchmarks/gpu_session.sh decode   # GPU tests of the kernels, the sampler's table, the chat's rate (~6 min)
+#   benchmarks/gpu_session.sh decode   # GPU tests of the kernels, the chat's rate beside the bare engine (~6 min)
 #   benchmarks/gpu_session.sh train    # training rows of talkalike (default, lora-add, 8 rows), Unsloth's (~9 min)
-#   benchmarks/gpu_session.sh extra    # the fused-AdamW rows and the original recipe's, for the memory bound
+#   benchmarks/gpu_session.sh extra    # the sampler's table; the fused-AdamW rows and the original recipe's
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-/tmp/gpu-session} PYTHONUNBUFFERED=1
@@ -31,8 +31,7 @@ MODEL=${MODEL:-mistral-7b}
 case "${1:-decode}" in
   decode)
     step 170 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k "lean or fused or sampler"
-    step 60 sampler python3 benchmarks/gpu_sampler.py
-    step 330 decode python3 benchmarks/gpu_decode.py --variants 2 --chat-run
+    step 360 decode python3 benchmarks/gpu_decode.py --variants 2 --chat-run
     ;;
   train)
     step 320 train python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
@@ -43,7 +42,8 @@ case "${1:-decode}" in
     fi
     ;;
   extra)
-    step 560 extra python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
+    step 60 sampler python3 benchmarks/gpu_sampler.py
+    step 500 extra python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
       --variants baseline,ours-persona,ours-persona-adam,ours-persona-b8-adam
     ;;
   *) echo "usage: $0 decode|train|extra" >&2; exit 2 ;;
