@@ -3,8 +3,8 @@
 # log under $OUT. Wheels come from benchmarks/device_wheels.sh; carry [".whl", ".whl-unsloth"].
 #
 #   benchmarks/gpu_session.sh decode   # GPU tests of the kernels, the chat's rate beside the bare engine (~6 min)
-#   benchmarks/gpu_session.sh train    # training rows of talkalike (default, lora-add, 8 rows), Unsloth's (~9 min)
-#   benchmarks/gpu_session.sh extra    # the sampler's table; the fused-AdamW rows and the original recipe's
+#   benchmarks/gpu_session.sh train    # talkalike's rows (every token's loss, the default, lora-add), Unsloth's
+#   benchmarks/gpu_session.sh extra    # the sampler's table; 8 rows with lora-add, fused AdamW
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-/tmp/gpu-session} PYTHONUNBUFFERED=1
@@ -34,17 +34,17 @@ case "${1:-decode}" in
     step 360 decode python3 benchmarks/gpu_decode.py --variants 2 --chat-run
     ;;
   train)
-    step 320 train python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
-      --variants ours-persona,ours-persona-add,ours-persona-b8,ours-persona-b8-add
+    step 280 train python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
+      --variants ours,ours-persona,ours-persona-add
     if [ -d .whl-unsloth ]; then  # Unsloth's own packages over the image's transformers 5.17 (not ours)
       site /tmp/site-unsloth .whl-unsloth/*.whl .whl/bitsandbytes-*.whl
-      PYTHONPATH=/tmp/site-unsloth step 220 unsloth python3 benchmarks/gpu_unsloth.py --models "$MODEL" --steps 6
+      PYTHONPATH=/tmp/site-unsloth step 260 unsloth python3 benchmarks/gpu_unsloth.py --models "$MODEL" --steps 6
     fi
     ;;
   extra)
     step 60 sampler python3 benchmarks/gpu_sampler.py
     step 500 extra python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
-      --variants baseline,ours-persona,ours-persona-adam,ours-persona-b8-adam
+      --variants ours-persona-b8,ours-persona-b8-add,ours-persona-adam,ours-persona-b8-adam
     ;;
   *) echo "usage: $0 decode|train|extra" >&2; exit 2 ;;
 esac
