@@ -43,9 +43,9 @@ case "${1:-decode}" in
     fi
     ;;
   one)  # what matters most when a single call is all there is: decode's, then lora-add against the default
-    step 150 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k "lean or fused or sampler"
-    step 300 decode python3 benchmarks/gpu_decode.py --variants 2 --chat-run
-    step 120 train python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 --variants ours-persona,ours-persona-add
+    step 130 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k "lean or fused or sampler"
+    step 280 decode python3 benchmarks/gpu_decode.py --variants 2 --chat-run
+    step 110 train python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 --variants ours-persona,ours-persona-add
     ;;
   extra)
     step 60 sampler python3 benchmarks/gpu_sampler.py
