@@ -3,9 +3,9 @@
 # log under $OUT. Wheels come from benchmarks/device_wheels.sh; carry [".whl", ".whl-unsloth"].
 #
 #   benchmarks/gpu_session.sh decode   # GPU tests of the kernels, the chat's rate beside the bare engine (~6 min)
-#   benchmarks/gpu_session.sh train    # talkalike's rows (every token's loss, the default, lora-add), Unsloth's
+#   benchmarks/gpu_session.sh train    # talkalike's rows (every token's loss, the default, without lora-add), Unsloth's
 #   benchmarks/gpu_session.sh one      # the first two's most needed parts, for when one call is all there is
-#   benchmarks/gpu_session.sh extra    # the sampler's table; 8 rows with lora-add, fused AdamW
+#   benchmarks/gpu_session.sh extra    # the sampler's table; 8 rows with and without lora-add, fused AdamW
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-/tmp/gpu-session} PYTHONUNBUFFERED=1
@@ -36,21 +36,22 @@ case "${1:-decode}" in
     ;;
   train)
     step 280 train python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
-      --variants ours,ours-persona,ours-persona-add
+      --variants ours,ours-persona,ours-persona-noadd
     if [ -d .whl-unsloth ]; then  # Unsloth's own packages over the image's transformers 5.17 (not ours)
-      site /tmp/site-unsloth .whl-unsloth/*.whl .whl/bitsandbytes-*.whl
+      site /tmp/site-unsloth .whl-unsloth/*.whl .whl/bitsandbytes-*.whl .whl/phonenumbers-*.whl .whl/python_stdnum-*.whl
       PYTHONPATH=/tmp/site-unsloth step 260 unsloth python3 benchmarks/gpu_unsloth.py --models "$MODEL" --steps 6
     fi
     ;;
-  one)  # what matters most when a single call is all there is: decode's, then lora-add against the default
+  one)  # what matters most when a single call is all there is: decode's, then the default against it without lora-add
     step 130 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k "lean or fused or sampler"
     step 280 decode python3 benchmarks/gpu_decode.py --variants 2 --chat-run
-    step 110 train python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 --variants ours-persona,ours-persona-add
+    step 110 train python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
+      --variants ours-persona,ours-persona-noadd
     ;;
   extra)
     step 60 sampler python3 benchmarks/gpu_sampler.py
     step 500 extra python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
-      --variants ours-persona-b8,ours-persona-b8-add,ours-persona-adam,ours-persona-b8-adam
+      --variants ours-persona-b8,ours-persona-b8-noadd,ours-persona-adam,ours-persona-b8-adam
     ;;
   *) echo "usage: $0 decode|train|one|extra" >&2; exit 2 ;;
 esac

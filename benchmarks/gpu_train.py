@@ -46,13 +46,14 @@ from talkalike.train.trainer import SPEEDUPS  # noqa: E402
 
 DENSE_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
-# ours and ours-persona run with the default speed-ups (talkalike.train.trainer.DEFAULT_SPEEDUPS) and the CUDA recipe
+# ours and ours-persona run with the default speed-ups (all of talkalike.train.trainer.SPEEDUPS) and the CUDA recipe
 # as it is; the other rows change one thing each, to show what each moved. Liger patches the model classes of its
 # architecture process-wide, so a row without it must run before any row with it (the default order does).
 # The b4/b8 rows put 4 or 8 packed rows in a micro-batch (accumulating 2 or 1): the same tokens per optimizer step.
 ALL = None
 NO_OFFLOAD = {"offload_checkpoints": False}
 NO_LEAN = ("packed-attention", "liger", "lora-input-cast")  # every speed-up but the lean LoRA branch
+NO_ADD = tuple(name for name in SPEEDUPS if name != "lora-add")  # the lean branch adding after its product, as peft
 FUSED_ADAM = {"optim": "adamw_torch_fused"}  # fp32 AdamW states, one multi-tensor kernel (not paged 8-bit)
 OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-plain": ((), NO_OFFLOAD),
@@ -63,8 +64,8 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-b8-nooffload": (ALL, {"batch_size": 8, "grad_accum": 1, **NO_OFFLOAD}),
     "ours-persona-nolean": (NO_LEAN, {}),
     "ours-persona-b8-nolean": (NO_LEAN, {"batch_size": 8, "grad_accum": 1}),
-    "ours-persona-add": (SPEEDUPS, {}),  # the default's, and lora-add
-    "ours-persona-b8-add": (SPEEDUPS, {"batch_size": 8, "grad_accum": 1}),
+    "ours-persona-noadd": (NO_ADD, {}),
+    "ours-persona-b8-noadd": (NO_ADD, {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-adam": (ALL, FUSED_ADAM),
     "ours-persona-b8-adam": (ALL, {"batch_size": 8, "grad_accum": 1, **FUSED_ADAM}),
 }

@@ -33,10 +33,9 @@ MIN_MESSAGES = 20  # persona messages opening in a letter needed for a share of 
 MIN_SHARE = 0.02  # a second script opening fewer of the persona's messages than this is not steered toward
 MAX_SHIFT = 4.0  # a script's mass is scaled by at most e^4 either way: a nudge toward the persona's mix
 # keep_mass and the steer on a CUDA device as one Triton kernel each (benchmarks/gpu_sampler.py times both ways);
-# the steer's kernel has matched Steer.apply only under Triton's interpreter, so it stays off until a GPU test has
-# run it (tests/test_gpu.py)
+# each has matched the torch ops on a GPU (tests/test_gpu.py)
 FUSED_HABITS = True
-FUSED_STEER = False
+FUSED_STEER = True
 BYTE_STAND_INS = re.compile("[\u00a1-\u0143]")  # how a byte-level BPE spells the bytes outside printable ASCII
 
 

@@ -21,11 +21,10 @@ BLOCK = 512  # two-stage sampling: 262,144 = 512 x 512, so each stage draws from
 TOP_P_CANDIDATES = 1024  # top-p looks for its nucleus among the most likely tokens first (exact; else a full sort)
 CHUNK_ROWS = 2  # rows of logits transformed together while they sit in the CPU's L2 cache
 # On a CUDA device, the no-repeat rule, and the penalty and the draw's weights, as Triton kernels
-# (engines/triton_sampler.py; benchmarks/gpu_sampler.py times both ways). The no-repeat kernel has run on a GPU
-# against the torch ops; the penalty and weights kernels have matched them only under Triton's interpreter, so they
-# stay off until a GPU test has run them (tests/test_gpu.py; benchmarks compare with `kernels(True)`).
+# (engines/triton_sampler.py; benchmarks/gpu_sampler.py times both ways; `kernels(False)` turns them off). Each has
+# matched the torch ops on a GPU (tests/test_gpu.py) and under Triton's interpreter.
 FUSED_REPEATS = True
-FUSED_DRAW = False
+FUSED_DRAW = True
 
 
 @contextlib.contextmanager
