@@ -193,31 +193,20 @@ def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -
                                  max_context_tokens=prompt_words * 4 + tokens_wanted)
     stream.reply(twin, history, config)  # picks, builds and captures the engine
     config = dataclasses.replace(config, max_new_tokens=tokens_wanted)
-
-    def replies():
-        speeds, text_us = [], []
-        for _ in range(2):
-            counted[0], text_s[0] = 0, 0.0
-            synchronize()
-            t0 = time.perf_counter()
-            stream.reply(twin, history, config)
-            synchronize()
-            speeds.append(counted[0] / (time.perf_counter() - t0))
-            text_us.append(text_s[0] / counted[0] * 1e6)
-        return speeds, text_us
-
-    from talkalike.decode import sampling
-
-    speeds, text_us = replies()
-    with sampling.kernels(True):  # the kernels still off by default (the steer's, the penalty's and weights')
-        all_speeds, all_text_us = replies()
+    speeds, text_us = [], []
+    for _ in range(2):
+        counted[0], text_s[0] = 0, 0.0
+        synchronize()
+        t0 = time.perf_counter()
+        stream.reply(twin, history, config)
+        synchronize()
+        speeds.append(counted[0] / (time.perf_counter() - t0))
+        text_us.append(text_s[0] / counted[0] * 1e6)
     stream.tokens = loop
     engine = twin.engines.get("merged") or twin.engines.get(True)
     rows = [{"variant": "talkalike chat RUN (load_twin + stream_reply, adapter merged at load)", "tok_s": max(speeds),
              "runs_tok_s": speeds, "tokens": counted[0], "engine": type(engine).__name__ if engine else None,
-             "text_host_us_per_token": min(text_us), "save_s": saved_s, "load_s": load_s},
-            {"variant": "talkalike chat RUN, every sampler kernel (steer, penalty and weights too)",
-             "tok_s": max(all_speeds), "runs_tok_s": all_speeds, "text_host_us_per_token": min(all_text_us)}]
+             "text_host_us_per_token": min(text_us), "save_s": saved_s, "load_s": load_s}]
     # The same loop and sampler with no text: what the sampler's kernels cost against the bare engine's greedy row,
     # and, against the row above, what the text side costs (nothing while the host keeps ahead of the device).
     prompt_ids = fit_prompt(twin, history, config)
@@ -231,13 +220,13 @@ def chat_run_speed(model, tokens_wanted: int, prompt_words: int, folder: Path) -
     sampled_speeds = [time_tokens(sampled)[0] for _ in range(2)]
     rows.append({"variant": "talkalike tokens() with the chat's sampler, no text (same engine)",
                  "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
+    from talkalike.decode import sampling
 
-    # every sampler kernel, those still off by default included; then none, as before engines/triton_sampler.py
-    for on, variant in ((True, "the same, every sampler kernel (steer, penalty and weights too)"),
-                        (False, "the same, the sampler in torch ops, no Triton kernels (unfused)")):
-        with sampling.kernels(on):
-            sampled_speeds = [time_tokens(sampled)[0] for _ in range(2)]
-        rows.append({"variant": variant, "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
+    # every sampler kernel is on by default: against none, as before engines/triton_sampler.py
+    with sampling.kernels(False):
+        sampled_speeds = [time_tokens(sampled)[0] for _ in range(2)]
+    rows.append({"variant": "the same, the sampler in torch ops, no Triton kernels (unfused)",
+                 "tok_s": max(sampled_speeds), "runs_tok_s": sampled_speeds})
     return rows
 
 

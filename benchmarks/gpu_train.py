@@ -303,11 +303,12 @@ def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool, profile:
     return timer
 
 
-def trl_liger_config(output_dir: str, use_cpu: bool = False):
+def trl_liger_config(output_dir: str, use_cpu: bool = False, liger: bool = True):
     """The do-it-yourself baseline's SFTConfig (TRL's options only): packing with TRL's BFD into padding-free rows of the
     CUDA recipe's max_length, Liger's kernels, and the recipe's batch geometry, optimizer and learning rate, so that
     its optimizer steps hold the same tokens as ours. `use_cpu`: the CPU test builds the same config and trainer
-    (without training: Liger and the 8-bit optimizer come in at train())."""
+    (without training: Liger and the 8-bit optimizer come in at train()). `liger=False`: without Liger's kernels
+    (gpu_unsloth.py, where Unsloth brings its own)."""
     from trl import SFTConfig
 
     from talkalike.train.recipe import resolve_recipe
@@ -319,7 +320,7 @@ def trl_liger_config(output_dir: str, use_cpu: bool = False):
         optim=recipe.optim, bf16=recipe.bf16, learning_rate=recipe.learning_rate, warmup_steps=2,
         weight_decay=recipe.weight_decay, logging_steps=1, save_strategy="no", report_to="none", use_cpu=use_cpu,
         packing=True, packing_strategy="bfd", padding_free=True, max_length=recipe.max_length,
-        use_liger_kernel=True, include_num_input_tokens_seen="non_padding",
+        use_liger_kernel=liger, include_num_input_tokens_seen="non_padding",
     )
 
 

@@ -46,6 +46,7 @@ from gpu_train import (  # noqa: E402
     build_config,
     make_rows,
     peak_flops,
+    trl_liger_config,
     word_tokenizer,
 )
 
@@ -77,32 +78,14 @@ def attention() -> str:
     return "flash-attn" if getattr(unsloth_utils, "HAS_FLASH_ATTENTION", False) else "sdpa"
 
 
-def sft_config(output_dir: str, max_length: int):
-    """trl-liger's SFTConfig (gpu_train.trl_liger_config) without Liger: Unsloth brings its own kernels."""
-    from trl import SFTConfig
-
-    from talkalike.train.recipe import resolve_recipe
-
-    recipe, _ = resolve_recipe(None, cuda=True, epochs=1.0, early_stopping_patience=0)
-    return SFTConfig(
-        output_dir=output_dir, num_train_epochs=1, per_device_train_batch_size=recipe.batch_size,
-        gradient_accumulation_steps=recipe.grad_accum, optim=recipe.optim, bf16=recipe.bf16,
-        learning_rate=recipe.learning_rate, warmup_steps=2, weight_decay=recipe.weight_decay, logging_steps=1,
-        save_strategy="no", report_to="none",
-        packing=True, packing_strategy="bfd", padding_free=True, max_length=max_length,
-        include_num_input_tokens_seen="non_padding", dataset_num_proc=1,
-    )
-
-
 def run(folder: Path, rows: list[dict], dropout: float) -> StepTimer:
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from talkalike.train.recipe import resolve_recipe
-
-    max_length = resolve_recipe(None, cuda=True, epochs=1.0, early_stopping_patience=0)[0].max_length
+    # trl-liger's settings without Liger: Unsloth brings its own kernels
+    config = trl_liger_config(tempfile.mkdtemp(prefix="bench-unsloth-"), liger=False)
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(folder), max_seq_length=max_length, dtype=torch.bfloat16,
+        model_name=str(folder), max_seq_length=config.max_length, dtype=torch.bfloat16,
         load_in_4bit=True, use_exact_model_name=True, fix_tokenizer=False,
         use_gradient_checkpointing="unsloth",
     )
@@ -111,8 +94,7 @@ def run(folder: Path, rows: list[dict], dropout: float) -> StepTimer:
         target_modules=[t for t in TARGETS if t != "lm_head"], use_gradient_checkpointing="unsloth",
     )
     timer = StepTimer(lambda state: state.num_input_tokens_seen)
-    trainer = SFTTrainer(model=model, processing_class=tokenizer,
-                         args=sft_config(tempfile.mkdtemp(prefix="bench-unsloth-"), max_length),
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, args=config,
                          train_dataset=Dataset.from_list([{"input_ids": r["input_ids"]} for r in rows]),
                          callbacks=[timer.callback])
     trainer.train()
