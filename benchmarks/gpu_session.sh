@@ -6,6 +6,7 @@
 #   benchmarks/gpu_session.sh train    # talkalike's rows (every token's loss, the default, without lora-add), Unsloth's
 #   benchmarks/gpu_session.sh one      # the first two's most needed parts, for when one call is all there is
 #   benchmarks/gpu_session.sh extra    # the sampler's table; 8 rows with and without lora-add, fused AdamW
+#   benchmarks/gpu_session.sh profile  # where a step's time goes: the default, 8 rows, fused AdamW, each profiled
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-/tmp/gpu-session} PYTHONUNBUFFERED=1
@@ -53,5 +54,10 @@ case "${1:-decode}" in
     step 500 extra python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
       --variants ours-persona-b8,ours-persona-b8-noadd,ours-persona-adam,ours-persona-b8-adam
     ;;
-  *) echo "usage: $0 decode|train|one|extra" >&2; exit 2 ;;
+  profile)
+    step 560 profile python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 --profile \
+      --variants "${VARIANTS:-ours-persona,ours-persona-b8,ours-persona-adam,ours-persona-b8-adam}"
+    grep -A 70 "^profiled step" "$OUT/profile.log" | head -n 300
+    ;;
+  *) echo "usage: $0 decode|train|one|extra|profile" >&2; exit 2 ;;
 esac

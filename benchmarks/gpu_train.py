@@ -230,6 +230,25 @@ class StepTimer:
                 "reserved_gb": torch.cuda.max_memory_reserved() / 2**30}
 
 
+KERNEL_KINDS = (  # (kind, words in a kernel's name), first match wins
+    ("matrix products", ("nvjet", "gemm", "cutlass", "sm90_xmma", "cublas")),
+    ("attention", ("flash", "fmha", "attention")),
+    ("dropout", ("dropout",)),
+    ("NF4 de-quantization", ("dequant",)),
+    ("optimizer", ("optimizer", "adam")),
+    ("casts and copies", ("memcpy", "memset", "copy_kernel", "catarray")),
+    ("element-wise", ("elementwise", "vectorized", "unrolled")),
+    ("reductions", ("reduce_kernel",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    """A kernel's kind for the profile's summary, from its name (Triton's kernels have plain names)."""
+    low = name.lower()
+    kind = next((kind for kind, words in KERNEL_KINDS if any(word in low for word in words)), None)
+    return kind or ("other CUDA" if low.startswith("void ") else "Triton")
+
+
 def summarize_profile(profiler, wall_s: float, tokens: int) -> dict:
     """Where one optimizer step's time went: the GPU's busy share (kernel time over wall time), how many kernels it
     launched, the costliest kernels and the costliest operators on the host (self time)."""
@@ -241,12 +260,18 @@ def summarize_profile(profiler, wall_s: float, tokens: int) -> dict:
     busy = sum(e.self_device_time_total for e in kernels) / 1e6
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
                                                          "cuLaunchKernelEx"))
-    top_gpu = sorted(kernels, key=lambda e: -e.self_device_time_total)[:15]
+    top_gpu = sorted(kernels, key=lambda e: -e.self_device_time_total)[:40]
     top_cpu = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+    kinds: dict[str, list] = {}
+    for event in kernels:
+        kind = kinds.setdefault(kernel_kind(event.key), [0, 0.0])
+        kind[0] += event.count
+        kind[1] += event.self_device_time_total / 1e3
     return {
         "wall_s": round(wall_s, 3), "tokens": tokens, "gpu_busy_s": round(busy, 3),
         "gpu_busy_share": round(busy / wall_s, 3), "kernel_launches": launches,
-        "top_kernels_ms": [(e.key[:70], e.count, round(e.self_device_time_total / 1e3, 1)) for e in top_gpu],
+        "kinds_ms": sorted(((name, n, round(ms, 1)) for name, (n, ms) in kinds.items()), key=lambda k: -k[2]),
+        "top_kernels_ms": [(e.key[:110], e.count, round(e.self_device_time_total / 1e3, 1)) for e in top_gpu],
         "top_host_ms": [(e.key[:70], e.count, round(e.self_cpu_time_total / 1e3, 1)) for e in top_cpu],
     }
 
@@ -425,6 +450,8 @@ def main() -> int:
             prof = r["profile"]
             print(f"\nprofiled step, {r['model']} {r['variant']}: {prof['wall_s']} s wall for {prof['tokens']} tokens, "
                   f"GPU busy {prof['gpu_busy_s']} s ({prof['gpu_busy_share']:.0%}), {prof['kernel_launches']} launches")
+            for name, count, ms in prof.get("kinds_ms", []):
+                print(f"  kind {ms:9.1f} ms {count:6d}x  {name}")
             for name, count, ms in prof["top_kernels_ms"]:
                 print(f"  gpu {ms:9.1f} ms {count:6d}x  {name}")
             for name, count, ms in prof["top_host_ms"]:
