@@ -7,6 +7,7 @@
 #   benchmarks/gpu_session.sh one      # the first two's most needed parts, for when one call is all there is
 #   benchmarks/gpu_session.sh extra    # the sampler's table; 8 rows with and without lora-add, fused AdamW
 #   benchmarks/gpu_session.sh profile  # where a step's time goes: the default, 8 rows, fused AdamW, each profiled
+#   benchmarks/gpu_session.sh speedups # the training kernels' GPU tests, then the default without each new speed-up
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-/tmp/gpu-session} PYTHONUNBUFFERED=1
@@ -53,6 +54,13 @@ case "${1:-decode}" in
     step 60 sampler python3 benchmarks/gpu_sampler.py
     step 500 extra python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
       --variants ours-persona-b8,ours-persona-b8-noadd,ours-persona-adam,ours-persona-b8-adam
+    ;;
+  speedups)
+    step 100 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k "dropout_kernels or replayed"
+    step 150 kernels python3 benchmarks/gpu_lora_kernels.py
+    [ -f "$OUT/lora_kernels.json" ] && export LORA_KERNELS_CONFIG=$OUT/lora_kernels.json
+    step 320 speedups python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
+      --variants "${VARIANTS:-ours-persona-b8-before,ours-persona-b8,ours-persona-b8-nokernels,ours-persona-b8-norope,ours-persona-b8-norecompute,ours-persona-b8-before,ours-persona-before,ours-persona}"
     ;;
   profile)
     step 560 profile python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 --profile \

@@ -20,6 +20,10 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
   Liger's kernels alone, or without offloading alone.
 - ours-persona-b4, -b8, -b8-nooffload: 4 or 8 packed rows per micro-batch (same tokens per optimizer step).
 - ours-persona-nolean, -b8-nolean: the default, or 8 rows, with peft's own LoRA branch (train/lean_lora.py).
+- ours-persona-noadd, -norope, -nokernels, -norecompute: the default without one speed-up (lora-add, liger-rope,
+  lora-kernels, lean-recompute; talkalike.train.trainer.SPEEDUPS); -before, -b8-before: without the last three.
+- ours-persona-adam, -b8-adam: fused fp32 AdamW instead of the recipe's paged 8-bit AdamW.
+- ours-persona-b8-norope, -b8-nokernels, -b8-norecompute: 8 rows without one of the three.
 - trl-liger: the strong do-it-yourself baseline: TRL's own SFTTrainer with its packing (BFD, padding-free: position
   ids, no attention across samples), Liger's kernels (use_liger_kernel=True: RMSNorm, RoPE, SwiGLU; TRL computes the
   loss with its own chunked LM head and refuses Liger's fused cross-entropy) and SDPA attention, loss on every token,
@@ -55,6 +59,13 @@ NO_OFFLOAD = {"offload_checkpoints": False}
 NO_LEAN = ("packed-attention", "liger", "lora-input-cast")  # every speed-up but the lean LoRA branch
 NO_ADD = tuple(name for name in SPEEDUPS if name != "lora-add")  # the lean branch adding after its product, as peft
 FUSED_ADAM = {"optim": "adamw_torch_fused"}  # fp32 AdamW states, one multi-tensor kernel (not paged 8-bit)
+NEW_IN_15 = ("liger-rope", "lora-kernels", "lean-recompute")  # the fifteenth session's speed-ups
+
+
+def without(*names):
+    return tuple(name for name in SPEEDUPS if name not in names)
+
+
 OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-plain": ((), NO_OFFLOAD),
     "ours-persona-noliger": (("packed-attention", "lora-input-cast"), NO_OFFLOAD),
@@ -67,6 +78,14 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-noadd": (NO_ADD, {}),
     "ours-persona-b8-noadd": (NO_ADD, {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-adam": (ALL, FUSED_ADAM),
+    "ours-persona-before": (without(*NEW_IN_15), {}),
+    "ours-persona-norope": (without("liger-rope"), {}),
+    "ours-persona-nokernels": (without("lora-kernels"), {}),
+    "ours-persona-norecompute": (without("lean-recompute"), {}),
+    "ours-persona-b8-before": (without(*NEW_IN_15), {"batch_size": 8, "grad_accum": 1}),
+    "ours-persona-b8-norope": (without("liger-rope"), {"batch_size": 8, "grad_accum": 1}),
+    "ours-persona-b8-nokernels": (without("lora-kernels"), {"batch_size": 8, "grad_accum": 1}),
+    "ours-persona-b8-norecompute": (without("lean-recompute"), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b8-adam": (ALL, {"batch_size": 8, "grad_accum": 1, **FUSED_ADAM}),
 }
 VARIANTS = ("baseline", "ours", *OURS_VARIANTS, "ours-persona", "trl-liger")
@@ -395,6 +414,11 @@ def main() -> int:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("LORA_KERNELS_CONFIG"):  # tiles chosen by benchmarks/gpu_lora_kernels.py on this card
+        from talkalike.train import lora_kernels
+
+        lora_kernels.CONFIG.update(json.loads(Path(os.environ["LORA_KERNELS_CONFIG"]).read_text()))
+        print("dropout kernels' tiles:", lora_kernels.CONFIG, flush=True)
     results = []
     baseline_tokens: dict[str, int] = {}
     for model_name in args.models.split(","):

@@ -348,28 +348,105 @@ def test_packed_rows_attend_through_varlen_flash_with_the_masked_paths_loss_and_
     _assert_close_grads(grads, reference, 0.03)
 
 
-def test_liger_layer_kernels_keep_a_training_steps_loss_and_gradients():
-    """Liger's RMSNorm and SwiGLU (talkalike.train.trainer._liger_layers) give the model's own loss and gradients in
-    bf16 within rounding, and leave the architecture's module as it was for models built later."""
+@pytest.mark.parametrize("rope", [False, True], ids=["layers", "layers+rope"])
+def test_liger_layer_kernels_keep_a_training_steps_loss_and_gradients(rope):
+    """Liger's RMSNorm and SwiGLU (talkalike.train.trainer._liger_layers), and its RoPE inside `rope_swapped`, give the
+    model's own loss and gradients in bf16 within rounding, and leave the architecture's module as it was for models
+    built later (and after the swap)."""
     pytest.importorskip("liger_kernel")
     from transformers.models.mistral import modeling_mistral
 
-    from talkalike.train.trainer import _liger_layers
+    from talkalike.train.trainer import _liger_layers, rope_swapped
     from tests.conftest import build_tiny_llama
 
     module_before = dict(vars(modeling_mistral))
     ids = torch.randint(3, 211, (1, 48), generator=torch.Generator().manual_seed(1)).cuda()
-    positions = torch.arange(48)[None].cuda()
+    positions = torch.cat([torch.arange(20), torch.arange(28)])[None].cuda()  # two packed samples
     plain = build_tiny_llama("mistral").to("cuda", torch.bfloat16).train()
     reference_loss, reference = _bf16_loss_and_grads(plain, ids, positions)
     fused = build_tiny_llama("mistral").to("cuda", torch.bfloat16).train()
-    assert _liger_layers(fused)
+    swap = _liger_layers(fused, rope=rope)
+    assert swap
     for module in (fused.model.norm, fused.model.layers[0].mlp, fused.model.layers[0].input_layernorm):
         assert "liger" in module.forward.__func__.__module__, module  # Liger's forward is bound to the module
     assert {k: v for k, v in vars(modeling_mistral).items() if module_before.get(k) is not v} == {}
-    loss, grads = _bf16_loss_and_grads(fused, ids, positions)
+    calls = []
+    if rope:
+        assert swap[0] is modeling_mistral and "liger" in swap[2].__module__
+        liger_rope = swap[2]
+        swap = (swap[0], swap[1], lambda *args, **kwargs: calls.append(1) or liger_rope(*args, **kwargs))
+    with rope_swapped(swap if rope else None):
+        loss, grads = _bf16_loss_and_grads(fused, ids, positions)
+    assert len(calls) == (2 if rope else 0)  # each layer's attention went through Liger's RoPE
+    assert {k: v for k, v in vars(modeling_mistral).items() if module_before.get(k) is not v} == {}
     torch.testing.assert_close(loss, reference_loss, rtol=1e-2, atol=1e-2)
     _assert_close_grads(grads, reference, 0.03)
+
+
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "checkpointed"])
+def test_lora_dropout_kernels_compiled_in_bf16_take_the_branch_s_gradients(checkpointed):
+    """The dropout kernels (train/lora_kernels.py) compiled for the GPU, in bf16 at a 7B layer's widths: the products
+    of `keep_mask`'s mask, through lora_add's autograd, within bf16's rounding."""
+    from talkalike.train import lora_kernels
+    from tests.train.test_lora_kernels import check_branch
+
+    check_branch(lora_kernels, "cuda", torch.bfloat16, checkpointed, shape=(2, 700, 4096, 1024, 32), tolerance=0.02)
+    check_branch(lora_kernels, "cuda", torch.bfloat16, checkpointed, shape=(1, 513, 14336, 512, 32), tolerance=0.02)
+    check_branch(lora_kernels, "cuda", torch.bfloat16, checkpointed, tolerance=0.02)
+
+
+def _nf4_lora_model(dropout: float):
+    """The tiny Mistral in NF4 with LoRA on every projection and offloaded checkpoints, as the GPU recipe trains."""
+    import tempfile
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from talkalike.train.qlora import prepare_kbit, use_offloaded_checkpoints
+    from tests.conftest import build_tiny_llama
+
+    with tempfile.TemporaryDirectory() as folder:
+        build_tiny_llama("mistral").save_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map={"": 0},
+                                                     quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True))
+    model = get_peft_model(prepare_kbit(model), LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
+                                                           target_modules="all-linear"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    assert use_offloaded_checkpoints(model) == 2
+    return model.train()
+
+
+def test_a_replayed_layer_skips_its_unread_down_product_with_the_same_loss_and_gradients(monkeypatch):
+    """With offloaded checkpoints, a layer run again for its backward skips its MLP's last 4-bit product
+    (train/lean_lora.py, skip_unread_outputs): the loss and every gradient stay as they were, dropout kernels on."""
+    from talkalike.train import lean_lora
+
+    model = _nf4_lora_model(0.1)
+    assert lean_lora.use_lean_lora(model, fused_add=True, kernels=True) == 2 * 7
+    ids = torch.randint(3, 211, (1, 96), generator=torch.Generator().manual_seed(0)).cuda()
+
+    def loss_and_grads():
+        model.zero_grad()
+        torch.manual_seed(7)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    reference_loss, reference = loss_and_grads()
+    assert lean_lora.skip_unread_outputs(model) == 2
+    skipped = []
+    original = lean_lora._weight_only()
+    monkeypatch.setattr(lean_lora, "_weight_only", lambda: skipped.append(1) or original)
+    loss, grads = loss_and_grads()
+    assert len(skipped) == 2  # each layer's down projection, in its replay only
+    torch.testing.assert_close(loss, reference_loss, rtol=0, atol=0)  # the forward pass is untouched
+    _assert_close_grads(grads, reference, 1e-3)
 
 
 def test_offloaded_checkpoints_on_a_gpu_give_plain_checkpointings_loss_and_gradients():

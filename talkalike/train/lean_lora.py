@@ -55,13 +55,38 @@ def _set_random_state(device, state) -> None:
         torch.set_rng_state(state)
 
 
-def _forward_low(ctx, x, a, b, scaling: float, p: float, dtype, early):
-    """`dropout(x) @ a.T` in `dtype`, with what the backward needs kept on `ctx` (the random state, not the mask)."""
-    state = _random_state(x.device) if p > 0 else None  # (forward runs with grad off)
-    dropped = x.to(early)
-    if p > 0:
-        dropped = _dropout(dropped, p)[0]
-    low = dropped.to(dtype) @ a.to(dtype).t()
+def _in_kernels(x, p: float, dtype, early, kernels: bool) -> bool:
+    """Whether the dropout kernels (train/lora_kernels.py) draw this branch's mask: asked for, a mask to draw, and
+    x dropped out and multiplied in its own half-precision dtype on a GPU (or under Triton's interpreter)."""
+    import os
+
+    import torch
+
+    return (kernels and p > 0 and x.dtype == early == dtype and dtype in (torch.bfloat16, torch.float16)
+            and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"))
+
+
+def _rows(x):
+    """x as [rows, features] with unit column stride (a view where it can be)."""
+    rows = x.reshape(-1, x.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def _forward_low(ctx, x, a, b, scaling: float, p: float, dtype, early, kernels: bool = False):
+    """`dropout(x) @ a.T` in `dtype`, with what the backward needs kept on `ctx` (the random state, or the kernels'
+    seed, not the mask)."""
+    ctx.seed = None
+    if _in_kernels(x, p, dtype, early, kernels):
+        from talkalike.train.lora_kernels import dropped_low, new_seed
+
+        ctx.seed, state = new_seed(x.device), None
+        low = dropped_low(_rows(x), a.to(dtype), ctx.seed, p).reshape(*x.shape[:-1], a.shape[0])
+    else:
+        state = _random_state(x.device) if p > 0 else None  # (forward runs with grad off)
+        dropped = x.to(early)
+        if p > 0:
+            dropped = _dropout(dropped, p)[0]
+        low = dropped.to(dtype) @ a.to(dtype).t()
     ctx.save_for_backward(x, a, b, low)
     ctx.state, ctx.scaling, ctx.p, ctx.dtype, ctx.early = state, scaling, p, dtype, early
     return low
@@ -80,6 +105,14 @@ def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool):
     grad_low = grad @ b.to(dtype)
     if scale_after:
         grad_b, grad_low = grad_b.mul_(ctx.scaling), grad_low.mul_(ctx.scaling)
+    if ctx.seed is not None:  # the kernels draw the forward's mask again from its seed, inside the products
+        from talkalike.train.lora_kernels import dropped_grad_a, dropped_grad_x
+
+        grad_a = dropped_grad_a(grad_low, _rows(x), ctx.seed, ctx.p)
+        grad_x = None
+        if needs_x:
+            grad_x = dropped_grad_x(grad_low, a.to(dtype), ctx.seed, ctx.p, ctx.early).reshape(x.shape).to(x.dtype)
+        return grad_x, grad_a.to(a.dtype), grad_b.to(b.dtype)
     dropped = x.reshape(-1, x.shape[-1]).to(ctx.early)
     if ctx.p > 0:  # the forward's mask, drawn again from the random state it was drawn from
         outer = _random_state(x.device)
@@ -106,13 +139,13 @@ def _branch_functions():
         """The branch alone, as peft computes it: `(dropout(x) @ A.T @ B.T) * scaling`."""
 
         @staticmethod
-        def forward(ctx, x, a, b, scaling: float, p: float, dtype, early):
-            low = _forward_low(ctx, x, a, b, scaling, p, dtype, early)
+        def forward(ctx, x, a, b, scaling: float, p: float, dtype, early, kernels: bool):
+            low = _forward_low(ctx, x, a, b, scaling, p, dtype, early, kernels)
             return (low @ b.to(dtype).t()) * scaling
 
         @staticmethod
         def backward(ctx, grad):
-            return *_branch_grads(ctx, grad, False, ctx.needs_input_grad[0]), None, None, None, None
+            return *_branch_grads(ctx, grad, False, ctx.needs_input_grad[0]), None, None, None, None, None
 
     class LoraAdd(torch.autograd.Function):
         """`result + scaling * (dropout(x) @ A.T @ B.T)` as one matrix product that adds into the base layer's
@@ -120,29 +153,55 @@ def _branch_functions():
         none for the scaling in the backward. One rounding of the sum instead of three: not peft's bits."""
 
         @staticmethod
-        def forward(ctx, result, x, a, b, scaling: float, p: float, dtype, early):
-            low = _forward_low(ctx, x, a, b, scaling, p, dtype, early)
+        def forward(ctx, result, x, a, b, scaling: float, p: float, dtype, early, kernels: bool):
+            low = _forward_low(ctx, x, a, b, scaling, p, dtype, early, kernels)
             out = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]),
                               b.to(dtype).t(), alpha=scaling)
             return out.reshape(result.shape)
 
         @staticmethod
         def backward(ctx, grad):
-            return grad, *_branch_grads(ctx, grad, True, ctx.needs_input_grad[1]), None, None, None, None
+            return grad, *_branch_grads(ctx, grad, True, ctx.needs_input_grad[1]), None, None, None, None, None
 
     return LoraBranch, LoraAdd
 
 
-def lora_branch(x, a, b, scaling: float, p: float, dtype, early=None):
+def lora_branch(x, a, b, scaling: float, p: float, dtype, early=None, kernels: bool = False):
     """`dropout(x.to(early), p).to(dtype) @ a.T @ b.T * scaling` (the products in `dtype`; `early`: the dtype x is
-    dropped out in, default x's own), keeping no copy of x for the backward."""
-    return _branch_functions()[0].apply(x, a, b, scaling, p, dtype, x.dtype if early is None else early)
+    dropped out in, default x's own), keeping no copy of x for the backward. `kernels`: the mask drawn inside the
+    r-wide products (train/lora_kernels.py) where they can (half precision on a GPU), not torch's dropout."""
+    early = x.dtype if early is None else early
+    return _branch_functions()[0].apply(x, a, b, scaling, p, dtype, early, kernels)
 
 
-def lora_add(result, x, a, b, scaling: float, p: float, dtype, early=None):
-    """`result + lora_branch(x, a, b, scaling, p, dtype, early)` in one matrix product that adds into `result`
-    (which must be in `dtype`)."""
-    return _branch_functions()[1].apply(result, x, a, b, scaling, p, dtype, x.dtype if early is None else early)
+def lora_add(result, x, a, b, scaling: float, p: float, dtype, early=None, kernels: bool = False):
+    """`result + lora_branch(x, a, b, scaling, p, dtype, early, kernels)` in one matrix product that adds into
+    `result` (which must be in `dtype`)."""
+    early = x.dtype if early is None else early
+    return _branch_functions()[1].apply(result, x, a, b, scaling, p, dtype, early, kernels)
+
+
+@cache
+def _weight_only():
+    import torch
+
+    class WeightOnly(torch.autograd.Function):
+        """A 4-bit layer whose output nothing reads: no product forward (its memory is left as it is), and the
+        backward's `grad @ W` as bitsandbytes' own (`MatMul4Bit.backward`)."""
+
+        @staticmethod
+        def forward(ctx, x, layer):
+            ctx.layer = layer
+            return x.new_empty((*x.shape[:-1], layer.out_features))
+
+        @staticmethod
+        def backward(ctx, grad):
+            from bitsandbytes.functional import dequantize_4bit
+
+            weight = ctx.layer.weight
+            return grad @ dequantize_4bit(weight.data.view(-1, 1), weight.quant_state).to(grad.dtype), None
+
+    return WeightOnly
 
 
 def _lean_forward(self, x, *args, **kwargs):
@@ -153,7 +212,11 @@ def _lean_forward(self, x, *args, **kwargs):
     if (self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None
             or any(name in self.lora_variant for name in self.active_adapters)):
         return type(self).forward(self, x, *args, **kwargs)
-    result = self.base_layer(x, *args, **kwargs)
+    if self.lean_output_unused and not args and not kwargs and _replaying():
+        # A checkpointed layer's last product, run again for the backward: only its weight is needed there
+        result = _weight_only().apply(x, self.base_layer)
+    else:
+        result = self.base_layer(x, *args, **kwargs)
     out_dtype = result.dtype
     for name in self.active_adapters:
         if name not in self.lora_A:
@@ -169,17 +232,45 @@ def _lean_forward(self, x, *args, **kwargs):
         cast = getattr(self, "cast_input_dtype_enabled", True) and not (on and self.lean_four_bit)
         early = a.dtype if cast else x.dtype
         with torch.autocast(x.device.type, enabled=False):
+            kernels = self.lean_kernels
             if self.lean_fused_add and result.dtype == dtype:
-                result = lora_add(result, x, a, b, self.scaling[name], p, dtype, early)
+                result = lora_add(result, x, a, b, self.scaling[name], p, dtype, early, kernels)
             else:
-                result = result + lora_branch(x, a, b, self.scaling[name], p, dtype, early)
+                result = result + lora_branch(x, a, b, self.scaling[name], p, dtype, early, kernels)
     return result.to(out_dtype)
 
 
-def use_lean_lora(model, fused_add: bool = False) -> int:
+def _replaying() -> bool:
+    from talkalike.train.qlora import recomputing
+
+    return recomputing()
+
+
+# Architectures whose decoder layer returns `residual + mlp(...)`: nothing in the layer reads the MLP's down
+# projection's output but the layer's result (Gemma's, say, normalizes it first, so it is not here).
+RESIDUAL_MLP = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def skip_unread_outputs(model) -> int:
+    """When a checkpointed layer runs again for its backward (train/qlora.py, `offloaded_checkpoint`), its MLP's
+    down projection skips its 4-bit product: only the layer's output reads it, and that output is never read then.
+    For `RESIDUAL_MLP` architectures and lean 4-bit layers (`use_lean_lora`); returns how many layers skip it."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in RESIDUAL_MLP:
+        return 0
+    count = 0
+    for name, module in model.named_modules():
+        if name.endswith("mlp.down_proj") and getattr(module, "lean_four_bit", False):
+            module.lean_output_unused = True
+            count += 1
+    return count
+
+
+def use_lean_lora(model, fused_add: bool = False, kernels: bool = False) -> int:
     """Give every vanilla LoRA Linear of `model` (no bias on B, no DoRA or other variant) the lean branch, per
     instance; returns how many. Layers that peft builds otherwise keep their own forward. `fused_add`: the branch
-    adds into the base layer's output inside its last matrix product (`lora_add`) where the two share a dtype."""
+    adds into the base layer's output inside its last matrix product (`lora_add`) where the two share a dtype.
+    `kernels`: dropout's mask drawn inside the branch's r-wide products (train/lora_kernels.py) where it can be."""
     from peft.tuners.lora import Linear
 
     try:
@@ -195,6 +286,8 @@ def use_lean_lora(model, fused_add: bool = False) -> int:
             continue
         module.lean_four_bit = type(module) is not Linear  # (read at every forward: decided once here)
         module.lean_fused_add = fused_add
+        module.lean_kernels = kernels
+        module.lean_output_unused = False  # (skip_unread_outputs)
         module.forward = types.MethodType(_lean_forward, module)
         count += 1
     return count

@@ -13,6 +13,7 @@ then applies the real head (LoRA included) and the cross-entropy in row chunks u
 chunk's logits exist at a time, in the forward and again in the backward.
 """
 
+import threading
 from contextlib import ExitStack, contextmanager
 from functools import cache
 
@@ -65,6 +66,15 @@ def head_loss_sum(head, hidden, targets, chunk_rows: int | None = None):
         total = total + checkpoint(chunk_loss, hidden[start : start + rows], targets[start : start + rows],
                                    use_reentrant=False)
     return total
+
+
+_REPLAY = threading.local()
+
+
+def recomputing() -> bool:
+    """Whether a checkpointed layer is being run again for its backward pass (`offloaded_checkpoint`): what it
+    computes then is only what the backward needs; its output is never read."""
+    return getattr(_REPLAY, "on", False)
 
 
 def offloaded_checkpoint(function, hidden, *args):
@@ -145,7 +155,11 @@ def _offloaded_layer():
                     torch.cuda.set_rng_state(ctx.rng[1], ctx.device)
                 for kind, enabled, dtype in ctx.autocast:
                     stack.enter_context(torch.autocast(kind, enabled=enabled, dtype=dtype))
-                outputs = ctx.function(hidden, *ctx.args)
+                _REPLAY.on = True
+                try:
+                    outputs = ctx.function(hidden, *ctx.args)
+                finally:
+                    _REPLAY.on = False
             outputs = outputs if isinstance(outputs, tuple) else (outputs,)
             pairs = [(out, grad) for out, grad in zip(outputs, grads, strict=False)
                      if grad is not None and torch.is_tensor(out) and out.requires_grad]

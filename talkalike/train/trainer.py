@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,17 +107,25 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
 # - lean-lora: on a CUDA GPU, LoRA's branch keeps no dropped-out copy of its input for the backward (train/lean_lora.py)
 # - lora-add: with lean-lora, the branch adds into the base layer's output inside its last matrix product (one rounding
 #   of the sum instead of three: the loss agrees within noise, not to the bit; +5.8% tokens/s on an H100)
+# - liger-rope: with liger, Liger's RoPE kernel inside training steps (one kernel for q and k in place, where
+#   transformers' own takes a dozen and a copy of each for the attention kernel's layout)
+# - lora-kernels: with lean-lora, dropout's mask drawn inside the branch's r-wide products by Triton kernels
+#   (train/lora_kernels.py): no dropped-out copy or mask in memory (the same distribution, not torch's draws)
+# - lean-recompute: with lean-lora and offloaded checkpoints, a layer run again for its backward skips its MLP's last
+#   4-bit product, which only the layer's output (never read then) reads (train/lean_lora.py, skip_unread_outputs)
 # All are on by default.
-SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add")
+SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add", "liger-rope", "lora-kernels",
+            "lean-recompute")
 
 
-def _liger_layers(model) -> bool:
+def _liger_layers(model, rope: bool = False):
     """Liger's fused RMSNorm and SwiGLU for this model's own layers (its loss kernels stay off: our masked head
-    computes the loss); False where liger-kernel is not installed or does not know the architecture.
+    computes the loss); False where liger-kernel is not installed or does not know the architecture. With `rope`,
+    also Liger's RoPE, returned as a swap to make during training steps (`rope_swapped`); else True.
 
     Liger also replaces the classes and RoPE function of the architecture's module for the whole process; those are
     put back at once, so models built later (a decoder compiled after training, say) are transformers' own. RoPE is
-    a module function, so it is not swapped at all.
+    a module function that every instance looks up at each call, so it is swapped only inside `rope_swapped`.
     """
     import importlib
 
@@ -126,18 +135,38 @@ def _liger_layers(model) -> bool:
         return False
     module = importlib.import_module(type(model).__module__)
     before = dict(vars(module))
+    swap = None
     try:
-        _apply_liger_kernel_to_instance(model=model, rope=False, rms_norm=True, swiglu=True, cross_entropy=False,
+        _apply_liger_kernel_to_instance(model=model, rope=rope, rms_norm=True, swiglu=True, cross_entropy=False,
                                         fused_linear_cross_entropy=False)
     except Exception:  # an architecture Liger has no kernels for: train on with the model's own layers
         return False
     finally:
+        liger_rope = vars(module).get("apply_rotary_pos_emb")
+        if rope and liger_rope is not None and liger_rope is not before.get("apply_rotary_pos_emb"):
+            swap = (module, "apply_rotary_pos_emb", liger_rope)
         for name, value in before.items():
             if getattr(module, name, None) is not value:
                 setattr(module, name, value)
         for name in set(vars(module)) - set(before):
             delattr(module, name)
-    return True
+    return swap if rope else True
+
+
+@contextmanager
+def rope_swapped(swap):
+    """Inside, the architecture's module applies RoPE with Liger's kernel (`swap` from `_liger_layers(rope=True)`;
+    None: as it is). A training step's forward, backward and recomputation all run inside."""
+    if swap is None:
+        yield
+        return
+    module, name, function = swap
+    own = getattr(module, name)
+    setattr(module, name, function)
+    try:
+        yield
+    finally:
+        setattr(module, name, own)
 
 
 TURN_END_LR_SCALE = 10  # the turn-end token rows' learning rate, as a multiple of the adapters'
@@ -155,9 +184,10 @@ def _trainer_class():
     class PersonaTrainer(SFTTrainer):
         """SFTTrainer with the LM head (and its LoRA, if targeted) applied only where a label is taken."""
 
-        def __init__(self, *args, token_counts: dict, **kwargs):
+        def __init__(self, *args, token_counts: dict, rope_swap=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.token_counts = token_counts
+            self.rope_swap = rope_swap
             # Our loss is a sum over labelled tokens divided by the whole accumulated batch's count, so the
             # Trainer must count them and must not divide again by the accumulation steps.
             self.model_accepts_loss_kwargs = True
@@ -175,6 +205,10 @@ def _trainer_class():
                 optimizer.add_param_group({"params": tokens, "weight_decay": 0.0,
                                            "lr": self.args.learning_rate * TURN_END_LR_SCALE})
             return optimizer
+
+        def training_step(self, *args, **kwargs):
+            with rope_swapped(self.rope_swap):  # forward, backward and the checkpoints' recomputation
+                return super().training_step(*args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
@@ -377,8 +411,10 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         from talkalike.train.packed import use_packed_attention
 
         use_packed_attention(model)
+    rope_swap = None
     if torch.cuda.is_available() and "liger" in speedups:
-        _liger_layers(model)
+        rope_swap = _liger_layers(model, rope="liger-rope" in speedups) or None
+        rope_swap = rope_swap if isinstance(rope_swap, tuple) else None
     set_seed(recipe.seed)  # LoRA's A matrices are drawn at random: seed them so reruns and resumes agree
     model = apply_lora(model, recipe, turn_end_ids, adapter)
     # The trained turn-end rows without peft's copy of the whole 262k-row table at every forward and its whole-table
@@ -398,7 +434,11 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         # draws the mask again instead (5% faster on an H200 at the default geometry, the same maths).
         from talkalike.train.lean_lora import use_lean_lora
 
-        use_lean_lora(model, fused_add="lora-add" in speedups)
+        use_lean_lora(model, fused_add="lora-add" in speedups, kernels="lora-kernels" in speedups)
+        if "lean-recompute" in speedups and recipe.gradient_checkpointing and recipe.offload_checkpoints:
+            from talkalike.train.lean_lora import skip_unread_outputs
+
+            skip_unread_outputs(model)
     callbacks = list(callbacks or [])
     if torch.cuda.is_available() and recipe.gradient_checkpointing and recipe.offload_checkpoints:
         callbacks.append(_offload_callback())
@@ -416,6 +456,7 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
             processing_class=tokenizer,
             callbacks=callbacks,
             token_counts=token_counts if token_counts is not None else {"tokens": 0, "trained_tokens": 0},
+            rope_swap=rope_swap,
         )
     trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which is for results; see metrics.jsonl
     # Packing decides how many rows (and so optimizer steps) an epoch holds: only now can a small chat's passes be set.

@@ -58,3 +58,45 @@ def test_a_layer_argument_that_needs_a_gradient_falls_back_to_plain_checkpointin
     expected_h, expected_w = torch.autograd.grad(torch.tanh(hidden @ weight).sum(), [hidden, weight])
     torch.testing.assert_close(weight.grad, expected_w)
     torch.testing.assert_close(hidden.grad, expected_h)
+
+
+def test_a_layer_knows_when_it_runs_again_for_its_backward():
+    """`recomputing()` is what lets a replayed layer skip work whose output nothing reads (train/lean_lora.py): true
+    only while offloaded checkpointing runs a layer again for the backward pass."""
+    from talkalike.train.qlora import recomputing, use_offloaded_checkpoints
+
+    ids = torch.randint(3, 211, (2, 24), generator=torch.Generator().manual_seed(0))
+    model = _lora_model()
+    assert use_offloaded_checkpoints(model) == 2
+    seen = []
+    for layer in model.base_model.model.model.layers:
+        layer.mlp.register_forward_hook(lambda module, args, out: seen.append(recomputing()))
+    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    assert seen == [False, False]
+    loss.backward()
+    assert seen == [False, False, True, True] and not recomputing()
+
+
+def test_only_residual_mlp_architectures_mark_their_4bit_down_projections():
+    """skip_unread_outputs marks the down projection of lean 4-bit LoRA layers where the decoder layer adds the MLP's
+    output straight to the residual; a full-precision base, or Gemma's normalized MLP output, keeps its product."""
+    from peft import LoraConfig, get_peft_model
+
+    from talkalike.train.lean_lora import skip_unread_outputs, use_lean_lora
+    from tests.conftest import build_windowed_gemma
+
+    model = _lora_model()
+    use_lean_lora(model)
+    assert skip_unread_outputs(model) == 0  # full-precision base layers: their product is cheap to keep as it is
+    for module in model.modules():
+        if hasattr(module, "lean_four_bit"):
+            module.lean_four_bit = True  # as a bitsandbytes 4-bit layer reads
+    assert skip_unread_outputs(model) == 2
+    marked = [name for name, module in model.named_modules() if getattr(module, "lean_output_unused", False)]
+    assert marked and all(name.endswith("mlp.down_proj") for name in marked)
+    gemma = get_peft_model(build_windowed_gemma(211), LoraConfig(r=4, target_modules=["down_proj"]))
+    use_lean_lora(gemma)
+    for module in gemma.modules():
+        if hasattr(module, "lean_four_bit"):
+            module.lean_four_bit = True
+    assert skip_unread_outputs(gemma) == 0
