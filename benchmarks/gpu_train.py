@@ -21,7 +21,8 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
 - ours-persona-b4, -b8, -b8-nooffload: 4 or 8 packed rows per micro-batch (same tokens per optimizer step).
 - ours-persona-nolean, -b8-nolean: the default, or 8 rows, with peft's own LoRA branch (train/lean_lora.py).
 - ours-persona-noadd, -norope, -nokernels, -norecompute: the default without one speed-up (lora-add, liger-rope,
-  lora-kernels, lean-recompute; talkalike.train.trainer.SPEEDUPS); -before, -b8-before: without the last three.
+  lora-kernels, lean-recompute; talkalike.train.trainer.SPEEDUPS); -before, -b8-before, -b4-before: without the
+  last three (-b4-before: the fourteenth session's default, 4 rows x 2).
 - ours-persona-adam, -b8-adam: fused fp32 AdamW instead of the recipe's paged 8-bit AdamW.
 - ours-persona-b8-norope, -b8-nokernels, -b8-norecompute: 8 rows without one of the three.
 - trl-liger: the strong do-it-yourself baseline: TRL's own SFTTrainer with its packing (BFD, padding-free: position
@@ -83,6 +84,7 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-nokernels": (without("lora-kernels"), {}),
     "ours-persona-norecompute": (without("lean-recompute"), {}),
     "ours-persona-b8-before": (without(*NEW_IN_15), {"batch_size": 8, "grad_accum": 1}),
+    "ours-persona-b4-before": (without(*NEW_IN_15), {"batch_size": 4, "grad_accum": 2}),
     "ours-persona-b8-norope": (without("liger-rope"), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b8-nokernels": (without("lora-kernels"), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b8-norecompute": (without("lean-recompute"), {"batch_size": 8, "grad_accum": 1}),

@@ -129,11 +129,12 @@ def _grad_x_kernel(grad_ptr, a_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, g
              .to(out_ptr.dtype.element_ty), mask=(rows[:, None] < m_size) & (cols[None, :] < k_size))
 
 
-# Tiles and launch sizes (benchmarks/gpu_lora_kernels.py times the choices on a GPU). `programs`: about how many
-# programs a reduction is split into (its partial sums then added), so that every SM has several to switch between.
+# Tiles and launch sizes: the fastest over a 7B layer's widths on an H100 (benchmarks/gpu_lora_kernels.py, whose
+# table is in BENCHMARKS.md). `programs`: about how many programs a reduction is split into (its partial sums then
+# added), so that every SM has several to switch between.
 CONFIG = {
-    "low": {"BM": 16, "BK": 128, "num_warps": 4, "programs": 1024},
-    "grad_a": {"BM": 64, "BK": 64, "num_warps": 4, "programs": 1024},
+    "low": {"BM": 64, "BK": 64, "num_warps": 4, "programs": 2048},
+    "grad_a": {"BM": 64, "BK": 64, "num_warps": 4, "programs": 2048},
     "grad_x": {"BM": 64, "BK": 128, "num_warps": 4},
 }
 

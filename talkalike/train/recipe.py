@@ -32,11 +32,12 @@ class Recipe:
     min_steps: int = 0
     max_epochs: float = 3.0
     # Per device; with packing, packed rows of `max_length` tokens rather than samples. The original's 2 x 4 samples
-    # become 4 rows x 2 accumulated, ~8k tokens an optimizer step either way: a micro-batch's host work on a GPU is
-    # mostly fixed, so 4 rows trained a 7B QLoRA 2.0x as fast as 2, within the original's peak memory once the
-    # checkpointed layers' inputs are offloaded (BENCHMARKS.md, "GPU training").
-    batch_size: int = 4
-    grad_accum: int = 2
+    # become 8 rows in one micro-batch, ~8k tokens an optimizer step either way: a micro-batch's host work on a GPU is
+    # mostly fixed, so 4 rows trained a 7B QLoRA 2.0x as fast as 2 and 8 faster again, within the original's peak
+    # memory once the checkpointed layers' inputs are offloaded and LoRA's dropout keeps no copies (BENCHMARKS.md,
+    # "GPU training").
+    batch_size: int = 8
+    grad_accum: int = 1
     gradient_checkpointing: bool = True
     # On a CUDA GPU, checkpointed layers keep their inputs in pinned host memory until the backward pass
     # (train/qlora.py), so a micro-batch can hold more tokens at the same peak; no effect on a CPU.

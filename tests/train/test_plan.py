@@ -79,8 +79,8 @@ def test_offloaded_checkpoints_leave_the_gpu_estimate_and_are_counted_on_the_hos
     kept = estimate(config, replace(recipe, offload_checkpoints=False), "cuda", 1024)
     moved = offloaded["memory_gb"]["offloaded_to_host"]
     assert moved > 0 and kept["memory_gb"]["offloaded_to_host"] == 0
-    # 4 rows x 1,024 tokens x 4,096 x bf16 for each of 32 layers on the host; on the GPU one layer's at a time
-    one_layer = 4 * 1024 * 4096 * 2 / 1e9
+    # the recipe's rows x 1,024 tokens x 4,096 x bf16 for each of 32 layers on the host; on the GPU one layer's at a time
+    one_layer = recipe.batch_size * 1024 * 4096 * 2 / 1e9
     assert abs(moved - 32 * one_layer) < 1e-3
     assert abs(kept["peak_memory_gb"] - offloaded["peak_memory_gb"] - 31 * one_layer) < 0.02
     # A CPU has no host to offload to: the same recipe keeps its checkpoints where they are.
