@@ -66,9 +66,9 @@ case "${1:-decode}" in
     ;;
   default)
     step 170 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
-      -k "lean or liger or dropout_kernels or replayed or offloaded or packed or qlora"
+      -k "lean or dropout_kernels or replayed or qlora"
     step 330 default python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
-      --variants ours-persona,baseline,ours-persona-b4-before,ours-persona,ours-persona-b4-before,ours-persona,ours-persona-before
+      --variants ours-persona,baseline,ours-persona-b4-before,ours-persona,ours-persona-nobase,ours-persona,ours-persona-nobase,ours-persona-before
     step 150 gemma python3 benchmarks/gpu_train.py --models gemma-1b-256k --steps 6 \
       --variants ours-persona,baseline,ours-persona-b4-before,ours-persona
     ;;

@@ -20,8 +20,8 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
   Liger's kernels alone, or without offloading alone.
 - ours-persona-b4, -b8, -b8-nooffload: 4 or 8 packed rows per micro-batch (same tokens per optimizer step).
 - ours-persona-nolean, -b8-nolean: the default, or 8 rows, with peft's own LoRA branch (train/lean_lora.py).
-- ours-persona-noadd, -norope, -nokernels, -norecompute: the default without one speed-up (lora-add, liger-rope,
-  lora-kernels, lean-recompute; talkalike.train.trainer.SPEEDUPS); -before, -b8-before, -b4-before: without the
+- ours-persona-noadd, -norope, -nokernels, -norecompute, -nobase: the default without one speed-up (lora-add,
+  liger-rope, lora-kernels, lean-recompute, lora-base; talkalike.train.trainer.SPEEDUPS); -before, -b8-before, -b4-before: without the
   last three (-b4-before: the fourteenth session's default, 4 rows x 2).
 - ours-persona-adam, -b8-adam: fused fp32 AdamW instead of the recipe's paged 8-bit AdamW.
 - ours-persona-b8-norope, -b8-nokernels, -b8-norecompute: 8 rows without one of the three.
@@ -60,7 +60,7 @@ NO_OFFLOAD = {"offload_checkpoints": False}
 NO_LEAN = ("packed-attention", "liger", "lora-input-cast")  # every speed-up but the lean LoRA branch
 NO_ADD = tuple(name for name in SPEEDUPS if name != "lora-add")  # the lean branch adding after its product, as peft
 FUSED_ADAM = {"optim": "adamw_torch_fused"}  # fp32 AdamW states, one multi-tensor kernel (not paged 8-bit)
-NEW_IN_15 = ("liger-rope", "lora-kernels", "lean-recompute")  # the fifteenth session's speed-ups
+NEW_IN_15 = ("liger-rope", "lora-kernels", "lean-recompute", "lora-base")  # the fifteenth session's speed-ups
 
 
 def without(*names):
@@ -83,6 +83,7 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-norope": (without("liger-rope"), {}),
     "ours-persona-nokernels": (without("lora-kernels"), {}),
     "ours-persona-norecompute": (without("lean-recompute"), {}),
+    "ours-persona-nobase": (without("lora-base"), {}),
     "ours-persona-b8-before": (without(*NEW_IN_15), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b4-before": (without(*NEW_IN_15), {"batch_size": 4, "grad_accum": 2}),
     "ours-persona-b8-norope": (without("liger-rope"), {"batch_size": 8, "grad_accum": 1}),

@@ -421,13 +421,15 @@ def _nf4_lora_model(dropout: float):
     return model.train()
 
 
-def test_a_replayed_layer_skips_its_unread_down_product_with_the_same_loss_and_gradients(monkeypatch):
+@pytest.mark.parametrize("base", [False, True], ids=["branch", "base-and-branch"])
+def test_a_replayed_layer_skips_its_unread_down_product_with_the_same_loss_and_gradients(monkeypatch, base):
     """With offloaded checkpoints, a layer run again for its backward skips its MLP's last 4-bit product
-    (train/lean_lora.py, skip_unread_outputs): the loss and every gradient stay as they were, dropout kernels on."""
+    (train/lean_lora.py, skip_unread_outputs): the loss and every gradient stay as they were, dropout kernels on,
+    with the branch alone or base and branch as one function."""
     from talkalike.train import lean_lora
 
     model = _nf4_lora_model(0.1)
-    assert lean_lora.use_lean_lora(model, fused_add=True, kernels=True) == 2 * 7
+    assert lean_lora.use_lean_lora(model, fused_add=True, kernels=True, base=base) == 2 * 7
     ids = torch.randint(3, 211, (1, 96), generator=torch.Generator().manual_seed(0)).cuda()
 
     def loss_and_grads():
@@ -441,8 +443,19 @@ def test_a_replayed_layer_skips_its_unread_down_product_with_the_same_loss_and_g
     reference_loss, reference = loss_and_grads()
     assert lean_lora.skip_unread_outputs(model) == 2
     skipped = []
-    original = lean_lora._weight_only()
-    monkeypatch.setattr(lean_lora, "_weight_only", lambda: skipped.append(1) or original)
+    if base:
+        fused = lean_lora._base_and_branch()
+
+        class Counting:
+            @staticmethod
+            def apply(*args):
+                skipped.extend([1] if args[-1] else [])
+                return fused.apply(*args)
+
+        monkeypatch.setattr(lean_lora, "_base_and_branch", lambda: Counting)
+    else:
+        original = lean_lora._weight_only()
+        monkeypatch.setattr(lean_lora, "_weight_only", lambda: skipped.append(1) or original)
     loss, grads = loss_and_grads()
     assert len(skipped) == 2  # each layer's down projection, in its replay only
     torch.testing.assert_close(loss, reference_loss, rtol=0, atol=0)  # the forward pass is untouched
@@ -509,7 +522,7 @@ def test_the_lean_lora_branch_gives_peft_s_loss_and_gradients_on_a_gpu(four_bit,
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     reference_loss, reference = loss_and_grads()
-    assert use_lean_lora(model, fused_add=fused_add) == 2 * 7
+    assert use_lean_lora(model, fused_add=fused_add, base=fused_add) == 2 * 7  # (base: NF4's base and branch as one)
     loss, grads = loss_and_grads()
     assert grads.keys() == reference.keys() and grads
     if not fused_add:

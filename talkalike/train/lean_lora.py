@@ -92,10 +92,11 @@ def _forward_low(ctx, x, a, b, scaling: float, p: float, dtype, early, kernels: 
     return low
 
 
-def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool):
+def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool, into=None):
     """The gradients of x (None unless `needs_x`), A and B from the gradient of the branch's output. `scale_after`:
     the scaling multiplies the two r-wide products instead of the output-wide gradient (the fused add's rounding; one
-    pass less)."""
+    pass less). `into`: x's gradient through the base layer ([rows, features] in x's dtype), which the branch's adds
+    to in place and returns as x's."""
     x, a, b, low = ctx.saved_tensors
     dtype = ctx.dtype
     grad = grad.to(dtype).reshape(-1, grad.shape[-1])
@@ -111,7 +112,8 @@ def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool):
         grad_a = dropped_grad_a(grad_low, _rows(x), ctx.seed, ctx.p)
         grad_x = None
         if needs_x:
-            grad_x = dropped_grad_x(grad_low, a.to(dtype), ctx.seed, ctx.p, ctx.early).reshape(x.shape).to(x.dtype)
+            grad_x = dropped_grad_x(grad_low, a.to(dtype), ctx.seed, ctx.p, ctx.early, into=into)
+            grad_x = grad_x.reshape(x.shape).to(x.dtype)
         return grad_x, grad_a.to(a.dtype), grad_b.to(b.dtype)
     dropped = x.reshape(-1, x.shape[-1]).to(ctx.early)
     if ctx.p > 0:  # the forward's mask, drawn again from the random state it was drawn from
@@ -127,6 +129,8 @@ def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool):
         grad_x = (grad_low @ a.to(dtype)).to(ctx.early)
         if ctx.p > 0:
             grad_x = through_mask(grad_x)
+        if into is not None:
+            grad_x = into.add_(grad_x)
         grad_x = grad_x.reshape(x.shape).to(x.dtype)
     return grad_x, grad_a.to(a.dtype), grad_b.to(b.dtype)
 
@@ -181,6 +185,50 @@ def lora_add(result, x, a, b, scaling: float, p: float, dtype, early=None, kerne
     return _branch_functions()[1].apply(result, x, a, b, scaling, p, dtype, early, kernels)
 
 
+def base_weight(layer, dtype):
+    """A frozen base layer's weight [out, in] in `dtype`: a bitsandbytes 4-bit layer's de-quantized as its own
+    backward de-quantizes it (`MatMul4Bit.backward`), a plain linear layer's as it is."""
+    weight = layer.weight
+    quant_state = getattr(weight, "quant_state", None)
+    if quant_state is None:
+        return weight.to(dtype)
+    from bitsandbytes.functional import dequantize_4bit
+
+    return dequantize_4bit(weight.data.view(-1, 1), quant_state).to(dtype)
+
+
+@cache
+def _base_and_branch():
+    import torch
+
+    class BaseAndBranch(torch.autograd.Function):
+        """A frozen base layer and its LoRA branch as one function: `base(x) + scaling * dropout(x) @ A.T @ B.T`,
+        the branch added inside its last product (as `LoraAdd`). x's gradient through both is one tensor: the base's
+        `grad @ W`, into which the branch's part is added in place, where autograd would add two [rows, in] tensors
+        into a third. `skip`: the base's product is not computed (a replayed layer's output nothing reads, as
+        `WeightOnly`)."""
+
+        @staticmethod
+        def forward(ctx, x, layer, a, b, scaling: float, p: float, dtype, early, kernels: bool, skip: bool):
+            result = x.new_empty((*x.shape[:-1], layer.out_features)) if skip else layer(x)
+            ctx.layer = layer
+            low = _forward_low(ctx, x, a, b, scaling, p, dtype, early, kernels)
+            out = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]),
+                              b.to(dtype).t(), alpha=scaling)
+            return out.reshape(result.shape)
+
+        @staticmethod
+        def backward(ctx, grad):
+            into = None
+            if ctx.needs_input_grad[0]:
+                rows = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
+                into = rows @ base_weight(ctx.layer, ctx.dtype)
+            grad_x, grad_a, grad_b = _branch_grads(ctx, grad, True, ctx.needs_input_grad[0], into=into)
+            return grad_x, None, grad_a, grad_b, None, None, None, None, None, None
+
+    return BaseAndBranch
+
+
 @cache
 def _weight_only():
     import torch
@@ -204,6 +252,25 @@ def _weight_only():
     return WeightOnly
 
 
+def _one_adapter(self, x, args, kwargs):
+    """(a, b, scaling, p, dtype, early) for `BaseAndBranch` where it serves this call: the fused add on a 4-bit base
+    without a bias, one active adapter, under autocast in the base's compute dtype, x already in it; else None."""
+    import torch
+
+    base = self.base_layer
+    if (args or kwargs or not (self.lean_base and self.lean_fused_add and self.lean_four_bit) or base.bias is not None
+            or len(self.active_adapters) != 1 or self.active_adapters[0] not in self.lora_A
+            or not torch.is_autocast_enabled(x.device.type)):
+        return None
+    dtype = torch.get_autocast_dtype(x.device.type)
+    if x.dtype != dtype or getattr(base, "compute_dtype", None) != dtype:
+        return None
+    name = self.active_adapters[0]
+    dropout = self.lora_dropout[name]
+    p = dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
+    return self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], p, dtype, x.dtype
+
+
 def _lean_forward(self, x, *args, **kwargs):
     """A vanilla LoRA Linear's forward (peft's, adapters on, not merged) with the branch as `lora_branch`, or added
     inside its last product (`lora_add`) where the layer was given the fused add."""
@@ -212,8 +279,13 @@ def _lean_forward(self, x, *args, **kwargs):
     if (self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None
             or any(name in self.lora_variant for name in self.active_adapters)):
         return type(self).forward(self, x, *args, **kwargs)
-    if self.lean_output_unused and not args and not kwargs and _replaying():
-        # A checkpointed layer's last product, run again for the backward: only its weight is needed there
+    # A checkpointed layer's last product, run again for the backward: only its weight is needed there
+    skip = self.lean_output_unused and not args and not kwargs and _replaying()
+    one = _one_adapter(self, x, args, kwargs)
+    if one is not None:  # base and branch in one function (a 4-bit base under autocast, the GPU recipe's case)
+        with torch.autocast(x.device.type, enabled=False):
+            return _base_and_branch().apply(x, self.base_layer, *one, self.lean_kernels, skip)
+    if skip:
         result = _weight_only().apply(x, self.base_layer)
     else:
         result = self.base_layer(x, *args, **kwargs)
@@ -266,11 +338,12 @@ def skip_unread_outputs(model) -> int:
     return count
 
 
-def use_lean_lora(model, fused_add: bool = False, kernels: bool = False) -> int:
+def use_lean_lora(model, fused_add: bool = False, kernels: bool = False, base: bool = False) -> int:
     """Give every vanilla LoRA Linear of `model` (no bias on B, no DoRA or other variant) the lean branch, per
     instance; returns how many. Layers that peft builds otherwise keep their own forward. `fused_add`: the branch
     adds into the base layer's output inside its last matrix product (`lora_add`) where the two share a dtype.
-    `kernels`: dropout's mask drawn inside the branch's r-wide products (train/lora_kernels.py) where it can be."""
+    `kernels`: dropout's mask drawn inside the branch's r-wide products (train/lora_kernels.py) where it can be.
+    `base`: with `fused_add`, a 4-bit base layer and its branch as one function (`BaseAndBranch`) under autocast."""
     from peft.tuners.lora import Linear
 
     try:
@@ -287,6 +360,7 @@ def use_lean_lora(model, fused_add: bool = False, kernels: bool = False) -> int:
         module.lean_four_bit = type(module) is not Linear  # (read at every forward: decided once here)
         module.lean_fused_add = fused_add
         module.lean_kernels = kernels
+        module.lean_base = base
         module.lean_output_unused = False  # (skip_unread_outputs)
         module.forward = types.MethodType(_lean_forward, module)
         count += 1

@@ -114,7 +114,7 @@ def _grad_a_kernel(grad_ptr, x_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, g
 
 @triton.jit
 def _grad_x_kernel(grad_ptr, a_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, grad_stride, a_stride, out_stride,
-                  limit, scale, BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):
+                   limit, scale, BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, ADD: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BK + tl.arange(0, BK)
     ranks = tl.arange(0, BR)
@@ -125,8 +125,12 @@ def _grad_x_kernel(grad_ptr, a_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, g
                 mask=(ranks[:, None] < r_size) & (cols[None, :] < k_size), other=0.0)
     full = tl.dot(grad, a)
     keep = _kept(key, rows, cols, k_size, limit)
-    tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], tl.where(keep, full * scale, 0.0)
-             .to(out_ptr.dtype.element_ty), mask=(rows[:, None] < m_size) & (cols[None, :] < k_size))
+    where = out_ptr + rows[:, None] * out_stride + cols[None, :]
+    inside = (rows[:, None] < m_size) & (cols[None, :] < k_size)
+    value = tl.where(keep, full * scale, 0.0)
+    if ADD:
+        value += tl.load(where, mask=inside, other=0.0).to(tl.float32)
+    tl.store(where, value.to(out_ptr.dtype.element_ty), mask=inside)
 
 
 # Tiles and launch sizes: the fastest over a 7B layer's widths on an H100 (benchmarks/gpu_lora_kernels.py, whose
@@ -198,17 +202,20 @@ def dropped_grad_a(grad_low, x2d, seed, p: float):
     return (partial[0] if splits == 1 else partial.sum(0))[:r_size]
 
 
-def dropped_grad_x(grad_low, a, seed, p: float, dtype):
-    """dropout's backward (the seed's mask, scaled) of `grad_low @ a`: x's gradient through the branch, [M, K]."""
+def dropped_grad_x(grad_low, a, seed, p: float, dtype, into=None):
+    """dropout's backward (the seed's mask, scaled) of `grad_low @ a`: x's gradient through the branch, [M, K]; with
+    `into` ([M, K], unit column stride), added into it in place instead (one pass, no second [M, K] tensor)."""
     import torch
 
     config = CONFIG["grad_x"]
     m_size, r_size = grad_low.shape
     k_size = a.shape[1]
-    out = torch.empty((m_size, k_size), dtype=dtype, device=grad_low.device)
+    out = torch.empty((m_size, k_size), dtype=dtype, device=grad_low.device) if into is None else into
+    assert out.shape == (m_size, k_size) and out.stride(1) == 1
     _check(out)
     block_m, block_k = config["BM"], config["BK"]
     _grad_x_kernel[(triton.cdiv(m_size, block_m), triton.cdiv(k_size, block_k))](
         grad_low, a, out, seed, m_size, k_size, r_size, grad_low.stride(0), a.stride(0), out.stride(0),
-        threshold(p), 1 / (1 - p), BM=block_m, BK=block_k, BR=_rank_block(r_size), num_warps=config["num_warps"])
+        threshold(p), 1 / (1 - p), BM=block_m, BK=block_k, BR=_rank_block(r_size), num_warps=config["num_warps"],
+        ADD=into is not None)
     return out

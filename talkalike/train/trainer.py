@@ -113,9 +113,11 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
 #   (train/lora_kernels.py): no dropped-out copy or mask in memory (the same distribution, not torch's draws)
 # - lean-recompute: with lean-lora and offloaded checkpoints, a layer run again for its backward skips its MLP's last
 #   4-bit product, which only the layer's output (never read then) reads (train/lean_lora.py, skip_unread_outputs)
+# - lora-base: with lora-add, a 4-bit base layer and its branch as one function whose input gradient is one tensor
+#   (the branch's part added in place into the base's, where autograd adds two into a third)
 # All are on by default.
 SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add", "liger-rope", "lora-kernels",
-            "lean-recompute")
+            "lean-recompute", "lora-base")
 
 
 def _liger_layers(model, rope: bool = False):
@@ -434,7 +436,8 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         # draws the mask again instead (5% faster on an H200 at the default geometry, the same maths).
         from talkalike.train.lean_lora import use_lean_lora
 
-        use_lean_lora(model, fused_add="lora-add" in speedups, kernels="lora-kernels" in speedups)
+        use_lean_lora(model, fused_add="lora-add" in speedups, kernels="lora-kernels" in speedups,
+                      base="lora-base" in speedups)
         if "lean-recompute" in speedups and recipe.gradient_checkpointing and recipe.offload_checkpoints:
             from talkalike.train.lean_lora import skip_unread_outputs
 

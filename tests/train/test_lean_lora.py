@@ -168,3 +168,37 @@ def test_dora_layers_keep_peft_s_forward():
 
     model = get_peft_model(build_tiny_llama("mistral"), LoraConfig(r=4, use_dora=True, target_modules=["q_proj"]))
     assert use_lean_lora(model) == 0
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["computed", "skipped"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_base_and_branch_in_one_function_give_the_layer_and_lora_add_s_gradients(dropout, skip):
+    """BaseAndBranch (a 4-bit base under autocast on the GPU) computes the base layer and the branch as one function
+    whose x gradient is one tensor (the branch's part added into the base's in place): the same output and
+    gradients as the base layer plus `lora_add`. With `skip` the base's product is not computed: the output is not
+    the layer's (nothing reads it), the gradients are."""
+    from talkalike.train.lean_lora import _base_and_branch, lora_add
+
+    generator = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(12, 10, bias=False)
+    layer.requires_grad_(False)
+    x = torch.randn(2, 7, 12, generator=generator, requires_grad=True)
+    a = torch.randn(4, 12, generator=generator, requires_grad=True)
+    b = torch.randn(10, 4, generator=generator, requires_grad=True)
+    weight = torch.randn(2, 7, 10, generator=generator)
+
+    def run(function):
+        for tensor in (x, a, b):
+            tensor.grad = None
+        torch.manual_seed(3)
+        out = function()
+        (out * weight).sum().backward()
+        return out.detach(), [t.grad.clone() for t in (x, a, b)]
+
+    expected, reference = run(lambda: lora_add(layer(x), x, a, b, 2.0, dropout, torch.float32))
+    out, grads = run(lambda: _base_and_branch().apply(x, layer, a, b, 2.0, dropout, torch.float32, torch.float32,
+                                                      False, skip))
+    if not skip:
+        torch.testing.assert_close(out, expected)
+    for grad, want, name in zip(grads, reference, "xab", strict=True):
+        torch.testing.assert_close(grad, want, msg=name)

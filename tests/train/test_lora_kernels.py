@@ -129,3 +129,45 @@ def check_branch(kernels, device, dtype, checkpointed: bool, shape=(2, 40, 24, 1
 @pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "checkpointed"])
 def test_the_lean_branch_with_the_kernels_takes_its_own_forward_s_gradients(kernels, checkpointed):
     check_branch(kernels, "cpu", torch.float16, checkpointed)
+
+
+def test_the_branch_s_x_gradient_adds_into_the_base_s_in_place(kernels):
+    """dropped_grad_x with `into`: the base's gradient plus the branch's, written where the base's was."""
+    p, seed, rows, width, rank = 0.3, 99, 70, 100, 4
+    generator = torch.Generator().manual_seed(1)
+    grad_low = torch.randn(rows, rank, generator=generator).half()
+    a = torch.randn(rank, width, generator=generator).half()
+    base = torch.randn(rows, width, generator=generator).half()
+    into = base.clone()
+    out = kernels.dropped_grad_x(grad_low, a, torch.tensor([seed]), p, torch.float16, into=into)
+    assert out.data_ptr() == into.data_ptr()
+    keep = kernels.keep_mask(seed, rows, width, p)
+    expected = base.float() + _dropped(grad_low.float() @ a.float(), keep, p)
+    torch.testing.assert_close(out.float(), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_base_and_branch_with_the_kernels_take_the_masks_gradients(kernels):
+    """BaseAndBranch with the dropout kernels: the base layer plus lora_add's kernel path, x's gradient in one tensor."""
+    from talkalike.train.lean_lora import _base_and_branch, lora_add
+
+    dtype, p = torch.float16, 0.3
+    generator = torch.Generator().manual_seed(2)
+    layer = torch.nn.Linear(24, 12, bias=False).half().requires_grad_(False)
+    x = torch.randn(2, 40, 24, generator=generator).half().requires_grad_()
+    a = (torch.randn(4, 24, generator=generator) * 0.3).requires_grad_()
+    b = (torch.randn(12, 4, generator=generator) * 0.3).requires_grad_()
+    weight = torch.randn(2, 40, 12, generator=generator).half()
+
+    def run(function):
+        for tensor in (x, a, b):
+            tensor.grad = None
+        torch.manual_seed(5)
+        out = function()
+        (out.float() * weight.float()).sum().backward()
+        return out.detach().float(), [t.grad.float().clone() for t in (x, a, b)]
+
+    expected, reference = run(lambda: lora_add(layer(x), x, a, b, 2.0, p, dtype, kernels=True))
+    out, grads = run(lambda: _base_and_branch().apply(x, layer, a, b, 2.0, p, dtype, dtype, True, False))
+    torch.testing.assert_close(out, expected, rtol=2e-3, atol=2e-3)
+    for grad, want, name in zip(grads, reference, "xab", strict=True):
+        assert (grad - want).abs().max() <= 0.01 * want.abs().max(), name
