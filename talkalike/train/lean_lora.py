@@ -92,6 +92,16 @@ def _forward_low(ctx, x, a, b, scaling: float, p: float, dtype, early, kernels: 
     return low
 
 
+def _add_branch(ctx, result, x, a, b, scaling: float, p: float, dtype, early, kernels: bool):
+    """`result + scaling * low @ b.T` in one matrix product (cuBLAS's beta = 1), `low` = `_forward_low`'s."""
+    import torch
+
+    low = _forward_low(ctx, x, a, b, scaling, p, dtype, early, kernels)
+    out = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]), b.to(dtype).t(),
+                      alpha=scaling)
+    return out.reshape(result.shape)
+
+
 def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool, into=None):
     """The gradients of x (None unless `needs_x`), A and B from the gradient of the branch's output. `scale_after`:
     the scaling multiplies the two r-wide products instead of the output-wide gradient (the fused add's rounding; one
@@ -158,10 +168,7 @@ def _branch_functions():
 
         @staticmethod
         def forward(ctx, result, x, a, b, scaling: float, p: float, dtype, early, kernels: bool):
-            low = _forward_low(ctx, x, a, b, scaling, p, dtype, early, kernels)
-            out = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]),
-                              b.to(dtype).t(), alpha=scaling)
-            return out.reshape(result.shape)
+            return _add_branch(ctx, result, x, a, b, scaling, p, dtype, early, kernels)
 
         @staticmethod
         def backward(ctx, grad):
@@ -212,10 +219,7 @@ def _base_and_branch():
         def forward(ctx, x, layer, a, b, scaling: float, p: float, dtype, early, kernels: bool, skip: bool):
             result = x.new_empty((*x.shape[:-1], layer.out_features)) if skip else layer(x)
             ctx.layer = layer
-            low = _forward_low(ctx, x, a, b, scaling, p, dtype, early, kernels)
-            out = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]),
-                              b.to(dtype).t(), alpha=scaling)
-            return out.reshape(result.shape)
+            return _add_branch(ctx, result, x, a, b, scaling, p, dtype, early, kernels)
 
         @staticmethod
         def backward(ctx, grad):
