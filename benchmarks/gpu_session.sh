@@ -3,7 +3,7 @@
 # log under $OUT. Wheels come from benchmarks/device_wheels.sh; carry [".whl", ".whl-unsloth"].
 #
 #   benchmarks/gpu_session.sh decode   # GPU tests of the kernels, the chat's rate beside the bare engine (~6 min)
-#   benchmarks/gpu_session.sh train    # talkalike's rows (every token's loss, the default, without lora-add), Unsloth's
+#   benchmarks/gpu_session.sh train    # talkalike's rows (every token's loss, the default), Unsloth's, each after a warm-up
 #   benchmarks/gpu_session.sh one      # the first two's most needed parts, for when one call is all there is
 #   benchmarks/gpu_session.sh extra    # the sampler's table; 8 rows with and without lora-add, fused AdamW
 #   benchmarks/gpu_session.sh profile  # where a step's time goes: the default, 8 rows, fused AdamW, each profiled
@@ -40,10 +40,11 @@ case "${1:-decode}" in
     ;;
   train)
     step 280 train python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
-      --variants ours,ours-persona,ours-persona-noadd
+      --variants "${TRAIN_VARIANTS:-ours,ours,ours-persona}"  # (the first row of a process warms it up)
     if [ -d .whl-unsloth ]; then  # Unsloth's own packages over the image's transformers 5.17 (not ours)
       site /tmp/site-unsloth .whl-unsloth/*.whl .whl/bitsandbytes-*.whl .whl/phonenumbers-*.whl .whl/python_stdnum-*.whl
-      PYTHONPATH=/tmp/site-unsloth step 260 unsloth python3 benchmarks/gpu_unsloth.py --models "$MODEL" --steps 6
+      PYTHONPATH=/tmp/site-unsloth step 260 unsloth python3 benchmarks/gpu_unsloth.py --models "$MODEL" --steps 6 \
+        --variants "${UNSLOTH_VARIANTS:-unsloth,unsloth-nodropout,unsloth}"
     fi
     ;;
   one)  # what matters most when a single call is all there is: decode's, then the default against it without lora-add
