@@ -92,14 +92,17 @@ def _forward_low(ctx, x, a, b, scaling: float, p: float, dtype, early, kernels: 
     return low
 
 
-def _add_branch(ctx, result, x, a, b, scaling: float, p: float, dtype, early, kernels: bool):
-    """`result + scaling * low @ b.T` in one matrix product (cuBLAS's beta = 1), `low` = `_forward_low`'s."""
+def _add_branch(ctx, result, x, a, b, scaling: float, p: float, dtype, early, kernels: bool, in_place: bool = False):
+    """`result + scaling * low @ b.T` in one matrix product (cuBLAS's beta = 1), `low` = `_forward_low`'s. `in_place`:
+    into `result` itself (a tensor nothing else holds), where out-of-place addmm first copies it whole."""
     import torch
 
     low = _forward_low(ctx, x, a, b, scaling, p, dtype, early, kernels)
-    out = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]), b.to(dtype).t(),
-                      alpha=scaling)
-    return out.reshape(result.shape)
+    rows, low = result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1])
+    if in_place and rows.data_ptr() == result.data_ptr():
+        rows.addmm_(low, b.to(dtype).t(), alpha=scaling)
+        return result
+    return torch.addmm(rows, low, b.to(dtype).t(), alpha=scaling).reshape(result.shape)
 
 
 def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool, into=None):
@@ -219,7 +222,7 @@ def _base_and_branch():
         def forward(ctx, x, layer, a, b, scaling: float, p: float, dtype, early, kernels: bool, skip: bool):
             result = x.new_empty((*x.shape[:-1], layer.out_features)) if skip else layer(x)
             ctx.layer = layer
-            return _add_branch(ctx, result, x, a, b, scaling, p, dtype, early, kernels)
+            return _add_branch(ctx, result, x, a, b, scaling, p, dtype, early, kernels, in_place=True)
 
         @staticmethod
         def backward(ctx, grad):

@@ -110,7 +110,8 @@ def _varlen(query, key, value, cu_seq_lens, longest: int, scaling, sliding_windo
         options["is_causal"] = True
     else:
         return None
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, heads, D]
+    # [T, heads, D] as views: squeeze, not t[0], whose backward would fill a zero tensor and copy each gradient in
+    q, k, v = (t.squeeze(0).transpose(0, 1) for t in (query, key, value))
     if k.shape[1] != q.shape[1]:
         if "enable_gqa" in accepts:
             options["enable_gqa"] = True

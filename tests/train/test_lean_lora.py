@@ -202,3 +202,20 @@ def test_base_and_branch_in_one_function_give_the_layer_and_lora_add_s_gradients
         torch.testing.assert_close(out, expected)
     for grad, want, name in zip(grads, reference, "xab", strict=True):
         torch.testing.assert_close(grad, want, msg=name)
+
+
+def test_base_and_branch_add_the_branch_into_the_base_output_itself():
+    """Out-of-place addmm first copies the base output whole (a device-to-device copy per projection on the GPU, 448
+    an optimizer step of a 7B model); BaseAndBranch adds into it, so its output is the base layer's own tensor."""
+    from talkalike.train.lean_lora import _base_and_branch
+
+    layer = torch.nn.Linear(12, 10, bias=False).requires_grad_(False)
+    outputs = []
+    layer.register_forward_hook(lambda module, args, out: outputs.append(out))
+    x = torch.randn(2, 7, 12, requires_grad=True)
+    a, b = torch.randn(4, 12, requires_grad=True), torch.randn(10, 4, requires_grad=True)
+    with torch.no_grad():
+        expected = layer(x) + 2.0 * (x @ a.t()) @ b.t()
+    out = _base_and_branch().apply(x, layer, a, b, 2.0, 0.0, torch.float32, torch.float32, False, False)
+    assert out.data_ptr() == outputs[-1].data_ptr()
+    torch.testing.assert_close(out.detach(), expected)

@@ -69,3 +69,44 @@ def test_calls_packing_does_not_cover_go_to_sdpa_unchanged():
         use_packed_attention(model)
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, padded)
         assert torch.equal(model.generate(ids[:1], max_new_tokens=6, do_sample=False), cached)
+
+
+def test_varlen_attention_takes_q_k_and_v_as_views_and_gives_per_sample_gradients(monkeypatch):
+    """The varlen path (CUDA; here a stand-in kernel that runs causal SDPA per sample on the CPU) hands q, k and v to
+    the kernel as views of the row: no select whose backward fills a zero tensor and copies each gradient in, and
+    the gradients are per-sample causal attention's."""
+    from talkalike.train import packed
+
+    bounds = [0, 5, 12, 20]
+
+    def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=None, is_causal=False):  # [T, heads, D]
+        assert is_causal and cu_q.tolist() == bounds
+        outs = []
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            piece = [t[start:end].transpose(0, 1) for t in (q, k, v)]
+            outs.append(torch.nn.functional.scaled_dot_product_attention(*piece, is_causal=True, scale=scale))
+        return torch.cat(outs, dim=1).transpose(0, 1)
+
+    monkeypatch.setattr(packed, "_varlen_function", lambda: (varlen_attn, ("scale", "is_causal")))
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(1, 2, 20, 8, generator=generator).transpose(1, 2).contiguous().transpose(1, 2)
+                         .requires_grad_() for _ in range(3))  # [1, heads, T, D] views of [1, T, heads, D], as RoPE leaves them
+    out = packed._varlen(query, key, value, torch.tensor(bounds, dtype=torch.int32), 8, None, None)
+    seen, stack = {}, [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and id(node) not in seen:
+            seen[id(node)] = node
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    names = {type(node).__name__ for node in seen.values()}
+    assert "SelectBackward0" not in names and "CloneBackward0" not in names
+    weight = torch.randn(out.shape, generator=generator)
+    grads = torch.autograd.grad((out * weight).sum(), (query, key, value))
+    reference_inputs = [t.detach().clone().requires_grad_() for t in (query, key, value)]
+    pieces = [torch.nn.functional.scaled_dot_product_attention(*[t[:, :, s:e] for t in reference_inputs], is_causal=True)
+              for s, e in zip(bounds, bounds[1:], strict=False)]
+    reference = torch.cat(pieces, dim=2).transpose(1, 2)  # [1, T, heads, D]
+    torch.testing.assert_close(out.detach(), reference.detach())
+    expected = torch.autograd.grad((reference * weight).sum(), reference_inputs)
+    for grad, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(grad, want)
