@@ -24,6 +24,7 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
   liger-rope, lora-kernels, lean-recompute, lora-base; talkalike.train.trainer.SPEEDUPS); -before, -b8-before, -b4-before: without the
   last three (-b4-before: the fourteenth session's default, 4 rows x 2).
 - ours-persona-adam, -b8-adam: fused fp32 AdamW instead of the recipe's paged 8-bit AdamW.
+- ours-persona-flat: the default with the recipe's optimizer stepping one flat parameter (train/flat_optim.py).
 - ours-persona-b8-norope, -b8-nokernels, -b8-norecompute: 8 rows without one of the three.
 - trl-liger: the strong do-it-yourself baseline: TRL's own SFTTrainer with its packing (BFD, padding-free: position
   ids, no attention across samples), Liger's kernels (use_liger_kernel=True: RMSNorm, RoPE, SwiGLU; TRL computes the
@@ -84,6 +85,7 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-nokernels": (without("lora-kernels"), {}),
     "ours-persona-norecompute": (without("lean-recompute"), {}),
     "ours-persona-nobase": (without("lora-base"), {}),
+    "ours-persona-flat": ((*SPEEDUPS, "flat-optimizer"), {}),
     "ours-persona-b8-before": (without(*NEW_IN_15), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b4-before": (without(*NEW_IN_15), {"batch_size": 4, "grad_accum": 2}),
     "ours-persona-b8-norope": (without("liger-rope"), {"batch_size": 8, "grad_accum": 1}),

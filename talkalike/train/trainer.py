@@ -118,6 +118,10 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
 # All are on by default.
 SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add", "liger-rope", "lora-kernels",
             "lean-recompute", "lora-base")
+# Not on by default until a GPU has timed it (`speedups=` turns it on; benchmarks/gpu_train.py's -flat rows):
+# - flat-optimizer: each optimizer group's tensors as slices of one flat parameter, so a step is one launch a group
+#   (train/flat_optim.py; bitsandbytes' 8-bit AdamW launched 451 a step from Python, 34 ms on an H100)
+UNTIMED_SPEEDUPS = ("flat-optimizer",)
 
 
 def _liger_layers(model, rope: bool = False):
@@ -186,10 +190,11 @@ def _trainer_class():
     class PersonaTrainer(SFTTrainer):
         """SFTTrainer with the LM head (and its LoRA, if targeted) applied only where a label is taken."""
 
-        def __init__(self, *args, token_counts: dict, rope_swap=None, **kwargs):
+        def __init__(self, *args, token_counts: dict, rope_swap=None, flat_optimizer: bool = False, **kwargs):
             super().__init__(*args, **kwargs)
             self.token_counts = token_counts
             self.rope_swap = rope_swap
+            self.flat_optimizer = flat_optimizer
             # Our loss is a sum over labelled tokens divided by the whole accumulated batch's count, so the
             # Trainer must count them and must not divide again by the accumulation steps.
             self.model_accepts_loss_kwargs = True
@@ -206,6 +211,10 @@ def _trainer_class():
                     group["params"] = [p for p in group["params"] if id(p) not in ids]
                 optimizer.add_param_group({"params": tokens, "weight_decay": 0.0,
                                            "lr": self.args.learning_rate * TURN_END_LR_SCALE})
+            if self.flat_optimizer and self.accelerator.num_processes == 1 and not self.is_fsdp_enabled:
+                from talkalike.train.flat_optim import flatten_groups
+
+                flatten_groups(optimizer)  # one launch a group a step (DDP and FSDP keep their own tensors)
             return optimizer
 
         def training_step(self, *args, **kwargs):
@@ -460,6 +469,7 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
             callbacks=callbacks,
             token_counts=token_counts if token_counts is not None else {"tokens": 0, "trained_tokens": 0},
             rope_swap=rope_swap,
+            flat_optimizer="flat-optimizer" in speedups,
         )
     trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which is for results; see metrics.jsonl
     # Packing decides how many rows (and so optimizer steps) an epoch holds: only now can a small chat's passes be set.
