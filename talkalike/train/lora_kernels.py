@@ -68,6 +68,15 @@ def _kept(key, rows, cols, width, limit):
     index = (rows[:, None] * width + cols[None, :]).to(tl.uint32)
     return (_mix(index ^ key) >> 8) >= limit
 
+
+@triton.jit
+def _dropped(x_ptr, rows, cols, inside, x_stride, key, k_size, limit, scale):
+    """The [rows, cols] tile of x (zero outside `inside`), dropped out with the seed's mask and scaled, in x's dtype."""
+    x = tl.load(x_ptr + rows[:, None] * x_stride + cols[None, :], mask=inside, other=0.0)
+    keep = _kept(key, rows, cols, k_size, limit)
+    return tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x.dtype)
+
+
 @triton.jit
 def _low_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, x_stride, a_stride, per_split, limit, scale,
                 BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):
@@ -80,10 +89,8 @@ def _low_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, x_strid
     for start in range(first, first + per_split, BK):
         cols = start + tl.arange(0, BK)
         inside = (cols < k_size) & (cols < first + per_split)
-        x = tl.load(x_ptr + rows[:, None] * x_stride + cols[None, :], mask=(rows[:, None] < m_size) & inside[None, :],
-                    other=0.0)
-        keep = _kept(key, rows, cols, k_size, limit)
-        dropped = tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x.dtype)
+        dropped = _dropped(x_ptr, rows, cols, (rows[:, None] < m_size) & inside[None, :], x_stride, key, k_size,
+                           limit, scale)
         a = tl.load(a_ptr + ranks[None, :] * a_stride + cols[:, None], mask=(ranks[None, :] < r_size) & inside[:, None],
                     other=0.0)
         acc += tl.dot(dropped, a)
@@ -102,10 +109,8 @@ def _grad_a_kernel(grad_ptr, x_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, g
     for start in range(first, first + per_split, BM):
         rows = start + tl.arange(0, BM)
         inside = (rows < m_size) & (rows < first + per_split)
-        x = tl.load(x_ptr + rows[:, None] * x_stride + cols[None, :],
-                    mask=inside[:, None] & (cols[None, :] < k_size), other=0.0)
-        keep = _kept(key, rows, cols, k_size, limit)
-        dropped = tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x.dtype)
+        dropped = _dropped(x_ptr, rows, cols, inside[:, None] & (cols[None, :] < k_size), x_stride, key, k_size,
+                           limit, scale)
         grad = tl.load(grad_ptr + rows[:, None] * grad_stride + ranks[None, :],
                        mask=inside[:, None] & (ranks[None, :] < r_size), other=0.0)
         acc += tl.dot(tl.trans(grad), dropped)
@@ -168,38 +173,44 @@ def new_seed(device):
     return torch.randint(0, 1 << SEED_BITS, (1,), device=device, dtype=torch.int64)
 
 
-def dropped_low(x2d, a, seed, p: float):
-    """`dropout(x2d, p) @ a.T` with the seed's mask; x2d [M, K] with unit column stride, a [r, K] in x's dtype."""
+def _summed_splits(kernel, config: dict, others: int, length: int, block: int, shape: tuple, device, arguments,
+                   rank_block: int):
+    """Launch a reduction `kernel` over (`others`, splits of `length`) programs into fp32 partial sums of `shape`,
+    and add them up. `arguments(partial, per_split)`: the kernel's arguments before its tile sizes."""
     import torch
 
+    splits, per_split = _splits(length, block, others, config["programs"])
+    partial = torch.empty((splits, *shape), dtype=torch.float32, device=device)
+    kernel[(others, splits)](*arguments(partial, per_split), BM=config["BM"], BK=config["BK"], BR=rank_block,
+                             num_warps=config["num_warps"])
+    return partial[0] if splits == 1 else partial.sum(0)
+
+
+def dropped_low(x2d, a, seed, p: float):
+    """`dropout(x2d, p) @ a.T` with the seed's mask; x2d [M, K] with unit column stride, a [r, K] in x's dtype."""
     _check(x2d)
     config = CONFIG["low"]
     m_size, k_size = x2d.shape
     r_size, rank_block = a.shape[0], _rank_block(a.shape[0])
-    rows = triton.cdiv(m_size, config["BM"])
-    splits, per_split = _splits(k_size, config["BK"], rows, config["programs"])
-    partial = torch.empty((splits, m_size, rank_block), dtype=torch.float32, device=x2d.device)
-    _low_kernel[(rows, splits)](
-        x2d, a, partial, seed, m_size, k_size, r_size, x2d.stride(0), a.stride(0), per_split, threshold(p),
-        1 / (1 - p), BM=config["BM"], BK=config["BK"], BR=rank_block, num_warps=config["num_warps"])
-    return (partial[0] if splits == 1 else partial.sum(0))[:, :r_size].to(x2d.dtype)
+    summed = _summed_splits(
+        _low_kernel, config, triton.cdiv(m_size, config["BM"]), k_size, config["BK"], (m_size, rank_block),
+        x2d.device, lambda partial, per_split: (x2d, a, partial, seed, m_size, k_size, r_size, x2d.stride(0),
+                                                a.stride(0), per_split, threshold(p), 1 / (1 - p)), rank_block)
+    return summed[:, :r_size].to(x2d.dtype)
 
 
 def dropped_grad_a(grad_low, x2d, seed, p: float):
     """`grad_low.T @ dropout(x2d, p)` in fp32 with the seed's mask: A's gradient, [r, K]."""
-    import torch
-
     _check(x2d)
     config = CONFIG["grad_a"]
     m_size, k_size = x2d.shape
     r_size, rank_block = grad_low.shape[1], _rank_block(grad_low.shape[1])
-    columns = triton.cdiv(k_size, config["BK"])
-    splits, per_split = _splits(m_size, config["BM"], columns, config["programs"])
-    partial = torch.empty((splits, rank_block, k_size), dtype=torch.float32, device=x2d.device)
-    _grad_a_kernel[(columns, splits)](
-        grad_low, x2d, partial, seed, m_size, k_size, r_size, grad_low.stride(0), x2d.stride(0), per_split,
-        threshold(p), 1 / (1 - p), BM=config["BM"], BK=config["BK"], BR=rank_block, num_warps=config["num_warps"])
-    return (partial[0] if splits == 1 else partial.sum(0))[:r_size]
+    summed = _summed_splits(
+        _grad_a_kernel, config, triton.cdiv(k_size, config["BK"]), m_size, config["BM"], (rank_block, k_size),
+        x2d.device, lambda partial, per_split: (grad_low, x2d, partial, seed, m_size, k_size, r_size,
+                                                grad_low.stride(0), x2d.stride(0), per_split, threshold(p),
+                                                1 / (1 - p)), rank_block)
+    return summed[:r_size]
 
 
 def dropped_grad_x(grad_low, a, seed, p: float, dtype, into=None):
