@@ -3,7 +3,7 @@
 # log under $OUT. Wheels come from benchmarks/device_wheels.sh; carry [".whl", ".whl-unsloth"].
 #
 #   benchmarks/gpu_session.sh decode   # GPU tests of the kernels, the chat's rate beside the bare engine (~6 min)
-#   benchmarks/gpu_session.sh train    # talkalike's rows (every token's loss, the default), Unsloth's, each after a warm-up
+#   benchmarks/gpu_session.sh train    # talkalike's rows (every token's loss, the default), Unsloth's, after warm-ups
 #   benchmarks/gpu_session.sh one      # the first two's most needed parts, for when one call is all there is
 #   benchmarks/gpu_session.sh extra    # the sampler's table; 8 rows with and without lora-add, fused AdamW
 #   benchmarks/gpu_session.sh profile  # where a step's time goes: the default, 8 rows, fused AdamW, each profiled
@@ -63,13 +63,15 @@ case "${1:-decode}" in
     step 150 kernels python3 benchmarks/gpu_lora_kernels.py
     [ -f "$OUT/lora_kernels.json" ] && export LORA_KERNELS_CONFIG=$OUT/lora_kernels.json
     step 320 speedups python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
-      --variants "${VARIANTS:-ours-persona-b8-before,ours-persona-b8,ours-persona-b8-nokernels,ours-persona-b8-norope,ours-persona-b8-norecompute,ours-persona-b8-before,ours-persona-before,ours-persona}"
+      --variants "${VARIANTS:-ours-persona-b8-before,ours-persona-b8,ours-persona-b8-nokernels,ours-persona-b8-norope,\
+ours-persona-b8-norecompute,ours-persona-b8-before,ours-persona-before,ours-persona}"
     ;;
   default)
     step 170 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
-      -k "lean or dropout_kernels or replayed or qlora"
+      -k "lean or dropout_kernels or replayed or qlora or flat or packed"
     step 330 default python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
-      --variants ours-persona,baseline,ours-persona-b4-before,ours-persona,ours-persona-nobase,ours-persona,ours-persona-nobase,ours-persona-before
+      --variants ours-persona,baseline,ours-persona-b4-before,ours-persona,ours-persona-flat,ours-persona,\
+ours-persona-flat,ours-persona-before
     step 150 gemma python3 benchmarks/gpu_train.py --models gemma-1b-256k --steps 6 \
       --variants ours-persona,baseline,ours-persona-b4-before,ours-persona
     ;;

@@ -21,8 +21,8 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
 - ours-persona-b4, -b8, -b8-nooffload: 4 or 8 packed rows per micro-batch (same tokens per optimizer step).
 - ours-persona-nolean, -b8-nolean: the default, or 8 rows, with peft's own LoRA branch (train/lean_lora.py).
 - ours-persona-noadd, -norope, -nokernels, -norecompute, -nobase: the default without one speed-up (lora-add,
-  liger-rope, lora-kernels, lean-recompute, lora-base; talkalike.train.trainer.SPEEDUPS); -before, -b8-before, -b4-before: without the
-  last four (-b4-before: the fourteenth session's default, 4 rows x 2).
+  liger-rope, lora-kernels, lean-recompute, lora-base; talkalike.train.trainer.SPEEDUPS); -before, -b8-before,
+  -b4-before: without the last four (-b4-before: the fourteenth session's default, 4 rows x 2).
 - ours-persona-adam, -b8-adam: fused fp32 AdamW instead of the recipe's paged 8-bit AdamW.
 - ours-persona-flat: the default with the recipe's optimizer stepping one flat parameter (train/flat_optim.py).
 - ours-persona-b8-norope, -b8-nokernels, -b8-norecompute: 8 rows without one of the three.

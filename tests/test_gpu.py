@@ -688,3 +688,33 @@ def test_the_fused_penalty_and_weights_draw_the_tokens_the_torch_ops_draw_on_a_g
             picks.append(sampling.choose(logits, seen, [0.7, 0.0, 1.3], config, generator, vocab))
         drawn[fused] = torch.stack(picks)
     assert torch.equal(drawn[True], drawn[False])
+
+
+def test_bitsandbytes_8bit_adamw_over_one_flat_parameter_steps_lora_tensors_as_it_steps_each():
+    """flatten_groups (train/flat_optim.py) under the recipe's paged 8-bit AdamW: LoRA-shaped tensors (sizes multiples
+    of its 256-element blocks) end three steps exactly where the optimizer stepping each tensor leaves them."""
+    import bitsandbytes as bnb
+
+    from talkalike.train.flat_optim import flatten_groups
+
+    shapes = [(32, 4096), (1024, 32), (32, 14336), (4096, 32)]
+
+    def params():
+        generator = torch.Generator().manual_seed(0)
+        return [torch.nn.Parameter((torch.randn(shape, generator=generator) * 0.02).cuda()) for shape in shapes]
+
+    plain, flat = params(), params()
+    reference = bnb.optim.PagedAdamW8bit(plain, lr=1e-3, weight_decay=0.001)
+    optimizer = bnb.optim.PagedAdamW8bit(flat, lr=1e-3, weight_decay=0.001)
+    assert flatten_groups(optimizer) == 1
+    for step in range(3):
+        generator = torch.Generator().manual_seed(step + 1)
+        grads = [torch.randn(shape, generator=generator).cuda() for shape in shapes]
+        for group, opt in ((plain, reference), (flat, optimizer)):
+            for param, grad in zip(group, grads, strict=True):
+                param.grad = grad.clone()
+            opt.step()
+            opt.zero_grad()
+    for mine, theirs in zip(flat, plain, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    assert not torch.equal(plain[0], params()[0])  # they moved

@@ -147,7 +147,7 @@ def test_the_branch_s_x_gradient_adds_into_the_base_s_in_place(kernels):
 
 
 def test_base_and_branch_with_the_kernels_take_the_masks_gradients(kernels):
-    """BaseAndBranch with the dropout kernels: the base layer plus lora_add's kernel path, x's gradient in one tensor."""
+    """BaseAndBranch with the dropout kernels: the base layer plus lora_add's kernel path, x's gradient one tensor."""
     from talkalike.train.lean_lora import _base_and_branch, lora_add
 
     dtype, p = torch.float16, 0.3

@@ -89,8 +89,9 @@ def test_varlen_attention_takes_q_k_and_v_as_views_and_gives_per_sample_gradient
 
     monkeypatch.setattr(packed, "_varlen_function", lambda: (varlen_attn, ("scale", "is_causal")))
     generator = torch.Generator().manual_seed(0)
+    # [1, heads, T, D] views of [1, T, heads, D], as RoPE leaves them
     query, key, value = (torch.randn(1, 2, 20, 8, generator=generator).transpose(1, 2).contiguous().transpose(1, 2)
-                         .requires_grad_() for _ in range(3))  # [1, heads, T, D] views of [1, T, heads, D], as RoPE leaves them
+                         .requires_grad_() for _ in range(3))
     out = packed._varlen(query, key, value, torch.tensor(bounds, dtype=torch.int32), 8, None, None)
     seen, stack = {}, [out.grad_fn]
     while stack:
@@ -103,7 +104,8 @@ def test_varlen_attention_takes_q_k_and_v_as_views_and_gives_per_sample_gradient
     weight = torch.randn(out.shape, generator=generator)
     grads = torch.autograd.grad((out * weight).sum(), (query, key, value))
     reference_inputs = [t.detach().clone().requires_grad_() for t in (query, key, value)]
-    pieces = [torch.nn.functional.scaled_dot_product_attention(*[t[:, :, s:e] for t in reference_inputs], is_causal=True)
+    attention = torch.nn.functional.scaled_dot_product_attention
+    pieces = [attention(*[t[:, :, s:e] for t in reference_inputs], is_causal=True)
               for s, e in zip(bounds, bounds[1:], strict=False)]
     reference = torch.cat(pieces, dim=2).transpose(1, 2)  # [1, T, heads, D]
     torch.testing.assert_close(out.detach(), reference.detach())

@@ -79,7 +79,7 @@ def test_offloaded_checkpoints_leave_the_gpu_estimate_and_are_counted_on_the_hos
     kept = estimate(config, replace(recipe, offload_checkpoints=False), "cuda", 1024)
     moved = offloaded["memory_gb"]["offloaded_to_host"]
     assert moved > 0 and kept["memory_gb"]["offloaded_to_host"] == 0
-    # the recipe's rows x 1,024 tokens x 4,096 x bf16 for each of 32 layers on the host; on the GPU one layer's at a time
+    # the recipe's rows x 1,024 tokens x 4,096 x bf16 for each of 32 layers on the host; on the GPU one layer's a time
     one_layer = recipe.batch_size * 1024 * 4096 * 2 / 1e9
     assert abs(moved - 32 * one_layer) < 1e-3
     assert abs(kept["peak_memory_gb"] - offloaded["peak_memory_gb"] - 31 * one_layer) < 0.02
