@@ -77,7 +77,9 @@ def _dropped(x_ptr, rows, cols, inside, x_stride, key, k_size, limit, scale):
     return tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x.dtype)
 
 
-@triton.jit
+# The row count (and each split's length) changes with every micro-batch's packed tokens: compiled once for any, not
+# again whenever it happens to be a multiple of 16, mid-run.
+@triton.jit(do_not_specialize=["m_size", "per_split"])
 def _low_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, x_stride, a_stride, per_split, limit, scale,
                 BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
@@ -97,7 +99,7 @@ def _low_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, x_strid
     tl.store(out_ptr + split * m_size * BR + rows[:, None] * BR + ranks[None, :], acc, mask=rows[:, None] < m_size)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["m_size", "per_split"])
 def _grad_a_kernel(grad_ptr, x_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, grad_stride, x_stride, per_split,
                   limit, scale, BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):
     cols = tl.program_id(0) * BK + tl.arange(0, BK)
@@ -117,7 +119,7 @@ def _grad_a_kernel(grad_ptr, x_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, g
     tl.store(out_ptr + split * BR * k_size + ranks[:, None] * k_size + cols[None, :], acc,
              mask=(ranks[:, None] < BR) & (cols[None, :] < k_size))
 
-@triton.jit
+@triton.jit(do_not_specialize=["m_size"])
 def _grad_x_kernel(grad_ptr, a_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, grad_stride, a_stride, out_stride,
                    limit, scale, BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, ADD: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
