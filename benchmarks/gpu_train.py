@@ -48,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from talkalike.train.qlora import release_optimizer_overrides  # noqa: E402
-from talkalike.train.trainer import SPEEDUPS  # noqa: E402
+from talkalike.train.trainer import SPEEDUPS, UNTIMED_SPEEDUPS  # noqa: E402
 
 DENSE_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
@@ -85,7 +85,7 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-nokernels": (without("lora-kernels"), {}),
     "ours-persona-norecompute": (without("lean-recompute"), {}),
     "ours-persona-nobase": (without("lora-base"), {}),
-    "ours-persona-flat": ((*SPEEDUPS, "flat-optimizer"), {}),
+    "ours-persona-flat": ((*SPEEDUPS, *UNTIMED_SPEEDUPS), {}),  # flat-optimizer
     "ours-persona-b8-before": (without(*NEW_IN_15), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b4-before": (without(*NEW_IN_15), {"batch_size": 4, "grad_accum": 2}),
     "ours-persona-b8-norope": (without("liger-rope"), {"batch_size": 8, "grad_accum": 1}),

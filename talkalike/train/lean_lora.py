@@ -28,6 +28,7 @@ base output in place; `skip_unread_outputs` lets a checkpointed layer's replay s
     use_lean_lora(peft_model, fused_add=True, kernels=True, base=True)   # the GPU recipe's
 """
 
+import os
 import types
 from functools import cache
 
@@ -63,8 +64,6 @@ def _set_random_state(device, state) -> None:
 def _in_kernels(x, p: float, dtype, early, kernels: bool) -> bool:
     """Whether the dropout kernels (train/lora_kernels.py) draw this branch's mask: asked for, a mask to draw, and
     x dropped out and multiplied in its own half-precision dtype on a GPU (or under Triton's interpreter)."""
-    import os
-
     import torch
 
     return (kernels and p > 0 and x.dtype == early == dtype and dtype in (torch.bfloat16, torch.float16)

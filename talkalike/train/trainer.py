@@ -424,8 +424,8 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         use_packed_attention(model)
     rope_swap = None
     if torch.cuda.is_available() and "liger" in speedups:
-        rope_swap = _liger_layers(model, rope="liger-rope" in speedups) or None
-        rope_swap = rope_swap if isinstance(rope_swap, tuple) else None
+        applied = _liger_layers(model, rope="liger-rope" in speedups)
+        rope_swap = applied if isinstance(applied, tuple) else None
     set_seed(recipe.seed)  # LoRA's A matrices are drawn at random: seed them so reruns and resumes agree
     model = apply_lora(model, recipe, turn_end_ids, adapter)
     # The trained turn-end rows without peft's copy of the whole 262k-row table at every forward and its whole-table
