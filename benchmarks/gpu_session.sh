@@ -7,9 +7,11 @@
 #   benchmarks/gpu_session.sh one      # the first two's most needed parts, for when one call is all there is
 #   benchmarks/gpu_session.sh extra    # the sampler's table; 8 rows with and without lora-add, fused AdamW
 #   benchmarks/gpu_session.sh profile  # where a step's time goes: the default, 8 rows, fused AdamW, each profiled
+#                                      # (VARIANTS= other rows; TESTS= a pytest -k of GPU tests to run first)
 #   benchmarks/gpu_session.sh speedups # the dropout kernels' GPU tests and tiles, then 8 rows without each new speed-up
-#   benchmarks/gpu_session.sh default  # the training GPU tests; the default against the original recipe and the last
-#                                      # session's default, twice each after a warm-up row; the 262k-vocabulary model
+#   benchmarks/gpu_session.sh default  # the training GPU tests; the default against the original recipe, the
+#                                      # fourteenth session's default and the untimed speed-up, after a warm-up row;
+#                                      # the 262k-vocabulary model
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-/tmp/gpu-session} PYTHONUNBUFFERED=1
@@ -68,14 +70,15 @@ ours-persona-b8-norecompute,ours-persona-b8-before,ours-persona-before,ours-pers
     ;;
   default)
     step 170 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
-      -k "lean or dropout_kernels or replayed or qlora or flat or packed"
+      -k "lean or dropout_kernels or replayed or qlora or flat or packed or offloaded"
     step 330 default python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
-      --variants ours-persona,baseline,ours-persona-b4-before,ours-persona,ours-persona-flat,ours-persona,\
-ours-persona-flat,ours-persona-before
+      --variants ours-persona,baseline,ours-persona-b4-before,ours-persona,ours-persona-prefetch,ours-persona,\
+ours-persona-prefetch,ours-persona-before
     step 150 gemma python3 benchmarks/gpu_train.py --models gemma-1b-256k --steps 6 \
       --variants ours-persona,baseline,ours-persona-b4-before,ours-persona
     ;;
-  profile)
+  profile)  # TESTS="offloaded or flat": those GPU tests first
+    [ -n "${TESTS:-}" ] && step 120 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k "$TESTS"
     step 560 profile python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 --profile \
       --variants "${VARIANTS:-ours-persona,ours-persona-b8,ours-persona-adam,ours-persona-b8-adam}"
     grep -A 70 "^profiled step" "$OUT/profile.log" | head -n 300

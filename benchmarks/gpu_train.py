@@ -20,11 +20,12 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
   Liger's kernels alone, or without offloading alone.
 - ours-persona-b4, -b8, -b8-nooffload: 4 or 8 packed rows per micro-batch (same tokens per optimizer step).
 - ours-persona-nolean, -b8-nolean: the default, or 8 rows, with peft's own LoRA branch (train/lean_lora.py).
-- ours-persona-noadd, -norope, -nokernels, -norecompute, -nobase: the default without one speed-up (lora-add,
-  liger-rope, lora-kernels, lean-recompute, lora-base; talkalike.train.trainer.SPEEDUPS); -before, -b8-before,
-  -b4-before: without the last four (-b4-before: the fourteenth session's default, 4 rows x 2).
+- ours-persona-noadd, -norope, -nokernels, -norecompute, -nobase, -noflat: the default without one speed-up
+  (lora-add, liger-rope, lora-kernels, lean-recompute, lora-base, flat-optimizer; talkalike.train.trainer.SPEEDUPS);
+  -before, -b8-before, -b4-before: without the last five (-b4-before: the fourteenth session's default, 4 rows x 2).
 - ours-persona-adam, -b8-adam: fused fp32 AdamW instead of the recipe's paged 8-bit AdamW.
-- ours-persona-flat: the default with the recipe's optimizer stepping one flat parameter (train/flat_optim.py).
+- ours-persona-prefetch: the default with each offloaded checkpoint's copy back started a layer early
+  (talkalike.train.trainer.UNTIMED_SPEEDUPS).
 - ours-persona-b8-norope, -b8-nokernels, -b8-norecompute: 8 rows without one of the three.
 - trl-liger: the strong do-it-yourself baseline: TRL's own SFTTrainer with its packing (BFD, padding-free: position
   ids, no attention across samples), Liger's kernels (use_liger_kernel=True: RMSNorm, RoPE, SwiGLU; TRL computes the
@@ -61,7 +62,8 @@ NO_OFFLOAD = {"offload_checkpoints": False}
 NO_LEAN = ("packed-attention", "liger", "lora-input-cast")  # every speed-up but the lean LoRA branch
 NO_ADD = tuple(name for name in SPEEDUPS if name != "lora-add")  # the lean branch adding after its product, as peft
 FUSED_ADAM = {"optim": "adamw_torch_fused"}  # fp32 AdamW states, one multi-tensor kernel (not paged 8-bit)
-NEW_IN_15 = ("liger-rope", "lora-kernels", "lean-recompute", "lora-base")  # the fifteenth session's speed-ups
+# the fifteenth session's speed-ups (flat-optimizer: written then, timed and made a default in the sixteenth)
+NEW_IN_15 = ("liger-rope", "lora-kernels", "lean-recompute", "lora-base", "flat-optimizer")
 
 
 def without(*names):
@@ -85,7 +87,8 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-nokernels": (without("lora-kernels"), {}),
     "ours-persona-norecompute": (without("lean-recompute"), {}),
     "ours-persona-nobase": (without("lora-base"), {}),
-    "ours-persona-flat": ((*SPEEDUPS, *UNTIMED_SPEEDUPS), {}),  # flat-optimizer
+    "ours-persona-noflat": (without("flat-optimizer"), {}),
+    "ours-persona-prefetch": ((*SPEEDUPS, *UNTIMED_SPEEDUPS), {}),  # prefetch-checkpoints
     "ours-persona-b8-before": (without(*NEW_IN_15), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b4-before": (without(*NEW_IN_15), {"batch_size": 4, "grad_accum": 2}),
     "ours-persona-b8-norope": (without("liger-rope"), {"batch_size": 8, "grad_accum": 1}),

@@ -14,6 +14,7 @@ chunk's logits exist at a time, in the forward and again in the backward.
 """
 
 import threading
+import weakref
 from contextlib import ExitStack, contextmanager
 from functools import cache
 
@@ -87,6 +88,9 @@ def offloaded_checkpoint(function, hidden, *args):
     tokens at the same peak memory, and a micro-batch's cost on the GPU host is mostly fixed (BENCHMARKS.md, "GPU
     training"). Used as transformers' `_gradient_checkpointing_func`: `function` is the layer with its keyword
     arguments bound, `hidden` its input hidden states.
+
+    With `prefetch` (`use_offloaded_checkpoints`), a layer's backward first starts copying the next layer's input
+    back on another side stream, so that copy overlaps this layer's work instead of holding up the next one's.
     """
     import torch
 
@@ -94,40 +98,100 @@ def offloaded_checkpoint(function, hidden, *args):
         from torch.utils.checkpoint import checkpoint
 
         return checkpoint(function, hidden, *args, use_reentrant=False)
-    return _offloaded_layer().apply(function, hidden, *args)
+    return _offloaded_layer().apply(function, False, hidden, *args)
+
+
+def prefetched_checkpoint(function, hidden, *args):
+    """`offloaded_checkpoint`, each layer's backward starting the copy back of the next one's input."""
+    import torch
+
+    if any(torch.is_tensor(arg) and arg.requires_grad for arg in args):
+        return offloaded_checkpoint(function, hidden, *args)
+    return _offloaded_layer().apply(function, True, hidden, *args)
 
 
 @cache
-def _copy_stream(device):
-    """The side stream that copies checkpointed inputs to the host, one per GPU."""
+def _copy_stream(device, back: bool = False):
+    """The side stream that copies checkpointed inputs to the host (or, `back`, to the GPU again), one per GPU."""
     import torch
 
     return torch.cuda.Stream(device)
 
 
-def _offload(tensor):
-    """A host copy of a GPU tensor made on a side stream (and the event that marks it done); a CPU tensor as it is."""
+class _Saved:
+    """A checkpointed layer's input: its host copy and the event that marks the copy done (None for a CPU tensor,
+    kept as it is); once prefetched, its GPU copy and the event that marks that copy done."""
+
+    __slots__ = ("host", "done", "device", "back", "arrived", "__weakref__")
+
+    def __init__(self, host, done, device):
+        self.host, self.done, self.device = host, done, device
+        self.back = self.arrived = None
+
+
+def _offload(tensor) -> _Saved:
+    """A host copy of a GPU tensor made on a side stream; a CPU tensor as it is."""
     import torch
 
     if tensor.device.type != "cuda":
-        return tensor.detach(), None
+        return _Saved(tensor.detach(), None, tensor.device)
     stream = _copy_stream(tensor.device)
     stream.wait_stream(torch.cuda.current_stream(tensor.device))
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     with torch.cuda.stream(stream):
         host.copy_(tensor, non_blocking=True)
     tensor.record_stream(stream)  # the allocator must not reuse its memory before the copy has read it
-    return host, stream.record_event()
+    return _Saved(host, stream.record_event(), tensor.device)
 
 
-def _reload(saved, device):
+def _prefetch(saved: _Saved) -> None:
+    """Start copying a saved input back to its GPU on a side stream; `_reload` waits for it there."""
     import torch
 
-    host, done = saved
-    if done is None:
-        return host
-    torch.cuda.current_stream(device).wait_event(done)
-    return host.to(device, non_blocking=True)
+    if saved.done is None or saved.back is not None:
+        return
+    current = torch.cuda.current_stream(saved.device)
+    stream = _copy_stream(saved.device, back=True)
+    # Allocated for the current stream, whose queued work may still read the memory it reuses: the copy waits for
+    # that work (all of it queued before this layer's backward, so the copy overlaps this layer's).
+    saved.back = torch.empty(saved.host.shape, dtype=saved.host.dtype, device=saved.device)
+    stream.wait_stream(current)
+    stream.wait_event(saved.done)
+    with torch.cuda.stream(stream):
+        saved.back.copy_(saved.host, non_blocking=True)
+    saved.arrived = stream.record_event()
+
+
+def _reload(saved: _Saved):
+    import torch
+
+    if saved.done is None:
+        return saved.host
+    current = torch.cuda.current_stream(saved.device)
+    if saved.back is not None:
+        current.wait_event(saved.arrived)
+        return saved.back
+    current.wait_event(saved.done)
+    return saved.host.to(saved.device, non_blocking=True)
+
+
+_PENDING = threading.local()
+
+
+def _pending() -> list:
+    """Weak references to the inputs saved by prefetching layers' forwards, in order, not yet back for a backward
+    (weak: a graph dropped without a backward drops its inputs with it)."""
+    if not hasattr(_PENDING, "saved"):
+        _PENDING.saved = []
+    return _PENDING.saved
+
+
+def _next_back(saved: _Saved) -> _Saved | None:
+    """Take `saved` off the pending inputs; the one whose backward comes next (the last saved before it), if any."""
+    pending = _pending()
+    alive = [ref for ref in pending if ref() is not None and ref() is not saved]
+    pending[:] = alive
+    return alive[-1]() if alive else None
 
 
 @cache
@@ -137,17 +201,21 @@ def _offloaded_layer():
 
     class OffloadedLayer(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, function, hidden, *args):
-            ctx.function, ctx.args, ctx.device = function, args, hidden.device
+        def forward(ctx, function, prefetch, hidden, *args):
+            ctx.function, ctx.args, ctx.device, ctx.prefetch = function, args, hidden.device, prefetch
             ctx.autocast = [(kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
                             for kind in ("cpu", "cuda")]
             ctx.rng = torch.get_rng_state(), (torch.cuda.get_rng_state(hidden.device) if hidden.is_cuda else None)
             ctx.saved = _offload(hidden)
+            if prefetch:
+                _pending().append(weakref.ref(ctx.saved))
             return function(hidden, *args)  # autograd records nothing inside: nothing but the output stays
 
         @staticmethod
         def backward(ctx, *grads):
-            hidden = _reload(ctx.saved, ctx.device).detach().requires_grad_(True)
+            if ctx.prefetch and (following := _next_back(ctx.saved)) is not None:
+                _prefetch(following)
+            hidden = _reload(ctx.saved).detach().requires_grad_(True)
             devices = [ctx.device] if ctx.rng[1] is not None else []
             with torch.random.fork_rng(devices=devices), torch.enable_grad(), ExitStack() as stack:
                 torch.set_rng_state(ctx.rng[0])
@@ -166,18 +234,19 @@ def _offloaded_layer():
             torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
             arguments = len(ctx.args)
             ctx.saved = ctx.function = ctx.args = None
-            return None, hidden.grad, *[None] * arguments
+            return None, None, hidden.grad, *[None] * arguments
 
     return OffloadedLayer
 
 
-def use_offloaded_checkpoints(model) -> int:
-    """Make every checkpointed decoder layer of `model` offload its input (`offloaded_checkpoint`); how many."""
+def use_offloaded_checkpoints(model, prefetch: bool = False) -> int:
+    """Make every checkpointed decoder layer of `model` offload its input (`offloaded_checkpoint`, or with `prefetch`
+    `prefetched_checkpoint`); how many."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
     for layer in layers:
-        layer._gradient_checkpointing_func = offloaded_checkpoint
+        layer._gradient_checkpointing_func = prefetched_checkpoint if prefetch else offloaded_checkpoint
     return len(layers)
 
 

@@ -117,11 +117,11 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
 #   (the branch's part added in place into the base's, where autograd adds two into a third)
 # All are on by default.
 SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add", "liger-rope", "lora-kernels",
-            "lean-recompute", "lora-base")
-# Not on by default until a GPU has timed it (`speedups=` turns it on; benchmarks/gpu_train.py's -flat rows):
-# - flat-optimizer: each optimizer group's tensors as slices of one flat parameter, so a step is one launch a group
-#   (train/flat_optim.py; bitsandbytes' 8-bit AdamW launched 451 a step from Python, 34 ms on an H100)
-UNTIMED_SPEEDUPS = ("flat-optimizer",)
+            "lean-recompute", "lora-base", "flat-optimizer")
+# Not on by default until a GPU has timed it (`speedups=` turns it on; benchmarks/gpu_train.py's -prefetch rows):
+# - prefetch-checkpoints: each offloaded layer's backward starts copying the next layer's input back on a side
+#   stream (train/qlora.py), where the copy held up the GPU's own stream, 2 ms a layer on an H100
+UNTIMED_SPEEDUPS = ("prefetch-checkpoints",)
 
 
 def _liger_layers(model, rope: bool = False):
@@ -272,7 +272,7 @@ def _trainer_class():
     return PersonaTrainer
 
 
-def _offload_callback():
+def _offload_callback(prefetch: bool):
     """Once Trainer has turned checkpointing on (at train()), the checkpointed layers offload their inputs."""
     from transformers import TrainerCallback
 
@@ -280,7 +280,7 @@ def _offload_callback():
 
     class OffloadCheckpoints(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            use_offloaded_checkpoints(model)
+            use_offloaded_checkpoints(model, prefetch=prefetch)
 
     return OffloadCheckpoints()
 
@@ -453,7 +453,7 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
             skip_unread_outputs(model)
     callbacks = list(callbacks or [])
     if torch.cuda.is_available() and recipe.gradient_checkpointing and recipe.offload_checkpoints:
-        callbacks.append(_offload_callback())
+        callbacks.append(_offload_callback(prefetch="prefetch-checkpoints" in speedups))
     if has_eval and recipe.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 

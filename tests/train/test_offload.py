@@ -48,6 +48,40 @@ def test_offloaded_checkpoints_give_plain_checkpointings_loss_and_gradients_with
     assert not torch.allclose(other, reference_loss)
 
 
+def test_each_prefetching_layer_s_backward_fetches_the_next_layer_s_input_and_nothing_stays_pending(monkeypatch):
+    """With prefetch, the backward of each layer but the first starts bringing back the input of the layer whose
+    backward comes next (train/qlora.py: `_prefetch`, a copy on a side stream on a GPU); loss and gradients are as
+    before, and no saved input outlives its graph, with or without a backward."""
+    import gc
+
+    from talkalike.train import qlora
+
+    ids = torch.randint(3, 211, (2, 24), generator=torch.Generator().manual_seed(0))
+    model = _lora_model()
+    reference_loss, reference = _loss_and_grads(model, ids)
+    assert qlora.use_offloaded_checkpoints(model, prefetch=True) == 2
+    inputs, fetched = [], []
+    hooks = [layer.register_forward_pre_hook(lambda module, args, kwargs: inputs.append(
+        kwargs.get("hidden_states", args[0] if args else None)), with_kwargs=True)
+        for layer in model.base_model.model.model.layers]
+    original = qlora._prefetch
+    monkeypatch.setattr(qlora, "_prefetch", lambda saved: fetched.append(saved.host) or original(saved))
+    loss, grads = _loss_and_grads(model, ids)
+    torch.testing.assert_close(loss, reference_loss)
+    assert grads.keys() == reference.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], msg=name)
+    first_input = inputs[0]  # the forward's; the replays come after
+    assert len(fetched) == 1 and fetched[0].data_ptr() == first_input.data_ptr()
+    assert not [ref for ref in qlora._pending() if ref() is not None]
+    for hook in hooks:  # the layers' inputs hold their graphs
+        hook.remove()
+    inputs.clear()
+    model(input_ids=ids, labels=ids, use_cache=False)  # a forward whose graph is dropped unused
+    gc.collect()
+    assert not [ref for ref in qlora._pending() if ref() is not None]
+
+
 def test_a_layer_argument_that_needs_a_gradient_falls_back_to_plain_checkpointing():
     from talkalike.train.qlora import offloaded_checkpoint
 
