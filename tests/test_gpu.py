@@ -692,6 +692,18 @@ def test_the_fused_penalty_and_weights_draw_the_tokens_the_torch_ops_draw_on_a_g
     assert torch.equal(drawn[True], drawn[False])
 
 
+def test_a_bitsandbytes_8bit_state_saved_per_tensor_loads_into_the_flat_group():
+    """A run checkpointed per tensor under the recipe's 8-bit AdamW resumes flat with the same states
+    (train/flat_optim.py): the 8-bit states and their block-wise scales joined in order (LoRA's sizes: multiples of
+    its 256-element blocks)."""
+    import bitsandbytes as bnb
+
+    from tests.train.test_flat_optim import check_per_tensor_state_loads
+
+    check_per_tensor_state_loads(bnb.optim.PagedAdamW8bit, shapes=((32, 4096), (1024, 32), (32, 14336), (4096, 32)),
+                                 lr=1e-3, weight_decay=0.001)
+
+
 def test_bitsandbytes_8bit_adamw_over_one_flat_parameter_steps_lora_tensors_as_it_steps_each():
     """flatten_groups (train/flat_optim.py) under the recipe's paged 8-bit AdamW: LoRA-shaped tensors (sizes multiples
     of its 256-element blocks) end three steps exactly where the optimizer stepping each tensor leaves them."""

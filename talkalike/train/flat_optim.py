@@ -65,7 +65,53 @@ def flatten_groups(optimizer) -> int:
                 elif param.grad is not None:
                     param.grad.zero_()
 
+    own_load = optimizer.load_state_dict
+
+    def load_state_dict(state_dict):
+        """The optimizer's own, also from a state saved per tensor (a run checkpointed before its groups were
+        flat): each flattened group's tensors' states joined in their order."""
+        sizes = [len(parts[group["params"][0]]) if group["params"] and group["params"][0] in parts else 0
+                 for group in optimizer.param_groups]
+        return own_load(_joined(state_dict, optimizer.param_groups, sizes))
+
     optimizer.register_step_pre_hook(gather)
     optimizer.register_step_post_hook(release)
     optimizer.zero_grad = zero_grad
+    optimizer.load_state_dict = load_state_dict
     return len(parts)
+
+
+# State entries shared by a group's tensors rather than one per element or block: the step count, and
+# bitsandbytes' 8-bit quantization maps.
+_SHARED_STATE = ("step", "qmap1", "qmap2")
+
+
+def _joined(state_dict: dict, groups: list[dict], sizes: list[int]) -> dict:
+    """`state_dict` as the flattened optimizer's own: where a saved group holds as many tensors as a flat group
+    stands for (`sizes`: 0 for a group left as it was), their per-element (and per-block) states concatenated in
+    order; else unchanged."""
+    import torch
+
+    saved = state_dict["param_groups"]
+    if len(saved) != len(groups) or all(len(old["params"]) == len(new["params"])
+                                        for old, new in zip(saved, groups, strict=True)):
+        return state_dict
+    state, new_groups, index = {}, [], 0
+    for old, size in zip(saved, sizes, strict=True):
+        ids = old["params"]
+        if size > 1 and len(ids) == size:
+            states = [state_dict["state"][i] for i in ids if i in state_dict["state"]]
+            if states:
+                if len(states) != size:
+                    raise ValueError("a flattened group's saved state lacks some of its tensors")
+                state[index] = {key: states[0][key] if key in _SHARED_STATE
+                                else torch.cat([s[key].reshape(-1) for s in states]) for key in states[0]}
+            new_groups.append({**old, "params": [index]})
+            index += 1
+            continue
+        for i in ids:
+            if i in state_dict["state"]:
+                state[index] = state_dict["state"][i]
+            index += 1
+        new_groups.append({**old, "params": list(range(index - len(ids), index))})
+    return {"state": state, "param_groups": new_groups}

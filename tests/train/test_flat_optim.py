@@ -8,15 +8,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-def _params(seed: int = 0):
+def _params(seed: int = 0, shapes=((4, 6), (6, 4), (3,), (5, 2))):
     generator = torch.Generator().manual_seed(seed)
-    shapes = [(4, 6), (6, 4), (3,), (5, 2)]
     return [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
 
 
 def _step(params, optimizer, seed: int, drop: bool = False):
     generator = torch.Generator().manual_seed(seed)
-    loss = sum((p * torch.randn(p.shape, generator=generator)).sum() ** 2 for p in params)
+    loss = sum((p * torch.randn(p.shape, generator=generator).to(p.device)).sum() ** 2 for p in params)
     loss.backward()
     if drop:  # a tensor without a gradient this step
         params[2].grad = None
@@ -73,6 +72,48 @@ def test_a_flat_group_s_state_survives_a_save_and_load():
         torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
 
 
+def check_per_tensor_state_loads(optimizer_class, shapes=((4, 6), (6, 4), (3,), (5, 2)), **settings):
+    """A run checkpointed before its optimizer was flat resumes with the same states: the tensors' per-element (and,
+    for bitsandbytes' 8-bit AdamW, per-block) states joined in order, the steps taken and quantization maps kept;
+    `optimizer_class(groups, **settings)` on tensors of `shapes` (bitsandbytes' on a GPU)."""
+    from talkalike.train.flat_optim import flatten_groups
+
+    device = "cuda" if "bitsandbytes" in optimizer_class.__module__ else "cpu"
+    single = torch.nn.Parameter(torch.ones(3, device=device))
+
+    def make(params):
+        return optimizer_class([{"params": params}, {"params": [single], "lr": 0.5}], **settings)
+
+    def params():
+        return [torch.nn.Parameter(p.detach().to(device)) for p in _params(shapes=shapes)]
+
+    plain = params()
+    before = make(plain)
+    for seed in range(2):
+        _step([*plain, single], before, seed)
+    saved = copy.deepcopy(before.state_dict())
+    flat = params()
+    for mine, theirs in zip(flat, plain, strict=True):
+        mine.data.copy_(theirs.detach())
+    resumed = make(flat)
+    assert flatten_groups(resumed) == 1
+    resumed.load_state_dict(saved)
+    for seed in range(2, 4):
+        _step(plain, before, seed)
+        _step(flat, resumed, seed)
+    for mine, theirs in zip(flat, plain, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    saved["param_groups"][0]["params"] = saved["param_groups"][0]["params"][:2]
+    other = make(params())
+    flatten_groups(other)
+    with pytest.raises(ValueError):  # a group of another size is not silently re-cut
+        other.load_state_dict(saved)
+
+
+def test_a_state_saved_per_tensor_loads_into_the_flat_group():
+    check_per_tensor_state_loads(torch.optim.AdamW, lr=0.1)  # bitsandbytes' 8-bit AdamW: tests/test_gpu.py
+
+
 def test_flattening_after_a_step_is_refused():
     from talkalike.train.flat_optim import flatten_groups
 
@@ -95,7 +136,8 @@ def test_make_trainer_s_flat_optimizer_trains_the_adapter_as_the_plain_one(tiny_
                      preference_pairs=0)
     records, _ = render_rows([conversation(i) for i in range(8)], tiny_tokenizer, "chat", False, recipe.max_length)
     trained = {}
-    for name, speedups in (("plain", SPEEDUPS), ("flat", (*SPEEDUPS, "flat-optimizer"))):
+    plain = tuple(name for name in SPEEDUPS if name != "flat-optimizer")
+    for name, speedups in (("plain", plain), ("flat", (*plain, "flat-optimizer"))):
         model = load_base(str(tiny_model_dir), tmp_path)
         trainer = make_trainer(model, tiny_tokenizer, records, [], recipe, tmp_path / name, speedups=speedups)
         trainer.args.save_strategy = "no"
