@@ -10,8 +10,8 @@
 #                                      # (VARIANTS= other rows; TESTS= a pytest -k of GPU tests to run first)
 #   benchmarks/gpu_session.sh speedups # the dropout kernels' GPU tests and tiles, then 8 rows without each new speed-up
 #   benchmarks/gpu_session.sh default  # the training GPU tests; the default against the original recipe, the
-#                                      # fourteenth session's default and the untimed speed-up, after a warm-up row;
-#                                      # the 262k-vocabulary model
+#                                      # fourteenth session's default and the last two speed-ups, after a warm-up
+#                                      # row; the 262k-vocabulary model
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-/tmp/gpu-session} PYTHONUNBUFFERED=1
@@ -72,8 +72,8 @@ ours-persona-b8-norecompute,ours-persona-b8-before,ours-persona-before,ours-pers
     step 170 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
       -k "lean or dropout_kernels or replayed or qlora or flat or packed or offloaded"
     step 330 default python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
-      --variants ours-persona,baseline,ours-persona-b4-before,ours-persona,ours-persona-prefetch,ours-persona,\
-ours-persona-prefetch,ours-persona-before
+      --variants ours-persona,baseline,ours-persona-b4-before,ours-persona,ours-persona-noprefetch,ours-persona,\
+ours-persona-noflat,ours-persona-before
     step 150 gemma python3 benchmarks/gpu_train.py --models gemma-1b-256k --steps 6 \
       --variants ours-persona,baseline,ours-persona-b4-before,ours-persona
     ;;

@@ -12,20 +12,20 @@ dataset stage renders them (Gemma-style turn markers around each turn).
 Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical NF4 double-quant weights):
 - baseline: the original recipe exactly as its report shows it: transformers.Trainer, DataCollatorForLanguageModeling
   with padding, batch 2 x accumulation 4, gradient checkpointing, paged_adamw_8bit, bf16; loss on every token.
-- ours: talkalike's default GPU training path (talkalike.train.trainer), with loss on every token too, so the maths is the
-  original's and the losses must agree.
+- ours: talkalike's default GPU training path (talkalike.train.trainer), with loss on every token too, so the maths
+  is the original's and the losses must agree.
 - ours-persona: the same path with its default loss on the persona's turns only (fewer trained tokens per sample).
 - ours-persona-plain, -noliger, -nooffload: ours-persona without the speed-ups that keep the maths (attention per
   packed sample, Liger's layer kernels, no fp32 round trip of LoRA inputs) and checkpoint offloading, without
   Liger's kernels alone, or without offloading alone.
 - ours-persona-b4, -b8, -b8-nooffload: 4 or 8 packed rows per micro-batch (same tokens per optimizer step).
 - ours-persona-nolean, -b8-nolean: the default, or 8 rows, with peft's own LoRA branch (train/lean_lora.py).
-- ours-persona-noadd, -norope, -nokernels, -norecompute, -nobase, -noflat: the default without one speed-up
-  (lora-add, liger-rope, lora-kernels, lean-recompute, lora-base, flat-optimizer; talkalike.train.trainer.SPEEDUPS);
-  -before, -b8-before, -b4-before: without the last five (-b4-before: the fourteenth session's default, 4 rows x 2).
+- ours-persona-noadd, -norope, -nokernels, -norecompute, -nobase, -noflat, -noprefetch: the default without one
+  speed-up (lora-add, liger-rope, lora-kernels, lean-recompute, lora-base, flat-optimizer, prefetch-checkpoints;
+  talkalike.train.trainer.SPEEDUPS); -before, -b8-before, -b4-before: without the last six (-b4-before: the
+  fourteenth session's default, 4 rows x 2).
 - ours-persona-adam, -b8-adam: fused fp32 AdamW instead of the recipe's paged 8-bit AdamW.
-- ours-persona-prefetch: the default with each offloaded checkpoint's copy back started a layer early
-  (talkalike.train.trainer.UNTIMED_SPEEDUPS).
+- ours-persona-untimed: the default with the speed-ups not yet on by default (talkalike.train.trainer.UNTIMED_SPEEDUPS).
 - ours-persona-b8-norope, -b8-nokernels, -b8-norecompute: 8 rows without one of the three.
 - trl-liger: the strong do-it-yourself baseline: TRL's own SFTTrainer with its packing (BFD, padding-free: position
   ids, no attention across samples), Liger's kernels (use_liger_kernel=True: RMSNorm, RoPE, SwiGLU; TRL computes the
@@ -48,6 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.trace_gaps import idle_gaps, load_trace, print_gaps  # noqa: E402
 from talkalike.train.qlora import release_optimizer_overrides  # noqa: E402
 from talkalike.train.trainer import SPEEDUPS, UNTIMED_SPEEDUPS  # noqa: E402
 
@@ -62,8 +63,8 @@ NO_OFFLOAD = {"offload_checkpoints": False}
 NO_LEAN = ("packed-attention", "liger", "lora-input-cast")  # every speed-up but the lean LoRA branch
 NO_ADD = tuple(name for name in SPEEDUPS if name != "lora-add")  # the lean branch adding after its product, as peft
 FUSED_ADAM = {"optim": "adamw_torch_fused"}  # fp32 AdamW states, one multi-tensor kernel (not paged 8-bit)
-# the fifteenth session's speed-ups (flat-optimizer: written then, timed and made a default in the sixteenth)
-NEW_IN_15 = ("liger-rope", "lora-kernels", "lean-recompute", "lora-base", "flat-optimizer")
+# the speed-ups since the fourteenth session's default (flat-optimizer and prefetch-checkpoints: the sixteenth's)
+NEW_SINCE_14 = ("liger-rope", "lora-kernels", "lean-recompute", "lora-base", "flat-optimizer", "prefetch-checkpoints")
 
 
 def without(*names):
@@ -82,15 +83,16 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-noadd": (NO_ADD, {}),
     "ours-persona-b8-noadd": (NO_ADD, {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-adam": (ALL, FUSED_ADAM),
-    "ours-persona-before": (without(*NEW_IN_15), {}),
+    "ours-persona-before": (without(*NEW_SINCE_14), {}),
     "ours-persona-norope": (without("liger-rope"), {}),
     "ours-persona-nokernels": (without("lora-kernels"), {}),
     "ours-persona-norecompute": (without("lean-recompute"), {}),
     "ours-persona-nobase": (without("lora-base"), {}),
     "ours-persona-noflat": (without("flat-optimizer"), {}),
-    "ours-persona-prefetch": ((*SPEEDUPS, *UNTIMED_SPEEDUPS), {}),  # prefetch-checkpoints
-    "ours-persona-b8-before": (without(*NEW_IN_15), {"batch_size": 8, "grad_accum": 1}),
-    "ours-persona-b4-before": (without(*NEW_IN_15), {"batch_size": 4, "grad_accum": 2}),
+    "ours-persona-noprefetch": (without("prefetch-checkpoints"), {}),
+    "ours-persona-untimed": ((*SPEEDUPS, *UNTIMED_SPEEDUPS), {}),
+    "ours-persona-b8-before": (without(*NEW_SINCE_14), {"batch_size": 8, "grad_accum": 1}),
+    "ours-persona-b4-before": (without(*NEW_SINCE_14), {"batch_size": 4, "grad_accum": 2}),
     "ours-persona-b8-norope": (without("liger-rope"), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b8-nokernels": (without("lora-kernels"), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b8-norecompute": (without("lean-recompute"), {"batch_size": 8, "grad_accum": 1}),
@@ -204,7 +206,7 @@ class StepTimer:
 
     `tokens(state)` reads the running count of non-padding tokens trained so far."""
 
-    def __init__(self, tokens, warmup: int = 2, profile: bool = False):
+    def __init__(self, tokens, warmup: int = 2, profile: bool = False, trace_to: Path | None = None):
         from transformers import TrainerCallback
 
         outer = self
@@ -226,6 +228,8 @@ class StepTimer:
                     wall = time.perf_counter() - outer.begin
                     outer.profiler.__exit__(None, None, None)
                     outer.profile = summarize_profile(outer.profiler, wall, tokens(state) - outer.begin_tokens)
+                    if trace_to is not None:  # the timeline, for where the compute stream sat idle
+                        outer.profile["idle"] = saved_trace_gaps(outer.profiler, trace_to)
                     outer.profiler = None
                 if state.global_step > warmup and not profiled:
                     outer.seconds += time.perf_counter() - outer.begin
@@ -303,6 +307,22 @@ def summarize_profile(profiler, wall_s: float, tokens: int) -> dict:
     }
 
 
+def saved_trace_gaps(profiler, path: Path) -> dict:
+    """Write the profiled step's Chrome trace to `path` (gzipped) and return where its compute stream sat idle
+    (benchmarks/trace_gaps.py)."""
+    import gzip
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        raw = Path(folder) / "trace.json"
+        profiler.export_chrome_trace(str(raw))
+        gaps = idle_gaps(load_trace(raw))
+        with raw.open("rb") as source, gzip.open(path, "wb", compresslevel=6) as target:
+            shutil.copyfileobj(source, target)
+    return gaps
+
+
 def word_tokenizer(vocab_size: int):
     """A tokenizer over the model's ids, for the collators' padding (the rows are already token ids)."""
     from tokenizers import Tokenizer, models
@@ -337,7 +357,7 @@ def run_baseline(model, rows: list[dict], steps: int, vocab_size: int) -> StepTi
 
 
 def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool, profile: bool = False,
-             speedups=None, changes: dict | None = None) -> StepTimer:
+             speedups=None, changes: dict | None = None, trace_to: Path | None = None) -> StepTimer:
     """talkalike's GPU path (talkalike.train.trainer.make_trainer with the CUDA default recipe), on the same rows."""
     from talkalike.train.recipe import resolve_recipe
     from talkalike.train.trainer import make_trainer
@@ -346,7 +366,7 @@ def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool, profile:
     records = [{"input_ids": r["input_ids"],
                 "assistant_masks": [1] * len(r["mask"]) if all_turns else r["mask"]} for r in rows]
     counts = {"tokens": 0, "trained_tokens": 0}
-    timer = StepTimer(lambda state: counts["tokens"], profile=profile)
+    timer = StepTimer(lambda state: counts["tokens"], profile=profile, trace_to=trace_to)
     trainer = make_trainer(model, word_tokenizer(vocab_size), records, [], recipe, Path("/tmp/bench-ours"),
                            callbacks=[timer.callback], token_counts=counts, speedups=speedups)
     trainer.args.save_strategy = "no"
@@ -356,8 +376,8 @@ def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool, profile:
 
 
 def trl_liger_config(output_dir: str, use_cpu: bool = False, liger: bool = True):
-    """The do-it-yourself baseline's SFTConfig (TRL's options only): packing with TRL's BFD into padding-free rows of the
-    CUDA recipe's max_length, Liger's kernels, and the recipe's batch geometry, optimizer and learning rate, so that
+    """The do-it-yourself baseline's SFTConfig (TRL's options only): packing with TRL's BFD into padding-free rows of
+    the CUDA recipe's max_length, Liger's kernels, and the recipe's batch geometry, optimizer and learning rate, so that
     its optimizer steps hold the same tokens as ours. `use_cpu`: the CPU test builds the same config and trainer
     (without training: Liger and the 8-bit optimizer come in at train()). `liger=False`: without Liger's kernels
     (gpu_unsloth.py, where Unsloth brings its own)."""
@@ -452,7 +472,7 @@ def main() -> int:
                     speedups, changes = OURS_VARIANTS.get(variant, (ALL, {}))
                     timer = run_ours(model, make_rows(vocab, 8 * args.steps * args.ours_factor), vocab,
                                      all_turns=(variant == "ours"), profile=args.profile, speedups=speedups,
-                                     changes=changes)
+                                     changes=changes, trace_to=out / f"trace-{model_name}-{len(results)}.json.gz")
                     row = timer.result()
                     if timer.profile:
                         row["profile"] = timer.profile
@@ -488,6 +508,8 @@ def main() -> int:
                 print(f"  gpu {ms:9.1f} ms {count:6d}x  {name}")
             for name, count, ms in prof["top_host_ms"]:
                 print(f"  cpu {ms:9.1f} ms {count:6d}x  {name}")
+            if "idle" in prof:
+                print_gaps(prof["idle"])
     print(f"\n{'model':14} {'variant':13} {'tok/s':>9} {'x base':>6} {'MFU':>6} {'peak GB':>8} {'model GB':>8} "
           f"{'leftover':>8} {'first-step loss':>15} {'loss @ baseline tokens':>22}")
     base_speed = {r["model"]: r["tokens_per_s"] for r in results if r["variant"] == "baseline" and "error" not in r}

@@ -117,11 +117,10 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
 #   (the branch's part added in place into the base's, where autograd adds two into a third)
 # All are on by default.
 SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add", "liger-rope", "lora-kernels",
-            "lean-recompute", "lora-base", "flat-optimizer")
-# Not on by default until a GPU has timed it (`speedups=` turns it on; benchmarks/gpu_train.py's -prefetch rows):
-# - prefetch-checkpoints: each offloaded layer's backward starts copying the next layer's input back on a side
-#   stream (train/qlora.py), where the copy held up the GPU's own stream, 2 ms a layer on an H100
-UNTIMED_SPEEDUPS = ("prefetch-checkpoints",)
+            "lean-recompute", "lora-base", "flat-optimizer", "prefetch-checkpoints")
+# Speed-ups written but not on by default until a GPU has timed them (`speedups=` turns one on; benchmarks/gpu_train.py
+# gives each a row); none now.
+UNTIMED_SPEEDUPS: tuple[str, ...] = ()
 
 
 def _liger_layers(model, rope: bool = False):

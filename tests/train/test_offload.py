@@ -20,7 +20,8 @@ def _lora_model():
     from peft import LoraConfig, get_peft_model
 
     model = build_tiny_llama("mistral").train()
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3, target_modules=["q_proj", "down_proj"]))
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3,
+                                             target_modules=["q_proj", "down_proj"]))
     with torch.no_grad():  # B starts at zero, which would hide a wrong gradient for A
         for name, param in model.named_parameters():
             if "lora_B" in name:
