@@ -67,12 +67,12 @@ def flatten_groups(optimizer) -> int:
 
     own_load = optimizer.load_state_dict
 
-    def load_state_dict(state_dict):
+    def load_state_dict(state_dict, *args, **kwargs):
         """The optimizer's own, also from a state saved per tensor (a run checkpointed before its groups were
         flat): each flattened group's tensors' states joined in their order."""
         sizes = [len(parts[group["params"][0]]) if group["params"] and group["params"][0] in parts else 0
                  for group in optimizer.param_groups]
-        return own_load(_joined(state_dict, optimizer.param_groups, sizes))
+        return own_load(_joined(state_dict, optimizer.param_groups, sizes), *args, **kwargs)
 
     optimizer.register_step_pre_hook(gather)
     optimizer.register_step_post_hook(release)
@@ -81,17 +81,25 @@ def flatten_groups(optimizer) -> int:
     return len(parts)
 
 
-# State entries shared by a group's tensors rather than one per element or block: the step count, and
-# bitsandbytes' 8-bit quantization maps.
-_SHARED_STATE = ("step", "qmap1", "qmap2")
+# State entries shared by a group's tensors rather than one per element or block: the step count, bitsandbytes'
+# 8-bit quantization maps and its update-norm scratch.
+_SHARED_STATE = ("step", "qmap1", "qmap2", "unorm_vec")
+
+
+def _join(states: list[dict]) -> dict:
+    """One state from the states of consecutive tensors: per-element and per-block entries concatenated, shared ones
+    kept, nested entries (bitsandbytes keeps its 8-bit states in one) joined alike."""
+    import torch
+
+    return {key: _join([s[key] for s in states]) if isinstance(value, dict)
+            else value if key in _SHARED_STATE
+            else torch.cat([s[key].reshape(-1) for s in states]) for key, value in states[0].items()}
 
 
 def _joined(state_dict: dict, groups: list[dict], sizes: list[int]) -> dict:
     """`state_dict` as the flattened optimizer's own: where a saved group holds as many tensors as a flat group
     stands for (`sizes`: 0 for a group left as it was), their per-element (and per-block) states concatenated in
     order; else unchanged."""
-    import torch
-
     saved = state_dict["param_groups"]
     if len(saved) != len(groups) or all(len(old["params"]) == len(new["params"])
                                         for old, new in zip(saved, groups, strict=True)):
@@ -104,8 +112,7 @@ def _joined(state_dict: dict, groups: list[dict], sizes: list[int]) -> dict:
             if states:
                 if len(states) != size:
                     raise ValueError("a flattened group's saved state lacks some of its tensors")
-                state[index] = {key: states[0][key] if key in _SHARED_STATE
-                                else torch.cat([s[key].reshape(-1) for s in states]) for key in states[0]}
+                state[index] = _join(states)
             new_groups.append({**old, "params": [index]})
             index += 1
             continue

@@ -194,6 +194,7 @@ def _trainer_class():
             self.token_counts = token_counts
             self.rope_swap = rope_swap
             self.flat_optimizer = flat_optimizer
+            self.counted_parameters = None
             # Our loss is a sum over labelled tokens divided by the whole accumulated batch's count, so the
             # Trainer must count them and must not divide again by the accumulation steps.
             self.model_accepts_loss_kwargs = True
@@ -219,6 +220,17 @@ def _trainer_class():
         def training_step(self, *args, **kwargs):
             with rope_swapped(self.rope_swap):  # forward, backward and the checkpoints' recomputation
                 return super().training_step(*args, **kwargs)
+
+        def floating_point_ops(self, inputs) -> int:
+            """Trainer's estimate (6 x tokens x parameters but embeddings), the parameters counted once: Trainer
+            counts them again after every micro-batch, a walk over every module that left an H100 idle for ~30 ms
+            of each 0.8 s step (BENCHMARKS.md, "GPU training")."""
+            name = getattr(self.model, "main_input_name", "input_ids")
+            if name not in inputs or not hasattr(self.model, "num_parameters"):
+                return 0
+            if self.counted_parameters is None:
+                self.counted_parameters = self.model.num_parameters(exclude_embeddings=True)
+            return 6 * inputs[name].numel() * self.counted_parameters
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
@@ -398,6 +410,9 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         prediction_loss_only=True,
         logging_steps=1,
         logging_first_step=True,
+        # Trainer's filter reads every micro-batch's loss on the host to drop NaN and inf from the logged mean: a wait
+        # for the whole backward pass, with the host's end-of-step work then left for an idle GPU. A NaN shows as one.
+        logging_nan_inf_filter=False,
         report_to="none",
         disable_tqdm=True,  # our own bar shows tokens/s and ETA
         seed=recipe.seed,

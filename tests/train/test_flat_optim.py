@@ -148,3 +148,17 @@ def test_make_trainer_s_flat_optimizer_trains_the_adapter_as_the_plain_one(tiny_
     assert trained["flat"].keys() == trained["plain"].keys() and trained["flat"]
     for name, weight in trained["flat"].items():
         torch.testing.assert_close(weight, trained["plain"][name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_joined_states_concatenate_per_element_entries_at_any_depth_and_keep_shared_ones():
+    """bitsandbytes keeps its 8-bit states in a nested dict inside each tensor's state (tests/test_gpu.py loads a
+    real one): those are joined like top-level ones, and its step and quantization maps are kept once."""
+    from talkalike.train.flat_optim import _join
+
+    qmap = torch.linspace(-1, 1, 8)
+    states = [{"step": 3, "nested": {"state1": torch.full((2, 2), float(i)), "absmax1": torch.tensor([float(i)]),
+                                     "qmap1": qmap}} for i in range(3)]
+    joined = _join(states)
+    assert joined["step"] == 3 and joined["nested"]["qmap1"] is qmap
+    assert joined["nested"]["state1"].tolist() == [0.0] * 4 + [1.0] * 4 + [2.0] * 4
+    assert joined["nested"]["absmax1"].tolist() == [0.0, 1.0, 2.0]

@@ -138,6 +138,26 @@ def test_the_masked_head_loss_equals_the_full_vocabulary_loss(tiny_model_dir, ti
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
+def test_the_trainer_counts_parameters_for_its_flops_once_and_reads_no_loss_for_a_nan_filter(
+        tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch):
+    """Trainer's FLOP estimate is its own (6 x tokens x parameters), with the parameters counted once, not after
+    every micro-batch; and no NaN filter reads each loss on the host (a wait for the whole backward pass)."""
+    from transformers import Trainer
+
+    trainer = tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, [conversation(i) for i in range(6)])
+    batch = dict(next(iter(trainer.get_train_dataloader())))
+    expected = Trainer.floating_point_ops(trainer, batch)
+    assert expected > 0
+    counts = []
+    base = type(trainer.model.get_base_model())  # the PEFT model hands the call to its base
+    own = base.num_parameters
+    monkeypatch.setattr(base, "num_parameters",
+                        lambda self, *args, **kwargs: counts.append(1) or own(self, *args, **kwargs))
+    assert [trainer.floating_point_ops(batch) for _ in range(3)] == [expected] * 3
+    assert len(counts) == 1
+    assert trainer.args.logging_nan_inf_filter is False
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_a_cpu_trains_in_bf16_only_with_native_bf16_instructions_and_says_so(native, monkeypatch):
     import talkalike.train.recipe
