@@ -421,6 +421,57 @@ def _nf4_lora_model(dropout: float):
     return model.train()
 
 
+@pytest.mark.parametrize("nested", [True, False], ids=["double-quant", "fp32-scales"])
+def test_the_one_launch_nf4_dequantization_gives_bitsandbytes_bits(nested):
+    """train/nf4.py's kernel against bitsandbytes' own de-quantization of the same NF4 weights, at a 7B layer's
+    widths and a small odd one, in bf16 (the recipe's) and fp32: the same bits."""
+    import bitsandbytes.functional as bnbf
+
+    from talkalike.train import nf4
+
+    for shape in [(14336, 4096), (1024, 4096), (96, 200)]:
+        weight = torch.randn(shape, dtype=torch.bfloat16, device="cuda") * 0.02
+        packed, state = bnbf.quantize_4bit(weight, quant_type="nf4", compress_statistics=nested)
+        assert nf4.handles(state) and bool(state.nested) == nested
+        for dtype in (torch.bfloat16, torch.float32):
+            state.dtype = dtype
+            expected = bnbf.dequantize_4bit(packed, state)
+            assert torch.equal(nf4.dequantize(packed, state, dtype), expected), (shape, dtype)
+
+
+def test_base_and_branch_with_one_launch_nf4_give_the_same_loss_and_gradients():
+    """The fused base layers de-quantizing through train/nf4.py (speed-up nf4-kernel) train the NF4 model as
+    through bitsandbytes: the same loss and LoRA gradients, dropout kernels on, checkpoints offloaded."""
+    from talkalike.train import lean_lora
+
+    model = _nf4_lora_model(0.1)
+    assert lean_lora.use_lean_lora(model, fused_add=True, kernels=True, base=True) == 2 * 7
+    ids = torch.randint(3, 211, (1, 96), generator=torch.Generator().manual_seed(0)).cuda()
+
+    def loss_and_grads():
+        model.zero_grad()
+        torch.manual_seed(7)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    reference_loss, reference = loss_and_grads()
+    launched = []
+    from talkalike.train import nf4
+
+    original = nf4.dequantize
+    nf4.dequantize = lambda *args: launched.append(1) or original(*args)
+    try:
+        assert lean_lora.use_lean_lora(model, fused_add=True, kernels=True, base=True, nf4=True) == 2 * 7
+        loss, grads = loss_and_grads()
+    finally:
+        nf4.dequantize = original
+    assert len(launched) == 2 * 7 * 3  # forward, replay and backward of every projection
+    torch.testing.assert_close(loss, reference_loss, rtol=0, atol=0)
+    _assert_close_grads(grads, reference, 1e-6)
+
+
 @pytest.mark.parametrize("base", [False, True], ids=["branch", "base-and-branch"])
 def test_a_replayed_layer_skips_its_unread_down_product_with_the_same_loss_and_gradients(monkeypatch, base):
     """With offloaded checkpoints, a layer run again for its backward skips its MLP's last 4-bit product
@@ -449,7 +500,7 @@ def test_a_replayed_layer_skips_its_unread_down_product_with_the_same_loss_and_g
         class Counting:
             @staticmethod
             def apply(*args):
-                skipped.extend([1] if args[-1] else [])
+                skipped.extend([1] if args[-2] else [])  # (..., skip, one_launch)
                 return fused.apply(*args)
 
         monkeypatch.setattr(lean_lora, "_base_and_branch", lambda: Counting)

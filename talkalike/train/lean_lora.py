@@ -199,13 +199,19 @@ def lora_add(result, x, a, b, scaling: float, p: float, dtype, early=None, kerne
     return _branch_functions()[1].apply(result, x, a, b, scaling, p, dtype, early, kernels)
 
 
-def base_weight(layer, dtype):
+def base_weight(layer, dtype, one_launch: bool = False):
     """A frozen base layer's weight [out, in] in `dtype`: a bitsandbytes 4-bit layer's de-quantized as its own
-    backward de-quantizes it (`MatMul4Bit.backward`), a plain linear layer's as it is."""
+    backward de-quantizes it (`MatMul4Bit.backward`), a plain linear layer's as it is. `one_launch`: an NF4 weight on
+    a GPU de-quantized by train/nf4.py's kernel (the same bits in one launch)."""
     weight = layer.weight
     quant_state = getattr(weight, "quant_state", None)
     if quant_state is None:
         return weight.to(dtype)
+    if one_launch and (weight.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        from talkalike.train import nf4
+
+        if nf4.handles(quant_state):
+            return nf4.dequantize(weight.data, quant_state, dtype)
     from bitsandbytes.functional import dequantize_4bit
 
     return dequantize_4bit(weight.data.view(-1, 1), quant_state).to(dtype)
@@ -223,9 +229,15 @@ def _base_and_branch():
         `WeightOnly`)."""
 
         @staticmethod
-        def forward(ctx, x, layer, a, b, scaling: float, p: float, dtype, early, kernels: bool, skip: bool):
-            result = x.new_empty((*x.shape[:-1], layer.out_features)) if skip else layer(x)
-            ctx.layer = layer
+        def forward(ctx, x, layer, a, b, scaling: float, p: float, dtype, early, kernels: bool, skip: bool,
+                    one_launch: bool):
+            if skip:
+                result = x.new_empty((*x.shape[:-1], layer.out_features))
+            elif one_launch:  # bitsandbytes' own forward, de-quantizing in one launch
+                result = torch.nn.functional.linear(x, base_weight(layer, dtype, one_launch=True))
+            else:
+                result = layer(x)
+            ctx.layer, ctx.one_launch = layer, one_launch
             return _add_branch(ctx, result, x, a, b, scaling, p, dtype, early, kernels, in_place=True)
 
         @staticmethod
@@ -233,9 +245,9 @@ def _base_and_branch():
             into = None
             if ctx.needs_input_grad[0]:
                 rows = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
-                into = rows @ base_weight(ctx.layer, ctx.dtype)
+                into = rows @ base_weight(ctx.layer, ctx.dtype, ctx.one_launch)
             grad_x, grad_a, grad_b = _branch_grads(ctx, grad, True, ctx.needs_input_grad[0], into=into)
-            return grad_x, None, grad_a, grad_b, None, None, None, None, None, None
+            return grad_x, None, grad_a, grad_b, None, None, None, None, None, None, None
 
     return BaseAndBranch
 
@@ -249,13 +261,13 @@ def _weight_only():
         backward's `grad @ W` as bitsandbytes' own (`MatMul4Bit.backward`)."""
 
         @staticmethod
-        def forward(ctx, x, layer):
-            ctx.layer = layer
+        def forward(ctx, x, layer, one_launch: bool = False):
+            ctx.layer, ctx.one_launch = layer, one_launch
             return x.new_empty((*x.shape[:-1], layer.out_features))
 
         @staticmethod
         def backward(ctx, grad):
-            return grad @ base_weight(ctx.layer, grad.dtype), None
+            return grad @ base_weight(ctx.layer, grad.dtype, ctx.one_launch), None, None
 
     return WeightOnly
 
@@ -292,9 +304,9 @@ def _lean_forward(self, x, *args, **kwargs):
     one = _one_adapter(self, x, args, kwargs)
     if one is not None:  # base and branch in one function (a 4-bit base under autocast, the GPU recipe's case)
         with torch.autocast(x.device.type, enabled=False):
-            return _base_and_branch().apply(x, self.base_layer, *one, self.lean_kernels, skip)
+            return _base_and_branch().apply(x, self.base_layer, *one, self.lean_kernels, skip, self.lean_nf4)
     if skip:
-        result = _weight_only().apply(x, self.base_layer)
+        result = _weight_only().apply(x, self.base_layer, self.lean_nf4)
     else:
         result = self.base_layer(x, *args, **kwargs)
     out_dtype = result.dtype
@@ -346,12 +358,14 @@ def skip_unread_outputs(model) -> int:
     return count
 
 
-def use_lean_lora(model, fused_add: bool = False, kernels: bool = False, base: bool = False) -> int:
+def use_lean_lora(model, fused_add: bool = False, kernels: bool = False, base: bool = False,
+                  nf4: bool = False) -> int:
     """Give every vanilla LoRA Linear of `model` (no bias on B, no DoRA or other variant) the lean branch, per
     instance; returns how many. Layers that peft builds otherwise keep their own forward. `fused_add`: the branch
     adds into the base layer's output inside its last matrix product (`lora_add`) where the two share a dtype.
     `kernels`: dropout's mask drawn inside the branch's r-wide products (train/lora_kernels.py) where it can be.
-    `base`: with `fused_add`, a 4-bit base layer and its branch as one function (`BaseAndBranch`) under autocast."""
+    `base`: with `fused_add`, a 4-bit base layer and its branch as one function (`BaseAndBranch`) under autocast.
+    `nf4`: those functions de-quantize an NF4 base weight in one launch (train/nf4.py), not through bitsandbytes."""
     from peft.tuners.lora import Linear
 
     try:
@@ -369,6 +383,7 @@ def use_lean_lora(model, fused_add: bool = False, kernels: bool = False, base: b
         module.lean_fused_add = fused_add
         module.lean_kernels = kernels
         module.lean_base = base
+        module.lean_nf4 = nf4
         module.lean_output_unused = False  # (skip_unread_outputs)
         module.forward = types.MethodType(_lean_forward, module)
         count += 1

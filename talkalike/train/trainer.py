@@ -119,8 +119,10 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
 SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add", "liger-rope", "lora-kernels",
             "lean-recompute", "lora-base", "flat-optimizer", "prefetch-checkpoints")
 # Speed-ups written but not on by default until a GPU has timed them (`speedups=` turns one on; benchmarks/gpu_train.py
-# gives each a row); none now.
-UNTIMED_SPEEDUPS: tuple[str, ...] = ()
+# gives each a row):
+# - nf4-kernel: the fused base layers de-quantize their NF4 weights in one launch each (train/nf4.py), where
+#   bitsandbytes takes three from a few Python layers, 1,920 a step for a 7B model, and an H100's host fell behind
+UNTIMED_SPEEDUPS: tuple[str, ...] = ("nf4-kernel",)
 
 
 def _liger_layers(model, rope: bool = False):
@@ -460,7 +462,7 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         from talkalike.train.lean_lora import use_lean_lora
 
         use_lean_lora(model, fused_add="lora-add" in speedups, kernels="lora-kernels" in speedups,
-                      base="lora-base" in speedups)
+                      base="lora-base" in speedups, nf4="nf4-kernel" in speedups)
         if "lean-recompute" in speedups and recipe.gradient_checkpointing and recipe.offload_checkpoints:
             from talkalike.train.lean_lora import skip_unread_outputs
 

@@ -197,7 +197,7 @@ def test_base_and_branch_in_one_function_give_the_layer_and_lora_add_s_gradients
 
     expected, reference = run(lambda: lora_add(layer(x), x, a, b, 2.0, dropout, torch.float32))
     out, grads = run(lambda: _base_and_branch().apply(x, layer, a, b, 2.0, dropout, torch.float32, torch.float32,
-                                                      False, skip))
+                                                      False, skip, False))
     if not skip:
         torch.testing.assert_close(out, expected)
     for grad, want, name in zip(grads, reference, "xab", strict=True):
@@ -216,6 +216,6 @@ def test_base_and_branch_add_the_branch_into_the_base_output_itself():
     a, b = torch.randn(4, 12, requires_grad=True), torch.randn(10, 4, requires_grad=True)
     with torch.no_grad():
         expected = layer(x) + 2.0 * (x @ a.t()) @ b.t()
-    out = _base_and_branch().apply(x, layer, a, b, 2.0, 0.0, torch.float32, torch.float32, False, False)
+    out = _base_and_branch().apply(x, layer, a, b, 2.0, 0.0, torch.float32, torch.float32, False, False, False)
     assert out.data_ptr() == outputs[-1].data_ptr()
     torch.testing.assert_close(out.detach(), expected)

@@ -167,7 +167,7 @@ def test_base_and_branch_with_the_kernels_take_the_masks_gradients(kernels):
         return out.detach().float(), [t.grad.float().clone() for t in (x, a, b)]
 
     expected, reference = run(lambda: lora_add(layer(x), x, a, b, 2.0, p, dtype, kernels=True))
-    out, grads = run(lambda: _base_and_branch().apply(x, layer, a, b, 2.0, p, dtype, dtype, True, False))
+    out, grads = run(lambda: _base_and_branch().apply(x, layer, a, b, 2.0, p, dtype, dtype, True, False, False))
     torch.testing.assert_close(out, expected, rtol=2e-3, atol=2e-3)
     for grad, want, name in zip(grads, reference, "xab", strict=True):
         assert (grad - want).abs().max() <= 0.01 * want.abs().max(), name
