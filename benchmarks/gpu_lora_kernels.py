@@ -65,7 +65,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     p, rank = 0.07, 32
     shapes = [(rows, width) for rows in (4009, 8018) for width in (4096, 14336)]
-    seed = lora_kernels.new_seed("cuda")
+    seed = lora_kernels.new_seed()
     totals: dict[str, dict[tuple, float]] = {kind: {} for kind in CHOICES}
     inputs = {}
     for rows, width in shapes:

@@ -7,7 +7,8 @@
 #   benchmarks/gpu_session.sh one      # the first two's most needed parts, for when one call is all there is
 #   benchmarks/gpu_session.sh extra    # the sampler's table; 8 rows with and without lora-add, fused AdamW
 #   benchmarks/gpu_session.sh profile  # where a step's time goes: the default, 8 rows, fused AdamW, each profiled
-#                                      # (VARIANTS= other rows; TESTS= a pytest -k of GPU tests to run first)
+#                                      # (VARIANTS= other rows; TESTS= a pytest -k of GPU tests to run first;
+#                                      # STACK=1 Python stacks: host time by function)
 #   benchmarks/gpu_session.sh speedups # the dropout kernels' GPU tests and tiles, then 8 rows without each new speed-up
 #   benchmarks/gpu_session.sh default  # the training GPU tests; the default against the original recipe, the
 #                                      # fourteenth session's default and the untimed speed-ups, after a warm-up
@@ -79,7 +80,7 @@ ours-persona-untimed,ours-persona-before
     ;;
   profile)  # TESTS="offloaded or flat": those GPU tests first
     [ -n "${TESTS:-}" ] && step 120 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k "$TESTS"
-    step 560 profile python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 --profile \
+    step 560 profile python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 --profile ${STACK:+--stack} \
       --variants "${VARIANTS:-ours-persona,ours-persona-b8,ours-persona-adam,ours-persona-b8-adam}"
     grep -A 70 "^profiled step" "$OUT/profile.log" | head -n 300
     ;;

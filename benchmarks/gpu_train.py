@@ -48,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.trace_gaps import idle_gaps, load_trace, print_gaps  # noqa: E402
+from benchmarks.trace_gaps import idle_gaps, load_trace, print_gaps, print_self_times, self_times  # noqa: E402
 from talkalike.train.qlora import release_optimizer_overrides  # noqa: E402
 from talkalike.train.trainer import SPEEDUPS, UNTIMED_SPEEDUPS  # noqa: E402
 
@@ -206,7 +206,8 @@ class StepTimer:
 
     `tokens(state)` reads the running count of non-padding tokens trained so far."""
 
-    def __init__(self, tokens, warmup: int = 2, profile: bool = False, trace_to: Path | None = None):
+    def __init__(self, tokens, warmup: int = 2, profile: bool = False, trace_to: Path | None = None,
+                 stack: bool = False):
         from transformers import TrainerCallback
 
         outer = self
@@ -217,7 +218,8 @@ class StepTimer:
                 torch.cuda.synchronize()
                 if profile and state.global_step == warmup + 1:
                     outer.profiler = torch.profiler.profile(
-                        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+                        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
+                        with_stack=stack)
                     outer.profiler.__enter__()
                 outer.begin, outer.begin_tokens = time.perf_counter(), tokens(state)
 
@@ -308,8 +310,8 @@ def summarize_profile(profiler, wall_s: float, tokens: int) -> dict:
 
 
 def saved_trace_gaps(profiler, path: Path) -> dict:
-    """Write the profiled step's Chrome trace to `path` (gzipped) and return where its compute stream sat idle
-    (benchmarks/trace_gaps.py)."""
+    """Write the profiled step's Chrome trace to `path` (gzipped) and return where its compute stream sat idle, and
+    where a profile with Python stacks spent host time (benchmarks/trace_gaps.py)."""
     import gzip
     import shutil
     import tempfile
@@ -317,7 +319,10 @@ def saved_trace_gaps(profiler, path: Path) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         raw = Path(folder) / "trace.json"
         profiler.export_chrome_trace(str(raw))
-        gaps = idle_gaps(load_trace(raw))
+        trace = load_trace(raw)
+        gaps = idle_gaps(trace)
+        gaps["host_by_function"] = self_times(trace)
+        del trace
         with raw.open("rb") as source, gzip.open(path, "wb", compresslevel=6) as target:
             shutil.copyfileobj(source, target)
     return gaps
@@ -357,7 +362,8 @@ def run_baseline(model, rows: list[dict], steps: int, vocab_size: int) -> StepTi
 
 
 def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool, profile: bool = False,
-             speedups=None, changes: dict | None = None, trace_to: Path | None = None) -> StepTimer:
+             speedups=None, changes: dict | None = None, trace_to: Path | None = None,
+             stack: bool = False) -> StepTimer:
     """talkalike's GPU path (talkalike.train.trainer.make_trainer with the CUDA default recipe), on the same rows."""
     from talkalike.train.recipe import resolve_recipe
     from talkalike.train.trainer import make_trainer
@@ -366,7 +372,7 @@ def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool, profile:
     records = [{"input_ids": r["input_ids"],
                 "assistant_masks": [1] * len(r["mask"]) if all_turns else r["mask"]} for r in rows]
     counts = {"tokens": 0, "trained_tokens": 0}
-    timer = StepTimer(lambda state: counts["tokens"], profile=profile, trace_to=trace_to)
+    timer = StepTimer(lambda state: counts["tokens"], profile=profile, trace_to=trace_to, stack=stack)
     trainer = make_trainer(model, word_tokenizer(vocab_size), records, [], recipe, Path("/tmp/bench-ours"),
                            callbacks=[timer.callback], token_counts=counts, speedups=speedups)
     trainer.args.save_strategy = "no"
@@ -436,6 +442,7 @@ def main() -> int:
     parser.add_argument("--ours-factor", type=int, default=6, help="ours gets this many times the baseline's samples")
     parser.add_argument("--profile", action="store_true",
                         help="profile one optimizer step of ours/ours-persona (torch.profiler; not timed)")
+    parser.add_argument("--stack", action="store_true", help="with --profile: Python stacks, host time by function")
     args = parser.parse_args()
     unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
     if unknown:
@@ -472,7 +479,8 @@ def main() -> int:
                     speedups, changes = OURS_VARIANTS.get(variant, (ALL, {}))
                     timer = run_ours(model, make_rows(vocab, 8 * args.steps * args.ours_factor), vocab,
                                      all_turns=(variant == "ours"), profile=args.profile, speedups=speedups,
-                                     changes=changes, trace_to=out / f"trace-{model_name}-{len(results)}.json.gz")
+                                     changes=changes, trace_to=out / f"trace-{model_name}-{len(results)}.json.gz",
+                                     stack=args.stack)
                     row = timer.result()
                     if timer.profile:
                         row["profile"] = timer.profile
@@ -510,6 +518,7 @@ def main() -> int:
                 print(f"  cpu {ms:9.1f} ms {count:6d}x  {name}")
             if "idle" in prof:
                 print_gaps(prof["idle"])
+                print_self_times(prof["idle"].get("host_by_function", []))
     print(f"\n{'model':14} {'variant':13} {'tok/s':>9} {'x base':>6} {'MFU':>6} {'peak GB':>8} {'model GB':>8} "
           f"{'leftover':>8} {'first-step loss':>15} {'loss @ baseline tokens':>22}")
     base_speed = {r["model"]: r["tokens_per_s"] for r in results if r["variant"] == "baseline" and "error" not in r}

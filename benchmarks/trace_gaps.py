@@ -5,7 +5,8 @@ Each gap ends with a kernel (or copy) that some host call launched. If the launc
 the host was late: the gap is charged to the operators that were running on the launching thread then (innermost
 last). If it came before, the stream was waiting on something else (another stream's copy, an event).
 
-    python3 benchmarks/trace_gaps.py trace.json.gz     # the table for a saved trace
+    python3 benchmarks/trace_gaps.py trace.json.gz     # the table for a saved trace (and, where the profile kept
+                                                       # Python stacks, host time by function)
 """
 
 import gzip
@@ -113,6 +114,36 @@ def idle_gaps(trace: dict, min_gap_us: float = 10.0, depth: int = 2, top: int = 
     }
 
 
+def self_times(trace: dict, categories=("python_function",), top: int = 40) -> list:
+    """Host time by function (a profile taken with Python stacks): each event's duration less its direct children's
+    on its thread, summed by name for events of `categories`, the largest `top` as (name, count, ms)."""
+    by_thread: dict = defaultdict(list)
+    for event in trace.get("traceEvents", []):
+        if event.get("ph") == "X" and event.get("cat") in (*categories, "cpu_op", "cuda_runtime", "cuda_driver"):
+            by_thread[event.get("tid")].append(event)
+    totals: dict = defaultdict(lambda: [0, 0.0])
+    for events in by_thread.values():
+        events.sort(key=lambda e: (e["ts"], -e.get("dur", 0)))
+        stack: list = []  # [event, time taken by its children so far]
+
+        def close(entry):
+            event, children = entry
+            if event.get("cat") in categories:
+                totals[event["name"]][0] += 1
+                totals[event["name"]][1] += event.get("dur", 0) - children
+
+        for event in events:
+            while stack and stack[-1][0]["ts"] + stack[-1][0].get("dur", 0) <= event["ts"]:
+                close(stack.pop())
+            if stack:
+                stack[-1][1] += event.get("dur", 0)
+            stack.append([event, 0.0])
+        while stack:
+            close(stack.pop())
+    ranked = sorted(totals.items(), key=lambda item: -item[1][1])[:top]
+    return [(name, count, round(us / 1e3, 2)) for name, (count, us) in ranked]
+
+
 def load_trace(path: Path) -> dict:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as file:
@@ -133,7 +164,14 @@ def print_gaps(gaps: dict) -> None:
         print(f"  gap  {ms:8.2f} ms before {name}  <- {stack[:110]}")
 
 
+def print_self_times(times: list) -> None:
+    for name, count, ms in times:
+        print(f"  host {ms:8.2f} ms {count:6d}x  {name[:120]}")
+
+
 if __name__ == "__main__":
     for argument in sys.argv[1:]:
         print(argument)
-        print_gaps(idle_gaps(load_trace(Path(argument))))
+        trace = load_trace(Path(argument))
+        print_gaps(idle_gaps(trace))
+        print_self_times(self_times(trace))

@@ -93,7 +93,9 @@ def _join(states: list[dict]) -> dict:
 
     return {key: _join([s[key] for s in states]) if isinstance(value, dict)
             else value if key in _SHARED_STATE
-            else torch.cat([s[key].reshape(-1) for s in states]) for key, value in states[0].items()}
+            # (bitsandbytes pages big tensors' states into host-mapped memory, small ones' stay on the GPU; loading
+            # moves the joined state to its parameter's device)
+            else torch.cat([s[key].reshape(-1).to(value.device) for s in states]) for key, value in states[0].items()}
 
 
 def _joined(state_dict: dict, groups: list[dict], sizes: list[int]) -> dict:

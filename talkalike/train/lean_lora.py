@@ -77,23 +77,25 @@ def _rows(x):
 
 
 def _forward_low(ctx, x, a, b, scaling: float, p: float, dtype, early, kernels: bool = False):
-    """`dropout(x) @ a.T` in `dtype`, with what the backward needs kept on `ctx` (the random state, or the kernels'
-    seed, not the mask)."""
+    """(`dropout(x) @ a.T`, b) in `dtype`, with what the backward needs kept on `ctx` (the random state, or the
+    kernels' seed, not the mask; A and B as the products read them, cast once for both passes)."""
     ctx.seed = None
+    a_cast, b_cast = a.to(dtype), b.to(dtype)
     if _in_kernels(x, p, dtype, early, kernels):
         from talkalike.train.lora_kernels import dropped_low, new_seed
 
-        ctx.seed, state = new_seed(x.device), None
-        low = dropped_low(_rows(x), a.to(dtype), ctx.seed, p).reshape(*x.shape[:-1], a.shape[0])
+        ctx.seed, state = new_seed(), None
+        low = dropped_low(_rows(x), a_cast, ctx.seed, p).reshape(*x.shape[:-1], a.shape[0])
     else:
         state = _random_state(x.device) if p > 0 else None  # (forward runs with grad off)
         dropped = x.to(early)
         if p > 0:
             dropped = _dropout(dropped, p)[0]
-        low = dropped.to(dtype) @ a.to(dtype).t()
-    ctx.save_for_backward(x, a, b, low)
+        low = dropped.to(dtype) @ a_cast.t()
+    ctx.save_for_backward(x, a_cast, b_cast, low)
     ctx.state, ctx.scaling, ctx.p, ctx.dtype, ctx.early = state, scaling, p, dtype, early
-    return low
+    ctx.a_dtype, ctx.b_dtype = a.dtype, b.dtype
+    return low, b_cast
 
 
 def _add_branch(ctx, result, x, a, b, scaling: float, p: float, dtype, early, kernels: bool, in_place: bool = False):
@@ -101,12 +103,12 @@ def _add_branch(ctx, result, x, a, b, scaling: float, p: float, dtype, early, ke
     into `result` itself (a tensor nothing else holds), where out-of-place addmm first copies it whole."""
     import torch
 
-    low = _forward_low(ctx, x, a, b, scaling, p, dtype, early, kernels)
+    low, b_cast = _forward_low(ctx, x, a, b, scaling, p, dtype, early, kernels)
     rows, low = result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1])
     if in_place and rows.data_ptr() == result.data_ptr():
-        rows.addmm_(low, b.to(dtype).t(), alpha=scaling)
+        rows.addmm_(low, b_cast.t(), alpha=scaling)
         return result
-    return torch.addmm(rows, low, b.to(dtype).t(), alpha=scaling).reshape(result.shape)
+    return torch.addmm(rows, low, b_cast.t(), alpha=scaling).reshape(result.shape)
 
 
 def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool, into=None):
@@ -114,13 +116,13 @@ def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool, into=None):
     the scaling multiplies the two r-wide products instead of the output-wide gradient (the fused add's rounding; one
     pass less). `into`: x's gradient through the base layer ([rows, features] in x's dtype), which the branch's adds
     to in place and returns as x's."""
-    x, a, b, low = ctx.saved_tensors
+    x, a, b, low = ctx.saved_tensors  # A and B in `dtype`
     dtype = ctx.dtype
     grad = grad.to(dtype).reshape(-1, grad.shape[-1])
     if not scale_after:
         grad = grad * ctx.scaling  # through `* scaling`, as autograd does
     grad_b = grad.t() @ low.reshape(-1, low.shape[-1])
-    grad_low = grad @ b.to(dtype)
+    grad_low = grad @ b
     if scale_after:
         grad_b, grad_low = grad_b.mul_(ctx.scaling), grad_low.mul_(ctx.scaling)
     if ctx.seed is not None:  # the kernels draw the forward's mask again from its seed, inside the products
@@ -129,9 +131,9 @@ def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool, into=None):
         grad_a = dropped_grad_a(grad_low, _rows(x), ctx.seed, ctx.p)
         grad_x = None
         if needs_x:
-            grad_x = dropped_grad_x(grad_low, a.to(dtype), ctx.seed, ctx.p, ctx.early, into=into)
+            grad_x = dropped_grad_x(grad_low, a, ctx.seed, ctx.p, ctx.early, into=into)
             grad_x = grad_x.reshape(x.shape).to(x.dtype)
-        return grad_x, grad_a.to(a.dtype), grad_b.to(b.dtype)
+        return grad_x, grad_a.to(ctx.a_dtype), grad_b.to(ctx.b_dtype)
     dropped = x.reshape(-1, x.shape[-1]).to(ctx.early)
     if ctx.p > 0:  # the forward's mask, drawn again from the random state it was drawn from
         outer = _random_state(x.device)
@@ -143,13 +145,13 @@ def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool, into=None):
     grad_a = grad_low.t() @ dropped.to(dtype)
     grad_x = None
     if needs_x:
-        grad_x = (grad_low @ a.to(dtype)).to(ctx.early)
+        grad_x = (grad_low @ a).to(ctx.early)
         if ctx.p > 0:
             grad_x = through_mask(grad_x)
         if into is not None:
             grad_x = into.add_(grad_x)
         grad_x = grad_x.reshape(x.shape).to(x.dtype)
-    return grad_x, grad_a.to(a.dtype), grad_b.to(b.dtype)
+    return grad_x, grad_a.to(ctx.a_dtype), grad_b.to(ctx.b_dtype)
 
 
 @cache
@@ -161,8 +163,8 @@ def _branch_functions():
 
         @staticmethod
         def forward(ctx, x, a, b, scaling: float, p: float, dtype, early, kernels: bool):
-            low = _forward_low(ctx, x, a, b, scaling, p, dtype, early, kernels)
-            return (low @ b.to(dtype).t()) * scaling
+            low, b_cast = _forward_low(ctx, x, a, b, scaling, p, dtype, early, kernels)
+            return (low @ b_cast.t()) * scaling
 
         @staticmethod
         def backward(ctx, grad):

@@ -79,13 +79,13 @@ def _dropped(x_ptr, rows, cols, inside, x_stride, key, k_size, limit, scale):
 
 # The row count (and each split's length) changes with every micro-batch's packed tokens: compiled once for any, not
 # again whenever it happens to be a multiple of 16, mid-run.
-@triton.jit(do_not_specialize=["m_size", "per_split"])
-def _low_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, x_stride, a_stride, per_split, limit, scale,
+@triton.jit(do_not_specialize=["seed", "m_size", "per_split"])
+def _low_kernel(x_ptr, a_ptr, out_ptr, seed, m_size, k_size, r_size, x_stride, a_stride, per_split, limit, scale,
                 BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     split = tl.program_id(1)
     ranks = tl.arange(0, BR)
-    key = _mix(tl.load(seed_ptr).to(tl.uint32))
+    key = _mix(seed.to(tl.uint32))
     acc = tl.zeros((BM, BR), dtype=tl.float32)
     first = split * per_split
     for start in range(first, first + per_split, BK):
@@ -99,13 +99,13 @@ def _low_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, x_strid
     tl.store(out_ptr + split * m_size * BR + rows[:, None] * BR + ranks[None, :], acc, mask=rows[:, None] < m_size)
 
 
-@triton.jit(do_not_specialize=["m_size", "per_split"])
-def _grad_a_kernel(grad_ptr, x_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, grad_stride, x_stride, per_split,
+@triton.jit(do_not_specialize=["seed", "m_size", "per_split"])
+def _grad_a_kernel(grad_ptr, x_ptr, out_ptr, seed, m_size, k_size, r_size, grad_stride, x_stride, per_split,
                   limit, scale, BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):
     cols = tl.program_id(0) * BK + tl.arange(0, BK)
     split = tl.program_id(1)
     ranks = tl.arange(0, BR)
-    key = _mix(tl.load(seed_ptr).to(tl.uint32))
+    key = _mix(seed.to(tl.uint32))
     acc = tl.zeros((BR, BK), dtype=tl.float32)
     first = split * per_split
     for start in range(first, first + per_split, BM):
@@ -119,13 +119,13 @@ def _grad_a_kernel(grad_ptr, x_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, g
     tl.store(out_ptr + split * BR * k_size + ranks[:, None] * k_size + cols[None, :], acc,
              mask=(ranks[:, None] < BR) & (cols[None, :] < k_size))
 
-@triton.jit(do_not_specialize=["m_size"])
-def _grad_x_kernel(grad_ptr, a_ptr, out_ptr, seed_ptr, m_size, k_size, r_size, grad_stride, a_stride, out_stride,
+@triton.jit(do_not_specialize=["seed", "m_size"])
+def _grad_x_kernel(grad_ptr, a_ptr, out_ptr, seed, m_size, k_size, r_size, grad_stride, a_stride, out_stride,
                    limit, scale, BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, ADD: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BK + tl.arange(0, BK)
     ranks = tl.arange(0, BR)
-    key = _mix(tl.load(seed_ptr).to(tl.uint32))
+    key = _mix(seed.to(tl.uint32))
     grad = tl.load(grad_ptr + rows[:, None] * grad_stride + ranks[None, :],
                    mask=(rows[:, None] < m_size) & (ranks[None, :] < r_size), other=0.0)
     a = tl.load(a_ptr + ranks[:, None] * a_stride + cols[None, :],
@@ -167,12 +167,13 @@ def _check(x2d) -> None:
         raise ValueError("dropout kernels index elements in 32 bits: at most 2**31 elements an input")
 
 
-def new_seed(device):
-    """A seed for one call's mask, drawn from the device's generator (so a replay under the same random state, as
-    checkpointing does, draws the same mask), kept on the device: drawing it makes the host wait for nothing."""
+def new_seed() -> int:
+    """A seed for one call's mask, drawn from torch's CPU generator: a replay under the same random state (as
+    checkpointing restores it) draws the same seed, and drawing it launches nothing on the GPU, where a seed kept on
+    the device cost a launch per adapted projection and pass (the host was what held a 7B step back on an H100)."""
     import torch
 
-    return torch.randint(0, 1 << SEED_BITS, (1,), device=device, dtype=torch.int64)
+    return int(torch.randint(0, 1 << SEED_BITS, (1,)))
 
 
 def _summed_splits(kernel, config: dict, others: int, length: int, block: int, shape: tuple, device, arguments,

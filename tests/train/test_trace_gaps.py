@@ -57,3 +57,22 @@ def test_gaps_on_the_busiest_stream_are_charged_to_the_late_launch_s_operators(t
         json.dump(_trace(), file)
     assert trace_gaps.idle_gaps(trace_gaps.load_trace(path)) == gaps
     assert "error" in trace_gaps.idle_gaps({"traceEvents": [_op("Step", 0, 5)]})
+
+
+def test_host_time_by_function_is_each_call_less_its_children():
+    """With Python stacks in the profile, a function's own host time is its span less what it called (Python or
+    operators), summed over its calls."""
+    trace_gaps = load_script(ROOT / "benchmarks" / "trace_gaps.py")
+
+    def py(name, ts, dur, tid=1):
+        return {"ph": "X", "cat": "python_function", "name": name, "ts": ts, "dur": dur, "tid": tid}
+
+    ms = 1000  # the trace's microseconds
+    trace = {"traceEvents": [
+        py("step", 0, 100 * ms), py("layer", 10 * ms, 50 * ms), _op("aten::mm", 20 * ms, 30 * ms),
+        py("layer", 70 * ms, 20 * ms), py("hook", 75 * ms, 5 * ms),
+        py("step", 0, 40 * ms, tid=2), _launch(5 * ms, 9, tid=2),
+    ]}
+    times = {name: (count, ms) for name, count, ms in trace_gaps.self_times(trace)}
+    # each step less its layers (and the second its launch: 2 us), each layer less its mm or its hook
+    assert times == {"step": (2, round(100 - 50 - 20 + 40 - 0.002, 2)), "layer": (2, 50 - 30 + 20 - 5), "hook": (1, 5)}
