@@ -421,6 +421,17 @@ def _nf4_lora_model(dropout: float):
     return model.train()
 
 
+def _nf4_loss_and_grads(model):
+    """`_nf4_lora_model`'s loss on a fixed row under bf16 autocast, dropout's draws seeded, and its gradients."""
+    ids = torch.randint(3, 211, (1, 96), generator=torch.Generator().manual_seed(0)).cuda()
+    model.zero_grad()
+    torch.manual_seed(7)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 @pytest.mark.parametrize("nested", [True, False], ids=["double-quant", "fp32-scales"])
 def test_the_one_launch_nf4_dequantization_gives_bitsandbytes_bits(nested):
     """train/nf4.py's kernel against bitsandbytes' own de-quantization of the same NF4 weights, at a 7B layer's
@@ -446,15 +457,9 @@ def test_base_and_branch_with_one_launch_nf4_give_the_same_loss_and_gradients():
 
     model = _nf4_lora_model(0.1)
     assert lean_lora.use_lean_lora(model, fused_add=True, kernels=True, base=True) == 2 * 7
-    ids = torch.randint(3, 211, (1, 96), generator=torch.Generator().manual_seed(0)).cuda()
 
     def loss_and_grads():
-        model.zero_grad()
-        torch.manual_seed(7)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+        return _nf4_loss_and_grads(model)
 
     reference_loss, reference = loss_and_grads()
     launched = []
@@ -481,15 +486,9 @@ def test_a_replayed_layer_skips_its_unread_down_product_with_the_same_loss_and_g
 
     model = _nf4_lora_model(0.1)
     assert lean_lora.use_lean_lora(model, fused_add=True, kernels=True, base=base) == 2 * 7
-    ids = torch.randint(3, 211, (1, 96), generator=torch.Generator().manual_seed(0)).cuda()
 
     def loss_and_grads():
-        model.zero_grad()
-        torch.manual_seed(7)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+        return _nf4_loss_and_grads(model)
 
     reference_loss, reference = loss_and_grads()
     assert lean_lora.skip_unread_outputs(model) == 2
