@@ -117,12 +117,10 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
 #   (the branch's part added in place into the base's, where autograd adds two into a third)
 # All are on by default.
 SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add", "liger-rope", "lora-kernels",
-            "lean-recompute", "lora-base", "flat-optimizer", "prefetch-checkpoints")
+            "lean-recompute", "lora-base", "flat-optimizer", "prefetch-checkpoints", "nf4-kernel")
 # Speed-ups written but not on by default until a GPU has timed them (`speedups=` turns one on; benchmarks/gpu_train.py
-# gives each a row):
-# - nf4-kernel: the fused base layers de-quantize their NF4 weights in one launch each (train/nf4.py), where
-#   bitsandbytes takes three from a few Python layers, 1,920 a step for a 7B model, and an H100's host fell behind
-UNTIMED_SPEEDUPS: tuple[str, ...] = ("nf4-kernel",)
+# gives each a row); none now.
+UNTIMED_SPEEDUPS: tuple[str, ...] = ()
 
 
 def _liger_layers(model, rope: bool = False):
