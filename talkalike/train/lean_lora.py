@@ -111,21 +111,6 @@ def _add_branch(ctx, result, x, a, b, scaling: float, p: float, dtype, early, ke
     return torch.addmm(rows, low, b_cast.t(), alpha=scaling).reshape(result.shape)
 
 
-@cache
-def _zero(device, dtype):
-    import torch
-
-    return torch.zeros((), dtype=dtype, device=device)
-
-
-def _scaled_mm(left, right, scale: float):
-    """`scale * left @ right` as one matrix product (addmm with beta 0 reads no input and writes no copy first); the
-    same bits as the product then the multiply where `scale` is a power of two (LoRA's alpha / r usually is)."""
-    import torch
-
-    return torch.addmm(_zero(left.device, left.dtype), left, right, beta=0, alpha=scale)
-
-
 def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool, into=None):
     """The gradients of x (None unless `needs_x`), A and B from the gradient of the branch's output. `scale_after`:
     the scaling multiplies the two r-wide products instead of the output-wide gradient (the fused add's rounding; one
@@ -136,11 +121,10 @@ def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool, into=None):
     grad = grad.to(dtype).reshape(-1, grad.shape[-1])
     if not scale_after:
         grad = grad * ctx.scaling  # through `* scaling`, as autograd does
-    low = low.reshape(-1, low.shape[-1])
-    if scale_after:  # the scaling inside each product (cuBLAS's alpha): no launch of its own
-        grad_b, grad_low = _scaled_mm(grad.t(), low, ctx.scaling), _scaled_mm(grad, b, ctx.scaling)
-    else:
-        grad_b, grad_low = grad.t() @ low, grad @ b
+    grad_b = grad.t() @ low.reshape(-1, low.shape[-1])
+    grad_low = grad @ b
+    if scale_after:
+        grad_b, grad_low = grad_b.mul_(ctx.scaling), grad_low.mul_(ctx.scaling)
     if ctx.seed is not None:  # the kernels draw the forward's mask again from its seed, inside the products
         from talkalike.train.lora_kernels import dropped_grad_a, dropped_grad_x
 

@@ -219,17 +219,3 @@ def test_base_and_branch_add_the_branch_into_the_base_output_itself():
     out = _base_and_branch().apply(x, layer, a, b, 2.0, 0.0, torch.float32, torch.float32, False, False, False)
     assert out.data_ptr() == outputs[-1].data_ptr()
     torch.testing.assert_close(out.detach(), expected)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_scaling_inside_the_backward_products_gives_the_product_then_multiply_bits(dtype):
-    """The fused add's backward scales inside each r-wide product (one launch, not two): for LoRA's usual power-of-two
-    alpha / r the same bits as the product rounded, then multiplied; otherwise one rounding instead of two."""
-    from talkalike.train.lean_lora import _scaled_mm
-
-    generator = torch.Generator().manual_seed(3)
-    left, right = (torch.randn(shape, generator=generator).to(dtype) for shape in ((37, 64), (64, 8)))
-    for scale in (2.0, 0.5):
-        assert torch.equal(_scaled_mm(left, right, scale), (left @ right) * scale)
-    torch.testing.assert_close(_scaled_mm(left, right, 0.7), (left.double() @ right.double() * 0.7).to(dtype),
-                               rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-5)
