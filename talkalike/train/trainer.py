@@ -121,6 +121,17 @@ SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-a
 # Speed-ups written but not on by default until a GPU has timed them (`speedups=` turns one on; benchmarks/gpu_train.py
 # gives each a row); none now.
 UNTIMED_SPEEDUPS: tuple[str, ...] = ()
+# Those that run Triton kernels: left out where Triton is not installed
+TRITON_SPEEDUPS = ("lora-kernels", "nf4-kernel")
+
+
+def available_speedups(names) -> set:
+    """The speed-ups of `names` this machine can run: those of `TRITON_SPEEDUPS` only where Triton is installed
+    (PyTorch's CUDA wheels bring it on Linux, not everywhere)."""
+    import importlib.util
+
+    names = set(names)
+    return names if importlib.util.find_spec("triton") is not None else names - set(TRITON_SPEEDUPS)
 
 
 def _liger_layers(model, rope: bool = False):
@@ -428,7 +439,7 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         # "Expected to mark a variable ready only once"); Trainer turns the search on for any PeftModel.
         ddp_find_unused_parameters=False,
     )
-    speedups = set(SPEEDUPS if speedups is None else speedups)
+    speedups = available_speedups(SPEEDUPS if speedups is None else speedups)
     if recipe.packing and "packed-attention" in speedups:
         # SDPA computes every block of its dense mask over a packed row on a CPU, and on a GPU builds the mask and
         # goes through cuDNN's masked kernel (1 ms of host time a call, in a host-bound step); per-sample attention

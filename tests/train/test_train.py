@@ -158,6 +158,18 @@ def test_the_trainer_counts_parameters_for_its_flops_once_and_reads_no_loss_for_
     assert trainer.args.logging_nan_inf_filter is False
 
 
+def test_triton_s_speedups_are_left_out_where_triton_is_not_installed(monkeypatch):
+    import importlib.util
+
+    from talkalike.train.trainer import SPEEDUPS, TRITON_SPEEDUPS, available_speedups
+
+    assert set(TRITON_SPEEDUPS) <= set(SPEEDUPS)
+    assert available_speedups(SPEEDUPS) == set(SPEEDUPS)  # (this machine has Triton: the tests run its interpreter)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "triton" else real(name, *args))
+    assert available_speedups(SPEEDUPS) == set(SPEEDUPS) - set(TRITON_SPEEDUPS)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_a_cpu_trains_in_bf16_only_with_native_bf16_instructions_and_says_so(native, monkeypatch):
     import talkalike.train.recipe
