@@ -477,6 +477,23 @@ def test_base_and_branch_with_one_launch_nf4_give_the_same_loss_and_gradients():
     _assert_close_grads(grads, reference, 1e-6)
 
 
+def test_the_backward_s_scaled_products_give_the_same_loss_and_gradients():
+    """With scaled-products the fused base layers' backward scales inside its r-wide products (cuBLAS's alpha) and
+    writes B's gradient in fp32 (train/lean_lora.py): the forward untouched, A's and x's gradients as before
+    (alpha / r = 2 scales exactly), B's within bf16's rounding of the unscaled product."""
+    from talkalike.train import lean_lora
+
+    model = _nf4_lora_model(0.1)
+    assert lean_lora.use_lean_lora(model, fused_add=True, kernels=True, base=True, nf4=True) == 2 * 7
+    reference_loss, reference = _nf4_loss_and_grads(model)
+    assert lean_lora.use_lean_lora(model, fused_add=True, kernels=True, base=True, nf4=True, scaled=True) == 2 * 7
+    loss, grads = _nf4_loss_and_grads(model)
+    torch.testing.assert_close(loss, reference_loss, rtol=0, atol=0)
+    _assert_close_grads({n: g for n, g in grads.items() if "lora_B" not in n},
+                        {n: g for n, g in reference.items() if "lora_B" not in n}, 1e-6)
+    _assert_close_grads(grads, reference, 1e-2)
+
+
 @pytest.mark.parametrize("base", [False, True], ids=["branch", "base-and-branch"])
 def test_a_replayed_layer_skips_its_unread_down_product_with_the_same_loss_and_gradients(monkeypatch, base):
     """With offloaded checkpoints, a layer run again for its backward skips its MLP's last 4-bit product
@@ -499,7 +516,7 @@ def test_a_replayed_layer_skips_its_unread_down_product_with_the_same_loss_and_g
         class Counting:
             @staticmethod
             def apply(*args):
-                skipped.extend([1] if args[-2] else [])  # (..., skip, one_launch)
+                skipped.extend([1] if args[9] else [])  # (x, layer, a, b, scaling, p, dtype, early, kernels, skip, ...)
                 return fused.apply(*args)
 
         monkeypatch.setattr(lean_lora, "_base_and_branch", lambda: Counting)

@@ -111,20 +111,38 @@ def _add_branch(ctx, result, x, a, b, scaling: float, p: float, dtype, early, ke
     return torch.addmm(rows, low, b_cast.t(), alpha=scaling).reshape(result.shape)
 
 
+@cache
+def _zero(device, dtype):
+    """A zero scalar for addmm's ignored input (beta 0)."""
+    import torch
+
+    return torch.zeros((), dtype=dtype, device=device)
+
+
 def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool, into=None):
     """The gradients of x (None unless `needs_x`), A and B from the gradient of the branch's output. `scale_after`:
     the scaling multiplies the two r-wide products instead of the output-wide gradient (the fused add's rounding; one
     pass less). `into`: x's gradient through the base layer ([rows, features] in x's dtype), which the branch's adds
     to in place and returns as x's."""
+    import torch
+
     x, a, b, low = ctx.saved_tensors  # A and B in `dtype`
     dtype = ctx.dtype
     grad = grad.to(dtype).reshape(-1, grad.shape[-1])
     if not scale_after:
         grad = grad * ctx.scaling  # through `* scaling`, as autograd does
-    grad_b = grad.t() @ low.reshape(-1, low.shape[-1])
-    grad_low = grad @ b
-    if scale_after:
-        grad_b, grad_low = grad_b.mul_(ctx.scaling), grad_low.mul_(ctx.scaling)
+    low = low.reshape(-1, low.shape[-1])
+    if scale_after and getattr(ctx, "scaled_products", False) and grad.is_cuda:
+        # The scaling inside each product (cuBLAS's alpha) and B's gradient written in its own fp32: one launch
+        # each where there were five (two products, two multiplies, a cast); B's gradient rounded once, not twice.
+        grad_low = torch.addmm(_zero(grad.device, dtype), grad, b, beta=0, alpha=ctx.scaling)
+        wide = torch.float32 if ctx.b_dtype == torch.float32 else dtype
+        grad_b = torch.addmm(_zero(grad.device, wide), grad.t(), low, beta=0, alpha=ctx.scaling, out_dtype=wide)
+    else:
+        grad_b = grad.t() @ low
+        grad_low = grad @ b
+        if scale_after:
+            grad_b, grad_low = grad_b.mul_(ctx.scaling), grad_low.mul_(ctx.scaling)
     if ctx.seed is not None:  # the kernels draw the forward's mask again from its seed, inside the products
         from talkalike.train.lora_kernels import dropped_grad_a, dropped_grad_x
 
@@ -232,14 +250,14 @@ def _base_and_branch():
 
         @staticmethod
         def forward(ctx, x, layer, a, b, scaling: float, p: float, dtype, early, kernels: bool, skip: bool,
-                    one_launch: bool):
+                    one_launch: bool, scaled_products: bool = False):
             if skip:
                 result = x.new_empty((*x.shape[:-1], layer.out_features))
             elif one_launch:  # bitsandbytes' own forward, de-quantizing in one launch
                 result = torch.nn.functional.linear(x, base_weight(layer, dtype, one_launch=True))
             else:
                 result = layer(x)
-            ctx.layer, ctx.one_launch = layer, one_launch
+            ctx.layer, ctx.one_launch, ctx.scaled_products = layer, one_launch, scaled_products
             return _add_branch(ctx, result, x, a, b, scaling, p, dtype, early, kernels, in_place=True)
 
         @staticmethod
@@ -249,7 +267,7 @@ def _base_and_branch():
                 rows = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
                 into = rows @ base_weight(ctx.layer, ctx.dtype, ctx.one_launch)
             grad_x, grad_a, grad_b = _branch_grads(ctx, grad, True, ctx.needs_input_grad[0], into=into)
-            return grad_x, None, grad_a, grad_b, None, None, None, None, None, None, None
+            return grad_x, None, grad_a, grad_b, None, None, None, None, None, None, None, None
 
     return BaseAndBranch
 
@@ -306,7 +324,8 @@ def _lean_forward(self, x, *args, **kwargs):
     one = _one_adapter(self, x, args, kwargs)
     if one is not None:  # base and branch in one function (a 4-bit base under autocast, the GPU recipe's case)
         with torch.autocast(x.device.type, enabled=False):
-            return _base_and_branch().apply(x, self.base_layer, *one, self.lean_kernels, skip, self.lean_nf4)
+            return _base_and_branch().apply(x, self.base_layer, *one, self.lean_kernels, skip, self.lean_nf4,
+                                            self.lean_scaled)
     if skip:
         result = _weight_only().apply(x, self.base_layer, self.lean_nf4)
     else:
@@ -361,13 +380,15 @@ def skip_unread_outputs(model) -> int:
 
 
 def use_lean_lora(model, fused_add: bool = False, kernels: bool = False, base: bool = False,
-                  nf4: bool = False) -> int:
+                  nf4: bool = False, scaled: bool = False) -> int:
     """Give every vanilla LoRA Linear of `model` (no bias on B, no DoRA or other variant) the lean branch, per
     instance; returns how many. Layers that peft builds otherwise keep their own forward. `fused_add`: the branch
     adds into the base layer's output inside its last matrix product (`lora_add`) where the two share a dtype.
     `kernels`: dropout's mask drawn inside the branch's r-wide products (train/lora_kernels.py) where it can be.
     `base`: with `fused_add`, a 4-bit base layer and its branch as one function (`BaseAndBranch`) under autocast.
-    `nf4`: those functions de-quantize an NF4 base weight in one launch (train/nf4.py), not through bitsandbytes."""
+    `nf4`: those functions de-quantize an NF4 base weight in one launch (train/nf4.py), not through bitsandbytes.
+    `scaled`: their backward's r-wide products on a GPU take the scaling as cuBLAS's alpha and write B's gradient in
+    fp32 themselves."""
     from peft.tuners.lora import Linear
 
     try:
@@ -386,6 +407,7 @@ def use_lean_lora(model, fused_add: bool = False, kernels: bool = False, base: b
         module.lean_kernels = kernels
         module.lean_base = base
         module.lean_nf4 = nf4
+        module.lean_scaled = scaled
         module.lean_output_unused = False  # (skip_unread_outputs)
         module.forward = types.MethodType(_lean_forward, module)
         count += 1

@@ -119,8 +119,10 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
 SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add", "liger-rope", "lora-kernels",
             "lean-recompute", "lora-base", "flat-optimizer", "prefetch-checkpoints", "nf4-kernel")
 # Speed-ups written but not on by default until a GPU has timed them (`speedups=` turns one on; benchmarks/gpu_train.py
-# gives each a row); none now.
-UNTIMED_SPEEDUPS: tuple[str, ...] = ()
+# gives each a row):
+# - scaled-products: the fused base layers' backward scales inside its two r-wide products (cuBLAS's alpha) and writes
+#   B's gradient in fp32 directly: 672 launches less a step for a 7B model, whose step an H100's host holds back
+UNTIMED_SPEEDUPS: tuple[str, ...] = ("scaled-products",)
 # Those that run Triton kernels: left out where Triton is not installed
 TRITON_SPEEDUPS = ("lora-kernels", "nf4-kernel")
 
@@ -471,7 +473,8 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         from talkalike.train.lean_lora import use_lean_lora
 
         use_lean_lora(model, fused_add="lora-add" in speedups, kernels="lora-kernels" in speedups,
-                      base="lora-base" in speedups, nf4="nf4-kernel" in speedups)
+                      base="lora-base" in speedups, nf4="nf4-kernel" in speedups,
+                      scaled="scaled-products" in speedups)
         if "lean-recompute" in speedups and recipe.gradient_checkpointing and recipe.offload_checkpoints:
             from talkalike.train.lean_lora import skip_unread_outputs
 
