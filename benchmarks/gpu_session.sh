@@ -73,10 +73,10 @@ ours-persona-b8-norecompute,ours-persona-b8-before,ours-persona-before,ours-pers
   default)
     step 150 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
       -k "${TESTS:-lean or dropout_kernels or replayed or qlora or flat or packed or offloaded or nf4 or one_launch \
-or scaled}"
+or scaled or prefetch}"
     step 300 default python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
-      --variants "${VARIANTS:-ours-persona,baseline,ours-persona-untimed,ours-persona,ours-persona-untimed,\
-ours-persona,ours-persona-nonf4,ours-persona-b4-before}"
+      --variants "${VARIANTS:-ours-persona,baseline,ours-persona-prefetch,ours-persona,ours-persona-scaled,\
+ours-persona,ours-persona-untimed,ours-persona-b4-before}"
     step 130 gemma python3 benchmarks/gpu_train.py --models gemma-1b-256k --steps 6 \
       --variants "${GEMMA_VARIANTS:-ours-persona,baseline,ours-persona-untimed,ours-persona,ours-persona-untimed}"
     ;;

@@ -20,12 +20,13 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
   Liger's kernels alone, or without offloading alone.
 - ours-persona-b4, -b8, -b8-nooffload: 4 or 8 packed rows per micro-batch (same tokens per optimizer step).
 - ours-persona-nolean, -b8-nolean: the default, or 8 rows, with peft's own LoRA branch (train/lean_lora.py).
-- ours-persona-noadd, -norope, -nokernels, -norecompute, -nobase, -noflat, -noprefetch, -nonf4: the default without
-  one speed-up (lora-add, liger-rope, lora-kernels, lean-recompute, lora-base, flat-optimizer, prefetch-checkpoints,
-  nf4-kernel; talkalike.train.trainer.SPEEDUPS); -before, -b8-before, -b4-before: without the last seven
-  (-b4-before: the fourteenth session's default, 4 rows x 2).
+- ours-persona-noadd, -norope, -nokernels, -norecompute, -nobase, -noflat, -nonf4: the default without one
+  speed-up (lora-add, liger-rope, lora-kernels, lean-recompute, lora-base, flat-optimizer, nf4-kernel;
+  talkalike.train.trainer.SPEEDUPS); -before, -b8-before, -b4-before: without those since the fourteenth session's
+  default (-b4-before: that default, 4 rows x 2).
 - ours-persona-adam, -b8-adam: fused fp32 AdamW instead of the recipe's paged 8-bit AdamW.
-- ours-persona-untimed: the default with the speed-ups not yet on by default (talkalike.train.trainer.UNTIMED_SPEEDUPS).
+- ours-persona-untimed: the default with the speed-ups not yet on by default (talkalike.train.trainer.UNTIMED_SPEEDUPS);
+  -prefetch, -scaled: with one of them.
 - ours-persona-b8-norope, -b8-nokernels, -b8-norecompute: 8 rows without one of the three.
 - trl-liger: the strong do-it-yourself baseline: TRL's own SFTTrainer with its packing (BFD, padding-free: position
   ids, no attention across samples), Liger's kernels (use_liger_kernel=True: RMSNorm, RoPE, SwiGLU; TRL computes the
@@ -91,9 +92,10 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-norecompute": (without("lean-recompute"), {}),
     "ours-persona-nobase": (without("lora-base"), {}),
     "ours-persona-noflat": (without("flat-optimizer"), {}),
-    "ours-persona-noprefetch": (without("prefetch-checkpoints"), {}),
     "ours-persona-nonf4": (without("nf4-kernel"), {}),
     "ours-persona-untimed": ((*SPEEDUPS, *UNTIMED_SPEEDUPS), {}),
+    "ours-persona-prefetch": ((*SPEEDUPS, "prefetch-checkpoints"), {}),
+    "ours-persona-scaled": ((*SPEEDUPS, "scaled-products"), {}),
     "ours-persona-b8-before": (without(*NEW_SINCE_14), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b4-before": (without(*NEW_SINCE_14), {"batch_size": 4, "grad_accum": 2}),
     "ours-persona-b8-norope": (without("liger-rope"), {"batch_size": 8, "grad_accum": 1}),

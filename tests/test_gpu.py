@@ -530,18 +530,23 @@ def test_a_replayed_layer_skips_its_unread_down_product_with_the_same_loss_and_g
 
 
 @pytest.mark.parametrize("prefetch", [False, True], ids=["reload", "prefetch"])
-def test_offloaded_checkpoints_on_a_gpu_give_plain_checkpointings_loss_and_gradients(prefetch):
+def test_offloaded_checkpoints_on_a_gpu_give_plain_checkpointings_loss_and_gradients(prefetch, monkeypatch):
     """On a GPU the checkpointed layers' inputs go to pinned host memory on a side stream and come back for the
-    backward pass (train/qlora.py), each fetched while the layer after it runs its backward with `prefetch`; loss
-    and gradients are plain checkpointing's, dropout's masks replayed."""
-    from talkalike.train.qlora import use_offloaded_checkpoints
+    backward pass (train/qlora.py), each fetched on another side stream while the layer after it runs its backward
+    with `prefetch` (from autograd's own thread for the GPU); loss and gradients are plain checkpointing's, dropout's
+    masks replayed."""
+    from talkalike.train import qlora
     from tests.train.test_offload import _lora_model, _loss_and_grads
 
     ids = torch.randint(3, 211, (2, 96), generator=torch.Generator().manual_seed(0)).cuda()
     model = _lora_model().cuda()
     reference_loss, reference = _loss_and_grads(model, ids)
-    assert use_offloaded_checkpoints(model, prefetch=prefetch) == 2
+    assert qlora.use_offloaded_checkpoints(model, prefetch=prefetch) == 2
+    fetched = []
+    original = qlora._prefetch
+    monkeypatch.setattr(qlora, "_prefetch", lambda saved: original(saved) or fetched.append(saved.back is not None))
     loss, grads = _loss_and_grads(model, ids)
+    assert fetched == ([True] if prefetch else [])  # the first layer's input, copied back during the second's backward
     torch.testing.assert_close(loss, reference_loss)
     assert grads.keys() == reference.keys()
     for name, grad in grads.items():

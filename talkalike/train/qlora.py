@@ -175,23 +175,25 @@ def _reload(saved: _Saved):
     return saved.host.to(saved.device, non_blocking=True)
 
 
-_PENDING = threading.local()
+# Per device, weak references to the inputs saved by prefetching layers' forwards, in order, not yet back for a
+# backward (weak: a graph dropped without a backward drops its inputs with it). Shared by every thread: autograd runs
+# a GPU's backward on a thread of its own, not the one that ran the forward.
+_PENDING: dict = {}
+_PENDING_LOCK = threading.Lock()
 
 
-def _pending() -> list:
-    """Weak references to the inputs saved by prefetching layers' forwards, in order, not yet back for a backward
-    (weak: a graph dropped without a backward drops its inputs with it)."""
-    if not hasattr(_PENDING, "saved"):
-        _PENDING.saved = []
-    return _PENDING.saved
+def _pending(device) -> list:
+    with _PENDING_LOCK:
+        return _PENDING.setdefault(str(device), [])
 
 
 def _next_back(saved: _Saved) -> _Saved | None:
-    """Take `saved` off the pending inputs; the one whose backward comes next (the last saved before it), if any."""
-    pending = _pending()
-    alive = [ref for ref in pending if ref() is not None and ref() is not saved]
-    pending[:] = alive
-    return alive[-1]() if alive else None
+    """Take `saved` off its device's pending inputs; the one whose backward comes next (the last saved before it)."""
+    with _PENDING_LOCK:
+        pending = _PENDING.setdefault(str(saved.device), [])
+        alive = [ref for ref in pending if ref() is not None and ref() is not saved]
+        pending[:] = alive
+        return alive[-1]() if alive else None
 
 
 @cache
@@ -208,7 +210,9 @@ def _offloaded_layer():
             ctx.rng = torch.get_rng_state(), (torch.cuda.get_rng_state(hidden.device) if hidden.is_cuda else None)
             ctx.saved = _offload(hidden)
             if prefetch:
-                _pending().append(weakref.ref(ctx.saved))
+                pending = _pending(hidden.device)
+                with _PENDING_LOCK:
+                    pending.append(weakref.ref(ctx.saved))
             return function(hidden, *args)  # autograd records nothing inside: nothing but the output stays
 
         @staticmethod

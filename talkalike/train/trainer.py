@@ -117,12 +117,15 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
 #   (the branch's part added in place into the base's, where autograd adds two into a third)
 # All are on by default.
 SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add", "liger-rope", "lora-kernels",
-            "lean-recompute", "lora-base", "flat-optimizer", "prefetch-checkpoints", "nf4-kernel")
+            "lean-recompute", "lora-base", "flat-optimizer", "nf4-kernel")
 # Speed-ups written but not on by default until a GPU has timed them (`speedups=` turns one on; benchmarks/gpu_train.py
 # gives each a row):
+# - prefetch-checkpoints: each offloaded layer's backward starts copying the next layer's input back on a side
+#   stream (train/qlora.py), where the copy runs on the GPU's own stream, 2 ms a layer on an H100 (its first version
+#   kept the pending inputs per thread, and autograd runs a GPU's backward on a thread of its own: it fetched nothing)
 # - scaled-products: the fused base layers' backward scales inside its two r-wide products (cuBLAS's alpha) and writes
 #   B's gradient in fp32 directly: 672 launches less a step for a 7B model, whose step an H100's host holds back
-UNTIMED_SPEEDUPS: tuple[str, ...] = ("scaled-products",)
+UNTIMED_SPEEDUPS: tuple[str, ...] = ("prefetch-checkpoints", "scaled-products")
 # Those that run Triton kernels: left out where Triton is not installed
 TRITON_SPEEDUPS = ("lora-kernels", "nf4-kernel")
 

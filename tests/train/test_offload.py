@@ -52,8 +52,10 @@ def test_offloaded_checkpoints_give_plain_checkpointings_loss_and_gradients_with
 def test_each_prefetching_layer_s_backward_fetches_the_next_layer_s_input_and_nothing_stays_pending(monkeypatch):
     """With prefetch, the backward of each layer but the first starts bringing back the input of the layer whose
     backward comes next (train/qlora.py: `_prefetch`, a copy on a side stream on a GPU); loss and gradients are as
-    before, and no saved input outlives its graph, with or without a backward."""
+    before, and no saved input outlives its graph, with or without a backward. The backward runs on another thread,
+    as autograd runs a GPU's (its own thread for the device)."""
     import gc
+    import threading
 
     from talkalike.train import qlora
 
@@ -67,20 +69,26 @@ def test_each_prefetching_layer_s_backward_fetches_the_next_layer_s_input_and_no
         for layer in model.base_model.model.model.layers]
     original = qlora._prefetch
     monkeypatch.setattr(qlora, "_prefetch", lambda saved: fetched.append(saved.host) or original(saved))
-    loss, grads = _loss_and_grads(model, ids)
-    torch.testing.assert_close(loss, reference_loss)
+    model.zero_grad()
+    torch.manual_seed(7)
+    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    backward = threading.Thread(target=loss.backward)
+    backward.start()
+    backward.join()
+    torch.testing.assert_close(loss.detach(), reference_loss)
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     assert grads.keys() == reference.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grad, reference[name], msg=name)
     first_input = inputs[0]  # the forward's; the replays come after
     assert len(fetched) == 1 and fetched[0].data_ptr() == first_input.data_ptr()
-    assert not [ref for ref in qlora._pending() if ref() is not None]
+    assert not [ref for ref in qlora._pending(ids.device) if ref() is not None]
     for hook in hooks:  # the layers' inputs hold their graphs
         hook.remove()
     inputs.clear()
     model(input_ids=ids, labels=ids, use_cache=False)  # a forward whose graph is dropped unused
     gc.collect()
-    assert not [ref for ref in qlora._pending() if ref() is not None]
+    assert not [ref for ref in qlora._pending(ids.device) if ref() is not None]
 
 
 def test_a_layer_argument_that_needs_a_gradient_falls_back_to_plain_checkpointing():
