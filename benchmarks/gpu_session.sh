@@ -76,7 +76,7 @@ ours-persona-b8-norecompute,ours-persona-b8-before,ours-persona-before,ours-pers
 or scaled or prefetch}"
     step 300 default python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
       --variants "${VARIANTS:-ours-persona,baseline,ours-persona-prefetch,ours-persona,ours-persona-scaled,\
-ours-persona,ours-persona-untimed,ours-persona-b4-before}"
+ours-persona,ours-persona-gqa,ours-persona,ours-persona-untimed,ours-persona-b4-before}"
     step 130 gemma python3 benchmarks/gpu_train.py --models gemma-1b-256k --steps 6 \
       --variants "${GEMMA_VARIANTS:-ours-persona,baseline,ours-persona-untimed,ours-persona,ours-persona-untimed}"
     ;;

@@ -26,7 +26,7 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
   default (-b4-before: that default, 4 rows x 2).
 - ours-persona-adam, -b8-adam: fused fp32 AdamW instead of the recipe's paged 8-bit AdamW.
 - ours-persona-untimed: the default with the speed-ups not yet on by default (talkalike.train.trainer.UNTIMED_SPEEDUPS);
-  -prefetch, -scaled: with one of them.
+  -prefetch, -scaled, -gqa: with one of them.
 - ours-persona-b8-norope, -b8-nokernels, -b8-norecompute: 8 rows without one of the three.
 - trl-liger: the strong do-it-yourself baseline: TRL's own SFTTrainer with its packing (BFD, padding-free: position
   ids, no attention across samples), Liger's kernels (use_liger_kernel=True: RMSNorm, RoPE, SwiGLU; TRL computes the
@@ -96,6 +96,7 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-untimed": ((*SPEEDUPS, *UNTIMED_SPEEDUPS), {}),
     "ours-persona-prefetch": ((*SPEEDUPS, "prefetch-checkpoints"), {}),
     "ours-persona-scaled": ((*SPEEDUPS, "scaled-products"), {}),
+    "ours-persona-gqa": ((*SPEEDUPS, "native-gqa"), {}),
     "ours-persona-b8-before": (without(*NEW_SINCE_14), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b4-before": (without(*NEW_SINCE_14), {"batch_size": 4, "grad_accum": 2}),
     "ours-persona-b8-norope": (without("liger-rope"), {"batch_size": 8, "grad_accum": 1}),

@@ -322,14 +322,15 @@ def _assert_close_grads(grads, reference, tolerance: float):
         assert error < tolerance, f"{name}: relative error {error:.4f}"
 
 
-@pytest.mark.parametrize("kind", ["mistral", "windowed-gemma"])
+@pytest.mark.parametrize("kind", ["mistral", "windowed-gemma", "mistral-native-gqa"])
 def test_packed_rows_attend_through_varlen_flash_with_the_masked_paths_loss_and_gradients(kind, monkeypatch):
     """On a GPU the packed row's samples go through one varlen flash call per layer (train/packed.py), with the loss
-    and gradients of SDPA's dense block mask; samples longer than Gemma's 8-token window cross it."""
+    and gradients of SDPA's dense block mask; samples longer than Gemma's 8-token window cross it. With native_gqa
+    the grouped-query Mistral's keys and values reach the flash kernel with their own 2 heads for 8 query heads."""
     from talkalike.train import packed
     from tests.conftest import build_tiny_llama, build_windowed_gemma
 
-    build = (lambda: build_tiny_llama("mistral")) if kind == "mistral" else (lambda: build_windowed_gemma(211))
+    build = (lambda: build_tiny_llama("mistral")) if kind != "windowed-gemma" else (lambda: build_windowed_gemma(211))
     model = build().to("cuda", torch.bfloat16).train()
     model.set_attn_implementation("sdpa")
     lengths = [13, 5, 1, 40, 8]
@@ -339,10 +340,17 @@ def test_packed_rows_attend_through_varlen_flash_with_the_masked_paths_loss_and_
     calls = []
     varlen = packed._varlen
     monkeypatch.setattr(packed, "_varlen", lambda *a, **k: calls.append(varlen(*a, **k)) or calls[-1])
-    packed.use_packed_attention(model)
+    heads = []
+    if kind == "mistral-native-gqa":
+        function, accepts = packed._varlen_function()
+        monkeypatch.setattr(packed, "_varlen_function", lambda: (
+            lambda q, k, *a, **o: heads.append(k.shape[1]) or function(q, k, *a, **o), accepts))
+    packed.use_packed_attention(model, native_gqa=kind == "mistral-native-gqa")
     loss, grads = _bf16_loss_and_grads(model, ids, positions, **packed.sample_bounds(positions))
+    if kind == "mistral-native-gqa":
+        assert heads and heads[0] == 2  # its own heads at the first call (repeated only if this PyTorch refused)
     # A sliding window needs varlen_attn's window_size (PyTorch 2.11 on); without it those layers loop per sample.
-    windowed_ok = kind == "mistral" or "window_size" in packed._varlen_function()[1]
+    windowed_ok = kind != "windowed-gemma" or "window_size" in packed._varlen_function()[1]
     assert calls and all((out is not None) == windowed_ok for out in calls), "varlen wherever it can serve the call"
     torch.testing.assert_close(loss, reference_loss, rtol=1e-2, atol=1e-2)
     _assert_close_grads(grads, reference, 0.03)

@@ -40,7 +40,8 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
                      sliding_window=sliding_window, position_ids=position_ids, **kwargs)
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
     if cu_seq_lens is not None and query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and not dropout:
-        output = _varlen(query, key, value, cu_seq_lens, kwargs["max_length_q"], scaling, sliding_window)
+        output = _varlen(query, key, value, cu_seq_lens, kwargs["max_length_q"], scaling, sliding_window,
+                         native_gqa=getattr(module, "talkalike_native_gqa", False))
         if output is not None:
             return output, None
     groups = getattr(module, "num_key_value_groups", 1)
@@ -97,9 +98,13 @@ def _varlen_function():
     return varlen_attn, tuple(inspect.signature(varlen_attn).parameters)
 
 
-def _varlen(query, key, value, cu_seq_lens, longest: int, scaling, sliding_window):
+def _varlen(query, key, value, cu_seq_lens, longest: int, scaling, sliding_window, native_gqa: bool = False):
     """Causal attention within each packed sample through PyTorch's variable-length flash attention, [1, T, H, D];
-    None where this PyTorch has none (before 2.10) or lacks what the call needs (a sliding window)."""
+    None where this PyTorch has none (before 2.10) or lacks what the call needs (a sliding window).
+
+    Grouped-query attention (fewer key/value heads than query heads): where `varlen_attn` has no `enable_gqa`, keys
+    and values are repeated to every query head, unless `native_gqa`: then they go to the flash kernel as they are
+    (which serves each group from one head, as FlashAttention does), and are repeated only if this PyTorch refuses."""
     varlen_attn, accepts = _varlen_function()
     if varlen_attn is None:
         return None
@@ -112,15 +117,28 @@ def _varlen(query, key, value, cu_seq_lens, longest: int, scaling, sliding_windo
         return None
     # [T, heads, D] as views: squeeze, not t[0], whose backward would fill a zero tensor and copy each gradient in
     q, k, v = (t.squeeze(0).transpose(0, 1) for t in (query, key, value))
-    if k.shape[1] != q.shape[1]:
-        if "enable_gqa" in accepts:
-            options["enable_gqa"] = True
-        else:
-            groups = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    output = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu_seq_lens, cu_seq_lens, longest, longest,
-                         **options)
-    return output[None]
+    grouped = k.shape[1] != q.shape[1]
+    if grouped and "enable_gqa" in accepts:
+        options["enable_gqa"] = True
+    elif grouped and not native_gqa:
+        k, v = _repeated(q, k, v)
+
+    def attend(k, v):
+        return varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu_seq_lens, cu_seq_lens, longest, longest,
+                           **options)
+
+    if grouped and native_gqa and "enable_gqa" not in accepts:
+        try:
+            return attend(k, v)[None]
+        except (RuntimeError, ValueError):  # a PyTorch that checks the heads match
+            k, v = _repeated(q, k, v)
+    return attend(k, v)[None]
+
+
+def _repeated(q, k, v):
+    """Keys and values [T, kv heads, D] repeated to q's heads, each group's head next to itself."""
+    groups = q.shape[1] // k.shape[1]
+    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
 
 
 def packed_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
@@ -134,10 +152,14 @@ def packed_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 
     return sdpa_mask(batch_size, q_length, kv_length, q_offset, kv_offset, attention_mask=attention_mask, **kwargs)
 
 
-def use_packed_attention(model) -> None:
-    """Switch `model` (loaded with SDPA attention) to per-sample attention over packed rows."""
+def use_packed_attention(model, native_gqa: bool = False) -> None:
+    """Switch `model` (loaded with SDPA attention) to per-sample attention over packed rows; `native_gqa`: its
+    grouped-query layers hand keys and values to the varlen flash kernel unrepeated (`_varlen`)."""
     from transformers import AttentionInterface, AttentionMaskInterface
 
     AttentionInterface.register(NAME, packed_attention)
     AttentionMaskInterface.register(NAME, packed_mask)
     model.set_attn_implementation(NAME)
+    for module in model.modules():
+        if hasattr(module, "num_key_value_groups"):
+            module.talkalike_native_gqa = native_gqa

@@ -125,7 +125,9 @@ SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-a
 #   kept the pending inputs per thread, and autograd runs a GPU's backward on a thread of its own: it fetched nothing)
 # - scaled-products: the fused base layers' backward scales inside its two r-wide products (cuBLAS's alpha) and writes
 #   B's gradient in fp32 directly: 672 launches less a step for a 7B model, whose step an H100's host holds back
-UNTIMED_SPEEDUPS: tuple[str, ...] = ("prefetch-checkpoints", "scaled-products")
+# - native-gqa: grouped-query layers hand keys and values to the varlen flash kernel unrepeated (train/packed.py),
+#   where the image's PyTorch 2.11 has no `enable_gqa` and each layer copied them to every query head, each pass
+UNTIMED_SPEEDUPS: tuple[str, ...] = ("prefetch-checkpoints", "scaled-products", "native-gqa")
 # Those that run Triton kernels: left out where Triton is not installed
 TRITON_SPEEDUPS = ("lora-kernels", "nf4-kernel")
 
@@ -451,7 +453,7 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
         # skips the masked blocks, in one varlen flash call per layer on a GPU (train/packed.py).
         from talkalike.train.packed import use_packed_attention
 
-        use_packed_attention(model)
+        use_packed_attention(model, native_gqa="native-gqa" in speedups)
     rope_swap = None
     if torch.cuda.is_available() and "liger" in speedups:
         applied = _liger_layers(model, rope="liger-rope" in speedups)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import build_windowed_gemma
+from tests.conftest import build_tiny_llama, build_windowed_gemma
 
 torch = pytest.importorskip("torch")
 
@@ -112,3 +112,53 @@ def test_varlen_attention_takes_q_k_and_v_as_views_and_gives_per_sample_gradient
     expected = torch.autograd.grad((reference * weight).sum(), reference_inputs)
     for grad, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(grad, want)
+
+
+@pytest.mark.parametrize("refuses", [False, True], ids=["serves-groups", "checks-heads"])
+def test_native_gqa_hands_unrepeated_keys_to_the_kernel_with_repeated_keys_results(monkeypatch, refuses):
+    """With native_gqa, a grouped-query layer's keys and values reach the varlen kernel with their own heads (here a
+    stand-in that serves each group from one head, as FlashAttention does), with the same output and gradients as
+    repeating them first; a PyTorch whose kernel checks the heads match gets them repeated."""
+    from talkalike.train import packed
+
+    bounds, seen = [0, 6, 15], []
+
+    def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=None, is_causal=False):  # [T, heads, D]
+        seen.append(k.shape[1])
+        if k.shape[1] != q.shape[1]:
+            if refuses:
+                raise ValueError("heads differ")
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        outs = []
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            piece = [t[start:end].transpose(0, 1) for t in (q, k, v)]
+            outs.append(torch.nn.functional.scaled_dot_product_attention(*piece, is_causal=True, scale=scale))
+        return torch.cat(outs, dim=1).transpose(0, 1)
+
+    monkeypatch.setattr(packed, "_varlen_function", lambda: (varlen_attn, ("scale", "is_causal")))
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(1, 4, 15, 8, generator=generator).requires_grad_()
+    key, value = (torch.randn(1, 2, 15, 8, generator=generator).requires_grad_() for _ in range(2))
+    cumulative = torch.tensor(bounds, dtype=torch.int32)
+    weight = torch.randn(1, 15, 4, 8, generator=generator)
+    results = {}
+    for native in (False, True):
+        out = packed._varlen(query, key, value, cumulative, 9, None, None, native_gqa=native)
+        results[native] = (out.detach(), torch.autograd.grad((out * weight).sum(), (query, key, value)))
+    assert seen == ([4, 2, 4] if refuses else [4, 2])  # repeated; then unrepeated (and, if refused, repeated again)
+    torch.testing.assert_close(results[True][0], results[False][0])
+    for grad, want in zip(results[True][1], results[False][1], strict=True):
+        torch.testing.assert_close(grad, want)
+
+
+def test_use_packed_attention_marks_the_grouped_query_layers():
+    from talkalike.train.packed import use_packed_attention
+
+    model = build_tiny_llama("mistral")
+    layers = [m for m in model.modules() if hasattr(m, "num_key_value_groups")]
+    assert layers
+    use_packed_attention(model, native_gqa=True)
+    assert all(m.talkalike_native_gqa for m in layers)
+    use_packed_attention(model)
+    assert not any(m.talkalike_native_gqa for m in layers)
