@@ -11,6 +11,10 @@ data packed into long rows (benchmarks/gpu_train.py measures them):
 forward with the LM head swapped for an identity, so the forward returns hidden states only at labelled positions,
 then applies the real head (LoRA included) and the cross-entropy in row chunks under activation checkpointing: one
 chunk's logits exist at a time, in the forward and again in the backward.
+
+Activations: `offloaded_checkpoint` keeps each checkpointed decoder layer's input in pinned host memory, not on the
+GPU, and a layer run again for its backward says so (`recomputing`) so it can skip what nothing reads then;
+`prefetched_checkpoint` also copies the next layer's input back while a layer computes its backward.
 """
 
 import threading
@@ -159,6 +163,7 @@ def _prefetch(saved: _Saved) -> None:
     stream.wait_event(saved.done)
     with torch.cuda.stream(stream):
         saved.back.copy_(saved.host, non_blocking=True)
+    saved.back.record_stream(stream)  # (should it be dropped unread, its memory waits for the copy)
     saved.arrived = stream.record_event()
 
 
