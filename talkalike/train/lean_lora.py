@@ -19,13 +19,15 @@ peft writes the output-wide product, then its scaled copy, then the sum (and its
 gradient). The sum is rounded once instead of three times, so its bits are not peft's: tests/train/test_lean_lora.py
 checks that its bf16 gradients are as close to the fp32 ones as peft's own.
 
-Three more, each a speed-up of train/trainer.py: `kernels=True` draws dropout's mask inside the branch's r-wide
+More, each a speed-up of train/trainer.py: `kernels=True` draws dropout's mask inside the branch's r-wide
 products (train/lora_kernels.py); `base=True` makes a 4-bit base layer and its branch one function (`BaseAndBranch`),
 whose x gradient is the base's `grad @ W` with the branch's part added in place, and which adds the branch into the
-base output in place; `skip_unread_outputs` lets a checkpointed layer's replay skip its MLP's last base product.
+base output in place; `nf4=True` has that function de-quantize its NF4 weight in one launch (train/nf4.py);
+`scaled=True` (untimed) has its backward take the scaling inside its r-wide products; `skip_unread_outputs` lets a
+checkpointed layer's replay skip its MLP's last base product.
 
     use_lean_lora(peft_model)   # every vanilla LoRA Linear (plain or bitsandbytes 4-bit) of the model, per instance
-    use_lean_lora(peft_model, fused_add=True, kernels=True, base=True)   # the GPU recipe's
+    use_lean_lora(peft_model, fused_add=True, kernels=True, base=True, nf4=True)   # the GPU recipe's
 """
 
 import os
