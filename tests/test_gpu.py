@@ -486,9 +486,9 @@ def test_base_and_branch_with_one_launch_nf4_give_the_same_loss_and_gradients():
 
 
 def test_the_backward_s_scaled_products_give_the_same_loss_and_gradients():
-    """With scaled-products the fused base layers' backward scales inside its r-wide products (cuBLAS's alpha) and
-    writes B's gradient in fp32 (train/lean_lora.py): the forward untouched, A's and x's gradients as before
-    (alpha / r = 2 scales exactly), B's within bf16's rounding of the unscaled product."""
+    """With scaled-products the fused base layers' backward scales inside x's side's r-wide product (cuBLAS's alpha)
+    and writes B's gradient in fp32 from its product (train/lean_lora.py): the forward untouched, A's and x's
+    gradients as before (alpha / r = 2 scales exactly), B's within bf16's rounding of the product."""
     from talkalike.train import lean_lora
 
     model = _nf4_lora_model(0.1)

@@ -23,7 +23,7 @@ More, each a speed-up of train/trainer.py: `kernels=True` draws dropout's mask i
 products (train/lora_kernels.py); `base=True` makes a 4-bit base layer and its branch one function (`BaseAndBranch`),
 whose x gradient is the base's `grad @ W` with the branch's part added in place, and which adds the branch into the
 base output in place; `nf4=True` has that function de-quantize its NF4 weight in one launch (train/nf4.py);
-`scaled=True` (untimed) has its backward take the scaling inside its r-wide products; `skip_unread_outputs` lets a
+`scaled=True` (untimed) has its backward take the scaling inside an r-wide product; `skip_unread_outputs` lets a
 checkpointed layer's replay skip its MLP's last base product.
 
     use_lean_lora(peft_model)   # every vanilla LoRA Linear (plain or bitsandbytes 4-bit) of the model, per instance
@@ -135,11 +135,13 @@ def _branch_grads(ctx, grad, scale_after: bool, needs_x: bool, into=None):
         grad = grad * ctx.scaling  # through `* scaling`, as autograd does
     low = low.reshape(-1, low.shape[-1])
     if scale_after and getattr(ctx, "scaled_products", False) and grad.is_cuda:
-        # The scaling inside each product (cuBLAS's alpha) and B's gradient written in its own fp32: one launch
-        # each where there were five (two products, two multiplies, a cast); B's gradient rounded once, not twice.
+        # The scaling inside x's side's product (cuBLAS's alpha), and B's gradient written in fp32 by its product
+        # (mm's out_dtype, CUDA only): three launches where there were five; B's gradient rounded once, not twice.
         grad_low = torch.addmm(_zero(grad.device, dtype), grad, b, beta=0, alpha=ctx.scaling)
-        wide = torch.float32 if ctx.b_dtype == torch.float32 else dtype
-        grad_b = torch.addmm(_zero(grad.device, wide), grad.t(), low, beta=0, alpha=ctx.scaling, out_dtype=wide)
+        if ctx.b_dtype == torch.float32 and dtype in (torch.bfloat16, torch.float16):
+            grad_b = torch.mm(grad.t(), low, out_dtype=torch.float32).mul_(ctx.scaling)
+        else:
+            grad_b = (grad.t() @ low).mul_(ctx.scaling)
     else:
         grad_b = grad.t() @ low
         grad_low = grad @ b
@@ -389,8 +391,8 @@ def use_lean_lora(model, fused_add: bool = False, kernels: bool = False, base: b
     `kernels`: dropout's mask drawn inside the branch's r-wide products (train/lora_kernels.py) where it can be.
     `base`: with `fused_add`, a 4-bit base layer and its branch as one function (`BaseAndBranch`) under autocast.
     `nf4`: those functions de-quantize an NF4 base weight in one launch (train/nf4.py), not through bitsandbytes.
-    `scaled`: their backward's r-wide products on a GPU take the scaling as cuBLAS's alpha and write B's gradient in
-    fp32 themselves."""
+    `scaled`: their backward on a GPU takes the scaling inside x's side's r-wide product (cuBLAS's alpha) and
+    writes B's gradient in fp32 from its product."""
     from peft.tuners.lora import Linear
 
     try:

@@ -123,8 +123,8 @@ SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-a
 # - prefetch-checkpoints: each offloaded layer's backward starts copying the next layer's input back on a side
 #   stream (train/qlora.py), where the copy runs on the GPU's own stream, 2 ms a layer on an H100 (its first version
 #   kept the pending inputs per thread, and autograd runs a GPU's backward on a thread of its own: it fetched nothing)
-# - scaled-products: the fused base layers' backward scales inside its two r-wide products (cuBLAS's alpha) and writes
-#   B's gradient in fp32 directly: 672 launches less a step for a 7B model, whose step an H100's host holds back
+# - scaled-products: the fused base layers' backward scales x's side's r-wide product inside it (cuBLAS's alpha) and
+#   writes B's gradient in fp32 from its product: 448 launches less a step for a 7B model, whose host holds it back
 # - native-gqa: grouped-query layers hand keys and values to the varlen flash kernel unrepeated (train/packed.py),
 #   where the image's PyTorch 2.11 has no `enable_gqa` and each layer copied them to every query head, each pass
 UNTIMED_SPEEDUPS: tuple[str, ...] = ("prefetch-checkpoints", "scaled-products", "native-gqa")
