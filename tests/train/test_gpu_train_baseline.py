@@ -51,3 +51,17 @@ def test_the_baseline_trainer_adapts_the_projections_and_feeds_packed_rows_with_
     expected = batch["input_ids"][0].clone()
     expected[starts] = -100
     assert torch.equal(batch["labels"][0], expected)
+
+
+def test_every_row_the_gpu_session_script_asks_for_is_one_gpu_train_knows(gpu_train):
+    """A device call is scarce: a misspelt row in benchmarks/gpu_session.sh would cost one. Each of its gpu_train.py
+    calls names rows (its defaults, after any `${VARIANTS:-`) that gpu_train.py defines."""
+    import re
+
+    script = (ROOT / "benchmarks" / "gpu_session.sh").read_text().replace("\\\n", "")
+    calls = [line for line in script.splitlines() if "benchmarks/gpu_train.py" in line and "--variants" in line]
+    assert len(calls) >= 5
+    for line in calls:
+        names = re.search(r'--variants\s+"?(?:\$\{\w+:-)?([\w,-]+)', line).group(1).split(",")
+        unknown = [name for name in names if name not in gpu_train.VARIANTS]
+        assert names and not unknown, (unknown, line)
