@@ -65,3 +65,19 @@ def test_every_row_the_gpu_session_script_asks_for_is_one_gpu_train_knows(gpu_tr
         names = re.search(r'--variants\s+"?(?:\$\{\w+:-)?([\w,-]+)', line).group(1).split(",")
         unknown = [name for name in names if name not in gpu_train.VARIANTS]
         assert names and not unknown, (unknown, line)
+
+
+def test_every_gpu_test_word_the_gpu_session_script_selects_names_a_gpu_test():
+    """Likewise its `pytest -k` words: each must select some test of tests/test_gpu.py (a word that selects nothing
+    would leave a new path untested on the call meant to test it)."""
+    import re
+
+    script = (ROOT / "benchmarks" / "gpu_session.sh").read_text().replace("\\\n", "")
+    gpu_tests = (ROOT / "tests" / "test_gpu.py").read_text()
+    names = re.findall(r"^def (test_\w+)", gpu_tests, flags=re.M)
+    names += re.findall(r'ids=\[([^\]]*)\]', gpu_tests)  # parametrize ids count as part of a test's name
+    selections = [s for s in re.findall(r'-k\s+"(?:\$\{\w+:-)?([^"}]+)', script) if not s.startswith("$")]
+    assert len(selections) >= 4
+    for selection in selections:
+        for word in selection.split(" or "):
+            assert any(word.strip() in name for name in names), (word, selection)
