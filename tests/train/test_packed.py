@@ -71,6 +71,15 @@ def test_calls_packing_does_not_cover_go_to_sdpa_unchanged():
         assert torch.equal(model.generate(ids[:1], max_new_tokens=6, do_sample=False), cached)
 
 
+def _causal_per_sample(q, k, v, bounds, scale=None):
+    """A stand-in varlen kernel's work: causal SDPA within each sample of [T, heads, D] rows, on the CPU."""
+    outs = []
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        piece = [t[start:end].transpose(0, 1) for t in (q, k, v)]
+        outs.append(torch.nn.functional.scaled_dot_product_attention(*piece, is_causal=True, scale=scale))
+    return torch.cat(outs, dim=1).transpose(0, 1)
+
+
 def test_varlen_attention_takes_q_k_and_v_as_views_and_gives_per_sample_gradients(monkeypatch):
     """The varlen path (CUDA; here a stand-in kernel that runs causal SDPA per sample on the CPU) hands q, k and v to
     the kernel as views of the row: no select whose backward fills a zero tensor and copies each gradient in, and
@@ -81,11 +90,7 @@ def test_varlen_attention_takes_q_k_and_v_as_views_and_gives_per_sample_gradient
 
     def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=None, is_causal=False):  # [T, heads, D]
         assert is_causal and cu_q.tolist() == bounds
-        outs = []
-        for start, end in zip(bounds, bounds[1:], strict=False):
-            piece = [t[start:end].transpose(0, 1) for t in (q, k, v)]
-            outs.append(torch.nn.functional.scaled_dot_product_attention(*piece, is_causal=True, scale=scale))
-        return torch.cat(outs, dim=1).transpose(0, 1)
+        return _causal_per_sample(q, k, v, bounds, scale)
 
     monkeypatch.setattr(packed, "_varlen_function", lambda: (varlen_attn, ("scale", "is_causal")))
     generator = torch.Generator().manual_seed(0)
@@ -130,11 +135,7 @@ def test_native_gqa_hands_unrepeated_keys_to_the_kernel_with_repeated_keys_resul
                 raise ValueError("heads differ")
             groups = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        outs = []
-        for start, end in zip(bounds, bounds[1:], strict=False):
-            piece = [t[start:end].transpose(0, 1) for t in (q, k, v)]
-            outs.append(torch.nn.functional.scaled_dot_product_attention(*piece, is_causal=True, scale=scale))
-        return torch.cat(outs, dim=1).transpose(0, 1)
+        return _causal_per_sample(q, k, v, bounds, scale)
 
     monkeypatch.setattr(packed, "_varlen_function", lambda: (varlen_attn, ("scale", "is_causal")))
     generator = torch.Generator().manual_seed(0)
