@@ -11,7 +11,7 @@
 #                                      # STACK=1 Python stacks: host time by function)
 #   benchmarks/gpu_session.sh speedups # the dropout kernels' GPU tests and tiles, then 8 rows without each new speed-up
 #   benchmarks/gpu_session.sh default  # the training GPU tests; the default against the original recipe, the
-#                                      # fourteenth session's default, the untimed speed-ups and the last one,
+#                                      # fourteenth and sixteenth sessions' defaults, without each of the last three,
 #                                      # after a warm-up row; the 262k-vocabulary model (TESTS=, VARIANTS=,
 #                                      # GEMMA_VARIANTS= others)
 set -uo pipefail
@@ -75,10 +75,10 @@ ours-persona-b8-norecompute,ours-persona-b8-before,ours-persona-before,ours-pers
       -k "${TESTS:-lean or dropout_kernels or replayed or qlora or flat or packed or offloaded or nf4 or one_launch \
 or scaled or prefetch}"
     step 300 default python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
-      --variants "${VARIANTS:-ours-persona,baseline,ours-persona-prefetch,ours-persona,ours-persona-scaled,\
-ours-persona,ours-persona-gqa,ours-persona,ours-persona-untimed,ours-persona-b4-before}"
+      --variants "${VARIANTS:-ours-persona,baseline,ours-persona,ours-persona-sixteenth,ours-persona,\
+ours-persona-noprefetch,ours-persona-noscaled,ours-persona-nogqa,ours-persona,ours-persona-b4-before}"
     step 130 gemma python3 benchmarks/gpu_train.py --models gemma-1b-256k --steps 6 \
-      --variants "${GEMMA_VARIANTS:-ours-persona,baseline,ours-persona-untimed,ours-persona,ours-persona-untimed}"
+      --variants "${GEMMA_VARIANTS:-ours-persona,baseline,ours-persona,ours-persona-sixteenth,ours-persona}"
     ;;
   profile)  # TESTS="offloaded or flat": those GPU tests first
     [ -n "${TESTS:-}" ] && step 120 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k "$TESTS"

@@ -26,7 +26,10 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
   default (-b4-before: that default, 4 rows x 2).
 - ours-persona-adam, -b8-adam: fused fp32 AdamW instead of the recipe's paged 8-bit AdamW.
 - ours-persona-untimed: the default with the speed-ups not yet on by default (talkalike.train.trainer.UNTIMED_SPEEDUPS);
-  -prefetch, -scaled, -gqa: with one of them.
+  -noprefetch, -noscaled, -nogqa: the default without one of the seventeenth session's three (prefetch-checkpoints,
+  scaled-products, native-gqa); -sixteenth: without all three (the sixteenth session's default); -walks: the default
+  with Trainer's own unwrapping, gradient clipping and zeroing, each a walk over the model every step (PersonaTrainer
+  walks it once).
 - ours-persona-b8-norope, -b8-nokernels, -b8-norecompute: 8 rows without one of the three.
 - trl-liger: the strong do-it-yourself baseline: TRL's own SFTTrainer with its packing (BFD, padding-free: position
   ids, no attention across samples), Liger's kernels (use_liger_kernel=True: RMSNorm, RoPE, SwiGLU; TRL computes the
@@ -63,11 +66,13 @@ ALL = None
 NO_OFFLOAD = {"offload_checkpoints": False}
 NO_LEAN = ("packed-attention", "liger", "lora-input-cast")  # every speed-up but the lean LoRA branch
 NO_ADD = tuple(name for name in SPEEDUPS if name != "lora-add")  # the lean branch adding after its product, as peft
-FUSED_ADAM = {"optim": "adamw_torch_fused"}  # fp32 AdamW states, one multi-tensor kernel (not paged 8-bit)
-# the speed-ups since the fourteenth session's default (flat-optimizer, prefetch-checkpoints, nf4-kernel: the
-# sixteenth's)
-NEW_SINCE_14 = ("liger-rope", "lora-kernels", "lean-recompute", "lora-base", "flat-optimizer", "prefetch-checkpoints",
-                "nf4-kernel")
+FUSED_ADAM = {"optim": "adamw_torch_fused"}
+WALKS = "trainer_walks"  # not a recipe field: Trainer's own walks over the model (run_ours)  # fp32 AdamW states, one multi-tensor kernel (not paged 8-bit)
+# the speed-ups since the fourteenth session's default (flat-optimizer, nf4-kernel: the sixteenth's; the last three the
+# seventeenth's)
+NEW_SINCE_16 = ("prefetch-checkpoints", "scaled-products", "native-gqa")
+NEW_SINCE_14 = ("liger-rope", "lora-kernels", "lean-recompute", "lora-base", "flat-optimizer", "nf4-kernel",
+                *NEW_SINCE_16)
 
 
 def without(*names):
@@ -94,9 +99,11 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-noflat": (without("flat-optimizer"), {}),
     "ours-persona-nonf4": (without("nf4-kernel"), {}),
     "ours-persona-untimed": ((*SPEEDUPS, *UNTIMED_SPEEDUPS), {}),
-    "ours-persona-prefetch": ((*SPEEDUPS, "prefetch-checkpoints"), {}),
-    "ours-persona-scaled": ((*SPEEDUPS, "scaled-products"), {}),
-    "ours-persona-gqa": ((*SPEEDUPS, "native-gqa"), {}),
+    "ours-persona-noprefetch": (without("prefetch-checkpoints"), {}),
+    "ours-persona-noscaled": (without("scaled-products"), {}),
+    "ours-persona-nogqa": (without("native-gqa"), {}),
+    "ours-persona-sixteenth": (without(*NEW_SINCE_16), {}),
+    "ours-persona-walks": (ALL, {WALKS: True}),
     "ours-persona-b8-before": (without(*NEW_SINCE_14), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b4-before": (without(*NEW_SINCE_14), {"batch_size": 4, "grad_accum": 2}),
     "ours-persona-b8-norope": (without("liger-rope"), {"batch_size": 8, "grad_accum": 1}),
@@ -374,7 +381,9 @@ def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool, profile:
     from talkalike.train.recipe import resolve_recipe
     from talkalike.train.trainer import make_trainer
 
-    recipe, _ = resolve_recipe(None, cuda=True, epochs=1.0, early_stopping_patience=0, **(changes or {}))
+    changes = dict(changes or {})
+    walks = changes.pop(WALKS, False)
+    recipe, _ = resolve_recipe(None, cuda=True, epochs=1.0, early_stopping_patience=0, **changes)
     records = [{"input_ids": r["input_ids"],
                 "assistant_masks": [1] * len(r["mask"]) if all_turns else r["mask"]} for r in rows]
     counts = {"tokens": 0, "trained_tokens": 0}
@@ -382,9 +391,23 @@ def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool, profile:
     trainer = make_trainer(model, word_tokenizer(vocab_size), records, [], recipe, Path("/tmp/bench-ours"),
                            callbacks=[timer.callback], token_counts=counts, speedups=speedups)
     trainer.args.save_strategy = "no"
+    if walks:
+        trainer_walks(trainer)
     trainer.train()
     timer.trained = counts["trained_tokens"]
     return timer
+
+
+def trainer_walks(trainer) -> None:
+    """`trainer` (a PersonaTrainer) unwraps, clips and zeroes as Trainer does: each a walk over the whole model."""
+    import types
+
+    from transformers import Trainer
+
+    persona = type(trainer)
+    trainer._walked = lambda model: (trainer.accelerator.unwrap_model(model), None)
+    trainer._clip_grad_norm = types.MethodType(Trainer._clip_grad_norm, trainer)
+    trainer.train = types.MethodType(super(persona, persona).train, trainer)  # no zeroing_trained_only
 
 
 def trl_liger_config(output_dir: str, use_cpu: bool = False, liger: bool = True):

@@ -119,19 +119,19 @@ def apply_lora(model, recipe: Recipe, turn_end_ids: list[int] | None = None, ada
 #   (train/flat_optim.py; the recipe's 8-bit AdamW launched 451 a step from Python)
 # - nf4-kernel: with lora-base, NF4 weights de-quantized in one Triton launch each with bitsandbytes' arithmetic
 #   (train/nf4.py), where bitsandbytes takes three from several Python layers
-# All are on by default.
-SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add", "liger-rope", "lora-kernels",
-            "lean-recompute", "lora-base", "flat-optimizer", "nf4-kernel")
-# Speed-ups written but not on by default until a GPU has timed them (`speedups=` turns one on; benchmarks/gpu_train.py
-# gives each a row):
 # - prefetch-checkpoints: each offloaded layer's backward starts copying the next layer's input back on a side
-#   stream (train/qlora.py), where the copy runs on the GPU's own stream, 2 ms a layer on an H100 (its first version
-#   kept the pending inputs per thread, and autograd runs a GPU's backward on a thread of its own: it fetched nothing)
-# - scaled-products: the fused base layers' backward scales x's side's r-wide product inside it (cuBLAS's alpha) and
+#   stream (train/qlora.py), where the copy ran on the GPU's own stream, 2 ms a layer on an H100
+# - scaled-products: with lora-base, the backward scales x's side's r-wide product inside it (cuBLAS's alpha) and
 #   writes B's gradient in fp32 from its product: 448 launches less a step for a 7B model, whose host holds it back
 # - native-gqa: grouped-query layers hand keys and values to the varlen flash kernel unrepeated (train/packed.py),
-#   where the image's PyTorch 2.11 has no `enable_gqa` and each layer copied them to every query head, each pass
-UNTIMED_SPEEDUPS: tuple[str, ...] = ("prefetch-checkpoints", "scaled-products", "native-gqa")
+#   where PyTorch 2.11 has no `enable_gqa` and each layer copied them to every query head, each pass
+# All are on by default.
+SPEEDUPS = ("packed-attention", "liger", "lora-input-cast", "lean-lora", "lora-add", "liger-rope", "lora-kernels",
+            "lean-recompute", "lora-base", "flat-optimizer", "nf4-kernel", "prefetch-checkpoints", "scaled-products",
+            "native-gqa")
+# Speed-ups written but not on by default until a GPU has timed them (`speedups=` turns one on; benchmarks/gpu_train.py
+# gives them the row ours-persona-untimed): none now
+UNTIMED_SPEEDUPS: tuple[str, ...] = ()
 # Those that run Triton kernels: left out where Triton is not installed
 TRITON_SPEEDUPS = ("lora-kernels", "nf4-kernel")
 
@@ -217,6 +217,7 @@ def _trainer_class():
             self.rope_swap = rope_swap
             self.flat_optimizer = flat_optimizer
             self.counted_parameters = None
+            self.walked = {}  # per model object: its unwrapped model and its trained tensors (see `_walked`)
             # Our loss is a sum over labelled tokens divided by the whole accumulated batch's count, so the
             # Trainer must count them and must not divide again by the accumulation steps.
             self.model_accepts_loss_kwargs = True
@@ -243,6 +244,30 @@ def _trainer_class():
             with rope_swapped(self.rope_swap):  # forward, backward and the checkpoints' recomputation
                 return super().training_step(*args, **kwargs)
 
+        def train(self, *args, **kwargs):
+            with zeroing_trained_only(self.model):
+                return super().train(*args, **kwargs)
+
+        def _walked(self, model) -> tuple:
+            """`model` unwrapped by accelerate, and its tensors that train, found once: Trainer finds them each
+            micro-batch (unwrapping walks every module) and hands every parameter to the gradient clipping, walks
+            that left an H100 idle for tens of ms of each 0.8 s step (BENCHMARKS.md, "GPU training")."""
+            key = id(model)
+            if key not in self.walked:
+                self.walked = {key: (model, self.accelerator.unwrap_model(model),
+                                     [p for p in model.parameters() if p.requires_grad])}
+            return self.walked[key][1:]
+
+        def _clip_grad_norm(self, model):
+            """Trainer's clipping over the trained tensors alone: the frozen ones have no gradient, so the norm and
+            the clipping are the same (where a distributed engine owns the gradients, Trainer's own)."""
+            from accelerate.utils import DistributedType
+
+            plain = self.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU)
+            if not plain or self.is_fsdp_enabled or getattr(self, "is_distributed_loading_by_transformers", False):
+                return super()._clip_grad_norm(model)
+            return self.accelerator.clip_grad_norm_(self._walked(model)[1], self.args.max_grad_norm)
+
         def floating_point_ops(self, inputs) -> int:
             """Trainer's estimate (6 x tokens x parameters but embeddings), the parameters counted once: Trainer
             counts them again after every micro-batch, a walk over every module that left an H100 idle for ~30 ms
@@ -264,7 +289,7 @@ def _trainer_class():
             keep = torch.zeros_like(labels[0], dtype=torch.bool)
             keep[:-1] = targets != -100
             model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-            unwrapped = self.accelerator.unwrap_model(model)
+            unwrapped = self._walked(model)[0]
             if labels.is_cuda and "position_ids" in model_inputs and _packed(unwrapped):
                 # Where the row's samples start, read once for every layer (train/packed.py: varlen attention)
                 model_inputs.update(sample_bounds(model_inputs["position_ids"]))
@@ -303,6 +328,27 @@ def _trainer_class():
             return (loss, {"loss": loss}) if return_outputs else loss
 
     return PersonaTrainer
+
+
+@contextmanager
+def zeroing_trained_only(model):
+    """Inside, `model.zero_grad()` (set to none, as Trainer calls it after each optimizer step) clears the gradients
+    of the tensors that trained when it began: torch's walks every module of a 7B model, which holds nothing else
+    (frozen tensors get no gradient), while the GPU waits. Zeroing in place stays torch's."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    own = model.zero_grad
+
+    def zero_grad(set_to_none: bool = True):
+        if not set_to_none:
+            return own(set_to_none)
+        for param in trained:
+            param.grad = None
+
+    model.zero_grad = zero_grad
+    try:
+        yield
+    finally:
+        del model.zero_grad
 
 
 def _offload_callback(prefetch: bool):

@@ -81,3 +81,27 @@ def test_every_gpu_test_word_the_gpu_session_script_selects_names_a_gpu_test():
     for selection in selections:
         for word in selection.split(" or "):
             assert any(word.strip() in name for name in names), (word, selection)
+
+
+def test_the_walks_row_gives_back_trainer_s_own_unwrapping_clipping_and_zeroing(gpu_train, tiny_model_dir,
+                                                                               tiny_tokenizer, tmp_path, monkeypatch):
+    """ours-persona-walks times what PersonaTrainer's single walk saves: its trainer walks the model as Trainer does."""
+    from transformers import Trainer
+
+    from talkalike.train import trainer as trainer_module
+    from tests.train.test_train import conversation, tiny_trainer
+
+    trainer = tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, [conversation(i) for i in range(4)])
+    gpu_train.trainer_walks(trainer)
+    assert trainer._clip_grad_norm.__func__ is Trainer._clip_grad_norm
+    walks = []
+    own = trainer.accelerator.unwrap_model
+    monkeypatch.setattr(trainer.accelerator, "unwrap_model", lambda model, *a, **k: walks.append(1) or own(model))
+    trainer._walked(trainer.model)
+    trainer._walked(trainer.model)
+    assert len(walks) == 2
+    zeroing = []
+    monkeypatch.setattr(trainer_module, "zeroing_trained_only", lambda model: zeroing.append(model))
+    trainer.args.max_steps, trainer.args.save_strategy = 1, "no"
+    trainer.train()
+    assert zeroing == []

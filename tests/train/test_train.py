@@ -158,6 +158,52 @@ def test_the_trainer_counts_parameters_for_its_flops_once_and_reads_no_loss_for_
     assert trainer.args.logging_nan_inf_filter is False
 
 
+def test_the_trainer_walks_the_model_once_to_unwrap_it_clip_its_gradients_and_zero_them(
+        tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch):
+    """Unwrapping, gradient clipping and zeroing find the model's trained tensors once (Trainer walks every module
+    for each, each step), with Trainer's own norm, clipped gradients and cleared gradients."""
+    import torch
+    from transformers import Trainer
+
+    from talkalike.train.trainer import zeroing_trained_only
+
+    trainer = tiny_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, [conversation(i) for i in range(6)])
+    trainer.args.max_grad_norm = 1e-3  # small enough to clip
+    model = trainer.model
+    batch = dict(next(iter(trainer.get_train_dataloader())))
+    trainer.compute_loss(model, dict(batch)).backward()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad.clone() for p in trained]
+    assert trained and all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    expected = Trainer._clip_grad_norm(trainer, model)
+    clipped = [p.grad.clone() for p in trained]
+    assert any(not torch.equal(after, before) for after, before in zip(clipped, grads, strict=True))
+    for param, grad in zip(trained, grads, strict=True):
+        param.grad = grad.clone()
+
+    unwrapped = trainer.accelerator.unwrap_model(model)
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("walked the model's modules again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.nn.Module, "named_modules", no_walk)
+        patch.setattr(torch.nn.Module, "modules", no_walk)
+        assert torch.equal(trainer._clip_grad_norm(model), expected)
+        for param, grad in zip(trained, clipped, strict=True):
+            assert torch.equal(param.grad, grad)
+        assert trainer._walked(model)[0] is unwrapped
+        trainer.compute_loss(model, dict(batch))  # unwraps without a walk
+    with zeroing_trained_only(model):
+        model.zero_grad(set_to_none=False)  # in place: torch's own
+        assert all(p.grad is not None and not p.grad.any() for p in trained)
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.nn.Module, "named_modules", no_walk)
+            model.zero_grad()
+        assert all(p.grad is None for p in model.parameters())
+    assert "zero_grad" not in vars(model)  # torch's again
+
+
 def test_triton_s_speedups_are_left_out_where_triton_is_not_installed(monkeypatch):
     import importlib.util
 
