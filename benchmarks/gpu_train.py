@@ -66,8 +66,8 @@ ALL = None
 NO_OFFLOAD = {"offload_checkpoints": False}
 NO_LEAN = ("packed-attention", "liger", "lora-input-cast")  # every speed-up but the lean LoRA branch
 NO_ADD = tuple(name for name in SPEEDUPS if name != "lora-add")  # the lean branch adding after its product, as peft
-FUSED_ADAM = {"optim": "adamw_torch_fused"}
-WALKS = "trainer_walks"  # not a recipe field: Trainer's own walks over the model (run_ours)  # fp32 AdamW states, one multi-tensor kernel (not paged 8-bit)
+FUSED_ADAM = {"optim": "adamw_torch_fused"}  # fp32 AdamW states, one multi-tensor kernel (not paged 8-bit)
+WALKS = "trainer_walks"  # not a recipe field: Trainer's own walks over the model (run_ours)
 # the speed-ups since the fourteenth session's default (flat-optimizer, nf4-kernel: the sixteenth's; the last three the
 # seventeenth's)
 NEW_SINCE_16 = ("prefetch-checkpoints", "scaled-products", "native-gqa")
