@@ -14,6 +14,8 @@
 #                                      # fourteenth and sixteenth sessions' defaults, without each of the last three,
 #                                      # after a warm-up row; the 262k-vocabulary model (TESTS=, VARIANTS=,
 #                                      # GEMMA_VARIANTS= others)
+#   benchmarks/gpu_session.sh budgets  # the offloading GPU tests; the default within memory budgets of 12 GB, 24 GB
+#                                      # and 90% of the card (layers run whole instead of recomputed)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-/tmp/gpu-session} PYTHONUNBUFFERED=1
@@ -80,11 +82,17 @@ ours-persona-noprefetch,ours-persona-noscaled,ours-persona-nogqa,ours-persona,ou
     step 130 gemma python3 benchmarks/gpu_train.py --models gemma-1b-256k --steps 6 \
       --variants "${GEMMA_VARIANTS:-ours-persona,baseline,ours-persona,ours-persona-sixteenth,ours-persona}"
     ;;
+  budgets)  # selective recomputation: the default against memory budgets of 12 GB, 24 GB and the card's
+    step 100 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k "${TESTS:-offloaded}"
+    step 300 budgets python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 \
+      --variants "${VARIANTS:-ours-persona,baseline,ours-persona,ours-persona-mem12,ours-persona-mem24,\
+ours-persona-mem80,ours-persona}"
+    ;;
   profile)  # TESTS="offloaded or flat": those GPU tests first
     [ -n "${TESTS:-}" ] && step 120 tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k "$TESTS"
     step 560 profile python3 benchmarks/gpu_train.py --models "$MODEL" --steps 6 --profile ${STACK:+--stack} \
       --variants "${VARIANTS:-ours-persona,ours-persona-b8,ours-persona-adam,ours-persona-b8-adam}"
     grep -A 70 "^profiled step" "$OUT/profile.log" | head -n 300
     ;;
-  *) echo "usage: $0 decode|train|one|extra|profile|speedups|default" >&2; exit 2 ;;
+  *) echo "usage: $0 decode|train|one|extra|profile|speedups|default|budgets" >&2; exit 2 ;;
 esac

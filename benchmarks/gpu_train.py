@@ -30,6 +30,10 @@ Variants (identical LoRA r=32, alpha=64 on every projection + lm_head, identical
   scaled-products, native-gqa); -sixteenth: without all three (the sixteenth session's default); -walks: the default
   with Trainer's own unwrapping, gradient clipping and zeroing, each a walk over the model every step (PersonaTrainer
   walks it once).
+- ours-persona-mem12, -mem24, -mem80: the default with a memory budget of 12 GB, 24 GB, or 90% of this card's (80 GB
+  on an H100): as many of the last layers as fit run whole instead of being recomputed (selective recomputation; the
+  recipe's memory_budget_gb). The first two also cap this process's share of the card at their budget, as a card of
+  that size would.
 - ours-persona-b8-norope, -b8-nokernels, -b8-norecompute: 8 rows without one of the three.
 - trl-liger: the strong do-it-yourself baseline: TRL's own SFTTrainer with its packing (BFD, padding-free: position
   ids, no attention across samples), Liger's kernels (use_liger_kernel=True: RMSNorm, RoPE, SwiGLU; TRL computes the
@@ -104,6 +108,9 @@ OURS_VARIANTS = {  # name: (speed-ups, recipe changes)
     "ours-persona-nogqa": (without("native-gqa"), {}),
     "ours-persona-sixteenth": (without(*NEW_SINCE_16), {}),
     "ours-persona-walks": (ALL, {WALKS: True}),
+    "ours-persona-mem12": (ALL, {"memory_budget_gb": 12.0}),
+    "ours-persona-mem24": (ALL, {"memory_budget_gb": 24.0}),
+    "ours-persona-mem80": (ALL, {"memory_budget_gb": "auto"}),
     "ours-persona-b8-before": (without(*NEW_SINCE_14), {"batch_size": 8, "grad_accum": 1}),
     "ours-persona-b4-before": (without(*NEW_SINCE_14), {"batch_size": 4, "grad_accum": 2}),
     "ours-persona-b8-norope": (without("liger-rope"), {"batch_size": 8, "grad_accum": 1}),
@@ -393,7 +400,14 @@ def run_ours(model, rows: list[dict], vocab_size: int, all_turns: bool, profile:
     trainer.args.save_strategy = "no"
     if walks:
         trainer_walks(trainer)
-    trainer.train()
+    budget = recipe.memory_budget_gb
+    if isinstance(budget, float):  # a card of that size
+        card = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget * 1e9 / card))
+    try:
+        trainer.train()
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
     timer.trained = counts["trained_tokens"]
     return timer
 

@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preference-pairs", type=int, metavar="N",
                    help="after the supervised passes, DPO on N pairs of the persona's real reply against one of theirs "
                         "from another conversation (default: the preset's, 0)")
+    p.add_argument("--memory-budget", metavar="GB",
+                   help="on a CUDA GPU, the memory training may take (GB, or auto: 90%% of the card's): the last "
+                        "layers run whole instead of being recomputed for the backward, as many as fit (default: all "
+                        "recomputed, in the original recipe's memory)")
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip the last step, which answers some training turns with the new twin and scales its emoji "
                         "and laugh odds toward the persona's rates (RUN/generation.json; default: calibrate)")

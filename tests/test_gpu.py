@@ -537,24 +537,26 @@ def test_a_replayed_layer_skips_its_unread_down_product_with_the_same_loss_and_g
     _assert_close_grads(grads, reference, 1e-3)
 
 
-@pytest.mark.parametrize("prefetch", [False, True], ids=["reload", "prefetch"])
-def test_offloaded_checkpoints_on_a_gpu_give_plain_checkpointings_loss_and_gradients(prefetch, monkeypatch):
+@pytest.mark.parametrize("mode", ["reload", "prefetch", "whole"], ids=["reload", "prefetch", "whole"])
+def test_offloaded_checkpoints_on_a_gpu_give_plain_checkpointings_loss_and_gradients(mode, monkeypatch):
     """On a GPU the checkpointed layers' inputs go to pinned host memory on a side stream and come back for the
     backward pass (train/qlora.py), each fetched on another side stream while the layer after it runs its backward
-    with `prefetch` (from autograd's own thread for the GPU); loss and gradients are plain checkpointing's, dropout's
-    masks replayed."""
+    with prefetch (from autograd's own thread for the GPU); loss and gradients are plain checkpointing's, dropout's
+    masks replayed. "whole": the last layer runs whole (selective recomputation), the first offloaded."""
     from talkalike.train import qlora
     from tests.train.test_offload import _lora_model, _loss_and_grads
 
     ids = torch.randint(3, 211, (2, 96), generator=torch.Generator().manual_seed(0)).cuda()
     model = _lora_model().cuda()
     reference_loss, reference = _loss_and_grads(model, ids)
-    assert qlora.use_offloaded_checkpoints(model, prefetch=prefetch) == 2
+    if mode == "whole":
+        assert qlora.keep_whole(model, 1) == 1
+    assert qlora.use_offloaded_checkpoints(model, prefetch=mode != "reload") == (1 if mode == "whole" else 2)
     fetched = []
     original = qlora._prefetch
     monkeypatch.setattr(qlora, "_prefetch", lambda saved: original(saved) or fetched.append(saved.back is not None))
     loss, grads = _loss_and_grads(model, ids)
-    assert fetched == ([True] if prefetch else [])  # the first layer's input, copied back during the second's backward
+    assert fetched == ([True] if mode == "prefetch" else [])  # the first layer's input, during the second's backward
     torch.testing.assert_close(loss, reference_loss)
     assert grads.keys() == reference.keys()
     for name, grad in grads.items():

@@ -56,8 +56,29 @@ def _head_and_embedding_names(model) -> set[str]:
     return names
 
 
-def estimate(config, recipe: Recipe, device: str, seq_len: int | None = None) -> dict:
-    """Parameter counts and a peak-memory estimate (GB) for training `config` with `recipe` on `device`."""
+def layer_activation_bytes(config, recipe: Recipe, seq_len: int | None = None) -> int:
+    """What one decoder layer keeps for its backward over a micro-batch, when it is not checkpointed (bytes)."""
+    text = config.get_text_config()
+    hidden = text.hidden_size
+    intermediate = getattr(text, "intermediate_size", 4 * hidden)
+    per_layer_token = 12 * hidden + 5 * intermediate  # saved tensors of one decoder layer (LoRA inputs included)
+    return (seq_len or recipe.max_length) * recipe.batch_size * per_layer_token * (2 if recipe.bf16 else 4)
+
+
+def whole_layers(config, recipe: Recipe, budget_gb: float, seq_len: int | None = None) -> int:
+    """How many checkpointed decoder layers may run whole (not recomputed) on a CUDA GPU within `budget_gb`. Where
+    every layer is recomputed, one layer's activations live at a time during the backward; a whole layer's take that
+    place, and each one more adds its own."""
+    spare = budget_gb - estimate(config, recipe, "cuda", seq_len)["peak_memory_gb"]
+    if not recipe.gradient_checkpointing or spare < 0:
+        return 0
+    layers = config.get_text_config().num_hidden_layers
+    return min(layers, 1 + math.floor(spare * 1e9 / layer_activation_bytes(config, recipe, seq_len)))
+
+
+def estimate(config, recipe: Recipe, device: str, seq_len: int | None = None, whole: int = 0) -> dict:
+    """Parameter counts and a peak-memory estimate (GB) for training `config` with `recipe` on `device`, `whole`
+    checkpointed layers run whole (`whole_layers`)."""
     model = meta_model(config, recipe)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())  # tied weights are one parameter, counted once
@@ -66,7 +87,6 @@ def estimate(config, recipe: Recipe, device: str, seq_len: int | None = None) ->
                      if not p.requires_grad and (n in _head_and_embedding_names(model) or p.dim() < 2))
     text = config.get_text_config()
     hidden, layers, vocab = text.hidden_size, text.num_hidden_layers, text.vocab_size
-    intermediate = getattr(text, "intermediate_size", 4 * hidden)
     heads = text.num_attention_heads
 
     weight_bytes = 2 if recipe.bf16 else 4
@@ -84,15 +104,16 @@ def estimate(config, recipe: Recipe, device: str, seq_len: int | None = None) ->
     seq = seq_len or recipe.max_length
     tokens = seq * recipe.batch_size  # one micro-batch (packed rows of seq tokens)
     act_bytes = 2 if recipe.bf16 else 4
-    per_layer_token = 12 * hidden + 5 * intermediate  # saved tensors of one decoder layer (LoRA inputs included)
+    layer = layer_activation_bytes(config, recipe, seq)
     offloaded = 0
     if recipe.gradient_checkpointing:
-        checkpoints = tokens * hidden * act_bytes * layers  # every layer's input, kept for the recomputation
+        whole = max(0, min(whole, layers))
+        checkpoints = tokens * hidden * act_bytes * (layers - whole)  # each layer's input, kept for the recomputation
         if device == "cuda" and recipe.offload_checkpoints:  # in pinned host memory instead (train/qlora.py)
             checkpoints, offloaded = tokens * hidden * act_bytes, checkpoints
-        activations = checkpoints + tokens * per_layer_token * act_bytes
+        activations = checkpoints + layer * max(1, whole)  # one layer's while it runs again, or the whole ones'
     else:
-        activations = tokens * per_layer_token * act_bytes * layers
+        activations = layer * layers
     # attention scores of one layer when the kernel materializes them (CPU / masked SDPA); flash kernels do not
     attention = heads * seq * seq * act_bytes * recipe.batch_size if device == "cpu" else 0
     labelled = tokens * (PERSONA_SHARE if recipe.persona_only_loss else 1.0)

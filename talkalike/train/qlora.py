@@ -259,6 +259,20 @@ def use_offloaded_checkpoints(model, prefetch: bool = False) -> int:
     return len(layers)
 
 
+def keep_whole(model, count: int) -> int:
+    """Run the last `count` checkpointed decoder layers of `model` whole: they keep what their backward reads, as
+    without checkpointing, instead of running again for it (selective recomputation: the memory a layer's replay saves,
+    spent where a card has it). The last, since their backward comes first: their activations are gone before any
+    layer runs again. Returns how many."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    count = max(0, min(count, len(layers)))
+    for layer in layers[len(layers) - count:]:
+        layer.gradient_checkpointing = False
+    return count
+
+
 def release_optimizer_overrides() -> None:
     """Forget the embedding modules that transformers registered with bitsandbytes' global 8-bit optimizer manager.
 

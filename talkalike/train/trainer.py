@@ -351,17 +351,63 @@ def zeroing_trained_only(model):
         del model.zero_grad
 
 
-def _offload_callback(prefetch: bool):
-    """Once Trainer has turned checkpointing on (at train()), the checkpointed layers offload their inputs."""
+def _checkpoints_callback(offload: bool, prefetch: bool, whole: int):
+    """Once Trainer has turned checkpointing on (at train()), the last `whole` layers run whole and the checkpointed
+    ones (with `offload`) keep their inputs in host memory."""
     from transformers import TrainerCallback
 
-    from talkalike.train.qlora import use_offloaded_checkpoints
+    from talkalike.train.qlora import keep_whole, use_offloaded_checkpoints
 
-    class OffloadCheckpoints(TrainerCallback):
+    class Checkpoints(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            use_offloaded_checkpoints(model, prefetch=prefetch)
+            keep_whole(model, whole)
+            if offload:
+                use_offloaded_checkpoints(model, prefetch=prefetch)
 
-    return OffloadCheckpoints()
+    return Checkpoints()
+
+
+def memory_budget_gb(recipe: Recipe) -> float | None:
+    """The recipe's GPU memory budget in GB (None: none); "auto" is 90% of the first CUDA device's memory."""
+    budget = recipe.memory_budget_gb
+    if budget is None:
+        return None
+    if budget == "auto":
+        import torch
+
+        from talkalike.train.plan import USABLE
+
+        return USABLE * torch.cuda.get_device_properties(0).total_memory / 1e9
+    return float(budget)
+
+
+def whole_layers_within(model, recipe: Recipe) -> int:
+    """How many of `model`'s decoder layers run whole within the recipe's memory budget (`talkalike.train.plan`'s
+    estimate; 0 without a budget), said on stderr."""
+    budget = memory_budget_gb(recipe)
+    if budget is None:
+        return 0
+    from talkalike.train.plan import whole_layers
+
+    config = model.config
+    whole = whole_layers(config, recipe, budget)
+    layers = config.get_text_config().num_hidden_layers
+    say(f"memory budget {budget:.1f} GB: the last {whole} of {layers} layers run whole, the rest are recomputed "
+        "for the backward")
+    return whole
+
+
+def parse_memory_budget(text: str | None) -> float | str | None:
+    """`--memory-budget`'s value: GB (a positive number) or "auto"; one clear error otherwise."""
+    if text is None or text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or math.isinf(value):
+        raise TalkalikeError(f"--memory-budget takes GB of GPU memory (a number above 0) or auto, not {text!r}.")
+    return value
 
 
 def _packed(model) -> bool:
@@ -535,8 +581,11 @@ def make_trainer(model, tokenizer, train_records: list[dict], eval_records: list
 
             skip_unread_outputs(model)
     callbacks = list(callbacks or [])
-    if torch.cuda.is_available() and recipe.gradient_checkpointing and recipe.offload_checkpoints:
-        callbacks.append(_offload_callback(prefetch="prefetch-checkpoints" in speedups))
+    if torch.cuda.is_available() and recipe.gradient_checkpointing:
+        whole = whole_layers_within(model, recipe)
+        if recipe.offload_checkpoints or whole:
+            callbacks.append(_checkpoints_callback(recipe.offload_checkpoints, "prefetch-checkpoints" in speedups,
+                                                   whole))
     if has_eval and recipe.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 
@@ -668,13 +717,16 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
           name: str | None = None, epochs: float | None = None, max_steps: int | None = None,
           all_turns: bool = False, resume: str | None = None, callbacks: list | None = None,
           progress: bool = True, force: bool = False, adapter: str | None = None,
-          train_file: str | None = None, preference_pairs: int | None = None) -> Path:
+          train_file: str | None = None, preference_pairs: int | None = None,
+          memory_budget: float | str | None = None) -> Path:
     """Train a run folder `runs/<name>/` from a dataset folder, or finish an interrupted run (`resume=name`).
 
     `force` replaces an existing run of that name, only once the new one is complete (a failed retrain keeps the old
     run), and trains even on a dataset too small to learn from. `adapter` continues that trained adapter instead of
     a fresh LoRA, and `train_file` trains on its rows instead of the dataset's train.jsonl (`talkalike update`).
-    `preference_pairs` overrides the recipe's preference tuning after the supervised passes (train/preference.py)."""
+    `preference_pairs` overrides the recipe's preference tuning after the supervised passes (train/preference.py);
+    `memory_budget` (GB or "auto") lets a CUDA GPU keep layers whole instead of recomputing them (the recipe's
+    `memory_budget_gb`)."""
     import torch
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -695,7 +747,7 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
         name = name or f"{dataset_path.name}-{datetime.now():%Y%m%d-%H%M%S}"
         request = {"dataset": str(dataset_path), "base": base, "preset": preset, "name": name, "epochs": epochs,
                    "max_steps": max_steps, "all_turns": all_turns, "force": force, "adapter": adapter,
-                   "train_file": train_file, "preference_pairs": preference_pairs}
+                   "train_file": train_file, "preference_pairs": preference_pairs, "memory_budget": memory_budget}
         work = runs / f"{name}.partial"
     final = runs / request["name"]
     force = force or bool(request.get("force"))
@@ -714,7 +766,8 @@ def train(dataset: str | os.PathLike | None, home: Path, *, base: str | None = N
     cuda = torch.cuda.is_available()
     recipe, notes = resolve_recipe(request["preset"], cuda, epochs=request["epochs"],
                                    persona_only_loss=False if request["all_turns"] else None,
-                                   preference_pairs=request.get("preference_pairs"))
+                                   preference_pairs=request.get("preference_pairs"),
+                                   memory_budget_gb=request.get("memory_budget"))
     for note in notes:
         say(f"note: {note}")
     if not eval_rows:
@@ -896,7 +949,7 @@ def cmd_train(args) -> int:
     try:
         run = train(args.dataset, home, base=args.base, preset=args.preset, name=args.name, epochs=args.epochs,
                     max_steps=args.max_steps, all_turns=args.all_turns, resume=args.resume, force=args.force,
-                    preference_pairs=args.preference_pairs)
+                    preference_pairs=args.preference_pairs, memory_budget=parse_memory_budget(args.memory_budget))
     except KeyboardInterrupt:
         name = args.resume or args.name
         hint = f"`talkalike train --resume {name}`" if name else "`talkalike train --resume NAME` (see runs/*.partial)"

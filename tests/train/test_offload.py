@@ -143,3 +143,30 @@ def test_only_residual_mlp_architectures_mark_their_4bit_down_projections():
         if hasattr(module, "lean_four_bit"):
             module.lean_four_bit = True
     assert skip_unread_outputs(gemma) == 0
+
+
+def test_layers_kept_whole_skip_the_replay_and_train_as_the_checkpointed_ones_do(monkeypatch):
+    """Selective recomputation (train/qlora.py: keep_whole): the last layer runs whole, the first offloaded; the same
+    loss and gradients, and only the first layer runs again for the backward."""
+    from talkalike.train import qlora
+
+    ids = torch.randint(3, 211, (2, 24), generator=torch.Generator().manual_seed(0))
+    model = _lora_model()
+    reference_loss, reference = _loss_and_grads(model, ids)
+    layers = model.base_model.model.model.layers
+    assert qlora.keep_whole(model, 1) == 1
+    assert [layer.gradient_checkpointing for layer in layers] == [True, False]
+    assert qlora.use_offloaded_checkpoints(model) == 1
+    calls = []
+    for i, layer in enumerate(layers):  # (checkpointing replays the layer's class forward: count its MLP's calls)
+        layer.mlp.forward = lambda *args, i=i, own=layer.mlp.forward, **kwargs: calls.append(i) or own(*args, **kwargs)
+    loss, grads = _loss_and_grads(model, ids)
+    for layer in layers:
+        del layer.mlp.forward
+    assert calls == [0, 1, 0]  # the forward, then the first layer's replay
+    torch.testing.assert_close(loss, reference_loss)
+    assert grads.keys() == reference.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], msg=name)
+    assert qlora.keep_whole(model, 5) == 1  # no more than are checkpointed
+    assert not any(layer.gradient_checkpointing for layer in layers)

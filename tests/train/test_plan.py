@@ -126,3 +126,33 @@ def test_the_time_estimate_scales_with_the_dataset_and_the_models_size(tiny_mode
 def test_plan_of_a_missing_dataset_is_one_error_line(tiny_model_dir, tmp_path, capsys):
     assert main(["--home", str(tmp_path), "plan", "--base", str(tiny_model_dir), "--dataset", str(tmp_path / "no")]) == 2
     assert capsys.readouterr().err.startswith("error: no dataset at")
+
+
+def test_a_memory_budget_keeps_as_many_of_the_last_layers_whole_as_the_estimate_fits(tmp_path):
+    """Selective recomputation: within a budget the estimate decides how many layers run whole (not recomputed); one
+    layer more would not fit, and a budget under the all-recomputed estimate keeps none."""
+    from dataclasses import replace
+
+    from talkalike.train.plan import estimate, layer_activation_bytes, load_config, whole_layers
+    from talkalike.train.recipe import PRESETS
+
+    folder = tmp_path / "mistral"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(MISTRAL_7B_64K))
+    config = load_config(str(folder), tmp_path)
+    recipe = PRESETS["original"]
+    recomputed = estimate(config, recipe, "cuda")["peak_memory_gb"]
+    assert estimate(config, recipe, "cuda", whole=1)["peak_memory_gb"] == recomputed  # its activations, the replay's
+    layer = layer_activation_bytes(config, recipe) / 1e9
+    assert abs(estimate(config, recipe, "cuda", whole=5)["peak_memory_gb"] - recomputed - 4 * layer) < 0.02
+    assert whole_layers(config, recipe, recomputed - 0.5) == 0
+    assert whole_layers(config, recipe, 1000) == 32
+    counts = []
+    for budget in (12, 24, 40):
+        whole = whole_layers(config, recipe, budget)
+        assert 0 < whole < 32
+        assert estimate(config, recipe, "cuda", whole=whole)["peak_memory_gb"] <= budget
+        assert estimate(config, recipe, "cuda", whole=whole + 1)["peak_memory_gb"] > budget
+        counts.append(whole)
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+    assert whole_layers(config, replace(recipe, gradient_checkpointing=False), 1000) == 0  # nothing recomputed anyway

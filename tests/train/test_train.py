@@ -413,6 +413,31 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(setup, message, 
     assert not (home / "runs").exists() or not list((home / "runs").iterdir())
 
 
+@pytest.mark.parametrize("budget", ["lots", "0", "-3", "inf", "nan"])
+def test_a_memory_budget_that_is_not_gb_is_one_error_line(budget, tiny_model_dir, dataset, tmp_path, capsys):
+    home = tmp_path / "home"
+    code = main(["--home", str(home), "train", "--force", str(dataset), "--base", str(tiny_model_dir), "--name", "x",
+                 "--memory-budget", budget])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: --memory-budget takes GB")
+    assert not (home / "runs").exists()
+
+
+def test_a_memory_budget_reaches_the_recipe_and_auto_is_most_of_the_card(monkeypatch):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import torch
+
+    from talkalike.train.trainer import memory_budget_gb, parse_memory_budget
+
+    assert [parse_memory_budget(text) for text in (None, "auto", "24", "7.5")] == [None, "auto", 24.0, 7.5]
+    recipe, _ = resolve_recipe(None, cuda=True, memory_budget_gb=24.0)
+    assert memory_budget_gb(recipe) == 24.0 and memory_budget_gb(resolve_recipe(None, cuda=True)[0]) is None
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80e9))
+    assert memory_budget_gb(replace(recipe, memory_budget_gb="auto")) == pytest.approx(72.0)
+
+
 def test_out_of_memory_is_a_user_error_that_points_at_plan(tiny_model_dir, dataset, tmp_path, monkeypatch, capsys):
     import torch
     import transformers
