@@ -76,15 +76,28 @@ def whole_layers(config, recipe: Recipe, budget_gb: float, seq_len: int | None =
     return min(layers, 1 + math.floor(spare * 1e9 / layer_activation_bytes(config, recipe, seq_len)))
 
 
+_COUNTED: dict = {}
+
+
+def _counts(config, recipe: Recipe) -> tuple[int, int, int]:
+    """Trainable, total and frozen 16-bit parameters of `config` with the recipe's LoRA, counted on a meta model
+    once per config and LoRA (a budget's search asks again and again)."""
+    key = (config.to_json_string(), recipe.lora_r, recipe.target_modules, recipe.train_turn_end)
+    if key not in _COUNTED:
+        model = meta_model(config, recipe)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())  # tied weights are one parameter, counted once
+        kept_16bit = sum(p.numel() for n, p in model.named_parameters()
+                         if not p.requires_grad and (n in _head_and_embedding_names(model) or p.dim() < 2))
+        _COUNTED[key] = trainable, total, kept_16bit
+    return _COUNTED[key]
+
+
 def estimate(config, recipe: Recipe, device: str, seq_len: int | None = None, whole: int = 0) -> dict:
     """Parameter counts and a peak-memory estimate (GB) for training `config` with `recipe` on `device`, `whole`
     checkpointed layers run whole (`whole_layers`)."""
-    model = meta_model(config, recipe)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())  # tied weights are one parameter, counted once
+    trainable, total, kept_16bit = _counts(config, recipe)
     frozen = total - trainable
-    kept_16bit = sum(p.numel() for n, p in model.named_parameters()
-                     if not p.requires_grad and (n in _head_and_embedding_names(model) or p.dim() < 2))
     text = config.get_text_config()
     hidden, layers, vocab = text.hidden_size, text.num_hidden_layers, text.vocab_size
     heads = text.num_attention_heads
@@ -144,9 +157,10 @@ def detect_hardware() -> dict:
 
 
 def plan(base: str | None, home: Path | None, preset: str | None = None, seq_len: int | None = None,
-         dataset: str | None = None, timing: bool = True) -> dict:
+         dataset: str | None = None, timing: bool = True, memory_budget: float | str | None = None) -> dict:
     """The whole plan: resolved recipe for this machine, counts, memory estimate, whether it fits, and (with
-    `timing`) the training time of `dataset` (default: the sample chat) from a training pass timed here."""
+    `timing`) the training time of `dataset` (default: the sample chat) from a training pass timed here. With
+    `memory_budget` (GB, or "auto" on a CUDA GPU), how many layers a CUDA run within it keeps whole."""
     hardware = detect_hardware()
     cuda = hardware["device"] == "cuda"
     recipe, notes = resolve_recipe(preset, cuda)
@@ -157,6 +171,17 @@ def plan(base: str | None, home: Path | None, preset: str | None = None, seq_len
     if not cuda:  # what the same preset would need on a CUDA GPU, for planning a GPU run from a laptop
         gpu_recipe, _ = resolve_recipe(preset or "original", True)
         result["peak_memory_gb_on_cuda"] = estimate(config, gpu_recipe, "cuda", seq_len)["peak_memory_gb"]
+    if memory_budget is not None:
+        if memory_budget == "auto" and not cuda:
+            raise TalkalikeError("--memory-budget auto is 90% of a CUDA GPU's memory, and this machine has none; "
+                                 "give the card's GB.")
+        budget = USABLE * hardware["memory_gb"] if memory_budget == "auto" else float(memory_budget)
+        gpu_recipe = recipe if cuda else resolve_recipe(preset or "original", True)[0]
+        whole = whole_layers(config, gpu_recipe, budget, seq_len)
+        result["memory_budget"] = {
+            "budget_gb": round(budget, 2), "whole_layers": whole,
+            "layers": config.get_text_config().num_hidden_layers,
+            "peak_memory_gb": estimate(config, gpu_recipe, "cuda", seq_len, whole=whole)["peak_memory_gb"]}
     result["hardware"] = hardware
     result["fits"] = result["peak_memory_gb"] <= USABLE * hardware["memory_gb"]
     if timing:
@@ -183,7 +208,11 @@ def cmd_plan(args) -> int:
 
     if args.dataset and not (Path(args.dataset).expanduser() / "train.jsonl").is_file():
         raise TalkalikeError(f"no dataset at {args.dataset}; build one with `talkalike dataset --me NAME --out DIR`.")
-    result = plan(args.base, resolve_home(args.home), args.preset, args.seq_len, args.dataset, not args.no_timing)
+    from talkalike.train.trainer import parse_memory_budget
+
+    budget = parse_memory_budget(args.memory_budget)
+    result = plan(args.base, resolve_home(args.home), args.preset, args.seq_len, args.dataset, not args.no_timing,
+                  budget)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -202,6 +231,11 @@ def cmd_plan(args) -> int:
         print(f"host memory: {memory['offloaded_to_host']:.2f} GB of checkpointed layer inputs, offloaded from the GPU")
     if "peak_memory_gb_on_cuda" in result:
         print(f"on a CUDA GPU (4-bit where the preset says so): ~{result['peak_memory_gb_on_cuda']:.1f} GB")
+    if "memory_budget" in result:
+        within = result["memory_budget"]
+        print(f"within {within['budget_gb']:.1f} GB on a CUDA GPU: the last {within['whole_layers']} of "
+              f"{within['layers']} layers run whole, not recomputed for the backward (~{within['peak_memory_gb']:.1f} "
+              "GB)")
     verdict = "fits" if result["fits"] else "does NOT fit: try --preset original on a GPU, a smaller --base or --seq-len"
     print(f"hardware: {hw['name']} ({hw['device']}), {hw['memory_gb']:.1f} GB available: {verdict}")
     if "time" in result:

@@ -156,3 +156,22 @@ def test_a_memory_budget_keeps_as_many_of_the_last_layers_whole_as_the_estimate_
         counts.append(whole)
     assert counts == sorted(counts) and counts[0] < counts[-1]
     assert whole_layers(config, replace(recipe, gradient_checkpointing=False), 1000) == 0  # nothing recomputed anyway
+
+
+def test_plan_says_how_many_layers_a_memory_budget_keeps_whole(tmp_path, capsys):
+    from talkalike.train.plan import load_config, whole_layers
+    from talkalike.train.recipe import PRESETS
+
+    folder = tmp_path / "mistral"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(MISTRAL_7B_64K))
+    result = plan_json(capsys, tmp_path, "--base", str(folder), "--no-timing", "--memory-budget", "24")
+    within = result["memory_budget"]
+    expected = whole_layers(load_config(str(folder), tmp_path), PRESETS["original"], 24.0)  # the GPU recipe's
+    assert within["budget_gb"] == 24.0 and within["layers"] == 32 and within["whole_layers"] == expected > 0
+    assert result["peak_memory_gb_on_cuda"] < within["peak_memory_gb"] <= 24.0
+    assert main(["--home", str(tmp_path), "plan", "--base", str(folder), "--no-timing", "--memory-budget", "24"]) == 0
+    assert f"the last {expected} of 32 layers run whole" in capsys.readouterr().out
+    # "auto" is a share of a CUDA card, which this machine has not: one error line
+    assert main(["--home", str(tmp_path), "plan", "--base", str(folder), "--no-timing", "--memory-budget", "auto"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --memory-budget auto")
