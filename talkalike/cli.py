@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip timing a training step of one layer on this machine (no time estimate)")
     p.add_argument("--memory-budget", metavar="GB",
                    help="how many layers a CUDA run keeps whole (not recomputed) within this much GPU memory (GB, "
-                        "or auto: 90%% of this machine's card), as `talkalike train --memory-budget` does")
+                        "or auto: 90%% of this machine's card), as `talkalike train --memory-budget` does (default: "
+                        "no budget, every layer recomputed)")
 
     p = _sub(sub, "train", "fine-tune a base model with LoRA (QLoRA on a CUDA GPU) into a run folder",
              "talkalike train ~/dana-ds --name dana")
