@@ -149,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-timing", action="store_true",
                    help="skip timing a training step of one layer on this machine (no time estimate)")
     p.add_argument("--memory-budget", metavar="GB",
-                   help="how many layers a CUDA run keeps whole (not recomputed) within this much GPU memory (GB, "
-                        "or auto: 90%% of this machine's card), as `talkalike train --memory-budget` does (default: "
-                        "no budget, every layer recomputed)")
+                   help="how many layers a CUDA run keeps whole (not recomputed) on this much GPU memory (GB, or "
+                        "auto: this machine's card), as `talkalike train --memory-budget` does (default: no budget, "
+                        "every layer recomputed)")
 
     p = _sub(sub, "train", "fine-tune a base model with LoRA (QLoRA on a CUDA GPU) into a run folder",
              "talkalike train ~/dana-ds --name dana")
@@ -172,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the supervised passes, DPO on N pairs of the persona's real reply against one of theirs "
                         "from another conversation (default: the preset's, 0)")
     p.add_argument("--memory-budget", metavar="GB",
-                   help="on a CUDA GPU, the memory training may take (GB, or auto: 90%% of the card's): the last "
-                        "layers run whole instead of being recomputed for the backward, as many as fit (default: all "
-                        "recomputed, in the original recipe's memory)")
+                   help="on a CUDA GPU, the memory training may take (GB, or auto: the card's): the last layers run "
+                        "whole instead of being recomputed for the backward, as many as fit in 90%% of it (default: "
+                        "all recomputed, in the original recipe's memory)")
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip the last step, which answers some training turns with the new twin and scales its emoji "
                         "and laugh odds toward the persona's rates (RUN/generation.json; default: calibrate)")

@@ -66,10 +66,10 @@ def layer_activation_bytes(config, recipe: Recipe, seq_len: int | None = None) -
 
 
 def whole_layers(config, recipe: Recipe, budget_gb: float, seq_len: int | None = None) -> int:
-    """How many checkpointed decoder layers may run whole (not recomputed) on a CUDA GPU within `budget_gb`. Where
-    every layer is recomputed, one layer's activations live at a time during the backward; a whole layer's take that
-    place, and each one more adds its own."""
-    spare = budget_gb - estimate(config, recipe, "cuda", seq_len)["peak_memory_gb"]
+    """How many checkpointed decoder layers may run whole (not recomputed) on a CUDA GPU of `budget_gb`: the estimate
+    stays within 90% of it, as `plan` judges a run to fit. Where every layer is recomputed, one layer's activations
+    live at a time during the backward; a whole layer's take that place, and each one more adds its own."""
+    spare = USABLE * budget_gb - estimate(config, recipe, "cuda", seq_len)["peak_memory_gb"]
     if not recipe.gradient_checkpointing or spare < 0:
         return 0
     layers = config.get_text_config().num_hidden_layers
@@ -131,6 +131,12 @@ def estimate(config, recipe: Recipe, device: str, seq_len: int | None = None, wh
     attention = heads * seq * seq * act_bytes * recipe.batch_size if device == "cpu" else 0
     labelled = tokens * (PERSONA_SHARE if recipe.persona_only_loss else 1.0)
     head_tokens = labelled if recipe.masked_head else tokens
+    if device == "cuda" and recipe.masked_head:
+        # On a GPU the head and the loss run in checkpointed chunks of rows (train/qlora.py: head_loss_sum): only
+        # one chunk's logits exist at a time
+        from talkalike.train.qlora import _chunk_rows
+
+        head_tokens = min(head_tokens, _chunk_rows(vocab))
     logits = head_tokens * vocab * 4 * 3  # fp32 logits, their softmax and their gradient
     activation_gb = (activations + attention + logits) / 1e9
     peak = base_gb + lora_gb + activation_gb + OVERHEAD_GB[device]
@@ -173,9 +179,9 @@ def plan(base: str | None, home: Path | None, preset: str | None = None, seq_len
         result["peak_memory_gb_on_cuda"] = estimate(config, gpu_recipe, "cuda", seq_len)["peak_memory_gb"]
     if memory_budget is not None:
         if memory_budget == "auto" and not cuda:
-            raise TalkalikeError("--memory-budget auto is 90% of a CUDA GPU's memory, and this machine has none; "
-                                 "give the card's GB.")
-        budget = USABLE * hardware["memory_gb"] if memory_budget == "auto" else float(memory_budget)
+            raise TalkalikeError("--memory-budget auto is a CUDA GPU's memory, and this machine has none; give the "
+                                 "card's GB.")
+        budget = hardware["memory_gb"] if memory_budget == "auto" else float(memory_budget)
         gpu_recipe = recipe if cuda else resolve_recipe(preset or "original", True)[0]
         whole = whole_layers(config, gpu_recipe, budget, seq_len)
         result["memory_budget"] = {

@@ -42,8 +42,8 @@ class Recipe:
     # On a CUDA GPU, checkpointed layers keep their inputs in pinned host memory until the backward pass
     # (train/qlora.py), so a micro-batch can hold more tokens at the same peak; no effect on a CPU.
     offload_checkpoints: bool = True
-    # On a CUDA GPU, the GPU memory (GB) training may take, or "auto" (90% of the card's): the last decoder layers run
-    # whole instead of being recomputed for the backward, as many as the memory estimate (train/plan.py) fits in it.
+    # On a CUDA GPU, the GPU memory (GB) training may take, or "auto" (the card's): the last decoder layers run whole
+    # instead of being recomputed for the backward, as many as the memory estimate (train/plan.py) fits in 90% of it.
     # None: every layer recomputed, in the original recipe's memory.
     memory_budget_gb: float | str | None = None
     optim: str = "paged_adamw_8bit"

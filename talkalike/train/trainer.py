@@ -368,20 +368,17 @@ def _checkpoints_callback(offload: bool, prefetch: bool, whole: int):
 
 
 def memory_budget_gb(recipe: Recipe) -> float | None:
-    """The recipe's GPU memory budget in GB (None: none): at most 90% of the first CUDA device's memory, which "auto"
-    asks for (a bigger budget than the card would run out of memory; said on stderr)."""
+    """The recipe's GPU memory budget in GB (None: none): at most the first CUDA device's memory, which "auto" asks
+    for (a bigger budget than the card would run out of memory; said on stderr)."""
     budget = recipe.memory_budget_gb
     if budget is None:
         return None
     import torch
 
-    from talkalike.train.plan import USABLE
-
-    usable = USABLE * torch.cuda.get_device_properties(0).total_memory / 1e9
-    if budget != "auto" and float(budget) > usable:
-        say(f"note: a memory budget of {float(budget):g} GB is more than this GPU has; using {usable:.1f} GB (90% of "
-            "its memory)")
-    return usable if budget == "auto" else min(float(budget), usable)
+    card = torch.cuda.get_device_properties(0).total_memory / 1e9
+    if budget != "auto" and float(budget) > card:
+        say(f"note: a memory budget of {float(budget):g} GB is more than this GPU has; using its {card:.1f} GB")
+    return card if budget == "auto" else min(float(budget), card)
 
 
 def whole_layers_within(model, recipe: Recipe) -> int:

@@ -129,11 +129,12 @@ def test_plan_of_a_missing_dataset_is_one_error_line(tiny_model_dir, tmp_path, c
 
 
 def test_a_memory_budget_keeps_as_many_of_the_last_layers_whole_as_the_estimate_fits(tmp_path):
-    """Selective recomputation: within a budget the estimate decides how many layers run whole (not recomputed); one
-    layer more would not fit, and a budget under the all-recomputed estimate keeps none."""
+    """Selective recomputation: on a budget the estimate decides how many layers run whole (not recomputed), within
+    90% of it as `plan` judges a fit; one layer more would not fit, and a budget under the all-recomputed estimate
+    keeps none."""
     from dataclasses import replace
 
-    from talkalike.train.plan import estimate, layer_activation_bytes, load_config, whole_layers
+    from talkalike.train.plan import USABLE, estimate, layer_activation_bytes, load_config, whole_layers
     from talkalike.train.recipe import PRESETS
 
     folder = tmp_path / "mistral"
@@ -145,14 +146,14 @@ def test_a_memory_budget_keeps_as_many_of_the_last_layers_whole_as_the_estimate_
     assert estimate(config, recipe, "cuda", whole=1)["peak_memory_gb"] == recomputed  # its activations, the replay's
     layer = layer_activation_bytes(config, recipe) / 1e9
     assert abs(estimate(config, recipe, "cuda", whole=5)["peak_memory_gb"] - recomputed - 4 * layer) < 0.02
-    assert whole_layers(config, recipe, recomputed - 0.5) == 0
+    assert whole_layers(config, recipe, recomputed) == 0  # (90% of it)
     assert whole_layers(config, recipe, 1000) == 32
     counts = []
     for budget in (12, 24, 40):
         whole = whole_layers(config, recipe, budget)
         assert 0 < whole < 32
-        assert estimate(config, recipe, "cuda", whole=whole)["peak_memory_gb"] <= budget
-        assert estimate(config, recipe, "cuda", whole=whole + 1)["peak_memory_gb"] > budget
+        assert estimate(config, recipe, "cuda", whole=whole)["peak_memory_gb"] <= USABLE * budget
+        assert estimate(config, recipe, "cuda", whole=whole + 1)["peak_memory_gb"] > USABLE * budget
         counts.append(whole)
     assert counts == sorted(counts) and counts[0] < counts[-1]
     assert whole_layers(config, replace(recipe, gradient_checkpointing=False), 1000) == 0  # nothing recomputed anyway
@@ -169,7 +170,7 @@ def test_plan_says_how_many_layers_a_memory_budget_keeps_whole(tmp_path, capsys)
     within = result["memory_budget"]
     expected = whole_layers(load_config(str(folder), tmp_path), PRESETS["original"], 24.0)  # the GPU recipe's
     assert within["budget_gb"] == 24.0 and within["layers"] == 32 and within["whole_layers"] == expected > 0
-    assert result["peak_memory_gb_on_cuda"] < within["peak_memory_gb"] <= 24.0
+    assert result["peak_memory_gb_on_cuda"] < within["peak_memory_gb"] <= 0.9 * 24.0
     assert main(["--home", str(tmp_path), "plan", "--base", str(folder), "--no-timing", "--memory-budget", "24"]) == 0
     assert f"the last {expected} of 32 layers run whole" in capsys.readouterr().out
     # "auto" is a share of a CUDA card, which this machine has not: one error line

@@ -436,8 +436,8 @@ def test_a_memory_budget_reaches_the_recipe_and_auto_is_most_of_the_card(monkeyp
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=40e9))
     assert memory_budget_gb(recipe) == 24.0 and memory_budget_gb(resolve_recipe(None, cuda=True)[0]) is None
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80e9))
-    assert memory_budget_gb(replace(recipe, memory_budget_gb="auto")) == pytest.approx(72.0)
-    assert memory_budget_gb(replace(recipe, memory_budget_gb=200.0)) == pytest.approx(72.0)  # no more than the card
+    assert memory_budget_gb(replace(recipe, memory_budget_gb="auto")) == pytest.approx(80.0)
+    assert memory_budget_gb(replace(recipe, memory_budget_gb=200.0)) == pytest.approx(80.0)  # no more than the card
 
 
 def test_out_of_memory_is_a_user_error_that_points_at_plan(tiny_model_dir, dataset, tmp_path, monkeypatch, capsys):
