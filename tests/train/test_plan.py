@@ -176,3 +176,23 @@ def test_plan_says_how_many_layers_a_memory_budget_keeps_whole(tmp_path, capsys)
     # "auto" is a share of a CUDA card, which this machine has not: one error line
     assert main(["--home", str(tmp_path), "plan", "--base", str(folder), "--no-timing", "--memory-budget", "auto"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --memory-budget auto")
+
+
+def test_on_a_gpu_the_estimate_counts_one_chunk_of_the_heads_logits(tmp_path):
+    """The masked head runs in checkpointed chunks of rows on a GPU (train/qlora.py: head_loss_sum), so only one
+    chunk's logits count there; on a CPU, and without the masked head, every labelled row's do."""
+    from dataclasses import replace
+
+    from talkalike.train.plan import estimate, load_config
+    from talkalike.train.qlora import _chunk_rows
+    from talkalike.train.recipe import PRESETS
+
+    folder = tmp_path / "mistral"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(MISTRAL_7B_64K))
+    config = load_config(str(folder), tmp_path)
+    recipe = replace(PRESETS["original"], persona_only_loss=False)  # every row labelled
+    tokens = recipe.batch_size * recipe.max_length
+    chunked = estimate(config, recipe, "cuda")["memory_gb"]["activations_and_logits"]
+    whole = estimate(config, replace(recipe, masked_head=False), "cuda")["memory_gb"]["activations_and_logits"]
+    assert abs(whole - chunked - (tokens - _chunk_rows(64000)) * 64000 * 12 / 1e9) < 0.01
