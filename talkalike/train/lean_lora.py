@@ -23,7 +23,7 @@ More, each a speed-up of train/trainer.py: `kernels=True` draws dropout's mask i
 products (train/lora_kernels.py); `base=True` makes a 4-bit base layer and its branch one function (`BaseAndBranch`),
 whose x gradient is the base's `grad @ W` with the branch's part added in place, and which adds the branch into the
 base output in place; `nf4=True` has that function de-quantize its NF4 weight in one launch (train/nf4.py);
-`scaled=True` (untimed) has its backward take the scaling inside an r-wide product; `skip_unread_outputs` lets a
+`scaled=True` has its backward take the scaling inside an r-wide product; `skip_unread_outputs` lets a
 checkpointed layer's replay skip its MLP's last base product.
 
     use_lean_lora(peft_model)   # every vanilla LoRA Linear (plain or bitsandbytes 4-bit) of the model, per instance

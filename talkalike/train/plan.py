@@ -16,7 +16,7 @@ from pathlib import Path
 
 from talkalike.errors import TalkalikeError
 from talkalike.files import say
-from talkalike.train.recipe import Recipe, epochs_for, resolve_recipe
+from talkalike.train.recipe import Recipe, epochs_for, parse_memory_budget, resolve_recipe
 
 NF4_BITS = 4.127  # NF4 with double quantization: 4 bits + 64-weight blocks of 8-bit scales, themselves quantized
 PERSONA_SHARE = 0.5  # labelled share of tokens assumed for the LM head (persona-only loss; ~37% on the sample chat)
@@ -69,8 +69,10 @@ def whole_layers(config, recipe: Recipe, budget_gb: float, seq_len: int | None =
     """How many checkpointed decoder layers may run whole (not recomputed) on a CUDA GPU of `budget_gb`: the estimate
     stays within 90% of it, as `plan` judges a run to fit. Where every layer is recomputed, one layer's activations
     live at a time during the backward; a whole layer's take that place, and each one more adds its own."""
+    if not recipe.gradient_checkpointing:
+        return 0
     spare = USABLE * budget_gb - estimate(config, recipe, "cuda", seq_len)["peak_memory_gb"]
-    if not recipe.gradient_checkpointing or spare < 0:
+    if spare < 0:
         return 0
     layers = config.get_text_config().num_hidden_layers
     return min(layers, 1 + math.floor(spare * 1e9 / layer_activation_bytes(config, recipe, seq_len)))
@@ -214,8 +216,6 @@ def cmd_plan(args) -> int:
 
     if args.dataset and not (Path(args.dataset).expanduser() / "train.jsonl").is_file():
         raise TalkalikeError(f"no dataset at {args.dataset}; build one with `talkalike dataset --me NAME --out DIR`.")
-    from talkalike.train.trainer import parse_memory_budget
-
     budget = parse_memory_budget(args.memory_budget)
     result = plan(args.base, resolve_home(args.home), args.preset, args.seq_len, args.dataset, not args.no_timing,
                   budget)

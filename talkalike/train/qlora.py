@@ -248,12 +248,17 @@ def _offloaded_layer():
     return OffloadedLayer
 
 
+def _checkpointed_layers(model) -> list:
+    """`model`'s decoder layers that Trainer has checkpointing on for, in order."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+
+
 def use_offloaded_checkpoints(model, prefetch: bool = False) -> int:
     """Make every checkpointed decoder layer of `model` offload its input (`offloaded_checkpoint`, or with `prefetch`
     `prefetched_checkpoint`); how many."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    layers = _checkpointed_layers(model)
     for layer in layers:
         layer._gradient_checkpointing_func = prefetched_checkpoint if prefetch else offloaded_checkpoint
     return len(layers)
@@ -264,9 +269,7 @@ def keep_whole(model, count: int) -> int:
     without checkpointing, instead of running again for it (selective recomputation: the memory a layer's replay saves,
     spent where a card has it). The last, since their backward comes first: their activations are gone before any
     layer runs again. Returns how many."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    layers = _checkpointed_layers(model)
     count = max(0, min(count, len(layers)))
     for layer in layers[len(layers) - count:]:
         layer.gradient_checkpointing = False

@@ -6,8 +6,11 @@
 `plan` and `train` read the same Recipe, so the parameter count and memory estimate describe what training runs.
 """
 
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from talkalike.errors import TalkalikeError
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -181,3 +184,16 @@ def resolve_recipe(preset: str | None, cuda: bool, **overrides) -> tuple[Recipe,
             notes.append(f"no CUDA GPU: optimizer adamw_torch instead of {recipe.optim} (bitsandbytes needs CUDA)")
             recipe = replace(recipe, optim="adamw_torch")
     return recipe, notes
+
+
+def parse_memory_budget(text: str | None) -> float | str | None:
+    """`--memory-budget`'s value: GB (a positive number) or "auto"; one clear error otherwise."""
+    if text is None or text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or math.isinf(value):
+        raise TalkalikeError(f"--memory-budget takes GB of GPU memory (a number above 0) or auto, not {text!r}.")
+    return value

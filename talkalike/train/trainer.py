@@ -29,7 +29,7 @@ from talkalike.memory import MEMORY_FILE, Memory
 from talkalike.prepare.dataset import data_size, too_little_data
 from talkalike.run import RUN_FILE, Run
 from talkalike.template import turn_end_ids
-from talkalike.train.recipe import Recipe, epochs_for, resolve_recipe
+from talkalike.train.recipe import Recipe, epochs_for, parse_memory_budget, resolve_recipe
 
 RUN_FILES = (RUN_FILE, "adapter", "tokenizer", "dataset_stats.json", "eval.jsonl", "metrics.jsonl", "loss.png")
 
@@ -217,7 +217,7 @@ def _trainer_class():
             self.rope_swap = rope_swap
             self.flat_optimizer = flat_optimizer
             self.counted_parameters = None
-            self.walked = {}  # per model object: its unwrapped model and its trained tensors (see `_walked`)
+            self.walked = (None, None, [])  # a model, unwrapped, and its trained tensors (see `_walked`)
             # Our loss is a sum over labelled tokens divided by the whole accumulated batch's count, so the
             # Trainer must count them and must not divide again by the accumulation steps.
             self.model_accepts_loss_kwargs = True
@@ -252,11 +252,10 @@ def _trainer_class():
             """`model` unwrapped by accelerate, and its tensors that train, found once: Trainer finds them each
             micro-batch (unwrapping walks every module) and hands every parameter to the gradient clipping, walks
             that left an H100 idle for tens of ms of each 0.8 s step (BENCHMARKS.md, "GPU training")."""
-            key = id(model)
-            if key not in self.walked:
-                self.walked = {key: (model, self.accelerator.unwrap_model(model),
-                                     [p for p in model.parameters() if p.requires_grad])}
-            return self.walked[key][1:]
+            if self.walked[0] is not model:
+                self.walked = (model, self.accelerator.unwrap_model(model),
+                               [p for p in model.parameters() if p.requires_grad])
+            return self.walked[1:]
 
         def _clip_grad_norm(self, model):
             """Trainer's clipping over the trained tensors alone: the frozen ones have no gradient, so the norm and
@@ -395,19 +394,6 @@ def whole_layers_within(model, recipe: Recipe) -> int:
     say(f"memory budget {budget:.1f} GB: the last {whole} of {layers} layers run whole, the rest are recomputed "
         "for the backward")
     return whole
-
-
-def parse_memory_budget(text: str | None) -> float | str | None:
-    """`--memory-budget`'s value: GB (a positive number) or "auto"; one clear error otherwise."""
-    if text is None or text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or math.isinf(value):
-        raise TalkalikeError(f"--memory-budget takes GB of GPU memory (a number above 0) or auto, not {text!r}.")
-    return value
 
 
 def _packed(model) -> bool:

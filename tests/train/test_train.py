@@ -429,7 +429,8 @@ def test_a_memory_budget_reaches_the_recipe_and_auto_is_most_of_the_card(monkeyp
 
     import torch
 
-    from talkalike.train.trainer import memory_budget_gb, parse_memory_budget
+    from talkalike.train.recipe import parse_memory_budget
+    from talkalike.train.trainer import memory_budget_gb
 
     assert [parse_memory_budget(text) for text in (None, "auto", "24", "7.5")] == [None, "auto", 24.0, 7.5]
     recipe, _ = resolve_recipe(None, cuda=True, memory_budget_gb=24.0)
